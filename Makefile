@@ -1,0 +1,18 @@
+# The two commands of the README. Both set up .venv themselves on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test venv clean
+
+venv:
+	@bash scripts/setup-venv.sh
+
+# The main job on the embedded default: profile SD 2.1 base at 512 px (random weights) on this machine.
+demo: venv
+	$(PY) -m diffprobe profile
+
+test: venv
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from diffprobe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,201 @@
+"""The ``diffprobe`` command: a thin shell over the Python API. Only this module prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from diffprobe.errors import DiffprobeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Workload characterization of text-to-image diffusion inference.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+def _print_json(data: dict) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _progress(quiet: bool):
+    """A rich progress bar on stderr, as a ``progress(stage, done, total)`` callback and a context manager."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True, disable=quiet or not err.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def callback(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, callback
+
+
+def _fmt_s(x: float) -> str:
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _profile_table(d: dict) -> None:
+    title = (f"{d['model']} ({d['model_title']}) {d['height']}x{d['width']}, batch {d['batch']}, "
+             f"{d['steps']} steps, CFG {'on' if d['cfg'] else 'off'}, {d['device']} {d['dtype']}")
+    if d.get("random_weights"):
+        out.print(f"[bold yellow]random weights — {d['note']}[/]")
+    t = Table(title=title, title_justify="left")
+    t.add_column("stage")
+    t.add_column("measured", justify="right")
+    t.add_column("share", justify="right")
+    proj = d.get("projection")
+    if proj:
+        t.add_column(f"projected, {proj['unet_evals_full']} UNet evals", justify="right")
+    total = d["stages"].get("total", 0.0) or 1.0
+    for stage, secs in d["stages"].items():
+        if stage == "total":
+            continue
+        row = [stage, _fmt_s(secs), f"{100 * secs / total:.1f}%"]
+        if proj:
+            row.append(_fmt_s(proj["stages"].get(stage, 0.0)))
+        t.add_row(*row)
+    row = ["total", _fmt_s(d["stages"].get("total", 0.0)), "100.0%"]
+    if proj:
+        row.append(_fmt_s(proj["total_s"]))
+    t.add_row(*row, style="bold")
+    out.print(t)
+    if proj:
+        out.print(f"measured {proj['unet_evals_measured']} of {proj['unet_evals_full']} UNet evaluations; "
+                  "the last column is a projection (per-step median x step count), not a measurement")
+    params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
+    out.print(f"parameters: {params}")
+    out.print(f"peak memory: {_fmt_bytes(d['peak_memory_bytes'])} ({d['peak_memory_kind']})")
+    image = f"  image: {d['image']}" if d.get("image") else ""
+    out.print(f"run folder: {d['run_dir']}{image}")
+
+
+@app.command()
+def profile(
+    model: str = typer.Option("sd21-base", help="Architecture (see `diffprobe models`)."),
+    prompt: Optional[str] = typer.Option(None, help="Text prompt."),
+    height: Optional[int] = typer.Option(None, help="Image height in px (default: the model's native size)."),
+    width: Optional[int] = typer.Option(None, help="Image width in px (default: the model's native size)."),
+    steps: int = typer.Option(50, help="Denoising steps of the full run."),
+    batch: int = typer.Option(1, help="Images per prompt."),
+    guidance: float = typer.Option(7.5, help="CFG scale; 1 disables classifier-free guidance."),
+    seed: int = typer.Option(0, help="Seed for weights and noise."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: Dtype = typer.Option(Dtype.float32, help="Compute dtype."),
+    weights: Optional[str] = typer.Option(None, help="Local diffusers folder or .safetensors file."),
+    allow_pickle: bool = typer.Option(False, help="Allow pickle checkpoints (.ckpt/.bin/.pt): only if trusted."),
+    repeat: int = typer.Option(1, help="Measured runs (median/min/max reported)."),
+    warmup: int = typer.Option(0, help="Unmeasured runs before the measured ones."),
+    sample_steps: Optional[int] = typer.Option(
+        None, help="Denoising steps actually executed per run (0: all). Default: 3 on CPU, all on CUDA; "
+        "the full-run time is then a labelled projection."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<model>)."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Profile one text-to-image run: time per stage, parameters, peak memory, the image."""
+    from diffprobe.run.profile import DEFAULT_PROMPT, ProfileConfig, run_profile
+
+    cfg = ProfileConfig(model=model, prompt=prompt if prompt is not None else DEFAULT_PROMPT, height=height,
+                        width=width, steps=steps, batch=batch, guidance=guidance, seed=seed, device=device,
+                        dtype=dtype.value, weights=weights, allow_pickle=allow_pickle, repeat=repeat, warmup=warmup,
+                        sample_steps=sample_steps, out=out_dir)
+    cfg = cfg.resolved()
+    bar, callback = _progress(quiet)
+    with bar:
+        result = run_profile(cfg, progress=callback)
+    d = result.to_dict()
+    if fmt is Format.json:
+        _print_json(d)
+    else:
+        _profile_table(d)
+
+
+@app.command()
+def models(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:
+    """List the embedded architectures with their parameter counts (built on the meta device)."""
+    from diffprobe.models.registry import build_components, count_params, list_models
+
+    rows = []
+    for spec in list_models():
+        comps = build_components(spec, "meta")
+        params = {k: count_params(v) for k, v in comps.items() if hasattr(v, "parameters")}
+        rows.append({"name": spec.name, "title": spec.title, "native_resolution": spec.native_resolution,
+                     "pipeline": spec.pipeline_class, "params": params})
+    if fmt is Format.json:
+        _print_json({"models": rows})
+        return
+    t = Table(title="embedded architectures (configs as published; weights random unless --weights)")
+    for col in ("name", "title", "native px", "UNet params", "total params"):
+        t.add_column(col, justify="right" if "params" in col or "px" in col else "left")
+    for r in rows:
+        t.add_row(r["name"], r["title"], str(r["native_resolution"]), f"{r['params']['unet']:,}",
+                  f"{sum(r['params'].values()):,}")
+    out.print(t)
+
+
+def _click_exceptions():
+    """The click exception module typer uses (typer >= 0.20 vendors click as ``typer._click``)."""
+    try:
+        import typer._click.exceptions as exceptions
+    except ImportError:  # older typer on top of click
+        import click.exceptions as exceptions
+    return exceptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    cexc = _click_exceptions()
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="diffprobe", standalone_mode=False)
+    except DiffprobeError as exc:
+        sys.stderr.write(f"diffprobe: error: {exc}\n")
+        return 2
+    except cexc.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            command.main(args=["--help"], prog_name="diffprobe", standalone_mode=False)
+            return 0
+        message = " ".join(exc.format_message().split())
+        sys.stderr.write(f"diffprobe: error: {message}\n")
+        return 2
+    except cexc.Abort:
+        sys.stderr.write("diffprobe: aborted\n")
+        return 130
+    except cexc.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("diffprobe: interrupted\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

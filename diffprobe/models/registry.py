@@ -1,0 +1,232 @@
+"""Embedded model architectures and how to materialize them.
+
+Each architecture is a diffusers-format folder skeleton under ``configs/<name>/`` (``model_index.json`` and one
+``config.json`` per component, exactly as the published checkpoints lay them out, minus the weights) plus a
+``diffprobe.json`` with our own metadata. Components are always the real diffusers/transformers classes.
+
+Three ways to materialize a model:
+
+* ``random``: seeded random weights (architecture only: timings and FLOPs are real, image content is not);
+* ``meta``: the ``meta`` device, no memory and no compute (analytic mode);
+* real weights from a local diffusers folder or a single ``.safetensors`` file (``weights=PATH``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from diffprobe.errors import DiffprobeError
+from diffprobe.models.tokenizer import load_clip_tokenizer
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One embedded architecture."""
+
+    name: str
+    title: str
+    native_resolution: int  # px, the resolution the model was trained at
+    min_resolution: int  # px, smallest side the UNet's down/up path accepts
+    pipeline_class: str  # diffusers pipeline class name
+    components: tuple[str, ...]  # diffusers component names present in model_index.json
+    trained: bool  # whether the embedded weights (if any) are trained; random init is never trained
+
+    @property
+    def folder(self):
+        return resources.files("diffprobe.models").joinpath("configs", self.name)
+
+    def config(self, component: str) -> dict:
+        """The component's config as published (``config.json`` / ``scheduler_config.json`` / tokenizer)."""
+        fname = {"scheduler": "scheduler_config.json"}.get(component, "config.json")
+        if component.startswith("tokenizer"):
+            fname = "tokenizer_config.json"
+        return json.loads(self.folder.joinpath(component, fname).read_text())
+
+    @property
+    def text_encoders(self) -> tuple[str, ...]:
+        return tuple(c for c in TEXT_ENCODERS if c in self.components)
+
+
+@lru_cache(maxsize=None)
+def _specs() -> dict[str, ModelSpec]:
+    root = resources.files("diffprobe.models").joinpath("configs")
+    specs = {}
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if not entry.joinpath("model_index.json").is_file():
+            continue
+        index = json.loads(entry.joinpath("model_index.json").read_text())
+        meta = json.loads(entry.joinpath("diffprobe.json").read_text())
+        comps = tuple(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0])
+        specs[entry.name] = ModelSpec(
+            name=entry.name,
+            title=meta["title"],
+            native_resolution=int(meta["native_resolution"]),
+            min_resolution=int(meta["min_resolution"]),
+            pipeline_class=index["_class_name"],
+            components=comps,
+            trained=bool(meta.get("trained", False)),
+        )
+    return specs
+
+
+def list_models() -> list[ModelSpec]:
+    """All embedded architectures, sorted by name."""
+    return list(_specs().values())
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The architecture called ``name``; an unknown name is a user error listing the known ones."""
+    specs = _specs()
+    if name not in specs:
+        raise DiffprobeError(f"unknown model {name!r}; known models: {', '.join(specs)}")
+    return specs[name]
+
+
+def _scheduler(spec: ModelSpec):
+    import diffusers
+
+    cfg = spec.config("scheduler")
+    return getattr(diffusers, cfg["_class_name"]).from_config(cfg)
+
+
+def _text_encoder(spec: ModelSpec, component: str):
+    import transformers
+    from transformers import CLIPTextConfig
+
+    cfg = dict(spec.config(component))
+    arch = cfg.pop("architectures")[0]
+    return getattr(transformers, arch)(CLIPTextConfig(**cfg))
+
+
+def _build_module(spec: ModelSpec, component: str):
+    import diffusers
+
+    if component in TEXT_ENCODERS:
+        return _text_encoder(spec, component)
+    cfg = spec.config(component)
+    return getattr(diffusers, cfg["_class_name"]).from_config(cfg)
+
+
+def build_components(spec: ModelSpec, init: str = "random", seed: int = 0) -> dict:
+    """Every pipeline component of ``spec`` with ``random`` (seeded) or ``meta`` weights."""
+    import torch
+
+    if init not in ("random", "meta"):
+        raise ValueError(f"init must be 'random' or 'meta', not {init!r}")
+    comps: dict = {}
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for name in spec.components:
+            if name.startswith("tokenizer"):
+                comps[name] = load_clip_tokenizer(spec.config(name))
+            elif name == "scheduler":
+                comps[name] = _scheduler(spec)
+            elif init == "meta":
+                with torch.device("meta"):
+                    comps[name] = _build_module(spec, name).eval()
+            else:
+                comps[name] = _build_module(spec, name).eval()
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return comps
+
+
+def count_params(module) -> int:
+    """Number of parameters of a module (works on the meta device)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def _pipeline_class(spec: ModelSpec):
+    import diffusers
+
+    return getattr(diffusers, spec.pipeline_class)
+
+
+def _pipeline_kwargs(spec: ModelSpec) -> dict:
+    if spec.pipeline_class == "StableDiffusionPipeline":
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    if spec.pipeline_class == "StableDiffusionXLPipeline":
+        return {"add_watermarker": False}
+    return {}
+
+
+def pipeline_from_components(spec: ModelSpec, components: dict):
+    """A diffusers pipeline of the spec's class around the given components."""
+    comps = {k: v for k, v in components.items() if k in spec.components}
+    return _pipeline_class(spec)(**comps, **_pipeline_kwargs(spec))
+
+
+def export_skeleton(spec: ModelSpec, dest: Path) -> Path:
+    """Write the spec's diffusers-format folder (configs and tokenizer files, no weights) to ``dest``."""
+    from importlib.resources import as_file
+
+    with as_file(spec.folder) as src:
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+    for tok in (c for c in spec.components if c.startswith("tokenizer")):
+        load_clip_tokenizer(spec.config(tok)).save_pretrained(str(dest / tok))
+    (dest / "diffprobe.json").unlink(missing_ok=True)
+    return dest
+
+
+def check_weights_path(path: str | Path, allow_pickle: bool) -> Path:
+    """Validate a ``--weights`` path before any heavy work; return it resolved."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DiffprobeError(f"--weights path does not exist: {p}")
+    if p.is_file():
+        if p.suffix in PICKLE_SUFFIXES and not allow_pickle:
+            raise DiffprobeError(
+                f"refusing to load pickle checkpoint {p.name} (it can run arbitrary code); "
+                "convert it to .safetensors or pass --allow-pickle if you trust it"
+            )
+        if p.suffix not in (".safetensors",) + PICKLE_SUFFIXES:
+            raise DiffprobeError(f"--weights file is not a .safetensors checkpoint: {p}")
+        return p
+    if not (p / "model_index.json").is_file():
+        raise DiffprobeError(f"--weights folder is not a diffusers model (no model_index.json): {p}")
+    if not allow_pickle:
+        pickles = [f for f in p.rglob("*") if f.suffix in PICKLE_SUFFIXES]
+        tensors = list(p.rglob("*.safetensors"))
+        if pickles and not tensors:
+            raise DiffprobeError(
+                f"--weights folder holds only pickle weights ({pickles[0].name}); "
+                "pass --allow-pickle if you trust them"
+            )
+    return p
+
+
+def load_pipeline(spec: ModelSpec, weights: str | Path, dtype=None, allow_pickle: bool = False):
+    """A pipeline with real weights from a local diffusers folder or a single ``.safetensors`` file.
+
+    Never touches the network: the folder's own configs are used, or, for a single file, the embedded
+    architecture's configs (so ``spec`` must describe the checkpoint).
+    """
+    path = check_weights_path(weights, allow_pickle)
+    cls = _pipeline_class(spec)
+    kwargs = dict(_pipeline_kwargs(spec), local_files_only=True)
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    try:
+        if path.is_dir():
+            for tok in (c for c in spec.components if c.startswith("tokenizer")):
+                if not (path / tok / "vocab.json").is_file() and not (path / tok / "tokenizer.json").is_file():
+                    kwargs[tok] = load_clip_tokenizer(spec.config(tok))
+            return cls.from_pretrained(str(path), use_safetensors=not allow_pickle, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="diffprobe-config-") as tmp:
+            skeleton = export_skeleton(spec, Path(tmp) / spec.name)
+            return cls.from_single_file(str(path), config=str(skeleton), **kwargs)
+    except DiffprobeError:
+        raise
+    except Exception as exc:  # a corrupt or mismatched checkpoint: one line naming the file
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DiffprobeError(f"could not load weights from {path}: {msg[:300]}") from exc

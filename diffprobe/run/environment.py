@@ -1,0 +1,52 @@
+"""What a run ran on: versions, device, threads. Stored in every ``run.json``."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_name()
+
+
+def environment(device: str) -> dict:
+    """A JSON-ready description of the software and hardware a run used."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "diffusers": _version("diffusers"),
+        "transformers": _version("transformers"),
+        "diffprobe": _version("diffprobe"),
+        "device": device,
+        "device_name": device_name(device),
+        "cuda": torch.version.cuda,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,0 +1,163 @@
+"""Wall time per pipeline stage, taken with hooks on the real diffusers pipeline.
+
+Nothing in the computation changes: forward hooks time the text encoders and the UNet, thin wrappers time
+``scheduler.step`` and ``vae.decode``, and the tokenizer's class is swapped for a timed subclass (a tokenizer
+is invoked through ``__call__``, which an instance attribute cannot intercept). Everything is restored on exit.
+
+CPU stages are timed with ``time.perf_counter``; CUDA stages with CUDA events, read once after the run, so
+timing never inserts a synchronization inside the pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+STAGE_ORDER = ("tokenize", "text_encoder", "text_encoder_2", "unet", "scheduler", "vae_decoder", "other")
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """One timed interval of one stage; ``step`` is the denoising step for ``unet``/``scheduler``."""
+
+    stage: str
+    step: int | None
+    seconds: float
+
+
+class _Clock:
+    def __init__(self, device: str):
+        import torch
+
+        self.cuda = device.startswith("cuda")
+        self._torch = torch
+
+    def mark(self):
+        if self.cuda:
+            ev = self._torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        if self.cuda:
+            return start.elapsed_time(end) / 1e3
+        return end - start
+
+    def sync(self) -> None:
+        if self.cuda:
+            self._torch.cuda.synchronize()
+
+
+class StageTimer:
+    """Context manager that times every stage of one or more pipeline calls.
+
+    ``current_stage`` names the stage running right now and ``failed_stage`` the one that raised (used to say
+    where an out-of-memory happened).
+    """
+
+    def __init__(self, pipe, device: str):
+        self.pipe = pipe
+        self.clock = _Clock(device)
+        self._raw: list[tuple[str, int | None, object, object]] = []
+        self._undo: list = []
+        self._open: dict[str, object] = {}
+        self._counts: dict[str, int] = {}
+        self.current_stage: str | None = None
+        self.failed_stage: str | None = None
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def _begin(self, stage: str) -> None:
+        self.current_stage = stage
+        self._open[stage] = self.clock.mark()
+
+    def _end(self, stage: str) -> None:
+        end = self.clock.mark()
+        start = self._open.pop(stage)
+        step = None
+        if stage in ("unet", "scheduler"):
+            step = self._counts.get(stage, 0)
+            self._counts[stage] = step + 1
+        self._raw.append((stage, step, start, end))
+        self.current_stage = None
+
+    def reset_steps(self) -> None:
+        """Start step numbering again (call before each pipeline run)."""
+        self._counts.clear()
+
+    # -- instrumentation ---------------------------------------------------------------------------
+    def _hook_module(self, module, stage: str) -> None:
+        pre = module.register_forward_pre_hook(lambda *_: self._begin(stage))
+        post = module.register_forward_hook(lambda *_: self._end(stage))
+        self._undo += [pre.remove, post.remove]
+
+    def _wrap_method(self, obj, name: str, stage: str) -> None:
+        original = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            self._begin(stage)
+            try:
+                return original(*args, **kwargs)
+            except BaseException:
+                self.failed_stage = stage
+                raise
+            finally:
+                self._end(stage)
+
+        setattr(obj, name, timed)
+        self._undo.append(lambda: delattr(obj, name))
+
+    def _wrap_call(self, obj, stage: str) -> None:
+        cls = type(obj)
+        timer = self
+
+        class Timed(cls):  # type: ignore[misc, valid-type]
+            def __call__(self, *args, **kwargs):
+                timer._begin(stage)
+                try:
+                    return cls.__call__(self, *args, **kwargs)
+                except BaseException:
+                    timer.failed_stage = stage
+                    raise
+                finally:
+                    timer._end(stage)
+
+        Timed.__name__ = cls.__name__
+        obj.__class__ = Timed
+
+        def undo():
+            obj.__class__ = cls
+
+        self._undo.append(undo)
+
+    def __enter__(self) -> "StageTimer":
+        pipe = self.pipe
+        for name in ("tokenizer", "tokenizer_2"):
+            if getattr(pipe, name, None) is not None:
+                self._wrap_call(getattr(pipe, name), "tokenize")
+        for name in ("text_encoder", "text_encoder_2"):
+            if getattr(pipe, name, None) is not None:
+                self._hook_module(getattr(pipe, name), name)
+        self._hook_module(pipe.unet, "unet")
+        self._wrap_method(pipe.scheduler, "step", "scheduler")
+        self._wrap_method(pipe.vae, "decode", "vae_decoder")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+    # -- results -----------------------------------------------------------------------------------
+    def mark(self):
+        """A time mark on the stage clock (for the whole pipeline call)."""
+        return self.clock.mark()
+
+    def events(self) -> list[StageEvent]:
+        """All finished intervals so far, in seconds (synchronizes CUDA once)."""
+        self.clock.sync()
+        return [StageEvent(stage, step, self.clock.seconds(s, e)) for stage, step, s, e in self._raw]
+
+    def clear(self) -> None:
+        self._raw.clear()
+        self._counts.clear()

@@ -1,0 +1,62 @@
+"""The command line: output formats, and one line + exit 2 for every bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from diffprobe.cli import main
+
+
+def test_profile_json_is_clean_on_stdout(tmp_path, capsys):
+    rc = main(["profile", "--model", "tiny", "--steps", "2", "--sample-steps", "0", "--out", str(tmp_path),
+               "--format", "json", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    d = json.loads(captured.out)
+    assert d["model"] == "tiny" and d["steps"] == 2 and "unet" in d["stages"]
+
+
+def test_profile_table_mentions_random_weights(tmp_path, capsys):
+    assert main(["profile", "--model", "tiny", "--steps", "4", "--out", str(tmp_path), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "random weights" in text and "projection" in text and "vae_decoder" in text
+
+
+def test_models_lists_parameter_counts(capsys):
+    assert main(["models", "--format", "json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+    assert rows["sd15"]["params"]["unet"] == 859_520_964
+
+
+BAD = [
+    (["profile", "--model", "tiny", "--height", "100"], "multiple of 8"),
+    (["profile", "--model", "tiny", "--width", "8"], "minimum"),
+    (["profile", "--model", "tiny", "--steps", "0"], "--steps"),
+    (["profile", "--model", "tiny", "--batch", "0"], "--batch"),
+    (["profile", "--model", "sd9"], "known models"),
+    (["profile", "--model", "tiny", "--dtype", "float8"], "--dtype"),
+    (["profile", "--model", "tiny", "--steps", "many"], "--steps"),
+    (["profile", "--model", "tiny", "--weights", "/no/such/path"], "does not exist"),
+    (["profile", "--model", "tiny", "--out", "/proc/diffprobe-cannot-write"], "cannot write"),
+    (["profile", "--no-such-flag"], "no-such-flag"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD)
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_pickle_without_flag_via_subprocess(tmp_path):
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"\x80\x04")
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run([sys.executable, "-m", "diffprobe", "profile", "--model", "tiny", "--weights", str(ckpt)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--allow-pickle" in proc.stderr and "Traceback" not in proc.stderr
