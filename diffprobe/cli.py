@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+# transformers warns at import time about optional image processors we never use; keep stderr for our errors
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from enum import Enum
 from typing import Optional
 
