@@ -30,6 +30,7 @@ from diffprobe.run.stages import STAGE_ORDER, StageTimer
 
 SCHEMA_VERSION = 1
 DTYPES = ("float32", "float16", "bfloat16")
+MODES = ("measured", "analytic")
 RANDOM_WEIGHTS_NOTE = "architecture-only: timings and FLOPs are real, image content and sparsity are not"
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on mars"
 
@@ -54,6 +55,8 @@ class ProfileConfig:
     warmup: int = 0
     sample_steps: int | None = None  # denoising steps actually executed; None: 3 on CPU, all on CUDA; 0: all
     out: str | None = None
+    mode: str = "measured"  # "measured": real execution, timed; "analytic": meta device, no compute
+    trace_ops: bool = True  # measured mode: record every op (FLOPs, bytes, time); False: stage timing only
 
     def resolved(self) -> "ProfileConfig":
         """A copy with defaults filled in and every field validated (raises :class:`DiffprobeError`)."""
@@ -72,9 +75,14 @@ class ProfileConfig:
                 raise DiffprobeError(f"--{flag} must be at least {low}, got {value}")
         if cfg.sample_steps is not None and cfg.sample_steps < 0:
             raise DiffprobeError(f"--sample-steps must be 0 (all) or more, got {cfg.sample_steps}")
+        if cfg.mode not in MODES:
+            raise DiffprobeError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
         if cfg.dtype not in DTYPES:
             raise DiffprobeError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
-        check_device(cfg.device, cfg.dtype)
+        if cfg.mode == "analytic":
+            cfg.sample_steps = 0  # every step is traced (replayed): the account covers the full run
+        else:
+            check_device(cfg.device, cfg.dtype)
         if cfg.sample_steps is None:
             cfg.sample_steps = 0 if cfg.device.startswith("cuda") else 3
         if cfg.weights is not None:
@@ -121,6 +129,8 @@ class ProfileResult:
     image: str | None = None
     status: str = "ok"
     error: str | None = None
+    ops: object = None  # pandas DataFrame of OpRecords (None when op tracing is off)
+    unsupported: dict = field(default_factory=dict)  # op name -> count of ops without a formula
     extra: dict = field(default_factory=dict)
 
     @property
@@ -129,7 +139,7 @@ class ProfileResult:
 
     def projection(self) -> dict | None:
         """Full-run time projected from the measured steps, or ``None`` when every step ran."""
-        if self.unet_evals_measured >= self.unet_evals or not self.steps:
+        if self.config.mode == "analytic" or self.unet_evals_measured >= self.unet_evals or not self.steps:
             return None
         per_step = statistics.median(s["unet_s"] for s in self.steps)
         per_sched = statistics.median(s["scheduler_s"] for s in self.steps)
@@ -137,13 +147,44 @@ class ProfileResult:
         stages["unet"] = per_step * self.unet_evals
         stages["scheduler"] = per_sched * self.unet_evals
         stages.pop("total", None)
-        return {
+        proj = {
             "label": "projection (not a measurement): measured per-step median x full step count",
             "unet_evals_measured": self.unet_evals_measured,
             "unet_evals_full": self.unet_evals,
             "stages": stages,
             "total_s": sum(stages.values()),
         }
+        if self.ops is not None and len(self.ops):
+            # every UNet evaluation has the same shapes, so per-evaluation FLOPs are exact; the scheduler's are
+            # taken from the median measured step
+            step_ops = self.ops[self.ops["stage"].isin(["unet", "scheduler"]) & (self.ops["step"] >= 0)]
+            per_step = step_ops.groupby("step")["flops"].sum().median()
+            rest = self.ops["flops"].sum() - step_ops["flops"].sum()
+            proj["flops_total"] = int(rest + per_step * self.unet_evals)
+        return proj
+
+    def accounts(self) -> dict:
+        """The cost account of the traced ops: ``flops``, ``bytes``, ``macs_conv_linear`` and, measured,
+        ``seconds`` (see :mod:`diffprobe.analyses.breakdown`)."""
+        from diffprobe.analyses import breakdown
+
+        if self.ops is None:
+            return {}
+        ops = breakdown.with_bytes(self.ops)
+        acc = {
+            "flops": breakdown.account(ops, "flops"),
+            "bytes": breakdown.account(ops, "bytes"),
+            "bytes_unfused_total": int(ops["bytes_unfused"].sum()) if len(ops) else 0,
+            "macs_conv_linear": breakdown.macs_conv_linear(ops),
+            "levels": breakdown.level_table(ops).to_dict(orient="records") if len(ops) else [],
+        }
+        if self.config.mode == "measured" and self.stages:
+            timed = {("pipeline" if k == "other" else k): v for k, v in self.stages.items() if k != "total"}
+            acc["seconds"] = breakdown.seconds_account(ops, timed)
+        if self.unsupported:
+            acc["warnings"] = [f"no FLOP formula for {op} ({n} calls): counted as 'other' with 0 FLOPs"
+                               for op, n in sorted(self.unsupported.items())]
+        return acc
 
     def to_dict(self) -> dict:
         c = self.config
@@ -169,6 +210,7 @@ class ProfileResult:
             "seed": c.seed,
             "device": c.device,
             "dtype": c.dtype,
+            "mode": c.mode,
             "repeat": c.repeat,
             "warmup": c.warmup,
             "params": self.params,
@@ -181,6 +223,7 @@ class ProfileResult:
             "environment": self.environment,
             "run_dir": self.run_dir,
             "image": self.image,
+            **self.accounts(),
             **self.extra,
         }
 
@@ -210,21 +253,47 @@ def _torch_dtype(name: str):
 
 
 def build_pipeline(cfg: ProfileConfig, spec: ModelSpec):
-    """The diffusers pipeline for a resolved config, on its device and dtype."""
+    """The diffusers pipeline for a resolved config: on its device and dtype, or on ``meta`` (analytic)."""
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
-    if cfg.weights:
+    if cfg.mode == "analytic":
+        pipe = pipeline_from_components(spec, build_components(spec, "meta", cfg.seed))
+        pipe = pipe.to(dtype=_torch_dtype(cfg.dtype))
+    elif cfg.weights:
         pipe = load_pipeline(spec, cfg.weights, dtype=_torch_dtype(cfg.dtype), allow_pickle=cfg.allow_pickle)
+        pipe = pipe.to(cfg.device, _torch_dtype(cfg.dtype))
     else:
         pipe = pipeline_from_components(spec, build_components(spec, "random", cfg.seed))
-    pipe = pipe.to(cfg.device, _torch_dtype(cfg.dtype))
+        pipe = pipe.to(cfg.device, _torch_dtype(cfg.dtype))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
+def initial_latents(cfg: ProfileConfig, pipe):
+    """The starting noise, made exactly as the pipeline's own ``prepare_latents`` would (same generator call),
+    or an empty meta tensor of that shape in analytic mode. Passing it in keeps noise generation out of the
+    traced ops, so measured and analytic runs trace the same ops."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = (cfg.batch, pipe.unet.config.in_channels, cfg.height // pipe.vae_scale_factor,
+             cfg.width // pipe.vae_scale_factor)
+    dtype = pipe.text_encoder.dtype if cfg.mode == "measured" else _torch_dtype(cfg.dtype)
+    if pipe.text_encoder_2 if hasattr(pipe, "text_encoder_2") else False:
+        dtype = pipe.text_encoder_2.dtype
+    if cfg.mode == "analytic":
+        return torch.empty(shape, dtype=dtype, device="meta")
+    generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
+    return randn_tensor(shape, generator=generator, device=torch.device(cfg.device), dtype=dtype)
+
+
 def pipeline_kwargs(cfg: ProfileConfig, pipe) -> dict:
-    """The arguments of the pipeline call that the profile makes (shared with the overhead benchmark)."""
+    """The arguments of the pipeline call that the profile makes (shared with the overhead benchmark).
+
+    The image comes back as a tensor (``output_type="pt"``) and is turned into PIL outside the traced region,
+    so measured and analytic runs trace the same post-processing ops.
+    """
     import torch
 
     return dict(
@@ -234,9 +303,15 @@ def pipeline_kwargs(cfg: ProfileConfig, pipe) -> dict:
         num_inference_steps=cfg.steps,
         guidance_scale=cfg.guidance,
         num_images_per_prompt=cfg.batch,
-        generator=torch.Generator(cfg.device).manual_seed(cfg.seed),
-        output_type="pil",
+        generator=torch.Generator("cpu" if cfg.mode == "analytic" else cfg.device).manual_seed(cfg.seed),
+        latents=initial_latents(cfg, pipe),
+        output_type="pt",
     )
+
+
+def to_pil(pipe, images) -> list:
+    """PIL images from the pipeline's ``pt`` output, as ``output_type="pil"`` would have made them."""
+    return pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(images))
 
 
 def _count_unet_evals(pipe, steps: int, device: str) -> int:
@@ -290,16 +365,20 @@ def summarize_events(runs: list[list]) -> tuple[dict, dict, list]:
     return stages, stats, steps
 
 
+def _failure_message(exc: BaseException, stage: str | None, cfg: ProfileConfig) -> str:
+    where = stage or "pipeline"
+    if _is_oom(exc):
+        return (f"out of memory in stage {where} at {cfg.height}x{cfg.width}, batch {cfg.batch}; "
+                "try a smaller --height/--width or --batch")
+    return f"run failed in stage {where}: {type(exc).__name__}: {exc}"
+
+
 def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     """Run the profile described by a (resolved or not) config; see :func:`diffprobe.profile`.
 
     ``progress(stage, done, total)`` is called as work advances. A failure after measuring started still
     writes ``run.json`` (status ``failed``) with everything measured so far, then raises.
     """
-    import torch
-
-    from diffprobe.records.runfolder import write_run_json
-
     cfg = cfg.resolved()
     spec = get_spec(cfg.model)
     out_dir = prepare_out_dir(cfg.out, cfg.model)
@@ -310,17 +389,55 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     report("build", 1, 1)
     params = {name: count_params(getattr(pipe, name)) for name in ("text_encoder", "text_encoder_2", "unet", "vae")
               if getattr(pipe, name, None) is not None}
-    unet_evals = _count_unet_evals(pipe, cfg.steps, cfg.device)
+    unet_evals = _count_unet_evals(pipe, cfg.steps, "cpu")
     measured_evals = unet_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, unet_evals)
+    result = ProfileResult(cfg, spec, params, {}, {}, [], unet_evals, measured_evals, 0, "",
+                           environment("cpu" if cfg.mode == "analytic" else cfg.device), run_dir=str(out_dir))
+    if cfg.mode == "analytic":
+        _run_analytic(cfg, pipe, result, report)
+    else:
+        _run_measured(cfg, pipe, result, report, out_dir)
+    _save(out_dir, result)
+    return result
 
-    runs: list[list] = []
-    result = ProfileResult(cfg, spec, params, {}, {}, [], unet_evals, measured_evals, 0, "", environment(cfg.device),
-                           run_dir=str(out_dir))
+
+def _tracer(cfg: ProfileConfig, pipe, timed: bool):
+    from diffprobe.records.tracer import OpTracer
+
+    return OpTracer(pipe, timed=timed, latent_hw=(cfg.height // pipe.vae_scale_factor,
+                                                  cfg.width // pipe.vae_scale_factor), cfg=cfg.guidance > 1)
+
+
+def _run_analytic(cfg: ProfileConfig, pipe, result: ProfileResult, report) -> None:
+    import torch
+
+    from diffprobe.run.analytic import MetaAdapters
+
+    tracer = _tracer(cfg, pipe, timed=False)
+    report("trace", 0, 1)
+    kwargs = pipeline_kwargs(cfg, pipe)
+    with torch.inference_mode(), MetaAdapters(pipe, tracer), tracer:
+        pipe(**kwargs)
+    report("trace", 1, 1)
+    result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)
+    result.peak_memory_kind = "none (analytic: nothing is allocated)"
+
+
+def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_dir: Path) -> None:
+    import contextlib
+
+    import torch
+
+    from diffprobe.run.stages import StageEvent
+
+    measured_evals = result.unet_evals_measured
     if cfg.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     timer = StageTimer(pipe, cfg.device)
+    runs: list[list] = []
     total_runs = cfg.warmup + cfg.repeat
     images = None
+    tracer = None
     try:
         with timer, torch.inference_mode():
             for run_idx in range(total_runs):
@@ -329,16 +446,17 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
                 def on_step_end(p, i, t, kw, run_idx=run_idx):
                     report("denoise", i + 1 + run_idx * measured_evals, measured_evals * total_runs)
                     if i + 1 >= measured_evals:
-                        p._interrupt = True  # diffusers' own early-stop: remaining steps skipped, VAE still decodes
+                        p._interrupt = True  # diffusers' own early stop: remaining steps skipped, VAE still decodes
                     return kw
 
-                start = timer.mark()
-                images = pipe(**pipeline_kwargs(cfg, pipe), callback_on_step_end=on_step_end).images
-                end = timer.mark()
+                kwargs = pipeline_kwargs(cfg, pipe)
+                tracer = _tracer(cfg, pipe, timed=True) if cfg.trace_ops else None
+                with tracer if tracer is not None else contextlib.nullcontext():
+                    start = timer.mark()
+                    images = pipe(**kwargs, callback_on_step_end=on_step_end).images
+                    end = timer.mark()
                 events = timer.events()
                 total = timer.clock.seconds(start, end)
-                from diffprobe.run.stages import StageEvent
-
                 events.append(StageEvent("other", None, max(0.0, total - sum(e.seconds for e in events))))
                 events.append(StageEvent("total", None, total))
                 if run_idx >= cfg.warmup:
@@ -349,27 +467,31 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
         if partial:
             result.stages, result.stage_stats, result.steps = summarize_events(partial)
         result.peak_memory_bytes, result.peak_memory_kind = _peak_memory(cfg.device)
-        if _is_oom(exc):
-            stage = timer.failed_stage or timer.current_stage or "pipeline"
-            msg = (f"out of memory in stage {stage} at {cfg.height}x{cfg.width}, batch {cfg.batch}; "
-                   "try a smaller --height/--width or --batch")
-        else:
-            msg = f"run failed in stage {timer.failed_stage or timer.current_stage or 'pipeline'}: {type(exc).__name__}: {exc}"
+        if tracer is not None:
+            result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)
+        msg = _failure_message(exc, timer.failed_stage or timer.current_stage, cfg)
         result.status, result.error = "failed", msg
-        write_run_json(out_dir, result.to_dict())
+        _save(out_dir, result)
         if _is_oom(exc):
             raise DiffprobeError(msg + f" (partial results in {out_dir / 'run.json'})") from exc
         raise
     result.stages, result.stage_stats, result.steps = summarize_events(runs)
     result.peak_memory_bytes, result.peak_memory_kind = _peak_memory(cfg.device)
-    if images:
-        names = []
-        for i, img in enumerate(images):
-            name = "image.png" if len(images) == 1 else f"image_{i}.png"
-            img.save(out_dir / name)
-            names.append(name)
-        result.image = names[0]
-        result.extra["images"] = names
-        result.extra["image_complete"] = measured_evals >= unet_evals
+    if tracer is not None:  # the last measured run's records
+        result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)
+    names = []
+    for i, img in enumerate(to_pil(pipe, images)):
+        name = "image.png" if len(images) == 1 else f"image_{i}.png"
+        img.save(out_dir / name)
+        names.append(name)
+    result.image = names[0]
+    result.extra["images"] = names
+    result.extra["image_complete"] = measured_evals >= result.unet_evals
+
+
+def _save(out_dir: Path, result: ProfileResult) -> None:
+    from diffprobe.records.runfolder import write_ops, write_run_json
+
+    if result.ops is not None:
+        write_ops(out_dir, result.ops)
     write_run_json(out_dir, result.to_dict())
-    return result

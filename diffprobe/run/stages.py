@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from diffprobe.run.patching import patch_attr
+
 STAGE_ORDER = ("tokenize", "text_encoder", "text_encoder_2", "unet", "scheduler", "vae_decoder", "other")
 
 
@@ -104,8 +106,7 @@ class StageTimer:
             finally:
                 self._end(stage)
 
-        setattr(obj, name, timed)
-        self._undo.append(lambda: delattr(obj, name))
+        self._undo.append(patch_attr(obj, name, timed))
 
     def _wrap_call(self, obj, stage: str) -> None:
         cls = type(obj)
