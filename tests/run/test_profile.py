@@ -7,7 +7,7 @@ from PIL import Image
 
 import diffprobe
 from diffprobe.errors import DiffprobeError
-from diffprobe.run.profile import ProfileConfig, build_pipeline, pipeline_kwargs, run_profile
+from diffprobe.run.profile import ProfileConfig, build_pipeline, run_profile
 
 TINY = dict(model="tiny", steps=3, sample_steps=0, prompt="a red cube")
 
@@ -33,10 +33,11 @@ def test_full_profile_run_writes_results_and_image(tmp_path):
 
 def test_instrumentation_does_not_change_the_image(tmp_path):
     cfg = ProfileConfig(out=str(tmp_path), **TINY).resolved()
-    run_profile(cfg)
+    run_profile(cfg)  # stage timer + op tracer
     pipe = build_pipeline(cfg, diffprobe.models.registry.get_spec("tiny"))
-    with torch.inference_mode():
-        plain = pipe(**pipeline_kwargs(cfg, pipe)).images[0]
+    with torch.inference_mode():  # the call a user makes: the pipeline draws its own noise, returns PIL
+        plain = pipe(prompt=cfg.prompt, height=64, width=64, num_inference_steps=cfg.steps, guidance_scale=7.5,
+                     generator=torch.Generator("cpu").manual_seed(cfg.seed), output_type="pil").images[0]
     assert np.array_equal(np.asarray(plain), np.asarray(Image.open(tmp_path / "image.png")))
 
 
