@@ -29,7 +29,7 @@ class OpRecord:
     stage: str  # one of STAGES
     step: int  # denoising step (UNet evaluation index); -1 outside the loop
     module: str  # innermost module path, e.g. "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
-    level: str  # UNet level: "in", "embed", "down.0".."down.3", "mid", "up.0".."up.3", "out"; VAE: "dec.*"; else ""
+    level: str  # UNet level: "top", "in", "embed", "down.0".., "mid", "up.0"..; "out"; VAE: "dec.*"; else ""
     tokens: int  # latent tokens at that UNet level (h*w); 0 elsewhere
     layer_type: str  # one of LAYER_TYPES
     attn_kind: str  # "self" / "cross" for attention rows, else ""

@@ -96,7 +96,10 @@ def _role(module) -> str:
 
 
 def unet_level(path: str) -> str:
-    """The UNet level of a module path below ``unet``: ``down.i``, ``mid``, ``up.i``, ``in``, ``out``, ``embed``."""
+    """The level of a module path: UNet ``top``, ``in``, ``embed``, ``down.i``, ``mid``, ``up.i``, ``out``;
+    VAE decoder ``dec``, ``dec.mid``, ``dec.up.i``; else ``""``."""
+    if path == "unet":
+        return "top"  # the UNet's own forward, outside any block (timestep broadcast, casts)
     m = re.match(r"unet\.(down_blocks|up_blocks)\.(\d+)", path)
     if m:
         return ("down." if m.group(1) == "down_blocks" else "up.") + m.group(2)
