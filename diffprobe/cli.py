@@ -28,6 +28,11 @@ class Format(str, Enum):
     json = "json"
 
 
+class Mode(str, Enum):
+    measured = "measured"
+    analytic = "analytic"
+
+
 class Dtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
@@ -66,7 +71,58 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
+def _fmt_n(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f}"
+
+
+def _account_table(d: dict) -> None:
+    """FLOPs, bytes and (measured) seconds per layer type, the UNet column beside the whole run."""
+    flops, nbytes, secs = d["flops"], d["bytes"], d.get("seconds")
+    t = Table(title="cost account by layer type (whole run as traced; UNet column: all UNet evaluations)",
+              title_justify="left")
+    for col in ("layer type", "FLOPs", "share", "UNet FLOPs", "bytes"):
+        t.add_column(col, justify="left" if col == "layer type" else "right")
+    if secs:
+        t.add_column("seconds", justify="right")
+    unet = flops["by_stage_layer_type"].get("unet", {})
+    total = flops["total"] or 1
+    names = sorted(flops["by_layer_type"], key=lambda k: -flops["by_layer_type"][k])
+    if secs:
+        names += [k for k in secs["by_layer_type"] if k not in names]
+    for lt in names:
+        f = flops["by_layer_type"].get(lt, 0)
+        row = [lt, _fmt_n(f), f"{100 * f / total:.1f}%", _fmt_n(unet.get(lt, 0)),
+               _fmt_n(nbytes["by_layer_type"].get(lt, 0)) + "B"]
+        if secs:
+            row.append(_fmt_s(secs["by_layer_type"].get(lt, 0.0)))
+        if f or (secs and secs["by_layer_type"].get(lt, 0.0) > 0) or nbytes["by_layer_type"].get(lt, 0):
+            t.add_row(*row)
+    row = ["total", _fmt_n(flops["total"]), "100.0%", _fmt_n(sum(unet.values())), _fmt_n(nbytes["total"]) + "B"]
+    if secs:
+        row.append(_fmt_s(secs["total"]))
+    t.add_row(*row, style="bold")
+    out.print(t)
+    lit = sum(d["macs_conv_linear"].values())
+    out.print(f"literature convention (conv + linear multiply-adds only): {_fmt_n(lit)} MACs = "
+              f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
+    if d.get("projection") and "flops_total" in d["projection"]:
+        out.print(f"full-run FLOPs (projection, {d['projection']['unet_evals_full']} UNet evals): "
+                  f"{_fmt_n(d['projection']['flops_total'])}")
+
+
 def _profile_table(d: dict) -> None:
+    if d["mode"] == "analytic":
+        out.print(f"analytic: {d['model']} ({d['model_title']}) {d['height']}x{d['width']}, batch {d['batch']}, "
+                  f"{d['steps']} steps ({d['unet_evals']} UNet evals), CFG {'on' if d['cfg'] else 'off'}, "
+                  f"{d['dtype']} — meta device, nothing executed")
+        _account_table(d)
+        params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
+        out.print(f"parameters: {params}")
+        out.print(f"run folder: {d['run_dir']}")
+        return
     title = (f"{d['model']} ({d['model_title']}) {d['height']}x{d['width']}, batch {d['batch']}, "
              f"{d['steps']} steps, CFG {'on' if d['cfg'] else 'off'}, {d['device']} {d['dtype']}")
     if d.get("random_weights"):
@@ -97,6 +153,8 @@ def _profile_table(d: dict) -> None:
     params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
     out.print(f"parameters: {params}")
     out.print(f"peak memory: {_fmt_bytes(d['peak_memory_bytes'])} ({d['peak_memory_kind']})")
+    if "flops" in d:
+        _account_table(d)
     image = f"  image: {d['image']}" if d.get("image") else ""
     out.print(f"run folder: {d['run_dir']}{image}")
 
@@ -121,21 +179,26 @@ def profile(
         None, help="Denoising steps actually executed per run (0: all). Default: 3 on CPU, all on CUDA; "
         "the full-run time is then a labelled projection."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<model>)."),
+    mode: Mode = typer.Option(Mode.measured, help="measured: run it, timed; analytic: meta device, no compute."),
+    trace: bool = typer.Option(True, "--trace/--no-trace",
+                               help="Measured mode: record every op (FLOPs, bytes, time) or only stage times."),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Profile one text-to-image run: time per stage, parameters, peak memory, the image."""
+    """Profile one text-to-image run: time, FLOPs and bytes per stage and layer type, parameters, memory."""
     from diffprobe.run.profile import DEFAULT_PROMPT, ProfileConfig, run_profile
 
     cfg = ProfileConfig(model=model, prompt=prompt if prompt is not None else DEFAULT_PROMPT, height=height,
                         width=width, steps=steps, batch=batch, guidance=guidance, seed=seed, device=device,
                         dtype=dtype.value, weights=weights, allow_pickle=allow_pickle, repeat=repeat, warmup=warmup,
-                        sample_steps=sample_steps, out=out_dir)
+                        sample_steps=sample_steps, out=out_dir, mode=mode.value, trace_ops=trace)
     cfg = cfg.resolved()
     bar, callback = _progress(quiet)
     with bar:
         result = run_profile(cfg, progress=callback)
     d = result.to_dict()
+    for warning in d.get("warnings", []):
+        err.print(f"diffprobe: warning: {warning}", markup=False, highlight=False)
     if fmt is Format.json:
         _print_json(d)
     else:
