@@ -3,7 +3,8 @@
 Three variants run in alternation (so drift on a shared machine hits all alike), each a full pipeline call:
   plain   - the uninstrumented diffusers pipeline call;
   stages  - with diffprobe's stage timer (issue: stage timing adds <= 1%);
-  ops     - stage timer + per-op tracer with per-op timing (issue: tracing adds <= 5%).
+  ops     - stage timer + per-op tracer with per-op timing (issue: tracing adds <= 5%);
+  torch.profiler - PyTorch's own CPU profiler with shapes recorded, the tool the tracer must beat.
 Prints the median wall time of each and the ratios to plain.
 
     python benchmarks/overhead.py [--model sd15] [--size 256] [--steps 3] [--rounds 3]
@@ -43,12 +44,16 @@ def main() -> None:
             return contextlib.nullcontext()
         if name == "stages":
             return StageTimer(pipe, cfg.device)
+        if name == "torch.profiler":
+            from torch.profiler import ProfilerActivity, profile
+
+            return profile(activities=[ProfilerActivity.CPU], record_shapes=True)
         stack = contextlib.ExitStack()
         stack.enter_context(StageTimer(pipe, cfg.device))
         stack.enter_context(_tracer(cfg, pipe, timed=True))
         return stack
 
-    times: dict[str, list[float]] = {"plain": [], "stages": [], "ops": []}
+    times: dict[str, list[float]] = {"plain": [], "stages": [], "ops": [], "torch.profiler": []}
     with torch.inference_mode():
         pipe(**pipeline_kwargs(cfg, pipe))  # warm-up
         for r in range(a.rounds):
@@ -62,7 +67,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"model {a.model} {a.size}px, {a.steps} steps, {torch.get_num_threads()} threads, {a.rounds} rounds")
     for k, v in med.items():
-        print(f"{k:7s} median {v:.3f} s  min {min(times[k]):.3f} s  ratio to plain {v / med['plain']:.4f}")
+        print(f"{k:14s} median {v:.3f} s  min {min(times[k]):.3f} s  ratio to plain {v / med['plain']:.4f}")
 
 
 if __name__ == "__main__":

@@ -279,9 +279,8 @@ def initial_latents(cfg: ProfileConfig, pipe):
 
     shape = (cfg.batch, pipe.unet.config.in_channels, cfg.height // pipe.vae_scale_factor,
              cfg.width // pipe.vae_scale_factor)
-    dtype = pipe.text_encoder.dtype if cfg.mode == "measured" else _torch_dtype(cfg.dtype)
-    if pipe.text_encoder_2 if hasattr(pipe, "text_encoder_2") else False:
-        dtype = pipe.text_encoder_2.dtype
+    # the pipeline makes its latents in the prompt embeddings' dtype: that of the last text encoder
+    dtype = (getattr(pipe, "text_encoder_2", None) or pipe.text_encoder).dtype
     if cfg.mode == "analytic":
         return torch.empty(shape, dtype=dtype, device="meta")
     generator = torch.Generator(cfg.device).manual_seed(cfg.seed)

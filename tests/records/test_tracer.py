@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-import torch
 
 import diffprobe
 from diffprobe.models.registry import get_spec
