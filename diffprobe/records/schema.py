@@ -11,10 +11,11 @@ SCHEMA_VERSION = 1
 
 # Layer types used in every table. The first thirteen are the study's; ``linear`` (dense layers outside attention
 # and feed-forward, e.g. SD 2's proj_in/proj_out, ResNet time projections), ``memory`` (copies, concatenation,
-# dtype casts) and ``view`` (zero-cost reshapes) keep the account complete without hiding work in ``other``.
+# dtype casts), ``view`` (zero-cost reshapes) and ``transfer`` (copies between devices) keep the account complete
+# without hiding work in ``other``.
 LAYER_TYPES = (
     "conv", "attn_qkv", "attn_score", "attn_softmax", "attn_pv", "attn_out", "ffn", "norm", "activation",
-    "elementwise", "embedding", "resample", "linear", "memory", "view", "other",
+    "elementwise", "embedding", "resample", "other", "linear", "memory", "view", "transfer",
 )
 STAGES = ("text_encoder", "text_encoder_2", "unet", "scheduler", "vae_decoder", "vae_encoder", "pipeline")
 

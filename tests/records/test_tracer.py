@@ -7,6 +7,7 @@ import diffprobe
 from diffprobe.models.registry import get_spec
 from diffprobe.records.formulas import FORMULAS
 from diffprobe.records.runfolder import read_ops
+from diffprobe.records.schema import LAYER_TYPES, STAGES
 from diffprobe.run.profile import ProfileConfig, build_pipeline, run_profile
 from tests.reference.flops import unet_costs
 
@@ -131,6 +132,7 @@ def test_json_account_shapes(tmp_path):
     assert d["bytes_unfused_total"] > d["bytes"]["total"]  # fused attention never writes its scores
     ops = read_ops(tmp_path)
     assert ops["flops"].sum() == d["flops"]["total"]
+    assert set(ops["layer_type"]) <= set(LAYER_TYPES) and set(ops["stage"]) <= set(STAGES)
     import pyarrow.parquet as pq
 
     assert pq.read_schema(tmp_path / "ops.parquet").metadata[b"diffprobe_schema_version"] == b"1"
