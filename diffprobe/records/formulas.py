@@ -95,13 +95,12 @@ def conv_flops(args, kwargs, out) -> Cost:
     """2 * out_elements * (C_in / groups) * prod(kernel), plus one add per output element for the bias."""
     x, w, bias = args[0], args[1], args[2] if len(args) > 2 else kwargs.get("bias")
     transposed = bool(args[6]) if len(args) > 6 else False
-    groups = args[8] if len(args) > 8 else kwargs.get("groups", 1)
     kernel = math.prod(w.shape[2:])
+    # w: (C_out, C_in/groups, kh, kw), so groups are already folded into w.shape[1]
     if transposed:  # each input element is scattered through C_out/groups * kernel weights
-        macs = x.numel * (w.shape[1]) * kernel
+        macs = x.numel * w.shape[1] * kernel
     else:
-        macs = _out(out).numel * (w.shape[1]) * kernel  # w: (C_out, C_in/groups, kh, kw)
-    del groups  # already folded into w.shape[1]
+        macs = _out(out).numel * w.shape[1] * kernel
     bias_flops = _out(out).numel if isinstance(bias, TensorMeta) else 0
     return Cost(2 * macs + bias_flops, macs)
 
@@ -231,16 +230,21 @@ register("elementwise", "addcmul", "addcdiv", "lerp", "addcmul_", "addcdiv_", "l
 @register("reduction", "sum", "mean", "amax", "amin", "max", "min", "argmax", "argmin", "prod", "any", "all",
           "norm", "linalg_vector_norm", "var", "std", "var_mean", "cumsum", "logsumexp")
 def reduction_flops(args, kwargs, out) -> Cost:
-    """One operation per input element (mean/var add one per output)."""
+    """One operation per input element."""
     return Cost(args[0].numel)
 
 
 # -- data movement, creation, embedding, resampling ---------------------------------------------------------------
-@register("resample", "upsample_nearest2d", "upsample_nearest1d", "upsample_nearest3d", "_upsample_nearest_exact2d",
-          "avg_pool2d", "max_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d")
+@register("resample", "upsample_nearest2d", "upsample_nearest1d", "upsample_nearest3d", "_upsample_nearest_exact2d")
 def nearest_flops(args, kwargs, out) -> Cost:
-    """Nearest-neighbour copies: 0 FLOPs (pooling: one add per input element)."""
+    """Nearest-neighbour copies: 0 FLOPs."""
     return Cost(0)
+
+
+@register("resample", "avg_pool2d", "max_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d")
+def pool_flops(args, kwargs, out) -> Cost:
+    """Pooling: one add (or compare) per input element."""
+    return Cost(args[0].numel)
 
 
 @register("resample", "upsample_bilinear2d", "_upsample_bilinear2d_aa", "upsample_bicubic2d")

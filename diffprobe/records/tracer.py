@@ -175,7 +175,7 @@ class OpTracer:
         self.stack: list[_Frame] = [self.root]
         self.unet_step = -1
         self.scheduler_step = -1
-        self._pending_cuda: list[tuple[int, object, object]] = []
+        self._pending_cuda: list[tuple[int, object, object, int]] = []  # (first row, start, end, n rows)
         self._statics: dict[int, _Static] = {}
         self._formula_cache: dict = {}
         self._undo: list = []
@@ -336,13 +336,12 @@ class OpTracer:
         unfused = sdpa_unfused_bytes(q, k, v)
         total_flops = sum(c.flops for c in parts.values()) or 1
         f = self.stack[-1]
-        kind_frame = f
         for part, layer_type in (("score", "attn_score"), ("softmax", "attn_softmax"), ("pv", "attn_pv")):
             cost = parts[part]
             share = t * cost.flops / total_flops if t == t else t  # NaN stays NaN
             ins = [q, k] if part == "score" else [v] if part == "pv" else []
             outs = [_meta(out)] if part == "pv" else []
-            self._append("sdpa", part, kind_frame, layer_type, ins, outs, cost, 0, unfused[part], share,
+            self._append("sdpa", part, f, layer_type, ins, outs, cost, 0, unfused[part], share,
                          self.timed)
 
     # -- context manager ---------------------------------------------------------------------------------------

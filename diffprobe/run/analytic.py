@@ -43,7 +43,6 @@ class MetaAdapters:
 
         def cpu_step(model_output, timestep, sample, *args, **kwargs):
             was, tracer.suppress = tracer.suppress, True
-            out_meta = sample
             model_output = torch.zeros(model_output.shape, dtype=model_output.dtype)
             sample = torch.zeros(sample.shape, dtype=sample.dtype)
             tracer.suppress = was
@@ -51,7 +50,7 @@ class MetaAdapters:
             tracer.suppress = True
             try:
                 return tuple(torch.empty_like(r, device="meta") if isinstance(r, torch.Tensor) else r
-                             for r in result) if isinstance(result, tuple) else _to_meta_output(result, out_meta)
+                             for r in result) if isinstance(result, tuple) else _to_meta_output(result)
             finally:
                 tracer.suppress = was
 
@@ -65,12 +64,12 @@ class MetaAdapters:
                 key = _shape_key(args, kwargs)
                 step_now = tracer.unet_step
                 if key in cache:
-                    first_row, n_rows, step0, output = cache[key]
+                    first_row, n_rows, output = cache[key]
                     _replay_rows(tracer, first_row, n_rows, step_now)
                     return output
                 first = len(tracer.rows)
                 output = forward(*args, **kwargs)
-                cache[key] = (first, len(tracer.rows) - first, step_now, output)
+                cache[key] = (first, len(tracer.rows) - first, output)
                 return output
 
             self._undo.append(patch_attr(unet, "forward", replaying_forward))
@@ -81,7 +80,7 @@ class MetaAdapters:
             undo()
 
 
-def _to_meta_output(result, like):
+def _to_meta_output(result):
     """A scheduler output object with its tensors moved to meta (``prev_sample`` etc.)."""
     for key, value in list(result.items()):
         if isinstance(value, torch.Tensor):

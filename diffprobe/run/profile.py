@@ -25,10 +25,10 @@ from diffprobe.models.registry import (
     load_pipeline,
     pipeline_from_components,
 )
+from diffprobe.records.schema import SCHEMA_VERSION  # one version for the whole run folder
 from diffprobe.run.environment import environment
 from diffprobe.run.stages import STAGE_ORDER, StageTimer
 
-SCHEMA_VERSION = 1
 DTYPES = ("float32", "float16", "bfloat16")
 MODES = ("measured", "analytic")
 RANDOM_WEIGHTS_NOTE = "architecture-only: timings and FLOPs are real, image content and sparsity are not"
@@ -257,15 +257,15 @@ def build_pipeline(cfg: ProfileConfig, spec: ModelSpec):
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()
+    dtype = _torch_dtype(cfg.dtype)
     if cfg.mode == "analytic":
-        pipe = pipeline_from_components(spec, build_components(spec, "meta", cfg.seed))
-        pipe = pipe.to(dtype=_torch_dtype(cfg.dtype))
-    elif cfg.weights:
-        pipe = load_pipeline(spec, cfg.weights, dtype=_torch_dtype(cfg.dtype), allow_pickle=cfg.allow_pickle)
-        pipe = pipe.to(cfg.device, _torch_dtype(cfg.dtype))
+        pipe = pipeline_from_components(spec, build_components(spec, "meta", cfg.seed)).to(dtype=dtype)
     else:
-        pipe = pipeline_from_components(spec, build_components(spec, "random", cfg.seed))
-        pipe = pipe.to(cfg.device, _torch_dtype(cfg.dtype))
+        if cfg.weights:
+            pipe = load_pipeline(spec, cfg.weights, dtype=dtype, allow_pickle=cfg.allow_pickle)
+        else:
+            pipe = pipeline_from_components(spec, build_components(spec, "random", cfg.seed))
+        pipe = pipe.to(cfg.device, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

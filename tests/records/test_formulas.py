@@ -63,6 +63,13 @@ def test_norms_softmax_activations():
     assert cost("aten.add.Tensor", [x, x], x).flops == x.numel
 
 
+def test_resampling():
+    x = T(1, 4, 8, 8)
+    assert cost("aten.upsample_nearest2d.default", [x, [16, 16]], T(1, 4, 16, 16)).flops == 0
+    assert cost("aten.avg_pool2d.default", [x, [2, 2]], T(1, 4, 4, 4)).flops == 4 * 8 * 8  # one add per input
+    assert cost("aten.upsample_bilinear2d.default", [x, [16, 16], False], T(1, 4, 16, 16)).flops == 7 * 4 * 256
+
+
 def test_views_cost_nothing_and_embedding_reads_only_gathered_rows():
     assert cost("aten.view.default", [T(4, 10), [40]], T(40)).bytes_read == 0
     e = cost("aten.embedding.default", [T(49408, 768), TensorMeta((1, 77), "int64", 8)], T(1, 77, 768))
