@@ -42,6 +42,7 @@ BAD = [
     (["profile", "--model", "tiny", "--weights", "/no/such/path"], "does not exist"),
     (["profile", "--model", "tiny", "--out", "/proc/diffprobe-cannot-write"], "cannot write"),
     (["profile", "--no-such-flag"], "no-such-flag"),
+    (["profile", "--model", "tiny", "--mode", "simulated"], "--mode"),
 ]
 
 
