@@ -182,6 +182,8 @@ def profile(
     mode: Mode = typer.Option(Mode.measured, help="measured: run it, timed; analytic: meta device, no compute."),
     trace: bool = typer.Option(True, "--trace/--no-trace",
                                help="Measured mode: record every op (FLOPs, bytes, time) or only stage times."),
+    chrome_trace: bool = typer.Option(False, "--chrome-trace",
+                                      help="Measured mode: also write trace.json for Perfetto / chrome://tracing."),
     fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -191,7 +193,8 @@ def profile(
     cfg = ProfileConfig(model=model, prompt=prompt if prompt is not None else DEFAULT_PROMPT, height=height,
                         width=width, steps=steps, batch=batch, guidance=guidance, seed=seed, device=device,
                         dtype=dtype.value, weights=weights, allow_pickle=allow_pickle, repeat=repeat, warmup=warmup,
-                        sample_steps=sample_steps, out=out_dir, mode=mode.value, trace_ops=trace)
+                        sample_steps=sample_steps, out=out_dir, mode=mode.value, trace_ops=trace,
+                        chrome_trace=chrome_trace)
     cfg = cfg.resolved()
     bar, callback = _progress(quiet)
     with bar:

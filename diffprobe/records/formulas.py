@@ -260,8 +260,8 @@ def embedding_flops(args, kwargs, out) -> Cost:
     return Cost(0, 0, bytes_read=args[1].nbytes + o.nbytes, bytes_written=o.nbytes)
 
 
-register("memory", "clone", "_to_copy", "copy_", "copy", "cat", "concat", "concatenate", "stack", "contiguous", "index", "index_select",
-         "_reshape_copy",
+register("memory", "clone", "_to_copy", "copy_", "copy", "cat", "concat", "concatenate", "stack", "contiguous",
+         "index", "index_select", "_reshape_copy",
          "gather", "scatter", "index_put", "index_put_", "repeat", "flip", "roll", "constant_pad_nd", "tril", "triu",
          "_unsafe_index", "masked_select", "nonzero", "lift_fresh_copy", "to", "type_as", "bernoulli_",
          "pad", "_pad_circular", "reflection_pad2d", "replication_pad2d")(
@@ -287,7 +287,8 @@ def fill_flops(args, kwargs, out) -> Cost:
           "unsqueeze", "squeeze", "slice", "select", "split", "split_with_sizes", "chunk", "unbind", "as_strided",
           "alias", "detach", "lift_fresh", "unfold", "diagonal", "narrow", "view_as", "expand_as", "movedim",
           "flatten", "unflatten", "squeeze_", "unsqueeze_", "transpose_", "t_", "_neg_view", "_conj", "resolve_conj",
-          "resolve_neg", "numpy_T", "mT", "split_copy", "dropout", "feature_dropout", "alpha_dropout", "detach_", "sym_size", "sym_stride", "sym_numel", "is_same_size",
+          "resolve_neg", "numpy_T", "mT", "split_copy", "dropout", "feature_dropout", "alpha_dropout", "detach_",
+          "sym_size", "sym_stride", "sym_numel", "is_same_size",
           "_has_compatible_shallow_copy_type", "set_", "result_type", "size", "stride", "dim", "is_nonzero", "item")
 def view_flops(args, kwargs, out) -> Cost:
     """A new view of existing memory: 0 FLOPs, 0 bytes (dropout is the identity at inference)."""

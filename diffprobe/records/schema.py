@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: start_s added
 
 # Layer types used in every table. The first thirteen are the study's; ``linear`` (dense layers outside attention
 # and feed-forward, e.g. SD 2's proj_in/proj_out, ResNet time projections), ``memory`` (copies, concatenation,
@@ -45,6 +45,7 @@ class OpRecord:
     bytes_read_unfused: int  # same, if a fused kernel's intermediates (attention scores) went through memory
     bytes_written_unfused: int
     time_s: float  # measured wall time (NaN in analytic mode)
+    start_s: float  # when the op started, seconds from the start of the traced call (NaN in analytic mode)
     time_apportioned: bool  # True where one fused kernel's time is split over its parts in proportion to FLOPs
     replayed: bool  # True for UNet evaluations copied from an identical traced one instead of re-traced
 

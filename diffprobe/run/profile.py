@@ -57,6 +57,7 @@ class ProfileConfig:
     out: str | None = None
     mode: str = "measured"  # "measured": real execution, timed; "analytic": meta device, no compute
     trace_ops: bool = True  # measured mode: record every op (FLOPs, bytes, time); False: stage timing only
+    chrome_trace: bool = False  # measured mode: also write trace.json (Chrome / Perfetto) into the run folder
 
     def resolved(self) -> "ProfileConfig":
         """A copy with defaults filled in and every field validated (raises :class:`DiffprobeError`)."""
@@ -79,6 +80,8 @@ class ProfileConfig:
             raise DiffprobeError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
         if cfg.dtype not in DTYPES:
             raise DiffprobeError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
+        if cfg.chrome_trace and (cfg.mode == "analytic" or not cfg.trace_ops):
+            raise DiffprobeError("--chrome-trace needs a measured run with op tracing (--mode measured --trace)")
         if cfg.mode == "analytic":
             cfg.sample_steps = 0  # every step is traced (replayed): the account covers the full run
         else:
@@ -493,4 +496,8 @@ def _save(out_dir: Path, result: ProfileResult) -> None:
 
     if result.ops is not None:
         write_ops(out_dir, result.ops)
+        if result.config.chrome_trace and result.config.mode == "measured":
+            from diffprobe.report.trace import write_chrome_trace
+
+            result.extra["chrome_trace"] = write_chrome_trace(out_dir / "trace.json", result.ops).name
     write_run_json(out_dir, result.to_dict())

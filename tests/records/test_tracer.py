@@ -135,7 +135,8 @@ def test_json_account_shapes(tmp_path):
     assert set(ops["layer_type"]) <= set(LAYER_TYPES) and set(ops["stage"]) <= set(STAGES)
     import pyarrow.parquet as pq
 
-    assert pq.read_schema(tmp_path / "ops.parquet").metadata[b"diffprobe_schema_version"] == b"1"
+    version = pq.read_schema(tmp_path / "ops.parquet").metadata[b"diffprobe_schema_version"]
+    assert version == str(d["schema_version"]).encode()  # one version for the whole run folder
 
 
 def test_op_without_formula_is_listed_not_dropped(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ from PIL import Image
 
 import diffprobe
 from diffprobe.errors import DiffprobeError
+from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.profile import ProfileConfig, build_pipeline, run_profile
 
 TINY = dict(model="tiny", steps=3, sample_steps=0, prompt="a red cube")
@@ -27,7 +28,7 @@ def test_full_profile_run_writes_results_and_image(tmp_path):
     assert d["random_weights"] and "architecture-only" in d["note"]
     assert d["peak_memory_bytes"] > 10 * 2**20
     saved = json.loads((tmp_path / "run.json").read_text())
-    assert saved["stages"] == d["stages"] and saved["schema_version"] == 1
+    assert saved["stages"] == d["stages"] and saved["schema_version"] == SCHEMA_VERSION
     assert Image.open(tmp_path / "image.png").size == (64, 64)
 
 
