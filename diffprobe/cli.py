@@ -19,7 +19,8 @@ from diffprobe.errors import DiffprobeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Workload characterization of text-to-image diffusion inference.")
-out = Console(soft_wrap=True)
+# piped output (files, README tours) gets a wide fixed width instead of rich's 80-column fallback
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -159,53 +160,194 @@ def _profile_table(d: dict) -> None:
     out.print(f"run folder: {d['run_dir']}{image}")
 
 
+# options shared by `profile` and `sweep` (one declaration each)
+O_MODEL = typer.Option("sd21-base", help="Architecture (see `diffprobe models`).")
+O_PROMPT = typer.Option(None, help="Text prompt.")
+O_STEPS = typer.Option(50, help="Denoising steps of the full run.")
+O_GUIDANCE = typer.Option(7.5, help="CFG scale; 1 disables classifier-free guidance.")
+O_SEED = typer.Option(0, help="Seed for weights and noise.")
+O_DEVICE = typer.Option("cpu", help="cpu or cuda.")
+O_DTYPE = typer.Option(Dtype.float32, help="Compute dtype.")
+O_WEIGHTS = typer.Option(None, help="Local diffusers folder or .safetensors file.")
+O_PICKLE = typer.Option(False, help="Allow pickle checkpoints (.ckpt/.bin/.pt): only if trusted.")
+O_REPEAT = typer.Option(1, help="Measured runs (median/min/max reported).")
+O_WARMUP = typer.Option(0, help="Unmeasured runs before the measured ones.")
+O_SAMPLE = typer.Option(None, help="Denoising steps actually executed per run (0: all). Default: 3 on CPU, all on "
+                        "CUDA; the full-run time is then a labelled projection.")
+O_MODE = typer.Option(Mode.measured, help="measured: run it, timed; analytic: meta device, no compute.")
+O_TRACE = typer.Option(True, "--trace/--no-trace",
+                       help="Measured mode: record every op (FLOPs, bytes, time) or only stage times.")
+O_HARDWARE = typer.Option(None, "--hardware", help="Hardware preset for the roofline (see `diffprobe hardware "
+                          "list`; this-cpu is measured), or a path to a preset .toml file.")
+O_FORMAT = typer.Option(Format.table, "--format", help="table or json.")
+O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _base_config(**kw):
+    from diffprobe.run.profile import DEFAULT_PROMPT, ProfileConfig
+
+    kw["prompt"] = kw["prompt"] if kw["prompt"] is not None else DEFAULT_PROMPT
+    kw["dtype"] = kw["dtype"].value
+    kw["mode"] = kw["mode"].value
+    return ProfileConfig(**kw)
+
+
+def _warn(lines) -> None:
+    for line in lines:
+        err.print(f"diffprobe: warning: {line}", markup=False, highlight=False)
+
+
 @app.command()
 def profile(
-    model: str = typer.Option("sd21-base", help="Architecture (see `diffprobe models`)."),
-    prompt: Optional[str] = typer.Option(None, help="Text prompt."),
+    model: str = O_MODEL,
+    prompt: Optional[str] = O_PROMPT,
     height: Optional[int] = typer.Option(None, help="Image height in px (default: the model's native size)."),
     width: Optional[int] = typer.Option(None, help="Image width in px (default: the model's native size)."),
-    steps: int = typer.Option(50, help="Denoising steps of the full run."),
+    steps: int = O_STEPS,
     batch: int = typer.Option(1, help="Images per prompt."),
-    guidance: float = typer.Option(7.5, help="CFG scale; 1 disables classifier-free guidance."),
-    seed: int = typer.Option(0, help="Seed for weights and noise."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    dtype: Dtype = typer.Option(Dtype.float32, help="Compute dtype."),
-    weights: Optional[str] = typer.Option(None, help="Local diffusers folder or .safetensors file."),
-    allow_pickle: bool = typer.Option(False, help="Allow pickle checkpoints (.ckpt/.bin/.pt): only if trusted."),
-    repeat: int = typer.Option(1, help="Measured runs (median/min/max reported)."),
-    warmup: int = typer.Option(0, help="Unmeasured runs before the measured ones."),
-    sample_steps: Optional[int] = typer.Option(
-        None, help="Denoising steps actually executed per run (0: all). Default: 3 on CPU, all on CUDA; "
-        "the full-run time is then a labelled projection."),
+    guidance: float = O_GUIDANCE,
+    seed: int = O_SEED,
+    device: str = O_DEVICE,
+    dtype: Dtype = O_DTYPE,
+    weights: Optional[str] = O_WEIGHTS,
+    allow_pickle: bool = O_PICKLE,
+    repeat: int = O_REPEAT,
+    warmup: int = O_WARMUP,
+    sample_steps: Optional[int] = O_SAMPLE,
     out_dir: Optional[str] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<model>)."),
-    mode: Mode = typer.Option(Mode.measured, help="measured: run it, timed; analytic: meta device, no compute."),
-    trace: bool = typer.Option(True, "--trace/--no-trace",
-                               help="Measured mode: record every op (FLOPs, bytes, time) or only stage times."),
+    mode: Mode = O_MODE,
+    trace: bool = O_TRACE,
     chrome_trace: bool = typer.Option(False, "--chrome-trace",
                                       help="Measured mode: also write trace.json for Perfetto / chrome://tracing."),
-    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    hardware: Optional[str] = O_HARDWARE,
+    fmt: Format = O_FORMAT,
+    quiet: bool = O_QUIET,
 ) -> None:
     """Profile one text-to-image run: time, FLOPs and bytes per stage and layer type, parameters, memory."""
-    from diffprobe.run.profile import DEFAULT_PROMPT, ProfileConfig, run_profile
+    from diffprobe.run.profile import run_profile
 
-    cfg = ProfileConfig(model=model, prompt=prompt if prompt is not None else DEFAULT_PROMPT, height=height,
-                        width=width, steps=steps, batch=batch, guidance=guidance, seed=seed, device=device,
-                        dtype=dtype.value, weights=weights, allow_pickle=allow_pickle, repeat=repeat, warmup=warmup,
-                        sample_steps=sample_steps, out=out_dir, mode=mode.value, trace_ops=trace,
-                        chrome_trace=chrome_trace)
+    cfg = _base_config(model=model, prompt=prompt, height=height, width=width, steps=steps, batch=batch,
+                       guidance=guidance, seed=seed, device=device, dtype=dtype, weights=weights,
+                       allow_pickle=allow_pickle, repeat=repeat, warmup=warmup, sample_steps=sample_steps,
+                       out=out_dir, mode=mode, trace_ops=trace, chrome_trace=chrome_trace, hardware=hardware)
     cfg = cfg.resolved()
     bar, callback = _progress(quiet)
     with bar:
         result = run_profile(cfg, progress=callback)
     d = result.to_dict()
-    for warning in d.get("warnings", []):
-        err.print(f"diffprobe: warning: {warning}", markup=False, highlight=False)
+    _warn(d.get("warnings", []))
     if fmt is Format.json:
         _print_json(d)
     else:
         _profile_table(d)
+
+
+@app.command()
+def sweep(
+    model: str = O_MODEL,
+    resolutions: str = typer.Option("256,512,768,1024,1536,2048",
+                                    help="Comma list of image sides (N or HxW), each a multiple of 8."),
+    batch: str = typer.Option("1", help="Comma list of batch sizes."),
+    prompt: Optional[str] = O_PROMPT,
+    steps: int = O_STEPS,
+    guidance: float = O_GUIDANCE,
+    seed: int = O_SEED,
+    device: str = O_DEVICE,
+    dtype: Dtype = O_DTYPE,
+    weights: Optional[str] = O_WEIGHTS,
+    allow_pickle: bool = O_PICKLE,
+    repeat: int = O_REPEAT,
+    warmup: int = O_WARMUP,
+    sample_steps: Optional[int] = O_SAMPLE,
+    mode: Mode = typer.Option(Mode.analytic, help="analytic: meta device, seconds per point; measured: run it."),
+    trace: bool = O_TRACE,
+    hardware: Optional[str] = O_HARDWARE,
+    max_point_seconds: Optional[float] = typer.Option(
+        None, help="Measured: skip a point whose roofline time on --hardware (this-cpu on CPU) exceeds this."),
+    out_dir: str = typer.Option(..., "--out", help="Sweep folder (re-running the same command resumes it)."),
+    fmt: Format = O_FORMAT,
+    quiet: bool = O_QUIET,
+) -> None:
+    """Sweep resolutions (and batch sizes): scaling exponents, crossover, memory, bottlenecks, roofline."""
+    from diffprobe.run.sweep import SweepConfig, parse_ints, parse_resolutions, run_sweep
+
+    base = _base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
+                        dtype=dtype, weights=weights, allow_pickle=allow_pickle, repeat=repeat, warmup=warmup,
+                        sample_steps=sample_steps, mode=mode, trace_ops=trace, hardware=hardware)
+    sc = SweepConfig(base=base, resolutions=parse_resolutions(resolutions), batches=parse_ints(batch, "--batch"),
+                     out=out_dir, max_point_seconds=max_point_seconds)
+    bar, callback = _progress(quiet)
+    with bar:
+        state = run_sweep(sc, progress=callback, log=lambda m: err.print(f"diffprobe: {m}", markup=False,
+                                                                          highlight=False))
+    if fmt is Format.json:
+        _print_json(state)
+    else:
+        from diffprobe.report.text import sweep_tables
+
+        for item in sweep_tables(state):
+            out.print(item)
+
+
+hardware_app = typer.Typer(help="Hardware presets for the roofline: list, show, measure this CPU.",
+                           no_args_is_help=True)
+app.add_typer(hardware_app, name="hardware")
+
+
+@hardware_app.command("list")
+def hardware_list(fmt: Format = O_FORMAT) -> None:
+    """List the presets (this-cpu is measured on first use and cached)."""
+    from diffprobe.hardware.measure import cache_path
+    from diffprobe.hardware.presets import THIS_CPU, get_preset, list_presets
+
+    rows = []
+    for name in list_presets():
+        if name == THIS_CPU and not cache_path().exists():
+            rows.append({"name": name, "title": "this machine (not measured yet: `diffprobe hardware measure`)"})
+            continue
+        rows.append(get_preset(name).to_dict())
+    if fmt is Format.json:
+        _print_json({"presets": rows})
+        return
+    t = Table(title="hardware presets (dense peaks)", title_justify="left")
+    for col in ("name", "title", "fp32 TFLOP/s", "fp16 TFLOP/s", "bf16 TFLOP/s", "bandwidth", "memory"):
+        t.add_column(col, justify="left" if col in ("name", "title") else "right")
+    for r in rows:
+        if "peak_flops" not in r:
+            t.add_row(r["name"], r["title"], "", "", "", "", "")
+            continue
+        p = r["peak_flops"]
+        t.add_row(r["name"], r["title"], *(f"{p[d] / 1e12:.3g}" for d in ("float32", "float16", "bfloat16")),
+                  f"{r['memory_bandwidth'] / 1e9:.4g} GB/s", f"{r['memory_bytes'] / 1e9:.3g} GB")
+    out.print(t)
+
+
+def _show_preset(d: dict, fmt: Format) -> None:
+    if fmt is Format.json:
+        _print_json(d)
+        return
+    out.print(f"{d['name']}: {d['title']} ({d['kind']})")
+    for dt, v in d["peak_flops"].items():
+        out.print(f"  peak {dt:9s} {v / 1e12:10.4g} TFLOP/s   ridge {v / d['memory_bandwidth']:8.1f} FLOP/byte")
+    out.print(f"  memory bandwidth {d['memory_bandwidth'] / 1e9:.4g} GB/s, memory {d['memory_bytes'] / 1e9:.3g} GB")
+    out.print(f"  source: {d['source']}")
+
+
+@hardware_app.command("show")
+def hardware_show(name: str = typer.Argument(..., help="Preset name or path to a .toml file."),
+                  fmt: Format = O_FORMAT) -> None:
+    """Show one preset's ceilings, ridge points and source."""
+    from diffprobe.hardware.presets import get_preset
+
+    _show_preset(get_preset(name).to_dict(), fmt)
+
+
+@hardware_app.command("measure")
+def hardware_measure(fmt: Format = O_FORMAT) -> None:
+    """Measure this CPU's ceilings now (matmul FLOP/s per dtype, copy bandwidth) and cache them as this-cpu."""
+    from diffprobe.hardware.measure import this_cpu
+
+    _show_preset(this_cpu(remeasure=True).to_dict(), fmt)
 
 
 @app.command()

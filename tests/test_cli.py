@@ -43,6 +43,15 @@ BAD = [
     (["profile", "--model", "tiny", "--out", "/proc/diffprobe-cannot-write"], "cannot write"),
     (["profile", "--no-such-flag"], "no-such-flag"),
     (["profile", "--model", "tiny", "--mode", "simulated"], "--mode"),
+    (["profile", "--model", "tiny", "--hardware", "B200"], "unknown hardware preset"),
+    (["profile", "--model", "tiny", "--mode", "analytic", "--chrome-trace"], "--chrome-trace"),
+    (["sweep", "--model", "tiny", "--resolutions", "64,100", "--out", "/tmp/x"], "multiple of 8"),
+    (["sweep", "--model", "tiny", "--resolutions", "64,big", "--out", "/tmp/x"], "cannot parse resolution"),
+    (["sweep", "--model", "tiny", "--resolutions", "", "--out", "/tmp/x"], "empty"),
+    (["sweep", "--model", "tiny", "--batch", "", "--out", "/tmp/x"], "--batch is empty"),
+    (["sweep", "--model", "tiny", "--resolutions", "64", "--hardware", "nope", "--out", "/tmp/x"], "nope"),
+    (["sweep", "--model", "tiny", "--resolutions", "64"], "--out"),
+    (["hardware", "show", "B200"], "unknown hardware preset"),
 ]
 
 
@@ -61,3 +70,33 @@ def test_pickle_without_flag_via_subprocess(tmp_path):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--allow-pickle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sweep_json_and_resume_refusal(tmp_path, capsys):
+    argv = ["sweep", "--model", "tiny", "--resolutions", "64,128", "--steps", "2", "--out", str(tmp_path / "s"),
+            "--hardware", "a100-sxm-80gb", "--format", "json", "-q"]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert set(d["points"]) == {"64x64-b1", "128x128-b1"} and "exponents" in d["findings"]
+    assert d["findings"]["points"][0]["roofline"]["preset"] == "A100-SXM-80GB"
+    argv[argv.index("--steps") + 1] = "3"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another configuration" in err and "start fresh" in err
+
+
+def test_preset_missing_a_field_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ntitle = "x"\nsource = "x"\nmemory_bytes = 1e9\n[peak_flops]\nfloat32 = 1e12\n')
+    assert main(["hardware", "show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing field 'memory_bandwidth'" in err
+
+
+def test_hardware_list_and_show(capsys):
+    assert main(["hardware", "show", "h100-sxm", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["peak_flops"]["bfloat16"] == 989.4e12 and "datasheet" in d["source"]
+    assert main(["hardware", "list"]) == 0
+    text = capsys.readouterr().out
+    assert "H200" in text and "this-cpu" in text

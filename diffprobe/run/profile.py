@@ -58,6 +58,7 @@ class ProfileConfig:
     mode: str = "measured"  # "measured": real execution, timed; "analytic": meta device, no compute
     trace_ops: bool = True  # measured mode: record every op (FLOPs, bytes, time); False: stage timing only
     chrome_trace: bool = False  # measured mode: also write trace.json (Chrome / Perfetto) into the run folder
+    hardware: str | None = None  # hardware preset (name or .toml path) for the roofline account; None: none
 
     def resolved(self) -> "ProfileConfig":
         """A copy with defaults filled in and every field validated (raises :class:`DiffprobeError`)."""
@@ -90,6 +91,10 @@ class ProfileConfig:
             cfg.sample_steps = 0 if cfg.device.startswith("cuda") else 3
         if cfg.weights is not None:
             cfg.weights = str(check_weights_path(cfg.weights, cfg.allow_pickle))
+        if cfg.hardware is not None:
+            from diffprobe.hardware.presets import get_preset
+
+            get_preset(cfg.hardware)  # an unknown or broken preset is refused before any work
         return cfg
 
 
@@ -184,6 +189,11 @@ class ProfileResult:
         if self.config.mode == "measured" and self.stages:
             timed = {("pipeline" if k == "other" else k): v for k, v in self.stages.items() if k != "total"}
             acc["seconds"] = breakdown.seconds_account(ops, timed)
+        if self.config.hardware is not None and len(ops):
+            from diffprobe.analyses import roofline
+            from diffprobe.hardware.presets import get_preset
+
+            acc["roofline"] = roofline.summary(ops, get_preset(self.config.hardware), acc.get("seconds"))
         if self.unsupported:
             acc["warnings"] = [f"no FLOP formula for {op} ({n} calls): counted as 'other' with 0 FLOPs"
                                for op, n in sorted(self.unsupported.items())]

@@ -1,0 +1,76 @@
+"""Terminal tables (rich renderables) built from result dicts; the CLI prints them."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from diffprobe.report.findings import SHARE_CLASSES, sweep_findings
+
+
+def fmt_n(x: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f}"
+
+
+def fmt_s(x: float) -> str:
+    if x < 1e-3:
+        return f"{x * 1e6:.1f} µs"
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def sweep_tables(state: dict) -> list:
+    """The sweep as renderables: points with shares, exponents, findings, skipped/failed points."""
+    f = state.get("findings") or {}
+    points = sorted(f.get("points") or [], key=lambda p: (p["batch"], p["side"]))
+    items: list = []
+    t = Table(title=f"sweep: {state.get('model')} ({state.get('mode')}), UNet FLOP shares per point",
+              title_justify="left")
+    cols = ["point", "tokens", "UNet FLOPs", *(c.replace("_attention", "-attn") for c in SHARE_CLASSES)]
+    timed = any("seconds" in p for p in points)
+    roof = any("roofline" in p for p in points)
+    if timed:
+        cols.append("UNet s")
+    if roof:
+        cols.append("roofline s")
+    cols += ["scores (unfused)", "fused"]
+    for c in cols:
+        t.add_column(c, justify="left" if c == "point" else "right")
+    for p in points:
+        u = p["flops"]["unet"]
+        tot = u["total"] or 1
+        row = [p["name"], str(p["tokens"]), fmt_n(u["total"]),
+               *(f"{100 * u.get(c, 0) / tot:.1f}%" for c in SHARE_CLASSES)]
+        if timed:
+            row.append(fmt_s(p["seconds"]["stages"].get("unet", 0.0)) if "seconds" in p else "")
+        if roof:
+            row.append(fmt_s(p["roofline"]["prediction"]["total_s"]) if "roofline" in p else "")
+        mem = p["attention_memory"]
+        row += [fmt_n(mem["materialized_bytes"]) + "B", fmt_n(mem["fused_bytes"]) + "B"]
+        t.add_row(*row)
+    items.append(t)
+    fits = f.get("exponents", {})
+    if fits.get("flops"):
+        e = Table(title="scaling exponents k (cost ∝ side^k, log-log least squares; RMS residual in ln units)",
+                  title_justify="left")
+        e.add_column("UNet layer class")
+        e.add_column("k (FLOPs)", justify="right")
+        e.add_column("residual", justify="right")
+        if "seconds" in fits:
+            e.add_column("k (seconds)", justify="right")
+            e.add_column("residual ", justify="right")
+        for c, fit in sorted(fits["flops"].items(), key=lambda kv: -(kv[1]["k"] if kv[1] else 0)):
+            if fit is None:
+                continue
+            row = [c, f"{fit['k']:.2f}", f"{fit['rms_log_residual']:.3f}"]
+            if "seconds" in fits:
+                s = fits["seconds"].get(c)
+                row += [f"{s['k']:.2f}", f"{s['rms_log_residual']:.3f}"] if s else ["", ""]
+            e.add_row(*row)
+        items.append(e)
+    for p in state.get("points", {}).values():
+        if p.get("status") in ("failed", "skipped"):
+            items.append(f"{p['status']}: {p.get('message', '')}")
+    items.extend(sweep_findings(state))
+    return items

@@ -1,0 +1,298 @@
+"""Sweeps: one profile per (resolution, batch) point, written to a sweep folder point by point, resumable.
+
+Layout of a sweep folder::
+
+    sweep.json                  configuration, point status, findings (rewritten atomically after each point)
+    points/<H>x<W>-b<B>/        a complete profile run folder (run.json, ops.parquet) per finished point
+
+A point's folder is written under ``.partial/`` and renamed into ``points/`` when complete, so a killed sweep
+leaves only whole points; running the same command again skips them. A folder made with another configuration
+(model, steps, mode, dtype, ...) is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from diffprobe.errors import DiffprobeError
+from diffprobe.run.profile import ProfileConfig, run_profile
+
+# what makes two sweeps comparable point by point; resolution and batch are the swept axes, the rest must match
+IDENTITY_EXCLUDE = ("height", "width", "batch", "out", "hardware", "chrome_trace")
+
+
+def parse_resolutions(text: str) -> list[tuple[int, int]]:
+    """``"256,512,768x512"`` -> [(256, 256), (512, 512), (768, 512)] as (height, width); every side a
+    multiple of 8."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise DiffprobeError("--resolutions is empty; give a comma list such as 256,512,768")
+    out = []
+    for item in items:
+        parts = item.lower().split("x")
+        try:
+            sides = [int(p) for p in parts]
+        except ValueError:
+            sides = []
+        if len(sides) not in (1, 2) or any(s <= 0 for s in sides):
+            raise DiffprobeError(f"cannot parse resolution {item!r}; use N (square) or HxW, e.g. 512 or 768x512")
+        h, w = sides if len(sides) == 2 else (sides[0], sides[0])
+        for side in (h, w):
+            if side % 8:
+                raise DiffprobeError(f"resolution {item} is not a multiple of 8 (the VAE downsamples by 8)")
+        if (h, w) not in out:
+            out.append((h, w))
+    return out
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise DiffprobeError(f"{flag} is empty; give a comma list such as 1,2,4")
+    try:
+        values = [int(t) for t in items]
+    except ValueError:
+        raise DiffprobeError(f"cannot parse {flag} {text!r}; give whole numbers such as 1,2,4") from None
+    if any(v < 1 for v in values):
+        raise DiffprobeError(f"{flag} values must be at least 1, got {text}")
+    return list(dict.fromkeys(values))
+
+
+@dataclass
+class SweepConfig:
+    base: ProfileConfig  # every profile flag; height/width/batch/out are set per point
+    resolutions: list[tuple[int, int]]  # (height, width)
+    batches: list[int] = field(default_factory=lambda: [1])
+    out: str = "runs/sweep"
+    max_point_seconds: float | None = None  # measured: skip points whose roofline prediction exceeds this
+
+    def identity(self) -> dict:
+        base = asdict(self.base)
+        return {k: v for k, v in base.items() if k not in IDENTITY_EXCLUDE}
+
+    def points(self) -> list[tuple[int, int, int]]:
+        return [(h, w, b) for b in self.batches for (h, w) in self.resolutions]
+
+
+def point_name(h: int, w: int, b: int) -> str:
+    return f"{h}x{w}-b{b}"
+
+
+class SweepFolder:
+    """The sweep folder on disk: configuration check, finished points, atomic point commits."""
+
+    def __init__(self, path: str | Path, identity: dict):
+        self.path = Path(path)
+        self.identity = identity
+        self.meta_path = self.path / "sweep.json"
+
+    def open(self) -> dict:
+        """Create the folder or check that it holds a sweep of the same configuration; returns its state."""
+        if self.meta_path.exists():
+            try:
+                state = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DiffprobeError(f"{self.meta_path} is unreadable ({exc}); start fresh with another --out "
+                                     "or delete the folder") from exc
+            old = state.get("config", {})
+            diff = [k for k in sorted(set(old) | set(self.identity)) if old.get(k) != self.identity.get(k)]
+            if diff:
+                k = diff[0]
+                raise DiffprobeError(
+                    f"sweep folder {self.path} was made with another configuration ({k} {old.get(k)!r}, now "
+                    f"{self.identity.get(k)!r}); use another --out, or delete the folder to start fresh")
+            return state
+        if self.path.exists() and any(p.name != ".partial" for p in self.path.iterdir()):
+            raise DiffprobeError(f"--out {self.path} exists and is not a sweep folder; use an empty or new folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DiffprobeError(f"cannot write to --out {self.path}: {exc.strerror or exc}") from exc
+        return {"points": {}}
+
+    def point_dir(self, name: str) -> Path:
+        return self.path / "points" / name
+
+    def finished(self, name: str) -> bool:
+        run = self.point_dir(name) / "run.json"
+        if not run.exists():
+            return False
+        try:
+            return json.loads(run.read_text(encoding="utf-8")).get("status") == "ok"
+        except (OSError, ValueError):
+            return False
+
+    def partial_dir(self, name: str) -> Path:
+        tmp = self.path / ".partial" / name
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a killed run: incomplete, so redone
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(self, name: str, tmp: Path) -> Path:
+        final = self.point_dir(name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        return final
+
+    def save(self, state: dict) -> None:
+        from diffprobe.records.runfolder import write_json
+
+        write_json(self.meta_path, state)
+
+
+def _predicted_seconds(cfg: ProfileConfig, preset_name: str) -> float:
+    """Roofline-predicted seconds of a measured point (its executed UNet steps only), from an analytic pass."""
+    import tempfile
+
+    from diffprobe.analyses import roofline
+    from diffprobe.hardware.presets import get_preset
+
+    with tempfile.TemporaryDirectory(prefix="diffprobe-predict-") as tmp:
+        analytic = run_profile(replace(cfg, mode="analytic", out=tmp, hardware=None, chrome_trace=False))
+    ops = analytic.ops
+    evals = cfg.sample_steps or analytic.unet_evals
+    ops = ops[~ops["stage"].isin(["unet", "scheduler"]) | (ops["step"] < evals)]
+    return roofline.prediction(roofline.op_roofline(ops, get_preset(preset_name)))["total_s"]
+
+
+def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
+    """Run (or resume) a sweep; returns the sweep summary (also in ``sweep.json``).
+
+    ``progress(stage, done, total)`` reports points; ``log(message)`` receives one line per skipped or failed
+    point."""
+    from diffprobe.models.registry import get_spec
+    from diffprobe.run.profile import build_pipeline
+
+    report = progress or (lambda *_: None)
+    say = log or (lambda _msg: None)
+    base = sc.base
+    spec = get_spec(base.model)
+    for h, w in sc.resolutions:  # validate every point before any work
+        replace(base, height=h, width=w).resolved()
+    base = replace(base, height=sc.resolutions[0][0], width=sc.resolutions[0][1]).resolved()
+    folder = SweepFolder(sc.out, sc.identity())
+    state = folder.open()
+    state.update({"schema_version": _schema_version(), "kind": "sweep", "config": sc.identity(),
+                  "model": base.model, "mode": base.mode, "hardware": base.hardware})
+    points = state.setdefault("points", {})
+    folder.save(state)
+    todo = sc.points()
+    pipe = None
+    t_start = time.perf_counter()
+    for i, (h, w, b) in enumerate(todo):
+        name = point_name(h, w, b)
+        report("points", i, len(todo))
+        if folder.finished(name):
+            points[name] = {"height": h, "width": w, "batch": b, "status": "ok", "dir": f"points/{name}"}
+            continue
+        cfg = replace(base, height=h, width=w, batch=b)
+        if cfg.mode == "measured" and sc.max_point_seconds is not None:
+            preset = cfg.hardware or ("this-cpu" if cfg.device == "cpu" else None)
+            if preset is not None:
+                predicted = _predicted_seconds(cfg, preset)
+                if predicted > sc.max_point_seconds:
+                    msg = (f"point {name} skipped: its roofline time on {preset} is at least {predicted:.0f} s, "
+                           f"over --max-point-seconds {sc.max_point_seconds:g}")
+                    points[name] = {"height": h, "width": w, "batch": b, "status": "skipped", "message": msg}
+                    say(msg)
+                    folder.save(state)
+                    continue
+        if pipe is None:
+            pipe = build_pipeline(base, spec)  # one pipeline serves every point: weights do not depend on size
+        tmp = folder.partial_dir(name)
+        try:
+            run_profile(replace(cfg, out=str(tmp)), pipe=pipe)
+        except DiffprobeError as exc:
+            msg = f"point {name} failed: {exc}"
+            points[name] = {"height": h, "width": w, "batch": b, "status": "failed", "message": msg}
+            say(msg)
+            folder.save(state)
+            continue
+        folder.commit(name, tmp)
+        points[name] = {"height": h, "width": w, "batch": b, "status": "ok", "dir": f"points/{name}"}
+        folder.save(state)
+    report("points", len(todo), len(todo))
+    shutil.rmtree(folder.path / ".partial", ignore_errors=True)
+    state["findings"] = findings(folder.path, [point_name(*p) for p in todo], hardware=base.hardware)
+    state["wall_s"] = time.perf_counter() - t_start
+    folder.save(state)
+    return state
+
+
+def _schema_version() -> int:
+    from diffprobe.records.schema import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
+
+
+def load_point(folder: Path, name: str) -> tuple[dict, object]:
+    from diffprobe.records.runfolder import read_ops
+
+    d = folder / "points" / name
+    return json.loads((d / "run.json").read_text(encoding="utf-8")), read_ops(d)
+
+
+def findings(folder: str | Path, names: list[str], hardware: str | None = None) -> dict:
+    """Everything a sweep states, from its finished points (see :mod:`diffprobe.analyses.scaling`)."""
+    from diffprobe.analyses import scaling
+
+    folder = Path(folder)
+    rows = []
+    for name in names:
+        if not (folder / "points" / name / "run.json").exists():
+            continue
+        run, ops = load_point(folder, name)
+        if run.get("status") != "ok":
+            continue
+        h, w, b = run["height"], run["width"], run["batch"]
+        timed = run.get("seconds") is not None
+        point = {
+            "name": name, "height": h, "width": w, "batch": b, "side": math.sqrt(h * w),
+            "tokens": (h // 8) * (w // 8),
+            "flops": {"unet": scaling.class_totals(ops, "flops", "unet"), "total": scaling.class_totals(ops, "flops")},
+            "bytes": {"unet": scaling.class_totals(ops.assign(b=ops["bytes_read"] + ops["bytes_written"]), "b",
+                                                   "unet")},
+            "by_stage_flops": run["flops"]["by_stage"],
+            "attention_memory": scaling.attention_memory(ops),
+            "peak_memory_bytes": run.get("peak_memory_bytes"),
+            "bottlenecks": scaling.bottlenecks(ops[ops["stage"] == "unet"], "flops", 10),
+        }
+        if timed:
+            point["seconds"] = {"unet": scaling.class_totals(ops, "time_s", "unet"), "stages": run["stages"]}
+            point["bottlenecks_seconds"] = scaling.bottlenecks(ops[ops["stage"] == "unet"], "time_s", 10)
+        if "roofline" in run:
+            point["roofline"] = run["roofline"]
+        rows.append(point)
+    result: dict = {"points": rows}
+    if not rows:
+        return result
+    # scaling with side, at the smallest batch
+    b0 = min(p["batch"] for p in rows)
+    series = sorted((p for p in rows if p["batch"] == b0), key=lambda p: p["side"])
+    sides = [p["side"] for p in series]
+    result["exponents_batch"] = b0
+    result["exponents"] = {}
+    for quantity in ("flops", "seconds"):
+        if not all(quantity in p for p in series):
+            continue
+        classes = sorted({c for p in series for c in p[quantity]["unet"]})
+        result["exponents"][quantity] = {
+            c: scaling.fit_exponent(sides, [p[quantity]["unet"].get(c, 0.0) for p in series]) for c in classes}
+    stages = sorted({s for p in series for s in p["by_stage_flops"]})
+    result["exponents"]["flops_by_stage"] = {
+        s: scaling.fit_exponent(sides, [p["by_stage_flops"].get(s, 0) for p in series]) for s in stages}
+    result["crossover"] = {}
+    for quantity in ("flops", "seconds"):
+        if all(quantity in p for p in series):
+            result["crossover"][quantity] = scaling.crossover(
+                sides, [p[quantity]["unet"]["self_attention"] for p in series],
+                [p[quantity]["unet"].get("conv", 0.0) for p in series])
+    return result
