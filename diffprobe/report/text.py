@@ -20,6 +20,10 @@ def fmt_s(x: float) -> str:
     return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
+EXPONENT_ROWS = ("total", "conv", "self_attention", "self_attention_core", "cross_attention", "ffn", "norm",
+                 "activation", "elementwise", "linear", "attn_qkv.self", "attn_qkv.cross")
+
+
 def sweep_tables(state: dict) -> list:
     """The sweep as renderables: points with shares, exponents, findings, skipped/failed points."""
     f = state.get("findings") or {}
@@ -61,7 +65,7 @@ def sweep_tables(state: dict) -> list:
             e.add_column("k (seconds)", justify="right")
             e.add_column("residual ", justify="right")
         for c, fit in sorted(fits["flops"].items(), key=lambda kv: -(kv[1]["k"] if kv[1] else 0)):
-            if fit is None:
+            if fit is None or c not in EXPONENT_ROWS:  # every class is in the JSON; the table keeps the main ones
                 continue
             row = [c, f"{fit['k']:.2f}", f"{fit['rms_log_residual']:.3f}"]
             if "seconds" in fits:
