@@ -9,6 +9,7 @@ import sys
 # transformers warns at import time about optional image processors we never use; keep stderr for our errors
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -234,12 +235,15 @@ def profile(
     bar, callback = _progress(quiet)
     with bar:
         result = run_profile(cfg, progress=callback)
+        callback("report", 0, 1)
+        report_path = _build_report(result.run_dir)
     d = result.to_dict()
     _warn(d.get("warnings", []))
     if fmt is Format.json:
         _print_json(d)
     else:
         _profile_table(d)
+        out.print(f"report: {report_path}")
 
 
 @app.command()
@@ -280,6 +284,7 @@ def sweep(
     with bar:
         state = run_sweep(sc, progress=callback, log=lambda m: err.print(f"diffprobe: {m}", markup=False,
                                                                           highlight=False))
+        report_path = _build_report(sc.out)
     if fmt is Format.json:
         _print_json(state)
     else:
@@ -287,6 +292,40 @@ def sweep(
 
         for item in sweep_tables(state):
             out.print(item)
+        out.print(f"report: {report_path}")
+
+
+def _build_report(folder) -> str:
+    from diffprobe.report.html import build_report
+
+    return str(build_report(folder))
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="A profile, sweep or compare folder.")) -> None:
+    """(Re)build report.html of a run folder from its files."""
+    out.print(f"report: {_build_report(run_dir)}")
+
+
+@app.command()
+def compare(
+    run_dirs: list[str] = typer.Argument(..., help="Two or more profile folders, or two or more sweep folders; "
+                                         "the first is the baseline."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Comparison folder (default: runs/compare-<time>)."),
+    fmt: Format = O_FORMAT,
+) -> None:
+    """Compare runs side by side with ratios to the first: writes compare.json, comparison.parquet, report.html."""
+    from diffprobe.report.compare import compare_runs
+
+    d = compare_runs(run_dirs, out_dir)
+    if fmt is Format.json:
+        _print_json(d)
+        return
+    from diffprobe.report.text import compare_table
+
+    out.print(compare_table(d))
+    out.print(f"the runs differ in: {', '.join(d['differs']) or 'nothing in their configuration'}")
+    out.print(f"report: {Path(d['run_dir']) / 'report.html'}")
 
 
 hardware_app = typer.Typer(help="Hardware presets for the roofline: list, show, measure this CPU.",
@@ -374,12 +413,16 @@ def models(fmt: Format = typer.Option(Format.table, "--format", help="table or j
 
 
 def _click_exceptions():
-    """The click exception module typer uses (typer >= 0.20 vendors click as ``typer._click``)."""
+    """The click exceptions typer uses: ``UsageError`` from the vendored ``typer._click`` (typer >= 0.20) or
+    click, ``Abort`` and ``Exit`` from wherever that typer defines them."""
+    from types import SimpleNamespace
+
     try:
-        import typer._click.exceptions as exceptions
+        import typer._click.exceptions as usage
     except ImportError:  # older typer on top of click
-        import click.exceptions as exceptions
-    return exceptions
+        import click.exceptions as usage
+    control = usage if hasattr(usage, "Abort") else __import__("typer.exceptions", fromlist=["Abort"])
+    return SimpleNamespace(UsageError=usage.UsageError, Abort=control.Abort, Exit=control.Exit)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,3 +65,59 @@ def read_ops(folder: str | Path):
     import pyarrow.parquet as pq
 
     return pq.read_table(Path(folder) / "ops.parquet").to_pandas()
+
+
+def read_result(folder: str | Path) -> tuple[str, dict]:
+    """The kind (``profile``, ``sweep``, ``compare``) and summary JSON of a diffprobe folder, validated.
+
+    Raises :class:`DiffprobeError` with one clear sentence for a missing, foreign, half-written or older folder."""
+    from diffprobe.errors import DiffprobeError
+    from diffprobe.records.schema import SCHEMA_VERSION
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DiffprobeError(f"run folder {folder} does not exist")
+    for name in ("sweep.json", "compare.json", "run.json"):
+        path = folder / name
+        if path.exists():
+            break
+    else:
+        raise DiffprobeError(f"{folder} is not a diffprobe run folder (no run.json, sweep.json or compare.json)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DiffprobeError(f"{path} is unreadable (half-written or damaged): {exc}") from exc
+    if not isinstance(data, dict) or "schema_version" not in data or "kind" not in data:
+        raise DiffprobeError(f"{path} was not written by diffprobe (no schema_version/kind)")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise DiffprobeError(f"{path} has schema version {data['schema_version']}; this diffprobe reads version "
+                             f"{SCHEMA_VERSION}: re-run the command that made it")
+    return data["kind"], data
+
+
+def read_ops_checked(folder: str | Path):
+    """:func:`read_ops`, or None when the run has no op table; a damaged table is a :class:`DiffprobeError`."""
+    from diffprobe.errors import DiffprobeError
+
+    path = Path(folder) / "ops.parquet"
+    if not path.exists():
+        return None
+    try:
+        return read_ops(folder)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise DiffprobeError(f"{path} is unreadable: {type(exc).__name__}: {exc}") from exc
+
+
+def write_layers(folder: str | Path, ops) -> Path:
+    """The per-layer table (``layers.parquet``): one row per (stage, step, module, layer type, attention kind)
+    with summed FLOPs, bytes, op count and time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = ["stage", "step", "level", "tokens", "module", "layer_type", "attn_kind"]
+    layers = ops.groupby(keys, sort=False, dropna=False).agg(
+        ops=("index", "count"), flops=("flops", "sum"), macs_conv_linear=("macs_conv_linear", "sum"),
+        bytes_read=("bytes_read", "sum"), bytes_written=("bytes_written", "sum"),
+        time_s=("time_s", lambda s: s.sum(min_count=1))).reset_index()
+    table = pa.Table.from_pandas(layers, preserve_index=False)
+    return atomic_write(Path(folder) / "layers.parquet", lambda tmp: pq.write_table(table, tmp))

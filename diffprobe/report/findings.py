@@ -12,7 +12,15 @@ def _side(p: dict) -> str:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+    if n >= 2**28:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _secs(x: float) -> str:
+    from diffprobe.report.text import fmt_s
+
+    return fmt_s(x)
 
 
 def sweep_findings(state: dict) -> list[str]:
@@ -64,9 +72,65 @@ def sweep_findings(state: dict) -> list[str]:
     if roof and roof.get("versus_measured"):
         vm = roof["versus_measured"]["total"]
         if vm.get("error") is not None:
-            out.append(f"On {roof['preset']}, the roofline predicts {vm['predicted_s']:.2f} s for the traced ops "
-                       f"at {_side(last)}; measured {vm['measured_s']:.2f} s ({100 * vm['error']:+.0f}%).")
+            out.append(f"On {roof['preset']}, the roofline predicts {_secs(vm['predicted_s'])} for the traced ops "
+                       f"at {_side(last)}; measured {_secs(vm['measured_s'])} ({100 * vm['error']:+.0f}%).")
     elif roof:
-        out.append(f"On {roof['preset']}, the roofline predicts {roof['prediction']['total_s']:.2f} s for the run "
+        out.append(f"On {roof['preset']}, the roofline predicts {_secs(roof['prediction']['total_s'])} for the run "
                    f"at {_side(last)} ({100 * roof['prediction']['compute_bound_share']:.0f}% of it compute-bound).")
+    return out
+
+
+def profile_findings(run: dict, ops=None) -> list[str]:
+    """Sentences about one profile run (``run.json`` content; ``ops`` the op table, when readable)."""
+    from diffprobe.analyses import scaling
+    from diffprobe.report.text import fmt_n
+
+    out = []
+    stages = {k: v for k, v in (run.get("stages") or {}).items() if k != "total"}
+    total = (run.get("stages") or {}).get("total")
+    if stages and total:
+        top = max(stages, key=stages.get)
+        out.append(f"{top} takes {100 * stages[top] / total:.1f}% of the measured time ({stages[top]:.2f} s of "
+                   f"{total:.2f} s).")
+        proj = run.get("projection")
+        if proj and proj.get("total_s"):
+            unet = proj["stages"].get("unet", 0.0)
+            out.append(f"Projected to all {proj['unet_evals_full']} UNet evaluations, the UNet is "
+                       f"{100 * unet / proj['total_s']:.1f}% of {proj['total_s']:.1f} s (a projection from "
+                       f"{proj['unet_evals_measured']} measured evaluations, not a measurement).")
+    flops = run.get("flops") or {}
+    if ops is not None and len(ops):
+        u = scaling.class_totals(ops, "flops", "unet")
+        if u["total"]:
+            parts = ", ".join(f"{LABEL[c]} {100 * u.get(c, 0) / u['total']:.1f}%" for c in SHARE_CLASSES)
+            out.append(f"UNet FLOPs by layer class: {parts}.")
+        top = scaling.bottlenecks(ops[ops["stage"] == "unet"], "flops", 1)
+        if top:
+            b = top[0]
+            out.append(f"The largest single UNet cost is {b['layer_class']} at level {b['level']} ({b['tokens']} "
+                       f"tokens): {100 * b['share']:.1f}% of UNet FLOPs.")
+        mem = scaling.attention_memory(ops)
+        if mem["materialized_bytes"]:
+            out.append(f"The largest attention score matrix would take {_gib(mem['materialized_bytes'])} if "
+                       f"materialized; a fused kernel's working set for that call is {_gib(mem['fused_bytes'])}.")
+    if flops.get("total") and run.get("macs_conv_linear"):
+        lit = 2 * sum(run["macs_conv_linear"].values())
+        share = 100 * lit / flops["total"]
+        out.append(f"Published MAC tables (conv + linear multiply-adds only) would count {share:.1f}% "
+                   f"of the {fmt_n(flops['total'])}FLOPs traced; attention products, norms and activations "
+                   "are the rest.")
+    secs = run.get("seconds")
+    if secs and secs.get("total"):
+        un = secs.get("by_layer_type", {}).get("unattributed", 0.0)
+        out.append(f"{100 * un / secs['total']:.1f}% of the measured time is not attributed to any operator "
+                   "(Python between ops, hooks) and is shown as unattributed.")
+    roof = run.get("roofline")
+    if roof:
+        vm = (roof.get("versus_measured") or {}).get("total")
+        if vm and vm.get("error") is not None:
+            out.append(f"On {roof['preset']}, the roofline predicts {_secs(vm['predicted_s'])} for the traced ops; "
+                       f"measured {_secs(vm['measured_s'])} ({100 * vm['error']:+.0f}%).")
+        else:
+            out.append(f"On {roof['preset']}, the roofline predicts {_secs(roof['prediction']['total_s'])} for the "
+                       f"traced ops ({100 * roof['prediction']['compute_bound_share']:.0f}% of it compute-bound).")
     return out

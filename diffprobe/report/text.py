@@ -78,3 +78,29 @@ def sweep_tables(state: dict) -> list:
             items.append(f"{p['status']}: {p.get('message', '')}")
     items.extend(sweep_findings(state))
     return items
+
+
+def compare_table(d: dict) -> Table:
+    """Metrics of a comparison, one column per run, ratios to the baseline in parentheses."""
+    labels = [r["label"] for r in d["runs"]]
+    t = Table(title=f"compare ({d['of']} runs; baseline {d['baseline']})", title_justify="left")
+    t.add_column("metric")
+    for lb in labels:
+        t.add_column(lb, justify="right")
+    for row in compare_rows(d):
+        t.add_row(*row)
+    return t
+
+
+def compare_rows(d: dict) -> list[list[str]]:
+    """[metric, value (×ratio), ...] per metric of a comparison, formatted by the metric's unit."""
+    rows = []
+    for k, row in d["metrics"].items():
+        fmt = fmt_s if k.startswith("seconds") or k.endswith("seconds") else (
+            (lambda x: f"{100 * x:.1f}%") if k.endswith("share") else fmt_n)
+        cells = []
+        for lb, v in row.items():
+            r = d["ratios"][k][lb]
+            cells.append(("" if v is None else fmt(v)) + ("" if r is None or lb == d["baseline"] else f" (×{r:.3g})"))
+        rows.append([k, *cells])
+    return rows

@@ -502,10 +502,11 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
 
 
 def _save(out_dir: Path, result: ProfileResult) -> None:
-    from diffprobe.records.runfolder import write_ops, write_run_json
+    from diffprobe.records.runfolder import write_layers, write_ops, write_run_json
 
     if result.ops is not None:
         write_ops(out_dir, result.ops)
+        write_layers(out_dir, result.ops)
         if result.config.chrome_trace and result.config.mode == "measured":
             from diffprobe.report.trace import write_chrome_trace
 

@@ -181,7 +181,8 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     folder = SweepFolder(sc.out, sc.identity())
     state = folder.open()
     state.update({"schema_version": _schema_version(), "kind": "sweep", "config": sc.identity(),
-                  "model": base.model, "mode": base.mode, "hardware": base.hardware})
+                  "model": base.model, "mode": base.mode, "hardware": base.hardware,
+                  "random_weights": base.weights is None and not spec.trained})
     points = state.setdefault("points", {})
     folder.save(state)
     todo = sc.points()

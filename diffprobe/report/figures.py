@@ -1,0 +1,203 @@
+"""Figures (matplotlib, no pyplot state): each function takes result data and returns a ``Figure``.
+
+Colours are fixed per layer type / class across every figure, so a colour means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from diffprobe.records.schema import LAYER_TYPES
+
+_TAB = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+    "#86bcb6", "#d37295", "#fabfd2", "#8cd17d", "#499894", "#b6992d", "#79706e", "#d4a6c8", "#a0cbe8",
+]
+COLORS = {lt: _TAB[i % len(_TAB)] for i, lt in enumerate(LAYER_TYPES)}
+COLORS.update({"self_attention": "#e15759", "cross_attention": "#f28e2b", "self_attention_core": "#b6992d",
+               "unattributed": "#d3d3d3", "total": "#333333"})
+CLASS_ORDER = ("conv", "self_attention", "cross_attention", "ffn", "linear", "norm", "activation", "elementwise",
+               "embedding", "resample", "memory", "other")
+
+
+def color(name: str) -> str:
+    return COLORS.get(name, COLORS.get(name.split(".")[0], "#999999"))
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def svg_text(fig: Figure) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _stacked_bars(ax, table: dict[str, dict[str, float]], scale: float, unit: str, title: str) -> None:
+    """table: group (x) -> layer type -> value."""
+    groups = [g for g in table if sum(table[g].values()) > 0]
+    types = sorted({t for g in groups for t in table[g]}, key=lambda t: -sum(table[g].get(t, 0) for g in groups))
+    bottom = np.zeros(len(groups))
+    for t in types:
+        vals = np.array([table[g].get(t, 0.0) for g in groups], dtype=float) / scale
+        if not vals.any():
+            continue
+        ax.bar(groups, vals, bottom=bottom, label=t, color=color(t), edgecolor="white", linewidth=0.4)
+        bottom += vals
+    ax.set_ylabel(unit)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def stage_layer_bars(run: dict) -> Figure:
+    """FLOPs (and measured seconds) per stage, stacked by layer type."""
+    timed = "seconds" in run
+    fig = Figure(figsize=(12 if timed else 6.5, 4), layout="constrained")
+    axes = fig.subplots(1, 2 if timed else 1, squeeze=False)[0]
+    _stacked_bars(axes[0], run["flops"]["by_stage_layer_type"], 1e12, "TFLOP", "FLOPs by stage and layer type")
+    if timed:
+        _stacked_bars(axes[1], run["seconds"]["by_stage_layer_type"], 1, "seconds",
+                      "measured time by stage and layer type")
+    return fig
+
+
+def step_timeline(run: dict) -> Figure | None:
+    """Per denoising step: measured UNet and scheduler seconds (measured runs), else FLOPs per step."""
+    steps = run.get("step_times") or []
+    fig = Figure(figsize=(7, 3))
+    ax = fig.subplots()
+    if steps:
+        x = [s["step"] for s in steps]
+        ax.bar(x, [s["unet_s"] for s in steps], label="unet", color=color("conv"))
+        ax.bar(x, [s["scheduler_s"] for s in steps], bottom=[s["unet_s"] for s in steps], label="scheduler",
+               color=color("elementwise"))
+        ax.set_ylabel("seconds")
+        ax.set_title("measured time per UNet evaluation", fontsize=10)
+    else:
+        by_step = run.get("flops", {}).get("by_step") or {}
+        if not by_step:
+            return None
+        ax.bar([int(k) for k in by_step], [v / 1e12 for v in by_step.values()], color=color("conv"))
+        ax.set_ylabel("TFLOP")
+        ax.set_title("FLOPs per UNet evaluation", fontsize=10)
+    ax.set_xlabel("UNet evaluation (denoising step)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if steps:
+        ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def roofline_figure(roof_ops, preset, title: str) -> Figure:
+    """Layer types as points on the preset's roofline (aggregate intensity = FLOPs / bytes, attainable FLOP/s;
+    measured runs add the achieved FLOP/s as hollow markers)."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    dtype = str(roof_ops.groupby("dtype")["flops"].sum().idxmax()) if len(roof_ops) else "float32"
+    peak, bw = preset.peak(dtype), preset.memory_bandwidth
+    g = roof_ops[roof_ops["bytes"] > 0].groupby("layer_type").agg(
+        flops=("flops", "sum"), bytes=("bytes", "sum"), time_s=("time_s", "sum"))
+    g = g[g["flops"] > 0]
+    ai = (g["flops"] / g["bytes"]).astype(float)
+    lo = max(float(ai.min()) / 4, 1e-2) if len(g) else 1e-2
+    hi = max(float(ai.max()) * 4, peak / bw * 8) if len(g) else peak / bw * 8
+    xs = np.logspace(math.log10(lo), math.log10(hi), 200)
+    ax.plot(xs, np.minimum(peak, xs * bw), color="#333333", linewidth=1.5,
+            label=f"{preset.name} {dtype}: {peak / 1e12:.3g} TFLOP/s, {bw / 1e9:.4g} GB/s")
+    ax.axvline(peak / bw, color="#999999", linestyle=":", linewidth=1)
+    for lt, r in g.iterrows():
+        ai = r["flops"] / r["bytes"]
+        ax.scatter([ai], [min(peak, ai * bw)], color=color(lt), s=40, zorder=3, label=lt)
+        if r["time_s"] == r["time_s"] and r["time_s"] > 0:  # measured: achieved FLOP/s
+            ax.scatter([ai], [r["flops"] / r["time_s"]], facecolors="none", edgecolors=color(lt), s=60, zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("FLOP/s")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False, loc="lower right", ncol=2)
+    return fig
+
+
+def _series(findings: dict) -> list[dict]:
+    b0 = findings.get("exponents_batch", 1)
+    return sorted((p for p in findings["points"] if p["batch"] == b0), key=lambda p: p["side"])
+
+
+def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
+    """UNet shares per layer class vs image side (stacked area), the self-attention/convolution crossover
+    marked."""
+    pts = [p for p in _series(findings) if quantity in p]
+    if len(pts) < 2:
+        return None
+    sides = [p["side"] for p in pts]
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    classes = [c for c in CLASS_ORDER if any(p[quantity]["unet"].get(c, 0) > 0 for p in pts)]
+    shares = []
+    for c in classes:
+        shares.append([100 * p[quantity]["unet"].get(c, 0) / (p[quantity]["unet"]["total"] or 1) for p in pts])
+    # the classes do not overlap: attention rows belong to self/cross attention only (their per-type classes
+    # carry a ".self"/".cross" suffix and are not stacked here)
+    ax.stackplot(sides, *shares, labels=classes, colors=[color(c) for c in classes], alpha=0.9)
+    cross = (findings.get("crossover") or {}).get(quantity)
+    if cross and not cross.get("already_ahead") and sides[0] <= cross["side"] <= sides[-1]:
+        ax.axvline(cross["side"], color="black", linestyle="--", linewidth=1)
+        ax.annotate(f"self-attention > conv\n≈ {cross['side']:.0f} px", (cross["side"], 95), fontsize=8,
+                    ha="left", va="top", xytext=(4, 0), textcoords="offset points")
+    ax.set_xlim(sides[0], sides[-1])
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("image side (px)")
+    ax.set_ylabel(f"share of UNet {'FLOPs' if quantity == 'flops' else 'time'} (%)")
+    ax.set_title(f"UNet {'FLOP' if quantity == 'flops' else 'time'} shares by layer class", fontsize=10)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    return fig
+
+
+def loglog(findings: dict, quantity: str = "flops") -> Figure | None:
+    """UNet cost per class vs side on log-log axes, with the fitted exponent in each label."""
+    pts = [p for p in _series(findings) if quantity in p]
+    fits = findings.get("exponents", {}).get(quantity, {})
+    if len(pts) < 2:
+        return None
+    sides = np.array([p["side"] for p in pts])
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for c in ("total", "self_attention_core", "self_attention", "conv", "ffn", "cross_attention", "norm"):
+        vals = np.array([p[quantity]["unet"].get(c, 0.0) for p in pts])
+        fit = fits.get(c)
+        if not fit or not (vals > 0).all():
+            continue
+        ax.plot(sides, vals, "o", color=color(c), markersize=4)
+        ax.plot(sides, np.exp(fit["b"]) * sides ** fit["k"], "-", color=color(c), linewidth=1,
+                label=f"{c}: k = {fit['k']:.2f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("image side (px)")
+    ax.set_ylabel("UNet FLOPs" if quantity == "flops" else "UNet seconds (measured ops)")
+    ax.set_title("scaling: cost ∝ side^k (lines: least-squares fits)", fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def compare_bars(names: list[str], table: dict[str, dict[str, float]], unit: str, title: str) -> Figure:
+    """Grouped bars: for each key (stage or layer type), one bar per run."""
+    keys = [k for k in table if any(table[k].get(n, 0) for n in names)]
+    fig = Figure(figsize=(max(6, 0.9 * len(keys) + 2), 3.8))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(names))
+    x = np.arange(len(keys))
+    for i, n in enumerate(names):
+        ax.bar(x + i * width, [table[k].get(n, 0.0) for k in keys], width, label=n, color=_TAB[i % len(_TAB)])
+    ax.set_xticks(x + width * (len(names) - 1) / 2, keys, rotation=20, fontsize=8)
+    ax.set_ylabel(unit)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    return fig

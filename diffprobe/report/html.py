@@ -1,0 +1,249 @@
+"""``report.html``: one self-contained page per run folder (figures inlined as data URIs, no script, no
+external URL), readable offline. Figures are also written to ``figures/`` as PNG (and SVG for the scaling plots).
+
+Every user-supplied string (prompt, model path, labels) goes through :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from pathlib import Path
+
+from diffprobe.records.runfolder import atomic_write, read_ops_checked, read_result
+from diffprobe.report import figures as figs
+from diffprobe.report.findings import profile_findings, sweep_findings
+from diffprobe.report.text import fmt_n, fmt_s
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; line-height: 1.45; padding: 0 1em; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 1.8em;
+     border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.sub { color: #666; margin-top: 0; }
+.banner { background: #fff4ce; border: 1px solid #e0c25a; padding: 0.6em 1em; border-radius: 4px; margin: 1em 0; }
+.banner.fail { background: #fde2e1; border-color: #d9534f; }
+ul.findings li { margin: 0.3em 0; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.88em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f5f5f5; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.85em; }
+img { max-width: 100%; height: auto; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+"""
+
+
+def esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Page:
+    """Collects the sections of one report and the figure files written beside it."""
+
+    def __init__(self, folder: Path, title: str, subtitle: str):
+        self.folder, self.title, self.subtitle = folder, title, subtitle
+        self.parts: list[str] = []
+        self.fig_dir = folder / "figures"
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def h2(self, text: str) -> None:
+        self.add(f"<h2>{esc(text)}</h2>")
+
+    def banner(self, text: str, fail: bool = False) -> None:
+        self.add(f'<div class="banner{" fail" if fail else ""}">{esc(text)}</div>')
+
+    def findings(self, sentences: list[str]) -> None:
+        if sentences:
+            self.h2("Findings")
+            self.add('<ul class="findings">' + "".join(f"<li>{esc(s)}</li>" for s in sentences) + "</ul>")
+
+    def figure(self, fig, name: str, caption: str, svg: bool = False) -> None:
+        if fig is None:
+            return
+        self.fig_dir.mkdir(exist_ok=True)
+        png = figs.png_bytes(fig)
+        atomic_write(self.fig_dir / f"{name}.png", lambda tmp: Path(tmp).write_bytes(png))
+        if svg:
+            text = figs.svg_text(fig)
+            atomic_write(self.fig_dir / f"{name}.svg", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        self.image(png, caption)
+
+    def image(self, png: bytes, caption: str, width: int | None = None) -> None:
+        data = base64.b64encode(png).decode("ascii")
+        w = f' width="{width}"' if width else ""
+        self.add(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(caption)}"{w}>'
+                 f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+    def write(self) -> Path:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+               f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+               f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>"
+               f"<h1>{esc(self.title)}</h1><p class=\"sub\">{esc(self.subtitle)}</p>"
+               + "".join(self.parts)
+               + f'<p class="sub">report built {esc(stamp)} by diffprobe from the files in this folder.</p>'
+               "</body></html>\n")
+        return atomic_write(self.folder / "report.html", lambda tmp: Path(tmp).write_text(doc, encoding="utf-8"))
+
+
+def build_report(folder: str | Path) -> Path:
+    """(Re)build ``report.html`` for a profile, sweep or compare folder; returns its path."""
+    folder = Path(folder)
+    kind, data = read_result(folder)
+    if kind == "sweep":
+        return _sweep_report(folder, data)
+    if kind == "compare":
+        from diffprobe.report.compare import compare_report
+
+        return compare_report(folder, data)
+    return _profile_report(folder, data)
+
+
+def _config_rows(d: dict) -> list[list]:
+    keys = ("model", "model_title", "weights", "prompt", "height", "width", "steps", "unet_evals",
+            "unet_evals_measured", "batch", "guidance", "seed", "device", "dtype", "mode", "repeat", "warmup",
+            "status")
+    return [[k, d.get(k)] for k in keys if k in d]
+
+
+def random_banner(page: Page, d: dict) -> None:
+    if d.get("random_weights"):
+        page.banner("Random weights: timings and FLOPs are real; the image content and any attention sparsity "
+                    "are not (load real weights with --weights for those).")
+
+
+def _profile_report(folder: Path, d: dict) -> Path:
+    ops = read_ops_checked(folder)
+    page = Page(folder, f"diffprobe profile — {d.get('model_title', d.get('model'))}",
+                f"{d.get('height')}×{d.get('width')} px, batch {d.get('batch')}, {d.get('steps')} steps, "
+                f"{d.get('mode')} on {d.get('device')} ({d.get('dtype')})")
+    random_banner(page, d)
+    if d.get("status") != "ok":
+        page.banner(f"This run failed: {d.get('error')}. What was measured before the failure is shown.", fail=True)
+    page.findings(profile_findings(d, ops))
+    page.h2("Configuration")
+    page.add(table(["setting", "value"], _config_rows(d)))
+    stages = d.get("stages") or {}
+    if stages:
+        page.h2("Measured time by stage")
+        total = stages.get("total") or 1
+        proj = d.get("projection")
+        headers = ["stage", "seconds", "share"] + ([f"projected, {proj['unet_evals_full']} evals"] if proj else [])
+        rows = []
+        for s, v in stages.items():
+            row = [s, fmt_s(v), f"{100 * v / total:.1f}%"]
+            if proj:
+                row.append(fmt_s(proj["total_s"] if s == "total" else proj["stages"].get(s, 0.0)))
+            rows.append(row)
+        page.add(table(headers, rows))
+    if d.get("flops"):
+        page.h2("Cost account by layer type")
+        f, b, sec = d["flops"], d["bytes"], d.get("seconds")
+        names = sorted(set(f["by_layer_type"]) | set((sec or {}).get("by_layer_type", {})),
+                       key=lambda k: -f["by_layer_type"].get(k, 0))
+        share = {lt: 100 * v / (f["total"] or 1) for lt, v in f["by_layer_type"].items()}
+        rows = [[lt, fmt_n(f["by_layer_type"].get(lt, 0)), f"{share.get(lt, 0):.1f}%",
+                 fmt_n(b["by_layer_type"].get(lt, 0)) + "B"]
+                + ([fmt_s(sec["by_layer_type"].get(lt, 0.0))] if sec else []) for lt in names]
+        page.add(table(["layer type", "FLOPs", "share", "bytes"] + (["seconds"] if sec else []), rows))
+        page.figure(figs.stage_layer_bars(d), "stage_layer_types", "FLOPs (and measured time) by stage, stacked by "
+                    "layer type")
+    page.figure(figs.step_timeline(d), "steps", "per UNet evaluation")
+    if d.get("roofline") and ops is not None and len(ops):
+        _roofline_section(page, d["roofline"], ops, "roofline")
+    image = d.get("image")
+    if image and (folder / image).exists():
+        page.h2("Generated image")
+        note = " (random weights: noise-like by design)" if d.get("random_weights") else ""
+        page.image((folder / image).read_bytes(), f"{image}{note}", width=min(512, d.get("width") or 512))
+    if d.get("environment"):
+        page.h2("Environment")
+        page.add(table(["", ""], [[k, v] for k, v in d["environment"].items()]))
+    return page.write()
+
+
+def _roofline_section(page: Page, roof: dict, ops, name: str) -> None:
+    from diffprobe.analyses import roofline
+    from diffprobe.errors import DiffprobeError
+    from diffprobe.hardware.presets import get_preset
+
+    page.h2(f"Roofline on {roof['preset']}")
+    try:
+        preset = get_preset(roof["preset"])
+    except DiffprobeError as exc:
+        page.banner(f"preset unavailable for the figure: {exc}")
+        return
+    vm = roof.get("versus_measured")
+    if vm:
+        rows = [[k, fmt_s(v["predicted_s"]), fmt_s(v["measured_s"]),
+                 f"{100 * v['error']:+.0f}%" if v["error"] is not None else "",
+                 f"{100 * v['fraction_of_peak']:.0f}%" if v.get("fraction_of_peak") is not None else ""]
+                for k, v in {**vm["by_stage"], **{f"· {t}": r for t, r in vm["by_layer_type"].items()}}.items()]
+        page.add(table(["stage / · layer type", "roofline", "measured", "error", "of peak"], rows))
+    page.figure(figs.roofline_figure(roofline.op_roofline(ops, preset), preset, f"layer types on {preset.title}"),
+                name, "filled: roofline-attainable FLOP/s at each layer type's intensity; hollow: achieved "
+                "(measured runs)")
+
+
+def _sweep_report(folder: Path, state: dict) -> Path:
+    f = state.get("findings") or {}
+    pts = sorted(f.get("points") or [], key=lambda p: (p["batch"], p["side"]))
+    cfg = state.get("config", {})
+    page = Page(folder, f"diffprobe sweep — {state.get('model')}",
+                f"{len(pts)} points, {cfg.get('steps')} steps, {state.get('mode')}, {cfg.get('dtype')}")
+    if state.get("random_weights"):
+        page.banner("Random weights: FLOPs and timings are real; image content and sparsity are not.")
+    for p in (state.get("points") or {}).values():
+        if p.get("status") in ("failed", "skipped"):
+            page.banner(p.get("message", ""), fail=p.get("status") == "failed")
+    page.findings(sweep_findings(state))
+    if pts:
+        page.h2("Points")
+        rows = []
+        for p in pts:
+            u = p["flops"]["unet"]
+            tot = u["total"] or 1
+            rows.append([p["name"], p["tokens"], fmt_n(u["total"]),
+                         *(f"{100 * u.get(c, 0) / tot:.1f}%" for c in ("conv", "self_attention", "cross_attention",
+                                                                      "ffn")),
+                         fmt_n(p["attention_memory"]["materialized_bytes"]) + "B",
+                         fmt_n(p["attention_memory"]["fused_bytes"]) + "B"])
+        page.add(table(["point", "tokens", "UNet FLOPs", "conv", "self-attn", "cross-attn", "ffn",
+                        "scores (unfused)", "fused"], rows))
+        fits = f.get("exponents", {})
+        if fits.get("flops"):
+            page.h2("Scaling exponents (cost ∝ side^k)")
+            rows = [[c, f"{v['k']:.2f}", f"{v['rms_log_residual']:.3f}"]
+                    + ([f"{fits['seconds'][c]['k']:.2f}" if fits.get("seconds", {}).get(c) else ""]
+                       if "seconds" in fits else [])
+                    for c, v in sorted(fits["flops"].items(), key=lambda kv: -(kv[1] or {"k": 0})["k"]) if v]
+            page.add(table(["UNet layer class", "k (FLOPs)", "residual"] + (["k (seconds)"] if "seconds" in fits
+                                                                            else []), rows))
+        page.figure(figs.share_area(f, "flops"), "shares_flops", "UNet FLOP shares vs image side", svg=True)
+        page.figure(figs.share_area(f, "seconds"), "shares_seconds", "UNet measured-time shares vs image side",
+                    svg=True)
+        page.figure(figs.loglog(f, "flops"), "scaling_flops", "UNet FLOPs vs side, log-log, with fitted exponents",
+                    svg=True)
+        page.figure(figs.loglog(f, "seconds"), "scaling_seconds", "UNet measured op time vs side, log-log",
+                    svg=True)
+        last = pts[-1]
+        if last.get("roofline"):
+            ops = read_ops_checked(folder / "points" / last["name"])
+            if ops is not None:
+                _roofline_section(page, last["roofline"], ops, "roofline_largest")
+        if last.get("bottlenecks"):
+            page.h2(f"Largest UNet costs at {last['name']}")
+            page.add(table(["level", "tokens", "layer class", "FLOPs", "share"],
+                           [[b["level"], b["tokens"], b["layer_class"], fmt_n(b["flops"]), f"{100 * b['share']:.1f}%"]
+                            for b in last["bottlenecks"]]))
+    return page.write()
