@@ -328,6 +328,125 @@ def compare(
     out.print(f"report: {Path(d['run_dir']) / 'report.html'}")
 
 
+@app.command()
+def sparsity(
+    model: str = typer.Option("digits", help="Architecture; trained attention needs --model digits or --weights."),
+    resolutions: Optional[str] = typer.Option(None, help="Comma list of sides (N or HxW); default: native."),
+    prompt: Optional[str] = O_PROMPT,
+    steps: int = typer.Option(25, help="Denoising steps of the full run."),
+    guidance: float = O_GUIDANCE,
+    seed: int = O_SEED,
+    device: str = O_DEVICE,
+    dtype: Dtype = O_DTYPE,
+    weights: Optional[str] = O_WEIGHTS,
+    allow_pickle: bool = O_PICKLE,
+    sample_steps: Optional[int] = O_SAMPLE,
+    eps: str = typer.Option("1e-2,1e-3,1e-4", help="Thresholds: fraction of probabilities below each, in [0, 1)."),
+    tau: str = typer.Option("0.9,0.95,0.99", help="Mass levels for keys/blocks needed to cover, in (0, 1]."),
+    blocks: str = typer.Option("32,64,128", help="Square block sides (tokens) for block sparsity."),
+    out_dir: str = typer.Option(..., "--out", help="Output folder."),
+    fmt: Format = O_FORMAT,
+    quiet: bool = O_QUIET,
+) -> None:
+    """Attention sparsity of every UNet attention call: per layer, head, step and resolution."""
+    from dataclasses import replace
+
+    from diffprobe.attention.probe import SparsityConfig, headline, parse_floats, run_sparsity
+    from diffprobe.models.registry import get_spec
+    from diffprobe.run.sweep import parse_ints, parse_resolutions
+
+    base = _base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
+                        dtype=dtype, weights=weights, allow_pickle=allow_pickle, sample_steps=sample_steps,
+                        mode=Mode.measured, trace_ops=False)
+    if model == "digits" and prompt is None:
+        base = replace(base, prompt="a handwritten seven")
+    native = get_spec(model).native_resolution
+    res = parse_resolutions(resolutions) if resolutions is not None else [(native, native)]
+    sc = SparsityConfig(eps=parse_floats(eps, "--eps", 0, 1, True), taus=parse_floats(tau, "--tau", 0, 1, False),
+                        blocks=tuple(parse_ints(blocks, "--blocks")))
+    bar, callback = _progress(quiet)
+    with bar:
+        state = run_sparsity(base, res, sc, out_dir, progress=callback)
+        report_path = _build_report(out_dir)
+    if fmt is Format.json:
+        _print_json(state)
+        return
+    from diffprobe.report.text import sparsity_table
+
+    out.print(sparsity_table(state))
+    for line in headline(state):
+        out.print(line)
+    out.print(f"report: {report_path}")
+
+
+@app.command()
+def approx(
+    method: str = typer.Option("threshold", help="Comma list of methods: threshold, topk, predicted, block."),
+    eps: str = typer.Option("0,1e-3,1e-2", help="threshold / predicted: probabilities below eps dropped, [0, 1)."),
+    k: str = typer.Option("64,16,4", help="topk: keys kept per query (>= 1)."),
+    tau: str = typer.Option("1,0.99,0.95,0.9", help="block: mass covered by the kept key blocks, (0, 1]."),
+    block: int = typer.Option(64, help="block: block side in tokens."),
+    rank: int = typer.Option(8, help="predicted: rank of the random projection that estimates the scores."),
+    renormalize: bool = typer.Option(True, "--renormalize/--no-renormalize",
+                                     help="Rescale kept probabilities to sum to 1 per row."),
+    model: str = typer.Option("digits", help="Architecture; quality means something on digits or --weights."),
+    height: Optional[int] = typer.Option(None, help="Image height in px (default: native)."),
+    width: Optional[int] = typer.Option(None, help="Image width in px (default: native)."),
+    prompt: Optional[str] = O_PROMPT,
+    steps: int = typer.Option(25, help="Denoising steps."),
+    guidance: float = typer.Option(4.0, help="CFG scale."),
+    seed: int = O_SEED,
+    device: str = O_DEVICE,
+    dtype: Dtype = O_DTYPE,
+    weights: Optional[str] = O_WEIGHTS,
+    allow_pickle: bool = O_PICKLE,
+    per_digit: int = typer.Option(3, help="digits: images per digit in the quality batch."),
+    out_dir: str = typer.Option(..., "--out", help="Output folder."),
+    fmt: Format = O_FORMAT,
+    quiet: bool = O_QUIET,
+) -> None:
+    """Approximate attention vs dense: FLOPs saved (exact account), time, PSNR/SSIM, digit accuracy."""
+    from diffprobe.attention.approx import METHODS
+    from diffprobe.attention.probe import parse_floats
+    from diffprobe.attention.tradeoff import run_approx
+
+    names = [m.strip() for m in method.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if not names or bad:
+        raise DiffprobeError(f"unknown method {(bad or [''])[0]!r}; use one of {', '.join(METHODS)}")
+    values = {"threshold": lambda: parse_floats(eps, "--eps", 0, 1, True),
+              "predicted": lambda: parse_floats(eps, "--eps", 0, 1, True),
+              "topk": lambda: tuple(float(x) for x in _ints(k, "--k")),
+              "block": lambda: parse_floats(tau, "--tau", 0, 1, False)}
+    methods = {m: list(values[m]()) for m in names}
+    if per_digit < 1:
+        raise DiffprobeError("--per-digit must be at least 1")
+    base = _base_config(model=model, prompt=prompt, height=height, width=width, steps=steps, guidance=guidance,
+                        seed=seed, device=device, dtype=dtype, weights=weights, allow_pickle=allow_pickle,
+                        mode=Mode.measured, trace_ops=False)
+    bar, callback = _progress(quiet)
+    with bar:
+        state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
+                           out=out_dir, progress=callback)
+        report_path = _build_report(out_dir)
+    if fmt is Format.json:
+        _print_json(state)
+        return
+    from diffprobe.report.text import approx_table
+
+    out.print(approx_table(state))
+    if state["random_weights"]:
+        out.print("random weights: attention is near-uniform, so quality and savings say nothing about a trained "
+                  "model; use --model digits or --weights")
+    out.print(f"report: {report_path}")
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    from diffprobe.run.sweep import parse_ints
+
+    return parse_ints(text, flag)
+
+
 hardware_app = typer.Typer(help="Hardware presets for the roofline: list, show, measure this CPU.",
                            no_args_is_help=True)
 app.add_typer(hardware_app, name="hardware")

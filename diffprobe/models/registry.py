@@ -39,6 +39,7 @@ class ModelSpec:
     pipeline_class: str  # diffusers pipeline class name
     components: tuple[str, ...]  # diffusers component names present in model_index.json
     trained: bool  # whether the embedded weights (if any) are trained; random init is never trained
+    weights: str | None = None  # a safetensors file in the config folder: embedded trained weights
 
     @property
     def folder(self):
@@ -74,6 +75,7 @@ def _specs() -> dict[str, ModelSpec]:
             pipeline_class=index["_class_name"],
             components=comps,
             trained=bool(meta.get("trained", False)),
+            weights=meta.get("weights"),
         )
     return specs
 
@@ -117,7 +119,8 @@ def _build_module(spec: ModelSpec, component: str):
 
 
 def build_components(spec: ModelSpec, init: str = "random", seed: int = 0) -> dict:
-    """Every pipeline component of ``spec`` with ``random`` (seeded) or ``meta`` weights."""
+    """Every pipeline component of ``spec`` with ``random`` (seeded) or ``meta`` weights; a spec with embedded
+    trained weights (``digits``) gets those instead of random ones."""
     import torch
 
     if init not in ("random", "meta"):
@@ -138,7 +141,24 @@ def build_components(spec: ModelSpec, init: str = "random", seed: int = 0) -> di
                 comps[name] = _build_module(spec, name).eval()
     finally:
         torch.random.set_rng_state(gen_state)
+    if init == "random" and spec.weights:
+        _load_embedded(spec, comps)
     return comps
+
+
+def _load_embedded(spec: ModelSpec, comps: dict) -> None:
+    from importlib.resources import as_file
+
+    from safetensors.torch import load_file
+
+    from diffprobe.models.digits import unpack_into
+
+    with as_file(spec.folder.joinpath(spec.weights)) as path:
+        if not path.exists():
+            raise DiffprobeError(f"model {spec.name}: embedded weights {spec.weights} are missing from the package "
+                                 "(train them with scripts/train_digits.py)")
+        tensors = load_file(str(path))
+    unpack_into({k: v for k, v in comps.items() if hasattr(v, "load_state_dict")}, tensors)
 
 
 def count_params(module) -> int:

@@ -77,12 +77,13 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DiffprobeError(f"run folder {folder} does not exist")
-    for name in ("sweep.json", "compare.json", "run.json"):
+    for name in ("sweep.json", "compare.json", "sparsity.json", "approx.json", "run.json"):
         path = folder / name
         if path.exists():
             break
     else:
-        raise DiffprobeError(f"{folder} is not a diffprobe run folder (no run.json, sweep.json or compare.json)")
+        raise DiffprobeError(f"{folder} is not a diffprobe run folder (no run.json, sweep.json, sparsity.json, "
+                             "approx.json or compare.json)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

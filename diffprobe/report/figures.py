@@ -201,3 +201,55 @@ def compare_bars(names: list[str], table: dict[str, dict[str, float]], unit: str
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     return fig
+
+
+def sparsity_heatmap(table, column: str, title: str) -> Figure:
+    """Layer (rows, in execution order) × denoising step (columns), mean over heads of ``column``."""
+    grid = table.groupby(["layer", "step"], sort=False)[column].mean().unstack("step")
+    fig = Figure(figsize=(8, max(2.5, 0.28 * len(grid) + 1.2)), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                   interpolation="nearest")
+    ax.set_yticks(range(len(grid)), [str(i) for i in grid.index], fontsize=6)
+    ax.set_xlabel("UNet evaluation (denoising step)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def sparsity_histogram(table, column: str, title: str) -> Figure:
+    """Distribution of ``column`` over every layer × head × step, self and cross attention separately."""
+    fig = Figure(figsize=(7, 3.2), layout="constrained")
+    ax = fig.subplots()
+    for kind, g in table.groupby("attn_kind"):
+        ax.hist(g[column].to_numpy(dtype=float), bins=40, range=(0, 1), alpha=0.6, label=f"{kind}-attention",
+                color=color(f"{kind}_attention"))
+    ax.set_xlabel(column)
+    ax.set_ylabel("layer × head × step")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def tradeoff(results: list[dict]) -> Figure:
+    """Attention FLOPs saved vs quality (PSNR, SSIM, digit accuracy when present), one line per method."""
+    metrics = [("psnr", "PSNR vs dense (dB)"), ("ssim", "SSIM vs dense")]
+    if results and results[0].get("accuracy") is not None:
+        metrics.append(("accuracy", "digit accuracy"))
+    fig = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    methods = list(dict.fromkeys(r["method"] for r in results if r["method"] != "dense"))
+    dense = next((r for r in results if r["method"] == "dense"), None)
+    finite_psnr = [r["psnr"] for r in results if r["psnr"] != float("inf")]
+    cap = (max(finite_psnr) + 5) if finite_psnr else 60.0
+    for ax, (key, label) in zip(axes, metrics, strict=True):
+        for i, m in enumerate(methods):
+            pts = sorted((100 * r["attention_flops_saved"], r[key]) for r in results if r["method"] == m)
+            ys = [min(y, cap) if key == "psnr" else y for _, y in pts]
+            ax.plot([x for x, _ in pts], ys, "o-", label=m, color=_TAB[i % len(_TAB)])
+        if dense is not None and key != "psnr":
+            ax.axhline(dense[key], color="#333333", linestyle=":", linewidth=1, label="dense")
+        ax.set_xlabel("attention FLOPs saved (%)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7, frameon=False)
+    return fig

@@ -134,3 +134,26 @@ def profile_findings(run: dict, ops=None) -> list[str]:
             out.append(f"On {roof['preset']}, the roofline predicts {_secs(roof['prediction']['total_s'])} for the "
                        f"traced ops ({100 * roof['prediction']['compute_bound_share']:.0f}% of it compute-bound).")
     return out
+
+
+def approx_findings(state: dict) -> list[str]:
+    """Per method: the most attention FLOPs saved while staying close to dense (SSIM >= 0.9, and accuracy
+    within 5 points of dense where measured)."""
+    res = state["results"]
+    dense = res[0]
+    out = []
+    for m in dict.fromkeys(r["method"] for r in res[1:]):
+        ok = [r for r in res if r["method"] == m and r["ssim"] >= 0.9 and (
+            r.get("accuracy") is None or r["accuracy"] >= dense["accuracy"] - 0.05)]
+        if ok:
+            best = max(ok, key=lambda r: r["attention_flops_saved"])
+            acc = f", digit accuracy {100 * best['accuracy']:.0f}%" if best.get("accuracy") is not None else ""
+            out.append(f"{m}: up to {100 * best['attention_flops_saved']:.1f}% of attention FLOPs "
+                       f"({100 * best['end_to_end_flops_saved']:.1f}% end to end) saved at {best['param']}="
+                       f"{best['value']:g} with SSIM {best['ssim']:.3f}{acc}; UNet time "
+                       f"{best['unet_s'] / dense['unet_s']:.2f}x dense.")
+        else:
+            out.append(f"{m}: no tested value keeps SSIM >= 0.9 (and accuracy within 5 points of dense).")
+    if dense.get("accuracy") is not None:
+        out.append(f"Dense generation: {100 * dense['accuracy']:.0f}% of images classified as the requested digit.")
+    return out

@@ -106,6 +106,10 @@ def build_report(folder: str | Path) -> Path:
         from diffprobe.report.compare import compare_report
 
         return compare_report(folder, data)
+    if kind == "sparsity":
+        return _sparsity_report(folder, data)
+    if kind == "approx":
+        return _approx_report(folder, data)
     return _profile_report(folder, data)
 
 
@@ -246,4 +250,65 @@ def _sweep_report(folder: Path, state: dict) -> Path:
             page.add(table(["level", "tokens", "layer class", "FLOPs", "share"],
                            [[b["level"], b["tokens"], b["layer_class"], fmt_n(b["flops"]), f"{100 * b['share']:.1f}%"]
                             for b in last["bottlenecks"]]))
+    return page.write()
+
+
+def _sparsity_report(folder: Path, state: dict) -> Path:
+    import pandas as pd
+
+    from diffprobe.attention.probe import headline
+    from diffprobe.errors import DiffprobeError
+
+    path = folder / "sparsity.parquet"
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # a missing or damaged table: one clear message
+        raise DiffprobeError(f"{path} is unreadable: {type(exc).__name__}: {exc}") from exc
+    page = Page(folder, f"diffprobe sparsity — {state.get('model')}",
+                f"{len(state.get('points', []))} resolution(s), {state.get('steps')} steps, prompt "
+                f"{state.get('prompt')!r}")
+    if state.get("random_weights"):
+        page.banner(state.get("note") or "random weights: sparsity figures mean nothing for a trained model")
+    page.findings(headline(state))
+    e = min(state["eps"], key=lambda x: abs(x - 1e-3))
+    t = max(state["taus"], key=lambda x: -abs(x - 0.95))
+    for (h, w), g in table.groupby(["height", "width"], sort=False):
+        page.h2(f"{h}×{w} px")
+        for kind, gk in g.groupby("attn_kind", sort=False):
+            page.figure(figs.sparsity_heatmap(gk, f"below_{e:g}", f"{kind}-attention: share of probabilities "
+                                              f"< {e:g} (layer × step)"), f"heatmap_{h}x{w}_{kind}",
+                        f"{kind}-attention, fraction of probabilities below {e:g}, mean over heads")
+        page.figure(figs.sparsity_histogram(g, f"keys_frac_{t:g}", f"fraction of keys covering {t:g} of a row's "
+                                            "mass"), f"hist_{h}x{w}", "distribution over layers, heads and steps")
+        point = next((p for p in state.get("points", []) if p["height"] == h and p["width"] == w), None)
+        if point and point.get("image") and (folder / point["dir"] / point["image"]).exists():
+            page.image((folder / point["dir"] / point["image"]).read_bytes(), f"generated image at {h}×{w}",
+                       width=max(128, min(512, w * 4)))
+    return page.write()
+
+
+def _approx_report(folder: Path, state: dict) -> Path:
+    from diffprobe.report.findings import approx_findings
+    from diffprobe.report.text import approx_table
+
+    page = Page(folder, f"diffprobe approx — {state.get('model')}",
+                f"{state.get('height')}×{state.get('width')} px, {state.get('steps')} steps, "
+                f"{len(state.get('prompts', []))} image(s), renormalize={state.get('renormalize')}")
+    if state.get("random_weights"):
+        page.banner("Random weights: attention is near-uniform, so these savings and quality figures say nothing "
+                    "about a trained model; use --model digits or --weights.")
+    page.findings(approx_findings(state))
+    page.h2("Trade-off")
+    t = approx_table(state)
+    headers = [str(c.header) for c in t.columns]
+    rows = [[str(cell) for cell in col._cells] for col in t.columns]
+    page.add(table(headers, [list(r) for r in zip(*rows, strict=True)]))
+    page.figure(figs.tradeoff(state["results"]), "tradeoff", "attention FLOPs saved vs quality, per method",
+                svg=True)
+    page.h2("Images: dense and approximate (same noise)")
+    for r in state["results"]:
+        path = folder / r["image"]
+        if path.exists():
+            label = "dense" if r["method"] == "dense" else f"{r['method']} {r['param']}={r['value']:g}"
+            page.image(path.read_bytes(), label, width=min(960, 64 * min(10, len(state.get("prompts", [1])))))
     return page.write()

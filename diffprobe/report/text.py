@@ -104,3 +104,45 @@ def compare_rows(d: dict) -> list[list[str]]:
             cells.append(("" if v is None else fmt(v)) + ("" if r is None or lb == d["baseline"] else f" (×{r:.3g})"))
         rows.append([k, *cells])
     return rows
+
+
+def sparsity_table(state: dict) -> Table:
+    """Mean statistics by resolution, self/cross and UNet level."""
+    e = min(state["eps"], key=lambda x: abs(x - 1e-3))
+    t = max(state["taus"], key=lambda x: -abs(x - 0.95))
+    b = state["blocks"][0]
+    tab = Table(title=f"attention sparsity: {state['model']} (means over heads, steps and layers)",
+                title_justify="left")
+    for col in ("resolution", "attention", "level", f"p < {e:g}", f"keys for {t:g}", "entropy",
+                f"empty {b}-blocks", f"{b}-blocks for {t:g}"):
+        tab.add_column(col, justify="left" if col in ("resolution", "attention", "level") else "right")
+    for res, s in state["summary"].items():
+        rows = [(kind, "all", m) for kind, m in s["by_kind"].items()]
+        rows += [("both", lv, m) for lv, m in s["by_level"].items()]
+        for kind, lv, m in rows:
+            tab.add_row(res, kind, lv, f"{100 * m[f'below_{e:g}']:.1f}%", f"{100 * m[f'keys_frac_{t:g}']:.1f}%",
+                        f"{m['entropy']:.2f}", f"{100 * m[f'empty_blocks_{b}_{e:g}']:.1f}%",
+                        f"{100 * m[f'blocks_{b}_{t:g}']:.1f}%")
+    return tab
+
+
+def approx_table(state: dict) -> Table:
+    """The trade-off: one row per method and parameter value, dense first."""
+    t = Table(title=f"approximate attention vs dense: {state['model']} {state['height']}x{state['width']}, "
+              f"{state['steps']} steps, {len(state['prompts'])} image(s)", title_justify="left")
+    cols = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "UNet s", "PSNR", "SSIM"]
+    digits = state["results"][0].get("accuracy") is not None
+    if digits:
+        cols.append("digit accuracy")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("method", "param") else "right")
+    for r in state["results"]:
+        param = "" if r["method"] == "dense" else f"{r['param']}={r['value']:g}"
+        row = [r["method"], param, f"{100 * r['attention_flops_saved']:.1f}%",
+               f"{100 * r['end_to_end_flops_saved']:.1f}%",
+               f"{100 * r['kept_fraction']:.1f}%", fmt_s(r["unet_s"]),
+               "inf" if r["psnr"] == float("inf") else f"{r['psnr']:.1f} dB", f"{r['ssim']:.3f}"]
+        if digits:
+            row.append(f"{100 * r['accuracy']:.0f}%")
+        t.add_row(*row)
+    return t

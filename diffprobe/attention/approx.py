@@ -1,0 +1,179 @@
+"""Approximate attention cores and their exact cost account.
+
+Each method is an attention core (see :mod:`diffprobe.attention.core`) with one pruning parameter:
+
+* ``threshold`` (ε, oracle): all scores and probabilities computed, probabilities < ε dropped before P·V;
+* ``topk`` (k, oracle): the k largest scores of each row kept;
+* ``predicted`` (ε, rank r): a rank-r random projection of Q and K estimates the probabilities; only entries
+  whose estimate is ≥ ε are computed exactly;
+* ``block`` (τ, block side b): Q and K mean-pooled per block of b tokens; per query block, key blocks are taken by
+  descending pooled mass until τ is covered; attention runs on the kept blocks only (the layout a block-sparse
+  kernel can exploit).
+
+Renormalization is explicit: with ``renormalize`` (default) the kept probabilities are rescaled to sum to 1
+per row (the softmax over the kept scores); without it they keep their dense values. Every row keeps at least
+one entry: its largest (``threshold``, ``predicted``), its top k (``topk``), its top key block (``block``).
+At the no-op value (ε = 0, k ≥ keys, τ = 1) a method runs dense SDPA, so the output equals dense attention
+exactly.
+
+Cost account, per call, on the same formulas as the cost model (``formulas.sdpa_parts``): the three attention
+parts (score, softmax, P·V) scaled by the fraction of entries kept, plus the predictor's own FLOPs. For the
+oracle methods this is the *potential* (what a kernel that knew the kept set would do): finding the set needs
+the dense scores, which is why they are oracles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from diffprobe.attention.core import CallInfo
+from diffprobe.attention.stats import chunk_rows
+from diffprobe.errors import DiffprobeError
+from diffprobe.records.formulas import TensorMeta, sdpa_parts
+
+METHODS = ("threshold", "topk", "predicted", "block")
+PARAM = {"threshold": "eps", "topk": "k", "predicted": "eps", "block": "tau"}
+NOOP = {"threshold": 0.0, "topk": math.inf, "predicted": 0.0, "block": 1.0}
+
+
+def check_param(method: str, value: float) -> float:
+    if method not in METHODS:
+        raise DiffprobeError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if method in ("threshold", "predicted") and not 0 <= value < 1:
+        raise DiffprobeError(f"--eps {value:g} is outside [0, 1)")
+    if method == "topk" and value < 1:
+        raise DiffprobeError(f"--k {value:g} must be at least 1")
+    if method == "block" and not 0 < value <= 1:
+        raise DiffprobeError(f"--tau {value:g} is outside (0, 1]")
+    return value
+
+
+def _meta(t: torch.Tensor) -> TensorMeta:
+    return TensorMeta(tuple(t.shape), str(t.dtype).removeprefix("torch."), t.element_size())
+
+
+class ApproxAttention:
+    """An attention core for one method and parameter; ``calls`` holds each call's cost account."""
+
+    def __init__(self, method: str, value: float, *, renormalize: bool = True, block: int = 64, rank: int = 8,
+                 seed: int = 0, max_elements: int = 2**22):
+        self.method, self.value = method, check_param(method, value)
+        if block < 1:
+            raise DiffprobeError(f"--block {block} must be a positive number of tokens")
+        if rank < 1:
+            raise DiffprobeError(f"--rank {rank} must be at least 1")
+        self.renormalize, self.block, self.rank, self.seed = renormalize, block, rank, seed
+        self.max_elements = max_elements
+        self.calls: list[dict] = []
+        self._steps: Counter[str] = Counter()
+
+    def is_noop(self, n_keys: int) -> bool:
+        if self.method == "topk":
+            return self.value >= n_keys
+        return self.value == NOOP[self.method]
+
+    # -- the core --------------------------------------------------------------------------------------------
+    def core(self, q, k, v, attn_mask, call: CallInfo):
+        b, h, nq, d = q.shape
+        nk = k.shape[2]
+        dense = sdpa_parts(_meta(q), _meta(k), _meta(v), has_mask=attn_mask is not None)
+        if self.is_noop(nk) or attn_mask is not None:  # masks never occur in SD UNets; stay exact if they do
+            out, kept, predictor = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), b * h * nq * nk, 0
+        else:
+            out, kept, predictor = self._approx(q, k, v)
+        step = self._steps[call.name]
+        self._steps[call.name] += 1
+        entries = b * h * nq * nk
+        self.calls.append({
+            "layer": call.name, "attn_kind": call.kind, "step": step, "entries": entries, "kept": int(kept),
+            "dense_flops": sum(c.flops for c in dense.values()),
+            "flops": int(round(sum(c.flops for c in dense.values()) * kept / entries)) + int(predictor),
+            "predictor_flops": int(predictor),
+        })
+        return out
+
+    def _approx(self, q, k, v):
+        b, h, nq, d = q.shape
+        nk = k.shape[2]
+        scale = 1.0 / math.sqrt(d)
+        rows = chunk_rows(nq, nk, b * h, (self.block,) if self.method == "block" else (), self.max_elements)
+        kt = k.float().transpose(-1, -2)
+        vf = v.float()
+        predictor = 0
+        if self.method == "predicted":
+            g = torch.Generator(device="cpu").manual_seed(self.seed)
+            proj = (torch.randn(d, self.rank, generator=g) / math.sqrt(self.rank)).to(q.device)
+            kt_est = (k.float() @ proj).transpose(-1, -2)
+            predictor += 2 * b * h * nk * d * self.rank
+        if self.method == "block":
+            kb = math.ceil(nk / self.block)
+            k_pool = _pool(k.float(), self.block)  # (B, H, kb, d)
+            predictor += b * h * nk * d  # pooling K
+        outs, kept = [], 0
+        for i in range(0, nq, rows):
+            qc = q[:, :, i:i + rows].float()
+            s = qc @ kt * scale  # (B, H, rows, Nk)
+            if self.method == "threshold":
+                p = s.softmax(dim=-1)
+                keep = p >= self.value
+            elif self.method == "topk":
+                kk = int(min(self.value, nk))
+                keep = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, s.topk(kk, dim=-1).indices, True)
+                p = s.softmax(dim=-1)
+            elif self.method == "predicted":
+                est = ((qc @ proj) @ kt_est * scale).softmax(dim=-1)
+                keep = est >= self.value
+                predictor += 2 * b * h * qc.shape[2] * nk * self.rank + 5 * b * h * qc.shape[2] * nk
+                p = s.softmax(dim=-1)
+            else:  # block
+                q_pool = _pool(qc, self.block)  # (B, H, qb, d)
+                bmass = (q_pool @ k_pool.transpose(-1, -2) * scale).softmax(dim=-1)  # (B, H, qb, kb)
+                predictor += 2 * b * h * q_pool.shape[2] * kb * d + 5 * b * h * q_pool.shape[2] * kb
+                predictor += b * h * qc.shape[2] * d  # pooling this chunk of Q
+                ranked, order = bmass.sort(dim=-1, descending=True)
+                before = ranked.cumsum(dim=-1) - ranked  # mass of the blocks ranked above
+                take = before < self.value - 1e-6 if self.value < 1 else torch.ones_like(before, dtype=torch.bool)
+                block_keep = torch.zeros_like(take).scatter_(-1, order, take)  # (B, H, qb, kb)
+                keep = block_keep.repeat_interleave(self.block, dim=-2)[:, :, :qc.shape[2]]
+                keep = keep.repeat_interleave(self.block, dim=-1)[..., :nk]
+                p = s.softmax(dim=-1)
+            if self.method in ("threshold", "predicted"):  # every row keeps at least its largest entry
+                keep = keep.scatter(-1, p.argmax(dim=-1, keepdim=True), True)
+            kept += int(keep.sum())
+            if self.renormalize:
+                p = s.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+            else:
+                p = p * keep
+            outs.append(p @ vf)
+        return torch.cat(outs, dim=2).to(q.dtype), kept, predictor
+
+
+def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean over blocks of ``block`` tokens along dim 2 (a ragged last block averages what it has)."""
+    b, h, n, d = x.shape
+    nb = math.ceil(n / block)
+    pad = F.pad(x, (0, 0, 0, nb * block - n))
+    sums = pad.view(b, h, nb, block, d).sum(dim=3)
+    counts = torch.full((nb,), float(block), device=x.device)
+    counts[-1] = n - (nb - 1) * block
+    return sums / counts.view(1, 1, nb, 1)
+
+
+def account(calls: list[dict]) -> dict:
+    """Totals of a run's attention calls: dense vs approximate FLOPs of the score/softmax/P·V parts."""
+    dense = sum(c["dense_flops"] for c in calls)
+    approx = sum(c["flops"] for c in calls)
+    entries = sum(c["entries"] for c in calls)
+    kept = sum(c["kept"] for c in calls)
+    by_kind = {}
+    for kind in ("self", "cross"):
+        sel = [c for c in calls if c["attn_kind"] == kind]
+        d_k, a_k = sum(c["dense_flops"] for c in sel), sum(c["flops"] for c in sel)
+        by_kind[kind] = {"dense_flops": d_k, "flops": a_k, "saved": 1 - a_k / d_k if d_k else 0.0}
+    return {"dense_flops": dense, "flops": approx, "predictor_flops": sum(c["predictor_flops"] for c in calls),
+            "kept_fraction": kept / entries if entries else 1.0, "saved": 1 - approx / dense if dense else 0.0,
+            "by_kind": by_kind}

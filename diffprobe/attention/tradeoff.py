@@ -1,0 +1,160 @@
+"""``diffprobe approx``: run approximate attention methods against dense, and measure what they save and cost.
+
+For each method and parameter value the same prompts are generated from the same noise as the dense run, and
+compared: attention FLOPs saved (exact account, :mod:`diffprobe.attention.approx`), end-to-end FLOPs saved
+(against the analytic cost account of the same configuration), measured UNet time, image PSNR and SSIM
+(scikit-image) against dense, latent relative error per step, and — on the ``digits`` fixture — the share of
+images a digit classifier recognizes as the digit their prompt asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from diffprobe.attention.approx import PARAM, ApproxAttention, account
+from diffprobe.attention.core import installed
+from diffprobe.errors import DiffprobeError
+
+
+def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
+    """The quality batch: every digit ``per_digit`` times on the digits fixture, else the one prompt."""
+    if cfg.model == "digits":
+        from diffprobe.models import digits
+
+        labels = [d for d in range(10) for _ in range(per_digit)]
+        return [digits.prompt(d) for d in labels], labels
+    return [cfg.prompt], None
+
+
+def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
+    """One timed generation (same noise every call); images in [0, 1], latents after each step."""
+    from diffprobe.run.stages import StageTimer
+
+    steps: list[torch.Tensor] = []
+
+    def keep(p, i, t, kw):
+        steps.append(kw["latents"].detach().float().clone())
+        return kw
+
+    shape = (len(prompts), pipe.unet.config.in_channels, cfg.height // pipe.vae_scale_factor,
+             cfg.width // pipe.vae_scale_factor)
+    g = torch.Generator(cfg.device).manual_seed(cfg.seed)
+    latents = torch.randn(shape, generator=g, device=cfg.device, dtype=pipe.unet.dtype)
+    timer = StageTimer(pipe, cfg.device)
+    with torch.inference_mode(), timer, installed(pipe.unet, core) if core else contextlib.nullcontext():
+        t0 = time.perf_counter()
+        images = pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
+                      guidance_scale=cfg.guidance, latents=latents, output_type="pt",
+                      callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"]).images
+        wall = time.perf_counter() - t0
+    unet_s = sum(e.seconds for e in timer.events() if e.stage == "unet")
+    return {"images": images.float().cpu(), "latents": steps, "unet_s": unet_s, "wall_s": wall}
+
+
+def quality(dense: dict, approx: dict) -> dict:
+    """PSNR and SSIM of the images (mean over the batch) and the latent relative error per step."""
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    psnr, ssim = [], []
+    for a, b in zip(dense["images"], approx["images"], strict=True):
+        x, y = a.permute(1, 2, 0).numpy(), b.permute(1, 2, 0).numpy()
+        psnr.append(float("inf") if np.array_equal(x, y) else peak_signal_noise_ratio(x, y, data_range=1.0))
+        win = min(7, min(x.shape[:2]) // 2 * 2 - 1)
+        ssim.append(structural_similarity(x, y, data_range=1.0, channel_axis=2, win_size=win))
+    rel = [float((b - a).norm() / a.norm()) for a, b in zip(dense["latents"], approx["latents"], strict=True)]
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "latent_rel_error": rel}
+
+
+def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
+               per_digit: int = 3, out: str | Path, progress=None) -> dict:
+    """Dense, then every (method, value); writes ``approx.json``, ``approx.parquet`` and images into ``out``."""
+    import pandas as pd
+
+    from diffprobe.models.registry import get_spec
+    from diffprobe.records.runfolder import atomic_write, write_json
+    from diffprobe.records.schema import SCHEMA_VERSION
+    from diffprobe.run.profile import build_pipeline, prepare_out_dir, run_profile
+
+    cfg = replace(base, mode="measured", trace_ops=False).resolved()
+    for method, values in methods.items():  # every parameter checked before any work
+        for v in values:
+            ApproxAttention(method, v, renormalize=renormalize, block=block, rank=rank)
+    spec = get_spec(cfg.model)
+    out_dir = prepare_out_dir(str(out), cfg.model)
+    report = progress or (lambda *_: None)
+    prompts, labels = prompts_for(cfg, per_digit)
+    pipe = build_pipeline(cfg, spec)
+    # the complete dense cost account of this configuration (FLOPs are the same measured or analytic)
+    analytic = run_profile(replace(cfg, mode="analytic", batch=len(prompts), out=str(out_dir / "dense-account"),
+                                   sample_steps=0))
+    ops = analytic.ops
+    unet_attn = ops[(ops["stage"] == "unet") & ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv"))]
+    # the analytic run encodes one prompt for the whole batch; the quality batch encodes each of its prompts
+    text = float(ops.loc[ops["stage"].str.startswith("text_encoder"), "flops"].sum())
+    total_flops = float(ops["flops"].sum()) + text * (len(prompts) - 1)
+    classifier = None
+    if labels is not None:
+        from diffprobe.models.digits import DigitClassifier
+
+        classifier = DigitClassifier()
+    todo = [(m, v) for m, vs in methods.items() for v in vs]
+    report("methods", 0, len(todo) + 1)
+    dense = generate(pipe, cfg, prompts)
+    img_dir = out_dir / "images"
+    img_dir.mkdir(exist_ok=True)
+    _save_grid(dense["images"], img_dir / "dense.png")
+    rows = [{"method": "dense", "param": "", "value": None, "attention_flops": float(unet_attn["flops"].sum()),
+             "attention_flops_saved": 0.0, "end_to_end_flops_saved": 0.0, "kept_fraction": 1.0,
+             "unet_s": dense["unet_s"], "wall_s": dense["wall_s"], "psnr": float("inf"), "ssim": 1.0,
+             "accuracy": classifier.accuracy(dense["images"], labels) if classifier else None,
+             "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png"}]
+    for i, (method, value) in enumerate(todo):
+        report("methods", i + 1, len(todo) + 1)
+        core = ApproxAttention(method, value, renormalize=renormalize, block=block, rank=rank, seed=cfg.seed)
+        res = generate(pipe, cfg, prompts, core.core)
+        acc = account(core.calls)
+        if abs(acc["dense_flops"] - unet_attn["flops"].sum()) > 1e-6 * acc["dense_flops"]:
+            raise DiffprobeError("internal: approximate attention saw other attention calls than the cost account "
+                                 f"({acc['dense_flops']} vs {unet_attn['flops'].sum()} dense FLOPs)")
+        name = f"{method}_{PARAM[method]}_{value:g}"
+        _save_grid(res["images"], img_dir / f"{name}.png")
+        q = quality(dense, res)
+        saved = acc["dense_flops"] - acc["flops"]
+        rows.append({"method": method, "param": PARAM[method], "value": value, "attention_flops": acc["flops"],
+                     "attention_flops_saved": acc["saved"], "end_to_end_flops_saved": saved / total_flops,
+                     "kept_fraction": acc["kept_fraction"], "predictor_flops": acc["predictor_flops"],
+                     "self_saved": acc["by_kind"]["self"]["saved"], "cross_saved": acc["by_kind"]["cross"]["saved"],
+                     "unet_s": res["unet_s"], "wall_s": res["wall_s"], "psnr": q["psnr"], "ssim": q["ssim"],
+                     "accuracy": classifier.accuracy(res["images"], labels) if classifier else None,
+                     "latent_rel_error": q["latent_rel_error"], "image": f"images/{name}.png"})
+    report("methods", len(todo) + 1, len(todo) + 1)
+    table = pd.DataFrame(rows)
+    atomic_write(out_dir / "approx.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    random = cfg.weights is None and not spec.trained
+    state = {"schema_version": SCHEMA_VERSION, "kind": "approx", "model": cfg.model, "height": cfg.height,
+             "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "prompts": prompts,
+             "renormalize": renormalize, "block": block, "rank": rank, "random_weights": random,
+             "total_flops": total_flops, "results": rows, "run_dir": str(out_dir)}
+    write_json(out_dir / "approx.json", state)
+    return state
+
+
+def _save_grid(images: torch.Tensor, path: Path) -> None:
+    """The batch as one row-major grid PNG (10 columns at most)."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    cols = min(10, n)
+    rows = -(-n // cols)
+    grid = torch.ones(c, rows * h, cols * w)
+    for i, img in enumerate(images):
+        r, col = divmod(i, cols)
+        grid[:, r * h:(r + 1) * h, col * w:(col + 1) * w] = img
+    arr = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    Image.fromarray(arr).save(path)

@@ -1,0 +1,104 @@
+"""Approximate attention: no-op values give dense output, outputs match an independent float64 reference, and
+each method's FLOP account matches a hand count."""
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffprobe.attention.approx import ApproxAttention, account
+from diffprobe.attention.core import CallInfo
+from diffprobe.errors import DiffprobeError
+
+
+def _qkv(nq=64, nk=32, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, 2, nq, d, generator=g) * 1.5, torch.randn(1, 2, nk, d, generator=g) * 1.5,
+            torch.randn(1, 2, nk, d, generator=g))
+
+
+def _call(q, k):
+    return CallInfo("unet.x.attn1", "self", q.shape[2], k.shape[2], q.shape[1])
+
+
+def _reference(q, k, v, keep_fn, renormalize=True):
+    """Masked attention in float64, written independently: keep_fn(p, s) -> bool mask."""
+    q, k, v = q.double(), k.double(), v.double()
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    p = s.softmax(-1)
+    keep = keep_fn(p, s)
+    keep |= p == p.amax(-1, keepdim=True)
+    if renormalize:
+        p2 = torch.where(keep, p, torch.zeros_like(p))
+        p2 = p2 / p2.sum(-1, keepdim=True)
+    else:
+        p2 = torch.where(keep, p, torch.zeros_like(p))
+    return p2 @ v, int(keep.sum())
+
+
+@pytest.mark.parametrize("method, noop", [("threshold", 0.0), ("topk", 32), ("predicted", 0.0), ("block", 1.0)])
+def test_noop_parameter_is_dense(method, noop):
+    q, k, v = _qkv()
+    a = ApproxAttention(method, noop, block=16)
+    out = a.core(q, k, v, None, _call(q, k))
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+    assert a.calls[0]["kept"] == a.calls[0]["entries"] and a.calls[0]["flops"] == a.calls[0]["dense_flops"]
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_threshold_and_topk_match_float64_reference(renormalize):
+    q, k, v = _qkv()
+    for method, value, keep_fn in [
+        ("threshold", 0.05, lambda p, s: p >= 0.05),
+        ("topk", 5, lambda p, s: s >= s.topk(5, dim=-1).values[..., -1:]),
+    ]:
+        a = ApproxAttention(method, value, renormalize=renormalize)
+        out = a.core(q, k, v, None, _call(q, k))
+        ref, kept = _reference(q, k, v, keep_fn, renormalize)
+        assert (out.double() - ref).abs().max() / ref.abs().max() < 1e-5
+        assert a.calls[0]["kept"] == kept
+    assert 0 < a.calls[0]["kept"] < a.calls[0]["entries"]
+
+
+def test_flop_accounts_by_hand():
+    q, k, v = _qkv(nq=64, nk=32, d=8)  # B·H = 2, 64 × 32 scores per head
+    scores = 2 * 64 * 32
+    dense = (2 * scores * 8 + scores) + 5 * scores + 2 * scores * 8  # score (+ scale), softmax, P·V = 155648
+    a = ApproxAttention("topk", 8)
+    a.core(q, k, v, None, _call(q, k))
+    assert a.calls[0]["dense_flops"] == dense == 155648
+    assert a.calls[0]["kept"] == 2 * 64 * 8 and a.calls[0]["flops"] == dense // 4  # a quarter of the keys kept
+    p = ApproxAttention("predicted", 0.05, rank=4)
+    p.core(q, k, v, None, _call(q, k))
+    # K projection 2·BH·Nk·d·r + estimated scores 2·BH·Nq·Nk·r + their softmax 5·BH·Nq·Nk
+    assert p.calls[0]["predictor_flops"] == 2 * 2 * 32 * 8 * 4 + 2 * scores * 4 + 5 * scores == 57344
+    b = ApproxAttention("block", 0.5, block=16)
+    b.core(q, k, v, None, _call(q, k))
+    # pool K (BH·Nk·d) and Q (BH·Nq·d) + block scores 2·BH·qb·kb·d + their softmax 5·BH·qb·kb, qb = 4, kb = 2
+    assert b.calls[0]["predictor_flops"] == 2 * 32 * 8 + 2 * 64 * 8 + 2 * 2 * 4 * 2 * 8 + 5 * 2 * 4 * 2 == 1872
+    assert b.calls[0]["kept"] % (16 * 16) == 0  # whole blocks only
+    acc = account(a.calls + b.calls)
+    assert acc["dense_flops"] == 2 * dense and acc["saved"] == pytest.approx(1 - acc["flops"] / (2 * dense))
+
+
+def test_block_keeps_the_blocks_holding_the_mass():
+    # keys 0..15 match queries 0..15 strongly, keys 16..31 match queries 16..31: a block-diagonal pattern
+    d = 8
+    base = torch.zeros(32, d)
+    base[:16, 0], base[16:, 1] = 4.0, 4.0
+    q = base.view(1, 1, 32, d)
+    k, v = q.clone(), torch.randn(1, 1, 32, d)
+    a = ApproxAttention("block", 0.9, block=16)
+    a.core(q, k, v, None, _call(q, k))
+    assert a.calls[0]["kept"] == 2 * 16 * 16  # the two diagonal blocks
+
+
+@pytest.mark.parametrize("method, value, message", [
+    ("threshold", 1.0, "outside [0, 1)"), ("topk", 0, "at least 1"), ("block", 0.0, "outside (0, 1]"),
+    ("bogus", 1, "unknown method"),
+])
+def test_bad_parameters(method, value, message):
+    with pytest.raises(DiffprobeError, match=re.escape(message)):
+        ApproxAttention(method, value)

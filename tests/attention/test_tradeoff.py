@@ -1,0 +1,39 @@
+"""diffprobe approx end to end on tiny: dense first, no-op rows identical to dense, accounts consistent."""
+
+import json
+
+import pytest
+
+from diffprobe.cli import main
+
+
+def test_approx_json_on_tiny(tmp_path, capsys):
+    assert main(["approx", "--model", "tiny", "--method", "threshold,topk", "--eps", "0,1e-2", "--k", "4",
+                 "--steps", "2", "--out", str(tmp_path / "a"), "--format", "json", "-q"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    rows = d["results"]
+    assert [(r["method"], r["value"]) for r in rows] == [("dense", None), ("threshold", 0.0), ("threshold", 0.01),
+                                                        ("topk", 4.0)]
+    noop = rows[1]
+    assert noop["psnr"] == float("inf") and noop["ssim"] == 1.0 and set(noop["latent_rel_error"]) == {0.0}
+    assert noop["attention_flops_saved"] == 0.0 and noop["kept_fraction"] == 1.0
+    dense_attn = rows[0]["attention_flops"]
+    for r in rows[2:]:
+        saved = dense_attn - r["attention_flops"]
+        assert r["attention_flops_saved"] == pytest.approx(saved / dense_attn)
+        assert r["end_to_end_flops_saved"] == pytest.approx(saved / d["total_flops"])
+        assert len(r["latent_rel_error"]) == 2 and r["latent_rel_error"][-1] > 0
+    assert rows[3]["kept_fraction"] < 1 and d["random_weights"]
+    assert (tmp_path / "a" / "images" / "topk_k_4.png").exists() and (tmp_path / "a" / "report.html").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "bogus"], "unknown method 'bogus'"), (["--eps", "1"], "outside [0, 1)"),
+    (["--method", "topk", "--k", "0"], "--k values must be at least 1"),
+    (["--method", "block", "--tau", "1.5"], "outside (0, 1]"), (["--per-digit", "0"], "--per-digit"),
+    (["--method", "block", "--block", "0"], "--block 0"),
+])
+def test_approx_bad_input(argv, message, tmp_path, capsys):
+    assert main(["approx", "--model", "tiny", "--out", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
