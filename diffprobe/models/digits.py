@@ -25,15 +25,6 @@ def prompt(digit: int, template: int = 0) -> str:
     return TEMPLATES[template].format(word=WORDS[digit], digit=digit)
 
 
-def parse_digit(text: str) -> int | None:
-    """The digit a prompt asks for (by word or numeral), or None."""
-    low = text.lower()
-    for d, w in enumerate(WORDS):
-        if w in low.split() or str(d) in low.split():
-            return d
-    return None
-
-
 def images(side: int = SIDE):
     """The bundled digits as a float tensor (N, 3, side, side) in [-1, 1] and their labels (N,)."""
     import torch
