@@ -522,7 +522,8 @@ def models(fmt: Format = typer.Option(Format.table, "--format", help="table or j
     if fmt is Format.json:
         _print_json({"models": rows})
         return
-    t = Table(title="embedded architectures (configs as published; weights random unless --weights)")
+    t = Table(title="embedded architectures (configs as published; weights random unless --weights, except the "
+              "trained digits fixture)")
     for col in ("name", "title", "native px", "UNet params", "total params"):
         t.add_column(col, justify="right" if "params" in col or "px" in col else "left")
     for r in rows:

@@ -105,6 +105,33 @@ def conv_flops(args, kwargs, out) -> Cost:
     return Cost(2 * macs + bias_flops, macs)
 
 
+@register("matmul", "einsum")
+def einsum_flops(args, kwargs, out) -> Cost:
+    """einsum: one multiply per operand pair for every combination of the distinct indices, plus one add when
+    an index is summed (two operands with a contraction: 2 FLOPs per combination, as a matmul)."""
+    equation, operands = args[0].replace(" ", ""), _tensors(args[1])
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    sizes: dict[str, int] = {}
+    expanded = []
+    for term, t in zip(terms, operands, strict=False):
+        if "..." in term:  # the ellipsis stands for the dims not named: give them private index letters
+            n = len(t.shape) - (len(term) - 3)
+            term = term.replace("...", "".join(chr(0x100 + i) for i in range(n)))
+        expanded.append(term)
+        for letter, size in zip(term, t.shape, strict=False):
+            sizes[letter] = max(sizes.get(letter, 1), size)
+    if arrow:
+        kept = set(rhs.replace("...", "")) | {c for c in "".join(expanded) if ord(c) >= 0x100}
+    else:  # implicit output: the indices that appear once
+        letters = "".join(expanded)
+        kept = {c for c in letters if letters.count(c) == 1}
+    combos = math.prod(sizes.values())
+    contracted = bool(set(sizes) - kept)
+    flops = combos * (max(1, len(operands) - 1) + (1 if contracted else 0))
+    return Cost(flops, combos if contracted else 0)
+
+
 @register("matmul", "mm")
 def mm_flops(args, kwargs, out) -> Cost:
     """(m, k) @ (k, n): 2mkn."""

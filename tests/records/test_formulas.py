@@ -82,3 +82,14 @@ def test_registry_refuses_duplicates_and_unknown_kinds():
     with pytest.raises(ValueError, match="unknown op kind"):
         register("magic", "frobnicate")
     assert "frobnicate" not in FORMULAS
+
+
+def test_einsum_by_hand():
+    a, b = TensorMeta((2, 3, 4), "float32", 4), TensorMeta((2, 4, 5), "float32", 4)
+    out = TensorMeta((2, 3, 5), "float32", 4)
+    fn = lookup("aten.einsum.default").fn
+    assert fn(("bij,bjk->bik", [a, b]), {}, out).flops == 2 * 2 * 3 * 4 * 5  # a batched matmul: 240
+    assert fn(("bij,bjk->bik", [a, b]), {}, out).macs == 2 * 3 * 4 * 5
+    c = TensorMeta((2, 3, 4), "float32", 4)
+    assert fn(("...j,...j->...j", [a, c]), {}, a).flops == 2 * 3 * 4  # elementwise product: 1 per element
+    assert fn(("bij,bjk", [a, b]), {}, out).flops == 240  # implicit output
