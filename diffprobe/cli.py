@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.report.text import fmt_n as _fmt_n
+from diffprobe.report.text import fmt_s as _fmt_s
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Workload characterization of text-to-image diffusion inference.")
@@ -61,23 +63,12 @@ def _progress(quiet: bool):
     return bar, callback
 
 
-def _fmt_s(x: float) -> str:
-    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
-
-
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return str(n)
-
-
-def _fmt_n(x: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.2f} {unit}"
-    return f"{x:.0f}"
 
 
 def _account_table(d: dict) -> None:
@@ -340,7 +331,8 @@ def sparsity(
     dtype: Dtype = O_DTYPE,
     weights: Optional[str] = O_WEIGHTS,
     allow_pickle: bool = O_PICKLE,
-    sample_steps: Optional[int] = O_SAMPLE,
+    sample_steps: int = typer.Option(0, help="Denoising steps probed (0: all). On a CPU, SD models take seconds "
+                                     "per step: limit them here."),
     eps: str = typer.Option("1e-2,1e-3,1e-4", help="Thresholds: fraction of probabilities below each, in [0, 1)."),
     tau: str = typer.Option("0.9,0.95,0.99", help="Mass levels for keys/blocks needed to cover, in (0, 1]."),
     blocks: str = typer.Option("32,64,128", help="Square block sides (tokens) for block sparsity."),
