@@ -401,6 +401,7 @@ def approx(
     from diffprobe.attention.approx import METHODS
     from diffprobe.attention.probe import parse_floats
     from diffprobe.attention.tradeoff import run_approx
+    from diffprobe.run.sweep import parse_ints
 
     names = [m.strip() for m in method.split(",") if m.strip()]
     bad = [m for m in names if m not in METHODS]
@@ -408,7 +409,7 @@ def approx(
         raise DiffprobeError(f"unknown method {(bad or [''])[0]!r}; use one of {', '.join(METHODS)}")
     values = {"threshold": lambda: parse_floats(eps, "--eps", 0, 1, True),
               "predicted": lambda: parse_floats(eps, "--eps", 0, 1, True),
-              "topk": lambda: tuple(float(x) for x in _ints(k, "--k")),
+              "topk": lambda: tuple(float(x) for x in parse_ints(k, "--k")),
               "block": lambda: parse_floats(tau, "--tau", 0, 1, False)}
     methods = {m: list(values[m]()) for m in names}
     if per_digit < 1:
@@ -431,12 +432,6 @@ def approx(
         out.print("random weights: attention is near-uniform, so quality and savings say nothing about a trained "
                   "model; use --model digits or --weights")
     out.print(f"report: {report_path}")
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    from diffprobe.run.sweep import parse_ints
-
-    return parse_ints(text, flag)
 
 
 hardware_app = typer.Typer(help="Hardware presets for the roofline: list, show, measure this CPU.",
