@@ -80,6 +80,9 @@ def _account_table(d: dict) -> None:
         t.add_column(col, justify="left" if col == "layer type" else "right")
     if secs:
         t.add_column("seconds", justify="right")
+    approx = d.get("approx")
+    if approx:
+        t.add_column(f"FLOPs, {approx['method']}={approx['value']:g}", justify="right")
     unet = flops["by_stage_layer_type"].get("unet", {})
     total = flops["total"] or 1
     names = sorted(flops["by_layer_type"], key=lambda k: -flops["by_layer_type"][k])
@@ -91,13 +94,26 @@ def _account_table(d: dict) -> None:
                _fmt_n(nbytes["by_layer_type"].get(lt, 0)) + "B"]
         if secs:
             row.append(_fmt_s(secs["by_layer_type"].get(lt, 0.0)))
+        if approx:
+            row.append(_fmt_n(approx["flops_by_layer_type"].get(lt, 0.0)))
         if f or (secs and secs["by_layer_type"].get(lt, 0.0) > 0) or nbytes["by_layer_type"].get(lt, 0):
             t.add_row(*row)
+    if approx and "attn_predictor" in approx["flops_by_layer_type"]:
+        t.add_row("attn_predictor", "", "", "", "", *([""] if secs else []),
+                  _fmt_n(approx["flops_by_layer_type"]["attn_predictor"]))
     row = ["total", _fmt_n(flops["total"]), "100.0%", _fmt_n(sum(unet.values())), _fmt_n(nbytes["total"]) + "B"]
     if secs:
         row.append(_fmt_s(secs["total"]))
+    if approx:
+        row.append(_fmt_n(approx["flops_total"]))
     t.add_row(*row, style="bold")
     out.print(t)
+    if approx:
+        out.print(f"{approx['method']}={approx['value']:g}: {100 * approx['attention_flops_saved']:.1f}% of UNet "
+                  f"attention FLOPs saved ({100 * approx['end_to_end_flops_saved']:.1f}% end to end), "
+                  f"{100 * approx['kept_fraction']:.1f}% of entries kept; UNet {_fmt_s(approx['unet_seconds'] or 0)} "
+                  f"(this PyTorch implementation, untraced) vs {_fmt_s(approx['dense_unet_seconds'] or 0)} dense "
+                  "(traced: includes the tracer's per-op cost; `diffprobe approx` times both untraced)")
     lit = sum(d["macs_conv_linear"].values())
     out.print(f"literature convention (conv + linear multiply-adds only): {_fmt_n(lit)} MACs = "
               f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
@@ -212,6 +228,9 @@ def profile(
     chrome_trace: bool = typer.Option(False, "--chrome-trace",
                                       help="Measured mode: also write trace.json for Perfetto / chrome://tracing."),
     hardware: Optional[str] = O_HARDWARE,
+    approx: Optional[str] = typer.Option(
+        None, help="METHOD=VALUE (threshold=0.01, topk=16, predicted=0.01, block=0.9): run again with that "
+        "approximate attention and show its FLOPs beside dense."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
 ) -> None:
@@ -221,7 +240,8 @@ def profile(
     cfg = _base_config(model=model, prompt=prompt, height=height, width=width, steps=steps, batch=batch,
                        guidance=guidance, seed=seed, device=device, dtype=dtype, weights=weights,
                        allow_pickle=allow_pickle, repeat=repeat, warmup=warmup, sample_steps=sample_steps,
-                       out=out_dir, mode=mode, trace_ops=trace, chrome_trace=chrome_trace, hardware=hardware)
+                       out=out_dir, mode=mode, trace_ops=trace, chrome_trace=chrome_trace, hardware=hardware,
+                       approx=approx)
     cfg = cfg.resolved()
     bar, callback = _progress(quiet)
     with bar:
@@ -257,6 +277,8 @@ def sweep(
     mode: Mode = typer.Option(Mode.analytic, help="analytic: meta device, seconds per point; measured: run it."),
     trace: bool = O_TRACE,
     hardware: Optional[str] = O_HARDWARE,
+    approx: Optional[str] = typer.Option(None, help="Measured: METHOD=VALUE approximate attention accounted at "
+                                         "every point beside dense (see profile --approx)."),
     max_point_seconds: Optional[float] = typer.Option(
         None, help="Measured: skip a point whose roofline time on --hardware (this-cpu on CPU) exceeds this."),
     out_dir: str = typer.Option(..., "--out", help="Sweep folder (re-running the same command resumes it)."),
@@ -268,7 +290,7 @@ def sweep(
 
     base = _base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
                         dtype=dtype, weights=weights, allow_pickle=allow_pickle, repeat=repeat, warmup=warmup,
-                        sample_steps=sample_steps, mode=mode, trace_ops=trace, hardware=hardware)
+                        sample_steps=sample_steps, mode=mode, trace_ops=trace, hardware=hardware, approx=approx)
     sc = SweepConfig(base=base, resolutions=parse_resolutions(resolutions), batches=parse_ints(batch, "--batch"),
                      out=out_dir, max_point_seconds=max_point_seconds)
     bar, callback = _progress(quiet)

@@ -177,3 +177,41 @@ def account(calls: list[dict]) -> dict:
     return {"dense_flops": dense, "flops": approx, "predictor_flops": sum(c["predictor_flops"] for c in calls),
             "kept_fraction": kept / entries if entries else 1.0, "saved": 1 - approx / dense if dense else 0.0,
             "by_kind": by_kind}
+
+
+def parse_setting(text: str) -> tuple[str, float]:
+    """``"threshold=0.01"`` -> ("threshold", 0.01), validated."""
+    method, sep, value = text.partition("=")
+    if not sep:
+        raise DiffprobeError(f"--approx {text!r}: use METHOD=VALUE, e.g. threshold=0.01, topk=16, block=0.9")
+    try:
+        number = float(value)
+    except ValueError:
+        raise DiffprobeError(f"--approx {text!r}: {value!r} is not a number") from None
+    return method.strip(), check_param(method.strip(), number)
+
+
+def approximate_account(ops, calls: list[dict]) -> dict:
+    """The cost account of the same run with approximate attention: every UNet attention score / softmax / P·V
+    row of ``ops`` scaled by the kept fraction its call (module, step) had, plus the predictors' FLOPs as
+    ``attn_predictor``. Returns FLOPs by layer type and in total, beside the dense ones."""
+    kept = {(f"unet.{c['layer']}", c["step"]): c["kept"] / c["entries"] for c in calls}
+    core = ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv")) & (ops["stage"] == "unet")
+    missing = {(m, s) for m, s in zip(ops.loc[core, "module"], ops.loc[core, "step"], strict=True)} - set(kept)
+    if missing:
+        raise DiffprobeError(f"internal: no approximate call for {len(missing)} traced attention calls, "
+                             f"e.g. {sorted(missing)[0]}")
+    factor = [kept[(m, s)] if c else 1.0 for m, s, c in zip(ops["module"], ops["step"], core, strict=True)]
+    flops = ops["flops"].astype(float) * factor
+    by_type = {k: float(v) for k, v in flops.groupby(ops["layer_type"], sort=False).sum().items()}
+    predictor = float(sum(c["predictor_flops"] for c in calls))
+    if predictor:
+        by_type["attn_predictor"] = predictor
+    dense_attn = float(ops.loc[core, "flops"].sum())
+    approx_attn = float(flops[core].sum()) + predictor
+    total_dense = float(ops["flops"].sum())
+    return {"flops_by_layer_type": by_type, "flops_total": float(flops.sum()) + predictor,
+            "attention_flops_dense": dense_attn, "attention_flops": approx_attn,
+            "attention_flops_saved": 1 - approx_attn / dense_attn if dense_attn else 0.0,
+            "end_to_end_flops_saved": (dense_attn - approx_attn) / total_dense if total_dense else 0.0,
+            "kept_fraction": sum(c["kept"] for c in calls) / max(1, sum(c["entries"] for c in calls))}

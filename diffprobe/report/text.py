@@ -38,6 +38,9 @@ def sweep_tables(state: dict) -> list:
         cols.append("UNet s")
     if roof:
         cols.append("roofline s")
+    appr = next((p["approx"] for p in points if "approx" in p), None)
+    if appr:
+        cols.append(f"{appr['method']}={appr['value']:g} saved (attn / e2e)")
     cols += ["scores (unfused)", "fused"]
     for c in cols:
         t.add_column(c, justify="left" if c == "point" else "right")
@@ -50,6 +53,10 @@ def sweep_tables(state: dict) -> list:
             row.append(fmt_s(p["seconds"]["stages"].get("unet", 0.0)) if "seconds" in p else "")
         if roof:
             row.append(fmt_s(p["roofline"]["prediction"]["total_s"]) if "roofline" in p else "")
+        if appr:
+            a = p.get("approx")
+            row.append(f"{100 * a['attention_flops_saved']:.1f}% / {100 * a['end_to_end_flops_saved']:.1f}%"
+                       if a else "")
         mem = p["attention_memory"]
         row += [fmt_n(mem["materialized_bytes"]) + "B", fmt_n(mem["fused_bytes"]) + "B"]
         t.add_row(*row)

@@ -10,6 +10,7 @@ labelled projection: every step runs the same UNet on same-shaped tensors, so pe
 from __future__ import annotations
 
 import resource
+import shutil
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,7 @@ class ProfileConfig:
     trace_ops: bool = True  # measured mode: record every op (FLOPs, bytes, time); False: stage timing only
     chrome_trace: bool = False  # measured mode: also write trace.json (Chrome / Perfetto) into the run folder
     hardware: str | None = None  # hardware preset (name or .toml path) for the roofline account; None: none
+    approx: str | None = None  # "METHOD=VALUE": also run approximate attention and account for it beside dense
 
     def resolved(self) -> "ProfileConfig":
         """A copy with defaults filled in and every field validated (raises :class:`DiffprobeError`)."""
@@ -95,6 +97,13 @@ class ProfileConfig:
             from diffprobe.hardware.presets import get_preset
 
             get_preset(cfg.hardware)  # an unknown or broken preset is refused before any work
+        if cfg.approx is not None:
+            from diffprobe.attention.approx import parse_setting
+
+            parse_setting(cfg.approx)
+            if cfg.mode != "measured" or not cfg.trace_ops:
+                raise DiffprobeError("--approx needs a measured run with op tracing: which entries are skipped "
+                                     "depends on the attention values")
         return cfg
 
 
@@ -409,8 +418,35 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
         _run_analytic(cfg, pipe, result, report)
     else:
         _run_measured(cfg, pipe, result, report, out_dir)
+        if cfg.approx is not None and result.ops is not None:
+            _run_approx_pass(cfg, pipe, result, report)
     _save(out_dir, result)
     return result
+
+
+def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) -> None:
+    """The same run again, untraced, with approximate attention; its per-call kept fractions re-weight the dense
+    account (``result.extra["approx"]``), and its measured UNet time stands beside the dense one."""
+    import tempfile
+    from dataclasses import replace
+
+    from diffprobe.attention.approx import ApproxAttention, approximate_account, parse_setting
+    from diffprobe.attention.core import installed
+
+    method, value = parse_setting(cfg.approx)
+    core = ApproxAttention(method, value, seed=cfg.seed)
+    report("approx", 0, 1)
+    with tempfile.TemporaryDirectory(prefix="diffprobe-approx-") as tmp, installed(pipe.unet, core.core):
+        again = run_profile(replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None,
+                                    repeat=1, warmup=0, out=tmp), pipe=pipe)
+        if again.image and result.run_dir:  # the approximate image beside the dense one
+            shutil.copyfile(Path(tmp) / again.image, Path(result.run_dir) / "image_approx.png")
+    report("approx", 1, 1)
+    acc = approximate_account(result.ops, core.calls)
+    result.extra["approx"] = {"method": method, "value": value, **acc, "image": "image_approx.png",
+                              "unet_seconds": again.stages.get("unet"), "dense_unet_seconds": result.stages.get("unet"),
+                              "note": "FLOPs a kernel that skipped the dropped entries would need (oracle methods: "
+                                      "the potential); the seconds are this PyTorch implementation's"}
 
 
 def _tracer(cfg: ProfileConfig, pipe, timed: bool):

@@ -271,6 +271,9 @@ def findings(folder: str | Path, names: list[str], hardware: str | None = None) 
             point["bottlenecks_seconds"] = scaling.bottlenecks(ops[ops["stage"] == "unet"], "time_s", 10)
         if "roofline" in run:
             point["roofline"] = run["roofline"]
+        if run.get("approx"):
+            point["approx"] = {k: run["approx"][k] for k in ("method", "value", "attention_flops_saved",
+                                                              "end_to_end_flops_saved", "kept_fraction")}
         rows.append(point)
     result: dict = {"points": rows}
     if not rows:

@@ -37,3 +37,31 @@ def test_approx_bad_input(argv, message, tmp_path, capsys):
     assert main(["approx", "--model", "tiny", "--out", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_profile_approx_column_matches_a_hand_count(tmp_path, capsys):
+    import diffprobe
+
+    r = diffprobe.profile(model="tiny", steps=2, sample_steps=0, approx="topk=4", out=str(tmp_path / "p"))
+    d = r.to_dict()
+    a = d["approx"]
+    ops = r.ops
+    core = ops[(ops["stage"] == "unet") & ops["layer_type"].isin(["attn_score", "attn_softmax", "attn_pv"])]
+    # top-4 keeps min(4, keys) of every row: each call's three parts scale by min(4, keys) / keys, where keys is
+    # the second dimension from the end of the call's K input (the score row's second input)
+    keys = {(m, s): json.loads(shapes)[1][-2] for m, s, shapes, lt in
+            zip(core["module"], core["step"], core["input_shapes"], core["layer_type"], strict=True)
+            if lt == "attn_score"}
+    expected = sum(f * min(4, keys[(m, s)]) / keys[(m, s)]
+                   for f, m, s in zip(core["flops"], core["module"], core["step"], strict=True))
+    assert a["attention_flops"] == pytest.approx(expected) and a["attention_flops_dense"] == core["flops"].sum()
+    for lt in ("conv", "ffn", "attn_qkv", "norm"):  # everything outside the attention core is unchanged
+        assert a["flops_by_layer_type"][lt] == d["flops"]["by_layer_type"][lt]
+    assert a["end_to_end_flops_saved"] == pytest.approx((core["flops"].sum() - expected) / d["flops"]["total"])
+    assert (tmp_path / "p" / "image_approx.png").exists()
+    noop = diffprobe.profile(model="tiny", steps=2, sample_steps=0, approx="threshold=0", out=str(tmp_path / "q"))
+    assert noop.to_dict()["approx"]["flops_total"] == noop.to_dict()["flops"]["total"]
+    assert main(["profile", "--model", "tiny", "--mode", "analytic", "--approx", "topk=4"]) == 2
+    assert "--approx needs a measured run" in capsys.readouterr().err
+    assert main(["profile", "--model", "tiny", "--approx", "topk"]) == 2
+    assert "METHOD=VALUE" in capsys.readouterr().err
