@@ -559,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     cexc = _click_exceptions()
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="diffprobe", standalone_mode=False)
+        rv = command.main(args=argv, prog_name="diffprobe", standalone_mode=False)
     except DiffprobeError as exc:
         sys.stderr.write(f"diffprobe: error: {exc}\n")
         return 2
@@ -578,6 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("diffprobe: interrupted\n")
         return 130
+    if isinstance(rv, int) and not isinstance(rv, bool) and rv:  # typer turns Ctrl-C into Exit(130) and returns it
+        if rv == 130:
+            sys.stderr.write("diffprobe: interrupted\n")
+        return rv
     return 0
 
 

@@ -80,15 +80,23 @@ class SparsityProbe:
 
 def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, out: str | Path,
                  progress=None) -> dict:
-    """Probe the UNet attention of ``base`` (a ProfileConfig, measured) at each resolution; writes
-    ``sparsity.parquet`` (one row per resolution × step × layer × head), ``sparsity.json`` and one profile run
-    folder per resolution under ``points/``."""
+    """Probe the UNet attention of ``base`` (a ProfileConfig, measured) at each resolution.
+
+    Like a sweep, each resolution is a point folder (``points/<H>x<W>/``: the profile run and its
+    ``sparsity.parquet``) committed atomically, so re-running the same command skips finished resolutions and a
+    folder made with another configuration is refused. At the end ``sparsity.parquet`` (one row per resolution ×
+    step × layer × head) and ``sparsity.json`` summarize every point."""
+    import json
+    import shutil
+    from dataclasses import asdict
+
     import pandas as pd
 
     from diffprobe.models.registry import get_spec
-    from diffprobe.records.runfolder import atomic_write, write_json
+    from diffprobe.records.runfolder import atomic_write
     from diffprobe.records.schema import SCHEMA_VERSION
-    from diffprobe.run.profile import build_pipeline, prepare_out_dir, run_profile
+    from diffprobe.run.profile import build_pipeline, run_profile
+    from diffprobe.run.sweep import SweepFolder
 
     sc.validate()
     if base.mode != "measured":
@@ -97,32 +105,45 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
     for h, w in resolutions:
         replace(base, height=h, width=w).resolved()
     base = replace(base, height=resolutions[0][0], width=resolutions[0][1], trace_ops=False).resolved()
-    out_dir = prepare_out_dir(str(out), base.model)
+    identity = {k: v for k, v in asdict(base).items() if k not in ("height", "width", "out")}
+    identity.update(eps=list(sc.eps), taus=list(sc.taus), blocks=list(sc.blocks))
+    folder = SweepFolder(out, identity, meta_name="sparsity.json", required=("sparsity.parquet",))
+    state = folder.open()
+    random = base.weights is None and not spec.trained
+    state.update({"schema_version": SCHEMA_VERSION, "kind": "sparsity", "config": identity, "model": base.model,
+                  "prompt": base.prompt, "steps": base.steps, "guidance": base.guidance, "random_weights": random,
+                  "note": RANDOM_NOTE if random else None, "eps": list(sc.eps), "taus": list(sc.taus),
+                  "blocks": list(sc.blocks), "max_elements_per_chunk": sc.max_elements, "run_dir": str(folder.path),
+                  "complete": False})
+    folder.save(state)
     report = progress or (lambda *_: None)
-    pipe = build_pipeline(base, spec)
+    pipe = None
     frames, runs = [], []
     for i, (h, w) in enumerate(resolutions):
         report("resolutions", i, len(resolutions))
-        probe = SparsityProbe(sc)
-        cfg = replace(base, height=h, width=w, out=str(out_dir / "points" / f"{h}x{w}"))
-        with installed(pipe.unet, probe.core):
-            r = run_profile(cfg, pipe=pipe)
-        frame = pd.DataFrame(probe.rows)
-        frame.insert(0, "width", w)
-        frame.insert(0, "height", h)
-        frames.append(frame)
-        runs.append({"height": h, "width": w, "dir": f"points/{h}x{w}", "image": r.image,
-                     "unet_evals_measured": r.unet_evals_measured})
+        name = f"{h}x{w}"
+        if not folder.finished(name):
+            pipe = pipe or build_pipeline(base, spec)
+            tmp = folder.partial_dir(name)
+            probe = SparsityProbe(sc)
+            with installed(pipe.unet, probe.core):
+                run_profile(replace(base, height=h, width=w, out=str(tmp)), pipe=pipe)
+            frame = pd.DataFrame(probe.rows)
+            frame.insert(0, "width", w)
+            frame.insert(0, "height", h)
+            atomic_write(tmp / "sparsity.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
+            folder.commit(name, tmp)
+        point_dir = folder.point_dir(name)
+        frames.append(pd.read_parquet(point_dir / "sparsity.parquet"))
+        run = json.loads((point_dir / "run.json").read_text(encoding="utf-8"))
+        runs.append({"height": h, "width": w, "dir": f"points/{name}", "image": run.get("image"),
+                     "unet_evals_measured": run.get("unet_evals_measured")})
     report("resolutions", len(resolutions), len(resolutions))
+    shutil.rmtree(folder.path / ".partial", ignore_errors=True)
     table = pd.concat(frames, ignore_index=True)
-    atomic_write(out_dir / "sparsity.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-    random = base.weights is None and not spec.trained
-    state = {"schema_version": SCHEMA_VERSION, "kind": "sparsity", "model": base.model, "prompt": base.prompt,
-             "steps": base.steps, "guidance": base.guidance, "random_weights": random,
-             "note": RANDOM_NOTE if random else None, "eps": list(sc.eps), "taus": list(sc.taus),
-             "blocks": list(sc.blocks), "max_elements_per_chunk": sc.max_elements, "points": runs,
-             "summary": summarize(table), "run_dir": str(out_dir)}
-    write_json(out_dir / "sparsity.json", state)
+    atomic_write(folder.path / "sparsity.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    state.update(points=runs, summary=summarize(table), complete=True)
+    folder.save(state)
     return state
 
 

@@ -269,6 +269,9 @@ def _sparsity_report(folder: Path, state: dict) -> Path:
                 f"{state.get('prompt')!r}")
     if state.get("random_weights"):
         page.banner(state.get("note") or "random weights: sparsity figures mean nothing for a trained model")
+    if not state.get("complete", True):
+        page.banner("This sparsity run did not finish: the figures show the last complete summary. Run the same "
+                    "command again to finish it.", fail=True)
     page.findings(headline(state))
     e = min(state["eps"], key=lambda x: abs(x - 1e-3))
     t = max(state["taus"], key=lambda x: -abs(x - 0.95))

@@ -84,12 +84,16 @@ def point_name(h: int, w: int, b: int) -> str:
 
 
 class SweepFolder:
-    """The sweep folder on disk: configuration check, finished points, atomic point commits."""
+    """A folder of points on disk (sweeps, sparsity runs): configuration check, finished points, atomic point
+    commits. ``meta_name`` is the summary file; a point is finished when its ``run.json`` says ok and every file
+    of ``required`` is there."""
 
-    def __init__(self, path: str | Path, identity: dict):
+    def __init__(self, path: str | Path, identity: dict, meta_name: str = "sweep.json",
+                 required: tuple[str, ...] = ()):
         self.path = Path(path)
         self.identity = identity
-        self.meta_path = self.path / "sweep.json"
+        self.meta_path = self.path / meta_name
+        self.required = required
 
     def open(self) -> dict:
         """Create the folder or check that it holds a sweep of the same configuration; returns its state."""
@@ -104,11 +108,12 @@ class SweepFolder:
             if diff:
                 k = diff[0]
                 raise DiffprobeError(
-                    f"sweep folder {self.path} was made with another configuration ({k} {old.get(k)!r}, now "
+                    f"folder {self.path} was made with another configuration ({k} {old.get(k)!r}, now "
                     f"{self.identity.get(k)!r}); use another --out, or delete the folder to start fresh")
             return state
         if self.path.exists() and any(p.name != ".partial" for p in self.path.iterdir()):
-            raise DiffprobeError(f"--out {self.path} exists and is not a sweep folder; use an empty or new folder")
+            raise DiffprobeError(f"--out {self.path} exists and is not a {self.meta_path.stem} folder; use an empty "
+                                 "or new folder")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -120,7 +125,7 @@ class SweepFolder:
 
     def finished(self, name: str) -> bool:
         run = self.point_dir(name) / "run.json"
-        if not run.exists():
+        if not run.exists() or not all((self.point_dir(name) / f).exists() for f in self.required):
             return False
         try:
             return json.loads(run.read_text(encoding="utf-8")).get("status") == "ok"

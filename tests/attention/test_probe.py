@@ -67,3 +67,33 @@ def test_sparsity_bad_input(argv, message, tmp_path, capsys):
     assert main(["sparsity", "--model", "tiny", "--out", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_sparsity_resumes_and_refuses_another_configuration(tmp_path, monkeypatch, capsys):
+    import diffprobe.attention.probe as probe_mod
+
+    argv = ["sparsity", "--model", "tiny", "--steps", "2", "--resolutions", "64,128", "--blocks", "16",
+            "--out", str(tmp_path / "s"), "-q", "--format", "json"]
+    real = probe_mod.SparsityProbe
+    made = []
+
+    def counting(sc):
+        made.append(1)
+        if len(made) == 2:
+            raise KeyboardInterrupt  # killed while starting the second resolution
+        return real(sc)
+
+    monkeypatch.setattr(probe_mod, "SparsityProbe", counting)
+    assert main(argv) == 130  # the CLI reports an interrupt as "interrupted", exit 130
+    assert (tmp_path / "s" / "points" / "64x64" / "sparsity.parquet").exists()
+    assert not (tmp_path / "s" / "points" / "128x128").exists()
+    capsys.readouterr()
+    again = []
+    monkeypatch.setattr(probe_mod, "SparsityProbe", lambda sc: (again.append(sc), real(sc))[1])
+    assert main(argv) == 0
+    assert len(again) == 1  # only 128 px was probed: 64 px was kept
+    d = json.loads(capsys.readouterr().out)
+    assert set(d["summary"]) == {"64x64", "128x128"} and d["complete"]
+    argv[argv.index("--steps") + 1] = "3"
+    assert main(argv) == 2
+    assert "another configuration" in capsys.readouterr().err
