@@ -415,6 +415,8 @@ def approx(
     weights: Optional[str] = O_WEIGHTS,
     allow_pickle: bool = O_PICKLE,
     per_digit: int = typer.Option(3, help="digits: images per digit in the quality batch."),
+    clip_weights: Optional[str] = typer.Option(None, help="Local CLIP model folder (transformers format) for a CLIP "
+                                               "score of every setting; never downloaded."),
     out_dir: str = typer.Option(..., "--out", help="Output folder."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
@@ -442,7 +444,7 @@ def approx(
     bar, callback = _progress(quiet)
     with bar:
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
-                           out=out_dir, progress=callback)
+                           out=out_dir, progress=callback, clip_weights=clip_weights)
         report_path = _build_report(out_dir)
     if fmt is Format.json:
         _print_json(state)

@@ -72,7 +72,7 @@ def quality(dense: dict, approx: dict) -> dict:
 
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
-               per_digit: int = 3, out: str | Path, progress=None) -> dict:
+               per_digit: int = 3, out: str | Path, progress=None, clip_weights: str | None = None) -> dict:
     """Dense, then every (method, value); writes ``approx.json``, ``approx.parquet`` and images into ``out``."""
     import pandas as pd
 
@@ -86,6 +86,11 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         for v in values:
             ApproxAttention(method, v, renormalize=renormalize, block=block, rank=rank)
     spec = get_spec(cfg.model)
+    clip = None
+    if clip_weights is not None:  # checked before any work
+        from diffprobe.attention.clipscore import ClipScorer
+
+        clip = ClipScorer(clip_weights)
     out_dir = prepare_out_dir(str(out), cfg.model)
     report = progress or (lambda *_: None)
     prompts, labels = prompts_for(cfg, per_digit)
@@ -113,7 +118,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
              "attention_flops_saved": 0.0, "end_to_end_flops_saved": 0.0, "kept_fraction": 1.0,
              "unet_s": dense["unet_s"], "wall_s": dense["wall_s"], "psnr": float("inf"), "ssim": 1.0,
              "accuracy": classifier.accuracy(dense["images"], labels) if classifier else None,
-             "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png"}]
+             "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png",
+             "clip_score": clip.score(dense["images"], prompts) if clip else None}]
     for i, (method, value) in enumerate(todo):
         report("methods", i + 1, len(todo) + 1)
         core = ApproxAttention(method, value, renormalize=renormalize, block=block, rank=rank, seed=cfg.seed)
@@ -132,7 +138,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
                      "self_saved": acc["by_kind"]["self"]["saved"], "cross_saved": acc["by_kind"]["cross"]["saved"],
                      "unet_s": res["unet_s"], "wall_s": res["wall_s"], "psnr": q["psnr"], "ssim": q["ssim"],
                      "accuracy": classifier.accuracy(res["images"], labels) if classifier else None,
-                     "latent_rel_error": q["latent_rel_error"], "image": f"images/{name}.png"})
+                     "latent_rel_error": q["latent_rel_error"], "image": f"images/{name}.png",
+                     "clip_score": clip.score(res["images"], prompts) if clip else None})
     report("methods", len(todo) + 1, len(todo) + 1)
     table = pd.DataFrame(rows)
     atomic_write(out_dir / "approx.parquet", lambda tmp: table.to_parquet(tmp, index=False))

@@ -139,8 +139,11 @@ def approx_table(state: dict) -> Table:
               f"{state['steps']} steps, {len(state['prompts'])} image(s)", title_justify="left")
     cols = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "UNet s", "PSNR", "SSIM"]
     digits = state["results"][0].get("accuracy") is not None
+    clip = state["results"][0].get("clip_score") is not None
     if digits:
         cols.append("digit accuracy")
+    if clip:
+        cols.append("CLIP score")
     for c in cols:
         t.add_column(c, justify="left" if c in ("method", "param") else "right")
     for r in state["results"]:
@@ -151,5 +154,7 @@ def approx_table(state: dict) -> Table:
                "inf" if r["psnr"] == float("inf") else f"{r['psnr']:.1f} dB", f"{r['ssim']:.3f}"]
         if digits:
             row.append(f"{100 * r['accuracy']:.0f}%")
+        if clip:
+            row.append(f"{r['clip_score']:.2f}")
         t.add_row(*row)
     return t

@@ -65,3 +65,23 @@ def test_profile_approx_column_matches_a_hand_count(tmp_path, capsys):
     assert "--approx needs a measured run" in capsys.readouterr().err
     assert main(["profile", "--model", "tiny", "--approx", "topk"]) == 2
     assert "METHOD=VALUE" in capsys.readouterr().err
+
+
+def test_clip_score_with_local_weights(tmp_path, capsys):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                      max_position_embeddings=77, vocab_size=49408),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16)
+    CLIPModel(cfg).save_pretrained(tmp_path / "clip")  # a user's local CLIP folder (random, tiny)
+    assert main(["approx", "--model", "tiny", "--method", "threshold", "--eps", "0", "--steps", "2",
+                 "--clip-weights", str(tmp_path / "clip"), "--out", str(tmp_path / "a"), "--format", "json",
+                 "-q"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert all(0 <= r["clip_score"] <= 100 for r in rows)
+    assert rows[0]["clip_score"] == rows[1]["clip_score"]  # the no-op setting draws the same image
+    assert main(["approx", "--model", "tiny", "--clip-weights", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "not a CLIP model folder" in capsys.readouterr().err
