@@ -10,7 +10,8 @@ CPU path (PyTorch ops): for every query block, the kept key blocks are gathered 
 (padded to the row with the most kept blocks) and PyTorch's fused SDPA runs once per query block, batched, over
 only those keys — attention work proportional to the kept fraction, no score matrix in memory. Query blocks are
 processed in chunks so the gathered slabs stay bounded. The gather copies K and V once per query block, which
-is what this path pays at high density (measured in docs/benchmarks.md); a fused kernel is the next step.
+is what this path pays at high density (measured in docs/benchmarks.md); a fused kernel is the next step. A mask
+that keeps every block runs dense SDPA itself.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bl
     b, h, n, d = q.shape
     m, dv = k.shape[2], v.shape[-1]
     bs = block_size
+    if bool(block_mask.all()):  # nothing to skip: the dense fused kernel is the block-sparse kernel
+        return F.scaled_dot_product_attention(q, k, v)
     mask = block_mask.expand(b, h, qb, kb)
     counts = mask.sum(-1)  # (B, H, qb) kept key blocks per query block
     kmax = int(counts.max()) if counts.numel() else 0
