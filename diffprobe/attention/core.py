@@ -12,7 +12,6 @@ import contextlib
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 Core = Callable[..., torch.Tensor]  # (q, k, v, attn_mask, call) -> out, all (B, H, N, d)
 
@@ -66,10 +65,6 @@ def attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask
     if attn.residual_connection:
         out = out + residual
     return out / attn.rescale_output_factor
-
-
-def dense_core(q, k, v, attn_mask, call: CallInfo):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 class CoreProcessor:

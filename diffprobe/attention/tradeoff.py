@@ -33,6 +33,7 @@ def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
 
 def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
     """One timed generation (same noise every call); images in [0, 1], latents after each step."""
+    from diffprobe.run.profile import initial_latents
     from diffprobe.run.stages import StageTimer
 
     steps: list[torch.Tensor] = []
@@ -41,10 +42,7 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
         steps.append(kw["latents"].detach().float().clone())
         return kw
 
-    shape = (len(prompts), pipe.unet.config.in_channels, cfg.height // pipe.vae_scale_factor,
-             cfg.width // pipe.vae_scale_factor)
-    g = torch.Generator(cfg.device).manual_seed(cfg.seed)
-    latents = torch.randn(shape, generator=g, device=cfg.device, dtype=pipe.unet.dtype)
+    latents = initial_latents(replace(cfg, batch=len(prompts)), pipe)  # the pipeline's own noise, same every call
     timer = StageTimer(pipe, cfg.device)
     with torch.inference_mode(), timer, installed(pipe.unet, core) if core else contextlib.nullcontext():
         t0 = time.perf_counter()

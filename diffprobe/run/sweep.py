@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.profile import ProfileConfig, run_profile
 
 # what makes two sweeps comparable point by point; resolution and batch are the swept axes, the rest must match
@@ -180,12 +181,14 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     say = log or (lambda _msg: None)
     base = sc.base
     spec = get_spec(base.model)
+    if sc.max_point_seconds is not None and not sc.max_point_seconds > 0:
+        raise DiffprobeError(f"--max-point-seconds must be positive, got {sc.max_point_seconds:g}")
     for h, w in sc.resolutions:  # validate every point before any work
         replace(base, height=h, width=w).resolved()
     base = replace(base, height=sc.resolutions[0][0], width=sc.resolutions[0][1]).resolved()
     folder = SweepFolder(sc.out, sc.identity())
     state = folder.open()
-    state.update({"schema_version": _schema_version(), "kind": "sweep", "config": sc.identity(),
+    state.update({"schema_version": SCHEMA_VERSION, "kind": "sweep", "config": sc.identity(),
                   "model": base.model, "mode": base.mode, "hardware": base.hardware,
                   "random_weights": base.weights is None and not spec.trained})
     points = state.setdefault("points", {})
@@ -227,16 +230,10 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
         folder.save(state)
     report("points", len(todo), len(todo))
     shutil.rmtree(folder.path / ".partial", ignore_errors=True)
-    state["findings"] = findings(folder.path, [point_name(*p) for p in todo], hardware=base.hardware)
+    state["findings"] = findings(folder.path, [point_name(*p) for p in todo])
     state["wall_s"] = time.perf_counter() - t_start
     folder.save(state)
     return state
-
-
-def _schema_version() -> int:
-    from diffprobe.records.schema import SCHEMA_VERSION
-
-    return SCHEMA_VERSION
 
 
 def load_point(folder: Path, name: str) -> tuple[dict, object]:
@@ -246,7 +243,7 @@ def load_point(folder: Path, name: str) -> tuple[dict, object]:
     return json.loads((d / "run.json").read_text(encoding="utf-8")), read_ops(d)
 
 
-def findings(folder: str | Path, names: list[str], hardware: str | None = None) -> dict:
+def findings(folder: str | Path, names: list[str]) -> dict:
     """Everything a sweep states, from its finished points (see :mod:`diffprobe.analyses.scaling`)."""
     from diffprobe.analyses import scaling
 
