@@ -1,58 +1,63 @@
-"""Block-sparse attention vs dense SDPA on this machine, timed in the same run (best of 3 after a warm-up).
+"""Block-sparse attention vs dense SDPA on this machine: the grid of the block-sparse issue, each point timed with
+its dense baseline in the same call (:func:`diffprobe.attention.bench.bench_kernel`, what `diffprobe kernels bench`
+runs). Prints one line per point and a summary against the targets; --json writes every point.
 
-Grid: tokens × kept-block density, SD head shapes (heads 8, head_dim 40 unless given), block size 64; each
-query block keeps the same number of key blocks, chosen at random. Prints dense_s, sparse_s, speedup and the
-relative error against the float64 masked reference (checked on the first head only, to keep it quick).
+    python benchmarks/block_sparse.py [--tokens 1024,4096,16384] [--density 1,0.5,0.25,0.1]
+        [--shapes 8x40,5x64] [--block-size 64,128] [--dtype float32] [--device cpu] [--json FILE]
 
-    python benchmarks/block_sparse.py [--tokens 1024,4096] [--density 1,0.5,0.25,0.1] [--heads 8] [--head-dim 40]
+Shapes are HEADSxHEAD_DIM: SD 1.5's first level is 8x40, SD 2.1's 5x64, SDXL's 10x64.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import time
+import json
+import sys
 
 
 def main() -> None:
-    import torch
-    import torch.nn.functional as F
-
-    from diffprobe.attention.kernels import block_sparse_attention, masked_reference
+    from diffprobe.attention.bench import bench_kernel
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", default="1024,4096")
+    ap.add_argument("--tokens", default="1024,4096,16384")
     ap.add_argument("--density", default="1,0.5,0.25,0.1")
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--head-dim", type=int, default=40)
-    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--shapes", default="8x40")
+    ap.add_argument("--block-size", default="64")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--check-heads", type=int, default=1, help="heads checked against float64 (0: none)")
+    ap.add_argument("--json", default=None)
     a = ap.parse_args()
-
-    def best(fn, r=3):
-        fn()
-        t = math.inf
-        for _ in range(r):
-            t0 = time.perf_counter()
-            fn()
-            t = min(t, time.perf_counter() - t0)
-        return t
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, heads {a.heads}, head_dim {a.head_dim}, "
-          f"block {a.block_size}")
-    for n in (int(x) for x in a.tokens.split(",")):
-        g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(1, a.heads, n, a.head_dim, generator=g) for _ in range(3))
-        nb = math.ceil(n / a.block_size)
-        dense = best(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
-        for dens in (float(x) for x in a.density.split(",")):
-            keep = max(1, round(dens * nb))
-            mask = torch.rand(1, a.heads, nb, nb, generator=g).argsort(-1) < keep
-            sparse = best(lambda q=q, k=k, v=v, mask=mask: block_sparse_attention(q, k, v, mask, a.block_size))
-            out = block_sparse_attention(q[:, :1], k[:, :1], v[:, :1], mask[:, :1], a.block_size)
-            ref = masked_reference(q[:, :1], k[:, :1], v[:, :1], mask[:, :1], a.block_size)
-            err = float((out.double() - ref).abs().max() / ref.abs().max())
-            print(f"tokens {n:6d} density {keep / nb:5.3f}: dense_s {dense:.4f} sparse_s {sparse:.4f} "
-                  f"speedup {dense / sparse:5.2f} (limit {nb / keep:5.1f})  max_rel_error {err:.2e}")
+    rows = []
+    for bs in (int(x) for x in a.block_size.split(",")):
+        for shape in a.shapes.split(","):
+            heads, head_dim = (int(x) for x in shape.split("x"))
+            for n in (int(x) for x in a.tokens.split(",")):
+                for dens in (float(x) for x in a.density.split(",")):
+                    for backend in a.backend.split(","):
+                        r = bench_kernel(n, dens, head_dim, heads, block_size=bs, dtype=a.dtype, device=a.device,
+                                         backend=backend, repeats=a.repeats, check_heads=a.check_heads)
+                        rows.append(r)
+                        err = f"{r['max_rel_error']:.1e}" if "max_rel_error" in r else "-"
+                        print(f"{r['device_name'][:24]:24s} {r['dtype']:8s} b={bs:<4d} {heads}x{head_dim:<4d} "
+                              f"tokens {n:6d} kept {r['kept_density']:5.3f} {r['backend']:6s} "
+                              f"dense_s {r['dense_s']:.5f} ({r['dense_backend']}) sparse_s {r['sparse_s']:.5f} "
+                              f"kernel_s {r['kernel_s']:.5f} speedup {r['speedup']:5.2f} kernel "
+                              f"{r['kernel_speedup']:5.2f} (limit {r['limit']:5.2f}) max_rel_error {err} "
+                              f"first {r['first_call_s']:.1f}s"
+                              + (f" dense_default_s {r['dense_default_s']:.5f}" if "dense_default_s" in r else ""),
+                              flush=True)
+                        if a.json:  # rewritten after every point: an interrupted grid keeps what it measured
+                            with open(a.json, "w") as f:
+                                json.dump(rows, f, indent=1)
+    print("\nspeedup by tokens x kept density (median of repeats; dense timed in the same call):")
+    for r in rows:
+        print(f"  {r['heads']}x{r['head_dim']} b={r['block_size']} tokens {r['tokens']:6d} "
+              f"density {r['kept_density']:.3f}: {r['speedup']:.2f}x (kernel alone {r['kernel_speedup']:.2f}x) "
+              f"of {r['limit']:.2f}x")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

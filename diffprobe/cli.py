@@ -112,7 +112,8 @@ def _account_table(d: dict) -> None:
         out.print(f"{approx['method']}={approx['value']:g}: {100 * approx['attention_flops_saved']:.1f}% of UNet "
                   f"attention FLOPs saved ({100 * approx['end_to_end_flops_saved']:.1f}% end to end), "
                   f"{100 * approx['kept_fraction']:.1f}% of entries kept; UNet {_fmt_s(approx['unet_seconds'] or 0)} "
-                  f"(this PyTorch implementation, untraced) vs {_fmt_s(approx['dense_unet_seconds'] or 0)} dense "
+                  f"(untraced; attention kernel: {approx.get('kernel', '?')}) vs "
+                  f"{_fmt_s(approx['dense_unet_seconds'] or 0)} dense "
                   "(traced: includes the tracer's per-op cost; `diffprobe approx` times both untraced)")
     lit = sum(d["macs_conv_linear"].values())
     out.print(f"literature convention (conv + linear multiply-adds only): {_fmt_n(lit)} MACs = "
@@ -517,6 +518,54 @@ def hardware_measure(fmt: Format = O_FORMAT) -> None:
     from diffprobe.hardware.measure import this_cpu
 
     _show_preset(this_cpu(remeasure=True).to_dict(), fmt)
+
+
+kernels_app = typer.Typer(help="Attention kernels on this machine: block-sparse vs dense SDPA.", no_args_is_help=True)
+app.add_typer(kernels_app, name="kernels")
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    flex = "flex"
+    gather = "gather"
+
+
+@kernels_app.command("bench")
+def kernels_bench(
+    tokens: int = typer.Option(4096, help="Query and key tokens (H/8·W/8 of the latent for self-attention)."),
+    density: float = typer.Option(0.25, help="Kept fraction of key blocks per query block, in (0, 1]."),
+    head_dim: int = typer.Option(40, help="Head dimension (SD 1.5: 40 at the first level, SD 2.1: 64, SDXL: 64)."),
+    heads: int = typer.Option(8, help="Attention heads."),
+    block_size: int = typer.Option(64, help="Tokens per block side."),
+    dtype: Dtype = O_DTYPE,
+    device: str = O_DEVICE,
+    batch: int = typer.Option(1, help="Batch size."),
+    backend: Backend = typer.Option(Backend.auto, help="auto, flex (compiled FlexAttention) or gather (eager)."),
+    repeats: int = typer.Option(5, help="Timed calls of each kernel (median reported) after one warm-up."),
+    seed: int = typer.Option(0, help="Seed of the inputs and the mask."),
+    check_heads: Optional[int] = typer.Option(None, help="Heads checked against the float64 reference "
+                                              "(default all; 0 skips the check)."),
+    fmt: Format = O_FORMAT,
+) -> None:
+    """Time block-sparse attention against dense SDPA on the same random inputs, and check it against float64."""
+    from diffprobe.attention.bench import bench_kernel
+
+    r = bench_kernel(tokens, density, head_dim, heads, block_size=block_size, dtype=dtype.value, device=device,
+                     batch=batch, backend=backend.value, repeats=repeats, seed=seed, check_heads=check_heads)
+    if fmt is Format.json:
+        _print_json(r)
+        return
+    out.print(f"{r['tokens']} tokens, {r['heads']} heads × {r['head_dim']}, batch {r['batch']}, {r['dtype']} on "
+              f"{r['device']} ({r['device_name']}), blocks of {r['block_size']}, kept density {r['kept_density']:.3f}")
+    out.print(f"dense SDPA ({r['dense_backend']}): dense_s {r['dense_s']:.6f}")
+    if "dense_default_s" in r:
+        out.print(f"dense SDPA (its own backend choice): {r['dense_default_s']:.6f}")
+    out.print(f"block-sparse ({r['backend']}): sparse_s {r['sparse_s']:.6f}  (first call {r['first_call_s']:.2f} s); "
+              f"kernel alone on a prepared layout: kernel_s {r['kernel_s']:.6f}")
+    out.print(f"speedup {r['speedup']:.2f}x, kernel alone {r['kernel_speedup']:.2f}x  "
+              f"(limit 1/density {r['limit']:.2f}x)")
+    if "max_rel_error" in r:
+        out.print(f"max_rel_error {r['max_rel_error']:.2e} vs float64 masked reference ({r['checked_heads']} heads)")
 
 
 @app.command()

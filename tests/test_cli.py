@@ -55,6 +55,15 @@ BAD = [
     (["sweep", "--model", "tiny", "--resolutions", "64", "--mode", "measured", "--max-point-seconds", "-1",
       "--out", "/tmp/x"], "--max-point-seconds must be positive"),
     (["compare", "/tmp"], "at least two run folders"),
+    (["kernels", "bench", "--density", "0"], "--density 0 is outside (0, 1]"),
+    (["kernels", "bench", "--density", "1.5"], "--density 1.5 is outside (0, 1]"),
+    (["kernels", "bench", "--tokens", "0"], "--tokens 0 must be a positive integer"),
+    (["kernels", "bench", "--block-size", "0"], "--block-size 0 must be a positive integer"),
+    (["kernels", "bench", "--heads", "-2"], "--heads -2 must be a positive integer"),
+    (["kernels", "bench", "--device", "tpu"], "--device 'tpu'"),
+    (["kernels", "bench", "--backend", "fast"], "--backend"),
+    (["kernels", "bench", "--dtype", "float8"], "--dtype"),
+    (["kernels", "bench", "--backend", "flex", "--block-size", "48", "--device", "cuda"], "--device cuda"),
 ]
 
 
@@ -63,6 +72,26 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_kernels_bench_json(capsys):
+    assert main(["kernels", "bench", "--tokens", "200", "--density", "0.25", "--heads", "2", "--head-dim", "16",
+                 "--block-size", "32", "--repeats", "1", "--format", "json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    # 200 tokens in blocks of 32: 7 blocks (the last holds 8); round(0.25 * 7) = 2 kept per query block
+    assert r["kept_density"] == pytest.approx(2 / 7) and r["limit"] == pytest.approx(3.5)
+    assert r["backend"] == "flex" and r["checked_heads"] == 2 and r["max_rel_error"] < 1e-5
+    for key in ("dense_s", "sparse_s", "kernel_s"):
+        assert r[key] > 0
+    assert r["speedup"] == pytest.approx(r["dense_s"] / r["sparse_s"])
+
+
+def test_kernels_bench_table(capsys):
+    assert main(["kernels", "bench", "--tokens", "128", "--density", "1", "--heads", "1", "--head-dim", "8",
+                 "--block-size", "64", "--repeats", "1", "--backend", "gather"]) == 0
+    text = capsys.readouterr().out
+    assert "dense_s" in text and "sparse_s" in text and "speedup" in text and "max_rel_error" in text
+    assert "block-sparse (gather)" in text
 
 
 def test_pickle_without_flag_via_subprocess(tmp_path):

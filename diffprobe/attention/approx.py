@@ -60,7 +60,7 @@ class ApproxAttention:
     """An attention core for one method and parameter; ``calls`` holds each call's cost account."""
 
     def __init__(self, method: str, value: float, *, renormalize: bool = True, block: int = 64, rank: int = 8,
-                 seed: int = 0, max_elements: int = 2**22):
+                 seed: int = 0, max_elements: int = 2**22, backend: str = "auto"):
         self.method, self.value = method, check_param(method, value)
         if block < 1:
             raise DiffprobeError(f"--block {block} must be a positive number of tokens")
@@ -68,8 +68,25 @@ class ApproxAttention:
             raise DiffprobeError(f"--rank {rank} must be at least 1")
         self.renormalize, self.block, self.rank, self.seed = renormalize, block, rank, seed
         self.max_elements = max_elements
+        from diffprobe.attention.kernels import BACKENDS
+
+        if backend not in BACKENDS:
+            raise DiffprobeError(f"unknown block-sparse backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        self.backend = backend  # the block-sparse kernel's backend (method block, renormalized)
+        self.warming = False  # set during a warm-up pass: compile the kernel for every shape seen
         self.calls: list[dict] = []
         self._steps: Counter[str] = Counter()
+
+    @property
+    def compiles(self) -> bool:
+        """Whether this core may compile a kernel on first use of a shape (the block method on the kernel): time
+        it only after a warm-up pass (:func:`diffprobe.attention.tradeoff.warm_up`)."""
+        return self.method == "block" and self.renormalize and self.value < 1
+
+    def reset(self) -> None:
+        """Forget the calls seen so far (after a warm-up pass)."""
+        self.calls.clear()
+        self._steps.clear()
 
     def is_noop(self, n_keys: int) -> bool:
         if self.method == "topk":
@@ -81,10 +98,14 @@ class ApproxAttention:
         b, h, nq, d = q.shape
         nk = k.shape[2]
         dense = sdpa_parts(_meta(q), _meta(k), _meta(v), has_mask=attn_mask is not None)
+        kernel = "dense"
         if self.is_noop(nk) or attn_mask is not None:  # masks never occur in SD UNets; stay exact if they do
             out, kept, predictor = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), b * h * nq * nk, 0
+        elif self.method == "block" and self.renormalize:
+            out, kept, predictor, kernel = self._block_sparse(q, k, v)
         else:
             out, kept, predictor = self._approx(q, k, v)
+            kernel = "masked-dense"
         step = self._steps[call.name]
         self._steps[call.name] += 1
         entries = b * h * nq * nk
@@ -92,9 +113,40 @@ class ApproxAttention:
             "layer": call.name, "attn_kind": call.kind, "step": step, "entries": entries, "kept": int(kept),
             "dense_flops": sum(c.flops for c in dense.values()),
             "flops": int(round(sum(c.flops for c in dense.values()) * kept / entries)) + int(predictor),
-            "predictor_flops": int(predictor),
+            "predictor_flops": int(predictor), "kernel": kernel,
         })
         return out
+
+    def _block_mask(self, q, k) -> tuple[torch.Tensor, int]:
+        """The ``block`` method's kept (query block × key block) tiles and the predictor's FLOPs: Q and K mean-pooled
+        per block, pooled probabilities per query block, key blocks taken by descending mass until τ is covered."""
+        b, h, nq, d = q.shape
+        nk = k.shape[2]
+        q_pool, k_pool = _pool(q.float(), self.block), _pool(k.float(), self.block)  # (B, H, qb|kb, d)
+        qb, kb = q_pool.shape[2], k_pool.shape[2]
+        predictor = b * h * (nq + nk) * d + 2 * b * h * qb * kb * d + 5 * b * h * qb * kb  # pooling, scores, softmax
+        if self.value >= 1:
+            return torch.ones(b, h, qb, kb, dtype=torch.bool, device=q.device), predictor
+        bmass = (q_pool @ k_pool.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1)  # (B, H, qb, kb)
+        ranked, order = bmass.sort(dim=-1, descending=True)
+        before = ranked.cumsum(dim=-1) - ranked  # mass of the blocks ranked above
+        return torch.zeros_like(before, dtype=torch.bool).scatter_(-1, order, before < self.value - 1e-6), predictor
+
+    def _block_sparse(self, q, k, v):
+        """The ``block`` method on the block-sparse kernel: only the kept tiles are computed."""
+        from diffprobe.attention.kernels import block_sparse_attention, resolve_backend
+
+        mask, predictor = self._block_mask(q, k)
+        if self.warming:  # compile for this shape now, even if this step's mask happens to keep every block
+            probe = torch.zeros_like(mask)
+            probe[..., 0] = True
+            if resolve_backend(q.device, self.block, self.backend, all_kept=bool(probe.all())) == "flex":
+                block_sparse_attention(q, k, v, probe, self.block, backend=self.backend)
+        rows = _block_lengths(q.shape[2], self.block, q.device)
+        cols = _block_lengths(k.shape[2], self.block, q.device)
+        kept = int(torch.einsum("bhij,i,j->", mask.double(), rows, cols))
+        which = resolve_backend(q.device, self.block, self.backend, all_kept=bool(mask.all()))
+        return block_sparse_attention(q, k, v, mask, self.block, backend=self.backend), kept, predictor, which
 
     def _approx(self, q, k, v):
         b, h, nq, d = q.shape
@@ -110,9 +162,7 @@ class ApproxAttention:
             kt_est = (k.float() @ proj).transpose(-1, -2)
             predictor += 2 * b * h * nk * d * self.rank
         if self.method == "block":
-            kb = math.ceil(nk / self.block)
-            k_pool = _pool(k.float(), self.block)  # (B, H, kb, d)
-            predictor += b * h * nk * d  # pooling K
+            block_mask, predictor = self._block_mask(q, k)
         outs, kept = [], 0
         for i in range(0, nq, rows):
             qc = q[:, :, i:i + rows].float()
@@ -129,15 +179,8 @@ class ApproxAttention:
                 keep = est >= self.value
                 predictor += 2 * b * h * qc.shape[2] * nk * self.rank + 5 * b * h * qc.shape[2] * nk
                 p = s.softmax(dim=-1)
-            else:  # block
-                q_pool = _pool(qc, self.block)  # (B, H, qb, d)
-                bmass = (q_pool @ k_pool.transpose(-1, -2) * scale).softmax(dim=-1)  # (B, H, qb, kb)
-                predictor += 2 * b * h * q_pool.shape[2] * kb * d + 5 * b * h * q_pool.shape[2] * kb
-                predictor += b * h * qc.shape[2] * d  # pooling this chunk of Q
-                ranked, order = bmass.sort(dim=-1, descending=True)
-                before = ranked.cumsum(dim=-1) - ranked  # mass of the blocks ranked above
-                take = before < self.value - 1e-6 if self.value < 1 else torch.ones_like(before, dtype=torch.bool)
-                block_keep = torch.zeros_like(take).scatter_(-1, order, take)  # (B, H, qb, kb)
+            else:  # block (not renormalized: the dropped probabilities keep their dense values, so dense scores)
+                block_keep = block_mask[:, :, i // self.block:(i + rows) // self.block]  # rows: whole blocks
                 keep = block_keep.repeat_interleave(self.block, dim=-2)[:, :, :qc.shape[2]]
                 keep = keep.repeat_interleave(self.block, dim=-1)[..., :nk]
                 p = s.softmax(dim=-1)
@@ -150,6 +193,13 @@ class ApproxAttention:
                 p = p * keep
             outs.append(p @ vf)
         return torch.cat(outs, dim=2).to(q.dtype), kept, predictor
+
+
+def _block_lengths(n: int, block: int, device) -> torch.Tensor:
+    """Tokens in each block of ``block`` along a sequence of ``n`` (the last one may be partial)."""
+    lengths = torch.full((math.ceil(n / block),), float(block), dtype=torch.float64, device=device)
+    lengths[-1] = n - (len(lengths) - 1) * block
+    return lengths
 
 
 def _pool(x: torch.Tensor, block: int) -> torch.Tensor:

@@ -1,64 +1,226 @@
 """Block-sparse attention: softmax attention restricted to kept (query block × key block) tiles.
 
 ``block_sparse_attention(q, k, v, block_mask, block_size)`` takes SDPA's shapes — q (B, H, N, d), k (B, H, M, d),
-v (B, H, M, dv) — and a boolean ``block_mask`` of shape (B, H, ceil(N/b), ceil(M/b)) (leading dims may be 1 to
+v (B, H, M, dv) — and a boolean ``block_mask`` of shape (B, H, ceil(N/b), ceil(M/b)) (batch and heads may be 1 to
 broadcast). Each query block attends only to the keys of its kept key blocks; the softmax is over those keys
 alone. A query block with no kept key block outputs zeros (there is nothing to attend to). Ragged edges: the
 last query/key block may be partial; its missing tokens are padding and never receive probability.
 
-CPU path (PyTorch ops): for every query block, the kept key blocks are gathered into one contiguous K/V slab
-(padded to the row with the most kept blocks) and PyTorch's fused SDPA runs once per query block, batched, over
-only those keys — attention work proportional to the kept fraction, no score matrix in memory. Query blocks are
-processed in chunks so the gathered slabs stay bounded. The gather copies K and V once per query block, which
-is what this path pays at high density (measured in docs/benchmarks.md); a fused kernel is the next step. A mask
-that keeps every block runs dense SDPA itself.
+Backends (``backend=``; ``auto`` picks the first that applies, :func:`resolve_backend` says which):
+
+* ``dense`` — a mask that keeps every block is dense attention: PyTorch's fused SDPA runs (under ``auto`` only).
+* ``flex`` — PyTorch's FlexAttention, compiled (``torch.compile``): the kept blocks become a ``BlockMask``
+  (per query block, the list of kept key blocks) and one fused kernel walks only those blocks with an online
+  softmax — no score matrix in memory, work proportional to the kept blocks. On the CPU Inductor generates a C++
+  kernel (the same blocked GEMM + online-softmax loop as PyTorch's CPU flash SDPA, at the mask's block size);
+  on a CUDA device a Triton kernel. The first call of each shape compiles (seconds; cached on disk by Inductor).
+  Needs a C++ compiler on the CPU; on CUDA a block size that is a multiple of 16.
+* ``gather`` — eager PyTorch, no compiler: per query block the kept key blocks are gathered into one slab and
+  SDPA runs batched over query blocks. Correct everywhere (also inside a TorchDispatchMode, where
+  ``torch.compile`` cannot run), but the gather copies K and V once per query block, so it gains little
+  (docs/benchmarks.md).
+
+Why FlexAttention rather than a hand-written extension: measured on the 2-core CPU (docs/benchmarks.md) it meets
+the ≥ 2.5× target at 25% density and 4096 tokens, its time falls linearly with the kept fraction, and the same
+code gives the GPU path; a C++ extension would repeat its loop with the same micro-GEMMs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import shutil
 
 import torch
 import torch.nn.functional as F
 
 from diffprobe.errors import DiffprobeError
 
+BACKENDS = ("auto", "flex", "gather")
 
-def _check(q, k, v, block_mask, block_size):
-    if not isinstance(block_size, int) or block_size <= 0:
+
+def _check_block_size(block_size) -> None:
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
         raise DiffprobeError(f"block size must be a positive number of tokens, got {block_size!r}")
+
+
+def _check_qkv(q, k, v) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise DiffprobeError("q, k and v must be 4-D (batch, heads, tokens, head_dim), got "
                              f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
         raise DiffprobeError(f"mismatched shapes: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; "
                              "expected q (B, H, N, d), k (B, H, M, d), v (B, H, M, dv)")
-    if len({q.device, k.device, v.device, block_mask.device}) > 1:
-        raise DiffprobeError(f"q, k, v and block_mask must be on one device, got {q.device}, {k.device}, "
-                             f"{v.device}, {block_mask.device}")
+    if len({q.device, k.device, v.device}) > 1:
+        raise DiffprobeError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
     if len({q.dtype, k.dtype, v.dtype}) > 1:
         raise DiffprobeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    b, h, n, _ = q.shape
-    qb, kb = math.ceil(n / block_size), math.ceil(k.shape[2] / block_size)
-    expected = (b, h, qb, kb)
-    if block_mask.dtype != torch.bool:
-        raise DiffprobeError(f"block_mask must be torch.bool of shape {expected}, got dtype {block_mask.dtype}")
-    if block_mask.dim() != 4 or any(s not in (1, e) for s, e in zip(block_mask.shape, expected, strict=True)) \
-            or block_mask.shape[2:] != expected[2:]:
-        raise DiffprobeError(f"block_mask must have shape {expected} (batch and heads may be 1), "
+
+
+def _check_mask(block_mask, batch: int | None, heads: int | None, q_tokens: int, k_tokens: int,
+                block_size: int) -> None:
+    qb, kb = math.ceil(q_tokens / block_size), math.ceil(k_tokens / block_size)
+    expected = (batch or "B", heads or "H", qb, kb)
+    shown = "(" + ", ".join(str(e) for e in expected) + ")"
+    if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool:
+        got = f"dtype {block_mask.dtype}" if isinstance(block_mask, torch.Tensor) else type(block_mask).__name__
+        raise DiffprobeError(f"block_mask must be torch.bool of shape {shown}, got {got}")
+    if block_mask.dim() != 4 or block_mask.shape[2:] != (qb, kb) or any(
+            e is not None and s not in (1, e) for s, e in zip(block_mask.shape[:2], (batch, heads), strict=True)):
+        raise DiffprobeError(f"block_mask must have shape {shown} (batch and heads may be 1), "
                              f"got {tuple(block_mask.shape)}")
-    return qb, kb
 
 
-def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor,
-                           block_size: int, max_elements: int = 2**24) -> torch.Tensor:
-    """softmax(q kᵀ / sqrt(d)) v over the kept blocks only; see the module docstring."""
-    qb, kb = _check(q, k, v, block_mask, block_size)
+class BlockLayout:
+    """A block mask prepared once for the kernel: validated, its backend chosen and (for ``flex``) converted to
+    FlexAttention's ``BlockMask``. Pass it as ``block_mask`` to reuse one mask across calls without paying the
+    conversion (and the device sync of the all-kept check) each time."""
+
+    def __init__(self, block_mask: torch.Tensor, q_tokens: int, k_tokens: int, block_size: int, *,
+                 backend: str = "auto"):
+        _check_block_size(block_size)
+        _check_mask(block_mask, None, None, q_tokens, k_tokens, block_size)
+        self.mask, self.q_tokens, self.k_tokens, self.block_size = block_mask, q_tokens, k_tokens, block_size
+        self.device = block_mask.device
+        self.all_kept = bool(block_mask.all())
+        self.backend = resolve_backend(self.device, block_size, backend, all_kept=self.all_kept)
+        self.flex = to_flex_block_mask(block_mask, q_tokens, k_tokens, block_size) if self.backend == "flex" \
+            else None
+
+    @property
+    def kept_fraction(self) -> float:
+        return float(self.mask.float().mean())
+
+
+def resolve_backend(device: torch.device | str, block_size: int, backend: str = "auto",
+                    all_kept: bool = False) -> str:
+    """The backend :func:`block_sparse_attention` runs for these arguments: ``dense``, ``flex`` or ``gather``."""
+    if backend not in BACKENDS:
+        raise DiffprobeError(f"unknown block-sparse backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if backend == "gather":
+        return "gather"
+    why_not = flex_unavailable(device, block_size)
+    if backend == "flex":
+        if why_not:
+            raise DiffprobeError(f"the flex backend cannot run here: {why_not}")
+        return "flex"
+    if all_kept:
+        return "dense"
+    return "gather" if why_not else "flex"
+
+
+def flex_unavailable(device: torch.device, block_size: int) -> str | None:
+    """Why compiled FlexAttention cannot run for this device and block size (None: it can)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if _get_current_dispatch_mode() is not None:
+        return "a TorchDispatchMode is active (torch.compile cannot trace under one)"
+    if device.type == "cuda":
+        if block_size % 16:
+            return f"block size {block_size} is not a multiple of 16 (the Triton kernel's smallest tile)"
+        return None
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX", "g++")
+        if not _on_path(cxx):
+            return f"no C++ compiler ({cxx}) for Inductor's CPU kernel"
+        return None
+    return f"no FlexAttention kernel for device type {device.type}"
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           block_mask: torch.Tensor | BlockLayout, block_size: int, *,
+                           backend: str = "auto") -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(d)) v over the kept blocks only; see the module docstring. ``block_mask`` is a bool
+    tensor (B, H, ceil(N/b), ceil(M/b)) or a :class:`BlockLayout` prepared from one (then ``backend`` is the
+    layout's)."""
+    _check_block_size(block_size)
+    _check_qkv(q, k, v)
+    b, h, n, _ = q.shape
+    m = k.shape[2]
+    if isinstance(block_mask, BlockLayout):
+        layout = block_mask
+        if (layout.q_tokens, layout.k_tokens, layout.block_size) != (n, m, block_size):
+            raise DiffprobeError(f"the block layout was prepared for {layout.q_tokens} query and {layout.k_tokens} "
+                                 f"key tokens in blocks of {layout.block_size}, not {n}, {m} and {block_size}")
+        _check_mask(layout.mask, b, h, n, m, block_size)
+    else:
+        _check_mask(block_mask, b, h, n, m, block_size)
+        layout = None
+    mask = layout.mask if layout else block_mask
+    if mask.device != q.device:
+        raise DiffprobeError(f"q, k, v and block_mask must be on one device, got {q.device} and {mask.device}")
+    if layout is None:
+        layout = BlockLayout(block_mask, n, m, block_size, backend=backend)
+    if layout.backend == "dense":  # nothing to skip: the dense fused kernel is the block-sparse kernel
+        return F.scaled_dot_product_attention(q, k, v)
+    if layout.backend == "flex":
+        return _flex_attention(q, k, v, layout.flex, block_size)
+    return _gather_attention(q, k, v, mask, block_size, math.ceil(n / block_size), math.ceil(m / block_size))
+
+
+@functools.cache
+def _on_path(program: str) -> bool:
+    return shutil.which(program) is not None
+
+
+_COMPILED = {}
+
+
+def _compiled_flex():
+    if "flex" not in _COMPILED:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        # every (shape, dtype) compiles once (dynamic=False: static shapes give the fastest kernels); raise Dynamo's
+        # recompile limits, process-wide and only upwards, so a run with many attention shapes (a UNet's levels, a
+        # benchmark grid) never silently falls back to eager FlexAttention, which materializes the scores
+        for name, value in (("recompile_limit", 512), ("accumulated_recompile_limit", 4096)):
+            if getattr(torch._dynamo.config, name, value) < value:
+                setattr(torch._dynamo.config, name, value)
+        _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED["flex"]
+
+
+def to_flex_block_mask(block_mask: torch.Tensor, n: int, m: int, block_size: int):
+    """A boolean (B, H, qb, kb) block mask as FlexAttention's ``BlockMask``: per query block, how many key blocks
+    are kept and which (ascending), all as "partial" blocks with no mask function."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    counts = block_mask.sum(-1, dtype=torch.int32)
+    order = torch.sort((~block_mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32).contiguous()
+    # forward only: skip the transposed (query-block) index that only the backward pass reads (0.2 ms a call)
+    extra = {"compute_q_blocks": False} if _takes_compute_q_blocks() else {}
+    return BlockMask.from_kv_blocks(counts.contiguous(), order, BLOCK_SIZE=block_size, seq_lengths=(n, m), **extra)
+
+
+@functools.cache
+def _takes_compute_q_blocks() -> bool:  # newer PyTorch only
+    import inspect
+
+    from torch.nn.attention.flex_attention import BlockMask
+
+    return "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
+
+
+def _flex_attention(q, k, v, bm, block_size):
+    if q.is_cuda:
+        options = {}
+        if block_size % 128:
+            tile = min(64, block_size & -block_size)  # the Triton tiles must divide the mask's blocks
+            options = {"BLOCK_M": tile, "BLOCK_N": tile}
+    else:
+        # no score or mask function: the C++ kernel skips evaluating them per score (3% at 4096 tokens); padding
+        # keys of a ragged last block are still excluded (checked by the ragged tests)
+        options = {"SKIP_MASK_SCORE": True}
+    return _compiled_flex()(q, k, v, block_mask=bm, kernel_options=options or None)
+
+
+def _gather_attention(q, k, v, block_mask, block_size, qb, kb, max_elements: int = 2**24):
+    """The eager path: kept key blocks gathered per query block, SDPA batched over query blocks."""
     b, h, n, d = q.shape
     m, dv = k.shape[2], v.shape[-1]
     bs = block_size
-    if bool(block_mask.all()):  # nothing to skip: the dense fused kernel is the block-sparse kernel
-        return F.scaled_dot_product_attention(q, k, v)
     mask = block_mask.expand(b, h, qb, kb)
     counts = mask.sum(-1)  # (B, H, qb) kept key blocks per query block
     kmax = int(counts.max()) if counts.numel() else 0
@@ -100,13 +262,20 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bl
     return out
 
 
-def masked_reference(q, k, v, block_mask, block_size) -> torch.Tensor:
-    """The same attention in float64 with a dense token mask: the reference the kernel is checked against."""
+def masked_reference(q, k, v, block_mask, block_size, max_elements: int = 2**24) -> torch.Tensor:
+    """The same attention in float64 with a dense token mask: the reference the kernel is checked against.
+    Computed in whole query blocks, at most ``max_elements`` scores at a time, on the inputs' device."""
     b, h, n, d = q.shape
     m = k.shape[2]
-    tok = block_mask.expand(b, h, -1, -1).repeat_interleave(block_size, 2).repeat_interleave(block_size, 3)
-    tok = tok[:, :, :n, :m]
-    s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(d)
-    s = s.masked_fill(~tok, float("-inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
-    return p @ v.double()
+    mask = block_mask.expand(b, h, -1, -1)
+    kt, vd = k.double().transpose(-1, -2), v.double()
+    per = max(1, max_elements // max(1, b * h * m * block_size))  # query blocks per chunk
+    out = []
+    for s0 in range(0, mask.shape[2], per):
+        rows = slice(s0 * block_size, min(n, (s0 + per) * block_size))
+        tok = mask[:, :, s0:s0 + per].repeat_interleave(block_size, 2).repeat_interleave(block_size, 3)
+        tok = tok[:, :, :rows.stop - rows.start, :m]
+        s = (q[:, :, rows].double() @ kt) / math.sqrt(d)
+        p = torch.softmax(s.masked_fill(~tok, float("-inf")), dim=-1).nan_to_num(0.0)
+        out.append(p @ vd)
+    return torch.cat(out, dim=2)

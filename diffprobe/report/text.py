@@ -137,7 +137,7 @@ def approx_table(state: dict) -> Table:
     """The trade-off: one row per method and parameter value, dense first."""
     t = Table(title=f"approximate attention vs dense: {state['model']} {state['height']}x{state['width']}, "
               f"{state['steps']} steps, {len(state['prompts'])} image(s)", title_justify="left")
-    cols = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "UNet s", "PSNR", "SSIM"]
+    cols = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "UNet s", "kernel", "PSNR", "SSIM"]
     digits = state["results"][0].get("accuracy") is not None
     clip = state["results"][0].get("clip_score") is not None
     if digits:
@@ -150,7 +150,7 @@ def approx_table(state: dict) -> Table:
         param = "" if r["method"] == "dense" else f"{r['param']}={r['value']:g}"
         row = [r["method"], param, f"{100 * r['attention_flops_saved']:.1f}%",
                f"{100 * r['end_to_end_flops_saved']:.1f}%",
-               f"{100 * r['kept_fraction']:.1f}%", fmt_s(r["unet_s"]),
+               f"{100 * r['kept_fraction']:.1f}%", fmt_s(r["unet_s"]), r.get("kernel", ""),
                "inf" if r["psnr"] == float("inf") else f"{r['psnr']:.1f} dB", f"{r['ssim']:.3f}"]
         if digits:
             row.append(f"{100 * r['accuracy']:.0f}%")

@@ -91,8 +91,33 @@ def test_block_keeps_the_blocks_holding_the_mass():
     q = base.view(1, 1, 32, d)
     k, v = q.clone(), torch.randn(1, 1, 32, d)
     a = ApproxAttention("block", 0.9, block=16)
-    a.core(q, k, v, None, _call(q, k))
+    out = a.core(q, k, v, None, _call(q, k))
     assert a.calls[0]["kept"] == 2 * 16 * 16  # the two diagonal blocks
+    # renormalized, it runs on the block-sparse kernel: each query block attends to its own key block alone
+    assert a.calls[0]["kernel"] == "flex"
+    qd, kd, vd = q.double(), k.double(), v.double()
+    ref = torch.cat([((qd[:, :, i:i + 16] @ kd[:, :, i:i + 16].transpose(-1, -2)) / math.sqrt(d)).softmax(-1)
+                     @ vd[:, :, i:i + 16] for i in (0, 16)], dim=2)
+    assert torch.allclose(out.double(), ref, rtol=0, atol=1e-5)
+    # not renormalized, the kept probabilities keep their dense values: the masked dense path
+    n = ApproxAttention("block", 0.9, block=16, renormalize=False)
+    out = n.core(q, k, v, None, _call(q, k))
+    assert n.calls[0]["kernel"] == "masked-dense" and n.calls[0]["kept"] == 2 * 16 * 16
+    p = ((qd @ kd.transpose(-1, -2)) / math.sqrt(d)).softmax(-1)
+    diag = torch.block_diag(torch.ones(16, 16), torch.ones(16, 16)).double()
+    assert torch.allclose(out.double(), (p * diag) @ vd, rtol=0, atol=1e-5)
+
+
+def test_block_on_the_kernel_matches_masked_attention_with_ragged_blocks():
+    q, k, v = _qkv(nq=100, nk=70, d=16, seed=4)  # 7 query blocks and 5 key blocks of 16, both ragged
+    a = ApproxAttention("block", 0.6, block=16)
+    out = a.core(q, k, v, None, _call(q, k))
+    mask, _ = a._block_mask(q, k)  # the tiles it chose (which tiles is tested above); their attention, in float64
+    tok = mask.repeat_interleave(16, 2).repeat_interleave(16, 3)[:, :, :100, :70]
+    s = (q.double() @ k.double().transpose(-1, -2)) / 4.0
+    ref = s.masked_fill(~tok, float("-inf")).softmax(-1) @ v.double()
+    assert float((out.double() - ref).abs().max()) < 1e-5
+    assert a.calls[0]["kept"] == int(tok.sum())
 
 
 @pytest.mark.parametrize("method, value, message", [
@@ -102,3 +127,20 @@ def test_block_keeps_the_blocks_holding_the_mass():
 def test_bad_parameters(method, value, message):
     with pytest.raises(DiffprobeError, match=re.escape(message)):
         ApproxAttention(method, value)
+
+
+def test_warming_compiles_the_kernel_even_when_a_mask_keeps_everything(monkeypatch):
+    import diffprobe.attention.kernels as kernels
+
+    seen = []
+    real = kernels.block_sparse_attention
+    monkeypatch.setattr(kernels, "block_sparse_attention",
+                        lambda q, k, v, m, b, **kw: seen.append(bool(m.all())) or real(q, k, v, m, b, **kw))
+    q, k, v = _qkv(nq=64, nk=64, d=8)
+    a = ApproxAttention("block", 0.999999, block=16)  # keeps (nearly) every block of this diffuse attention
+    a.core(q, k, v, None, _call(q, k))
+    assert seen == [True]  # this step: all kept, so dense SDPA; nothing compiled
+    seen.clear()
+    a.warming = True
+    a.core(q, k, v, None, _call(q, k))
+    assert seen == [False, True]  # warming: also one call on a partial mask, which compiles flex for this shape

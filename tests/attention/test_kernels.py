@@ -1,5 +1,6 @@
-"""Block-sparse attention against a float64 masked reference: random inputs, all kept, one block per row,
-ragged edges (96×96 latents), rows with nothing kept; bad input named."""
+"""Block-sparse attention against a float64 masked reference, on both CPU backends (compiled FlexAttention and the
+eager gather path) and on CUDA where a device is present: random inputs, all kept, one block per row, ragged edges
+(96×96 latents), rows with nothing kept, half precision; which backend runs; bad input named."""
 
 import math
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffprobe.attention.kernels import block_sparse_attention, masked_reference
+from diffprobe.attention.kernels import BlockLayout, block_sparse_attention, masked_reference, resolve_backend
 from diffprobe.errors import DiffprobeError
 
 
@@ -21,43 +22,117 @@ def _rel(out, ref):
     return float((out.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
 
 
+BACKENDS = ["flex", "gather"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n, m, bs, d", [(64, 64, 16, 40), (100, 70, 16, 64), (9216 // 16, 9216 // 16, 64, 80),
                                          (130, 200, 32, 160)])
-def test_matches_float64_reference(n, m, bs, d):
+def test_matches_float64_reference(n, m, bs, d, backend):
     q, k, v = _inputs(n, m, d, d)
     g = torch.Generator().manual_seed(1)
     mask = torch.rand(2, 3, math.ceil(n / bs), math.ceil(m / bs), generator=g) < 0.4
     mask[..., 0] = True  # every row keeps something here; empty rows are tested below
-    assert _rel(block_sparse_attention(q, k, v, mask, bs), masked_reference(q, k, v, mask, bs)) <= 1e-5
+    assert _rel(block_sparse_attention(q, k, v, mask, bs, backend=backend), masked_reference(q, k, v, mask, bs)) <= 1e-5
 
 
-def test_all_kept_is_dense_sdpa_and_one_block_per_row():
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+def test_all_kept_is_dense_sdpa_and_one_block_per_row(backend):
     q, k, v = _inputs(96, 96)
-    full = torch.ones(1, 1, 6, 6, dtype=torch.bool)
-    assert _rel(block_sparse_attention(q, k, v, full, 16), F.scaled_dot_product_attention(q, k, v).double()) < 1e-5
+    full = torch.ones(1, 1, 6, 6, dtype=torch.bool)  # (1, 1, …) broadcasts over batch and heads
+    dense = F.scaled_dot_product_attention(q, k, v).double()
+    assert _rel(block_sparse_attention(q, k, v, full, 16, backend=backend), dense) < 1e-5
     diag = torch.eye(6, dtype=torch.bool).view(1, 1, 6, 6)
-    out = block_sparse_attention(q, k, v, diag, 16)
+    out = block_sparse_attention(q, k, v, diag, 16, backend=backend)
     ref = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + 16], k[:, :, i:i + 16], v[:, :, i:i + 16])
                      for i in range(0, 96, 16)], dim=2)  # each query block alone with its own key block
     assert _rel(out, ref.double()) < 1e-5
 
 
-def test_ragged_96x96_latents_and_empty_rows():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ragged_96x96_latents_and_empty_rows(backend):
     n = 96 * 96 // 64  # 144 tokens, blocks of 64: the last block holds 16
     q, k, v = _inputs(n, n, b=1, h=2)
     mask = torch.tensor([[True, False, True], [False, False, False], [False, True, True]]).view(1, 1, 3, 3)
-    out = block_sparse_attention(q, k, v, mask, 64)
+    out = block_sparse_attention(q, k, v, mask, 64, backend=backend)
     assert torch.all(out[:, :, 64:128] == 0)  # a query block with no kept key block outputs zeros
     assert _rel(out, masked_reference(q, k, v, mask, 64)) <= 1e-5
 
 
-def test_half_precision_error_is_bounded():
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype, bound", [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+def test_half_precision_error_is_bounded(dtype, bound, backend):
     q, k, v = _inputs(128, 128)
     mask = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(3)) < 0.5
     mask[..., 0] = True
     ref = masked_reference(q, k, v, mask, 32)
-    out = block_sparse_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, 32)
-    assert _rel(out, ref) < 3e-2  # bfloat16 keeps 8 bits of mantissa
+    out = block_sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask, 32, backend=backend)
+    assert out.dtype == dtype
+    # bfloat16 keeps 8 bits of mantissa (2^-8 ≈ 4e-3 per rounding), float16 11 (≈ 5e-4)
+    assert _rel(out, ref) < bound
+
+
+def test_which_backend_runs():
+    assert resolve_backend("cpu", 64, "auto", all_kept=True) == "dense"
+    assert resolve_backend("cpu", 64, "gather", all_kept=True) == "gather"
+    assert resolve_backend("cpu", 64, "flex", all_kept=True) == "flex"
+    assert resolve_backend("cpu", 64) == "flex"
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = _inputs(64, 64)
+    mask = torch.eye(4, dtype=torch.bool).view(1, 1, 4, 4)
+    with Passthrough():  # torch.compile cannot trace under a dispatch mode (the op tracer is one): eager gather
+        assert resolve_backend("cpu", 16) == "gather"
+        out = block_sparse_attention(q, k, v, mask, 16)
+        with pytest.raises(DiffprobeError, match="TorchDispatchMode"):
+            block_sparse_attention(q, k, v, mask, 16, backend="flex")
+    assert _rel(out, masked_reference(q, k, v, mask, 16)) <= 1e-5
+    with pytest.raises(DiffprobeError, match="multiple of 16"):
+        resolve_backend("cuda", 24, "flex")
+    with pytest.raises(DiffprobeError, match="unknown block-sparse backend 'fast'"):
+        resolve_backend("cpu", 64, "fast")
+
+
+def test_a_prepared_layout_serves_many_calls():
+    q, k, v = _inputs(100, 100, b=1, h=2)
+    mask = torch.rand(1, 2, 4, 4, generator=torch.Generator().manual_seed(5)) < 0.5
+    mask[..., 1] = True
+    layout = BlockLayout(mask, 100, 100, 32)
+    assert layout.backend == "flex" and layout.kept_fraction == pytest.approx(float(mask.float().mean()))
+    ref = masked_reference(q, k, v, mask, 32)
+    for _ in range(2):
+        assert _rel(block_sparse_attention(q, k, v, layout, 32), ref) <= 1e-5
+    q2, k2, v2 = _inputs(100, 100, b=1, h=2, seed=9)  # same layout, other inputs
+    assert _rel(block_sparse_attention(q2, k2, v2, layout, 32), masked_reference(q2, k2, v2, mask, 32)) <= 1e-5
+    with pytest.raises(DiffprobeError, match="prepared for 100 query and 100 key tokens in blocks of 32, not 90"):
+        block_sparse_attention(q[:, :, :90], k[:, :, :90], v[:, :, :90], layout, 32)
+    with pytest.raises(DiffprobeError, match=r"must have shape \(1, 3, 4, 4\)"):
+        block_sparse_attention(*_inputs(100, 100, b=1, h=3), layout, 32)  # 2 heads in the mask, 3 in q
+    with pytest.raises(DiffprobeError, match="must be torch.bool"):
+        block_sparse_attention(q, k, v, mask.tolist(), 32)
+    with pytest.raises(DiffprobeError, match="one device"):
+        block_sparse_attention(q, k, v, mask.to("meta"), 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path (FlexAttention's Triton "
+                    "kernel) is checked wherever one is present")
+@pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+def test_cuda_path_matches_reference(dtype, bound):
+    n, bs = 9000, 64  # ragged: 140 whole blocks of 64 and one of 40
+    q, k, v = (t.cuda().to(dtype) for t in _inputs(n, n, 64, 64, b=1, h=2))
+    mask = torch.rand(1, 2, 141, 141, device="cuda") < 0.25
+    mask[:, :, 3] = False  # one empty row
+    mask[:, :, 5] = False
+    mask[:, :, 5, 7] = True  # one kept block in a row
+    assert resolve_backend("cuda", bs) == "flex"
+    out = block_sparse_attention(q, k, v, mask, bs)
+    assert torch.all(out[:, :, 3 * bs:4 * bs] == 0)
+    ref = masked_reference(q.cpu().float(), k.cpu().float(), v.cpu().float(), mask.cpu(), bs)
+    assert _rel(out.cpu(), ref) < bound
 
 
 @pytest.mark.parametrize("change, message", [

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU checks, as one prepared script for a lent H100/H200 (about 8 minutes): run from the repository root with
+# diffusers' wheel (and importlib_metadata) in .whl/ and results written under $OUT.
+#   1. the block-sparse kernel's CUDA tests (FlexAttention's Triton path vs the float64 reference; fp32/bf16/fp16)
+#   2. the block-sparse grid in fp16: block-sparse vs SDPA's flash backend, timed in the same call
+#   3. SD 2.1 base at 512 and 1024 px, fp16, traced on CUDA, with the H100 roofline (the scaling issue's GPU check)
+#   4. SD 1.5 at 1024 px, fp16: the block method on the kernel vs dense, end to end (`diffprobe approx`, untraced)
+# Profile and approx results are packed into runs.tgz. Every step has its own time limit, so one that hangs or
+# fails leaves the others' results.
+set -u
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton, diffusers; print('torch', torch.__version__, 'triton', triton.__version__,
+'diffusers', diffusers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+
+echo "== 1. CUDA tests"
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/attention/test_kernels.py -k cuda 2>&1 | tail -15 \
+  | tee "$OUT/pytest_cuda.txt"
+
+echo "== 2. block-sparse grid (fp16)"
+timeout 150 python3 benchmarks/block_sparse.py --device cuda --dtype float16 --tokens 4096,16384 \
+  --density 1,0.5,0.25,0.1 --shapes 8x40,5x64 --block-size 128,64 --repeats 30 --check-heads 1 \
+  --json "$OUT/block_sparse.json" 2>&1 | grep -v -i warn | tee "$OUT/block_sparse.txt"
+
+mkdir -p "$OUT/runs"
+echo "== 3. SD 2.1 base, fp16, traced"
+for px in 512 1024; do
+  timeout 90 python3 -m diffprobe profile --model sd21-base --height $px --width $px --device cuda \
+    --dtype float16 --steps 20 --sample-steps 4 --warmup 1 --hardware H100-SXM --out /tmp/sd21_$px \
+    --format json > "$OUT/runs/sd21_$px.json" 2> "$OUT/runs/sd21_$px.err"
+  echo "sd21 $px: exit $? $(tail -c 300 "$OUT/runs/sd21_$px.err")"
+done
+
+echo "== 4. SD 1.5, 1024 px: the block method on the kernel vs dense, both untraced"
+timeout 110 python3 -m diffprobe approx --model sd15 --height 1024 --width 1024 --steps 2 --method block \
+  --tau 0.5,0.25 --device cuda --dtype float16 --out /tmp/sd15_1024 --format json \
+  > "$OUT/runs/sd15_1024_block.json" 2> "$OUT/runs/sd15_1024_block.err"
+echo "sd15 1024 block: exit $? $(tail -c 300 "$OUT/runs/sd15_1024_block.err")"
+python3 benchmarks/summarize_runs.py "$OUT"/runs/*.json
+tar czf "$OUT/runs.tgz" -C "$OUT" runs && rm -rf "$OUT/runs"

@@ -1,0 +1,140 @@
+"""Block-sparse attention vs dense SDPA on this machine, timed in the same call: what ``diffprobe kernels bench``
+and ``benchmarks/block_sparse.py`` run.
+
+Inputs are fresh standard-normal q, k, v of shape (batch, heads, tokens, head_dim); the block mask keeps, in every
+query block of every head, ``round(density × key blocks)`` key blocks (at least one) drawn at random. Timed:
+``dense_s`` (SDPA; on CUDA in half precision its flash backend, and ``dense_default_s`` SDPA's own choice),
+``sparse_s`` (block-sparse from the boolean mask: validation, backend choice, layout conversion and kernel, what a
+call with a fresh mask pays) and ``kernel_s`` (the kernel on a :class:`BlockLayout` prepared once). Each gets one
+untimed warm-up call (for the compiled kernel that includes compiling it: ``first_call_s``), then ``repeats``
+timed calls, interleaved; medians are reported. CPU calls are timed with the wall clock, CUDA calls with
+CUDA events. ``max_rel_error`` is max |out − ref| / max |ref| against the float64 masked reference
+(:func:`~diffprobe.attention.kernels.masked_reference`) on the first ``check_heads`` heads (all by default).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from diffprobe.attention.kernels import BlockLayout, block_sparse_attention, masked_reference
+from diffprobe.errors import DiffprobeError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def random_block_mask(heads: int, q_blocks: int, k_blocks: int, density: float, generator: torch.Generator,
+                      batch: int = 1) -> torch.Tensor:
+    """(batch, heads, q_blocks, k_blocks) bool: each query block keeps round(density·k_blocks) ≥ 1 random blocks."""
+    keep = max(1, min(k_blocks, round(density * k_blocks)))
+    return torch.rand(batch, heads, q_blocks, k_blocks, generator=generator).argsort(-1) < keep
+
+
+def _timer(device: torch.device):
+    if device.type == "cuda":
+        def run(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end) / 1e3
+    else:
+        def run(fn):
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+    return run
+
+
+def _dense_fn(q, k, v):
+    """Dense SDPA as a user would call it; on CUDA in half precision, the flash backend explicitly."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def flash():
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k, v)
+        return flash, "flash"
+    return (lambda: F.scaled_dot_product_attention(q, k, v)), "default"
+
+
+def check_args(tokens: int, density: float, head_dim: int, heads: int, block_size: int, dtype: str, device: str,
+               batch: int, repeats: int) -> torch.device:
+    for name, value in (("--tokens", tokens), ("--head-dim", head_dim), ("--heads", heads),
+                        ("--block-size", block_size), ("--batch", batch), ("--repeats", repeats)):
+        if value < 1:
+            raise DiffprobeError(f"{name} {value} must be a positive integer")
+    if not 0 < density <= 1:
+        raise DiffprobeError(f"--density {density:g} is outside (0, 1]")
+    if dtype not in DTYPES:
+        raise DiffprobeError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DiffprobeError(f"--device {device!r} is not a device (use cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DiffprobeError("--device cuda: no CUDA device is available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise DiffprobeError(f"--device {device!r}: use cpu or cuda")
+    return dev
+
+
+def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8, *, block_size: int = 64,
+                 dtype: str = "float32", device: str = "cpu", batch: int = 1, backend: str = "auto",
+                 repeats: int = 5, seed: int = 0, check_heads: int | None = None) -> dict:
+    """One grid point: dense SDPA and block-sparse attention on the same inputs; see the module docstring."""
+    dev = check_args(tokens, density, head_dim, heads, block_size, dtype, device, batch, repeats)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, tokens, head_dim, generator=g).to(dev, DTYPES[dtype]) for _ in range(3))
+    nb = math.ceil(tokens / block_size)
+    mask = random_block_mask(heads, nb, nb, density, g, batch).to(dev)
+    layout = BlockLayout(mask, tokens, tokens, block_size, backend=backend)
+    timed = _timer(dev)
+    dense, dense_backend = _dense_fn(q, k, v)
+    fns = {"dense": dense,
+           # what a caller with a fresh boolean mask pays: validation, backend choice, layout conversion, kernel
+           "sparse": lambda: block_sparse_attention(q, k, v, mask, block_size, backend=backend),
+           # the kernel alone, its layout prepared once (as when one mask serves many calls)
+           "kernel": lambda: block_sparse_attention(q, k, v, layout, block_size)}
+    if dev.type == "cuda" and dense_backend != "default":  # SDPA's own choice too (cuDNN on Hopper, say)
+        fns["dense_default"] = lambda: F.scaled_dot_product_attention(q, k, v)
+    first = timed(fns["sparse"])  # warm-up; compiles the flex kernel for this shape
+    for fn in fns.values():
+        timed(fn)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):  # interleaved, so drifts in clock or load hit all alike
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    d, s = med["dense"], med["sparse"]
+    kept = layout.kept_fraction
+    result = {
+        "tokens": tokens, "heads": heads, "head_dim": head_dim, "batch": batch, "block_size": block_size,
+        "dtype": dtype, "device": str(dev), "device_name": _device_name(dev), "backend": layout.backend,
+        "dense_backend": dense_backend, "density": density, "kept_density": kept, "dense_s": d, "sparse_s": s,
+        "speedup": d / s, "kernel_s": med["kernel"], "kernel_speedup": d / med["kernel"], "limit": 1 / kept,
+        "first_call_s": first, "repeats": repeats, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+    if "dense_default" in med:
+        result["dense_default_s"] = med["dense_default"]
+    sparse = fns["sparse"]
+    h = heads if check_heads is None else max(0, min(heads, check_heads))
+    if h:  # check_heads=0 skips the check
+        out = sparse()[:, :h]
+        ref = masked_reference(q[:, :h], k[:, :h], v[:, :h], mask[:, :h], block_size)
+        result["max_rel_error"] = float((out.double() - ref).abs().max() / ref.abs().max())
+        result["checked_heads"] = h
+    return result
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    from diffprobe.run.environment import cpu_name
+
+    return cpu_name()
