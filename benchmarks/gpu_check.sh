@@ -5,7 +5,7 @@
 #   2. the block-sparse grid in fp16: block-sparse vs SDPA's flash backend, timed in the same call
 #   3. SD 2.1 base at 512 and 1024 px, fp16, traced on CUDA, with the H100 roofline (the scaling issue's GPU check)
 #   4. SD 1.5 at 1024 px, fp16: the block method on the kernel vs dense, end to end (`diffprobe approx`, untraced)
-# Profile and approx results are packed into runs.tgz. Every step has its own time limit, so one that hangs or
+# Profile and approx results are packed into profiles.tgz. Every step has its own time limit, so one that hangs or
 # fails leaves the others' results.
 set -u
 OUT=${OUT:-/tmp/gpu-check}
@@ -28,19 +28,19 @@ timeout 150 python3 benchmarks/block_sparse.py --device cuda --dtype float16 --t
   --density 1,0.5,0.25,0.1 --shapes 8x40,5x64 --block-size 128,64 --repeats 30 --check-heads 1 \
   --json "$OUT/block_sparse.json" 2>&1 | grep -v -i warn | tee "$OUT/block_sparse.txt"
 
-mkdir -p "$OUT/runs"
+mkdir -p "$OUT/profiles"
 echo "== 3. SD 2.1 base, fp16, traced"
 for px in 512 1024; do
   timeout 90 python3 -m diffprobe profile --model sd21-base --height $px --width $px --device cuda \
     --dtype float16 --steps 20 --sample-steps 4 --warmup 1 --hardware H100-SXM --out /tmp/sd21_$px \
-    --format json > "$OUT/runs/sd21_$px.json" 2> "$OUT/runs/sd21_$px.err"
-  echo "sd21 $px: exit $? $(tail -c 300 "$OUT/runs/sd21_$px.err")"
+    --format json > "$OUT/profiles/sd21_$px.json" 2> "$OUT/profiles/sd21_$px.err"
+  echo "sd21 $px: exit $? $(tail -c 300 "$OUT/profiles/sd21_$px.err")"
 done
 
 echo "== 4. SD 1.5, 1024 px: the block method on the kernel vs dense, both untraced"
 timeout 110 python3 -m diffprobe approx --model sd15 --height 1024 --width 1024 --steps 2 --method block \
   --tau 0.5,0.25 --device cuda --dtype float16 --out /tmp/sd15_1024 --format json \
-  > "$OUT/runs/sd15_1024_block.json" 2> "$OUT/runs/sd15_1024_block.err"
-echo "sd15 1024 block: exit $? $(tail -c 300 "$OUT/runs/sd15_1024_block.err")"
-python3 benchmarks/summarize_runs.py "$OUT"/runs/*.json
-tar czf "$OUT/runs.tgz" -C "$OUT" runs && rm -rf "$OUT/runs"
+  > "$OUT/profiles/sd15_1024_block.json" 2> "$OUT/profiles/sd15_1024_block.err"
+echo "sd15 1024 block: exit $? $(tail -c 300 "$OUT/profiles/sd15_1024_block.err")"
+python3 benchmarks/summarize_runs.py "$OUT"/profiles/*.json
+tar czf "$OUT/runs.tgz" -C "$OUT" runs && rm -rf "$OUT/profiles"
