@@ -43,4 +43,4 @@ timeout 110 python3 -m diffprobe approx --model sd15 --height 1024 --width 1024 
   > "$OUT/profiles/sd15_1024_block.json" 2> "$OUT/profiles/sd15_1024_block.err"
 echo "sd15 1024 block: exit $? $(tail -c 300 "$OUT/profiles/sd15_1024_block.err")"
 python3 benchmarks/summarize_runs.py "$OUT"/profiles/*.json
-tar czf "$OUT/runs.tgz" -C "$OUT" runs && rm -rf "$OUT/profiles"
+tar czf "$OUT/profiles.tgz" -C "$OUT" profiles && rm -rf "$OUT/profiles"
