@@ -74,8 +74,18 @@ class ApproxAttention:
             raise DiffprobeError(f"unknown block-sparse backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.backend = backend  # the block-sparse kernel's backend (method block, renormalized)
         self.warming = False  # set during a warm-up pass: compile the kernel for every shape seen
-        self.calls: list[dict] = []
+        self._calls: list[dict] = []
         self._steps: Counter[str] = Counter()
+
+    @property
+    def calls(self) -> list[dict]:
+        """Each call's cost account. A kept count still on the device (the block method leaves it there, so that a
+        call needs no device sync) is read here, once."""
+        for c in self._calls:
+            if isinstance(c["kept"], torch.Tensor):
+                c["kept"] = int(c["kept"])
+                c["flops"] = int(round(c["dense_flops"] * c["kept"] / c["entries"])) + c["predictor_flops"]
+        return self._calls
 
     @property
     def compiles(self) -> bool:
@@ -85,7 +95,7 @@ class ApproxAttention:
 
     def reset(self) -> None:
         """Forget the calls seen so far (after a warm-up pass)."""
-        self.calls.clear()
+        self._calls.clear()
         self._steps.clear()
 
     def is_noop(self, n_keys: int) -> bool:
@@ -109,11 +119,12 @@ class ApproxAttention:
         step = self._steps[call.name]
         self._steps[call.name] += 1
         entries = b * h * nq * nk
-        self.calls.append({
-            "layer": call.name, "attn_kind": call.kind, "step": step, "entries": entries, "kept": int(kept),
-            "dense_flops": sum(c.flops for c in dense.values()),
-            "flops": int(round(sum(c.flops for c in dense.values()) * kept / entries)) + int(predictor),
-            "predictor_flops": int(predictor), "kernel": kernel,
+        dense_flops = sum(c.flops for c in dense.values())
+        self._calls.append({
+            "layer": call.name, "attn_kind": call.kind, "step": step, "entries": entries, "kept": kept,
+            "dense_flops": dense_flops, "predictor_flops": int(predictor), "kernel": kernel,
+            "flops": None if isinstance(kept, torch.Tensor) else
+            int(round(dense_flops * int(kept) / entries)) + int(predictor),
         })
         return out
 
@@ -134,19 +145,22 @@ class ApproxAttention:
 
     def _block_sparse(self, q, k, v):
         """The ``block`` method on the block-sparse kernel: only the kept tiles are computed."""
-        from diffprobe.attention.kernels import block_sparse_attention, resolve_backend
+        from diffprobe.attention.kernels import BlockLayout, block_sparse_attention
 
+        nq, nk = q.shape[2], k.shape[2]
         mask, predictor = self._block_mask(q, k)
         if self.warming:  # compile for this shape now, even if this step's mask happens to keep every block
             probe = torch.zeros_like(mask)
             probe[..., 0] = True
-            if resolve_backend(q.device, self.block, self.backend, all_kept=bool(probe.all())) == "flex":
-                block_sparse_attention(q, k, v, probe, self.block, backend=self.backend)
-        rows = _block_lengths(q.shape[2], self.block, q.device)
-        cols = _block_lengths(k.shape[2], self.block, q.device)
-        kept = int(torch.einsum("bhij,i,j->", mask.double(), rows, cols))
-        which = resolve_backend(q.device, self.block, self.backend, all_kept=bool(mask.all()))
-        return block_sparse_attention(q, k, v, mask, self.block, backend=self.backend), kept, predictor, which
+            layout = BlockLayout(probe, nq, nk, self.block, backend=self.backend)
+            if layout.backend == "flex":
+                block_sparse_attention(q, k, v, layout, self.block)
+        rows = _block_lengths(nq, self.block, q.device)
+        cols = _block_lengths(nk, self.block, q.device)
+        kept = torch.einsum("bhij,i,j->", mask.double(), rows, cols)  # read later (``calls``): no device sync here
+        # on a GPU the all-kept check would sync every call; there a mask that keeps everything runs on the kernel
+        layout = BlockLayout(mask, nq, nk, self.block, backend=self.backend, check_all_kept=not q.is_cuda)
+        return block_sparse_attention(q, k, v, layout, self.block), kept, predictor, layout.backend
 
     def _approx(self, q, k, v):
         b, h, nq, d = q.shape

@@ -75,15 +75,17 @@ def _check_mask(block_mask, batch: int | None, heads: int | None, q_tokens: int,
 class BlockLayout:
     """A block mask prepared once for the kernel: validated, its backend chosen and (for ``flex``) converted to
     FlexAttention's ``BlockMask``. Pass it as ``block_mask`` to reuse one mask across calls without paying the
-    conversion (and the device sync of the all-kept check) each time."""
+    conversion (and the device sync of the all-kept check) each time. With ``check_all_kept=False`` nothing syncs
+    the device: a mask that keeps every block then runs on the sparse kernel rather than dense SDPA."""
 
     def __init__(self, block_mask: torch.Tensor, q_tokens: int, k_tokens: int, block_size: int, *,
-                 backend: str = "auto"):
+                 backend: str = "auto", check_all_kept: bool = True):
         _check_block_size(block_size)
         _check_mask(block_mask, None, None, q_tokens, k_tokens, block_size)
         self.mask, self.q_tokens, self.k_tokens, self.block_size = block_mask, q_tokens, k_tokens, block_size
         self.device = block_mask.device
-        self.all_kept = bool(block_mask.all())
+        # whether every block is kept (then dense SDPA runs); reading it syncs a GPU, so a caller may skip it
+        self.all_kept = bool(block_mask.all()) if check_all_kept else False
         self.backend = resolve_backend(self.device, block_size, backend, all_kept=self.all_kept)
         self.flex = to_flex_block_mask(block_mask, q_tokens, k_tokens, block_size) if self.backend == "flex" \
             else None

@@ -135,12 +135,22 @@ def test_warming_compiles_the_kernel_even_when_a_mask_keeps_everything(monkeypat
     seen = []
     real = kernels.block_sparse_attention
     monkeypatch.setattr(kernels, "block_sparse_attention",
-                        lambda q, k, v, m, b, **kw: seen.append(bool(m.all())) or real(q, k, v, m, b, **kw))
+                        lambda q, k, v, layout, b, **kw: seen.append(layout.backend) or real(q, k, v, layout, b, **kw))
     q, k, v = _qkv(nq=64, nk=64, d=8)
     a = ApproxAttention("block", 0.999999, block=16)  # keeps (nearly) every block of this diffuse attention
     a.core(q, k, v, None, _call(q, k))
-    assert seen == [True]  # this step: all kept, so dense SDPA; nothing compiled
+    assert seen == ["dense"]  # this step: all kept, so dense SDPA; nothing compiled
     seen.clear()
     a.warming = True
     a.core(q, k, v, None, _call(q, k))
-    assert seen == [False, True]  # warming: also one call on a partial mask, which compiles flex for this shape
+    assert seen == ["flex", "dense"]  # warming: also one call on a partial mask, which compiles flex for this shape
+
+
+def test_kept_counts_stay_on_the_device_until_read():
+    q, k, v = _qkv(nq=64, nk=64, d=8)
+    a = ApproxAttention("block", 0.5, block=16)
+    a.core(q, k, v, None, _call(q, k))
+    assert isinstance(a._calls[0]["kept"], torch.Tensor)  # no sync in the call
+    c = a.calls[0]  # read: an int, and the FLOPs follow from it
+    assert isinstance(c["kept"], int) and c["kept"] % (16 * 16) == 0
+    assert c["flops"] == round(c["dense_flops"] * c["kept"] / c["entries"]) + c["predictor_flops"]

@@ -118,6 +118,14 @@ def test_a_prepared_layout_serves_many_calls():
         block_sparse_attention(q, k, v, mask.to("meta"), 32)
 
 
+def test_without_the_all_kept_check_a_full_mask_runs_on_the_kernel():
+    q, k, v = _inputs(96, 96, b=1, h=2)
+    full = torch.ones(1, 2, 3, 3, dtype=torch.bool)
+    layout = BlockLayout(full, 96, 96, 32, check_all_kept=False)  # no device sync: the kernel, not dense SDPA
+    assert layout.backend == "flex"
+    assert _rel(block_sparse_attention(q, k, v, layout, 32), F.scaled_dot_product_attention(q, k, v).double()) < 1e-5
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path (FlexAttention's Triton "
                     "kernel) is checked wherever one is present")
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
