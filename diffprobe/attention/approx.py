@@ -227,6 +227,11 @@ def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
     return sums / counts.view(1, 1, nb, 1)
 
 
+def kernels_used(calls: list[dict]) -> str:
+    """Which attention kernels a run's calls ran: ``dense``, ``masked-dense``, ``flex``, ``gather``, comma-joined."""
+    return ",".join(sorted({c["kernel"] for c in calls}))
+
+
 def account(calls: list[dict]) -> dict:
     """Totals of a run's attention calls: dense vs approximate FLOPs of the score/softmax/P·V parts."""
     dense = sum(c["dense_flops"] for c in calls)

@@ -13,8 +13,9 @@ Backends (``backend=``; ``auto`` picks the first that applies, :func:`resolve_ba
   (per query block, the list of kept key blocks) and one fused kernel walks only those blocks with an online
   softmax — no score matrix in memory, work proportional to the kept blocks. On the CPU Inductor generates a C++
   kernel (the same blocked GEMM + online-softmax loop as PyTorch's CPU flash SDPA, at the mask's block size;
-  head dims are zero-padded to a multiple of 16 for it); on a CUDA device a Triton kernel. The first call of each shape compiles (seconds; cached on disk by Inductor).
-  Needs a C++ compiler on the CPU; on CUDA a block size that is a multiple of 16.
+  head dims are zero-padded to a multiple of 16 for it); on a CUDA device a Triton kernel. The first call of each
+  shape compiles (seconds; cached on disk by Inductor). Needs a C++ compiler on the CPU; on CUDA a block size that
+  is a multiple of 16.
 * ``gather`` — eager PyTorch, no compiler: per query block the kept key blocks are gathered into one slab and
   SDPA runs batched over query blocks. Correct everywhere (also inside a TorchDispatchMode, where
   ``torch.compile`` cannot run), but the gather copies K and V once per query block, so it gains little

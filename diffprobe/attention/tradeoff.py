@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from diffprobe.attention.approx import PARAM, ApproxAttention, account
+from diffprobe.attention.approx import PARAM, ApproxAttention, account, kernels_used
 from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError
 
@@ -159,7 +159,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
                      "kept_fraction": acc["kept_fraction"], "predictor_flops": acc["predictor_flops"],
                      "self_saved": acc["by_kind"]["self"]["saved"], "cross_saved": acc["by_kind"]["cross"]["saved"],
                      "unet_s": res["unet_s"], "wall_s": res["wall_s"], "warmup_s": warm_s,
-                     "kernel": ",".join(sorted({c["kernel"] for c in core.calls})),
+                     "kernel": kernels_used(core.calls),
                      "psnr": q["psnr"], "ssim": q["ssim"],
                      "accuracy": classifier.accuracy(res["images"], labels) if classifier else None,
                      "latent_rel_error": q["latent_rel_error"], "image": f"images/{name}.png",

@@ -430,7 +430,7 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
     import tempfile
     from dataclasses import replace
 
-    from diffprobe.attention.approx import ApproxAttention, approximate_account, parse_setting
+    from diffprobe.attention.approx import ApproxAttention, approximate_account, kernels_used, parse_setting
     from diffprobe.attention.core import installed
     from diffprobe.attention.tradeoff import warm_up
 
@@ -447,7 +447,7 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
     acc = approximate_account(result.ops, core.calls)
     result.extra["approx"] = {"method": method, "value": value, **acc, "image": "image_approx.png",
                               "unet_seconds": again.stages.get("unet"), "dense_unet_seconds": result.stages.get("unet"),
-                              "kernel": ",".join(sorted({c["kernel"] for c in core.calls})),
+                              "kernel": kernels_used(core.calls),
                               "note": "FLOPs a kernel that skipped the dropped entries would need (oracle methods: "
                                       "the potential); the seconds are this PyTorch implementation's"}
 
