@@ -25,6 +25,24 @@ def _rel(out, ref):
 BACKENDS = ["flex", "gather"]
 
 
+def test_the_reference_itself_against_a_loop_over_queries():
+    # the float64 reference every kernel check (and `kernels bench`) relies on, against the definition written out
+    # one query at a time: keys of the query's kept key blocks, softmax over them, weighted sum of their values
+    q, k, v = _inputs(50, 37, d=8, dv=5, b=1, h=2)
+    mask = torch.rand(1, 2, 4, 3, generator=torch.Generator().manual_seed(7)) < 0.5
+    mask[0, 1, 2] = False  # an empty row
+    ref = masked_reference(q, k, v, mask, 16, max_elements=100)  # small chunks: several per call
+    for h in range(2):
+        for i in range(50):
+            keys = [j for j in range(37) if mask[0, h, i // 16, j // 16]]
+            if not keys:
+                assert torch.all(ref[0, h, i] == 0)
+                continue
+            s = torch.stack([q[0, h, i].double() @ k[0, h, j].double() for j in keys]) / math.sqrt(8)
+            want = (s.softmax(0)[:, None] * v[0, h, keys].double()).sum(0)
+            assert torch.allclose(ref[0, h, i], want, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n, m, bs, d", [(64, 64, 16, 40), (100, 70, 16, 64), (9216 // 16, 9216 // 16, 64, 80),
                                          (130, 200, 32, 160)])
