@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -17,11 +16,26 @@ from rich.console import Console
 from rich.table import Table
 
 from diffprobe.errors import DiffprobeError
-from diffprobe.report.text import fmt_n as _fmt_n
-from diffprobe.report.text import fmt_s as _fmt_s
+from diffprobe.report.units import fmt_bytes
+from diffprobe.report.units import fmt_n as _fmt_n
+from diffprobe.report.units import fmt_s as _fmt_s
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Workload characterization of text-to-image diffusion inference.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from diffprobe import __version__
+
+        sys.stdout.write(f"diffprobe {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Workload characterization of text-to-image diffusion inference."""
 # piped output (files, README tours) gets a wide fixed width instead of rich's 80-column fallback
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -44,7 +58,9 @@ class Dtype(str, Enum):
 
 
 def _print_json(data: dict) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    from diffprobe.records.runfolder import dumps
+
+    sys.stdout.write(dumps(data) + "\n")
 
 
 def _progress(quiet: bool):
@@ -61,14 +77,6 @@ def _progress(quiet: bool):
         bar.update(tasks[stage], completed=done, total=total)
 
     return bar, callback
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
 
 
 def _account_table(d: dict) -> None:
@@ -123,17 +131,47 @@ def _account_table(d: dict) -> None:
                   f"{_fmt_n(d['projection']['flops_total'])}")
 
 
+def _roofline_table(roof: dict) -> None:
+    """Roofline-predicted seconds per stage, beside the measured ones when the run was measured."""
+    pred, vm = roof["prediction"], roof.get("versus_measured")
+    t = Table(title=f"roofline on {roof['preset']} ({roof['preset_title']}), {roof['dtype']}: "
+              f"ridge {roof['ridge_intensity']:.1f} FLOP/byte", title_justify="left")
+    for col in ("stage", "roofline") + (("measured", "error", "of peak") if vm else ()):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    stages = vm["by_stage"] if vm else {s: None for s in pred["by_stage"]}
+    for stage, r in stages.items():
+        if r is None:
+            t.add_row(stage, _fmt_s(pred["by_stage"].get(stage, 0.0)))
+            continue
+        t.add_row(stage, _fmt_s(r["predicted_s"]), _fmt_s(r["measured_s"]),
+                  "" if r["error"] is None else f"{100 * r['error']:+.0f}%",
+                  "" if r.get("fraction_of_peak") is None else f"{100 * r['fraction_of_peak']:.0f}%")
+    t.add_row("total", _fmt_s(pred["total_s"]), *((_fmt_s(vm["total"]["measured_s"]), "", "") if vm else ()),
+              style="bold")
+    out.print(t)
+    if roof.get("caveat"):
+        out.print(f"note: {roof['caveat']}")
+
+
+def _model_label(d: dict) -> str:
+    """``name (title)``, or the title alone where it already starts with the name."""
+    title = d.get("model_title") or ""
+    return title if title.startswith(d["model"]) else f"{d['model']} ({title})"
+
+
 def _profile_table(d: dict) -> None:
     if d["mode"] == "analytic":
-        out.print(f"analytic: {d['model']} ({d['model_title']}) {d['height']}x{d['width']}, batch {d['batch']}, "
+        out.print(f"analytic: {_model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, "
                   f"{d['steps']} steps ({d['unet_evals']} UNet evals), CFG {'on' if d['cfg'] else 'off'}, "
                   f"{d['dtype']} — meta device, nothing executed")
         _account_table(d)
+        if d.get("roofline"):
+            _roofline_table(d["roofline"])
         params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
         out.print(f"parameters: {params}")
         out.print(f"run folder: {d['run_dir']}")
         return
-    title = (f"{d['model']} ({d['model_title']}) {d['height']}x{d['width']}, batch {d['batch']}, "
+    title = (f"{_model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, "
              f"{d['steps']} steps, CFG {'on' if d['cfg'] else 'off'}, {d['device']} {d['dtype']}")
     if d.get("random_weights"):
         out.print(f"[bold yellow]random weights — {d['note']}[/]")
@@ -162,20 +200,24 @@ def _profile_table(d: dict) -> None:
                   "the last column is a projection (per-step median x step count), not a measurement")
     params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
     out.print(f"parameters: {params}")
-    out.print(f"peak memory: {_fmt_bytes(d['peak_memory_bytes'])} ({d['peak_memory_kind']})")
+    out.print(f"peak memory: {fmt_bytes(d['peak_memory_bytes'])} ({d['peak_memory_kind']})")
     if "flops" in d:
         _account_table(d)
+    if d.get("roofline"):
+        _roofline_table(d["roofline"])
     image = f"  image: {d['image']}" if d.get("image") else ""
     out.print(f"run folder: {d['run_dir']}{image}")
 
 
 # options shared by `profile` and `sweep` (one declaration each)
 O_MODEL = typer.Option("sd21-base", help="Architecture (see `diffprobe models`).")
-O_PROMPT = typer.Option(None, help="Text prompt.")
+O_PROMPT = typer.Option(None, help="Text prompt (default: \"a photo of an astronaut riding a horse on mars\"; "
+                        "digits: \"a handwritten seven\").", show_default=False)
 O_STEPS = typer.Option(50, help="Denoising steps of the full run.")
-O_GUIDANCE = typer.Option(7.5, help="CFG scale; 1 disables classifier-free guidance.")
-O_SEED = typer.Option(0, help="Seed for weights and noise.")
-O_DEVICE = typer.Option("cpu", help="cpu or cuda.")
+O_GUIDANCE = typer.Option(None, help="CFG scale, finite and >= 0; 1 or less disables classifier-free guidance "
+                          "(default: the model's, 7.5; digits 4.0).", show_default=False)
+O_SEED = typer.Option(0, help="Seed for weights and noise, 0 to 2^63 - 1.")
+O_DEVICE = typer.Option("cpu", help="cpu, cuda or cuda:N.")
 O_DTYPE = typer.Option(Dtype.float32, help="Compute dtype.")
 O_WEIGHTS = typer.Option(None, help="Local diffusers folder or .safetensors file.")
 O_PICKLE = typer.Option(False, help="Allow pickle checkpoints (.ckpt/.bin/.pt): only if trusted.")
@@ -190,6 +232,7 @@ O_HARDWARE = typer.Option(None, "--hardware", help="Hardware preset for the roof
                           "list`; this-cpu is measured), or a path to a preset .toml file.")
 O_FORMAT = typer.Option(Format.table, "--format", help="table or json.")
 O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+O_FORCE = typer.Option(False, "--force", help="Replace the diffprobe results in a non-empty --out folder.")
 
 
 def _base_config(**kw):
@@ -202,8 +245,8 @@ def _base_config(**kw):
 
 
 def _warn(lines) -> None:
-    for line in lines:
-        err.print(f"diffprobe: warning: {line}", markup=False, highlight=False)
+    for line in lines:  # one line each, never wrapped to the terminal's width
+        sys.stderr.write(f"diffprobe: warning: {line}\n")
 
 
 @app.command()
@@ -214,7 +257,7 @@ def profile(
     width: Optional[int] = typer.Option(None, help="Image width in px (default: the model's native size)."),
     steps: int = O_STEPS,
     batch: int = typer.Option(1, help="Images per prompt."),
-    guidance: float = O_GUIDANCE,
+    guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
     device: str = O_DEVICE,
     dtype: Dtype = O_DTYPE,
@@ -223,7 +266,9 @@ def profile(
     repeat: int = O_REPEAT,
     warmup: int = O_WARMUP,
     sample_steps: Optional[int] = O_SAMPLE,
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<model>)."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Run folder, new or empty (default: "
+                                          "runs/<time>-<model>)."),
+    force: bool = O_FORCE,
     mode: Mode = O_MODE,
     trace: bool = O_TRACE,
     chrome_trace: bool = typer.Option(False, "--chrome-trace",
@@ -242,7 +287,7 @@ def profile(
                        guidance=guidance, seed=seed, device=device, dtype=dtype, weights=weights,
                        allow_pickle=allow_pickle, repeat=repeat, warmup=warmup, sample_steps=sample_steps,
                        out=out_dir, mode=mode, trace_ops=trace, chrome_trace=chrome_trace, hardware=hardware,
-                       approx=approx)
+                       approx=approx, force=force)
     cfg = cfg.resolved()
     bar, callback = _progress(quiet)
     with bar:
@@ -266,7 +311,7 @@ def sweep(
     batch: str = typer.Option("1", help="Comma list of batch sizes."),
     prompt: Optional[str] = O_PROMPT,
     steps: int = O_STEPS,
-    guidance: float = O_GUIDANCE,
+    guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
     device: str = O_DEVICE,
     dtype: Dtype = O_DTYPE,
@@ -282,7 +327,8 @@ def sweep(
                                          "every point beside dense (see profile --approx)."),
     max_point_seconds: Optional[float] = typer.Option(
         None, help="Measured: skip a point whose roofline time on --hardware (this-cpu on CPU) exceeds this."),
-    out_dir: str = typer.Option(..., "--out", help="Sweep folder (re-running the same command resumes it)."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Sweep folder (default: runs/<time>-sweep-<model>); "
+                                          "re-running the same command with the same --out resumes it."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
 ) -> None:
@@ -294,6 +340,7 @@ def sweep(
                         sample_steps=sample_steps, mode=mode, trace_ops=trace, hardware=hardware, approx=approx)
     sc = SweepConfig(base=base, resolutions=parse_resolutions(resolutions), batches=parse_ints(batch, "--batch"),
                      out=out_dir, max_point_seconds=max_point_seconds)
+    sc = sc.with_out()
     bar, callback = _progress(quiet)
     with bar:
         state = run_sweep(sc, progress=callback, log=lambda m: err.print(f"diffprobe: {m}", markup=False,
@@ -325,13 +372,15 @@ def report(run_dir: str = typer.Argument(..., help="A profile, sweep or compare 
 def compare(
     run_dirs: list[str] = typer.Argument(..., help="Two or more profile folders, or two or more sweep folders; "
                                          "the first is the baseline."),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Comparison folder (default: runs/compare-<time>)."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Comparison folder, new or empty, not one of the runs "
+                                          "(default: runs/<time>-compare)."),
+    force: bool = O_FORCE,
     fmt: Format = O_FORMAT,
 ) -> None:
     """Compare runs side by side with ratios to the first: writes compare.json, comparison.parquet, report.html."""
     from diffprobe.report.compare import compare_runs
 
-    d = compare_runs(run_dirs, out_dir)
+    d = compare_runs(run_dirs, out_dir, force=force)
     if fmt is Format.json:
         _print_json(d)
         return
@@ -339,6 +388,8 @@ def compare(
 
     out.print(compare_table(d))
     out.print(f"the runs differ in: {', '.join(d['differs']) or 'nothing in their configuration'}")
+    for line in d.get("warnings", []):
+        out.print(f"warning: {line}")
     out.print(f"report: {Path(d['run_dir']) / 'report.html'}")
 
 
@@ -348,25 +399,27 @@ def sparsity(
     resolutions: Optional[str] = typer.Option(None, help="Comma list of sides (N or HxW); default: native."),
     prompt: Optional[str] = O_PROMPT,
     steps: int = typer.Option(25, help="Denoising steps of the full run."),
-    guidance: float = O_GUIDANCE,
+    guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
     device: str = O_DEVICE,
     dtype: Dtype = O_DTYPE,
     weights: Optional[str] = O_WEIGHTS,
     allow_pickle: bool = O_PICKLE,
-    sample_steps: int = typer.Option(0, help="Denoising steps probed (0: all). On a CPU, SD models take seconds "
-                                     "per step: limit them here."),
+    sample_steps: int = typer.Option(0, help="Denoising steps probed (0: all, the default here: sparsity changes "
+                                     "from step to step; profile samples 3 on a CPU because its steps cost the "
+                                     "same). On a CPU, SD models take seconds per step: limit them here."),
     eps: str = typer.Option("1e-2,1e-3,1e-4", help="Thresholds: fraction of probabilities below each, in [0, 1)."),
     tau: str = typer.Option("0.9,0.95,0.99", help="Mass levels for keys/blocks needed to cover, in (0, 1]."),
     blocks: str = typer.Option("32,64,128", help="Square block sides (tokens) for block sparsity."),
-    out_dir: str = typer.Option(..., "--out", help="Output folder."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: runs/<time>-sparsity-<model>); "
+                                          "re-running the same command with the same --out resumes it."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
 ) -> None:
     """Attention sparsity of every UNet attention call: per layer, head, step and resolution."""
     from dataclasses import replace
 
-    from diffprobe.attention.probe import SparsityConfig, headline, parse_floats, run_sparsity
+    from diffprobe.attention.probe import SparsityConfig, parse_floats, run_sparsity
     from diffprobe.models.registry import get_spec
     from diffprobe.run.sweep import parse_ints, parse_resolutions
 
@@ -379,6 +432,9 @@ def sparsity(
     res = parse_resolutions(resolutions) if resolutions is not None else [(native, native)]
     sc = SparsityConfig(eps=parse_floats(eps, "--eps", 0, 1, True), taus=parse_floats(tau, "--tau", 0, 1, False),
                         blocks=tuple(parse_ints(blocks, "--blocks")))
+    from diffprobe.records.runfolder import prepare_out_dir
+
+    out_dir = out_dir if out_dir is not None else str(prepare_out_dir(None, f"sparsity-{model}"))
     bar, callback = _progress(quiet)
     with bar:
         state = run_sparsity(base, res, sc, out_dir, progress=callback)
@@ -389,7 +445,9 @@ def sparsity(
     from diffprobe.report.text import sparsity_table
 
     out.print(sparsity_table(state))
-    for line in headline(state):
+    from diffprobe.report.findings import sparsity_headline
+
+    for line in sparsity_headline(state):
         out.print(line)
     out.print(f"report: {report_path}")
 
@@ -409,7 +467,7 @@ def approx(
     width: Optional[int] = typer.Option(None, help="Image width in px (default: native)."),
     prompt: Optional[str] = O_PROMPT,
     steps: int = typer.Option(25, help="Denoising steps."),
-    guidance: float = typer.Option(4.0, help="CFG scale."),
+    guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
     device: str = O_DEVICE,
     dtype: Dtype = O_DTYPE,
@@ -418,7 +476,9 @@ def approx(
     per_digit: int = typer.Option(3, help="digits: images per digit in the quality batch."),
     clip_weights: Optional[str] = typer.Option(None, help="Local CLIP model folder (transformers format) for a CLIP "
                                                "score of every setting; never downloaded."),
-    out_dir: str = typer.Option(..., "--out", help="Output folder."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder, new or empty (default: "
+                                          "runs/<time>-approx-<model>)."),
+    force: bool = O_FORCE,
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
 ) -> None:
@@ -445,8 +505,8 @@ def approx(
     bar, callback = _progress(quiet)
     with bar:
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
-                           out=out_dir, progress=callback, clip_weights=clip_weights)
-        report_path = _build_report(out_dir)
+                           out=out_dir, progress=callback, clip_weights=clip_weights, force=force)
+        report_path = _build_report(state["run_dir"])
     if fmt is Format.json:
         _print_json(state)
         return
@@ -615,8 +675,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"diffprobe: error: {exc}\n")
         return 2
     except cexc.UsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":
-            command.main(args=["--help"], prog_name="diffprobe", standalone_mode=False)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help of the (sub)command that was called bare
+            ctx = getattr(exc, "ctx", None)
+            sys.stdout.write((ctx.get_help() if ctx is not None else command.get_help(command.make_context(
+                "diffprobe", ["--help"], resilient_parsing=True))) + "\n")
             return 0
         message = " ".join(exc.format_message().split())
         sys.stderr.write(f"diffprobe: error: {message}\n")

@@ -50,7 +50,6 @@ BAD = [
     (["sweep", "--model", "tiny", "--resolutions", "", "--out", "/tmp/x"], "empty"),
     (["sweep", "--model", "tiny", "--batch", "", "--out", "/tmp/x"], "--batch is empty"),
     (["sweep", "--model", "tiny", "--resolutions", "64", "--hardware", "nope", "--out", "/tmp/x"], "nope"),
-    (["sweep", "--model", "tiny", "--resolutions", "64"], "--out"),
     (["hardware", "show", "B200"], "unknown hardware preset"),
     (["sweep", "--model", "tiny", "--resolutions", "64", "--mode", "measured", "--max-point-seconds", "-1",
       "--out", "/tmp/x"], "--max-point-seconds must be positive"),

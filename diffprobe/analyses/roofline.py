@@ -92,13 +92,22 @@ def _main_dtype(roof: pd.DataFrame) -> str:
     return str(roof.groupby("dtype")["flops"].sum().idxmax())
 
 
-def summary(ops: pd.DataFrame, preset: HardwarePreset, seconds: dict | None = None) -> dict:
-    """The roofline JSON of one run: preset, ridge point, prediction and (measured runs) the comparison."""
+def summary(ops: pd.DataFrame, preset: HardwarePreset, seconds: dict | None = None,
+            device: str | None = None) -> dict:
+    """The roofline JSON of one run: preset (its whole definition under ``preset_definition``, so a report
+    never looks it up again), ridge point, prediction and (measured runs) the comparison. A run measured on
+    another kind of device than the preset's (``device``, e.g. ``cpu`` against a GPU preset) gets a ``caveat``."""
     roof = op_roofline(ops, preset)
     dtype = _main_dtype(roof)
-    result = {"preset": preset.name, "preset_title": preset.title, "dtype": dtype,
+    result = {"preset": preset.name, "preset_title": preset.title, "preset_kind": preset.kind, "dtype": dtype,
               "peak_flops": preset.peak(dtype), "memory_bandwidth": preset.memory_bandwidth,
-              "ridge_intensity": preset.ridge(dtype), "prediction": prediction(roof)}
+              "ridge_intensity": preset.ridge(dtype), "prediction": prediction(roof),
+              "preset_definition": preset.to_dict()}
     if seconds:
         result["versus_measured"] = versus_measured(roof, seconds, preset)
+        kind = "gpu" if (device or "").startswith("cuda") else "cpu" if device else None
+        if kind is not None and kind != preset.kind:
+            result["caveat"] = (f"measured on a {kind} against the {preset.kind} preset {preset.name}: errors and "
+                                "fractions of peak say how far this machine is from that one, not how well "
+                                "either is used")
     return result

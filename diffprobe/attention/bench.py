@@ -63,14 +63,50 @@ def _dense_fn(q, k, v):
     return (lambda: F.scaled_dot_product_attention(q, k, v)), "default"
 
 
+def available_memory(dev: torch.device) -> int:
+    """Bytes free for new tensors: the GPU's free memory, or the host's MemAvailable."""
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_estimate(tokens: int, head_dim: int, heads: int, block_size: int, dtype: str, batch: int,
+                    check_heads: int) -> int:
+    """Bytes a bench call holds at its peak, an upper estimate: q, k, v and the three outputs (dense, sparse,
+    kernel) with as much again for kernel workspace and padding, the block mask twice (bool and layout), and for
+    the float64 check its k and v copies plus three score-sized buffers of one reference chunk."""
+    itemsize = DTYPES[dtype].itemsize
+    nb = math.ceil(tokens / block_size)
+    bhnd = batch * heads * tokens * head_dim
+    est = 12 * bhnd * itemsize + 2 * batch * heads * nb * nb
+    if check_heads:
+        chunk = max(2**24, batch * check_heads * min(block_size, tokens) * tokens)
+        est += 3 * batch * check_heads * tokens * head_dim * 8 + 3 * chunk * 8
+    return est
+
+
 def check_args(tokens: int, density: float, head_dim: int, heads: int, block_size: int, dtype: str, device: str,
-               batch: int, repeats: int) -> torch.device:
+               batch: int, repeats: int, check_heads: int | None = None) -> torch.device:
     for name, value in (("--tokens", tokens), ("--head-dim", head_dim), ("--heads", heads),
                         ("--block-size", block_size), ("--batch", batch), ("--repeats", repeats)):
         if value < 1:
             raise DiffprobeError(f"{name} {value} must be a positive integer")
     if not 0 < density <= 1:
         raise DiffprobeError(f"--density {density:g} is outside (0, 1]")
+    if block_size > tokens:
+        raise DiffprobeError(f"--block-size {block_size} is larger than --tokens {tokens}; a block holds at most "
+                             "every token")
+    if check_heads is not None and check_heads < 0:
+        raise DiffprobeError(f"--check-heads must be 0 (skip the check) or more, got {check_heads}")
     if dtype not in DTYPES:
         raise DiffprobeError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     try:
@@ -81,6 +117,12 @@ def check_args(tokens: int, density: float, head_dim: int, heads: int, block_siz
         raise DiffprobeError("--device cuda: no CUDA device is available here")
     if dev.type not in ("cpu", "cuda"):
         raise DiffprobeError(f"--device {device!r}: use cpu or cuda")
+    checked = heads if check_heads is None else min(heads, check_heads)
+    need, free = memory_estimate(tokens, head_dim, heads, block_size, dtype, batch, checked), available_memory(dev)
+    if need > 0.8 * free:
+        raise DiffprobeError(f"this bench needs about {need / 2**30:.1f} GiB on {dev.type}, but only "
+                             f"{free / 2**30:.1f} GiB are available; use fewer --tokens, --heads or --batch"
+                             + (", or --check-heads 0" if checked else ""))
     return dev
 
 
@@ -88,7 +130,7 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
                  dtype: str = "float32", device: str = "cpu", batch: int = 1, backend: str = "auto",
                  repeats: int = 5, seed: int = 0, check_heads: int | None = None) -> dict:
     """One grid point: dense SDPA and block-sparse attention on the same inputs; see the module docstring."""
-    dev = check_args(tokens, density, head_dim, heads, block_size, dtype, device, batch, repeats)
+    dev = check_args(tokens, density, head_dim, heads, block_size, dtype, device, batch, repeats, check_heads)
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(batch, heads, tokens, head_dim, generator=g).to(dev, DTYPES[dtype]) for _ in range(3))
     nb = math.ceil(tokens / block_size)

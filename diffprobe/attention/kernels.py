@@ -281,8 +281,10 @@ def masked_reference(q, k, v, block_mask, block_size, max_elements: int = 2**24)
     out = []
     for s0 in range(0, mask.shape[2], per):
         rows = slice(s0 * block_size, min(n, (s0 + per) * block_size))
-        tok = mask[:, :, s0:s0 + per].repeat_interleave(block_size, 2).repeat_interleave(block_size, 3)
-        tok = tok[:, :, :rows.stop - rows.start, :m]
+        # the token mask of these rows, indexed block by block (never larger than rows x keys)
+        qb = torch.arange(rows.start, rows.stop, device=mask.device) // block_size
+        kb = torch.arange(m, device=mask.device) // block_size
+        tok = mask[:, :, qb][:, :, :, kb]
         s = (q[:, :, rows].double() @ kt) / math.sqrt(d)
         p = torch.softmax(s.masked_fill(~tok, float("-inf")), dim=-1).nan_to_num(0.0)
         out.append(p @ vd)

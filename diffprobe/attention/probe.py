@@ -86,16 +86,10 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
     ``sparsity.parquet``) committed atomically, so re-running the same command skips finished resolutions and a
     folder made with another configuration is refused. At the end ``sparsity.parquet`` (one row per resolution ×
     step × layer × head) and ``sparsity.json`` summarize every point."""
-    import json
-    import shutil
     from dataclasses import asdict
 
-    import pandas as pd
-
     from diffprobe.models.registry import get_spec
-    from diffprobe.records.runfolder import atomic_write
-    from diffprobe.records.schema import SCHEMA_VERSION
-    from diffprobe.run.profile import build_pipeline, run_profile
+    from diffprobe.run.profile import check_resolution
     from diffprobe.run.sweep import SweepFolder
 
     sc.validate()
@@ -103,12 +97,35 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
         raise DiffprobeError("sparsity needs the probabilities' values: use --mode measured (the default)")
     spec = get_spec(base.model)
     for h, w in resolutions:
-        replace(base, height=h, width=w).resolved()
+        check_resolution(spec, h, w)
+    scale = 2 ** (len(spec.config("vae")["block_out_channels"]) - 1)  # the VAE's downsampling
+    h, w = max(resolutions, key=lambda r: r[0] * r[1])
+    most = max((h // scale) * (w // scale), spec.config("text_encoder").get("max_position_embeddings", 0))
+    if max(sc.blocks) > most:
+        raise DiffprobeError(f"--blocks {max(sc.blocks)} is larger than every attention matrix of this run (at most "
+                             f"{most} tokens a side, at {h}x{w}); use block sides up to {most}")
     base = replace(base, height=resolutions[0][0], width=resolutions[0][1], trace_ops=False).resolved()
     identity = {k: v for k, v in asdict(base).items() if k not in ("height", "width", "out")}
     identity.update(eps=list(sc.eps), taus=list(sc.taus), blocks=list(sc.blocks))
     folder = SweepFolder(out, identity, meta_name="sparsity.json", required=("sparsity.parquet",))
     state = folder.open()
+    try:
+        return _probe_points(folder, state, base, spec, resolutions, sc, progress)
+    finally:
+        folder.close()
+
+
+def _probe_points(folder, state: dict, base, spec, resolutions, sc: SparsityConfig, progress) -> dict:
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from diffprobe.records.runfolder import atomic_write
+    from diffprobe.records.schema import SCHEMA_VERSION
+    from diffprobe.run.profile import build_pipeline, run_profile
+
+    identity = folder.identity
     random = base.weights is None and not spec.trained
     state.update({"schema_version": SCHEMA_VERSION, "kind": "sparsity", "config": identity, "model": base.model,
                   "prompt": base.prompt, "steps": base.steps, "guidance": base.guidance, "random_weights": random,
@@ -160,19 +177,3 @@ def summarize(table) -> dict:
         out[f"{h}x{w}"] = {"by_kind": _means(g, "attn_kind"), "by_level": _means(g, "level"),
                            "by_step": _means(g, "step"), "calls": int(len(g))}
     return out
-
-
-def headline(state: dict) -> list[str]:
-    """Sentences: how sparse self- and cross-attention are at each resolution."""
-    out = []
-    e = min(state["eps"], key=lambda x: abs(x - 1e-3))
-    t = max(state["taus"], key=lambda x: -abs(x - 0.95))
-    for res, s in state["summary"].items():
-        for kind, m in s["by_kind"].items():
-            out.append(f"{res}, {kind}-attention: {100 * m[f'below_{e:g}']:.1f}% of probabilities are below {e:g}; "
-                       f"{100 * m[f'keys_frac_{t:g}']:.1f}% of the keys cover {100 * t:g}% of each row's mass "
-                       f"(row entropy {m['entropy']:.2f} of uniform).")
-    if state.get("note"):
-        out.append(state["note"])
-    return out
-

@@ -80,25 +80,32 @@ def quality(dense: dict, approx: dict) -> dict:
     import numpy as np
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    psnr, ssim = [], []
+    psnr, ssim, identical = [], [], 0
     for a, b in zip(dense["images"], approx["images"], strict=True):
         x, y = a.permute(1, 2, 0).numpy(), b.permute(1, 2, 0).numpy()
-        psnr.append(float("inf") if np.array_equal(x, y) else peak_signal_noise_ratio(x, y, data_range=1.0))
+        if np.array_equal(x, y):  # PSNR is infinite: counted apart, so the JSON stays standard
+            identical += 1
+        else:
+            psnr.append(peak_signal_noise_ratio(x, y, data_range=1.0))
         win = min(7, min(x.shape[:2]) // 2 * 2 - 1)
         ssim.append(structural_similarity(x, y, data_range=1.0, channel_axis=2, win_size=win))
     rel = [float((b - a).norm() / a.norm()) for a, b in zip(dense["latents"], approx["latents"], strict=True)]
-    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "latent_rel_error": rel}
+    return {"psnr": float(np.mean(psnr)) if psnr else None, "identical": identical == len(ssim),
+            "identical_images": identical, "ssim": float(np.mean(ssim)), "latent_rel_error": rel}
 
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
-               per_digit: int = 3, out: str | Path, progress=None, clip_weights: str | None = None) -> dict:
-    """Dense, then every (method, value); writes ``approx.json``, ``approx.parquet`` and images into ``out``."""
+               per_digit: int = 3, out: str | Path | None = None, progress=None, clip_weights: str | None = None,
+               force: bool = False) -> dict:
+    """Dense, then every (method, value); writes ``approx.json``, ``approx.parquet`` and images into ``out``
+    (default ``runs/<time>-approx-<model>``). PSNR is ``None`` where every image equals dense (``identical``);
+    ``identical_images`` counts those left out of the mean."""
     import pandas as pd
 
     from diffprobe.models.registry import get_spec
-    from diffprobe.records.runfolder import atomic_write, write_json
+    from diffprobe.records.runfolder import atomic_write, prepare_out_dir, write_json
     from diffprobe.records.schema import SCHEMA_VERSION
-    from diffprobe.run.profile import build_pipeline, prepare_out_dir, run_profile
+    from diffprobe.run.profile import build_pipeline, run_profile
 
     cfg = replace(base, mode="measured", trace_ops=False).resolved()
     for method, values in methods.items():  # every parameter checked before any work
@@ -110,7 +117,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         from diffprobe.attention.clipscore import ClipScorer
 
         clip = ClipScorer(clip_weights)
-    out_dir = prepare_out_dir(str(out), cfg.model)
+    out_dir = prepare_out_dir(out, f"approx-{cfg.model}", force)
     report = progress or (lambda *_: None)
     prompts, labels = prompts_for(cfg, per_digit)
     pipe = build_pipeline(cfg, spec)
@@ -137,7 +144,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     rows = [{"method": "dense", "param": "", "value": None, "attention_flops": float(unet_attn["flops"].sum()),
              "attention_flops_saved": 0.0, "end_to_end_flops_saved": 0.0, "kept_fraction": 1.0,
              "unet_s": dense["unet_s"], "wall_s": dense["wall_s"], "warmup_s": dense_warm_s, "kernel": "dense",
-             "psnr": float("inf"), "ssim": 1.0,
+             "psnr": None, "identical": True, "identical_images": len(prompts), "ssim": 1.0,
              "accuracy": classifier.accuracy(dense["images"], labels) if classifier else None,
              "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png",
              "clip_score": clip.score(dense["images"], prompts) if clip else None}]
@@ -160,7 +167,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
                      "self_saved": acc["by_kind"]["self"]["saved"], "cross_saved": acc["by_kind"]["cross"]["saved"],
                      "unet_s": res["unet_s"], "wall_s": res["wall_s"], "warmup_s": warm_s,
                      "kernel": kernels_used(core.calls),
-                     "psnr": q["psnr"], "ssim": q["ssim"],
+                     "psnr": q["psnr"], "identical": q["identical"], "identical_images": q["identical_images"],
+                     "ssim": q["ssim"],
                      "accuracy": classifier.accuracy(res["images"], labels) if classifier else None,
                      "latent_rel_error": q["latent_rel_error"], "image": f"images/{name}.png",
                      "clip_score": clip.score(res["images"], prompts) if clip else None})

@@ -40,6 +40,7 @@ class ModelSpec:
     components: tuple[str, ...]  # diffusers component names present in model_index.json
     trained: bool  # whether the embedded weights (if any) are trained; random init is never trained
     weights: str | None = None  # a safetensors file in the config folder: embedded trained weights
+    default_guidance: float = 7.5  # CFG scale used when the user gives none (the pipelines' own default is 7.5)
 
     @property
     def folder(self):
@@ -76,6 +77,7 @@ def _specs() -> dict[str, ModelSpec]:
             components=comps,
             trained=bool(meta.get("trained", False)),
             weights=meta.get("weights"),
+            default_guidance=float(meta.get("guidance", 7.5)),
         )
     return specs
 
@@ -198,8 +200,39 @@ def export_skeleton(spec: ModelSpec, dest: Path) -> Path:
     return dest
 
 
-def check_weights_path(path: str | Path, allow_pickle: bool) -> Path:
-    """Validate a ``--weights`` path before any heavy work; return it resolved."""
+# the UNet config keys that fix the architecture (a fine-tune keeps them; another model changes some)
+ARCH_KEYS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
+             "attention_head_dim", "down_block_types", "up_block_types", "transformer_layers_per_block",
+             "addition_embed_type", "projection_class_embeddings_input_dim")
+
+
+def resolve_hub_cache(p: Path) -> Path:
+    """A Hugging Face cache root (``models--org--name``) resolved to the snapshot its ``refs/main`` names, or to
+    its only snapshot; any other path unchanged."""
+    snaps = p / "snapshots"
+    if (p / "model_index.json").exists() or not snaps.is_dir():
+        return p
+    ref = p / "refs" / "main"
+    if ref.is_file() and (snaps / ref.read_text().strip()).is_dir():
+        return snaps / ref.read_text().strip()
+    found = sorted((d for d in snaps.iterdir() if (d / "model_index.json").is_file()),
+                   key=lambda d: d.stat().st_mtime)
+    if not found:
+        raise DiffprobeError(f"--weights {p} is a Hugging Face cache folder with no complete snapshot")
+    return found[-1]
+
+
+def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    files = [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
+    return ([f for f in files if f.suffix == ".safetensors"], [f for f in files if f.suffix in PICKLE_SUFFIXES])
+
+
+def check_weights_path(path: str | Path, allow_pickle: bool, spec: ModelSpec | None = None) -> Path:
+    """Validate a ``--weights`` path before any heavy work; return it resolved.
+
+    A folder must hold every component of ``spec`` (when given) with weights this run may load (safetensors;
+    pickle only with ``allow_pickle``, for components that lack safetensors), and a UNet of ``spec``'s
+    architecture."""
     p = Path(path).expanduser()
     if not p.exists():
         raise DiffprobeError(f"--weights path does not exist: {p}")
@@ -212,41 +245,125 @@ def check_weights_path(path: str | Path, allow_pickle: bool) -> Path:
         if p.suffix not in (".safetensors",) + PICKLE_SUFFIXES:
             raise DiffprobeError(f"--weights file is not a .safetensors checkpoint: {p}")
         return p
+    p = resolve_hub_cache(p)
     if not (p / "model_index.json").is_file():
         raise DiffprobeError(f"--weights folder is not a diffusers model (no model_index.json): {p}")
-    if not allow_pickle:
-        pickles = [f for f in p.rglob("*") if f.suffix in PICKLE_SUFFIXES]
-        tensors = list(p.rglob("*.safetensors"))
-        if pickles and not tensors:
-            raise DiffprobeError(
-                f"--weights folder holds only pickle weights ({pickles[0].name}); "
-                "pass --allow-pickle if you trust them"
-            )
+    components = spec.components if spec is not None else ()
+    for comp in components:
+        if comp.startswith("tokenizer"):
+            continue  # a missing tokenizer is replaced by the embedded one
+        cfg = "scheduler_config.json" if comp == "scheduler" else "config.json"
+        if not (p / comp / cfg).is_file():
+            raise DiffprobeError(f"--weights folder {p} has no {comp}/{cfg} ({spec.name} needs its {comp})")
+        if comp == "scheduler":
+            continue
+        tensors, pickles = _weight_files(p / comp)
+        if not tensors and not pickles:
+            raise DiffprobeError(f"--weights folder {p} has no weights in {comp}/")
+        if not tensors and not allow_pickle:
+            raise DiffprobeError(f"--weights component {comp} has no safetensors, only pickle weights "
+                                 f"({pickles[0].name}); pass --allow-pickle if you trust them")
+    if spec is None:
+        if not allow_pickle:
+            pickles = [f for f in p.rglob("*") if f.suffix in PICKLE_SUFFIXES]
+            if pickles and not list(p.rglob("*.safetensors")):
+                raise DiffprobeError(f"--weights folder holds only pickle weights ({pickles[0].name}); "
+                                     "pass --allow-pickle if you trust them")
+        return p
+    _check_architecture(p, spec)
     return p
+
+
+def _check_architecture(folder: Path, spec: ModelSpec) -> None:
+    """Refuse a folder whose pipeline class or UNet architecture is not ``spec``'s, naming both."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DiffprobeError(f"--weights folder {folder}: unreadable config ({exc})") from exc
+    theirs = index.get("_class_name")
+    matches = [s.name for s in list_models() if _same_unet(unet, s.config("unet"))]
+    named = f" (its UNet matches model {matches[0]!r}: use --model {matches[0]})" if matches else ""
+    if theirs != spec.pipeline_class:
+        raise DiffprobeError(f"--weights folder holds a {theirs}, but --model {spec.name} is a "
+                             f"{spec.pipeline_class}{named}")
+    if spec.name in matches or _same_unet(unet, spec.config("unet")):
+        return
+    theirs_arch, ours = _arch(unet), _arch(spec.config("unet"))
+    key = next(k for k in ARCH_KEYS if theirs_arch[k] != ours[k])
+    raise DiffprobeError(f"--weights UNet is not {spec.name}'s: {key} is {theirs_arch[key]!r} there, "
+                         f"{ours[key]!r} in {spec.name}{named}")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def _arch(config: dict) -> dict:
+    """The ARCH_KEYS of a UNet config, each missing one at the class's own default (``save_pretrained`` writes
+    every key; the embedded configs, as published, leave defaults out)."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, config.get("_class_name", "UNet2DConditionModel"), None)
+    params = inspect.signature(cls.__init__).parameters if cls is not None else {}
+    return {k: _norm(config[k] if k in config else getattr(params.get(k), "default", None)) for k in ARCH_KEYS}
+
+
+def _same_unet(a: dict, b: dict) -> bool:
+    return _arch(a) == _arch(b)
+
+
+def _quiet_loaders() -> None:
+    """diffusers' and transformers' own progress bars and warnings off: errors come out as diffprobe's one line."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _dtype_kwarg() -> str:
+    """``dtype`` where diffusers takes it (``torch_dtype`` is deprecated there), else ``torch_dtype``."""
+    from diffusers.pipelines import pipeline_utils
+
+    return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
 
 
 def load_pipeline(spec: ModelSpec, weights: str | Path, dtype=None, allow_pickle: bool = False):
     """A pipeline with real weights from a local diffusers folder or a single ``.safetensors`` file.
 
     Never touches the network: the folder's own configs are used, or, for a single file, the embedded
-    architecture's configs (so ``spec`` must describe the checkpoint).
+    architecture's configs (so ``spec`` must describe the checkpoint). Safetensors are always loaded where they
+    exist; pickle files only with ``allow_pickle``, for components that have no safetensors.
     """
-    path = check_weights_path(weights, allow_pickle)
+    import warnings
+
+    path = check_weights_path(weights, allow_pickle, spec)
     cls = _pipeline_class(spec)
     kwargs = dict(_pipeline_kwargs(spec), local_files_only=True)
     if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+        kwargs[_dtype_kwarg()] = dtype
+    _quiet_loaders()
     try:
-        if path.is_dir():
-            for tok in (c for c in spec.components if c.startswith("tokenizer")):
-                if not (path / tok / "vocab.json").is_file() and not (path / tok / "tokenizer.json").is_file():
-                    kwargs[tok] = load_clip_tokenizer(spec.config(tok))
-            return cls.from_pretrained(str(path), use_safetensors=not allow_pickle, **kwargs)
-        with tempfile.TemporaryDirectory(prefix="diffprobe-config-") as tmp:
-            skeleton = export_skeleton(spec, Path(tmp) / spec.name)
-            return cls.from_single_file(str(path), config=str(skeleton), **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.is_dir():
+                for tok in (c for c in spec.components if c.startswith("tokenizer")):
+                    if not (path / tok / "vocab.json").is_file() and not (path / tok / "tokenizer.json").is_file():
+                        kwargs[tok] = load_clip_tokenizer(spec.config(tok))
+                # None: safetensors first, pickle as the fallback of a component without them
+                return cls.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
+            with tempfile.TemporaryDirectory(prefix="diffprobe-config-") as tmp:
+                skeleton = export_skeleton(spec, Path(tmp) / spec.name)
+                return cls.from_single_file(str(path), config=str(skeleton), **kwargs)
     except DiffprobeError:
         raise
     except Exception as exc:  # a corrupt or mismatched checkpoint: one line naming the file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DiffprobeError(f"could not load weights from {path}: {msg[:300]}") from exc
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        hint = "; pass --allow-pickle if you trust its pickle weights" if (
+            "no file named" in msg and not allow_pickle) else ""
+        raise DiffprobeError(f"could not load weights from {path}: {msg[:300]}{hint}") from exc

@@ -255,9 +255,9 @@ register("elementwise", "addcmul", "addcdiv", "lerp", "addcmul_", "addcdiv_", "l
 
 
 @register("reduction", "sum", "mean", "amax", "amin", "max", "min", "argmax", "argmin", "prod", "any", "all",
-          "norm", "linalg_vector_norm", "var", "std", "var_mean", "cumsum", "logsumexp")
+          "norm", "linalg_vector_norm", "var", "std", "var_mean", "cumsum", "logsumexp", "equal")
 def reduction_flops(args, kwargs, out) -> Cost:
-    """One operation per input element."""
+    """One operation per input element (``equal``: one comparison per element of the first input)."""
     return Cost(args[0].numel)
 
 

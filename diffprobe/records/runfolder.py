@@ -30,12 +30,97 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+RESULT_FILES = ("sweep.json", "compare.json", "sparsity.json", "approx.json", "run.json")
+
+
+def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> Path:
+    """Create the output folder and prove it writable before any heavy work.
+
+    ``out=None``: a new ``runs/<time>-<name>`` folder (``-2``, ``-3``, ... when two runs start in the same
+    second). A given ``out`` must be new or empty; ``force`` replaces the diffprobe results in it (every file in
+    it is removed first, so none of the old run's files is left beside the new one), never a folder of other
+    files."""
+    import datetime
+    import shutil
+
+    from diffprobe.errors import DiffprobeError
+
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for i in range(1, 1000):
+            path = Path("runs") / (f"{stamp}-{name}" + (f"-{i}" if i > 1 else ""))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise DiffprobeError(f"cannot write to {path}: {exc.strerror or exc}") from exc
+        return _check_writable(path)
+    if not str(out).strip():
+        raise DiffprobeError("--out is empty; name a folder, or leave --out out for runs/<time>-<model>")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise DiffprobeError(f"--out {path} is a file, not a folder; name a new or empty folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise DiffprobeError(f"--out {path} is not empty; choose a new folder, or pass --force to replace the "
+                                 "diffprobe results in it")
+        if not any((path / f).is_file() for f in RESULT_FILES):
+            raise DiffprobeError(f"--out {path} holds files diffprobe did not write; --force replaces only a "
+                                 "diffprobe folder: choose a new folder")
+        for child in path.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DiffprobeError(f"cannot write to --out {path}: {exc.strerror or exc}") from exc
+    return _check_writable(path)
+
+
+def _check_writable(path: Path) -> Path:
+    from diffprobe.errors import DiffprobeError
+
+    try:
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise DiffprobeError(f"cannot write to --out {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def standard(x):
+    """``x`` as standard JSON values: NaN and ±Infinity become ``null`` (JSON has neither), numpy scalars and
+    arrays become Python numbers and lists, tuples become lists; anything else unknown becomes its ``str``."""
+    import math
+
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, (str, bool, int)):
+        return x
+    if isinstance(x, dict):
+        return {str(k): standard(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [standard(v) for v in x]
+    if hasattr(x, "tolist"):  # numpy scalars and arrays
+        return standard(x.tolist())
+    return str(x)
+
+
+def dumps(data, indent: int | None = 2) -> str:
+    """Standard JSON text of ``data`` (see :func:`standard`)."""
+    return json.dumps(standard(data), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | Path, data: dict) -> Path:
-    """Write ``data`` as indented JSON to ``path``, atomically."""
+    """Write ``data`` as indented standard JSON to ``path``, atomically."""
+    text = dumps(data)
+
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
+            fh.write(text + "\n")
 
     return atomic_write(path, write)
 
@@ -77,7 +162,10 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DiffprobeError(f"run folder {folder} does not exist")
-    for name in ("sweep.json", "compare.json", "sparsity.json", "approx.json", "run.json"):
+    if folder.exists() and not folder.is_dir():
+        raise DiffprobeError(f"{folder} is a file, not a run folder (give the folder that holds run.json, "
+                             "sweep.json, ...)")
+    for name in RESULT_FILES:
         path = folder / name
         if path.exists():
             break

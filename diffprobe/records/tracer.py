@@ -434,7 +434,30 @@ class OpTracer:
         import pandas as pd
 
         self._resolve_cuda()
+        check_int64_totals(self.rows)
         return pd.DataFrame(self.rows, columns=list(COLUMNS))
+
+
+INT64_MAX = 2**63 - 1
+_COUNT_GROUPS = {"FLOPs": ("flops",), "bytes": ("bytes_read", "bytes_written"),
+                 "unfused bytes": ("bytes_read_unfused", "bytes_written_unfused")}
+
+
+def check_int64_totals(rows: list[list]) -> None:
+    """Refuse a run whose exact totals do not fit the record table's 64-bit integer columns.
+
+    Counts are exact Python integers while traced; the table stores them as int64. When a run's grand total of
+    FLOPs (or of bytes read + written) fits, every per-op value and every partial sum of these non-negative
+    columns fits too, so the totals of every analysis stay exact."""
+    from diffprobe.errors import DiffprobeError
+
+    for what, cols in _COUNT_GROUPS.items():
+        idx = [COLUMNS.index(c) for c in cols]
+        total = sum(r[i] for r in rows for i in idx)
+        if total > INT64_MAX:
+            raise DiffprobeError(f"this run's {what} ({total:.3e}) exceed the 64-bit integers the record table "
+                                 f"stores exactly (at most {INT64_MAX:.3e}); use a smaller --height/--width, "
+                                 "--batch or --steps")
 
 
 class _OpMode(TorchDispatchMode):

@@ -7,7 +7,6 @@ model) — that is usually the point of the comparison.
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
@@ -50,14 +49,31 @@ def _sweep_metrics(d: dict) -> dict[str, float]:
     return m
 
 
-def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> dict:
-    """Compare run folders; writes ``compare.json``, ``comparison.parquet`` and ``report.html`` into ``out``."""
+def _sweep_axes(d: dict) -> dict:
+    """A sweep's swept values as text (``256,512``) in place of one height, width and batch."""
+    pts = [p for p in (d.get("points") or {}).values() if isinstance(p, dict)]
+    return {k: ",".join(str(v) for v in sorted({p[k] for p in pts if k in p})) or None
+            for k in ("height", "width", "batch")}
+
+
+def compare_runs(folders: list[str | Path], out: str | Path | None = None, force: bool = False) -> dict:
+    """Compare run folders; writes ``compare.json``, ``comparison.parquet`` and ``report.html`` into ``out``
+    (a new or empty folder, never one of the inputs; ``force`` replaces an earlier comparison there). A run that
+    did not finish is marked (``status`` per run, a sentence in ``warnings``), not dropped."""
     import pandas as pd
+
+    from diffprobe.records.runfolder import prepare_out_dir
 
     if len(folders) < 2:
         raise DiffprobeError("compare needs at least two run folders")
     paths = [Path(f) for f in folders]
+    if out is not None and str(out).strip() and any(Path(out).resolve() == p.resolve() for p in paths):
+        raise DiffprobeError(f"--out {out} is one of the runs being compared; name a new folder for the comparison")
     loaded = [read_result(p) for p in paths]
+    from diffprobe.analyses.sweep import current_findings
+
+    loaded = [(k, {**d, "findings": current_findings(p, d)} if k == "sweep" else d)
+              for p, (k, d) in zip(paths, loaded, strict=True)]
     kinds = {k for k, _ in loaded}
     if "compare" in kinds:
         raise DiffprobeError("compare takes profile or sweep folders, not an earlier comparison")
@@ -69,8 +85,10 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> di
     labels = _label(paths)
     runs, metrics = [], {}
     for label, path, (_, d) in zip(labels, paths, loaded, strict=True):
-        conf = d if kind == "profile" else {**d.get("config", {}), "model": d.get("model"), "mode": d.get("mode")}
-        runs.append({"label": label, "dir": str(path), **{k: conf.get(k) for k in CONFIG_KEYS}})
+        conf = d if kind == "profile" else {**d.get("config", {}), "model": d.get("model"), "mode": d.get("mode"),
+                                            **_sweep_axes(d)}
+        status = d.get("status", "ok") if kind == "profile" else ("ok" if d.get("complete", True) else "incomplete")
+        runs.append({"label": label, "dir": str(path), "status": status, **{k: conf.get(k) for k in CONFIG_KEYS}})
         metrics[label] = _profile_metrics(d) if kind == "profile" else _sweep_metrics(d)
     if kind == "sweep":
         common = set.intersection(*(set(m) for m in metrics.values()))
@@ -82,15 +100,14 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None) -> di
     table = {k: {lb: metrics[lb].get(k) for lb in labels} for k in keys}
     ratios = {k: {lb: (v / table[k][base]) if (v is not None and table[k][base]) else None
                   for lb, v in row.items()} for k, row in table.items()}
-    out_dir = Path(out or f"runs/compare-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DiffprobeError(f"cannot write to --out {out_dir}: {exc.strerror or exc}") from exc
+    out_dir = prepare_out_dir(out, "compare", force)
     from diffprobe.records.schema import SCHEMA_VERSION
 
+    warnings = [f"{r['label']} did not finish (status {r['status']}"
+                + (f": {d.get('error')}" if d.get("error") else "") + "); its numbers cover only what it measured"
+                for r, (_, d) in zip(runs, loaded, strict=True) if r["status"] != "ok"]
     result = {"schema_version": SCHEMA_VERSION, "kind": "compare", "of": kind, "baseline": base, "runs": runs,
-              "differs": differs, "metrics": table, "ratios": ratios, "run_dir": str(out_dir)}
+              "differs": differs, "metrics": table, "ratios": ratios, "warnings": warnings, "run_dir": str(out_dir)}
     write_json(out_dir / "compare.json", result)
     frame = pd.DataFrame([{"metric": k, "run": lb, "value": v, "ratio_to_baseline": ratios[k][lb]}
                           for k, row in table.items() for lb, v in row.items()])
@@ -107,14 +124,18 @@ def compare_report(folder: Path, d: dict) -> Path:
     from diffprobe.report import figures as figs
     from diffprobe.report.html import Page, table
     from diffprobe.report.text import compare_rows
+    from diffprobe.report.units import si_scale
 
     labels = [r["label"] for r in d["runs"]]
     page = Page(folder, f"diffprobe compare — {len(labels)} {d['of']} runs", f"baseline: {d['baseline']}")
+    for w in d.get("warnings", []):
+        page.banner(w, fail=True)
     page.findings([f"The runs differ in: {', '.join(d['differs']) or 'nothing in their configuration'}."]
                   + _ratio_sentences(d))
     page.h2("Runs")
-    page.add(table(["run", *CONFIG_KEYS, "folder"], [[r["label"], *(r.get(k) for k in CONFIG_KEYS), r["dir"]]
-                                                     for r in d["runs"]]))
+    page.add(table(["run", "status", *CONFIG_KEYS, "folder"],
+                   [[r["label"], r.get("status", "ok"), *("—" if r.get(k) is None else r.get(k) for k in CONFIG_KEYS),
+                     r["dir"]] for r in d["runs"]]))
     page.h2("Metrics (value, and ratio to the baseline)")
     page.add(table(["metric", *labels], compare_rows(d)))
     if d["of"] == "profile":
@@ -129,8 +150,9 @@ def compare_report(folder: Path, d: dict) -> Path:
                  and k != "flops.total" and k.split(".", 1)[1] not in ("text_encoder", "text_encoder_2", "unet",
                                                                        "vae_decoder", "scheduler", "pipeline")}
         if flops:
-            page.figure(figs.compare_bars(labels, {k: {lb: (v or 0) / 1e12 for lb, v in r.items()}
-                                                   for k, r in flops.items()}, "TFLOP", "FLOPs by layer type"),
+            scale, unit = si_scale(max((v or 0) for r in flops.values() for v in r.values()), "FLOP")
+            page.figure(figs.compare_bars(labels, {k: {lb: (v or 0) / scale for lb, v in r.items()}
+                                                   for k, r in flops.items()}, unit, "FLOPs by layer type"),
                         "compare_flops", "FLOPs by layer type, one bar per run")
     return page.write()
 

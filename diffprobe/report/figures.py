@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from diffprobe.records.schema import LAYER_TYPES
+from diffprobe.report.units import si_scale
 
 _TAB = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
@@ -62,7 +63,9 @@ def stage_layer_bars(run: dict) -> Figure:
     timed = "seconds" in run
     fig = Figure(figsize=(12 if timed else 6.5, 4), layout="constrained")
     axes = fig.subplots(1, 2 if timed else 1, squeeze=False)[0]
-    _stacked_bars(axes[0], run["flops"]["by_stage_layer_type"], 1e12, "TFLOP", "FLOPs by stage and layer type")
+    by_stage = run["flops"]["by_stage_layer_type"]
+    scale, unit = si_scale(max((sum(v.values()) for v in by_stage.values()), default=0), "FLOP")
+    _stacked_bars(axes[0], by_stage, scale, unit, "FLOPs by stage and layer type")
     if timed:
         _stacked_bars(axes[1], run["seconds"]["by_stage_layer_type"], 1, "seconds",
                       "measured time by stage and layer type")
@@ -85,8 +88,9 @@ def step_timeline(run: dict) -> Figure | None:
         by_step = run.get("flops", {}).get("by_step") or {}
         if not by_step:
             return None
-        ax.bar([int(k) for k in by_step], [v / 1e12 for v in by_step.values()], color=color("conv"))
-        ax.set_ylabel("TFLOP")
+        scale, unit = si_scale(max(by_step.values()), "FLOP")
+        ax.bar([int(k) for k in by_step], [v / scale for v in by_step.values()], color=color("conv"))
+        ax.set_ylabel(unit)
         ax.set_title("FLOPs per UNet evaluation", fontsize=10)
     ax.set_xlabel("UNet evaluation (denoising step)")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -177,7 +181,7 @@ def loglog(findings: dict, quantity: str = "flops") -> Figure | None:
             continue
         ax.plot(sides, vals, "o", color=color(c), markersize=4)
         ax.plot(sides, np.exp(fit["b"]) * sides ** fit["k"], "-", color=color(c), linewidth=1,
-                label=f"{c}: k = {fit['k']:.2f}")
+                label=f"{c}: k = {round(fit['k'], 2) + 0.0:.2f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("image side (px)")
@@ -240,12 +244,13 @@ def tradeoff(results: list[dict]) -> Figure:
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     methods = list(dict.fromkeys(r["method"] for r in results if r["method"] != "dense"))
     dense = next((r for r in results if r["method"] == "dense"), None)
-    finite_psnr = [r["psnr"] for r in results if r["psnr"] != float("inf")]
-    cap = (max(finite_psnr) + 5) if finite_psnr else 60.0
+    finite_psnr = [r["psnr"] for r in results if r["psnr"] is not None]
+    cap = (max(finite_psnr) + 5) if finite_psnr else 60.0  # identical images (no PSNR) are drawn at the cap
     for ax, (key, label) in zip(axes, metrics, strict=True):
         for i, m in enumerate(methods):
-            pts = sorted((100 * r["attention_flops_saved"], r[key]) for r in results if r["method"] == m)
-            ys = [min(y, cap) if key == "psnr" else y for _, y in pts]
+            pts = sorted(((100 * r["attention_flops_saved"], r[key]) for r in results if r["method"] == m),
+                         key=lambda p: p[0])
+            ys = [(cap if y is None else min(y, cap)) if key == "psnr" else y for _, y in pts]
             ax.plot([x for x, _ in pts], ys, "o-", label=m, color=_TAB[i % len(_TAB)])
         if dense is not None and key != "psnr":
             ax.axhline(dense[key], color="#333333", linestyle=":", linewidth=1, label="dense")

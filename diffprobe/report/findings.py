@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s
+
 SHARE_CLASSES = ("conv", "self_attention", "cross_attention", "ffn", "norm")
 LABEL = {"conv": "convolution", "self_attention": "self-attention", "cross_attention": "cross-attention",
          "ffn": "feed-forward", "norm": "normalization"}
@@ -9,18 +11,6 @@ LABEL = {"conv": "convolution", "self_attention": "self-attention", "cross_atten
 
 def _side(p: dict) -> str:
     return f"{p['height']} px" if p["height"] == p["width"] else f"{p['height']}x{p['width']} px"
-
-
-def _gib(n: float) -> str:
-    if n >= 2**28:
-        return f"{n / 2**30:.2f} GiB"
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
-
-
-def _secs(x: float) -> str:
-    from diffprobe.report.text import fmt_s
-
-    return fmt_s(x)
 
 
 def sweep_findings(state: dict) -> list[str]:
@@ -38,10 +28,10 @@ def sweep_findings(state: dict) -> list[str]:
     fits = f.get("exponents", {}).get("flops", {})
     for c in ("self_attention", "conv"):
         fit = fits.get(c)
-        grow = f" and grows as side^{fit['k']:.2f}" if fit else ""
+        grow = f" and grows as side^{fmt_k(fit['k'])}" if fit else ""
         core = fits.get("self_attention_core") if c == "self_attention" else None
         if core:
-            grow += f" (its scores, softmax and P·V as side^{core['k']:.2f})"
+            grow += f" (its scores, softmax and P·V as side^{fmt_k(core['k'])})"
         out.append(f"{LABEL[c].capitalize()} is {100 * unet.get(c, 0) / total:.1f}% of UNet FLOPs at "
                    f"{_side(last)}{grow}.")
     cross = (f.get("crossover") or {}).get("flops")
@@ -61,8 +51,8 @@ def sweep_findings(state: dict) -> list[str]:
     mem = last.get("attention_memory") or {}
     if mem.get("materialized_bytes"):
         out.append(f"At {_side(last)} the largest attention score matrix would take "
-                   f"{_gib(mem['materialized_bytes'])} if materialized; a fused kernel's working set for that "
-                   f"call is {_gib(mem['fused_bytes'])}.")
+                   f"{fmt_bytes(mem['materialized_bytes'])} if materialized; a fused kernel's working set for that "
+                   f"call is {fmt_bytes(mem['fused_bytes'])}.")
     top = last.get("bottlenecks") or []
     if top:
         b = top[0]
@@ -72,10 +62,10 @@ def sweep_findings(state: dict) -> list[str]:
     if roof and roof.get("versus_measured"):
         vm = roof["versus_measured"]["total"]
         if vm.get("error") is not None:
-            out.append(f"On {roof['preset']}, the roofline predicts {_secs(vm['predicted_s'])} for the traced ops "
-                       f"at {_side(last)}; measured {_secs(vm['measured_s'])} ({100 * vm['error']:+.0f}%).")
+            out.append(f"On {roof['preset']}, the roofline predicts {fmt_s(vm['predicted_s'])} for the traced ops "
+                       f"at {_side(last)}; measured {fmt_s(vm['measured_s'])} ({100 * vm['error']:+.0f}%).")
     elif roof:
-        out.append(f"On {roof['preset']}, the roofline predicts {_secs(roof['prediction']['total_s'])} for the run "
+        out.append(f"On {roof['preset']}, the roofline predicts {fmt_s(roof['prediction']['total_s'])} for the run "
                    f"at {_side(last)} ({100 * roof['prediction']['compute_bound_share']:.0f}% of it compute-bound).")
     return out
 
@@ -86,7 +76,6 @@ HOST_BOUND_SHARE = 0.25  # a traced GPU run with more time outside ops than this
 def profile_findings(run: dict, ops=None) -> list[str]:
     """Sentences about one profile run (``run.json`` content; ``ops`` the op table, when readable)."""
     from diffprobe.analyses import scaling
-    from diffprobe.report.text import fmt_n
 
     out = []
     stages = {k: v for k, v in (run.get("stages") or {}).items() if k != "total"}
@@ -114,8 +103,8 @@ def profile_findings(run: dict, ops=None) -> list[str]:
                        f"tokens): {100 * b['share']:.1f}% of UNet FLOPs.")
         mem = scaling.attention_memory(ops)
         if mem["materialized_bytes"]:
-            out.append(f"The largest attention score matrix would take {_gib(mem['materialized_bytes'])} if "
-                       f"materialized; a fused kernel's working set for that call is {_gib(mem['fused_bytes'])}.")
+            out.append(f"The largest attention score matrix would take {fmt_bytes(mem['materialized_bytes'])} if "
+                       f"materialized; a fused kernel's working set for that call is {fmt_bytes(mem['fused_bytes'])}.")
     if flops.get("total") and run.get("macs_conv_linear"):
         lit = 2 * sum(run["macs_conv_linear"].values())
         share = 100 * lit / flops["total"]
@@ -137,10 +126,10 @@ def profile_findings(run: dict, ops=None) -> list[str]:
     if roof:
         vm = (roof.get("versus_measured") or {}).get("total")
         if vm and vm.get("error") is not None:
-            out.append(f"On {roof['preset']}, the roofline predicts {_secs(vm['predicted_s'])} for the traced ops; "
-                       f"measured {_secs(vm['measured_s'])} ({100 * vm['error']:+.0f}%).")
+            out.append(f"On {roof['preset']}, the roofline predicts {fmt_s(vm['predicted_s'])} for the traced ops; "
+                       f"measured {fmt_s(vm['measured_s'])} ({100 * vm['error']:+.0f}%).")
         else:
-            out.append(f"On {roof['preset']}, the roofline predicts {_secs(roof['prediction']['total_s'])} for the "
+            out.append(f"On {roof['preset']}, the roofline predicts {fmt_s(roof['prediction']['total_s'])} for the "
                        f"traced ops ({100 * roof['prediction']['compute_bound_share']:.0f}% of it compute-bound).")
     return out
 
@@ -165,4 +154,23 @@ def approx_findings(state: dict) -> list[str]:
             out.append(f"{m}: no tested value keeps SSIM >= 0.9 (and accuracy within 5 points of dense).")
     if dense.get("accuracy") is not None:
         out.append(f"Dense generation: {100 * dense['accuracy']:.0f}% of images classified as the requested digit.")
+    return out
+
+
+def eps_tau(state: dict) -> tuple[float, float]:
+    """The ε and τ a sparsity summary is told at: those of the run closest to 1e-3 and 0.95."""
+    return min(state["eps"], key=lambda x: abs(x - 1e-3)), min(state["taus"], key=lambda x: abs(x - 0.95))
+
+
+def sparsity_headline(state: dict) -> list[str]:
+    """Sentences: how sparse self- and cross-attention are at each resolution."""
+    out = []
+    e, t = eps_tau(state)
+    for res, s in state["summary"].items():
+        for kind, m in s["by_kind"].items():
+            out.append(f"{res}, {kind}-attention: {100 * m[f'below_{e:g}']:.1f}% of probabilities are below {e:g}; "
+                       f"{100 * m[f'keys_frac_{t:g}']:.1f}% of the keys cover {100 * t:g}% of each row's mass "
+                       f"(row entropy {m['entropy']:.2f} of uniform).")
+    if state.get("note"):
+        out.append(state["note"])
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 from diffprobe.records.runfolder import atomic_write, read_ops_checked, read_result
 from diffprobe.report import figures as figs
 from diffprobe.report.findings import profile_findings, sweep_findings
-from diffprobe.report.text import fmt_n, fmt_s
+from diffprobe.report.units import fmt_k, fmt_n, fmt_s
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -101,7 +101,9 @@ def build_report(folder: str | Path) -> Path:
     folder = Path(folder)
     kind, data = read_result(folder)
     if kind == "sweep":
-        return _sweep_report(folder, data)
+        from diffprobe.analyses.sweep import current_findings
+
+        return _sweep_report(folder, {**data, "findings": current_findings(folder, data)})
     if kind == "compare":
         from diffprobe.report.compare import compare_report
 
@@ -156,10 +158,20 @@ def _profile_report(folder: Path, d: dict) -> Path:
         names = sorted(set(f["by_layer_type"]) | set((sec or {}).get("by_layer_type", {})),
                        key=lambda k: -f["by_layer_type"].get(k, 0))
         share = {lt: 100 * v / (f["total"] or 1) for lt, v in f["by_layer_type"].items()}
+        ap = d.get("approx")
+        ap_flops = (ap or {}).get("flops_by_layer_type", {})
+        if ap:
+            names += [k for k in ap_flops if k not in names]  # attn_predictor: work only the approximation does
         rows = [[lt, fmt_n(f["by_layer_type"].get(lt, 0)), f"{share.get(lt, 0):.1f}%",
                  fmt_n(b["by_layer_type"].get(lt, 0)) + "B"]
-                + ([fmt_s(sec["by_layer_type"].get(lt, 0.0))] if sec else []) for lt in names]
-        page.add(table(["layer type", "FLOPs", "share", "bytes"] + (["seconds"] if sec else []), rows))
+                + ([fmt_s(sec["by_layer_type"].get(lt, 0.0))] if sec else [])
+                + ([fmt_n(ap_flops.get(lt, 0))] if ap else []) for lt in names]
+        rows.append(["total", fmt_n(f["total"]), "100.0%", fmt_n(b["total"]) + "B"]
+                    + ([fmt_s(sec["total"])] if sec else []) + ([fmt_n(ap["flops_total"])] if ap else []))
+        page.add(table(["layer type", "FLOPs", "share", "bytes"] + (["seconds"] if sec else [])
+                       + ([f"FLOPs, {ap['method']}={ap['value']:g}"] if ap else []), rows))
+        if ap:
+            page.add(f"<p>{esc(_approx_sentence(ap))}</p>")
         page.figure(figs.stage_layer_bars(d), "stage_layer_types", "FLOPs (and measured time) by stage, stacked by "
                     "layer type")
     page.figure(figs.step_timeline(d), "steps", "per UNet evaluation")
@@ -169,21 +181,39 @@ def _profile_report(folder: Path, d: dict) -> Path:
     if image and (folder / image).exists():
         page.h2("Generated image")
         note = " (random weights: noise-like by design)" if d.get("random_weights") else ""
-        page.image((folder / image).read_bytes(), f"{image}{note}", width=min(512, d.get("width") or 512))
+        width = min(512, d.get("width") or 512)
+        page.image((folder / image).read_bytes(), f"{image}{note}", width=width)
+        ap_image = (d.get("approx") or {}).get("image")
+        if ap_image and (folder / ap_image).exists():
+            ap = d["approx"]
+            page.image((folder / ap_image).read_bytes(), f"{ap_image}: the same run with "
+                       f"{ap['method']}={ap['value']:g} attention", width=width)
     if d.get("environment"):
         page.h2("Environment")
         page.add(table(["", ""], [[k, v] for k, v in d["environment"].items()]))
     return page.write()
 
 
+def _approx_sentence(ap: dict) -> str:
+    """The approximate pass of ``profile --approx`` in one sentence (as the terminal table says it)."""
+    unet = f"UNet {fmt_s(ap['unet_seconds'])} untraced" if ap.get("unet_seconds") is not None else ""
+    dense = f" vs {fmt_s(ap['dense_unet_seconds'])} dense (traced)" if ap.get("dense_unet_seconds") is not None else ""
+    return (f"{ap['method']}={ap['value']:g}: {100 * ap['attention_flops_saved']:.1f}% of UNet attention FLOPs "
+            f"saved ({100 * ap['end_to_end_flops_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
+            f"entries kept; {unet}{dense}; attention kernel: {ap.get('kernel', '?')}. {ap.get('note', '')}")
+
+
 def _roofline_section(page: Page, roof: dict, ops, name: str) -> None:
     from diffprobe.analyses import roofline
     from diffprobe.errors import DiffprobeError
-    from diffprobe.hardware.presets import get_preset
+    from diffprobe.hardware.presets import from_dict, get_preset
 
     page.h2(f"Roofline on {roof['preset']}")
-    try:
-        preset = get_preset(roof["preset"])
+    if roof.get("caveat"):
+        page.banner(roof["caveat"].capitalize() + ".")
+    try:  # the definition stored with the run: rebuilding a report never measures or reads presets again
+        preset = (from_dict(roof["preset_definition"], f"{roof['preset']} (stored in run.json)")
+                  if "preset_definition" in roof else get_preset(roof["preset"]))
     except DiffprobeError as exc:
         page.banner(f"preset unavailable for the figure: {exc}")
         return
@@ -205,6 +235,9 @@ def _sweep_report(folder: Path, state: dict) -> Path:
     cfg = state.get("config", {})
     page = Page(folder, f"diffprobe sweep — {state.get('model')}",
                 f"{len(pts)} points, {cfg.get('steps')} steps, {state.get('mode')}, {cfg.get('dtype')}")
+    if state.get("complete") is False:
+        page.banner(f"This sweep did not finish: the findings below come from the {len(pts)} points it completed; "
+                    "re-run the same command to resume it.")
     if state.get("random_weights"):
         page.banner("Random weights: FLOPs and timings are real; image content and sparsity are not.")
     for p in (state.get("points") or {}).values():
@@ -227,8 +260,8 @@ def _sweep_report(folder: Path, state: dict) -> Path:
         fits = f.get("exponents", {})
         if fits.get("flops"):
             page.h2("Scaling exponents (cost ∝ side^k)")
-            rows = [[c, f"{v['k']:.2f}", f"{v['rms_log_residual']:.3f}"]
-                    + ([f"{fits['seconds'][c]['k']:.2f}" if fits.get("seconds", {}).get(c) else ""]
+            rows = [[c, fmt_k(v["k"]), f"{v['rms_log_residual']:.3f}"]
+                    + ([fmt_k(fits["seconds"][c]["k"]) if fits.get("seconds", {}).get(c) else ""]
                        if "seconds" in fits else [])
                     for c, v in sorted(fits["flops"].items(), key=lambda kv: -(kv[1] or {"k": 0})["k"]) if v]
             page.add(table(["UNet layer class", "k (FLOPs)", "residual"] + (["k (seconds)"] if "seconds" in fits
@@ -256,12 +289,13 @@ def _sweep_report(folder: Path, state: dict) -> Path:
 def _sparsity_report(folder: Path, state: dict) -> Path:
     import pandas as pd
 
-    from diffprobe.attention.probe import headline
     from diffprobe.errors import DiffprobeError
+    from diffprobe.report.findings import eps_tau, sparsity_headline
+    from diffprobe.report.text import sparsity_rows
 
     path = folder / "sparsity.parquet"
     try:
-        table = pd.read_parquet(path)
+        stats = pd.read_parquet(path)
     except Exception as exc:  # a missing or damaged table: one clear message
         raise DiffprobeError(f"{path} is unreadable: {type(exc).__name__}: {exc}") from exc
     page = Page(folder, f"diffprobe sparsity — {state.get('model')}",
@@ -272,10 +306,12 @@ def _sparsity_report(folder: Path, state: dict) -> Path:
     if not state.get("complete", True):
         page.banner("This sparsity run did not finish: the figures show the last complete summary. Run the same "
                     "command again to finish it.", fail=True)
-    page.findings(headline(state))
-    e = min(state["eps"], key=lambda x: abs(x - 1e-3))
-    t = max(state["taus"], key=lambda x: -abs(x - 0.95))
-    for (h, w), g in table.groupby(["height", "width"], sort=False):
+    page.findings(sparsity_headline(state))
+    if state.get("summary"):
+        page.h2("Mean statistics (over heads, steps and layers)")
+        page.add(table(*sparsity_rows(state)))
+    e, t = eps_tau(state)
+    for (h, w), g in stats.groupby(["height", "width"], sort=False):
         page.h2(f"{h}×{w} px")
         for kind, gk in g.groupby("attn_kind", sort=False):
             page.figure(figs.sparsity_heatmap(gk, f"below_{e:g}", f"{kind}-attention: share of probabilities "

@@ -4,21 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from diffprobe.report.findings import SHARE_CLASSES, sweep_findings
-
-
-def fmt_n(x: float) -> str:
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.2f} {unit}"
-    return f"{x:.0f}"
-
-
-def fmt_s(x: float) -> str:
-    if x < 1e-3:
-        return f"{x * 1e6:.1f} µs"
-    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
-
+from diffprobe.report.findings import SHARE_CLASSES, eps_tau, sweep_findings
+from diffprobe.report.units import fmt_k, fmt_n, fmt_s  # noqa: F401  (fmt_n, fmt_s: imported from here too)
 
 EXPONENT_ROWS = ("total", "conv", "self_attention", "self_attention_core", "cross_attention", "ffn", "norm",
                  "activation", "elementwise", "linear", "attn_qkv.self", "attn_qkv.cross")
@@ -74,12 +61,15 @@ def sweep_tables(state: dict) -> list:
         for c, fit in sorted(fits["flops"].items(), key=lambda kv: -(kv[1]["k"] if kv[1] else 0)):
             if fit is None or c not in EXPONENT_ROWS:  # every class is in the JSON; the table keeps the main ones
                 continue
-            row = [c, f"{fit['k']:.2f}", f"{fit['rms_log_residual']:.3f}"]
+            row = [c, fmt_k(fit["k"]), f"{fit['rms_log_residual']:.3f}"]
             if "seconds" in fits:
                 s = fits["seconds"].get(c)
-                row += [f"{s['k']:.2f}", f"{s['rms_log_residual']:.3f}"] if s else ["", ""]
+                row += [fmt_k(s["k"]), f"{s['rms_log_residual']:.3f}"] if s else ["", ""]
             e.add_row(*row)
-        items.append(e)
+        if e.row_count:
+            items.append(e)
+    if len(points) < 2:
+        items.append("scaling exponents need at least two resolutions: add more to --resolutions")
     for p in state.get("points", {}).values():
         if p.get("status") in ("failed", "skipped"):
             items.append(f"{p['status']}: {p.get('message', '')}")
@@ -89,11 +79,11 @@ def sweep_tables(state: dict) -> list:
 
 def compare_table(d: dict) -> Table:
     """Metrics of a comparison, one column per run, ratios to the baseline in parentheses."""
-    labels = [r["label"] for r in d["runs"]]
     t = Table(title=f"compare ({d['of']} runs; baseline {d['baseline']})", title_justify="left")
     t.add_column("metric")
-    for lb in labels:
-        t.add_column(lb, justify="right")
+    for r in d["runs"]:
+        status = r.get("status", "ok")
+        t.add_column(r["label"] + ("" if status == "ok" else f" ({status})"), justify="right")
     for row in compare_rows(d):
         t.add_row(*row)
     return t
@@ -113,23 +103,32 @@ def compare_rows(d: dict) -> list[list[str]]:
     return rows
 
 
+def sparsity_rows(state: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the sparsity summary: mean statistics by resolution, self/cross and UNet level."""
+    e, t = eps_tau(state)
+    b = state["blocks"][0]
+    headers = ["resolution", "attention", "level", f"p < {e:g}", f"keys for {t:g}", "entropy", f"empty {b}-blocks",
+               f"{b}-blocks for {t:g}"]
+    rows = []
+    for res, s in state["summary"].items():
+        items = [(kind, "all", m) for kind, m in s["by_kind"].items()]
+        items += [("both", lv, m) for lv, m in s["by_level"].items()]
+        for kind, lv, m in items:
+            rows.append([res, kind, lv, f"{100 * m[f'below_{e:g}']:.1f}%", f"{100 * m[f'keys_frac_{t:g}']:.1f}%",
+                         f"{m['entropy']:.2f}", f"{100 * m[f'empty_blocks_{b}_{e:g}']:.1f}%",
+                         f"{100 * m[f'blocks_{b}_{t:g}']:.1f}%"])
+    return headers, rows
+
+
 def sparsity_table(state: dict) -> Table:
     """Mean statistics by resolution, self/cross and UNet level."""
-    e = min(state["eps"], key=lambda x: abs(x - 1e-3))
-    t = max(state["taus"], key=lambda x: -abs(x - 0.95))
-    b = state["blocks"][0]
     tab = Table(title=f"attention sparsity: {state['model']} (means over heads, steps and layers)",
                 title_justify="left")
-    for col in ("resolution", "attention", "level", f"p < {e:g}", f"keys for {t:g}", "entropy",
-                f"empty {b}-blocks", f"{b}-blocks for {t:g}"):
+    headers, rows = sparsity_rows(state)
+    for col in headers:
         tab.add_column(col, justify="left" if col in ("resolution", "attention", "level") else "right")
-    for res, s in state["summary"].items():
-        rows = [(kind, "all", m) for kind, m in s["by_kind"].items()]
-        rows += [("both", lv, m) for lv, m in s["by_level"].items()]
-        for kind, lv, m in rows:
-            tab.add_row(res, kind, lv, f"{100 * m[f'below_{e:g}']:.1f}%", f"{100 * m[f'keys_frac_{t:g}']:.1f}%",
-                        f"{m['entropy']:.2f}", f"{100 * m[f'empty_blocks_{b}_{e:g}']:.1f}%",
-                        f"{100 * m[f'blocks_{b}_{t:g}']:.1f}%")
+    for row in rows:
+        tab.add_row(*row)
     return tab
 
 
@@ -151,7 +150,7 @@ def approx_table(state: dict) -> Table:
         row = [r["method"], param, f"{100 * r['attention_flops_saved']:.1f}%",
                f"{100 * r['end_to_end_flops_saved']:.1f}%",
                f"{100 * r['kept_fraction']:.1f}%", fmt_s(r["unet_s"]), r.get("kernel", ""),
-               "inf" if r["psnr"] == float("inf") else f"{r['psnr']:.1f} dB", f"{r['ssim']:.3f}"]
+               "identical" if r["psnr"] is None else f"{r['psnr']:.1f} dB", f"{r['ssim']:.3f}"]
         if digits:
             row.append(f"{100 * r['accuracy']:.0f}%")
         if clip:

@@ -3,9 +3,9 @@
 Two small adapters make diffusers' own pipeline run on meta tensors while tracing exactly the ops a real run
 executes:
 
-* the scheduler keeps its timesteps on the CPU, and its ``step`` runs for real on CPU zeros of the right
-  shape (a few elementwise ops on the latent; data-dependent indexing cannot run on meta). The traced ops are
-  the same aten ops on the same shapes as in a measured run;
+* the scheduler keeps its timesteps on the CPU (its indexing by timestep is data-dependent), and its ``step``
+  runs on the meta latents, so nothing proportional to the image is allocated. The traced ops are the same aten
+  ops on the same shapes as in a measured run (tested per scheduler class of the embedded models);
 * UNet evaluations after the first are *replayed*: every denoising step runs the same UNet on same-shaped
   inputs, so its op records are copied (``replayed=True``) instead of re-dispatching ~thousands of meta ops.
   A test checks replayed records equal traced ones.
@@ -41,20 +41,17 @@ class MetaAdapters:
             kwargs["device"] = "cpu"
             return set_timesteps(*args, **kwargs)
 
-        def cpu_step(model_output, timestep, sample, *args, **kwargs):
-            was, tracer.suppress = tracer.suppress, True
-            model_output = torch.zeros(model_output.shape, dtype=model_output.dtype)
-            sample = torch.zeros(sample.shape, dtype=sample.dtype)
-            tracer.suppress = was
+        def meta_step(model_output, timestep, sample, *args, **kwargs):
+            # the step's elementwise ops run on the meta tensors themselves (timesteps and sigmas stay on the
+            # CPU as 0-dim scalars), so nothing proportional to the image is ever allocated
             result = step(model_output, timestep, sample, *args, **kwargs)
-            tracer.suppress = True
+            was, tracer.suppress = tracer.suppress, True
             try:
-                return tuple(torch.empty_like(r, device="meta") if isinstance(r, torch.Tensor) else r
-                             for r in result) if isinstance(result, tuple) else _to_meta_output(result)
+                return tuple(_as_meta(r) for r in result) if isinstance(result, tuple) else _to_meta_output(result)
             finally:
                 tracer.suppress = was
 
-        self._undo += [patch_attr(sched, "set_timesteps", cpu_set_timesteps), patch_attr(sched, "step", cpu_step)]
+        self._undo += [patch_attr(sched, "set_timesteps", cpu_set_timesteps), patch_attr(sched, "step", meta_step)]
 
         if self.replay:
             forward = unet.forward
@@ -80,11 +77,14 @@ class MetaAdapters:
             undo()
 
 
+def _as_meta(x):
+    return torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) and x.device.type != "meta" else x
+
+
 def _to_meta_output(result):
-    """A scheduler output object with its tensors moved to meta (``prev_sample`` etc.)."""
+    """A scheduler output object with its tensors on meta (``prev_sample`` etc.)."""
     for key, value in list(result.items()):
-        if isinstance(value, torch.Tensor):
-            result[key] = torch.empty_like(value, device="meta")
+        result[key] = _as_meta(value)
     return result
 
 

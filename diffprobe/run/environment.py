@@ -46,7 +46,7 @@ def environment(device: str) -> dict:
         "diffprobe": _version("diffprobe"),
         "device": device,
         "device_name": device_name(device),
-        "cuda": torch.version.cuda,
+        "cuda": torch.version.cuda or "none (CPU build of torch)",
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }

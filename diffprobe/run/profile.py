@@ -9,6 +9,8 @@ labelled projection: every step runs the same UNet on same-shaped tensors, so pe
 
 from __future__ import annotations
 
+import math
+import re
 import resource
 import shutil
 import statistics
@@ -26,6 +28,7 @@ from diffprobe.models.registry import (
     load_pipeline,
     pipeline_from_components,
 )
+from diffprobe.records.runfolder import prepare_out_dir
 from diffprobe.records.schema import SCHEMA_VERSION  # one version for the whole run folder
 from diffprobe.run.environment import environment
 from diffprobe.run.stages import STAGE_ORDER, StageTimer
@@ -33,6 +36,7 @@ from diffprobe.run.stages import STAGE_ORDER, StageTimer
 DTYPES = ("float32", "float16", "bfloat16")
 MODES = ("measured", "analytic")
 RANDOM_WEIGHTS_NOTE = "architecture-only: timings and FLOPs are real, image content and sparsity are not"
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on mars"
 
 
@@ -46,7 +50,7 @@ class ProfileConfig:
     width: int | None = None
     steps: int = 50
     batch: int = 1
-    guidance: float = 7.5
+    guidance: float | None = None  # None: the model's default (ModelSpec.default_guidance)
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -61,24 +65,35 @@ class ProfileConfig:
     chrome_trace: bool = False  # measured mode: also write trace.json (Chrome / Perfetto) into the run folder
     hardware: str | None = None  # hardware preset (name or .toml path) for the roofline account; None: none
     approx: str | None = None  # "METHOD=VALUE": also run approximate attention and account for it beside dense
+    force: bool = False  # replace the diffprobe results in a non-empty --out
 
     def resolved(self) -> "ProfileConfig":
         """A copy with defaults filled in and every field validated (raises :class:`DiffprobeError`)."""
         spec = get_spec(self.model)
         cfg = ProfileConfig(**asdict(self))
-        cfg.height = cfg.height or spec.native_resolution
-        cfg.width = cfg.width or spec.native_resolution
-        for side, value in (("height", cfg.height), ("width", cfg.width)):
-            if value % 8 != 0:
-                raise DiffprobeError(f"--{side} {value} is not a multiple of 8 (the VAE downsamples by 8)")
-            if value < spec.min_resolution:
-                raise DiffprobeError(f"--{side} {value} is below {spec.name}'s minimum of {spec.min_resolution} px")
+        for side in ("height", "width"):
+            value = getattr(cfg, side)
+            if value is not None and value <= 0:
+                raise DiffprobeError(f"--{side} must be a positive number of px, got {value} (leave it out for "
+                                     f"{spec.name}'s native {spec.native_resolution} px)")
+        cfg.height = cfg.height if cfg.height is not None else spec.native_resolution
+        cfg.width = cfg.width if cfg.width is not None else spec.native_resolution
+        check_resolution(spec, cfg.height, cfg.width, ("--height", "--width"))
         for flag, value, low in (("steps", cfg.steps, 1), ("batch", cfg.batch, 1), ("repeat", cfg.repeat, 1),
                                  ("warmup", cfg.warmup, 0)):
             if value < low:
                 raise DiffprobeError(f"--{flag} must be at least {low}, got {value}")
+        if not 0 <= cfg.seed <= SEED_MAX:
+            raise DiffprobeError(f"--seed must be between 0 and {SEED_MAX} (2^63 - 1), got {cfg.seed}")
+        if cfg.guidance is None:
+            cfg.guidance = spec.default_guidance
+        if not (math.isfinite(cfg.guidance) and cfg.guidance >= 0):
+            raise DiffprobeError(f"--guidance must be a finite number >= 0 (1 or less: no classifier-free "
+                                 f"guidance), got {cfg.guidance}")
         if cfg.sample_steps is not None and cfg.sample_steps < 0:
             raise DiffprobeError(f"--sample-steps must be 0 (all) or more, got {cfg.sample_steps}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device):
+            raise DiffprobeError(f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N")
         if cfg.mode not in MODES:
             raise DiffprobeError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
         if cfg.dtype not in DTYPES:
@@ -92,7 +107,7 @@ class ProfileConfig:
         if cfg.sample_steps is None:
             cfg.sample_steps = 0 if cfg.device.startswith("cuda") else 3
         if cfg.weights is not None:
-            cfg.weights = str(check_weights_path(cfg.weights, cfg.allow_pickle))
+            cfg.weights = str(check_weights_path(cfg.weights, cfg.allow_pickle, spec))
         if cfg.hardware is not None:
             from diffprobe.hardware.presets import get_preset
 
@@ -105,6 +120,17 @@ class ProfileConfig:
                 raise DiffprobeError("--approx needs a measured run with op tracing: which entries are skipped "
                                      "depends on the attention values")
         return cfg
+
+
+def check_resolution(spec: ModelSpec, height: int, width: int, flags: tuple[str, str] | None = None) -> None:
+    """Refuse an image size the model cannot take; ``flags`` name the two sides in the message (default: the
+    resolution as the user wrote it in a list)."""
+    for i, value in enumerate((height, width)):
+        name = f"{flags[i]} {value}" if flags else f"resolution {height}x{width}"
+        if value % 8 != 0:
+            raise DiffprobeError(f"{name} is not a multiple of 8 (the VAE downsamples by 8)")
+        if value < spec.min_resolution:
+            raise DiffprobeError(f"{name} is below {spec.name}'s minimum of {spec.min_resolution} px")
 
 
 def check_device(device: str, dtype: str) -> None:
@@ -149,6 +175,7 @@ class ProfileResult:
     ops: object = None  # pandas DataFrame of OpRecords (None when op tracing is off)
     unsupported: dict = field(default_factory=dict)  # op name -> count of ops without a formula
     extra: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)  # warnings about the run itself (e.g. a prompt cut to fit)
 
     @property
     def random_weights(self) -> bool:
@@ -202,7 +229,8 @@ class ProfileResult:
             from diffprobe.analyses import roofline
             from diffprobe.hardware.presets import get_preset
 
-            acc["roofline"] = roofline.summary(ops, get_preset(self.config.hardware), acc.get("seconds"))
+            acc["roofline"] = roofline.summary(ops, get_preset(self.config.hardware), acc.get("seconds"),
+                                               None if self.config.mode == "analytic" else self.config.device)
         if self.unsupported:
             acc["warnings"] = [f"no FLOP formula for {op} ({n} calls): counted as 'other' with 0 FLOPs"
                                for op, n in sorted(self.unsupported.items())]
@@ -210,7 +238,8 @@ class ProfileResult:
 
     def to_dict(self) -> dict:
         c = self.config
-        return {
+        acc = self.accounts()
+        d = {
             "schema_version": SCHEMA_VERSION,
             "kind": "profile",
             "status": self.status,
@@ -245,27 +274,13 @@ class ProfileResult:
             "environment": self.environment,
             "run_dir": self.run_dir,
             "image": self.image,
-            **self.accounts(),
+            **acc,
             **self.extra,
         }
-
-
-def prepare_out_dir(out: str | None, model: str) -> Path:
-    """Create (or accept) the run folder and prove it is writable before any heavy work."""
-    import datetime
-
-    if out is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = f"runs/{stamp}-{model}"
-    path = Path(out)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise DiffprobeError(f"cannot write to --out {path}: {exc.strerror or exc}") from exc
-    return path
+        warnings = acc.get("warnings", []) + self.notes
+        if warnings:
+            d["warnings"] = warnings
+        return d
 
 
 def _torch_dtype(name: str):
@@ -335,6 +350,22 @@ def to_pil(pipe, images) -> list:
     return pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(images))
 
 
+def prompt_notes(pipe, prompt: str) -> list[str]:
+    """A warning for each tokenizer that cuts the prompt (as the pipeline does, silently in diffprobe's output
+    otherwise): how many tokens it has and how many the text encoder takes."""
+    notes = []
+    for name in ("tokenizer", "tokenizer_2"):
+        tok = getattr(pipe, name, None)
+        if tok is None:
+            continue
+        n = len(tok(prompt, truncation=False).input_ids)
+        if n > tok.model_max_length:
+            notes.append(f"the prompt is {n} tokens for {name}; its text encoder takes {tok.model_max_length}, so "
+                         f"the last {n - tok.model_max_length} are cut (as the pipeline does)")
+            break  # both tokenizers of SDXL cut at the same place: say it once
+    return notes
+
+
 def _count_unet_evals(pipe, steps: int, device: str) -> int:
     import copy
 
@@ -388,6 +419,8 @@ def summarize_events(runs: list[list]) -> tuple[dict, dict, list]:
 
 def _failure_message(exc: BaseException, stage: str | None, cfg: ProfileConfig) -> str:
     where = stage or "pipeline"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted (Ctrl-C) in stage {where}"
     if _is_oom(exc):
         return (f"out of memory in stage {where} at {cfg.height}x{cfg.width}, batch {cfg.batch}; "
                 "try a smaller --height/--width or --batch")
@@ -402,7 +435,7 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     """
     cfg = cfg.resolved()
     spec = get_spec(cfg.model)
-    out_dir = prepare_out_dir(cfg.out, cfg.model)
+    out_dir = prepare_out_dir(cfg.out, cfg.model, cfg.force)
     report = progress or (lambda *_: None)
 
     report("build", 0, 1)
@@ -411,15 +444,28 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     params = {name: count_params(getattr(pipe, name)) for name in ("text_encoder", "text_encoder_2", "unet", "vae")
               if getattr(pipe, name, None) is not None}
     unet_evals = _count_unet_evals(pipe, cfg.steps, "cpu")
+    notes = prompt_notes(pipe, cfg.prompt)
     measured_evals = unet_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, unet_evals)
     result = ProfileResult(cfg, spec, params, {}, {}, [], unet_evals, measured_evals, 0, "",
-                           environment("cpu" if cfg.mode == "analytic" else cfg.device), run_dir=str(out_dir))
+                           environment("cpu" if cfg.mode == "analytic" else cfg.device), run_dir=str(out_dir),
+                           notes=notes)
     if cfg.mode == "analytic":
-        _run_analytic(cfg, pipe, result, report)
+        try:
+            _run_analytic(cfg, pipe, result, report)
+        except KeyboardInterrupt:
+            result.status, result.error = "interrupted", "interrupted (Ctrl-C) while tracing"
+            _save(out_dir, result)
+            raise
     else:
         _run_measured(cfg, pipe, result, report, out_dir)
         if cfg.approx is not None and result.ops is not None:
-            _run_approx_pass(cfg, pipe, result, report)
+            try:
+                _run_approx_pass(cfg, pipe, result, report)
+            except KeyboardInterrupt:
+                result.status = "interrupted"
+                result.error = "interrupted (Ctrl-C) in the --approx pass; the dense run is complete"
+                _save(out_dir, result)
+                raise
     _save(out_dir, result)
     return result
 
@@ -512,7 +558,7 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
                 events.append(StageEvent("total", None, total))
                 if run_idx >= cfg.warmup:
                     runs.append(events)
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C included: what was measured is written before it propagates
         in_flight = timer.events()  # the interrupted run's finished stages: measured, so kept
         partial = runs + ([in_flight] if in_flight else [])
         if partial:
@@ -521,7 +567,7 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
         if tracer is not None:
             result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)
         msg = _failure_message(exc, timer.failed_stage or timer.current_stage, cfg)
-        result.status, result.error = "failed", msg
+        result.status, result.error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"), msg
         _save(out_dir, result)
         if _is_oom(exc):
             raise DiffprobeError(msg + f" (partial results in {out_dir / 'run.json'})") from exc

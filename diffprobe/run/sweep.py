@@ -13,18 +13,19 @@ leaves only whole points; running the same command again skips them. A folder ma
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from diffprobe.analyses.sweep import findings, load_point  # noqa: F401  (load_point: API kept here)
 from diffprobe.errors import DiffprobeError
 from diffprobe.records.schema import SCHEMA_VERSION
-from diffprobe.run.profile import ProfileConfig, run_profile
+from diffprobe.run.profile import ProfileConfig, check_resolution, run_profile
 
 # what makes two sweeps comparable point by point; resolution and batch are the swept axes, the rest must match
-IDENTITY_EXCLUDE = ("height", "width", "batch", "out", "hardware", "chrome_trace")
+LOCK_NAME = ".lock"  # flock'ed while a run writes the folder
+IDENTITY_EXCLUDE = ("height", "width", "batch", "out", "hardware", "chrome_trace", "force")
 
 
 def parse_resolutions(text: str) -> list[tuple[int, int]]:
@@ -69,8 +70,16 @@ class SweepConfig:
     base: ProfileConfig  # every profile flag; height/width/batch/out are set per point
     resolutions: list[tuple[int, int]]  # (height, width)
     batches: list[int] = field(default_factory=lambda: [1])
-    out: str = "runs/sweep"
+    out: str | None = None  # None: a new runs/<time>-sweep-<model>
     max_point_seconds: float | None = None  # measured: skip points whose roofline prediction exceeds this
+
+    def with_out(self) -> "SweepConfig":
+        """This config with ``out`` set: a new default folder when none was given."""
+        if self.out is not None:
+            return self
+        from diffprobe.records.runfolder import prepare_out_dir
+
+        return replace(self, out=str(prepare_out_dir(None, f"sweep-{self.base.model}")))
 
     def identity(self) -> dict:
         base = asdict(self.base)
@@ -97,29 +106,58 @@ class SweepFolder:
         self.required = required
 
     def open(self) -> dict:
-        """Create the folder or check that it holds a sweep of the same configuration; returns its state."""
-        if self.meta_path.exists():
-            try:
-                state = json.loads(self.meta_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise DiffprobeError(f"{self.meta_path} is unreadable ({exc}); start fresh with another --out "
-                                     "or delete the folder") from exc
-            old = state.get("config", {})
-            diff = [k for k in sorted(set(old) | set(self.identity)) if old.get(k) != self.identity.get(k)]
-            if diff:
-                k = diff[0]
-                raise DiffprobeError(
-                    f"folder {self.path} was made with another configuration ({k} {old.get(k)!r}, now "
-                    f"{self.identity.get(k)!r}); use another --out, or delete the folder to start fresh")
-            return state
-        if self.path.exists() and any(p.name != ".partial" for p in self.path.iterdir()):
+        """Create the folder or check that it holds a sweep of the same configuration, and lock it for this
+        process (released by :meth:`close`, or by the OS when the process dies); returns its state."""
+        if self.path.exists() and not self.path.is_dir():
+            raise DiffprobeError(f"--out {self.path} is a file, not a folder; name a new or empty folder")
+        if not self.meta_path.exists() and self.path.exists() and any(
+                p.name not in (".partial", LOCK_NAME) for p in self.path.iterdir()):
             raise DiffprobeError(f"--out {self.path} exists and is not a {self.meta_path.stem} folder; use an empty "
                                  "or new folder")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DiffprobeError(f"cannot write to --out {self.path}: {exc.strerror or exc}") from exc
-        return {"points": {}}
+        self._lock()
+        if not self.meta_path.exists():
+            return {"points": {}}
+        try:
+            state = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise DiffprobeError(f"{self.meta_path} is unreadable ({exc}); start fresh with another --out "
+                                 "or delete the folder") from exc
+        old = state.get("config", {})
+        diff = [k for k in sorted(set(old) | set(self.identity)) if old.get(k) != self.identity.get(k)]
+        if diff:
+            self.close()
+            k = diff[0]
+            raise DiffprobeError(
+                f"folder {self.path} was made with another configuration ({k} {old.get(k)!r}, now "
+                f"{self.identity.get(k)!r}); use another --out, or delete the folder to start fresh")
+        return state
+
+    def _lock(self) -> None:
+        import fcntl
+
+        try:
+            fh = open(self.path / LOCK_NAME, "a")
+        except OSError as exc:
+            raise DiffprobeError(f"cannot write to --out {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise DiffprobeError(f"--out {self.path} is in use by another diffprobe run; wait for it to finish or "
+                                 "choose another --out") from None
+        self._lock_fh = fh
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        fh = getattr(self, "_lock_fh", None)
+        if fh is not None:
+            fh.close()  # closing the file releases the flock
+            self._lock_fh = None
 
     def point_dir(self, name: str) -> Path:
         return self.path / "points" / name
@@ -146,6 +184,13 @@ class SweepFolder:
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+        run = final / "run.json"
+        if run.exists():  # the point's run.json names the folder it now lives in, not .partial/
+            from diffprobe.records.runfolder import write_json
+
+            data = json.loads(run.read_text(encoding="utf-8"))
+            data["run_dir"] = str(final)
+            write_json(run, data)
         return final
 
     def save(self, state: dict) -> None:
@@ -175,7 +220,6 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     ``progress(stage, done, total)`` reports points; ``log(message)`` receives one line per skipped or failed
     point."""
     from diffprobe.models.registry import get_spec
-    from diffprobe.run.profile import build_pipeline
 
     report = progress or (lambda *_: None)
     say = log or (lambda _msg: None)
@@ -184,18 +228,38 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     if sc.max_point_seconds is not None and not sc.max_point_seconds > 0:
         raise DiffprobeError(f"--max-point-seconds must be positive, got {sc.max_point_seconds:g}")
     for h, w in sc.resolutions:  # validate every point before any work
-        replace(base, height=h, width=w).resolved()
+        check_resolution(spec, h, w)
     base = replace(base, height=sc.resolutions[0][0], width=sc.resolutions[0][1]).resolved()
+    sc = sc.with_out()
     folder = SweepFolder(sc.out, sc.identity())
     state = folder.open()
     state.update({"schema_version": SCHEMA_VERSION, "kind": "sweep", "config": sc.identity(),
                   "model": base.model, "mode": base.mode, "hardware": base.hardware,
                   "random_weights": base.weights is None and not spec.trained})
-    points = state.setdefault("points", {})
+    state.setdefault("points", {})
     folder.save(state)
     todo = sc.points()
-    pipe = None
     t_start = time.perf_counter()
+    try:
+        _run_points(sc, base, spec, folder, state, todo, report, say)
+    finally:  # also after Ctrl-C or a failure: findings from the points present, nothing finished is lost
+        shutil.rmtree(folder.path / ".partial", ignore_errors=True)
+        names = [point_name(*p) for p in todo]
+        state["findings"] = findings(folder.path, names)
+        state["complete"] = all(folder.finished(n) or state["points"].get(n, {}).get("status") in (
+            "failed", "skipped") for n in names)
+        state["wall_s"] = time.perf_counter() - t_start
+        folder.save(state)
+        folder.close()
+    return state
+
+
+def _run_points(sc: SweepConfig, base: ProfileConfig, spec, folder: SweepFolder, state: dict, todo: list,
+                report, say) -> None:
+    from diffprobe.run.profile import build_pipeline
+
+    points = state["points"]
+    pipe = None
     for i, (h, w, b) in enumerate(todo):
         name = point_name(h, w, b)
         report("points", i, len(todo))
@@ -229,76 +293,3 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
         points[name] = {"height": h, "width": w, "batch": b, "status": "ok", "dir": f"points/{name}"}
         folder.save(state)
     report("points", len(todo), len(todo))
-    shutil.rmtree(folder.path / ".partial", ignore_errors=True)
-    state["findings"] = findings(folder.path, [point_name(*p) for p in todo])
-    state["wall_s"] = time.perf_counter() - t_start
-    folder.save(state)
-    return state
-
-
-def load_point(folder: Path, name: str) -> tuple[dict, object]:
-    from diffprobe.records.runfolder import read_ops
-
-    d = folder / "points" / name
-    return json.loads((d / "run.json").read_text(encoding="utf-8")), read_ops(d)
-
-
-def findings(folder: str | Path, names: list[str]) -> dict:
-    """Everything a sweep states, from its finished points (see :mod:`diffprobe.analyses.scaling`)."""
-    from diffprobe.analyses import scaling
-
-    folder = Path(folder)
-    rows = []
-    for name in names:
-        if not (folder / "points" / name / "run.json").exists():
-            continue
-        run, ops = load_point(folder, name)
-        if run.get("status") != "ok":
-            continue
-        h, w, b = run["height"], run["width"], run["batch"]
-        timed = run.get("seconds") is not None
-        point = {
-            "name": name, "height": h, "width": w, "batch": b, "side": math.sqrt(h * w),
-            "tokens": (h // 8) * (w // 8),
-            "flops": {"unet": scaling.class_totals(ops, "flops", "unet"), "total": scaling.class_totals(ops, "flops")},
-            "bytes": {"unet": scaling.class_totals(ops.assign(b=ops["bytes_read"] + ops["bytes_written"]), "b",
-                                                   "unet")},
-            "by_stage_flops": run["flops"]["by_stage"],
-            "attention_memory": scaling.attention_memory(ops),
-            "peak_memory_bytes": run.get("peak_memory_bytes"),
-            "bottlenecks": scaling.bottlenecks(ops[ops["stage"] == "unet"], "flops", 10),
-        }
-        if timed:
-            point["seconds"] = {"unet": scaling.class_totals(ops, "time_s", "unet"), "stages": run["stages"]}
-            point["bottlenecks_seconds"] = scaling.bottlenecks(ops[ops["stage"] == "unet"], "time_s", 10)
-        if "roofline" in run:
-            point["roofline"] = run["roofline"]
-        if run.get("approx"):
-            point["approx"] = {k: run["approx"][k] for k in ("method", "value", "attention_flops_saved",
-                                                              "end_to_end_flops_saved", "kept_fraction")}
-        rows.append(point)
-    result: dict = {"points": rows}
-    if not rows:
-        return result
-    # scaling with side, at the smallest batch
-    b0 = min(p["batch"] for p in rows)
-    series = sorted((p for p in rows if p["batch"] == b0), key=lambda p: p["side"])
-    sides = [p["side"] for p in series]
-    result["exponents_batch"] = b0
-    result["exponents"] = {}
-    for quantity in ("flops", "seconds"):
-        if not all(quantity in p for p in series):
-            continue
-        classes = sorted({c for p in series for c in p[quantity]["unet"]})
-        result["exponents"][quantity] = {
-            c: scaling.fit_exponent(sides, [p[quantity]["unet"].get(c, 0.0) for p in series]) for c in classes}
-    stages = sorted({s for p in series for s in p["by_stage_flops"]})
-    result["exponents"]["flops_by_stage"] = {
-        s: scaling.fit_exponent(sides, [p["by_stage_flops"].get(s, 0) for p in series]) for s in stages}
-    result["crossover"] = {}
-    for quantity in ("flops", "seconds"):
-        if all(quantity in p for p in series):
-            result["crossover"][quantity] = scaling.crossover(
-                sides, [p[quantity]["unet"]["self_attention"] for p in series],
-                [p[quantity]["unet"].get("conv", 0.0) for p in series])
-    return result

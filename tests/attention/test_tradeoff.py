@@ -15,7 +15,7 @@ def test_approx_json_on_tiny(tmp_path, capsys):
     assert [(r["method"], r["value"]) for r in rows] == [("dense", None), ("threshold", 0.0), ("threshold", 0.01),
                                                         ("topk", 4.0)]
     noop = rows[1]
-    assert noop["psnr"] == float("inf") and noop["ssim"] == 1.0 and set(noop["latent_rel_error"]) == {0.0}
+    assert noop["psnr"] is None and noop["identical"] and noop["ssim"] == 1.0 and set(noop["latent_rel_error"]) == {0.0}
     assert noop["attention_flops_saved"] == 0.0 and noop["kept_fraction"] == 1.0
     dense_attn = rows[0]["attention_flops"]
     for r in rows[2:]:

@@ -1,0 +1,97 @@
+"""A sweep's findings, from the point folders present on disk (finished, or left by an interrupted sweep)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def finished_points(folder: str | Path) -> list[str]:
+    """Names of the point folders of a sweep whose ``run.json`` says ok, in name order."""
+    names = []
+    for run in sorted(Path(folder).glob("points/*/run.json")):
+        try:
+            if json.loads(run.read_text(encoding="utf-8")).get("status") == "ok":
+                names.append(run.parent.name)
+        except (OSError, ValueError):
+            continue
+    return names
+
+
+def current_findings(folder: str | Path, state: dict) -> dict:
+    """``state["findings"]``, recomputed from the points on disk when they hold more than it covers (a sweep
+    killed before it could write its findings)."""
+    f = state.get("findings") or {}
+    names = finished_points(folder)
+    if len(f.get("points", [])) >= len(names):
+        return f
+    return findings(folder, names)
+
+
+def load_point(folder: Path, name: str) -> tuple[dict, object]:
+    from diffprobe.records.runfolder import read_ops
+
+    d = folder / "points" / name
+    return json.loads((d / "run.json").read_text(encoding="utf-8")), read_ops(d)
+
+
+def findings(folder: str | Path, names: list[str]) -> dict:
+    """Everything a sweep states, from its finished points (see :mod:`diffprobe.analyses.scaling`)."""
+    from diffprobe.analyses import scaling
+
+    folder = Path(folder)
+    rows = []
+    for name in names:
+        if not (folder / "points" / name / "run.json").exists():
+            continue
+        run, ops = load_point(folder, name)
+        if run.get("status") != "ok":
+            continue
+        h, w, b = run["height"], run["width"], run["batch"]
+        timed = run.get("seconds") is not None
+        point = {
+            "name": name, "height": h, "width": w, "batch": b, "side": math.sqrt(h * w),
+            "tokens": (h // 8) * (w // 8),
+            "flops": {"unet": scaling.class_totals(ops, "flops", "unet"), "total": scaling.class_totals(ops, "flops")},
+            "bytes": {"unet": scaling.class_totals(ops.assign(b=ops["bytes_read"] + ops["bytes_written"]), "b",
+                                                   "unet")},
+            "by_stage_flops": run["flops"]["by_stage"],
+            "attention_memory": scaling.attention_memory(ops),
+            "peak_memory_bytes": run.get("peak_memory_bytes"),
+            "bottlenecks": scaling.bottlenecks(ops[ops["stage"] == "unet"], "flops", 10),
+        }
+        if timed:
+            point["seconds"] = {"unet": scaling.class_totals(ops, "time_s", "unet"), "stages": run["stages"]}
+            point["bottlenecks_seconds"] = scaling.bottlenecks(ops[ops["stage"] == "unet"], "time_s", 10)
+        if "roofline" in run:
+            point["roofline"] = run["roofline"]
+        if run.get("approx"):
+            point["approx"] = {k: run["approx"][k] for k in ("method", "value", "attention_flops_saved",
+                                                              "end_to_end_flops_saved", "kept_fraction")}
+        rows.append(point)
+    result: dict = {"points": rows}
+    if not rows:
+        return result
+    # scaling with side, at the smallest batch
+    b0 = min(p["batch"] for p in rows)
+    series = sorted((p for p in rows if p["batch"] == b0), key=lambda p: p["side"])
+    sides = [p["side"] for p in series]
+    result["exponents_batch"] = b0
+    result["exponents"] = {}
+    for quantity in ("flops", "seconds"):
+        if not all(quantity in p for p in series):
+            continue
+        classes = sorted({c for p in series for c in p[quantity]["unet"]})
+        result["exponents"][quantity] = {
+            c: scaling.fit_exponent(sides, [p[quantity]["unet"].get(c, 0.0) for p in series]) for c in classes}
+    stages = sorted({s for p in series for s in p["by_stage_flops"]})
+    result["exponents"]["flops_by_stage"] = {
+        s: scaling.fit_exponent(sides, [p["by_stage_flops"].get(s, 0) for p in series]) for s in stages}
+    result["crossover"] = {}
+    for quantity in ("flops", "seconds"):
+        if all(quantity in p for p in series):
+            result["crossover"][quantity] = scaling.crossover(
+                sides, [p[quantity]["unet"]["self_attention"] for p in series],
+                [p[quantity]["unet"].get("conv", 0.0) for p in series])
+    return result

@@ -1,0 +1,44 @@
+"""Number formats shared by the terminal tables, the findings and the HTML report: one formatter per unit."""
+
+from __future__ import annotations
+
+
+def fmt_n(x: float) -> str:
+    """A count with an SI prefix (k … Z), two decimals: ``6.49 E``."""
+    for unit, scale in (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f}"
+
+
+def fmt_s(x: float) -> str:
+    """Seconds as µs, ms or s."""
+    if x < 1e-3:
+        return f"{x * 1e6:.1f} µs"
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def fmt_k(x: float) -> str:
+    """An exponent to two decimals, never "-0.00"."""
+    v = round(x, 2)
+    return f"{v if v != 0 else 0.0:.2f}"
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes in binary units: ``512 B``, ``1.5 KiB`` … ``2.00 GiB`` (two decimals from GiB up)."""
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.2f} {unit}" if unit in ("GiB", "TiB", "PiB") else f"{n:.1f} {unit}"
+    return str(n)
+
+
+def si_scale(largest: float, unit: str) -> tuple[float, str]:
+    """The scale and label for an axis whose largest value is ``largest`` ``unit``s: the largest SI prefix that
+    keeps that value at 1 or more (``(1e9, "GFLOP")`` for 3e11 FLOPs)."""
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(largest) >= scale:
+            return scale, prefix + unit
+    return 1.0, unit
