@@ -98,12 +98,6 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
     spec = get_spec(base.model)
     for h, w in resolutions:
         check_resolution(spec, h, w)
-    scale = 2 ** (len(spec.config("vae")["block_out_channels"]) - 1)  # the VAE's downsampling
-    h, w = max(resolutions, key=lambda r: r[0] * r[1])
-    most = max((h // scale) * (w // scale), spec.config("text_encoder").get("max_position_embeddings", 0))
-    if max(sc.blocks) > most:
-        raise DiffprobeError(f"--blocks {max(sc.blocks)} is larger than every attention matrix of this run (at most "
-                             f"{most} tokens a side, at {h}x{w}); use block sides up to {most}")
     base = replace(base, height=resolutions[0][0], width=resolutions[0][1], trace_ops=False).resolved()
     identity = {k: v for k, v in asdict(base).items() if k not in ("height", "width", "out")}
     identity.update(eps=list(sc.eps), taus=list(sc.taus), blocks=list(sc.blocks))

@@ -61,12 +61,14 @@ class HeadStats:
     def _add_blocks(self, p: torch.Tensor, bs: int) -> None:
         b_, h, rows, nk = p.shape
         qb, kb = math.ceil(rows / bs), math.ceil(nk / bs)
-        pad = torch.nn.functional.pad(p, (0, kb * bs - nk, 0, qb * bs - rows))  # zeros: below every eps
-        tiles = pad.view(b_, h, qb, bs, kb, bs)
+        # a single block along a side holds only the real tokens (no padding up to a huge block side)
+        bq, bk = (rows if qb == 1 else bs), (nk if kb == 1 else bs)
+        pad = torch.nn.functional.pad(p, (0, kb * bk - nk, 0, qb * bq - rows))  # zeros: below every eps
+        tiles = pad.view(b_, h, qb, bq, kb, bk)
         block_max = tiles.amax(dim=(3, 5))  # (B, H, qb, kb)
         block_mass = tiles.sum(dim=(3, 5))  # (B, H, qb, kb)
-        real_rows = torch.full((qb,), bs, dtype=torch.float32)
-        real_rows[-1] = rows - (qb - 1) * bs
+        real_rows = torch.full((qb,), bq, dtype=torch.float32)
+        real_rows[-1] = rows - (qb - 1) * bq
         self.block_rows[bs] += b_ * qb
         for e in self.eps:
             self.empty[(bs, e)] += (block_max < e).sum(dim=(0, 2, 3)).double() / kb

@@ -248,6 +248,8 @@ def check_weights_path(path: str | Path, allow_pickle: bool, spec: ModelSpec | N
     p = resolve_hub_cache(p)
     if not (p / "model_index.json").is_file():
         raise DiffprobeError(f"--weights folder is not a diffusers model (no model_index.json): {p}")
+    if spec is not None:
+        _check_pipeline_class(p, spec)
     components = spec.components if spec is not None else ()
     for comp in components:
         if comp.startswith("tokenizer"):
@@ -274,21 +276,37 @@ def check_weights_path(path: str | Path, allow_pickle: bool, spec: ModelSpec | N
     return p
 
 
-def _check_architecture(folder: Path, spec: ModelSpec) -> None:
-    """Refuse a folder whose pipeline class or UNet architecture is not ``spec``'s, naming both."""
+def _read_config(path: Path) -> dict:
     try:
-        index = json.loads((folder / "model_index.json").read_text())
-        unet = json.loads((folder / "unet" / "config.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise DiffprobeError(f"--weights folder {folder}: unreadable config ({exc})") from exc
-    theirs = index.get("_class_name")
-    matches = [s.name for s in list_models() if _same_unet(unet, s.config("unet"))]
-    named = f" (its UNet matches model {matches[0]!r}: use --model {matches[0]})" if matches else ""
+        raise DiffprobeError(f"--weights folder: unreadable {path} ({exc})") from exc
+
+
+def _matching_models(folder: Path) -> str:
+    """`` (its UNet matches model 'x': use --model x)`` for the embedded model of the folder's UNet, else ``""``."""
+    unet = folder / "unet" / "config.json"
+    if not unet.is_file():
+        return ""
+    config = _read_config(unet)
+    matches = [s.name for s in list_models() if _same_unet(config, s.config("unet"))]
+    return f" (its UNet matches model {matches[0]!r}: use --model {matches[0]})" if matches else ""
+
+
+def _check_pipeline_class(folder: Path, spec: ModelSpec) -> None:
+    """Refuse a folder of another pipeline class than ``spec``'s, naming both."""
+    theirs = _read_config(folder / "model_index.json").get("_class_name")
     if theirs != spec.pipeline_class:
         raise DiffprobeError(f"--weights folder holds a {theirs}, but --model {spec.name} is a "
-                             f"{spec.pipeline_class}{named}")
-    if spec.name in matches or _same_unet(unet, spec.config("unet")):
+                             f"{spec.pipeline_class}{_matching_models(folder)}")
+
+
+def _check_architecture(folder: Path, spec: ModelSpec) -> None:
+    """Refuse a folder whose UNet architecture is not ``spec``'s, naming both."""
+    unet = _read_config(folder / "unet" / "config.json")
+    if _same_unet(unet, spec.config("unet")):
         return
+    named = _matching_models(folder)
     theirs_arch, ours = _arch(unet), _arch(spec.config("unet"))
     key = next(k for k in ARCH_KEYS if theirs_arch[k] != ours[k])
     raise DiffprobeError(f"--weights UNet is not {spec.name}'s: {key} is {theirs_arch[key]!r} there, "

@@ -160,11 +160,11 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
     from diffprobe.records.schema import SCHEMA_VERSION
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DiffprobeError(f"run folder {folder} does not exist")
     if folder.exists() and not folder.is_dir():
         raise DiffprobeError(f"{folder} is a file, not a run folder (give the folder that holds run.json, "
                              "sweep.json, ...)")
+    if not folder.is_dir():
+        raise DiffprobeError(f"run folder {folder} does not exist")
     for name in RESULT_FILES:
         path = folder / name
         if path.exists():
