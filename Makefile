@@ -11,7 +11,9 @@ venv:
 demo: venv
 	$(PY) -m diffprobe profile
 
+# imports point down only (layers in pyproject.toml, docs/architecture.md), then the suite
 test: venv
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 clean:

@@ -378,9 +378,10 @@ def compare(
     fmt: Format = O_FORMAT,
 ) -> None:
     """Compare runs side by side with ratios to the first: writes compare.json, comparison.parquet, report.html."""
-    from diffprobe.report.compare import compare_runs
+    from diffprobe.run.compare import compare_runs
 
     d = compare_runs(run_dirs, out_dir, force=force)
+    _build_report(d["run_dir"])
     if fmt is Format.json:
         _print_json(d)
         return
@@ -419,8 +420,9 @@ def sparsity(
     """Attention sparsity of every UNet attention call: per layer, head, step and resolution."""
     from dataclasses import replace
 
-    from diffprobe.attention.probe import SparsityConfig, parse_floats, run_sparsity
+    from diffprobe.attention.probe import SparsityConfig, parse_floats
     from diffprobe.models.registry import get_spec
+    from diffprobe.run.sparsity import run_sparsity
     from diffprobe.run.sweep import parse_ints, parse_resolutions
 
     base = _base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
@@ -485,7 +487,7 @@ def approx(
     """Approximate attention vs dense: FLOPs saved (exact account), time, PSNR/SSIM, digit accuracy."""
     from diffprobe.attention.approx import METHODS
     from diffprobe.attention.probe import parse_floats
-    from diffprobe.attention.tradeoff import run_approx
+    from diffprobe.run.approx import run_approx
     from diffprobe.run.sweep import parse_ints
 
     names = [m.strip() for m in method.split(",") if m.strip()]

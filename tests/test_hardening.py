@@ -172,8 +172,8 @@ def _interrupted_sweep(out: Path):
 
 
 def test_an_interrupted_sweep_keeps_its_findings(tmp_path, capsys):
-    from diffprobe.report.compare import compare_runs
     from diffprobe.report.html import build_report
+    from diffprobe.run.compare import compare_runs
 
     _interrupted_sweep(tmp_path / "a")
     _interrupted_sweep(tmp_path / "b")

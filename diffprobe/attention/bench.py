@@ -177,6 +177,6 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    from diffprobe.run.environment import cpu_name
+    from diffprobe.hardware.environment import cpu_name
 
     return cpu_name()

@@ -1,4 +1,4 @@
-"""``diffprobe sparsity``: statistics of every UNet attention call's probabilities, per layer × head × step.
+"""The sparsity probe: statistics of every UNet attention call's probabilities, per layer × head × step.
 
 The probe is an attention core (see :mod:`diffprobe.attention.core`) that returns exactly the dense SDPA output,
 so the run and its image are unchanged, and on the side recomputes the probabilities in query chunks
@@ -8,12 +8,11 @@ so the run and its image are unchanged, and on the side recomputes the probabili
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from diffprobe.attention.core import CallInfo, installed
+from diffprobe.attention.core import CallInfo
 from diffprobe.attention.stats import HeadStats, probabilities_in_chunks
 from diffprobe.errors import DiffprobeError
 
@@ -76,98 +75,3 @@ class SparsityProbe:
             self.rows.append({"layer": call.name, "level": level, "attn_kind": call.kind, "step": step,
                               "q_tokens": call.q_tokens, "k_tokens": call.k_tokens, **row})
         return out
-
-
-def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, out: str | Path,
-                 progress=None) -> dict:
-    """Probe the UNet attention of ``base`` (a ProfileConfig, measured) at each resolution.
-
-    Like a sweep, each resolution is a point folder (``points/<H>x<W>/``: the profile run and its
-    ``sparsity.parquet``) committed atomically, so re-running the same command skips finished resolutions and a
-    folder made with another configuration is refused. At the end ``sparsity.parquet`` (one row per resolution ×
-    step × layer × head) and ``sparsity.json`` summarize every point."""
-    from dataclasses import asdict
-
-    from diffprobe.models.registry import get_spec
-    from diffprobe.run.profile import check_resolution
-    from diffprobe.run.sweep import SweepFolder
-
-    sc.validate()
-    if base.mode != "measured":
-        raise DiffprobeError("sparsity needs the probabilities' values: use --mode measured (the default)")
-    spec = get_spec(base.model)
-    for h, w in resolutions:
-        check_resolution(spec, h, w)
-    base = replace(base, height=resolutions[0][0], width=resolutions[0][1], trace_ops=False).resolved()
-    identity = {k: v for k, v in asdict(base).items() if k not in ("height", "width", "out")}
-    identity.update(eps=list(sc.eps), taus=list(sc.taus), blocks=list(sc.blocks))
-    folder = SweepFolder(out, identity, meta_name="sparsity.json", required=("sparsity.parquet",))
-    state = folder.open()
-    try:
-        return _probe_points(folder, state, base, spec, resolutions, sc, progress)
-    finally:
-        folder.close()
-
-
-def _probe_points(folder, state: dict, base, spec, resolutions, sc: SparsityConfig, progress) -> dict:
-    import json
-    import shutil
-
-    import pandas as pd
-
-    from diffprobe.records.runfolder import atomic_write
-    from diffprobe.records.schema import SCHEMA_VERSION
-    from diffprobe.run.profile import build_pipeline, run_profile
-
-    identity = folder.identity
-    random = base.weights is None and not spec.trained
-    state.update({"schema_version": SCHEMA_VERSION, "kind": "sparsity", "config": identity, "model": base.model,
-                  "prompt": base.prompt, "steps": base.steps, "guidance": base.guidance, "random_weights": random,
-                  "note": RANDOM_NOTE if random else None, "eps": list(sc.eps), "taus": list(sc.taus),
-                  "blocks": list(sc.blocks), "max_elements_per_chunk": sc.max_elements, "run_dir": str(folder.path),
-                  "complete": False})
-    folder.save(state)
-    report = progress or (lambda *_: None)
-    pipe = None
-    frames, runs = [], []
-    for i, (h, w) in enumerate(resolutions):
-        report("resolutions", i, len(resolutions))
-        name = f"{h}x{w}"
-        if not folder.finished(name):
-            pipe = pipe or build_pipeline(base, spec)
-            tmp = folder.partial_dir(name)
-            probe = SparsityProbe(sc)
-            with installed(pipe.unet, probe.core):
-                run_profile(replace(base, height=h, width=w, out=str(tmp)), pipe=pipe)
-            frame = pd.DataFrame(probe.rows)
-            frame.insert(0, "width", w)
-            frame.insert(0, "height", h)
-            atomic_write(tmp / "sparsity.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
-            folder.commit(name, tmp)
-        point_dir = folder.point_dir(name)
-        frames.append(pd.read_parquet(point_dir / "sparsity.parquet"))
-        run = json.loads((point_dir / "run.json").read_text(encoding="utf-8"))
-        runs.append({"height": h, "width": w, "dir": f"points/{name}", "image": run.get("image"),
-                     "unet_evals_measured": run.get("unet_evals_measured")})
-    report("resolutions", len(resolutions), len(resolutions))
-    shutil.rmtree(folder.path / ".partial", ignore_errors=True)
-    table = pd.concat(frames, ignore_index=True)
-    atomic_write(folder.path / "sparsity.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-    state.update(points=runs, summary=summarize(table), complete=True)
-    folder.save(state)
-    return state
-
-
-def _means(frame, key: str) -> dict:
-    cols = [c for c in frame.columns if c not in ("height", "width", "layer", "level", "attn_kind", "step",
-                                                  "q_tokens", "k_tokens", "head")]
-    return {str(k): {c: float(v) for c, v in g[cols].mean().items()} for k, g in frame.groupby(key, sort=False)}
-
-
-def summarize(table) -> dict:
-    """Means of every statistic by resolution, then within each by self/cross, UNet level and step."""
-    out = {}
-    for (h, w), g in table.groupby(["height", "width"], sort=False):
-        out[f"{h}x{w}"] = {"by_kind": _means(g, "attn_kind"), "by_level": _means(g, "level"),
-                           "by_step": _means(g, "step"), "calls": int(len(g))}
-    return out

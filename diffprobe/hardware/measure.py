@@ -16,9 +16,9 @@ import json
 import time
 
 from diffprobe.errors import DiffprobeError
-from diffprobe.hardware.presets import THIS_CPU, HardwarePreset, from_dict
+from diffprobe.hardware.environment import cpu_name
+from diffprobe.hardware.preset import THIS_CPU, HardwarePreset, from_dict
 from diffprobe.models.tokenizer import cache_dir
-from diffprobe.run.environment import cpu_name
 
 DEFAULT_SIZES = {"matmul_n": {"float32": 2048, "bfloat16": 1024, "float16": 1024}, "copy_bytes": 512 * 2**20,
                  "repeats": 3}

@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from diffprobe.patching import patch_attr
 from diffprobe.records.formulas import (
     Cost,
     TensorMeta,
@@ -34,7 +35,6 @@ from diffprobe.records.formulas import (
     sdpa_unfused_bytes,
 )
 from diffprobe.records.schema import COLUMNS
-from diffprobe.run.patching import patch_attr
 
 _ATTENTION = {"Attention", "CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2"}
 _FFN = {"FeedForward", "CLIPMLP"}

@@ -6,94 +6,14 @@ Every user-supplied string (prompt, model path, labels) goes through :func:`html
 
 from __future__ import annotations
 
-import base64
-import datetime
-import html
 from pathlib import Path
 
-from diffprobe.records.runfolder import atomic_write, read_ops_checked, read_result
+from diffprobe.records.runfolder import read_ops_checked, read_result
 from diffprobe.report import figures as figs
+from diffprobe.report.compare import compare_report
 from diffprobe.report.findings import profile_findings, sweep_findings
+from diffprobe.report.page import Page, esc, table
 from diffprobe.report.units import fmt_k, fmt_n, fmt_s
-
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
-       color: #222; line-height: 1.45; padding: 0 1em; }
-h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 1.8em;
-     border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
-.sub { color: #666; margin-top: 0; }
-.banner { background: #fff4ce; border: 1px solid #e0c25a; padding: 0.6em 1em; border-radius: 4px; margin: 1em 0; }
-.banner.fail { background: #fde2e1; border-color: #d9534f; }
-ul.findings li { margin: 0.3em 0; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.88em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f5f5f5; } td:first-child, th:first-child { text-align: left; }
-figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.85em; }
-img { max-width: 100%; height: auto; }
-.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
-code { background: #f3f3f3; padding: 0 0.2em; }
-"""
-
-
-def esc(x) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-class Page:
-    """Collects the sections of one report and the figure files written beside it."""
-
-    def __init__(self, folder: Path, title: str, subtitle: str):
-        self.folder, self.title, self.subtitle = folder, title, subtitle
-        self.parts: list[str] = []
-        self.fig_dir = folder / "figures"
-
-    def add(self, text: str) -> None:
-        self.parts.append(text)
-
-    def h2(self, text: str) -> None:
-        self.add(f"<h2>{esc(text)}</h2>")
-
-    def banner(self, text: str, fail: bool = False) -> None:
-        self.add(f'<div class="banner{" fail" if fail else ""}">{esc(text)}</div>')
-
-    def findings(self, sentences: list[str]) -> None:
-        if sentences:
-            self.h2("Findings")
-            self.add('<ul class="findings">' + "".join(f"<li>{esc(s)}</li>" for s in sentences) + "</ul>")
-
-    def figure(self, fig, name: str, caption: str, svg: bool = False) -> None:
-        if fig is None:
-            return
-        self.fig_dir.mkdir(exist_ok=True)
-        png = figs.png_bytes(fig)
-        atomic_write(self.fig_dir / f"{name}.png", lambda tmp: Path(tmp).write_bytes(png))
-        if svg:
-            text = figs.svg_text(fig)
-            atomic_write(self.fig_dir / f"{name}.svg", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        self.image(png, caption)
-
-    def image(self, png: bytes, caption: str, width: int | None = None) -> None:
-        data = base64.b64encode(png).decode("ascii")
-        w = f' width="{width}"' if width else ""
-        self.add(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(caption)}"{w}>'
-                 f"<figcaption>{esc(caption)}</figcaption></figure>")
-
-    def write(self) -> Path:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-        doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-               f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-               f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>"
-               f"<h1>{esc(self.title)}</h1><p class=\"sub\">{esc(self.subtitle)}</p>"
-               + "".join(self.parts)
-               + f'<p class="sub">report built {esc(stamp)} by diffprobe from the files in this folder.</p>'
-               "</body></html>\n")
-        return atomic_write(self.folder / "report.html", lambda tmp: Path(tmp).write_text(doc, encoding="utf-8"))
 
 
 def build_report(folder: str | Path) -> Path:
@@ -105,8 +25,6 @@ def build_report(folder: str | Path) -> Path:
 
         return _sweep_report(folder, {**data, "findings": current_findings(folder, data)})
     if kind == "compare":
-        from diffprobe.report.compare import compare_report
-
         return compare_report(folder, data)
     if kind == "sparsity":
         return _sparsity_report(folder, data)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from diffprobe.patching import patch_attr
 from diffprobe.records.schema import COLUMNS
-from diffprobe.run.patching import patch_attr
 
 
 def _shape_key(args, kwargs) -> tuple:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.hardware.environment import environment
 from diffprobe.models.registry import (
     ModelSpec,
     build_components,
@@ -30,7 +31,6 @@ from diffprobe.models.registry import (
 )
 from diffprobe.records.runfolder import prepare_out_dir
 from diffprobe.records.schema import SCHEMA_VERSION  # one version for the whole run folder
-from diffprobe.run.environment import environment
 from diffprobe.run.stages import STAGE_ORDER, StageTimer
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -478,7 +478,7 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
 
     from diffprobe.attention.approx import ApproxAttention, approximate_account, kernels_used, parse_setting
     from diffprobe.attention.core import installed
-    from diffprobe.attention.tradeoff import warm_up
+    from diffprobe.run.warmup import warm_up
 
     method, value = parse_setting(cfg.approx)
     core = ApproxAttention(method, value, seed=cfg.seed)
@@ -593,7 +593,7 @@ def _save(out_dir: Path, result: ProfileResult) -> None:
         write_ops(out_dir, result.ops)
         write_layers(out_dir, result.ops)
         if result.config.chrome_trace and result.config.mode == "measured":
-            from diffprobe.report.trace import write_chrome_trace
+            from diffprobe.records.chrome import write_chrome_trace
 
             result.extra["chrome_trace"] = write_chrome_trace(out_dir / "trace.json", result.ops).name
     write_run_json(out_dir, result.to_dict())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from diffprobe.run.patching import patch_attr
+from diffprobe.patching import patch_attr
 
 STAGE_ORDER = ("tokenize", "text_encoder", "text_encoder_2", "unet", "scheduler", "vae_decoder", "other")
 

@@ -12,7 +12,6 @@ leaves only whole points; running the same command again skips them. A folder ma
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -21,10 +20,10 @@ from pathlib import Path
 from diffprobe.analyses.sweep import findings, load_point  # noqa: F401  (load_point: API kept here)
 from diffprobe.errors import DiffprobeError
 from diffprobe.records.schema import SCHEMA_VERSION
-from diffprobe.run.profile import ProfileConfig, check_resolution, run_profile
+from diffprobe.run.points import SweepFolder, run_points
+from diffprobe.run.profile import ProfileConfig, build_pipeline, check_resolution, run_profile
 
 # what makes two sweeps comparable point by point; resolution and batch are the swept axes, the rest must match
-LOCK_NAME = ".lock"  # flock'ed while a run writes the folder
 IDENTITY_EXCLUDE = ("height", "width", "batch", "out", "hardware", "chrome_trace", "force")
 
 
@@ -93,112 +92,6 @@ def point_name(h: int, w: int, b: int) -> str:
     return f"{h}x{w}-b{b}"
 
 
-class SweepFolder:
-    """A folder of points on disk (sweeps, sparsity runs): configuration check, finished points, atomic point
-    commits. ``meta_name`` is the summary file; a point is finished when its ``run.json`` says ok and every file
-    of ``required`` is there."""
-
-    def __init__(self, path: str | Path, identity: dict, meta_name: str = "sweep.json",
-                 required: tuple[str, ...] = ()):
-        self.path = Path(path)
-        self.identity = identity
-        self.meta_path = self.path / meta_name
-        self.required = required
-
-    def open(self) -> dict:
-        """Create the folder or check that it holds a sweep of the same configuration, and lock it for this
-        process (released by :meth:`close`, or by the OS when the process dies); returns its state."""
-        if self.path.exists() and not self.path.is_dir():
-            raise DiffprobeError(f"--out {self.path} is a file, not a folder; name a new or empty folder")
-        if not self.meta_path.exists() and self.path.exists() and any(
-                p.name not in (".partial", LOCK_NAME) for p in self.path.iterdir()):
-            raise DiffprobeError(f"--out {self.path} exists and is not a {self.meta_path.stem} folder; use an empty "
-                                 "or new folder")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DiffprobeError(f"cannot write to --out {self.path}: {exc.strerror or exc}") from exc
-        self._lock()
-        if not self.meta_path.exists():
-            return {"points": {}}
-        try:
-            state = json.loads(self.meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            self.close()
-            raise DiffprobeError(f"{self.meta_path} is unreadable ({exc}); start fresh with another --out "
-                                 "or delete the folder") from exc
-        old = state.get("config", {})
-        diff = [k for k in sorted(set(old) | set(self.identity)) if old.get(k) != self.identity.get(k)]
-        if diff:
-            self.close()
-            k = diff[0]
-            raise DiffprobeError(
-                f"folder {self.path} was made with another configuration ({k} {old.get(k)!r}, now "
-                f"{self.identity.get(k)!r}); use another --out, or delete the folder to start fresh")
-        return state
-
-    def _lock(self) -> None:
-        import fcntl
-
-        try:
-            fh = open(self.path / LOCK_NAME, "a")
-        except OSError as exc:
-            raise DiffprobeError(f"cannot write to --out {self.path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise DiffprobeError(f"--out {self.path} is in use by another diffprobe run; wait for it to finish or "
-                                 "choose another --out") from None
-        self._lock_fh = fh
-
-    def close(self) -> None:
-        """Release the folder's lock."""
-        fh = getattr(self, "_lock_fh", None)
-        if fh is not None:
-            fh.close()  # closing the file releases the flock
-            self._lock_fh = None
-
-    def point_dir(self, name: str) -> Path:
-        return self.path / "points" / name
-
-    def finished(self, name: str) -> bool:
-        run = self.point_dir(name) / "run.json"
-        if not run.exists() or not all((self.point_dir(name) / f).exists() for f in self.required):
-            return False
-        try:
-            return json.loads(run.read_text(encoding="utf-8")).get("status") == "ok"
-        except (OSError, ValueError):
-            return False
-
-    def partial_dir(self, name: str) -> Path:
-        tmp = self.path / ".partial" / name
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by a killed run: incomplete, so redone
-        tmp.mkdir(parents=True)
-        return tmp
-
-    def commit(self, name: str, tmp: Path) -> Path:
-        final = self.point_dir(name)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        run = final / "run.json"
-        if run.exists():  # the point's run.json names the folder it now lives in, not .partial/
-            from diffprobe.records.runfolder import write_json
-
-            data = json.loads(run.read_text(encoding="utf-8"))
-            data["run_dir"] = str(final)
-            write_json(run, data)
-        return final
-
-    def save(self, state: dict) -> None:
-        from diffprobe.records.runfolder import write_json
-
-        write_json(self.meta_path, state)
-
-
 def _predicted_seconds(cfg: ProfileConfig, preset_name: str) -> float:
     """Roofline-predicted seconds of a measured point (its executed UNet steps only), from an analytic pass."""
     import tempfile
@@ -256,40 +149,38 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
 
 def _run_points(sc: SweepConfig, base: ProfileConfig, spec, folder: SweepFolder, state: dict, todo: list,
                 report, say) -> None:
-    from diffprobe.run.profile import build_pipeline
-
     points = state["points"]
-    pipe = None
-    for i, (h, w, b) in enumerate(todo):
-        name = point_name(h, w, b)
-        report("points", i, len(todo))
-        if folder.finished(name):
-            points[name] = {"height": h, "width": w, "batch": b, "status": "ok", "dir": f"points/{name}"}
-            continue
-        cfg = replace(base, height=h, width=w, batch=b)
-        if cfg.mode == "measured" and sc.max_point_seconds is not None:
-            preset = cfg.hardware or ("this-cpu" if cfg.device == "cpu" else None)
-            if preset is not None:
-                predicted = _predicted_seconds(cfg, preset)
-                if predicted > sc.max_point_seconds:
-                    msg = (f"point {name} skipped: its roofline time on {preset} is at least {predicted:.0f} s, "
-                           f"over --max-point-seconds {sc.max_point_seconds:g}")
-                    points[name] = {"height": h, "width": w, "batch": b, "status": "skipped", "message": msg}
-                    say(msg)
-                    folder.save(state)
-                    continue
-        if pipe is None:
-            pipe = build_pipeline(base, spec)  # one pipeline serves every point: weights do not depend on size
-        tmp = folder.partial_dir(name)
-        try:
-            run_profile(replace(cfg, out=str(tmp)), pipe=pipe)
-        except DiffprobeError as exc:
-            msg = f"point {name} failed: {exc}"
-            points[name] = {"height": h, "width": w, "batch": b, "status": "failed", "message": msg}
-            say(msg)
-            folder.save(state)
-            continue
-        folder.commit(name, tmp)
-        points[name] = {"height": h, "width": w, "batch": b, "status": "ok", "dir": f"points/{name}"}
+    pipes: list = []  # one pipeline serves every point: weights do not depend on size
+    sizes = {point_name(*p): p for p in todo}
+
+    def record(name: str, status: str, **extra) -> None:
+        h, w, b = sizes[name]
+        points[name] = {"height": h, "width": w, "batch": b, "status": status, **extra}
+        if status != "ok":
+            say(extra["message"])
         folder.save(state)
-    report("points", len(todo), len(todo))
+
+    def skip(name: str) -> bool:
+        h, w, b = sizes[name]
+        cfg = replace(base, height=h, width=w, batch=b)
+        if cfg.mode != "measured" or sc.max_point_seconds is None:
+            return False
+        preset = cfg.hardware or ("this-cpu" if cfg.device == "cpu" else None)
+        if preset is None:
+            return False
+        predicted = _predicted_seconds(cfg, preset)
+        if predicted <= sc.max_point_seconds:
+            return False
+        record(name, "skipped", message=f"point {name} skipped: its roofline time on {preset} is at least "
+               f"{predicted:.0f} s, over --max-point-seconds {sc.max_point_seconds:g}")
+        return True
+
+    def work(name: str, tmp: Path) -> None:
+        h, w, b = sizes[name]
+        if not pipes:
+            pipes.append(build_pipeline(base, spec))
+        run_profile(replace(base, height=h, width=w, batch=b, out=str(tmp)), pipe=pipes[0])
+
+    run_points(folder, list(sizes), work, report, "points", skip=skip,
+               on_done=lambda name: record(name, "ok", dir=f"points/{name}"),
+               on_error=lambda name, exc: record(name, "failed", message=f"point {name} failed: {exc}"))

@@ -70,7 +70,7 @@ def test_sparsity_bad_input(argv, message, tmp_path, capsys):
 
 
 def test_sparsity_resumes_and_refuses_another_configuration(tmp_path, monkeypatch, capsys):
-    import diffprobe.attention.probe as probe_mod
+    import diffprobe.run.sparsity as probe_mod  # the run that uses the probe
 
     argv = ["sparsity", "--model", "tiny", "--steps", "2", "--resolutions", "64,128", "--blocks", "16",
             "--out", str(tmp_path / "s"), "-q", "--format", "json"]

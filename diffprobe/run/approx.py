@@ -16,9 +16,12 @@ from pathlib import Path
 
 import torch
 
-from diffprobe.attention.approx import PARAM, ApproxAttention, account, kernels_used
+from diffprobe.analyses.quality import quality
+from diffprobe.analyses.savings import account
+from diffprobe.attention.approx import PARAM, ApproxAttention, kernels_used
 from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError
+from diffprobe.run.warmup import warm_up
 
 
 def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
@@ -29,27 +32,6 @@ def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
         labels = [d for d in range(10) for _ in range(per_digit)]
         return [digits.prompt(d) for d in labels], labels
     return [cfg.prompt], None
-
-
-def warm_up(pipe, cfg, prompts: list[str], core: ApproxAttention | None = None) -> float:
-    """One untimed denoising step (no VAE decode), so that first-call costs stay out of the timed runs: with no
-    core, the pipeline's own (CUDA context, library handles, allocator); with a core that compiles kernels on
-    first use of a shape (the block-sparse kernel), the compiling — for every attention shape, whatever this
-    step's masks keep; the core's calls are then forgotten. Returns its seconds."""
-    if core is not None and not core.compiles:
-        return 0.0
-    t0 = time.perf_counter()
-    if core is not None:
-        core.warming = True
-    try:
-        with torch.inference_mode(), installed(pipe.unet, core.core) if core else contextlib.nullcontext():
-            pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=1,
-                 guidance_scale=cfg.guidance, output_type="latent")
-    finally:
-        if core is not None:
-            core.warming = False
-            core.reset()
-    return time.perf_counter() - t0
 
 
 def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
@@ -73,25 +55,6 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
         wall = time.perf_counter() - t0
     unet_s = sum(e.seconds for e in timer.events() if e.stage == "unet")
     return {"images": images.float().cpu(), "latents": steps, "unet_s": unet_s, "wall_s": wall}
-
-
-def quality(dense: dict, approx: dict) -> dict:
-    """PSNR and SSIM of the images (mean over the batch) and the latent relative error per step."""
-    import numpy as np
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    psnr, ssim, identical = [], [], 0
-    for a, b in zip(dense["images"], approx["images"], strict=True):
-        x, y = a.permute(1, 2, 0).numpy(), b.permute(1, 2, 0).numpy()
-        if np.array_equal(x, y):  # PSNR is infinite: counted apart, so the JSON stays standard
-            identical += 1
-        else:
-            psnr.append(peak_signal_noise_ratio(x, y, data_range=1.0))
-        win = min(7, min(x.shape[:2]) // 2 * 2 - 1)
-        ssim.append(structural_similarity(x, y, data_range=1.0, channel_axis=2, win_size=win))
-    rel = [float((b - a).norm() / a.norm()) for a, b in zip(dense["latents"], approx["latents"], strict=True)]
-    return {"psnr": float(np.mean(psnr)) if psnr else None, "identical": identical == len(ssim),
-            "identical_images": identical, "ssim": float(np.mean(ssim)), "latent_rel_error": rel}
 
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,

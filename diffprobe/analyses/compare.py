@@ -1,0 +1,98 @@
+"""Runs side by side: the metrics of each run folder's summary, ratios to the first (the baseline), and which
+configuration fields differ (e.g. device, dtype, model — usually the point of the comparison). Profiles are
+compared by stage time, FLOPs, bytes and peak memory (totals, per stage, per layer type); sweeps by the points they
+share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffprobe.errors import DiffprobeError
+
+CONFIG_KEYS = ("model", "height", "width", "steps", "batch", "guidance", "device", "dtype", "mode", "weights",
+               "prompt", "seed")
+
+
+def _label(folders: list[Path]) -> list[str]:
+    names = [f.name or str(f) for f in folders]
+    return [n if names.count(n) == 1 else f"{i + 1}:{n}" for i, n in enumerate(names)]
+
+
+def _profile_metrics(d: dict) -> dict[str, float]:
+    m: dict[str, float] = {}
+    for s, v in (d.get("stages") or {}).items():
+        m[f"seconds.{s}"] = v
+    f = d.get("flops") or {}
+    if f:
+        m["flops.total"] = f["total"]
+        m.update({f"flops.{k}": v for k, v in f["by_stage"].items()})
+        m.update({f"flops.{k}": v for k, v in f["by_layer_type"].items() if v})
+        m["bytes.total"] = d["bytes"]["total"]
+    sec = d.get("seconds") or {}
+    m.update({f"seconds.{k}": v for k, v in sec.get("by_layer_type", {}).items()})
+    if d.get("peak_memory_bytes"):
+        m["peak_memory_bytes"] = d["peak_memory_bytes"]
+    return m
+
+
+def _sweep_metrics(d: dict) -> dict[str, float]:
+    m: dict[str, float] = {}
+    for p in (d.get("findings") or {}).get("points", []):
+        u = p["flops"]["unet"]
+        m[f"{p['name']}.unet_flops"] = u["total"]
+        m[f"{p['name']}.self_attention_share"] = u.get("self_attention", 0) / (u["total"] or 1)
+        if "seconds" in p:
+            m[f"{p['name']}.unet_seconds"] = p["seconds"]["stages"].get("unet", 0.0)
+    return m
+
+
+def _sweep_axes(d: dict) -> dict:
+    """A sweep's swept values as text (``256,512``) in place of one height, width and batch."""
+    pts = [p for p in (d.get("points") or {}).values() if isinstance(p, dict)]
+    return {k: ",".join(str(v) for v in sorted({p[k] for p in pts if k in p})) or None
+            for k in ("height", "width", "batch")}
+
+
+def compare(loaded: list[tuple[Path, str, dict]]) -> dict:
+    """The comparison of run summaries ``(folder, kind, summary)``, the first the baseline: ``of`` (their kind),
+    ``runs`` (label, folder, status and configuration each), ``differs``, ``metrics`` (metric -> run -> value),
+    ``ratios`` (to the baseline) and ``warnings`` (a run that did not finish is marked, not dropped)."""
+    if len(loaded) < 2:
+        raise DiffprobeError("compare needs at least two run folders")
+    kinds = {k for _, k, _ in loaded}
+    if "compare" in kinds:
+        raise DiffprobeError("compare takes profile or sweep folders, not an earlier comparison")
+    if len(kinds) > 1:
+        desc = ", ".join(f"{p} is a {k}" for p, k, _ in loaded)
+        raise DiffprobeError(f"cannot compare runs of different kinds ({desc}); compare profiles with profiles "
+                             "and sweeps with sweeps")
+    kind = kinds.pop()
+    labels = _label([p for p, _, _ in loaded])
+    runs, metrics = [], {}
+    for label, (path, _, d) in zip(labels, loaded, strict=True):
+        conf = d if kind == "profile" else {**d.get("config", {}), "model": d.get("model"), "mode": d.get("mode"),
+                                            **_sweep_axes(d)}
+        status = d.get("status", "ok") if kind == "profile" else ("ok" if d.get("complete", True) else "incomplete")
+        runs.append({"label": label, "dir": str(path), "status": status, **{k: conf.get(k) for k in CONFIG_KEYS}})
+        metrics[label] = _profile_metrics(d) if kind == "profile" else _sweep_metrics(d)
+    if kind == "sweep":
+        common = set.intersection(*(set(m) for m in metrics.values()))
+        if not common:
+            raise DiffprobeError("these sweeps share no resolution/batch point; nothing to compare")
+    differs = [k for k in CONFIG_KEYS if len({str(r[k]) for r in runs}) > 1]
+    base = labels[0]
+    keys = list(dict.fromkeys(k for m in metrics.values() for k in m))
+    table = {k: {lb: metrics[lb].get(k) for lb in labels} for k in keys}
+    ratios = {k: {lb: (v / table[k][base]) if (v is not None and table[k][base]) else None
+                  for lb, v in row.items()} for k, row in table.items()}
+    warnings = [f"{r['label']} did not finish (status {r['status']}"
+                + (f": {d.get('error')}" if d.get("error") else "") + "); its numbers cover only what it measured"
+                for r, (_, _, d) in zip(runs, loaded, strict=True) if r["status"] != "ok"]
+    return {"kind": "compare", "of": kind, "baseline": base, "runs": runs, "differs": differs, "metrics": table,
+            "ratios": ratios, "warnings": warnings}
+
+
+def rows(result: dict) -> list[dict]:
+    """The comparison as long-format rows (metric, run, value, ratio to the baseline): ``comparison.parquet``."""
+    return [{"metric": k, "run": lb, "value": v, "ratio_to_baseline": result["ratios"][k][lb]}
+            for k, row in result["metrics"].items() for lb, v in row.items()]

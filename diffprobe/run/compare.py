@@ -1,0 +1,36 @@
+"""``diffprobe compare``: several run folders of one kind side by side (:mod:`diffprobe.analyses.compare`), written
+as ``compare.json`` and ``comparison.parquet`` into a folder of their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from diffprobe.analyses.compare import compare, rows
+from diffprobe.analyses.sweep import current_findings
+from diffprobe.errors import DiffprobeError
+from diffprobe.records.runfolder import atomic_write, prepare_out_dir, read_result, write_json
+from diffprobe.records.schema import SCHEMA_VERSION
+
+
+def compare_runs(folders: list[str | Path], out: str | Path | None = None, force: bool = False) -> dict:
+    """Compare run folders into ``out`` (a new or empty folder, never one of the inputs; ``force`` replaces an
+    earlier comparison there; default ``runs/<time>-compare``). An interrupted sweep is compared on the points it
+    finished. Returns what ``compare.json`` holds."""
+    if len(folders) < 2:
+        raise DiffprobeError("compare needs at least two run folders")
+    paths = [Path(f) for f in folders]
+    if out is not None and str(out).strip() and any(Path(out).resolve() == p.resolve() for p in paths):
+        raise DiffprobeError(f"--out {out} is one of the runs being compared; name a new folder for the comparison")
+    loaded = []
+    for path in paths:
+        kind, d = read_result(path)
+        loaded.append((path, kind, {**d, "findings": current_findings(path, d)} if kind == "sweep" else d))
+    result = compare(loaded)
+    out_dir = prepare_out_dir(out, "compare", force)
+    result = {"schema_version": SCHEMA_VERSION, **result, "run_dir": str(out_dir)}
+    write_json(out_dir / "compare.json", result)
+    frame = pd.DataFrame(rows(result))
+    atomic_write(out_dir / "comparison.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
+    return result
