@@ -13,12 +13,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from diffprobe.errors import DiffprobeError
-from diffprobe.report.units import fmt_bytes
-from diffprobe.report.units import fmt_n as _fmt_n
-from diffprobe.report.units import fmt_s as _fmt_s
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Workload characterization of text-to-image diffusion inference.")
@@ -77,136 +73,6 @@ def _progress(quiet: bool):
         bar.update(tasks[stage], completed=done, total=total)
 
     return bar, callback
-
-
-def _account_table(d: dict) -> None:
-    """FLOPs, bytes and (measured) seconds per layer type, the UNet column beside the whole run."""
-    flops, nbytes, secs = d["flops"], d["bytes"], d.get("seconds")
-    t = Table(title="cost account by layer type (whole run as traced; UNet column: all UNet evaluations)",
-              title_justify="left")
-    for col in ("layer type", "FLOPs", "share", "UNet FLOPs", "bytes"):
-        t.add_column(col, justify="left" if col == "layer type" else "right")
-    if secs:
-        t.add_column("seconds", justify="right")
-    approx = d.get("approx")
-    if approx:
-        t.add_column(f"FLOPs, {approx['method']}={approx['value']:g}", justify="right")
-    unet = flops["by_stage_layer_type"].get("unet", {})
-    total = flops["total"] or 1
-    names = sorted(flops["by_layer_type"], key=lambda k: -flops["by_layer_type"][k])
-    if secs:
-        names += [k for k in secs["by_layer_type"] if k not in names]
-    for lt in names:
-        f = flops["by_layer_type"].get(lt, 0)
-        row = [lt, _fmt_n(f), f"{100 * f / total:.1f}%", _fmt_n(unet.get(lt, 0)),
-               _fmt_n(nbytes["by_layer_type"].get(lt, 0)) + "B"]
-        if secs:
-            row.append(_fmt_s(secs["by_layer_type"].get(lt, 0.0)))
-        if approx:
-            row.append(_fmt_n(approx["flops_by_layer_type"].get(lt, 0.0)))
-        if f or (secs and secs["by_layer_type"].get(lt, 0.0) > 0) or nbytes["by_layer_type"].get(lt, 0):
-            t.add_row(*row)
-    if approx and "attn_predictor" in approx["flops_by_layer_type"]:
-        t.add_row("attn_predictor", "", "", "", "", *([""] if secs else []),
-                  _fmt_n(approx["flops_by_layer_type"]["attn_predictor"]))
-    row = ["total", _fmt_n(flops["total"]), "100.0%", _fmt_n(sum(unet.values())), _fmt_n(nbytes["total"]) + "B"]
-    if secs:
-        row.append(_fmt_s(secs["total"]))
-    if approx:
-        row.append(_fmt_n(approx["flops_total"]))
-    t.add_row(*row, style="bold")
-    out.print(t)
-    if approx:
-        out.print(f"{approx['method']}={approx['value']:g}: {100 * approx['attention_flops_saved']:.1f}% of UNet "
-                  f"attention FLOPs saved ({100 * approx['end_to_end_flops_saved']:.1f}% end to end), "
-                  f"{100 * approx['kept_fraction']:.1f}% of entries kept; UNet {_fmt_s(approx['unet_seconds'] or 0)} "
-                  f"(untraced; attention kernel: {approx.get('kernel', '?')}) vs "
-                  f"{_fmt_s(approx['dense_unet_seconds'] or 0)} dense "
-                  "(traced: includes the tracer's per-op cost; `diffprobe approx` times both untraced)")
-    lit = sum(d["macs_conv_linear"].values())
-    out.print(f"literature convention (conv + linear multiply-adds only): {_fmt_n(lit)} MACs = "
-              f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
-    if d.get("projection") and "flops_total" in d["projection"]:
-        out.print(f"full-run FLOPs (projection, {d['projection']['unet_evals_full']} UNet evals): "
-                  f"{_fmt_n(d['projection']['flops_total'])}")
-
-
-def _roofline_table(roof: dict) -> None:
-    """Roofline-predicted seconds per stage, beside the measured ones when the run was measured."""
-    pred, vm = roof["prediction"], roof.get("versus_measured")
-    t = Table(title=f"roofline on {roof['preset']} ({roof['preset_title']}), {roof['dtype']}: "
-              f"ridge {roof['ridge_intensity']:.1f} FLOP/byte", title_justify="left")
-    for col in ("stage", "roofline") + (("measured", "error", "of peak") if vm else ()):
-        t.add_column(col, justify="left" if col == "stage" else "right")
-    stages = vm["by_stage"] if vm else {s: None for s in pred["by_stage"]}
-    for stage, r in stages.items():
-        if r is None:
-            t.add_row(stage, _fmt_s(pred["by_stage"].get(stage, 0.0)))
-            continue
-        t.add_row(stage, _fmt_s(r["predicted_s"]), _fmt_s(r["measured_s"]),
-                  "" if r["error"] is None else f"{100 * r['error']:+.0f}%",
-                  "" if r.get("fraction_of_peak") is None else f"{100 * r['fraction_of_peak']:.0f}%")
-    t.add_row("total", _fmt_s(pred["total_s"]), *((_fmt_s(vm["total"]["measured_s"]), "", "") if vm else ()),
-              style="bold")
-    out.print(t)
-    if roof.get("caveat"):
-        out.print(f"note: {roof['caveat']}")
-
-
-def _model_label(d: dict) -> str:
-    """``name (title)``, or the title alone where it already starts with the name."""
-    title = d.get("model_title") or ""
-    return title if title.startswith(d["model"]) else f"{d['model']} ({title})"
-
-
-def _profile_table(d: dict) -> None:
-    if d["mode"] == "analytic":
-        out.print(f"analytic: {_model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, "
-                  f"{d['steps']} steps ({d['unet_evals']} UNet evals), CFG {'on' if d['cfg'] else 'off'}, "
-                  f"{d['dtype']} — meta device, nothing executed")
-        _account_table(d)
-        if d.get("roofline"):
-            _roofline_table(d["roofline"])
-        params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
-        out.print(f"parameters: {params}")
-        out.print(f"run folder: {d['run_dir']}")
-        return
-    title = (f"{_model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, "
-             f"{d['steps']} steps, CFG {'on' if d['cfg'] else 'off'}, {d['device']} {d['dtype']}")
-    if d.get("random_weights"):
-        out.print(f"[bold yellow]random weights — {d['note']}[/]")
-    t = Table(title=title, title_justify="left")
-    t.add_column("stage")
-    t.add_column("measured", justify="right")
-    t.add_column("share", justify="right")
-    proj = d.get("projection")
-    if proj:
-        t.add_column(f"projected, {proj['unet_evals_full']} UNet evals", justify="right")
-    total = d["stages"].get("total", 0.0) or 1.0
-    for stage, secs in d["stages"].items():
-        if stage == "total":
-            continue
-        row = [stage, _fmt_s(secs), f"{100 * secs / total:.1f}%"]
-        if proj:
-            row.append(_fmt_s(proj["stages"].get(stage, 0.0)))
-        t.add_row(*row)
-    row = ["total", _fmt_s(d["stages"].get("total", 0.0)), "100.0%"]
-    if proj:
-        row.append(_fmt_s(proj["total_s"]))
-    t.add_row(*row, style="bold")
-    out.print(t)
-    if proj:
-        out.print(f"measured {proj['unet_evals_measured']} of {proj['unet_evals_full']} UNet evaluations; "
-                  "the last column is a projection (per-step median x step count), not a measurement")
-    params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
-    out.print(f"parameters: {params}")
-    out.print(f"peak memory: {fmt_bytes(d['peak_memory_bytes'])} ({d['peak_memory_kind']})")
-    if "flops" in d:
-        _account_table(d)
-    if d.get("roofline"):
-        _roofline_table(d["roofline"])
-    image = f"  image: {d['image']}" if d.get("image") else ""
-    out.print(f"run folder: {d['run_dir']}{image}")
 
 
 # options shared by `profile` and `sweep` (one declaration each)
@@ -299,7 +165,10 @@ def profile(
     if fmt is Format.json:
         _print_json(d)
     else:
-        _profile_table(d)
+        from diffprobe.report.text import profile_items
+
+        for item in profile_items(d):
+            out.print(item)
         out.print(f"report: {report_path}")
 
 
@@ -333,7 +202,8 @@ def sweep(
     quiet: bool = O_QUIET,
 ) -> None:
     """Sweep resolutions (and batch sizes): scaling exponents, crossover, memory, bottlenecks, roofline."""
-    from diffprobe.run.sweep import SweepConfig, parse_ints, parse_resolutions, run_sweep
+    from diffprobe.parsing import parse_ints, parse_resolutions
+    from diffprobe.run.sweep import SweepConfig, run_sweep
 
     base = _base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
                         dtype=dtype, weights=weights, allow_pickle=allow_pickle, repeat=repeat, warmup=warmup,
@@ -420,10 +290,10 @@ def sparsity(
     """Attention sparsity of every UNet attention call: per layer, head, step and resolution."""
     from dataclasses import replace
 
-    from diffprobe.attention.probe import SparsityConfig, parse_floats
+    from diffprobe.attention.probe import SparsityConfig
     from diffprobe.models.registry import get_spec
+    from diffprobe.parsing import parse_floats, parse_ints, parse_resolutions
     from diffprobe.run.sparsity import run_sparsity
-    from diffprobe.run.sweep import parse_ints, parse_resolutions
 
     base = _base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
                         dtype=dtype, weights=weights, allow_pickle=allow_pickle, sample_steps=sample_steps,
@@ -485,20 +355,14 @@ def approx(
     quiet: bool = O_QUIET,
 ) -> None:
     """Approximate attention vs dense: FLOPs saved (exact account), time, PSNR/SSIM, digit accuracy."""
-    from diffprobe.attention.approx import METHODS
-    from diffprobe.attention.probe import parse_floats
+    from diffprobe.attention.approx import METHODS, parse_values
     from diffprobe.run.approx import run_approx
-    from diffprobe.run.sweep import parse_ints
 
     names = [m.strip() for m in method.split(",") if m.strip()]
     bad = [m for m in names if m not in METHODS]
     if not names or bad:
         raise DiffprobeError(f"unknown method {(bad or [''])[0]!r}; use one of {', '.join(METHODS)}")
-    values = {"threshold": lambda: parse_floats(eps, "--eps", 0, 1, True),
-              "predicted": lambda: parse_floats(eps, "--eps", 0, 1, True),
-              "topk": lambda: tuple(float(x) for x in parse_ints(k, "--k")),
-              "block": lambda: parse_floats(tau, "--tau", 0, 1, False)}
-    methods = {m: list(values[m]()) for m in names}
+    methods = {m: parse_values(m, {"eps": eps, "k": k, "tau": tau}) for m in names}
     if per_digit < 1:
         raise DiffprobeError("--per-digit must be at least 1")
     base = _base_config(model=model, prompt=prompt, height=height, width=width, steps=steps, guidance=guidance,
@@ -529,40 +393,24 @@ app.add_typer(hardware_app, name="hardware")
 @hardware_app.command("list")
 def hardware_list(fmt: Format = O_FORMAT) -> None:
     """List the presets (this-cpu is measured on first use and cached)."""
-    from diffprobe.hardware.measure import cache_path
-    from diffprobe.hardware.presets import THIS_CPU, get_preset, list_presets
+    from diffprobe.hardware.presets import describe_presets
+    from diffprobe.report.text import presets_table
 
-    rows = []
-    for name in list_presets():
-        if name == THIS_CPU and not cache_path().exists():
-            rows.append({"name": name, "title": "this machine (not measured yet: `diffprobe hardware measure`)"})
-            continue
-        rows.append(get_preset(name).to_dict())
+    rows = describe_presets()
     if fmt is Format.json:
         _print_json({"presets": rows})
         return
-    t = Table(title="hardware presets (dense peaks)", title_justify="left")
-    for col in ("name", "title", "fp32 TFLOP/s", "fp16 TFLOP/s", "bf16 TFLOP/s", "bandwidth", "memory"):
-        t.add_column(col, justify="left" if col in ("name", "title") else "right")
-    for r in rows:
-        if "peak_flops" not in r:
-            t.add_row(r["name"], r["title"], "", "", "", "", "")
-            continue
-        p = r["peak_flops"]
-        t.add_row(r["name"], r["title"], *(f"{p[d] / 1e12:.3g}" for d in ("float32", "float16", "bfloat16")),
-                  f"{r['memory_bandwidth'] / 1e9:.4g} GB/s", f"{r['memory_bytes'] / 1e9:.3g} GB")
-    out.print(t)
+    out.print(presets_table(rows))
 
 
 def _show_preset(d: dict, fmt: Format) -> None:
+    from diffprobe.report.text import preset_lines
+
     if fmt is Format.json:
         _print_json(d)
         return
-    out.print(f"{d['name']}: {d['title']} ({d['kind']})")
-    for dt, v in d["peak_flops"].items():
-        out.print(f"  peak {dt:9s} {v / 1e12:10.4g} TFLOP/s   ridge {v / d['memory_bandwidth']:8.1f} FLOP/byte")
-    out.print(f"  memory bandwidth {d['memory_bandwidth'] / 1e9:.4g} GB/s, memory {d['memory_bytes'] / 1e9:.3g} GB")
-    out.print(f"  source: {d['source']}")
+    for line in preset_lines(d):
+        out.print(line)
 
 
 @hardware_app.command("show")
@@ -617,41 +465,23 @@ def kernels_bench(
     if fmt is Format.json:
         _print_json(r)
         return
-    out.print(f"{r['tokens']} tokens, {r['heads']} heads × {r['head_dim']}, batch {r['batch']}, {r['dtype']} on "
-              f"{r['device']} ({r['device_name']}), blocks of {r['block_size']}, kept density {r['kept_density']:.3f}")
-    out.print(f"dense SDPA ({r['dense_backend']}): dense_s {r['dense_s']:.6f}")
-    if "dense_default_s" in r:
-        out.print(f"dense SDPA (its own backend choice): {r['dense_default_s']:.6f}")
-    out.print(f"block-sparse ({r['backend']}): sparse_s {r['sparse_s']:.6f}  (first call {r['first_call_s']:.2f} s); "
-              f"kernel alone on a prepared layout: kernel_s {r['kernel_s']:.6f}")
-    out.print(f"speedup {r['speedup']:.2f}x, kernel alone {r['kernel_speedup']:.2f}x  "
-              f"(limit 1/density {r['limit']:.2f}x)")
-    if "max_rel_error" in r:
-        out.print(f"max_rel_error {r['max_rel_error']:.2e} vs float64 masked reference ({r['checked_heads']} heads)")
+    from diffprobe.report.text import bench_lines
+
+    for line in bench_lines(r):
+        out.print(line)
 
 
 @app.command()
 def models(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:
     """List the embedded architectures with their parameter counts (built on the meta device)."""
-    from diffprobe.models.registry import build_components, count_params, list_models
+    from diffprobe.models.registry import describe_models
+    from diffprobe.report.text import models_table
 
-    rows = []
-    for spec in list_models():
-        comps = build_components(spec, "meta")
-        params = {k: count_params(v) for k, v in comps.items() if hasattr(v, "parameters")}
-        rows.append({"name": spec.name, "title": spec.title, "native_resolution": spec.native_resolution,
-                     "pipeline": spec.pipeline_class, "params": params})
+    rows = describe_models()
     if fmt is Format.json:
         _print_json({"models": rows})
         return
-    t = Table(title="embedded architectures (configs as published; weights random unless --weights, except the "
-              "trained digits fixture)")
-    for col in ("name", "title", "native px", "UNet params", "total params"):
-        t.add_column(col, justify="right" if "params" in col or "px" in col else "left")
-    for r in rows:
-        t.add_row(r["name"], r["title"], str(r["native_resolution"]), f"{r['params']['unet']:,}",
-                  f"{sum(r['params'].values()):,}")
-    out.print(t)
+    out.print(models_table(rows))
 
 
 def _click_exceptions():

@@ -25,7 +25,6 @@ the dense scores, which is why they are oracles.
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +33,26 @@ from diffprobe.analyses.savings import account, approximate_account  # noqa: F40
 from diffprobe.attention.core import CallInfo
 from diffprobe.attention.stats import chunk_rows
 from diffprobe.errors import DiffprobeError
+from diffprobe.parsing import parse_floats, parse_ints
 from diffprobe.records.formulas import TensorMeta, sdpa_parts
 
 METHODS = ("threshold", "topk", "predicted", "block")
 PARAM = {"threshold": "eps", "topk": "k", "predicted": "eps", "block": "tau"}
 NOOP = {"threshold": 0.0, "topk": math.inf, "predicted": 0.0, "block": 1.0}
+
+
+def parse_values(method: str, texts: dict[str, str]) -> list[float]:
+    """The parameter values of ``method`` from the comma list given for its parameter (``texts``: parameter name,
+    as in :data:`PARAM`, -> the flag's text), each checked against the method's range."""
+    text = texts[PARAM[method]]
+    flag = f"--{PARAM[method]}"
+    if PARAM[method] == "k":
+        values = [float(v) for v in parse_ints(text, flag)]
+    elif PARAM[method] == "eps":
+        values = list(parse_floats(text, flag, 0, 1, True))
+    else:
+        values = list(parse_floats(text, flag, 0, 1, False))
+    return [check_param(method, v) for v in values]
 
 
 def check_param(method: str, value: float) -> float:
@@ -76,7 +90,6 @@ class ApproxAttention:
         self.backend = backend  # the block-sparse kernel's backend (method block, renormalized)
         self.warming = False  # set during a warm-up pass: compile the kernel for every shape seen
         self._calls: list[dict] = []
-        self._steps: Counter[str] = Counter()
 
     @property
     def calls(self) -> list[dict]:
@@ -97,7 +110,6 @@ class ApproxAttention:
     def reset(self) -> None:
         """Forget the calls seen so far (after a warm-up pass)."""
         self._calls.clear()
-        self._steps.clear()
 
     def is_noop(self, n_keys: int) -> bool:
         if self.method == "topk":
@@ -117,8 +129,7 @@ class ApproxAttention:
         else:
             out, kept, predictor = self._approx(q, k, v)
             kernel = "masked-dense"
-        step = self._steps[call.name]
-        self._steps[call.name] += 1
+        step = call.step
         entries = b * h * nq * nk
         dense_flops = sum(c.flops for c in dense.values())
         self._calls.append({

@@ -17,15 +17,29 @@ Core = Callable[..., torch.Tensor]  # (q, k, v, attn_mask, call) -> out, all (B,
 
 
 class CallInfo:
-    """What a core knows about the call it serves: module name, self/cross, token counts."""
+    """What a core knows about the call it serves: module name, self/cross, token counts, heads and the denoising
+    step (UNet evaluation) of the run it is part of."""
 
-    __slots__ = ("name", "kind", "q_tokens", "k_tokens", "heads")
+    __slots__ = ("name", "kind", "q_tokens", "k_tokens", "heads", "step")
 
-    def __init__(self, name: str, kind: str, q_tokens: int, k_tokens: int, heads: int):
+    def __init__(self, name: str, kind: str, q_tokens: int, k_tokens: int, heads: int, step: int = -1):
         self.name, self.kind, self.q_tokens, self.k_tokens, self.heads = name, kind, q_tokens, k_tokens, heads
+        self.step = step
 
 
-def attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb, core: Core, name: str):
+class RunContext:
+    """Where the run is: ``step`` is the index of the current UNet evaluation (the denoising step, counted from
+    0 as the op records count it), advanced by a forward pre-hook on the UNet."""
+
+    def __init__(self):
+        self.step = -1
+
+    def advance(self, *_) -> None:
+        self.step += 1
+
+
+def attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb, core: Core, name: str,
+                      context: RunContext | None = None):
     """diffusers ``AttnProcessor2_0`` with its ``scaled_dot_product_attention`` replaced by ``core``."""
     residual = hidden_states
     if attn.spatial_norm is not None:
@@ -56,7 +70,8 @@ def attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask
         q = attn.norm_q(q)
     if getattr(attn, "norm_k", None) is not None:
         k = attn.norm_k(k)
-    out = core(q, k, v, attention_mask, CallInfo(name, kind, q.shape[2], k.shape[2], attn.heads))
+    step = context.step if context is not None else -1
+    out = core(q, k, v, attention_mask, CallInfo(name, kind, q.shape[2], k.shape[2], attn.heads, step))
     out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(q.dtype)
     out = attn.to_out[0](out)
     out = attn.to_out[1](out)
@@ -70,25 +85,31 @@ def attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask
 class CoreProcessor:
     """A diffusers attention processor running ``core`` for the module called ``name``."""
 
-    def __init__(self, core: Core, name: str):
-        self.core, self.name = core, name
+    def __init__(self, core: Core, name: str, context: RunContext | None = None):
+        self.core, self.name, self.context = core, name, context
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
                  **kwargs):
         return attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb, self.core,
-                                 self.name)
+                                 self.name, self.context)
 
 
 @contextlib.contextmanager
 def installed(unet, core: Core):
-    """Every attention layer of ``unet`` runs ``core`` inside the block; the original processors come back after."""
+    """Every attention layer of ``unet`` runs ``core`` inside the block, its calls told the denoising step (the
+    :class:`RunContext` yielded, counted from 0 at the first UNet evaluation inside the block); the original
+    processors come back after."""
     original = dict(unet.attn_processors)
     if not original:
         from diffprobe.errors import DiffprobeError
 
         raise DiffprobeError("this model has no attention layers to probe or approximate")
-    unet.set_attn_processor({name: CoreProcessor(core, name.removesuffix(".processor")) for name in original})
+    context = RunContext()
+    hook = unet.register_forward_pre_hook(context.advance)
+    unet.set_attn_processor({name: CoreProcessor(core, name.removesuffix(".processor"), context)
+                             for name in original})
     try:
-        yield
+        yield context
     finally:
+        hook.remove()
         unet.set_attn_processor(original)

@@ -15,25 +15,11 @@ import torch.nn.functional as F
 from diffprobe.attention.core import CallInfo
 from diffprobe.attention.stats import HeadStats, probabilities_in_chunks
 from diffprobe.errors import DiffprobeError
+from diffprobe.parsing import parse_floats  # noqa: F401  (imported from here too)
+from diffprobe.records.tracer import unet_level
 
 RANDOM_NOTE = ("random weights: attention on untrained weights is near-uniform, so these sparsity figures say "
                "nothing about a trained model; use --model digits or --weights")
-
-
-def parse_floats(text: str, flag: str, low: float, high: float, high_open: bool) -> tuple[float, ...]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise DiffprobeError(f"{flag} is empty; give a comma list")
-    try:
-        values = tuple(float(t) for t in items)
-    except ValueError:
-        raise DiffprobeError(f"cannot parse {flag} {text!r}; give numbers such as 1e-3,1e-2") from None
-    for v in values:
-        ok = low <= v < high if high_open else low < v <= high
-        if not ok:
-            bounds = f"[{low:g}, {high:g})" if high_open else f"({low:g}, {high:g}]"
-            raise DiffprobeError(f"{flag} value {v:g} is outside {bounds}")
-    return values
 
 
 @dataclass
@@ -66,9 +52,7 @@ class SparsityProbe:
         stats = HeadStats(call.heads, call.k_tokens, self.sc.eps, self.sc.taus, self.sc.blocks)
         for p in probabilities_in_chunks(q, k, self.sc.blocks, attn_mask, self.sc.max_elements):
             stats.add(p)
-        from diffprobe.records.tracer import unet_level
-
-        step = self.calls[call.name]
+        step = call.step
         self.calls[call.name] += 1
         level = unet_level(f"unet.{call.name}")
         for row in stats.result():

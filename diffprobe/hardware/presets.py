@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
-from diffprobe.hardware.measure import this_cpu
+from diffprobe.hardware.measure import cache_path, this_cpu
 from diffprobe.hardware.preset import (  # noqa: F401  (HardwarePreset, from_dict: imported from here too)
     THIS_CPU,
     HardwarePreset,
@@ -47,3 +47,14 @@ def get_preset(name: str, *, remeasure: bool = False) -> HardwarePreset:
         return load_file(name)
     raise DiffprobeError(f"unknown hardware preset {name!r}; use one of {', '.join(list_presets())} "
                          "or a path to a .toml preset file")
+
+
+def describe_presets() -> list[dict]:
+    """Every preset as a dict (``this-cpu`` only once it has been measured; before, a row saying how to)."""
+    rows = []
+    for name in list_presets():
+        if name == THIS_CPU and not cache_path().exists():
+            rows.append({"name": name, "title": "this machine (not measured yet: `diffprobe hardware measure`)"})
+            continue
+        rows.append(get_preset(name).to_dict())
+    return rows

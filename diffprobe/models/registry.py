@@ -168,6 +168,18 @@ def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def describe_models() -> list[dict]:
+    """Every embedded architecture: name, title, native resolution, pipeline class and parameters per component
+    (built on the meta device: nothing allocated)."""
+    rows = []
+    for spec in list_models():
+        comps = build_components(spec, "meta")
+        params = {k: count_params(v) for k, v in comps.items() if hasattr(v, "parameters")}
+        rows.append({"name": spec.name, "title": spec.title, "native_resolution": spec.native_resolution,
+                     "pipeline": spec.pipeline_class, "params": params})
+    return rows
+
+
 def _pipeline_class(spec: ModelSpec):
     import diffusers
 

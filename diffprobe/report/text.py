@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from diffprobe.report.findings import SHARE_CLASSES, eps_tau, sweep_findings
-from diffprobe.report.units import fmt_k, fmt_n, fmt_s  # noqa: F401  (fmt_n, fmt_s: imported from here too)
+from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s
 
 EXPONENT_ROWS = ("total", "conv", "self_attention", "self_attention_core", "cross_attention", "ffn", "norm",
                  "activation", "elementwise", "linear", "attn_qkv.self", "attn_qkv.cross")
@@ -156,4 +156,196 @@ def approx_table(state: dict) -> Table:
         if clip:
             row.append(f"{r['clip_score']:.2f}")
         t.add_row(*row)
+    return t
+
+
+def account_items(d: dict) -> list:
+    """FLOPs, bytes and (measured) seconds per layer type, the UNet column beside the whole run."""
+    items: list = []
+    flops, nbytes, secs = d["flops"], d["bytes"], d.get("seconds")
+    t = Table(title="cost account by layer type (whole run as traced; UNet column: all UNet evaluations)",
+              title_justify="left")
+    for col in ("layer type", "FLOPs", "share", "UNet FLOPs", "bytes"):
+        t.add_column(col, justify="left" if col == "layer type" else "right")
+    if secs:
+        t.add_column("seconds", justify="right")
+    approx = d.get("approx")
+    if approx:
+        t.add_column(f"FLOPs, {approx['method']}={approx['value']:g}", justify="right")
+    unet = flops["by_stage_layer_type"].get("unet", {})
+    total = flops["total"] or 1
+    names = sorted(flops["by_layer_type"], key=lambda k: -flops["by_layer_type"][k])
+    if secs:
+        names += [k for k in secs["by_layer_type"] if k not in names]
+    for lt in names:
+        f = flops["by_layer_type"].get(lt, 0)
+        row = [lt, fmt_n(f), f"{100 * f / total:.1f}%", fmt_n(unet.get(lt, 0)),
+               fmt_n(nbytes["by_layer_type"].get(lt, 0)) + "B"]
+        if secs:
+            row.append(fmt_s(secs["by_layer_type"].get(lt, 0.0)))
+        if approx:
+            row.append(fmt_n(approx["flops_by_layer_type"].get(lt, 0.0)))
+        if f or (secs and secs["by_layer_type"].get(lt, 0.0) > 0) or nbytes["by_layer_type"].get(lt, 0):
+            t.add_row(*row)
+    if approx and "attn_predictor" in approx["flops_by_layer_type"]:
+        t.add_row("attn_predictor", "", "", "", "", *([""] if secs else []),
+                  fmt_n(approx["flops_by_layer_type"]["attn_predictor"]))
+    row = ["total", fmt_n(flops["total"]), "100.0%", fmt_n(sum(unet.values())), fmt_n(nbytes["total"]) + "B"]
+    if secs:
+        row.append(fmt_s(secs["total"]))
+    if approx:
+        row.append(fmt_n(approx["flops_total"]))
+    t.add_row(*row, style="bold")
+    items.append(t)
+    if approx:
+        items.append(f"{approx['method']}={approx['value']:g}: {100 * approx['attention_flops_saved']:.1f}% of UNet "
+                     f"attention FLOPs saved ({100 * approx['end_to_end_flops_saved']:.1f}% end to end), "
+                     f"{100 * approx['kept_fraction']:.1f}% of entries kept; UNet {fmt_s(approx['unet_seconds'] or 0)} "
+                     f"(untraced; attention kernel: {approx.get('kernel', '?')}) vs "
+                     f"{fmt_s(approx['dense_unet_seconds'] or 0)} dense "
+                     "(traced: includes the tracer's per-op cost; `diffprobe approx` times both untraced)")
+    lit = sum(d["macs_conv_linear"].values())
+    items.append(f"literature convention (conv + linear multiply-adds only): {fmt_n(lit)} MACs = "
+                 f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
+    if d.get("projection") and "flops_total" in d["projection"]:
+        items.append(f"full-run FLOPs (projection, {d['projection']['unet_evals_full']} UNet evals): "
+                     f"{fmt_n(d['projection']['flops_total'])}")
+    return items
+
+
+def roofline_items(roof: dict) -> list:
+    """Roofline-predicted seconds per stage, beside the measured ones when the run was measured."""
+    items: list = []
+    pred, vm = roof["prediction"], roof.get("versus_measured")
+    t = Table(title=f"roofline on {roof['preset']} ({roof['preset_title']}), {roof['dtype']}: "
+              f"ridge {roof['ridge_intensity']:.1f} FLOP/byte", title_justify="left")
+    for col in ("stage", "roofline") + (("measured", "error", "of peak") if vm else ()):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    stages = vm["by_stage"] if vm else {s: None for s in pred["by_stage"]}
+    for stage, r in stages.items():
+        if r is None:
+            t.add_row(stage, fmt_s(pred["by_stage"].get(stage, 0.0)))
+            continue
+        t.add_row(stage, fmt_s(r["predicted_s"]), fmt_s(r["measured_s"]),
+                  "" if r["error"] is None else f"{100 * r['error']:+.0f}%",
+                  "" if r.get("fraction_of_peak") is None else f"{100 * r['fraction_of_peak']:.0f}%")
+    t.add_row("total", fmt_s(pred["total_s"]), *((fmt_s(vm["total"]["measured_s"]), "", "") if vm else ()),
+              style="bold")
+    items.append(t)
+    if roof.get("caveat"):
+        items.append(f"note: {roof['caveat']}")
+    return items
+
+
+def model_label(d: dict) -> str:
+    """``name (title)``, or the title alone where it already starts with the name."""
+    title = d.get("model_title") or ""
+    return title if title.startswith(d["model"]) else f"{d['model']} ({title})"
+
+
+def profile_items(d: dict) -> list:
+    """A profile's terminal output: stage times (measured) or the analytic header, the cost account, the
+    roofline (with --hardware), parameters, memory and where the files are."""
+    items: list = []
+    if d["mode"] == "analytic":
+        items.append(f"analytic: {model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, "
+                     f"{d['steps']} steps ({d['unet_evals']} UNet evals), CFG {'on' if d['cfg'] else 'off'}, "
+                     f"{d['dtype']} — meta device, nothing executed")
+        items += account_items(d)
+        if d.get("roofline"):
+            items += roofline_items(d["roofline"])
+        params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
+        items.append(f"parameters: {params}")
+        items.append(f"run folder: {d['run_dir']}")
+        return items
+    title = (f"{model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, "
+             f"{d['steps']} steps, CFG {'on' if d['cfg'] else 'off'}, {d['device']} {d['dtype']}")
+    if d.get("random_weights"):
+        items.append(f"[bold yellow]random weights — {d['note']}[/]")
+    t = Table(title=title, title_justify="left")
+    t.add_column("stage")
+    t.add_column("measured", justify="right")
+    t.add_column("share", justify="right")
+    proj = d.get("projection")
+    if proj:
+        t.add_column(f"projected, {proj['unet_evals_full']} UNet evals", justify="right")
+    total = d["stages"].get("total", 0.0) or 1.0
+    for stage, secs in d["stages"].items():
+        if stage == "total":
+            continue
+        row = [stage, fmt_s(secs), f"{100 * secs / total:.1f}%"]
+        if proj:
+            row.append(fmt_s(proj["stages"].get(stage, 0.0)))
+        t.add_row(*row)
+    row = ["total", fmt_s(d["stages"].get("total", 0.0)), "100.0%"]
+    if proj:
+        row.append(fmt_s(proj["total_s"]))
+    t.add_row(*row, style="bold")
+    items.append(t)
+    if proj:
+        items.append(f"measured {proj['unet_evals_measured']} of {proj['unet_evals_full']} UNet evaluations; "
+                     "the last column is a projection (per-step median x step count), not a measurement")
+    params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
+    items.append(f"parameters: {params}")
+    items.append(f"peak memory: {fmt_bytes(d['peak_memory_bytes'])} ({d['peak_memory_kind']})")
+    if "flops" in d:
+        items += account_items(d)
+    if d.get("roofline"):
+        items += roofline_items(d["roofline"])
+    image = f"  image: {d['image']}" if d.get("image") else ""
+    items.append(f"run folder: {d['run_dir']}{image}")
+    return items
+
+
+def presets_table(rows: list[dict]) -> Table:
+    """``diffprobe hardware list``: one row per preset, its dense peaks, bandwidth and memory."""
+    t = Table(title="hardware presets (dense peaks)", title_justify="left")
+    for col in ("name", "title", "fp32 TFLOP/s", "fp16 TFLOP/s", "bf16 TFLOP/s", "bandwidth", "memory"):
+        t.add_column(col, justify="left" if col in ("name", "title") else "right")
+    for r in rows:
+        if "peak_flops" not in r:
+            t.add_row(r["name"], r["title"], "", "", "", "", "")
+            continue
+        p = r["peak_flops"]
+        t.add_row(r["name"], r["title"], *(f"{p[d] / 1e12:.3g}" for d in ("float32", "float16", "bfloat16")),
+                  f"{r['memory_bandwidth'] / 1e9:.4g} GB/s", f"{r['memory_bytes'] / 1e9:.3g} GB")
+    return t
+
+
+def preset_lines(d: dict) -> list[str]:
+    """``diffprobe hardware show``: a preset's ceilings, ridge points and source."""
+    lines = [f"{d['name']}: {d['title']} ({d['kind']})"]
+    for dt, v in d["peak_flops"].items():
+        lines.append(f"  peak {dt:9s} {v / 1e12:10.4g} TFLOP/s   ridge {v / d['memory_bandwidth']:8.1f} FLOP/byte")
+    lines.append(f"  memory bandwidth {d['memory_bandwidth'] / 1e9:.4g} GB/s, memory {d['memory_bytes'] / 1e9:.3g} GB")
+    lines.append(f"  source: {d['source']}")
+    return lines
+
+
+def bench_lines(r: dict) -> list[str]:
+    """``diffprobe kernels bench``: the timings, speedups and the float64 check of one grid point."""
+    lines = [f"{r['tokens']} tokens, {r['heads']} heads × {r['head_dim']}, batch {r['batch']}, {r['dtype']} on "
+             f"{r['device']} ({r['device_name']}), blocks of {r['block_size']}, kept density {r['kept_density']:.3f}",
+             f"dense SDPA ({r['dense_backend']}): dense_s {r['dense_s']:.6f}"]
+    if "dense_default_s" in r:
+        lines.append(f"dense SDPA (its own backend choice): {r['dense_default_s']:.6f}")
+    lines.append(f"block-sparse ({r['backend']}): sparse_s {r['sparse_s']:.6f}  (first call {r['first_call_s']:.2f} "
+                 f"s); kernel alone on a prepared layout: kernel_s {r['kernel_s']:.6f}")
+    lines.append(f"speedup {r['speedup']:.2f}x, kernel alone {r['kernel_speedup']:.2f}x  "
+                 f"(limit 1/density {r['limit']:.2f}x)")
+    if "max_rel_error" in r:
+        lines.append(f"max_rel_error {r['max_rel_error']:.2e} vs float64 masked reference ({r['checked_heads']} "
+                     "heads)")
+    return lines
+
+
+def models_table(rows: list[dict]) -> Table:
+    """``diffprobe models``: the embedded architectures with their parameter counts."""
+    t = Table(title="embedded architectures (configs as published; weights random unless --weights, except the "
+              "trained digits fixture)")
+    for col in ("name", "title", "native px", "UNet params", "total params"):
+        t.add_column(col, justify="right" if "params" in col or "px" in col else "left")
+    for r in rows:
+        t.add_row(r["name"], r["title"], str(r["native_resolution"]), f"{r['params']['unet']:,}",
+                  f"{sum(r['params'].values()):,}")
     return t

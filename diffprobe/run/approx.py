@@ -138,7 +138,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     report("methods", len(todo) + 1, len(todo) + 1)
     table = pd.DataFrame(rows)
     atomic_write(out_dir / "approx.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-    random = cfg.weights is None and not spec.trained
+    random = cfg.random_weights
     state = {"schema_version": SCHEMA_VERSION, "kind": "approx", "model": cfg.model, "height": cfg.height,
              "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "prompts": prompts,
              "renormalize": renormalize, "block": block, "rank": rank, "random_weights": random,

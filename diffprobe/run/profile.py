@@ -67,6 +67,12 @@ class ProfileConfig:
     approx: str | None = None  # "METHOD=VALUE": also run approximate attention and account for it beside dense
     force: bool = False  # replace the diffprobe results in a non-empty --out
 
+    @property
+    def random_weights(self) -> bool:
+        """Whether this run's weights are random (no ``--weights``, and the model has no trained embedded ones):
+        its timings and FLOPs are real, its image content and attention sparsity are not."""
+        return self.weights is None and not get_spec(self.model).trained
+
     def resolved(self) -> "ProfileConfig":
         """A copy with defaults filled in and every field validated (raises :class:`DiffprobeError`)."""
         spec = get_spec(self.model)
@@ -179,7 +185,7 @@ class ProfileResult:
 
     @property
     def random_weights(self) -> bool:
-        return self.config.weights is None and not self.spec.trained
+        return self.config.random_weights
 
     def projection(self) -> dict | None:
         """Full-run time projected from the measured steps, or ``None`` when every step ran."""

@@ -48,7 +48,7 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
 
 
 def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc: SparsityConfig, report) -> dict:
-    random = base.weights is None and not spec.trained
+    random = base.random_weights
     state.update({"schema_version": SCHEMA_VERSION, "kind": "sparsity", "config": folder.identity,
                   "model": base.model, "prompt": base.prompt, "steps": base.steps, "guidance": base.guidance,
                   "random_weights": random, "note": RANDOM_NOTE if random else None, "eps": list(sc.eps),

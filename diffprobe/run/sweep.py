@@ -19,49 +19,13 @@ from pathlib import Path
 
 from diffprobe.analyses.sweep import findings, load_point  # noqa: F401  (load_point: API kept here)
 from diffprobe.errors import DiffprobeError
+from diffprobe.parsing import parse_ints, parse_resolutions  # noqa: F401  (imported from here too)
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.points import SweepFolder, run_points
 from diffprobe.run.profile import ProfileConfig, build_pipeline, check_resolution, run_profile
 
 # what makes two sweeps comparable point by point; resolution and batch are the swept axes, the rest must match
 IDENTITY_EXCLUDE = ("height", "width", "batch", "out", "hardware", "chrome_trace", "force")
-
-
-def parse_resolutions(text: str) -> list[tuple[int, int]]:
-    """``"256,512,768x512"`` -> [(256, 256), (512, 512), (768, 512)] as (height, width); every side a
-    multiple of 8."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise DiffprobeError("--resolutions is empty; give a comma list such as 256,512,768")
-    out = []
-    for item in items:
-        parts = item.lower().split("x")
-        try:
-            sides = [int(p) for p in parts]
-        except ValueError:
-            sides = []
-        if len(sides) not in (1, 2) or any(s <= 0 for s in sides):
-            raise DiffprobeError(f"cannot parse resolution {item!r}; use N (square) or HxW, e.g. 512 or 768x512")
-        h, w = sides if len(sides) == 2 else (sides[0], sides[0])
-        for side in (h, w):
-            if side % 8:
-                raise DiffprobeError(f"resolution {item} is not a multiple of 8 (the VAE downsamples by 8)")
-        if (h, w) not in out:
-            out.append((h, w))
-    return out
-
-
-def parse_ints(text: str, flag: str) -> list[int]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise DiffprobeError(f"{flag} is empty; give a comma list such as 1,2,4")
-    try:
-        values = [int(t) for t in items]
-    except ValueError:
-        raise DiffprobeError(f"cannot parse {flag} {text!r}; give whole numbers such as 1,2,4") from None
-    if any(v < 1 for v in values):
-        raise DiffprobeError(f"{flag} values must be at least 1, got {text}")
-    return list(dict.fromkeys(values))
 
 
 @dataclass
@@ -128,7 +92,7 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     state = folder.open()
     state.update({"schema_version": SCHEMA_VERSION, "kind": "sweep", "config": sc.identity(),
                   "model": base.model, "mode": base.mode, "hardware": base.hardware,
-                  "random_weights": base.weights is None and not spec.trained})
+                  "random_weights": base.random_weights})
     state.setdefault("points", {})
     folder.save(state)
     todo = sc.points()

@@ -1,0 +1,58 @@
+"""Comma lists from the command line, parsed and checked: one clear error naming the flag for any bad item."""
+
+from __future__ import annotations
+
+from diffprobe.errors import DiffprobeError
+
+
+def parse_resolutions(text: str) -> list[tuple[int, int]]:
+    """``"256,512,768x512"`` -> [(256, 256), (512, 512), (768, 512)] as (height, width); every side a
+    multiple of 8."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise DiffprobeError("--resolutions is empty; give a comma list such as 256,512,768")
+    out = []
+    for item in items:
+        parts = item.lower().split("x")
+        try:
+            sides = [int(p) for p in parts]
+        except ValueError:
+            sides = []
+        if len(sides) not in (1, 2) or any(s <= 0 for s in sides):
+            raise DiffprobeError(f"cannot parse resolution {item!r}; use N (square) or HxW, e.g. 512 or 768x512")
+        h, w = sides if len(sides) == 2 else (sides[0], sides[0])
+        for side in (h, w):
+            if side % 8:
+                raise DiffprobeError(f"resolution {item} is not a multiple of 8 (the VAE downsamples by 8)")
+        if (h, w) not in out:
+            out.append((h, w))
+    return out
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise DiffprobeError(f"{flag} is empty; give a comma list such as 1,2,4")
+    try:
+        values = [int(t) for t in items]
+    except ValueError:
+        raise DiffprobeError(f"cannot parse {flag} {text!r}; give whole numbers such as 1,2,4") from None
+    if any(v < 1 for v in values):
+        raise DiffprobeError(f"{flag} values must be at least 1, got {text}")
+    return list(dict.fromkeys(values))
+
+
+def parse_floats(text: str, flag: str, low: float, high: float, high_open: bool) -> tuple[float, ...]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise DiffprobeError(f"{flag} is empty; give a comma list")
+    try:
+        values = tuple(float(t) for t in items)
+    except ValueError:
+        raise DiffprobeError(f"cannot parse {flag} {text!r}; give numbers such as 1e-3,1e-2") from None
+    for v in values:
+        ok = low <= v < high if high_open else low < v <= high
+        if not ok:
+            bounds = f"[{low:g}, {high:g})" if high_open else f"({low:g}, {high:g}]"
+            raise DiffprobeError(f"{flag} value {v:g} is outside {bounds}")
+    return values
