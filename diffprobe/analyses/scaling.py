@@ -8,7 +8,6 @@ is the layer type, with attention rows split into self and cross (``attn_score.s
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -79,8 +78,8 @@ def crossover(sides, a, b) -> dict | None:
             "already_ahead": False}
 
 
-def _shape_list(text: str) -> list[list[int]]:
-    return json.loads(text) if text else []
+def _shape_list(shapes) -> list[list[int]]:
+    return [list(s) for s in shapes] if shapes is not None else []
 
 
 def attention_memory(ops: pd.DataFrame) -> dict:

@@ -131,25 +131,36 @@ def write_run_json(folder: str | Path, data: dict) -> Path:
 
 
 def write_ops(folder: str | Path, ops) -> Path:
-    """Write the op-record table as ``ops.parquet`` (schema version in the file's metadata), atomically."""
+    """Write the op-record table as ``ops.parquet`` in the record schema (:data:`~diffprobe.records.schema.OPS_ARROW`,
+    its version in the file's metadata), atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from diffprobe.records.schema import SCHEMA_VERSION
+    from diffprobe.records.schema import OPS_ARROW, OPS_VERSION
 
-    folder = Path(folder)
-    table = pa.Table.from_pandas(ops, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[b"diffprobe_schema_version"] = str(SCHEMA_VERSION).encode()
-    table = table.replace_schema_metadata(meta)
-    return atomic_write(folder / "ops.parquet", lambda tmp: pq.write_table(table, tmp))
+    table = pa.Table.from_pandas(ops, schema=OPS_ARROW, preserve_index=False)
+    table = table.replace_schema_metadata({b"diffprobe_schema_version": str(OPS_VERSION).encode()})
+    return atomic_write(Path(folder) / "ops.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def read_ops(folder: str | Path):
-    """The op-record table of a run folder (pandas DataFrame)."""
+    """The op-record table of a run folder (pandas DataFrame, shapes as lists as the tracer made them); a table
+    of another schema version is a :class:`DiffprobeError`."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(Path(folder) / "ops.parquet").to_pandas()
+    from diffprobe.errors import DiffprobeError
+    from diffprobe.records.schema import OPS_VERSION
+
+    path = Path(folder) / "ops.parquet"
+    table = pq.read_table(path)
+    version = (table.schema.metadata or {}).get(b"diffprobe_schema_version", b"?").decode()
+    if version != str(OPS_VERSION):
+        raise DiffprobeError(f"{path} has record schema version {version}; this diffprobe reads version "
+                             f"{OPS_VERSION}: re-run the command that made it")
+    frame = table.drop_columns(["input_shapes", "output_shapes"]).to_pandas()
+    for col in ("input_shapes", "output_shapes"):  # plain lists, not numpy arrays of arrays
+        frame.insert(table.schema.get_field_index(col), col, table.column(col).to_pylist())
+    return frame
 
 
 def read_result(folder: str | Path) -> tuple[str, dict]:
@@ -157,7 +168,7 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
 
     Raises :class:`DiffprobeError` with one clear sentence for a missing, foreign, half-written or older folder."""
     from diffprobe.errors import DiffprobeError
-    from diffprobe.records.schema import SCHEMA_VERSION
+    from diffprobe.records.schema import VERSIONS
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -178,9 +189,10 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
         raise DiffprobeError(f"{path} is unreadable (half-written or damaged): {exc}") from exc
     if not isinstance(data, dict) or "schema_version" not in data or "kind" not in data:
         raise DiffprobeError(f"{path} was not written by diffprobe (no schema_version/kind)")
-    if data["schema_version"] != SCHEMA_VERSION:
+    expected = VERSIONS.get(data["kind"])
+    if data["schema_version"] != expected:
         raise DiffprobeError(f"{path} has schema version {data['schema_version']}; this diffprobe reads version "
-                             f"{SCHEMA_VERSION}: re-run the command that made it")
+                             f"{expected}: re-run the command that made it")
     return data["kind"], data
 
 
@@ -193,6 +205,8 @@ def read_ops_checked(folder: str | Path):
         return None
     try:
         return read_ops(folder)
+    except DiffprobeError:
+        raise
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise DiffprobeError(f"{path} is unreadable: {type(exc).__name__}: {exc}") from exc
 

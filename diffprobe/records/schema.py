@@ -1,13 +1,20 @@
 """The one record schema: a row per executed operator, shared by the tracer, every analysis and the report.
 
-Units live in the field names. ``SCHEMA_VERSION`` is stored with every saved table.
+:class:`OpRecord` builds every row (the tracer makes one per op; replays and timers derive new ones with
+``_replace``), :data:`OPS_ARROW` is the same schema as stored in ``ops.parquet``. Units live in the field names.
+Every document of a run folder has its own version (:data:`VERSIONS`), stored with it and checked by every reader.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from typing import NamedTuple, get_type_hints
 
-SCHEMA_VERSION = 2  # 2: start_s added
+import pyarrow as pa
+
+OPS_VERSION = 3  # 2: start_s added; 3: shapes as list columns
+SCHEMA_VERSION = 2  # the JSON documents (run.json, sweep.json, ...): unchanged since start_s
+VERSIONS = {"ops": OPS_VERSION, "profile": SCHEMA_VERSION, "sweep": SCHEMA_VERSION, "compare": SCHEMA_VERSION,
+            "sparsity": SCHEMA_VERSION, "approx": SCHEMA_VERSION}
 
 # Layer types used in every table. The first thirteen are the study's; ``linear`` (dense layers outside attention
 # and feed-forward, e.g. SD 2's proj_in/proj_out, ResNet time projections), ``memory`` (copies, concatenation,
@@ -20,8 +27,10 @@ LAYER_TYPES = (
 STAGES = ("text_encoder", "text_encoder_2", "unet", "scheduler", "vae_decoder", "vae_encoder", "pipeline")
 
 
-@dataclass(frozen=True)
-class OpRecord:
+Shapes = list  # list[list[int]]: one shape per tensor
+
+
+class OpRecord(NamedTuple):
     """One executed operator (or one part of a fused attention kernel, see ``part``)."""
 
     index: int  # execution order within the run
@@ -35,8 +44,8 @@ class OpRecord:
     layer_type: str  # one of LAYER_TYPES
     attn_kind: str  # "self" / "cross" for attention rows, else ""
     cfg: str  # "batched" when classifier-free guidance runs both branches in one batch, else ""
-    input_shapes: str  # JSON list of input tensor shapes
-    output_shapes: str  # JSON list of output tensor shapes
+    input_shapes: Shapes  # one shape per input tensor, e.g. [[2, 4, 64, 64], [320, 4, 3, 3]]
+    output_shapes: Shapes  # one shape per output tensor
     dtype: str  # dtype of the first tensor input (or output)
     flops: int  # floating-point operations (multiply-add = 2)
     macs_conv_linear: int  # multiply-adds of nn.Conv / nn.Linear products only (the literature convention)
@@ -50,4 +59,7 @@ class OpRecord:
     replayed: bool  # True for UNet evaluations copied from an identical traced one instead of re-traced
 
 
-COLUMNS = tuple(f.name for f in fields(OpRecord))
+COLUMNS = OpRecord._fields
+_ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
+                list: pa.list_(pa.list_(pa.int64()))}  # list: Shapes
+OPS_ARROW = pa.schema([(name, _ARROW_TYPES[hint]) for name, hint in get_type_hints(OpRecord).items()])

@@ -34,7 +34,7 @@ from diffprobe.records.formulas import (
     sdpa_parts,
     sdpa_unfused_bytes,
 )
-from diffprobe.records.schema import COLUMNS
+from diffprobe.records.schema import COLUMNS, OpRecord
 
 _ATTENTION = {"Attention", "CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2"}
 _FFN = {"FeedForward", "CLIPMLP"}
@@ -171,8 +171,8 @@ def _collect(x, acc: list) -> list:
     return acc
 
 
-def _shapes(metas) -> str:
-    return str([list(t.shape) for t in metas])  # the same text as json.dumps for lists of ints
+def _shapes(metas) -> list[list[int]]:
+    return [list(t.shape) for t in metas]
 
 
 class OpTracer:
@@ -187,7 +187,7 @@ class OpTracer:
         self.timed = timed
         self.cuda = timed and pipe.unet.device.type == "cuda"
         self.cfg = cfg
-        self.rows: list[list] = []
+        self.rows: list[OpRecord] = []
         self.unsupported: Counter[str] = Counter()
         self.suppress = False
         self.root = _Frame()
@@ -298,12 +298,12 @@ class OpTracer:
         bw = cost.bytes_written if cost.bytes_written is not None else sum(x.nbytes for x in outs)
         ur, uw = unfused if unfused is not None else (br, bw)
         dtype = (ins or outs)[0].dtype if (ins or outs) else ""
-        self.rows.append([
+        self.rows.append(OpRecord(
             len(self.rows), op, part, f.stage, f.step, f.path, f.level, f.tokens, layer_type,
             f.attn.kind if (f.attn is not None and layer_type.startswith("attn")) else "",
             "batched" if (self.cfg and f.stage == "unet") else "", _shapes(ins), _shapes(outs), dtype,
             int(cost.flops), int(macs_lit), int(br), int(bw), int(ur), int(uw), t, start, apportioned, False,
-        ])
+        ))
 
     def record_op(self, func, args, kwargs, out, t: float, start: float = math.nan) -> None:
         name = str(func)
@@ -393,16 +393,15 @@ class OpTracer:
         if not self._pending_cuda:
             return
         torch.cuda.synchronize()
-        i_flops, i_time, i_start = COLUMNS.index("flops"), COLUMNS.index("time_s"), COLUMNS.index("start_s")
         for first_row, start, end, n_rows in self._pending_cuda:
             secs = start.elapsed_time(end) / 1e3
             at = self.origin.elapsed_time(start) / 1e3
-            rows = self.rows[first_row:first_row + n_rows]
-            total = sum(r[i_flops] for r in rows) or 1
-            for r in rows:
-                r[i_time] = secs if n_rows == 1 else secs * r[i_flops] / total
-                r[i_start] = at
-                at += r[i_time]
+            total = sum(r.flops for r in self.rows[first_row:first_row + n_rows]) or 1
+            for i in range(first_row, first_row + n_rows):
+                r = self.rows[i]
+                t = secs if n_rows == 1 else secs * r.flops / total
+                self.rows[i] = r._replace(time_s=t, start_s=at)
+                at += t
         self._pending_cuda.clear()
 
     def _clock(self):
@@ -443,7 +442,7 @@ _COUNT_GROUPS = {"FLOPs": ("flops",), "bytes": ("bytes_read", "bytes_written"),
                  "unfused bytes": ("bytes_read_unfused", "bytes_written_unfused")}
 
 
-def check_int64_totals(rows: list[list]) -> None:
+def check_int64_totals(rows: list[OpRecord]) -> None:
     """Refuse a run whose exact totals do not fit the record table's 64-bit integer columns.
 
     Counts are exact Python integers while traced; the table stores them as int64. When a run's grand total of
@@ -452,8 +451,7 @@ def check_int64_totals(rows: list[list]) -> None:
     from diffprobe.errors import DiffprobeError
 
     for what, cols in _COUNT_GROUPS.items():
-        idx = [COLUMNS.index(c) for c in cols]
-        total = sum(r[i] for r in rows for i in idx)
+        total = sum(getattr(r, c) for r in rows for c in cols)
         if total > INT64_MAX:
             raise DiffprobeError(f"this run's {what} ({total:.3e}) exceed the 64-bit integers the record table "
                                  f"stores exactly (at most {INT64_MAX:.3e}); use a smaller --height/--width, "

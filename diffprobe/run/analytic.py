@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 
 from diffprobe.patching import patch_attr
-from diffprobe.records.schema import COLUMNS
 
 
 def _shape_key(args, kwargs) -> tuple:
@@ -89,10 +88,5 @@ def _to_meta_output(result):
 
 
 def _replay_rows(tracer, first_row: int, n_rows: int, step: int) -> None:
-    i_index, i_step, i_rep = COLUMNS.index("index"), COLUMNS.index("step"), COLUMNS.index("replayed")
     for row in tracer.rows[first_row:first_row + n_rows]:
-        new = list(row)
-        new[i_index] = len(tracer.rows)
-        new[i_step] = step
-        new[i_rep] = True
-        tracer.rows.append(new)
+        tracer.rows.append(row._replace(index=len(tracer.rows), step=step, replayed=True))

@@ -49,7 +49,7 @@ def test_profile_approx_column_matches_a_hand_count(tmp_path, capsys):
     core = ops[(ops["stage"] == "unet") & ops["layer_type"].isin(["attn_score", "attn_softmax", "attn_pv"])]
     # top-4 keeps min(4, keys) of every row: each call's three parts scale by min(4, keys) / keys, where keys is
     # the second dimension from the end of the call's K input (the score row's second input)
-    keys = {(m, s): json.loads(shapes)[1][-2] for m, s, shapes, lt in
+    keys = {(m, s): shapes[1][-2] for m, s, shapes, lt in
             zip(core["module"], core["step"], core["input_shapes"], core["layer_type"], strict=True)
             if lt == "attn_score"}
     expected = sum(f * min(4, keys[(m, s)]) / keys[(m, s)]

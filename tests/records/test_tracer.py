@@ -135,8 +135,14 @@ def test_json_account_shapes(tmp_path):
     assert set(ops["layer_type"]) <= set(LAYER_TYPES) and set(ops["stage"]) <= set(STAGES)
     import pyarrow.parquet as pq
 
+    from diffprobe.records.schema import OPS_VERSION, VERSIONS
+
     version = pq.read_schema(tmp_path / "ops.parquet").metadata[b"diffprobe_schema_version"]
-    assert version == str(d["schema_version"]).encode()  # one version for the whole run folder
+    # a version per document (issue 12): the record table's, and run.json's own
+    assert version == str(OPS_VERSION).encode() and d["schema_version"] == VERSIONS["profile"]
+    import pyarrow as pa
+
+    assert pq.read_schema(tmp_path / "ops.parquet").field("input_shapes").type.equals(pa.list_(pa.list_(pa.int64())))
 
 
 def test_op_without_formula_is_listed_not_dropped(tmp_path, monkeypatch):
