@@ -30,7 +30,7 @@ def main() -> None:
 
     from diffprobe.models.registry import get_spec
     from diffprobe.run.profile import ProfileConfig, _tracer, build_pipeline, pipeline_kwargs
-    from diffprobe.run.stages import StageTimer
+    from diffprobe.timing.stages import StageTimer
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="sd15")
@@ -99,10 +99,13 @@ def unet_ab(a, cfg, pipe) -> None:
                 pipe.unet(x, t, ctx)
         for r in range(a.unet_rounds):
             for name in ("plain", "ops") if r % 2 == 0 else ("ops", "plain"):
-                with _tracer(cfg, pipe, timed=True) if name == "ops" else contextlib.nullcontext():
+                tracer = _tracer(cfg, pipe, timed=True) if name == "ops" else None
+                with tracer if tracer is not None else contextlib.nullcontext():
                     t0 = time.perf_counter()
                     pipe.unet(x, t, ctx)
-                    times[name].append(time.perf_counter() - t0)
+                if tracer is not None:
+                    tracer.table()  # the timer fills the time columns here: its cost counts
+                times[name].append(time.perf_counter() - t0)
     paired = statistics.median(o / p for o, p in zip(times["ops"], times["plain"], strict=True))
     print(f"UNet only, {a.unet_rounds} rounds: plain median {statistics.median(times['plain']):.3f} s, "
           f"traced median {statistics.median(times['ops']):.3f} s, paired ratio {paired:.4f}")

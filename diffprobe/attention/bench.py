@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from diffprobe.attention.kernels import BlockLayout, block_sparse_attention, masked_reference
 from diffprobe.errors import DiffprobeError
+from diffprobe.timing.clock import Clock
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -32,23 +32,6 @@ def random_block_mask(heads: int, q_blocks: int, k_blocks: int, density: float, 
     """(batch, heads, q_blocks, k_blocks) bool: each query block keeps round(density·k_blocks) ≥ 1 random blocks."""
     keep = max(1, min(k_blocks, round(density * k_blocks)))
     return torch.rand(batch, heads, q_blocks, k_blocks, generator=generator).argsort(-1) < keep
-
-
-def _timer(device: torch.device):
-    if device.type == "cuda":
-        def run(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            return start.elapsed_time(end) / 1e3
-    else:
-        def run(fn):
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-    return run
 
 
 def _dense_fn(q, k, v):
@@ -136,7 +119,7 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
     nb = math.ceil(tokens / block_size)
     mask = random_block_mask(heads, nb, nb, density, g, batch).to(dev)
     layout = BlockLayout(mask, tokens, tokens, block_size, backend=backend)
-    timed = _timer(dev)
+    timed = Clock(dev.type).time  # CPU: wall clock; CUDA: events, synchronized per call
     dense, dense_backend = _dense_fn(q, k, v)
     fns = {"dense": dense,
            # what a caller with a fresh boolean mask pays: validation, backend choice, layout conversion, kernel

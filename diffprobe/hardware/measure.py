@@ -13,25 +13,20 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import time
 
 from diffprobe.errors import DiffprobeError
 from diffprobe.hardware.environment import cpu_name
 from diffprobe.hardware.preset import THIS_CPU, HardwarePreset, from_dict
 from diffprobe.models.tokenizer import cache_dir
+from diffprobe.timing.clock import Clock
 
 DEFAULT_SIZES = {"matmul_n": {"float32": 2048, "bfloat16": 1024, "float16": 1024}, "copy_bytes": 512 * 2**20,
                  "repeats": 3}
 
 
 def _best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: first-touch page faults, kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """The fastest of ``repeats`` calls after a warm-up (first-touch page faults, kernel selection)."""
+    return Clock("cpu").best_of(fn, repeats)
 
 
 def matmul_flops(dtype: str, n: int, repeats: int) -> float:

@@ -10,14 +10,14 @@ How it works:
   (CPU flash, CUDA flash / efficient / cuDNN, math on meta) decomposes it differently; it is recorded as the
   three parts every backend computes — score, softmax, P·V — so FLOPs are identical across backends and equal
   to the classic (baddbmm, softmax, bmm) processor;
-* in measured mode each op is timed (CPU: ``perf_counter`` around the op; CUDA: events read after the run).
+* it only counts and attributes: given a timer (:class:`diffprobe.timing.ops.OpTimer`), it hands it two clock marks
+  around each call, and the timer fills the time columns afterwards.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import time
 from collections import Counter
 
 import torch
@@ -143,7 +143,6 @@ def _stage_of(component: str, path: str) -> str:
 
 
 _Tensor = torch.Tensor
-_perf = time.perf_counter
 
 
 def _meta(x):
@@ -178,14 +177,14 @@ def _shapes(metas) -> list[list[int]]:
 class OpTracer:
     """Context manager recording every op of the pipeline's components into rows of the record schema.
 
-    ``timed``: measure per-op wall time. ``latent_hw``: latent (h, w), for token counts per UNet level.
-    ``cfg``: whether the UNet batch holds both CFG branches.
+    ``latent_hw``: latent (h, w), for token counts per UNet level. ``cfg``: whether the UNet batch holds both CFG
+    branches. ``timer``: an object with ``mark()``, ``begin()``, ``add(first_row, n_rows, start, end)`` and
+    ``fill(rows)`` (:class:`~diffprobe.timing.ops.OpTimer`), or None to count only.
     """
 
-    def __init__(self, pipe, *, timed: bool, latent_hw: tuple[int, int], cfg: bool):
+    def __init__(self, pipe, *, latent_hw: tuple[int, int], cfg: bool, timer=None):
         self.pipe = pipe
-        self.timed = timed
-        self.cuda = timed and pipe.unet.device.type == "cuda"
+        self.timer = timer
         self.cfg = cfg
         self.rows: list[OpRecord] = []
         self.unsupported: Counter[str] = Counter()
@@ -194,7 +193,6 @@ class OpTracer:
         self.stack: list[_Frame] = [self.root]
         self.unet_step = -1
         self.scheduler_step = -1
-        self._pending_cuda: list[tuple[int, object, object, int]] = []  # (first row, start, end, n rows)
         self._statics: dict[int, _Static] = {}
         self._formula_cache: dict = {}
         self._undo: list = []
@@ -292,8 +290,7 @@ class OpTracer:
         return "other"
 
     # -- recording ---------------------------------------------------------------------------------------------
-    def _append(self, op, part, f: _Frame, layer_type, ins, outs, cost: Cost, macs_lit, unfused, t, apportioned,
-                start=math.nan):
+    def _append(self, op, part, f: _Frame, layer_type, ins, outs, cost: Cost, macs_lit, unfused):
         br = cost.bytes_read if cost.bytes_read is not None else sum(x.nbytes for x in ins)
         bw = cost.bytes_written if cost.bytes_written is not None else sum(x.nbytes for x in outs)
         ur, uw = unfused if unfused is not None else (br, bw)
@@ -302,10 +299,10 @@ class OpTracer:
             len(self.rows), op, part, f.stage, f.step, f.path, f.level, f.tokens, layer_type,
             f.attn.kind if (f.attn is not None and layer_type.startswith("attn")) else "",
             "batched" if (self.cfg and f.stage == "unet") else "", _shapes(ins), _shapes(outs), dtype,
-            int(cost.flops), int(macs_lit), int(br), int(bw), int(ur), int(uw), t, start, apportioned, False,
+            int(cost.flops), int(macs_lit), int(br), int(bw), int(ur), int(uw), math.nan, math.nan, False, False,
         ))
 
-    def record_op(self, func, args, kwargs, out, t: float, start: float = math.nan) -> None:
+    def record_op(self, func, args, kwargs, out) -> None:
         name = str(func)
         entry = self._formula_cache.get(func)
         if entry is None:
@@ -317,7 +314,7 @@ class OpTracer:
         f = self.stack[-1]
         if not entry:
             self.unsupported[name] += 1
-            self._append(name, "", f, "other", ins, outs, Cost(0), 0, None, t, False, start)
+            self._append(name, "", f, "other", ins, outs, Cost(0), 0, None)
             return
         cost = entry.fn(margs, mkwargs, mout)
         kind = entry.kind
@@ -332,7 +329,7 @@ class OpTracer:
         else:
             layer_type = self._layer_type(kind, f)
         macs_lit = cost.macs if (f.lit and kind in ("conv", "matmul")) else 0
-        self._append(name, "", f, layer_type, ins, outs, cost, macs_lit, None, t, False, start)
+        self._append(name, "", f, layer_type, ins, outs, cost, macs_lit, None)
 
     def _viewable(self, x, shape) -> bool:
         """Whether ``x.reshape(shape)`` is a view (decided from strides, so meta and real tensors agree)."""
@@ -350,21 +347,16 @@ class OpTracer:
         devs = {x.device.type for x in tree_flatten((args, kwargs, out))[0] if isinstance(x, torch.Tensor)}
         return len(devs) > 1
 
-    def record_sdpa(self, args, kwargs, out, t: float, start: float = math.nan) -> None:
+    def record_sdpa(self, args, kwargs, out) -> None:
         q, k, v = (_meta(a) for a in args[:3])
         mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
         parts = sdpa_parts(q, k, v, has_mask=mask is not None)
         unfused = sdpa_unfused_bytes(q, k, v)
-        total_flops = sum(c.flops for c in parts.values()) or 1
         f = self.stack[-1]
         for part, layer_type in (("score", "attn_score"), ("softmax", "attn_softmax"), ("pv", "attn_pv")):
-            cost = parts[part]
-            share = t * cost.flops / total_flops if t == t else t  # NaN stays NaN
             ins = [q, k] if part == "score" else [v] if part == "pv" else []
             outs = [_meta(out)] if part == "pv" else []
-            self._append("sdpa", part, f, layer_type, ins, outs, cost, 0, unfused[part], share,
-                         self.timed, start)
-            start += share  # the parts run back to back inside the one kernel
+            self._append("sdpa", part, f, layer_type, ins, outs, parts[part], 0, unfused[part])
 
     # -- context manager ---------------------------------------------------------------------------------------
     def __enter__(self) -> "OpTracer":
@@ -374,7 +366,8 @@ class OpTracer:
         h2 = nn_module.register_module_forward_hook(self._pop, always_call=True)
         self._undo += [h1.remove, h2.remove]
         self._wrap_scheduler()
-        self.origin = self._clock() if self.timed else math.nan  # start_s counts from here
+        if self.timer is not None:
+            self.timer.begin()  # start_s counts from here
         self._fmode = _SdpaMode(self)
         self._dmode = _OpMode(self)
         self._fmode.__enter__()
@@ -387,52 +380,28 @@ class OpTracer:
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
-        self._resolve_cuda()
-
-    def _resolve_cuda(self) -> None:
-        if not self._pending_cuda:
-            return
-        torch.cuda.synchronize()
-        for first_row, start, end, n_rows in self._pending_cuda:
-            secs = start.elapsed_time(end) / 1e3
-            at = self.origin.elapsed_time(start) / 1e3
-            total = sum(r.flops for r in self.rows[first_row:first_row + n_rows]) or 1
-            for i in range(first_row, first_row + n_rows):
-                r = self.rows[i]
-                t = secs if n_rows == 1 else secs * r.flops / total
-                self.rows[i] = r._replace(time_s=t, start_s=at)
-                at += t
-        self._pending_cuda.clear()
-
-    def _clock(self):
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
 
     def run_timed(self, fn, record, *rec_args):
-        """Run ``fn()``, then ``record(*rec_args, out, seconds)``; CUDA times are filled in on exit."""
-        if not self.timed:
+        """Run ``fn()``, then ``record(*rec_args, out)``; with a timer, the call's records get its two marks."""
+        timer = self.timer
+        if timer is None:
             out = fn()
-            record(*rec_args, out, math.nan)
+            record(*rec_args, out)
             return out
-        start = self._clock()
+        start = timer.mark()
         out = fn()
-        end = self._clock()
-        if self.cuda:
-            first = len(self.rows)
-            record(*rec_args, out, math.nan)
-            self._pending_cuda.append((first, start, end, len(self.rows) - first))
-        else:
-            record(*rec_args, out, end - start, start - self.origin)
+        end = timer.mark()
+        first = len(self.rows)
+        record(*rec_args, out)
+        timer.add(first, len(self.rows) - first, start, end)
         return out
 
     def table(self):
-        """The records as a pandas DataFrame with the schema's columns."""
+        """The records as a pandas DataFrame with the schema's columns (time columns filled by the timer)."""
         import pandas as pd
 
-        self._resolve_cuda()
+        if self.timer is not None:
+            self.timer.fill(self.rows)
         check_int64_totals(self.rows)
         return pd.DataFrame(self.rows, columns=list(COLUMNS))
 
@@ -468,13 +437,19 @@ class _OpMode(TorchDispatchMode):
         tr = self.tracer
         if tr.suppress:
             return func(*args, **kwargs)
-        if tr.timed and not tr.cuda:  # the common measured path, inlined: clock, op, clock
-            t0 = _perf()
+        timer = tr.timer
+        if timer is not None:  # the common measured path, inlined: mark, op, mark, count
+            mark = timer.mark
+            t0 = mark()
             out = func(*args, **kwargs)
-            t1 = _perf()
-            tr.record_op(func, args, kwargs, out, t1 - t0, t0 - tr.origin)
+            t1 = mark()
+            first = len(tr.rows)
+            tr.record_op(func, args, kwargs, out)
+            timer.intervals.append((first, 1, t0, t1))
             return out
-        return tr.run_timed(lambda: func(*args, **kwargs), tr.record_op, func, args, kwargs)
+        out = func(*args, **kwargs)
+        tr.record_op(func, args, kwargs, out)
+        return out
 
 
 class _SdpaMode(TorchFunctionMode):

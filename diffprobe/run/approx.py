@@ -37,7 +37,7 @@ def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
 def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
     """One timed generation (same noise every call); images in [0, 1], latents after each step."""
     from diffprobe.run.profile import initial_latents
-    from diffprobe.run.stages import StageTimer
+    from diffprobe.timing.stages import StageTimer
 
     steps: list[torch.Tensor] = []
 

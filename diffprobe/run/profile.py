@@ -31,7 +31,7 @@ from diffprobe.models.registry import (
 )
 from diffprobe.records.runfolder import prepare_out_dir
 from diffprobe.records.schema import SCHEMA_VERSION  # one version for the whole run folder
-from diffprobe.run.stages import STAGE_ORDER, StageTimer
+from diffprobe.timing.stages import STAGE_ORDER, StageTimer
 
 DTYPES = ("float32", "float16", "bfloat16")
 MODES = ("measured", "analytic")
@@ -505,10 +505,13 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
 
 
 def _tracer(cfg: ProfileConfig, pipe, timed: bool):
+    """The op tracer of a run; ``timed`` gives it a per-op timer on the run's device (the timer fills the time
+    columns, the tracer only counts)."""
     from diffprobe.records.tracer import OpTracer
+    from diffprobe.timing.ops import OpTimer
 
-    return OpTracer(pipe, timed=timed, latent_hw=(cfg.height // pipe.vae_scale_factor,
-                                                  cfg.width // pipe.vae_scale_factor), cfg=cfg.guidance > 1)
+    return OpTracer(pipe, latent_hw=(cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor),
+                    cfg=cfg.guidance > 1, timer=OpTimer(cfg.device) if timed else None)
 
 
 def _run_analytic(cfg: ProfileConfig, pipe, result: ProfileResult, report) -> None:
@@ -531,7 +534,7 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
 
     import torch
 
-    from diffprobe.run.stages import StageEvent
+    from diffprobe.timing.stages import StageEvent
 
     measured_evals = result.unet_evals_measured
     if cfg.device.startswith("cuda"):

@@ -4,16 +4,16 @@ Nothing in the computation changes: forward hooks time the text encoders and the
 ``scheduler.step`` and ``vae.decode``, and the tokenizer's class is swapped for a timed subclass (a tokenizer
 is invoked through ``__call__``, which an instance attribute cannot intercept). Everything is restored on exit.
 
-CPU stages are timed with ``time.perf_counter``; CUDA stages with CUDA events, read once after the run, so
-timing never inserts a synchronization inside the pipeline.
+Stages are timed on the one :class:`~diffprobe.timing.clock.Clock` (``perf_counter`` on the CPU, CUDA events read
+once after the run), so timing never inserts a synchronization inside the pipeline.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from diffprobe.patching import patch_attr
+from diffprobe.timing.clock import Clock
 
 STAGE_ORDER = ("tokenize", "text_encoder", "text_encoder_2", "unet", "scheduler", "vae_decoder", "other")
 
@@ -27,30 +27,6 @@ class StageEvent:
     seconds: float
 
 
-class _Clock:
-    def __init__(self, device: str):
-        import torch
-
-        self.cuda = device.startswith("cuda")
-        self._torch = torch
-
-    def mark(self):
-        if self.cuda:
-            ev = self._torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
-
-    def seconds(self, start, end) -> float:
-        if self.cuda:
-            return start.elapsed_time(end) / 1e3
-        return end - start
-
-    def sync(self) -> None:
-        if self.cuda:
-            self._torch.cuda.synchronize()
-
-
 class StageTimer:
     """Context manager that times every stage of one or more pipeline calls.
 
@@ -60,7 +36,7 @@ class StageTimer:
 
     def __init__(self, pipe, device: str):
         self.pipe = pipe
-        self.clock = _Clock(device)
+        self.clock = Clock(device)
         self._raw: list[tuple[str, int | None, object, object]] = []
         self._undo: list = []
         self._open: dict[str, object] = {}

@@ -1,0 +1,48 @@
+"""Per-op times for a traced run: the tracer counts, this timer times, and fills the records' time columns after.
+
+The tracer hands the timer one interval per traced call (its first record, how many records it made, and two
+clock marks around the call). :meth:`OpTimer.fill` turns them into ``time_s`` and ``start_s`` (seconds from
+:meth:`OpTimer.begin`); a call that made several records (the three parts of one fused attention kernel) has its
+time split over them in proportion to their FLOPs, and those records say so (``time_apportioned``).
+"""
+
+from __future__ import annotations
+
+from diffprobe.records.schema import OpRecord
+from diffprobe.timing.clock import Clock
+
+
+class OpTimer:
+    """Marks around every traced call on one :class:`Clock`; see the module docstring."""
+
+    def __init__(self, device: str = "cpu"):
+        self.clock = Clock(device)
+        self.mark = self.clock.mark
+        self.intervals: list[tuple[int, int, object, object]] = []  # (first record, records, start, end)
+        self.origin = None
+
+    def begin(self) -> None:
+        """Start of the traced region: ``start_s`` counts from here."""
+        self.origin = self.mark()
+
+    def add(self, first: int, n: int, start, end) -> None:
+        self.intervals.append((first, n, start, end))
+
+    def fill(self, rows: list[OpRecord]) -> None:
+        """Write ``time_s`` and ``start_s`` into ``rows`` (in place) for every interval, and forget them."""
+        if not self.intervals:
+            return
+        clock = self.clock
+        clock.sync()
+        for first, n, start, end in self.intervals:
+            secs = clock.seconds(start, end)
+            at = clock.seconds(self.origin, start)
+            if n == 1:
+                rows[first] = rows[first]._replace(time_s=secs, start_s=at)
+                continue
+            total = sum(r.flops for r in rows[first:first + n]) or 1
+            for i in range(first, first + n):
+                t = secs * rows[i].flops / total
+                rows[i] = rows[i]._replace(time_s=t, start_s=at, time_apportioned=True)
+                at += t  # the parts run back to back inside the one kernel
+        self.intervals.clear()
