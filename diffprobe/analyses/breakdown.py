@@ -78,3 +78,17 @@ def seconds_account(ops: pd.DataFrame, stage_seconds: dict[str, float]) -> dict:
         d.get(UNATTRIBUTED, 0.0) for d in acc["by_stage_layer_type"].values())
     acc["total"] = sum(acc["by_stage"].values())
     return acc
+
+
+LAYER_KEYS = ["stage", "step", "level", "tokens", "module", "layer_type", "attn_kind"]
+
+
+def layer_table(ops: pd.DataFrame) -> pd.DataFrame:
+    """One row per (stage, step, module, layer type, attention kind): op count, summed FLOPs, multiply-adds,
+    bytes and time (``layers.parquet``); time is NaN where no op of the row was timed (analytic runs)."""
+    layers = ops.groupby(LAYER_KEYS, sort=False, dropna=False).agg(
+        ops=("index", "count"), flops=("flops", "sum"), macs_conv_linear=("macs_conv_linear", "sum"),
+        bytes_read=("bytes_read", "sum"), bytes_written=("bytes_written", "sum"), time_s=("time_s", "sum"),
+        timed=("time_s", "count")).reset_index()
+    layers["time_s"] = layers["time_s"].where(layers.pop("timed") > 0)
+    return layers

@@ -211,16 +211,6 @@ def read_ops_checked(folder: str | Path):
         raise DiffprobeError(f"{path} is unreadable: {type(exc).__name__}: {exc}") from exc
 
 
-def write_layers(folder: str | Path, ops) -> Path:
-    """The per-layer table (``layers.parquet``): one row per (stage, step, module, layer type, attention kind)
-    with summed FLOPs, bytes, op count and time."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    keys = ["stage", "step", "level", "tokens", "module", "layer_type", "attn_kind"]
-    layers = ops.groupby(keys, sort=False, dropna=False).agg(
-        ops=("index", "count"), flops=("flops", "sum"), macs_conv_linear=("macs_conv_linear", "sum"),
-        bytes_read=("bytes_read", "sum"), bytes_written=("bytes_written", "sum"),
-        time_s=("time_s", lambda s: s.sum(min_count=1))).reset_index()
-    table = pa.Table.from_pandas(layers, preserve_index=False)
-    return atomic_write(Path(folder) / "layers.parquet", lambda tmp: pq.write_table(table, tmp))
+def write_table(path: str | Path, table) -> Path:
+    """Write a pandas DataFrame as Parquet, atomically."""
+    return atomic_write(Path(path), lambda tmp: table.to_parquet(tmp, index=False))

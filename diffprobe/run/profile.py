@@ -596,11 +596,12 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
 
 
 def _save(out_dir: Path, result: ProfileResult) -> None:
-    from diffprobe.records.runfolder import write_layers, write_ops, write_run_json
+    from diffprobe.analyses.breakdown import layer_table
+    from diffprobe.records.runfolder import write_ops, write_run_json, write_table
 
     if result.ops is not None:
         write_ops(out_dir, result.ops)
-        write_layers(out_dir, result.ops)
+        write_table(out_dir / "layers.parquet", layer_table(result.ops))
         if result.config.chrome_trace and result.config.mode == "measured":
             from diffprobe.records.chrome import write_chrome_trace
 
