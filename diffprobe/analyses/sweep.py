@@ -6,6 +6,9 @@ import json
 import math
 from pathlib import Path
 
+from diffprobe.analyses import scaling
+from diffprobe.records.runfolder import read_ops
+
 
 def finished_points(folder: str | Path) -> list[str]:
     """Names of the point folders of a sweep whose ``run.json`` says ok, in name order."""
@@ -30,15 +33,12 @@ def current_findings(folder: str | Path, state: dict) -> dict:
 
 
 def load_point(folder: Path, name: str) -> tuple[dict, object]:
-    from diffprobe.records.runfolder import read_ops
-
     d = folder / "points" / name
     return json.loads((d / "run.json").read_text(encoding="utf-8")), read_ops(d)
 
 
 def findings(folder: str | Path, names: list[str]) -> dict:
     """Everything a sweep states, from its finished points (see :mod:`diffprobe.analyses.scaling`)."""
-    from diffprobe.analyses import scaling
 
     folder = Path(folder)
     rows = []

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from diffprobe.analyses.savings import account, approximate_account  # noqa: F401  (re-exported: the API of a run)
+from diffprobe.attention import kernels  # called through the module: one place to swap or wrap the kernel
 from diffprobe.attention.core import CallInfo
 from diffprobe.attention.stats import chunk_rows
 from diffprobe.errors import DiffprobeError
@@ -83,10 +84,9 @@ class ApproxAttention:
             raise DiffprobeError(f"--rank {rank} must be at least 1")
         self.renormalize, self.block, self.rank, self.seed = renormalize, block, rank, seed
         self.max_elements = max_elements
-        from diffprobe.attention.kernels import BACKENDS
 
-        if backend not in BACKENDS:
-            raise DiffprobeError(f"unknown block-sparse backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if backend not in kernels.BACKENDS:
+            raise DiffprobeError(f"unknown block-sparse backend {backend!r}; use one of {', '.join(kernels.BACKENDS)}")
         self.backend = backend  # the block-sparse kernel's backend (method block, renormalized)
         self.warming = False  # set during a warm-up pass: compile the kernel for every shape seen
         self._calls: list[dict] = []
@@ -157,22 +157,21 @@ class ApproxAttention:
 
     def _block_sparse(self, q, k, v):
         """The ``block`` method on the block-sparse kernel: only the kept tiles are computed."""
-        from diffprobe.attention.kernels import BlockLayout, block_sparse_attention
 
         nq, nk = q.shape[2], k.shape[2]
         mask, predictor = self._block_mask(q, k)
         if self.warming:  # compile for this shape now, even if this step's mask happens to keep every block
             probe = torch.zeros_like(mask)
             probe[..., 0] = True
-            layout = BlockLayout(probe, nq, nk, self.block, backend=self.backend)
+            layout = kernels.BlockLayout(probe, nq, nk, self.block, backend=self.backend)
             if layout.backend == "flex":
-                block_sparse_attention(q, k, v, layout, self.block)
+                kernels.block_sparse_attention(q, k, v, layout, self.block)
         rows = _block_lengths(nq, self.block, q.device)
         cols = _block_lengths(nk, self.block, q.device)
         kept = torch.einsum("bhij,i,j->", mask.double(), rows, cols)  # read later (``calls``): no device sync here
         # on a GPU the all-kept check would sync every call; there a mask that keeps everything runs on the kernel
-        layout = BlockLayout(mask, nq, nk, self.block, backend=self.backend, check_all_kept=not q.is_cuda)
-        return block_sparse_attention(q, k, v, layout, self.block), kept, predictor, layout.backend
+        layout = kernels.BlockLayout(mask, nq, nk, self.block, backend=self.backend, check_all_kept=not q.is_cuda)
+        return kernels.block_sparse_attention(q, k, v, layout, self.block), kept, predictor, layout.backend
 
     def _approx(self, q, k, v):
         b, h, nq, d = q.shape

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from diffprobe.attention.kernels import BlockLayout, block_sparse_attention, masked_reference
 from diffprobe.errors import DiffprobeError
+from diffprobe.hardware.environment import cpu_name, meminfo_bytes
 from diffprobe.timing.clock import Clock
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -50,13 +51,9 @@ def available_memory(dev: torch.device) -> int:
     """Bytes free for new tensors: the GPU's free memory, or the host's MemAvailable."""
     if dev.type == "cuda":
         return int(torch.cuda.mem_get_info(dev)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    free = meminfo_bytes("MemAvailable")
+    if free is not None:
+        return free
     import os
 
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -160,6 +157,5 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    from diffprobe.hardware.environment import cpu_name
 
     return cpu_name()

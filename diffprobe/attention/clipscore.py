@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.models.tokenizer import load_clip_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -38,8 +39,6 @@ class ClipScorer:
         if (path / "vocab.json").is_file() or (path / "tokenizer.json").is_file():
             self.tokenizer = CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
         else:
-            from diffprobe.models.tokenizer import load_clip_tokenizer
-
             self.tokenizer = load_clip_tokenizer()
 
     @torch.inference_mode()

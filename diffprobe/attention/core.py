@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from diffprobe.errors import DiffprobeError
+
 Core = Callable[..., torch.Tensor]  # (q, k, v, attn_mask, call) -> out, all (B, H, N, d)
 
 
@@ -101,8 +103,6 @@ def installed(unet, core: Core):
     processors come back after."""
     original = dict(unet.attn_processors)
     if not original:
-        from diffprobe.errors import DiffprobeError
-
         raise DiffprobeError("this model has no attention layers to probe or approximate")
     context = RunContext()
     hook = unet.register_forward_pre_hook(context.advance)

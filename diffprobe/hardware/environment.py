@@ -25,6 +25,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def meminfo_bytes(key: str) -> int | None:
+    """A field of ``/proc/meminfo`` (``MemTotal``, ``MemAvailable``) in bytes, or None where there is none."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def device_name(device: str) -> str:
     import torch
 

@@ -15,9 +15,10 @@ import hashlib
 import json
 
 from diffprobe.errors import DiffprobeError
-from diffprobe.hardware.environment import cpu_name
+from diffprobe.hardware.environment import cpu_name, meminfo_bytes
 from diffprobe.hardware.preset import THIS_CPU, HardwarePreset, from_dict
 from diffprobe.models.tokenizer import cache_dir
+from diffprobe.records.runfolder import write_json
 from diffprobe.timing.clock import Clock
 
 DEFAULT_SIZES = {"matmul_n": {"float32": 2048, "bfloat16": 1024, "float16": 1024}, "copy_bytes": 512 * 2**20,
@@ -48,13 +49,9 @@ def copy_bandwidth(nbytes: int, repeats: int) -> float:
 
 
 def memory_bytes() -> float:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
+    total = meminfo_bytes("MemTotal")
+    if total is not None:
+        return float(total)
     import os
 
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -94,7 +91,6 @@ def cache_path():
 
 def this_cpu(*, remeasure: bool = False, sizes: dict | None = None) -> HardwarePreset:
     """The measured ``this-cpu`` preset, from the per-machine cache unless ``remeasure``."""
-    from diffprobe.records.runfolder import write_json
 
     path = cache_path()
     if not remeasure and path.exists():

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.models.digits import unpack_into
 from diffprobe.models.tokenizer import load_clip_tokenizer
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
@@ -152,8 +153,6 @@ def _load_embedded(spec: ModelSpec, comps: dict) -> None:
     from importlib.resources import as_file
 
     from safetensors.torch import load_file
-
-    from diffprobe.models.digits import unpack_into
 
     with as_file(spec.folder.joinpath(spec.weights)) as path:
         if not path.exists():

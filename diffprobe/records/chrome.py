@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from diffprobe.records.runfolder import atomic_write
+
 
 def chrome_trace(ops) -> dict:
     """The trace-event JSON object for an op table (rows without a measured start are left out)."""
@@ -45,7 +47,6 @@ def chrome_trace(ops) -> dict:
 
 def write_chrome_trace(path: Path, ops) -> Path:
     """Write :func:`chrome_trace` of ``ops`` to ``path`` (atomically) and return the path."""
-    from diffprobe.records.runfolder import atomic_write
 
     data = chrome_trace(ops)
 

@@ -7,6 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from diffprobe.errors import DiffprobeError
+from diffprobe.records.schema import OPS_ARROW, OPS_VERSION, VERSIONS
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -43,8 +46,6 @@ def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> P
     import datetime
     import shutil
 
-    from diffprobe.errors import DiffprobeError
-
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         for i in range(1, 1000):
@@ -80,8 +81,6 @@ def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> P
 
 
 def _check_writable(path: Path) -> Path:
-    from diffprobe.errors import DiffprobeError
-
     try:
         probe = path / ".write-test"
         probe.write_text("")
@@ -136,8 +135,6 @@ def write_ops(folder: str | Path, ops) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from diffprobe.records.schema import OPS_ARROW, OPS_VERSION
-
     table = pa.Table.from_pandas(ops, schema=OPS_ARROW, preserve_index=False)
     table = table.replace_schema_metadata({b"diffprobe_schema_version": str(OPS_VERSION).encode()})
     return atomic_write(Path(folder) / "ops.parquet", lambda tmp: pq.write_table(table, tmp))
@@ -147,9 +144,6 @@ def read_ops(folder: str | Path):
     """The op-record table of a run folder (pandas DataFrame, shapes as lists as the tracer made them); a table
     of another schema version is a :class:`DiffprobeError`."""
     import pyarrow.parquet as pq
-
-    from diffprobe.errors import DiffprobeError
-    from diffprobe.records.schema import OPS_VERSION
 
     path = Path(folder) / "ops.parquet"
     table = pq.read_table(path)
@@ -167,8 +161,6 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
     """The kind (``profile``, ``sweep``, ``compare``) and summary JSON of a diffprobe folder, validated.
 
     Raises :class:`DiffprobeError` with one clear sentence for a missing, foreign, half-written or older folder."""
-    from diffprobe.errors import DiffprobeError
-    from diffprobe.records.schema import VERSIONS
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -198,7 +190,6 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
 
 def read_ops_checked(folder: str | Path):
     """:func:`read_ops`, or None when the run has no op table; a damaged table is a :class:`DiffprobeError`."""
-    from diffprobe.errors import DiffprobeError
 
     path = Path(folder) / "ops.parquet"
     if not path.exists():

@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from diffprobe.errors import DiffprobeError
 from diffprobe.patching import patch_attr
 from diffprobe.records.formulas import (
     Cost,
@@ -417,7 +418,6 @@ def check_int64_totals(rows: list[OpRecord]) -> None:
     Counts are exact Python integers while traced; the table stores them as int64. When a run's grand total of
     FLOPs (or of bytes read + written) fits, every per-op value and every partial sum of these non-negative
     columns fits too, so the totals of every analysis stay exact."""
-    from diffprobe.errors import DiffprobeError
 
     for what, cols in _COUNT_GROUPS.items():
         total = sum(getattr(r, c) for r in rows for c in cols)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from diffprobe.analyses import scaling
 from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s
 
 SHARE_CLASSES = ("conv", "self_attention", "cross_attention", "ffn", "norm")
@@ -75,7 +76,6 @@ HOST_BOUND_SHARE = 0.25  # a traced GPU run with more time outside ops than this
 
 def profile_findings(run: dict, ops=None) -> list[str]:
     """Sentences about one profile run (``run.json`` content; ``ops`` the op table, when readable)."""
-    from diffprobe.analyses import scaling
 
     out = []
     stages = {k: v for k, v in (run.get("stages") or {}).items() if k != "total"}

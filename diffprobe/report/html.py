@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffprobe.analyses import roofline
+from diffprobe.analyses.sweep import current_findings
+from diffprobe.errors import DiffprobeError
+from diffprobe.hardware.presets import from_dict, get_preset
 from diffprobe.records.runfolder import read_ops_checked, read_result
 from diffprobe.report import figures as figs
 from diffprobe.report.compare import compare_report
-from diffprobe.report.findings import profile_findings, sweep_findings
+from diffprobe.report.findings import approx_findings, eps_tau, profile_findings, sparsity_headline, sweep_findings
 from diffprobe.report.page import Page, esc, table
+from diffprobe.report.text import approx_rows, sparsity_rows
 from diffprobe.report.units import fmt_k, fmt_n, fmt_s
 
 
@@ -21,8 +26,6 @@ def build_report(folder: str | Path) -> Path:
     folder = Path(folder)
     kind, data = read_result(folder)
     if kind == "sweep":
-        from diffprobe.analyses.sweep import current_findings
-
         return _sweep_report(folder, {**data, "findings": current_findings(folder, data)})
     if kind == "compare":
         return compare_report(folder, data)
@@ -122,10 +125,6 @@ def _approx_sentence(ap: dict) -> str:
 
 
 def _roofline_section(page: Page, roof: dict, ops, name: str) -> None:
-    from diffprobe.analyses import roofline
-    from diffprobe.errors import DiffprobeError
-    from diffprobe.hardware.presets import from_dict, get_preset
-
     page.h2(f"Roofline on {roof['preset']}")
     if roof.get("caveat"):
         page.banner(roof["caveat"].capitalize() + ".")
@@ -207,10 +206,6 @@ def _sweep_report(folder: Path, state: dict) -> Path:
 def _sparsity_report(folder: Path, state: dict) -> Path:
     import pandas as pd
 
-    from diffprobe.errors import DiffprobeError
-    from diffprobe.report.findings import eps_tau, sparsity_headline
-    from diffprobe.report.text import sparsity_rows
-
     path = folder / "sparsity.parquet"
     try:
         stats = pd.read_parquet(path)
@@ -245,9 +240,6 @@ def _sparsity_report(folder: Path, state: dict) -> Path:
 
 
 def _approx_report(folder: Path, state: dict) -> Path:
-    from diffprobe.report.findings import approx_findings
-    from diffprobe.report.text import approx_table
-
     page = Page(folder, f"diffprobe approx — {state.get('model')}",
                 f"{state.get('height')}×{state.get('width')} px, {state.get('steps')} steps, "
                 f"{len(state.get('prompts', []))} image(s), renormalize={state.get('renormalize')}")
@@ -256,10 +248,7 @@ def _approx_report(folder: Path, state: dict) -> Path:
                     "about a trained model; use --model digits or --weights.")
     page.findings(approx_findings(state))
     page.h2("Trade-off")
-    t = approx_table(state)
-    headers = [str(c.header) for c in t.columns]
-    rows = [[str(cell) for cell in col._cells] for col in t.columns]
-    page.add(table(headers, [list(r) for r in zip(*rows, strict=True)]))
+    page.add(table(*approx_rows(state)))
     page.figure(figs.tradeoff(state["results"]), "tradeoff", "attention FLOPs saved vs quality, per method",
                 svg=True)
     page.h2("Images: dense and approximate (same noise)")

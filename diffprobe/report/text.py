@@ -132,19 +132,16 @@ def sparsity_table(state: dict) -> Table:
     return tab
 
 
-def approx_table(state: dict) -> Table:
-    """The trade-off: one row per method and parameter value, dense first."""
-    t = Table(title=f"approximate attention vs dense: {state['model']} {state['height']}x{state['width']}, "
-              f"{state['steps']} steps, {len(state['prompts'])} image(s)", title_justify="left")
-    cols = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "UNet s", "kernel", "PSNR", "SSIM"]
+def approx_rows(state: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the trade-off: one row per method and parameter value, dense first."""
+    headers = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "UNet s", "kernel", "PSNR", "SSIM"]
     digits = state["results"][0].get("accuracy") is not None
     clip = state["results"][0].get("clip_score") is not None
     if digits:
-        cols.append("digit accuracy")
+        headers.append("digit accuracy")
     if clip:
-        cols.append("CLIP score")
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("method", "param") else "right")
+        headers.append("CLIP score")
+    rows = []
     for r in state["results"]:
         param = "" if r["method"] == "dense" else f"{r['param']}={r['value']:g}"
         row = [r["method"], param, f"{100 * r['attention_flops_saved']:.1f}%",
@@ -155,6 +152,18 @@ def approx_table(state: dict) -> Table:
             row.append(f"{100 * r['accuracy']:.0f}%")
         if clip:
             row.append(f"{r['clip_score']:.2f}")
+        rows.append(row)
+    return headers, rows
+
+
+def approx_table(state: dict) -> Table:
+    """The trade-off: one row per method and parameter value, dense first."""
+    t = Table(title=f"approximate attention vs dense: {state['model']} {state['height']}x{state['width']}, "
+              f"{state['steps']} steps, {len(state['prompts'])} image(s)", title_justify="left")
+    headers, rows = approx_rows(state)
+    for c in headers:
+        t.add_column(c, justify="left" if c in ("method", "param") else "right")
+    for row in rows:
         t.add_row(*row)
     return t
 

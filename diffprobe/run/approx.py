@@ -19,16 +19,22 @@ import torch
 from diffprobe.analyses.quality import quality
 from diffprobe.analyses.savings import account
 from diffprobe.attention.approx import PARAM, ApproxAttention, kernels_used
+from diffprobe.attention.clipscore import ClipScorer
 from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError
+from diffprobe.models import digits
+from diffprobe.models.digits import DigitClassifier
+from diffprobe.models.registry import get_spec
+from diffprobe.records.runfolder import atomic_write, prepare_out_dir, write_json
+from diffprobe.records.schema import SCHEMA_VERSION
+from diffprobe.run.profile import build_pipeline, initial_latents, run_profile
 from diffprobe.run.warmup import warm_up
+from diffprobe.timing.stages import StageTimer
 
 
 def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
     """The quality batch: every digit ``per_digit`` times on the digits fixture, else the one prompt."""
     if cfg.model == "digits":
-        from diffprobe.models import digits
-
         labels = [d for d in range(10) for _ in range(per_digit)]
         return [digits.prompt(d) for d in labels], labels
     return [cfg.prompt], None
@@ -36,8 +42,6 @@ def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
 
 def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
     """One timed generation (same noise every call); images in [0, 1], latents after each step."""
-    from diffprobe.run.profile import initial_latents
-    from diffprobe.timing.stages import StageTimer
 
     steps: list[torch.Tensor] = []
 
@@ -65,11 +69,6 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     ``identical_images`` counts those left out of the mean."""
     import pandas as pd
 
-    from diffprobe.models.registry import get_spec
-    from diffprobe.records.runfolder import atomic_write, prepare_out_dir, write_json
-    from diffprobe.records.schema import SCHEMA_VERSION
-    from diffprobe.run.profile import build_pipeline, run_profile
-
     cfg = replace(base, mode="measured", trace_ops=False).resolved()
     for method, values in methods.items():  # every parameter checked before any work
         for v in values:
@@ -77,7 +76,6 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     spec = get_spec(cfg.model)
     clip = None
     if clip_weights is not None:  # checked before any work
-        from diffprobe.attention.clipscore import ClipScorer
 
         clip = ClipScorer(clip_weights)
     out_dir = prepare_out_dir(out, f"approx-{cfg.model}", force)
@@ -94,8 +92,6 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     total_flops = float(ops["flops"].sum()) + text * (len(prompts) - 1)
     classifier = None
     if labels is not None:
-        from diffprobe.models.digits import DigitClassifier
-
         classifier = DigitClassifier()
     todo = [(m, v) for m, vs in methods.items() for v in vs]
     report("methods", 0, len(todo) + 1)

@@ -18,8 +18,13 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from diffprobe.analyses import breakdown, roofline
+from diffprobe.analyses.breakdown import layer_table
+from diffprobe.attention.approx import ApproxAttention, approximate_account, kernels_used, parse_setting
+from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError
 from diffprobe.hardware.environment import environment
+from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import (
     ModelSpec,
     build_components,
@@ -29,9 +34,14 @@ from diffprobe.models.registry import (
     load_pipeline,
     pipeline_from_components,
 )
-from diffprobe.records.runfolder import prepare_out_dir
+from diffprobe.records.chrome import write_chrome_trace
+from diffprobe.records.runfolder import prepare_out_dir, write_ops, write_run_json, write_table
 from diffprobe.records.schema import SCHEMA_VERSION  # one version for the whole run folder
-from diffprobe.timing.stages import STAGE_ORDER, StageTimer
+from diffprobe.records.tracer import OpTracer
+from diffprobe.run.analytic import MetaAdapters
+from diffprobe.run.warmup import warm_up
+from diffprobe.timing.ops import OpTimer
+from diffprobe.timing.stages import STAGE_ORDER, StageEvent, StageTimer
 
 DTYPES = ("float32", "float16", "bfloat16")
 MODES = ("measured", "analytic")
@@ -115,12 +125,8 @@ class ProfileConfig:
         if cfg.weights is not None:
             cfg.weights = str(check_weights_path(cfg.weights, cfg.allow_pickle, spec))
         if cfg.hardware is not None:
-            from diffprobe.hardware.presets import get_preset
-
             get_preset(cfg.hardware)  # an unknown or broken preset is refused before any work
         if cfg.approx is not None:
-            from diffprobe.attention.approx import parse_setting
-
             parse_setting(cfg.approx)
             if cfg.mode != "measured" or not cfg.trace_ops:
                 raise DiffprobeError("--approx needs a measured run with op tracing: which entries are skipped "
@@ -182,6 +188,7 @@ class ProfileResult:
     unsupported: dict = field(default_factory=dict)  # op name -> count of ops without a formula
     extra: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)  # warnings about the run itself (e.g. a prompt cut to fit)
+    _accounts: tuple | None = field(default=None, init=False, repr=False, compare=False)  # inputs, summaries
 
     @property
     def random_weights(self) -> bool:
@@ -215,9 +222,15 @@ class ProfileResult:
 
     def accounts(self) -> dict:
         """The cost account of the traced ops: ``flops``, ``bytes``, ``macs_conv_linear`` and, measured,
-        ``seconds`` (see :mod:`diffprobe.analyses.breakdown`)."""
-        from diffprobe.analyses import breakdown
+        ``seconds`` (see :mod:`diffprobe.analyses.breakdown`); computed once per set of records and stage times
+        (the analyses run again only when a run replaces them)."""
+        unsupported = tuple(sorted(self.unsupported.items()))
+        c = self._accounts
+        if c is None or c[0] is not self.ops or c[1] is not self.stages or c[2] != unsupported:
+            self._accounts = c = (self.ops, self.stages, unsupported, self._compute_accounts())
+        return c[3]
 
+    def _compute_accounts(self) -> dict:
         if self.ops is None:
             return {}
         ops = breakdown.with_bytes(self.ops)
@@ -232,9 +245,6 @@ class ProfileResult:
             timed = {("pipeline" if k == "other" else k): v for k, v in self.stages.items() if k != "total"}
             acc["seconds"] = breakdown.seconds_account(ops, timed)
         if self.config.hardware is not None and len(ops):
-            from diffprobe.analyses import roofline
-            from diffprobe.hardware.presets import get_preset
-
             acc["roofline"] = roofline.summary(ops, get_preset(self.config.hardware), acc.get("seconds"),
                                                None if self.config.mode == "analytic" else self.config.device)
         if self.unsupported:
@@ -482,17 +492,15 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
     import tempfile
     from dataclasses import replace
 
-    from diffprobe.attention.approx import ApproxAttention, approximate_account, kernels_used, parse_setting
-    from diffprobe.attention.core import installed
-    from diffprobe.run.warmup import warm_up
-
     method, value = parse_setting(cfg.approx)
     core = ApproxAttention(method, value, seed=cfg.seed)
     report("approx", 0, 1)
     warm_up(pipe, cfg, [cfg.prompt] * cfg.batch, core)  # the block-sparse kernel compiles outside the timed run
+    plain = replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None, repeat=1, warmup=0)
+    again = ProfileResult(plain, result.spec, result.params, {}, {}, [], result.unet_evals,
+                          result.unet_evals_measured, 0, "", result.environment)
     with tempfile.TemporaryDirectory(prefix="diffprobe-approx-") as tmp, installed(pipe.unet, core.core):
-        again = run_profile(replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None,
-                                    repeat=1, warmup=0, out=tmp), pipe=pipe)
+        _run_measured(plain, pipe, again, lambda *_: None, Path(tmp))  # timed, untraced, same noise
         if again.image and result.run_dir:  # the approximate image beside the dense one
             shutil.copyfile(Path(tmp) / again.image, Path(result.run_dir) / "image_approx.png")
     report("approx", 1, 1)
@@ -507,8 +515,6 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
 def _tracer(cfg: ProfileConfig, pipe, timed: bool):
     """The op tracer of a run; ``timed`` gives it a per-op timer on the run's device (the timer fills the time
     columns, the tracer only counts)."""
-    from diffprobe.records.tracer import OpTracer
-    from diffprobe.timing.ops import OpTimer
 
     return OpTracer(pipe, latent_hw=(cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor),
                     cfg=cfg.guidance > 1, timer=OpTimer(cfg.device) if timed else None)
@@ -516,8 +522,6 @@ def _tracer(cfg: ProfileConfig, pipe, timed: bool):
 
 def _run_analytic(cfg: ProfileConfig, pipe, result: ProfileResult, report) -> None:
     import torch
-
-    from diffprobe.run.analytic import MetaAdapters
 
     tracer = _tracer(cfg, pipe, timed=False)
     report("trace", 0, 1)
@@ -533,8 +537,6 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
     import contextlib
 
     import torch
-
-    from diffprobe.timing.stages import StageEvent
 
     measured_evals = result.unet_evals_measured
     if cfg.device.startswith("cuda"):
@@ -552,7 +554,9 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
                 def on_step_end(p, i, t, kw, run_idx=run_idx):
                     report("denoise", i + 1 + run_idx * measured_evals, measured_evals * total_runs)
                     if i + 1 >= measured_evals:
-                        p._interrupt = True  # diffusers' own early stop: remaining steps skipped, VAE still decodes
+                        # diffusers' documented early stop ("Interrupt the diffusion process" in its docs sets
+                        # this attribute from a step-end callback): remaining steps skipped, the VAE still decodes
+                        p._interrupt = True
                     return kw
 
                 kwargs = pipeline_kwargs(cfg, pipe)
@@ -569,22 +573,14 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
                     runs.append(events)
     except BaseException as exc:  # Ctrl-C included: what was measured is written before it propagates
         in_flight = timer.events()  # the interrupted run's finished stages: measured, so kept
-        partial = runs + ([in_flight] if in_flight else [])
-        if partial:
-            result.stages, result.stage_stats, result.steps = summarize_events(partial)
-        result.peak_memory_bytes, result.peak_memory_kind = _peak_memory(cfg.device)
-        if tracer is not None:
-            result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)
+        _collect(result, runs + ([in_flight] if in_flight else []), tracer, cfg.device)
         msg = _failure_message(exc, timer.failed_stage or timer.current_stage, cfg)
         result.status, result.error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"), msg
         _save(out_dir, result)
         if _is_oom(exc):
             raise DiffprobeError(msg + f" (partial results in {out_dir / 'run.json'})") from exc
         raise
-    result.stages, result.stage_stats, result.steps = summarize_events(runs)
-    result.peak_memory_bytes, result.peak_memory_kind = _peak_memory(cfg.device)
-    if tracer is not None:  # the last measured run's records
-        result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)
+    _collect(result, runs, tracer, cfg.device)  # the last measured run's records
     names = []
     for i, img in enumerate(to_pil(pipe, images)):
         name = "image.png" if len(images) == 1 else f"image_{i}.png"
@@ -595,15 +591,19 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
     result.extra["image_complete"] = measured_evals >= result.unet_evals
 
 
-def _save(out_dir: Path, result: ProfileResult) -> None:
-    from diffprobe.analyses.breakdown import layer_table
-    from diffprobe.records.runfolder import write_ops, write_run_json, write_table
+def _collect(result: ProfileResult, runs: list[list], tracer, device: str) -> None:
+    """Stage times, peak memory and the op records of the runs measured so far, into ``result``."""
+    if runs:
+        result.stages, result.stage_stats, result.steps = summarize_events(runs)
+    result.peak_memory_bytes, result.peak_memory_kind = _peak_memory(device)
+    if tracer is not None:
+        result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)
 
+
+def _save(out_dir: Path, result: ProfileResult) -> None:
     if result.ops is not None:
         write_ops(out_dir, result.ops)
         write_table(out_dir / "layers.parquet", layer_table(result.ops))
         if result.config.chrome_trace and result.config.mode == "measured":
-            from diffprobe.records.chrome import write_chrome_trace
-
             result.extra["chrome_trace"] = write_chrome_trace(out_dir / "trace.json", result.ops).name
     write_run_json(out_dir, result.to_dict())

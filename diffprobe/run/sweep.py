@@ -17,9 +17,13 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from diffprobe.analyses import roofline
 from diffprobe.analyses.sweep import findings, load_point  # noqa: F401  (load_point: API kept here)
 from diffprobe.errors import DiffprobeError
+from diffprobe.hardware.presets import get_preset
+from diffprobe.models.registry import get_spec
 from diffprobe.parsing import parse_ints, parse_resolutions  # noqa: F401  (imported from here too)
+from diffprobe.records.runfolder import prepare_out_dir
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.points import SweepFolder, run_points
 from diffprobe.run.profile import ProfileConfig, build_pipeline, check_resolution, run_profile
@@ -40,7 +44,6 @@ class SweepConfig:
         """This config with ``out`` set: a new default folder when none was given."""
         if self.out is not None:
             return self
-        from diffprobe.records.runfolder import prepare_out_dir
 
         return replace(self, out=str(prepare_out_dir(None, f"sweep-{self.base.model}")))
 
@@ -60,9 +63,6 @@ def _predicted_seconds(cfg: ProfileConfig, preset_name: str) -> float:
     """Roofline-predicted seconds of a measured point (its executed UNet steps only), from an analytic pass."""
     import tempfile
 
-    from diffprobe.analyses import roofline
-    from diffprobe.hardware.presets import get_preset
-
     with tempfile.TemporaryDirectory(prefix="diffprobe-predict-") as tmp:
         analytic = run_profile(replace(cfg, mode="analytic", out=tmp, hardware=None, chrome_trace=False))
     ops = analytic.ops
@@ -76,7 +76,6 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
 
     ``progress(stage, done, total)`` reports points; ``log(message)`` receives one line per skipped or failed
     point."""
-    from diffprobe.models.registry import get_spec
 
     report = progress or (lambda *_: None)
     say = log or (lambda _msg: None)
