@@ -1,4 +1,8 @@
-"""The ``diffprobe`` command: a thin shell over the Python API. Only this module prints."""
+"""The ``diffprobe`` command: a thin shell over the Python API. Only this module prints.
+
+Each command imports what it calls inside its function: ``--help``, ``--version`` and argument errors then answer
+in about a tenth of a second, without loading torch and diffusers (seconds).
+"""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from diffprobe.models.registry import (
 )
 from diffprobe.records.chrome import write_chrome_trace
 from diffprobe.records.runfolder import prepare_out_dir, write_ops, write_run_json, write_table
-from diffprobe.records.schema import SCHEMA_VERSION  # one version for the whole run folder
+from diffprobe.records.schema import SCHEMA_VERSION  # run.json's version (ops.parquet has its own)
 from diffprobe.records.tracer import OpTracer
 from diffprobe.run.analytic import MetaAdapters
 from diffprobe.run.warmup import warm_up
