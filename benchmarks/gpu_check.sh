@@ -5,6 +5,8 @@
 #   2. the block-sparse grid in fp16: block-sparse vs SDPA's flash backend, timed in the same call
 #   3. SD 2.1 base at 512 and 1024 px, fp16, traced on CUDA, with the H100 roofline (the scaling issue's GPU check)
 #   4. SD 1.5 at 1024 px, fp16: the block method on the kernel vs dense, end to end (`diffprobe approx`, untraced)
+#   5. SD 2.1 base at 512 px, fp16, traced with --op-timer profiler: kernel time per record (CUPTI via
+#      torch.profiler) joined to the op records; markers seen vs calls handled, device time outside any marker
 # Profile and approx results are packed into profiles.tgz. Every step has its own time limit, so one that hangs or
 # fails leaves the others' results.
 set -u
@@ -32,15 +34,28 @@ mkdir -p "$OUT/profiles"
 echo "== 3. SD 2.1 base, fp16, traced"
 for px in 512 1024; do
   timeout 90 python3 -m diffprobe profile --model sd21-base --height $px --width $px --device cuda \
-    --dtype float16 --steps 20 --sample-steps 4 --warmup 1 --hardware H100-SXM --out /tmp/sd21_$px \
+    --dtype float16 --steps 20 --sample-steps 4 --warmup 1 --hardware H100-SXM --out /tmp/sd21_$px --force \
     --format json > "$OUT/profiles/sd21_$px.json" 2> "$OUT/profiles/sd21_$px.err"
   echo "sd21 $px: exit $? $(tail -c 300 "$OUT/profiles/sd21_$px.err")"
 done
 
 echo "== 4. SD 1.5, 1024 px: the block method on the kernel vs dense, both untraced"
 timeout 110 python3 -m diffprobe approx --model sd15 --height 1024 --width 1024 --steps 2 --method block \
-  --tau 0.5,0.25 --device cuda --dtype float16 --out /tmp/sd15_1024 --format json \
+  --tau 0.5,0.25 --device cuda --dtype float16 --out /tmp/sd15_1024 --force --format json \
   > "$OUT/profiles/sd15_1024_block.json" 2> "$OUT/profiles/sd15_1024_block.err"
 echo "sd15 1024 block: exit $? $(tail -c 300 "$OUT/profiles/sd15_1024_block.err")"
+echo "== 5. SD 2.1 base 512 px, fp16, traced, kernel times from the profiler (--op-timer profiler)"
+timeout 90 python3 -m diffprobe profile --model sd21-base --height 512 --width 512 --device cuda --dtype float16 \
+  --steps 20 --sample-steps 4 --warmup 1 --op-timer profiler --out /tmp/sd21_512_kernels --force --format json \
+  > "$OUT/profiles/sd21_512_kernels.json" 2> "$OUT/profiles/sd21_512_kernels.err"
+echo "sd21 512 kernels: exit $? $(tail -c 300 "$OUT/profiles/sd21_512_kernels.err")"
+python3 - "$OUT/profiles/sd21_512_kernels.json" <<'PY' 2>&1 | tee "$OUT/op_timer.txt"
+import json, sys
+d = json.load(open(sys.argv[1]))
+t = d.get("op_timer", {})
+print("markers", t.get("markers"), "calls", t.get("calls"), "device s", t.get("device_s"),
+      "outside markers s", t.get("outside_markers_s"), "busy s", t.get("busy_s"))
+print("UNet stage s", d.get("stages", {}).get("unet"), "UNet by layer type s", d.get("seconds", {}).get("by_stage_layer_type", {}).get("unet"))
+PY
 python3 benchmarks/summarize_runs.py "$OUT"/profiles/*.json
 tar czf "$OUT/profiles.tgz" -C "$OUT" profiles && rm -rf "$OUT/profiles"

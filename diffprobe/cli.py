@@ -141,6 +141,8 @@ def profile(
     force: bool = O_FORCE,
     mode: Mode = O_MODE,
     trace: bool = O_TRACE,
+    op_timer: str = typer.Option("clock", "--op-timer", help="Per-op times: clock (a mark before and after each op) "
+                                 "or profiler (torch.profiler events joined to the ops; on CUDA, kernel time)."),
     chrome_trace: bool = typer.Option(False, "--chrome-trace",
                                       help="Measured mode: also write trace.json for Perfetto / chrome://tracing."),
     hardware: Optional[str] = O_HARDWARE,
@@ -157,7 +159,7 @@ def profile(
                        guidance=guidance, seed=seed, device=device, dtype=dtype, weights=weights,
                        allow_pickle=allow_pickle, repeat=repeat, warmup=warmup, sample_steps=sample_steps,
                        out=out_dir, mode=mode, trace_ops=trace, chrome_trace=chrome_trace, hardware=hardware,
-                       approx=approx, force=force)
+                       approx=approx, force=force, op_timer=op_timer)
     cfg = cfg.resolved()
     bar, callback = _progress(quiet)
     with bar:

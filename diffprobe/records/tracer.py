@@ -179,8 +179,10 @@ class OpTracer:
     """Context manager recording every op of the pipeline's components into rows of the record schema.
 
     ``latent_hw``: latent (h, w), for token counts per UNet level. ``cfg``: whether the UNet batch holds both CFG
-    branches. ``timer``: an object with ``mark()``, ``begin()``, ``add(first_row, n_rows, start, end)`` and
-    ``fill(rows)`` (:class:`~diffprobe.timing.ops.OpTimer`), or None to count only.
+    branches. ``timer``: an object with ``begin()`` / ``end()`` around the traced region, ``start(first_row)`` and
+    ``stop(token, first_row)`` around each call, ``count(first_row, n_rows)`` for a call that made more than one
+    record, and ``fill(rows)`` (:class:`~diffprobe.timing.ops.OpTimer`,
+    :class:`~diffprobe.timing.kernels.ProfilerTimer`), or None to count only.
     """
 
     def __init__(self, pipe, *, latent_hw: tuple[int, int], cfg: bool, timer=None):
@@ -381,6 +383,8 @@ class OpTracer:
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
+        if self.timer is not None:
+            self.timer.end()
 
     def run_timed(self, fn, record, *rec_args):
         """Run ``fn()``, then ``record(*rec_args, out)``; with a timer, the call's records get its two marks."""
@@ -389,12 +393,13 @@ class OpTracer:
             out = fn()
             record(*rec_args, out)
             return out
-        start = timer.mark()
-        out = fn()
-        end = timer.mark()
         first = len(self.rows)
+        token = timer.start(first)
+        out = fn()
+        timer.stop(token, first)
         record(*rec_args, out)
-        timer.add(first, len(self.rows) - first, start, end)
+        if len(self.rows) - first != 1:
+            timer.count(first, len(self.rows) - first)
         return out
 
     def table(self):
@@ -438,14 +443,12 @@ class _OpMode(TorchDispatchMode):
         if tr.suppress:
             return func(*args, **kwargs)
         timer = tr.timer
-        if timer is not None:  # the common measured path, inlined: mark, op, mark, count
-            mark = timer.mark
-            t0 = mark()
-            out = func(*args, **kwargs)
-            t1 = mark()
+        if timer is not None:  # the common measured path, inlined: start, op, stop, count
             first = len(tr.rows)
-            tr.record_op(func, args, kwargs, out)
-            timer.intervals.append((first, 1, t0, t1))
+            token = timer.start(first)
+            out = func(*args, **kwargs)
+            timer.stop(token, first)
+            tr.record_op(func, args, kwargs, out)  # exactly one record
             return out
         out = func(*args, **kwargs)
         tr.record_op(func, args, kwargs, out)

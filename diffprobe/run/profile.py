@@ -40,11 +40,13 @@ from diffprobe.records.schema import SCHEMA_VERSION  # run.json's version (ops.p
 from diffprobe.records.tracer import OpTracer
 from diffprobe.run.analytic import MetaAdapters
 from diffprobe.run.warmup import warm_up
+from diffprobe.timing.kernels import ProfilerTimer
 from diffprobe.timing.ops import OpTimer
 from diffprobe.timing.stages import STAGE_ORDER, StageEvent, StageTimer
 
 DTYPES = ("float32", "float16", "bfloat16")
 MODES = ("measured", "analytic")
+OP_TIMERS = ("clock", "profiler")
 RANDOM_WEIGHTS_NOTE = "architecture-only: timings and FLOPs are real, image content and sparsity are not"
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on mars"
@@ -76,6 +78,7 @@ class ProfileConfig:
     hardware: str | None = None  # hardware preset (name or .toml path) for the roofline account; None: none
     approx: str | None = None  # "METHOD=VALUE": also run approximate attention and account for it beside dense
     force: bool = False  # replace the diffprobe results in a non-empty --out
+    op_timer: str = "clock"  # per-op times: "clock" (marks around each op) or "profiler" (torch.profiler events)
 
     @property
     def random_weights(self) -> bool:
@@ -110,6 +113,8 @@ class ProfileConfig:
             raise DiffprobeError(f"--sample-steps must be 0 (all) or more, got {cfg.sample_steps}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device):
             raise DiffprobeError(f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N")
+        if cfg.op_timer not in OP_TIMERS:
+            raise DiffprobeError(f"unknown --op-timer {cfg.op_timer!r}; use one of {', '.join(OP_TIMERS)}")
         if cfg.mode not in MODES:
             raise DiffprobeError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
         if cfg.dtype not in DTYPES:
@@ -516,8 +521,11 @@ def _tracer(cfg: ProfileConfig, pipe, timed: bool):
     """The op tracer of a run; ``timed`` gives it a per-op timer on the run's device (the timer fills the time
     columns, the tracer only counts)."""
 
+    timer = None
+    if timed:
+        timer = ProfilerTimer(cfg.device) if cfg.op_timer == "profiler" else OpTimer(cfg.device)
     return OpTracer(pipe, latent_hw=(cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor),
-                    cfg=cfg.guidance > 1, timer=OpTimer(cfg.device) if timed else None)
+                    cfg=cfg.guidance > 1, timer=timer)
 
 
 def _run_analytic(cfg: ProfileConfig, pipe, result: ProfileResult, report) -> None:
@@ -598,6 +606,9 @@ def _collect(result: ProfileResult, runs: list[list], tracer, device: str) -> No
     result.peak_memory_bytes, result.peak_memory_kind = _peak_memory(device)
     if tracer is not None:
         result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)
+        summary = getattr(tracer.timer, "summary", None)
+        if summary:  # the profiler timer: markers seen vs calls handled, device and outside-marker seconds
+            result.extra["op_timer"] = {"timer": "profiler", **summary}
 
 
 def _save(out_dir: Path, result: ProfileResult) -> None:

@@ -1,9 +1,10 @@
 """Per-op times for a traced run: the tracer counts, this timer times, and fills the records' time columns after.
 
-The tracer hands the timer one interval per traced call (its first record, how many records it made, and two
-clock marks around the call). :meth:`OpTimer.fill` turns them into ``time_s`` and ``start_s`` (seconds from
-:meth:`OpTimer.begin`); a call that made several records (the three parts of one fused attention kernel) has its
-time split over them in proportion to their FLOPs, and those records say so (``time_apportioned``).
+The tracer asks the timer for a clock mark before and after each call it handles (:meth:`OpTimer.start`,
+:meth:`OpTimer.stop`; :meth:`OpTimer.count` when the call made more than one record). :meth:`OpTimer.fill`
+turns them into ``time_s`` and ``start_s`` (seconds from :meth:`OpTimer.begin`); a call that made several
+records (the three parts of one fused attention kernel) has its time split over them in proportion to their
+FLOPs, and those records say so (``time_apportioned``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,21 @@ class OpTimer:
         """Start of the traced region: ``start_s`` counts from here."""
         self.origin = self.mark()
 
-    def add(self, first: int, n: int, start, end) -> None:
-        self.intervals.append((first, n, start, end))
+    def end(self) -> None:
+        """End of the traced region (nothing to stop: marks are read in :meth:`fill`)."""
+
+    def start(self, first: int):
+        """A mark before the call whose first record will be ``first``."""
+        return self.mark()
+
+    def stop(self, start, first: int) -> None:
+        """A mark after that call (one record unless :meth:`count` says otherwise)."""
+        self.intervals.append((first, 1, start, self.mark()))
+
+    def count(self, first: int, n: int) -> None:
+        """The call that began at record ``first`` made ``n`` records (the last interval is that call's)."""
+        f, _, start, end = self.intervals[-1]
+        self.intervals[-1] = (f, n, start, end)
 
     def fill(self, rows: list[OpRecord]) -> None:
         """Write ``time_s`` and ``start_s`` into ``rows`` (in place) for every interval, and forget them."""
