@@ -139,6 +139,16 @@ class ProfileConfig:
         return cfg
 
 
+def _seconds_source(cfg: ProfileConfig) -> str:
+    """Where a measured run's per-record seconds come from (``seconds.source``)."""
+    if not cfg.trace_ops:
+        return "stage timer only (no op tracing)"
+    if cfg.op_timer == "profiler":
+        return ("profiler: device time of the kernels each op launched (CUPTI)" if cfg.device.startswith("cuda")
+                else "profiler: CPU op events")
+    return "clock: a mark before and after each op" + (" (CUDA events)" if cfg.device.startswith("cuda") else "")
+
+
 def check_resolution(spec: ModelSpec, height: int, width: int, flags: tuple[str, str] | None = None) -> None:
     """Refuse an image size the model cannot take; ``flags`` name the two sides in the message (default: the
     resolution as the user wrote it in a list)."""
@@ -249,6 +259,11 @@ class ProfileResult:
         if self.config.mode == "measured" and self.stages:
             timed = {("pipeline" if k == "other" else k): v for k, v in self.stages.items() if k != "total"}
             acc["seconds"] = breakdown.seconds_account(ops, timed)
+            acc["seconds"]["source"] = _seconds_source(self.config)
+            busy = (self.extra.get("op_timer") or {}).get("busy_by_stage")
+            if busy:  # union of each stage's device intervals, and the rest of the stage's time: the GPU idle
+                acc["seconds"]["gpu_busy_s"] = busy
+                acc["seconds"]["gpu_idle_s"] = {k: max(0.0, timed.get(k, 0.0) - v) for k, v in busy.items()}
         if self.config.hardware is not None and len(ops):
             acc["roofline"] = roofline.summary(ops, get_preset(self.config.hardware), acc.get("seconds"),
                                                None if self.config.mode == "analytic" else self.config.device)

@@ -46,6 +46,7 @@ class JoinResult(NamedTuple):
     device_s: float  # all device time in the profile
     outside_s: float  # device time whose launching op lies in no marker
     busy_intervals: list[tuple[int, int]]  # every device event's (start, end), for busy/idle accounting
+    intervals_by_call: dict[int, list[tuple[int, int]]]  # first record of a call -> its device events' intervals
 
 
 def classify(raw) -> list[Event]:
@@ -85,6 +86,7 @@ def join(events: list[Event]) -> JoinResult:
     device = [e for e in events if e.kind in DEVICE_KINDS]
     seconds: dict[int, float] = {}
     first_start: dict[int, int] = {}
+    by_call: dict[int, list[tuple[int, int]]] = {}
     outside = 0.0
     for e in device:
         first = op_marker.get(e.linked_id)
@@ -94,12 +96,13 @@ def join(events: list[Event]) -> JoinResult:
             continue
         seconds[first] = seconds.get(first, 0.0) + dur
         first_start[first] = min(first_start.get(first, e.start_ns), e.start_ns)
+        by_call.setdefault(first, []).append((e.start_ns, e.end_ns))
     if not device:  # the CPU: each call's time is its marker's
         for s, e, first in markers:
             seconds[first] = (e - s) / 1e9
             first_start[first] = s
     return JoinResult(seconds, first_start, len(markers), sum((e.end_ns - e.start_ns) / 1e9 for e in device),
-                      outside, sorted((e.start_ns, e.end_ns) for e in device))
+                      outside, sorted((e.start_ns, e.end_ns) for e in device), by_call)
 
 
 def busy_seconds(intervals: list[tuple[int, int]]) -> float:
@@ -173,10 +176,17 @@ class ProfilerTimer:
         self.calls[first] = n
 
     def fill(self, rows: list[OpRecord]) -> None:
-        if not self.calls:
-            return
-        result = join(classify(self._profile.profiler.kineto_results.events()))
+        if self.calls:
+            self.fill_from(rows, classify(self._profile.profiler.kineto_results.events()))
+
+    def fill_from(self, rows: list[OpRecord], events: list[Event]) -> None:
+        """:meth:`fill` from events already classified (the profiler's, or a test's)."""
+        result = join(events)
         fill(rows, self.calls, result, self._origin_ns)
+        by_stage: dict[str, list[tuple[int, int]]] = {}
+        for first, intervals in result.intervals_by_call.items():
+            by_stage.setdefault(rows[first].stage, []).extend(intervals)
         self.summary = {"calls": len(self.calls), "markers": result.markers, "device_s": result.device_s,
-                        "outside_markers_s": result.outside_s, "busy_s": busy_seconds(result.busy_intervals)}
+                        "outside_markers_s": result.outside_s, "busy_s": busy_seconds(result.busy_intervals),
+                        "busy_by_stage": {k: busy_seconds(v) for k, v in by_stage.items()}}
         self.calls = {}

@@ -87,4 +87,19 @@ def test_real_profiler_one_marker_per_call_and_times_add_up(tmp_path, monkeypatc
     assert result.markers == len(calls) == r.ops["index"].isin(list(calls)).sum()
     assert sum(calls.values()) == len(r.ops)  # every record belongs to exactly one call
     assert r.ops["time_s"].sum() == pytest.approx(sum(result.seconds.values()), rel=1e-9)
-    assert (r.ops["time_s"] >= 0).all() and r.to_dict()["op_timer"]["markers"] == len(calls)
+    d = r.to_dict()
+    assert (r.ops["time_s"] >= 0).all() and d["op_timer"]["markers"] == len(calls)
+    assert d["seconds"]["source"] == "profiler: CPU op events" and "gpu_busy_s" not in d["seconds"]
+
+
+def test_busy_time_per_stage_from_the_calls_device_intervals():
+    from diffprobe.timing.kernels import ProfilerTimer
+
+    rows = [_record(0, 1)._replace(stage="unet"), _record(1, 1)._replace(stage="vae_decoder")]
+    events = [_marker(0, 0, 10), _op(1, 1), _dev(1, 100, 200), _dev(1, 150, 250),
+              _marker(1, 20, 30), _op(2, 21), _dev(2, 300, 340)]
+    timer = ProfilerTimer("cpu")
+    timer.calls = {0: 1, 1: 1}
+    timer.fill_from(rows, events)
+    assert timer.summary["busy_by_stage"] == {"unet": pytest.approx(150e-9), "vae_decoder": pytest.approx(40e-9)}
+    assert rows[0].time_s == pytest.approx(200e-9)  # kernel durations add up; overlap counts once only in busy
