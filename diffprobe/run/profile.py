@@ -201,7 +201,11 @@ class ProfileResult:
     error: str | None = None
     ops: object = None  # pandas DataFrame of OpRecords (None when op tracing is off)
     unsupported: dict = field(default_factory=dict)  # op name -> count of ops without a formula
-    extra: dict = field(default_factory=dict)
+    images: list = field(default_factory=list)  # the generated images' file names, in batch order
+    image_complete: bool | None = None  # measured: whether every denoising step ran before the VAE decoded
+    approx: dict | None = None  # --approx: the approximate pass's account and times (see _run_approx_pass)
+    op_timer: dict | None = None  # --op-timer profiler: markers vs calls, device and outside-marker seconds
+    chrome_trace: str | None = None  # --chrome-trace: the trace file's name in the run folder
     notes: list = field(default_factory=list)  # warnings about the run itself (e.g. a prompt cut to fit)
     _accounts: tuple | None = field(default=None, init=False, repr=False, compare=False)  # inputs, summaries
 
@@ -260,7 +264,7 @@ class ProfileResult:
             timed = {("pipeline" if k == "other" else k): v for k, v in self.stages.items() if k != "total"}
             acc["seconds"] = breakdown.seconds_account(ops, timed)
             acc["seconds"]["source"] = _seconds_source(self.config)
-            busy = (self.extra.get("op_timer") or {}).get("busy_by_stage")
+            busy = (self.op_timer or {}).get("busy_by_stage")
             if busy:  # union of each stage's device intervals, and the rest of the stage's time: the GPU idle
                 acc["seconds"]["gpu_busy_s"] = busy
                 acc["seconds"]["gpu_idle_s"] = {k: max(0.0, timed.get(k, 0.0) - v) for k, v in busy.items()}
@@ -311,7 +315,9 @@ class ProfileResult:
             "run_dir": self.run_dir,
             "image": self.image,
             **acc,
-            **self.extra,
+            **{k: v for k, v in (("images", self.images or None), ("image_complete", self.image_complete),
+                                 ("approx", self.approx), ("op_timer", self.op_timer),
+                                 ("chrome_trace", self.chrome_trace)) if v is not None},
         }
         warnings = acc.get("warnings", []) + self.notes
         if warnings:
@@ -508,7 +514,7 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
 
 def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) -> None:
     """The same run again, untraced, with approximate attention; its per-call kept fractions re-weight the dense
-    account (``result.extra["approx"]``), and its measured UNet time stands beside the dense one."""
+    account (``result.approx``), and its measured UNet time stands beside the dense one."""
     import tempfile
     from dataclasses import replace
 
@@ -525,11 +531,11 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
             shutil.copyfile(Path(tmp) / again.image, Path(result.run_dir) / "image_approx.png")
     report("approx", 1, 1)
     acc = approximate_account(result.ops, core.calls)
-    result.extra["approx"] = {"method": method, "value": value, **acc, "image": "image_approx.png",
-                              "unet_seconds": again.stages.get("unet"), "dense_unet_seconds": result.stages.get("unet"),
-                              "kernel": kernels_used(core.calls),
-                              "note": "FLOPs a kernel that skipped the dropped entries would need (oracle methods: "
-                                      "the potential); the seconds are this PyTorch implementation's"}
+    result.approx = {"method": method, "value": value, **acc, "image": "image_approx.png",
+                     "unet_seconds": again.stages.get("unet"), "dense_unet_seconds": result.stages.get("unet"),
+                     "kernel": kernels_used(core.calls),
+                     "note": "FLOPs a kernel that skipped the dropped entries would need (oracle methods: the "
+                             "potential); the seconds are this PyTorch implementation's"}
 
 
 def _tracer(cfg: ProfileConfig, pipe, timed: bool):
@@ -610,8 +616,8 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
         img.save(out_dir / name)
         names.append(name)
     result.image = names[0]
-    result.extra["images"] = names
-    result.extra["image_complete"] = measured_evals >= result.unet_evals
+    result.images = names
+    result.image_complete = measured_evals >= result.unet_evals
 
 
 def _collect(result: ProfileResult, runs: list[list], tracer, device: str) -> None:
@@ -623,7 +629,7 @@ def _collect(result: ProfileResult, runs: list[list], tracer, device: str) -> No
         result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)
         summary = getattr(tracer.timer, "summary", None)
         if summary:  # the profiler timer: markers seen vs calls handled, device and outside-marker seconds
-            result.extra["op_timer"] = {"timer": "profiler", **summary}
+            result.op_timer = {"timer": "profiler", **summary}
 
 
 def _save(out_dir: Path, result: ProfileResult) -> None:
@@ -631,5 +637,5 @@ def _save(out_dir: Path, result: ProfileResult) -> None:
         write_ops(out_dir, result.ops)
         write_table(out_dir / "layers.parquet", layer_table(result.ops))
         if result.config.chrome_trace and result.config.mode == "measured":
-            result.extra["chrome_trace"] = write_chrome_trace(out_dir / "trace.json", result.ops).name
+            result.chrome_trace = write_chrome_trace(out_dir / "trace.json", result.ops).name
     write_run_json(out_dir, result.to_dict())
