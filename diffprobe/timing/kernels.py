@@ -23,6 +23,7 @@ import bisect
 from typing import NamedTuple
 
 from diffprobe.records.schema import OpRecord
+from diffprobe.timing.ops import assign
 
 MARKER = "diffprobe#"  # marker names: MARKER + index of the call's first record
 DEVICE_KINDS = ("kernel", "gpu_memcpy", "gpu_memset")
@@ -123,16 +124,8 @@ def fill(rows: list[OpRecord], calls: dict[int, int], result: JoinResult, origin
     a call with several records has its time split over them by FLOPs (``time_apportioned``). A call that
     launched no device work gets 0 s (a view, a shape query)."""
     for first, n in calls.items():
-        secs = result.seconds.get(first, 0.0)
-        at = (result.first_start_ns.get(first, origin_ns) - origin_ns) / 1e9
-        if n == 1:
-            rows[first] = rows[first]._replace(time_s=secs, start_s=at)
-            continue
-        total = sum(r.flops for r in rows[first:first + n]) or 1
-        for i in range(first, first + n):
-            t = secs * rows[i].flops / total
-            rows[i] = rows[i]._replace(time_s=t, start_s=at, time_apportioned=True)
-            at += t
+        assign(rows, first, n, result.seconds.get(first, 0.0),
+               (result.first_start_ns.get(first, origin_ns) - origin_ns) / 1e9)
 
 
 class ProfilerTimer:

@@ -49,14 +49,19 @@ class OpTimer:
         clock = self.clock
         clock.sync()
         for first, n, start, end in self.intervals:
-            secs = clock.seconds(start, end)
-            at = clock.seconds(self.origin, start)
-            if n == 1:
-                rows[first] = rows[first]._replace(time_s=secs, start_s=at)
-                continue
-            total = sum(r.flops for r in rows[first:first + n]) or 1
-            for i in range(first, first + n):
-                t = secs * rows[i].flops / total
-                rows[i] = rows[i]._replace(time_s=t, start_s=at, time_apportioned=True)
-                at += t  # the parts run back to back inside the one kernel
+            assign(rows, first, n, clock.seconds(start, end), clock.seconds(self.origin, start))
         self.intervals.clear()
+
+
+def assign(rows: list[OpRecord], first: int, n: int, secs: float, at: float) -> None:
+    """Give the call that made records ``first`` … ``first + n - 1`` its ``secs``, starting at ``at``: one record
+    takes it all; several (one fused kernel's parts) share it in proportion to their FLOPs, back to back, flagged
+    ``time_apportioned``."""
+    if n == 1:
+        rows[first] = rows[first]._replace(time_s=secs, start_s=at)
+        return
+    total = sum(r.flops for r in rows[first:first + n]) or 1
+    for i in range(first, first + n):
+        t = secs * rows[i].flops / total
+        rows[i] = rows[i]._replace(time_s=t, start_s=at, time_apportioned=True)
+        at += t
