@@ -6,7 +6,8 @@
 #   3. SD 2.1 base at 512 and 1024 px, fp16, traced on CUDA, with the H100 roofline (the scaling issue's GPU check)
 #   4. SD 1.5 at 1024 px, fp16: the block method on the kernel vs dense, end to end (`diffprobe approx`, untraced)
 #   5. SD 2.1 base at 512 px, fp16, traced with --op-timer profiler: kernel time per record (CUPTI via
-#      torch.profiler) joined to the op records; markers seen vs calls handled, device time outside any marker
+#      torch.profiler) joined to the op records; markers seen vs calls handled, device time outside any marker;
+#      the Chrome trace with its GPU track
 # Profile and approx results are packed into profiles.tgz. Every step has its own time limit, so one that hangs or
 # fails leaves the others' results.
 set -u
@@ -46,9 +47,10 @@ timeout 110 python3 -m diffprobe approx --model sd15 --height 1024 --width 1024 
 echo "sd15 1024 block: exit $? $(tail -c 300 "$OUT/profiles/sd15_1024_block.err")"
 echo "== 5. SD 2.1 base 512 px, fp16, traced, kernel times from the profiler (--op-timer profiler)"
 timeout 90 python3 -m diffprobe profile --model sd21-base --height 512 --width 512 --device cuda --dtype float16 \
-  --steps 20 --sample-steps 4 --warmup 1 --op-timer profiler --out /tmp/sd21_512_kernels --force --format json \
-  > "$OUT/profiles/sd21_512_kernels.json" 2> "$OUT/profiles/sd21_512_kernels.err"
+  --steps 20 --sample-steps 4 --warmup 1 --op-timer profiler --chrome-trace --out /tmp/sd21_512_kernels --force \
+  --format json > "$OUT/profiles/sd21_512_kernels.json" 2> "$OUT/profiles/sd21_512_kernels.err"
 echo "sd21 512 kernels: exit $? $(tail -c 300 "$OUT/profiles/sd21_512_kernels.err")"
+cp /tmp/sd21_512_kernels/trace.json "$OUT/profiles/sd21_512_kernels_trace.json" 2>/dev/null
 python3 - "$OUT/profiles/sd21_512_kernels.json" <<'PY' 2>&1 | tee "$OUT/op_timer.txt"
 import json, sys
 d = json.load(open(sys.argv[1]))

@@ -206,6 +206,7 @@ class ProfileResult:
     approx: dict | None = None  # --approx: the approximate pass's account and times (see _run_approx_pass)
     op_timer: dict | None = None  # --op-timer profiler: markers vs calls, device and outside-marker seconds
     chrome_trace: str | None = None  # --chrome-trace: the trace file's name in the run folder
+    kernels: list | None = field(default=None, repr=False)  # profiler timer: device events (the trace's GPU track)
     notes: list = field(default_factory=list)  # warnings about the run itself (e.g. a prompt cut to fit)
     _accounts: tuple | None = field(default=None, init=False, repr=False, compare=False)  # inputs, summaries
 
@@ -630,6 +631,7 @@ def _collect(result: ProfileResult, runs: list[list], tracer, device: str) -> No
         summary = getattr(tracer.timer, "summary", None)
         if summary:  # the profiler timer: markers seen vs calls handled, device and outside-marker seconds
             result.op_timer = {"timer": "profiler", **summary}
+            result.kernels = tracer.timer.kernels
 
 
 def _save(out_dir: Path, result: ProfileResult) -> None:
@@ -637,5 +639,5 @@ def _save(out_dir: Path, result: ProfileResult) -> None:
         write_ops(out_dir, result.ops)
         write_table(out_dir / "layers.parquet", layer_table(result.ops))
         if result.config.chrome_trace and result.config.mode == "measured":
-            result.chrome_trace = write_chrome_trace(out_dir / "trace.json", result.ops).name
+            result.chrome_trace = write_chrome_trace(out_dir / "trace.json", result.ops, result.kernels).name
     write_run_json(out_dir, result.to_dict())

@@ -47,7 +47,8 @@ class JoinResult(NamedTuple):
     device_s: float  # all device time in the profile
     outside_s: float  # device time whose launching op lies in no marker
     busy_intervals: list[tuple[int, int]]  # every device event's (start, end), for busy/idle accounting
-    intervals_by_call: dict[int, list[tuple[int, int]]]  # first record of a call -> its device events' intervals
+    device_by_call: dict[int, list[tuple[int, int, str]]]  # first record of a call -> its device events (start,
+    # end, name)
 
 
 def classify(raw) -> list[Event]:
@@ -87,7 +88,7 @@ def join(events: list[Event]) -> JoinResult:
     device = [e for e in events if e.kind in DEVICE_KINDS]
     seconds: dict[int, float] = {}
     first_start: dict[int, int] = {}
-    by_call: dict[int, list[tuple[int, int]]] = {}
+    by_call: dict[int, list[tuple[int, int, str]]] = {}
     outside = 0.0
     for e in device:
         first = op_marker.get(e.linked_id)
@@ -97,7 +98,7 @@ def join(events: list[Event]) -> JoinResult:
             continue
         seconds[first] = seconds.get(first, 0.0) + dur
         first_start[first] = min(first_start.get(first, e.start_ns), e.start_ns)
-        by_call.setdefault(first, []).append((e.start_ns, e.end_ns))
+        by_call.setdefault(first, []).append((e.start_ns, e.end_ns, e.name))
     if not device:  # the CPU: each call's time is its marker's
         for s, e, first in markers:
             seconds[first] = (e - s) / 1e9
@@ -145,6 +146,7 @@ class ProfilerTimer:
         self._fast = torch._C._profiler._RecordFunctionFast
         self.calls: dict[int, int] = {}  # first record -> records of that call
         self.summary: dict = {}
+        self.kernels: list[dict] = []  # after fill: each device event, its call's first record, start and duration
         self._origin_ns = 0
 
     def begin(self) -> None:
@@ -177,8 +179,12 @@ class ProfilerTimer:
         result = join(events)
         fill(rows, self.calls, result, self._origin_ns)
         by_stage: dict[str, list[tuple[int, int]]] = {}
-        for first, intervals in result.intervals_by_call.items():
-            by_stage.setdefault(rows[first].stage, []).extend(intervals)
+        for first, device in result.device_by_call.items():
+            by_stage.setdefault(rows[first].stage, []).extend((s, e) for s, e, _ in device)
+        # every device event with the call it belongs to, in seconds from the start: the trace's GPU track
+        self.kernels = [{"first": first, "name": name, "start_s": (s - self._origin_ns) / 1e9,
+                         "dur_s": (e - s) / 1e9}
+                        for first, device in result.device_by_call.items() for s, e, name in device]
         self.summary = {"calls": len(self.calls), "markers": result.markers, "device_s": result.device_s,
                         "outside_markers_s": result.outside_s, "busy_s": busy_seconds(result.busy_intervals),
                         "busy_by_stage": {k: busy_seconds(v) for k, v in by_stage.items()}}
