@@ -59,10 +59,6 @@ class StageTimer:
         self._raw.append((stage, step, start, end))
         self.current_stage = None
 
-    def reset_steps(self) -> None:
-        """Start step numbering again (call before each pipeline run)."""
-        self._counts.clear()
-
     # -- instrumentation ---------------------------------------------------------------------------
     def _hook_module(self, module, stage: str) -> None:
         pre = module.register_forward_pre_hook(lambda *_: self._begin(stage))
