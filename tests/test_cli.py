@@ -45,6 +45,7 @@ BAD = [
     (["profile", "--model", "tiny", "--mode", "simulated"], "--mode"),
     (["profile", "--model", "tiny", "--hardware", "B200"], "unknown hardware preset"),
     (["profile", "--model", "tiny", "--mode", "analytic", "--chrome-trace"], "--chrome-trace"),
+    (["profile", "--model", "tiny", "--op-timer", "cupti"], "unknown --op-timer 'cupti'"),
     (["sweep", "--model", "tiny", "--resolutions", "64,100", "--out", "/tmp/x"], "multiple of 8"),
     (["sweep", "--model", "tiny", "--resolutions", "64,big", "--out", "/tmp/x"], "cannot parse resolution"),
     (["sweep", "--model", "tiny", "--resolutions", "", "--out", "/tmp/x"], "empty"),

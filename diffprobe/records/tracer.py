@@ -10,8 +10,9 @@ How it works:
   (CPU flash, CUDA flash / efficient / cuDNN, math on meta) decomposes it differently; it is recorded as the
   three parts every backend computes — score, softmax, P·V — so FLOPs are identical across backends and equal
   to the classic (baddbmm, softmax, bmm) processor;
-* it only counts and attributes: given a timer (:class:`diffprobe.timing.ops.OpTimer`), it hands it two clock marks
-  around each call, and the timer fills the time columns afterwards.
+* it only counts and attributes: given a timer (:class:`diffprobe.timing.ops.OpTimer`,
+  :class:`diffprobe.timing.kernels.ProfilerTimer`), it calls the timer before and after each call it handles, and
+  the timer fills the time columns afterwards.
 """
 
 from __future__ import annotations
@@ -387,7 +388,8 @@ class OpTracer:
             self.timer.end()
 
     def run_timed(self, fn, record, *rec_args):
-        """Run ``fn()``, then ``record(*rec_args, out)``; with a timer, the call's records get its two marks."""
+        """Run ``fn()``, then ``record(*rec_args, out)``; with a timer, the call is timed as one (its records share
+        its time)."""
         timer = self.timer
         if timer is None:
             out = fn()
@@ -443,7 +445,7 @@ class _OpMode(TorchDispatchMode):
         if tr.suppress:
             return func(*args, **kwargs)
         timer = tr.timer
-        if timer is not None:  # the common measured path, inlined: start, op, stop, count
+        if timer is not None:  # the common measured path, inlined: start, op, stop (one record per op)
             first = len(tr.rows)
             token = timer.start(first)
             out = func(*args, **kwargs)
