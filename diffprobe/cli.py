@@ -145,6 +145,11 @@ def profile(
                                  "or profiler (torch.profiler events joined to the ops; on CUDA, kernel time)."),
     chrome_trace: bool = typer.Option(False, "--chrome-trace",
                                       help="Measured mode: also write trace.json for Perfetto / chrome://tracing."),
+    compile_: bool = typer.Option(False, "--compile", help="Also run the UNet and VAE decoder under torch.compile "
+                                  "(Inductor): stage times and per-op kernel times of the compiled run, the eager "
+                                  "run's beside, compile time apart."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="CUDA: the compiled run replays CUDA graphs "
+                                     "(implies --compile; its time is per stage)."),
     hardware: Optional[str] = O_HARDWARE,
     approx: Optional[str] = typer.Option(
         None, help="METHOD=VALUE (threshold=0.01, topk=16, predicted=0.01, block=0.9): run again with that "
@@ -159,7 +164,7 @@ def profile(
                        guidance=guidance, seed=seed, device=device, dtype=dtype, weights=weights,
                        allow_pickle=allow_pickle, repeat=repeat, warmup=warmup, sample_steps=sample_steps,
                        out=out_dir, mode=mode, trace_ops=trace, chrome_trace=chrome_trace, hardware=hardware,
-                       approx=approx, force=force, op_timer=op_timer)
+                       approx=approx, force=force, op_timer=op_timer, compile=compile_, cuda_graphs=cuda_graphs)
     cfg = cfg.resolved()
     bar, callback = _progress(quiet)
     with bar:

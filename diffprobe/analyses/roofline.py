@@ -63,8 +63,10 @@ def versus_measured(roof: pd.DataFrame, seconds: dict, preset: HardwarePreset) -
     """Predicted vs measured per stage and per layer type, with achieved fraction of peak.
 
     ``seconds`` is the measured seconds account (``breakdown.seconds_account``): stage times from the stage
-    timer, layer-type times from the per-op clock. ``error`` is predicted / measured - 1 (negative: the
-    hardware ran slower than its roofline, as it always does by some margin)."""
+    timer, layer-type times from the per-op timer (on CUDA with the profiler timer, or a compiled run: kernel
+    time). ``error`` is predicted / measured - 1 (negative: the hardware ran slower than its roofline, as it always
+    does by some margin). Where the account has kernel-busy seconds per stage (``gpu_busy_s``), each stage also
+    gets ``kernel_s`` and ``kernel_error`` (the roofline against the GPU's busy time, host gaps left out)."""
     pred = prediction(roof)
     flops_stage = _sum(roof, "stage", "flops")
     flops_type = _sum(roof, "layer_type", "flops")
@@ -79,6 +81,10 @@ def versus_measured(roof: pd.DataFrame, seconds: dict, preset: HardwarePreset) -
     types = {t: row(pred["by_layer_type"].get(t, 0.0), m, flops_type.get(t, 0.0))
              for t, m in seconds.get("by_layer_type", {}).items() if t != UNATTRIBUTED}
     peak = preset.peak(_main_dtype(roof))
+    for s, busy in (seconds.get("gpu_busy_s") or {}).items():  # CUDA, profiler timer: kernel-busy time per stage
+        if s in stages:
+            stages[s]["kernel_s"] = busy
+            stages[s]["kernel_error"] = (stages[s]["predicted_s"] / busy - 1) if busy else None
     for r in (*stages.values(), *types.values()):
         r["fraction_of_peak"] = r["achieved_flops"] / peak if r["achieved_flops"] is not None else None
     return {"by_stage": stages, "by_layer_type": types, "peak_flops": peak,

@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import shutil
 
 import torch
 import torch.nn.functional as F
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.timing.compiled import compiler_unavailable
 
 BACKENDS = ("auto", "flex", "gather")
 
@@ -125,10 +124,7 @@ def flex_unavailable(device: torch.device, block_size: int) -> str | None:
             return f"block size {block_size} is not a multiple of 16 (the Triton kernel's smallest tile)"
         return None
     if device.type == "cpu":
-        cxx = os.environ.get("CXX", "g++")
-        if not _on_path(cxx):
-            return f"no C++ compiler ({cxx}) for Inductor's CPU kernel"
-        return None
+        return compiler_unavailable("cpu")
     return f"no FlexAttention kernel for device type {device.type}"
 
 
@@ -161,11 +157,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if layout.backend == "flex":
         return _flex_attention(q, k, v, layout.flex, block_size)
     return _gather_attention(q, k, v, mask, block_size, math.ceil(n / block_size), math.ceil(m / block_size))
-
-
-@functools.cache
-def _on_path(program: str) -> bool:
-    return shutil.which(program) is not None
 
 
 _COMPILED = {}

@@ -17,7 +17,7 @@ from diffprobe.report import figures as figs
 from diffprobe.report.compare import compare_report
 from diffprobe.report.findings import approx_findings, eps_tau, profile_findings, sparsity_headline, sweep_findings
 from diffprobe.report.page import Page, esc, table
-from diffprobe.report.text import approx_rows, sparsity_rows
+from diffprobe.report.text import approx_rows, compiled_items, compiled_rows, sparsity_rows
 from diffprobe.report.units import fmt_k, fmt_n, fmt_s
 
 
@@ -95,6 +95,16 @@ def _profile_report(folder: Path, d: dict) -> Path:
             page.add(f"<p>{esc(_approx_sentence(ap))}</p>")
         page.figure(figs.stage_layer_bars(d), "stage_layer_types", "FLOPs (and measured time) by stage, stacked by "
                     "layer type")
+    if d.get("compiled"):
+        c = d["compiled"]
+        page.h2(f"Eager vs compiled ({c['backend']})")
+        page.add(table(["stage / layer type", "eager", "compiled", "speedup"],
+                       [[n, fmt_s(e), fmt_s(k), f"{e / k:.2f}×" if k > 0 else "—"] for n, e, k in compiled_rows(d)]))
+        source = c["eager"].get("by_layer_type_source") or "no op tracing"
+        page.add(f"<p>{esc('; '.join(str(x) for x in compiled_items(d)[1:]))}. Eager stage times come from an "
+                 f"untraced eager run; eager layer-type times from the traced run ({esc(source)}); compiled "
+                 "per-layer times are the compiled kernels' times attributed through Inductor's provenance, split "
+                 "by bytes where one kernel covers several records.</p>")
     page.figure(figs.step_timeline(d), "steps", "per UNet evaluation")
     if d.get("roofline") and ops is not None and len(ops):
         _roofline_section(page, d["roofline"], ops, "roofline")

@@ -241,6 +241,20 @@ def roofline_items(roof: dict) -> list:
     t.add_row("total", fmt_s(pred["total_s"]), *((fmt_s(vm["total"]["measured_s"]), "", "") if vm else ()),
               style="bold")
     items.append(t)
+    types = {k: r for k, r in (vm or {}).get("by_layer_type", {}).items() if r["measured_s"]}
+    if types:
+        t = Table(title="roofline vs measured per layer type", title_justify="left")
+        for col in ("layer type", "roofline", "measured", "error", "of peak"):
+            t.add_column(col, justify="left" if col == "layer type" else "right")
+        for name, r in sorted(types.items(), key=lambda kv: -kv[1]["measured_s"]):
+            t.add_row(name, fmt_s(r["predicted_s"]), fmt_s(r["measured_s"]),
+                      "" if r["error"] is None else f"{100 * r['error']:+.0f}%",
+                      "" if r.get("fraction_of_peak") is None else f"{100 * r['fraction_of_peak']:.0f}%")
+        items.append(t)
+    if any("kernel_s" in r for r in stages.values() if r):
+        items.append("GPU kernel-busy seconds per stage (roofline vs busy): " + ", ".join(
+            f"{s} {fmt_s(r['kernel_s'])} ({100 * r['kernel_error']:+.0f}%)" for s, r in stages.items()
+            if r and "kernel_s" in r and r["kernel_error"] is not None))
     if roof.get("caveat"):
         items.append(f"note: {roof['caveat']}")
     return items
@@ -299,10 +313,44 @@ def profile_items(d: dict) -> list:
     items.append(f"peak memory: {fmt_bytes(d['peak_memory_bytes'])} ({d['peak_memory_kind']})")
     if "flops" in d:
         items += account_items(d)
+    if d.get("compiled"):
+        items += compiled_items(d)
     if d.get("roofline"):
         items += roofline_items(d["roofline"])
     image = f"  image: {d['image']}" if d.get("image") else ""
     items.append(f"run folder: {d['run_dir']}{image}")
+    return items
+
+
+def compiled_rows(d: dict) -> list[tuple[str, float, float]]:
+    """``--compile``: (name, eager s, compiled s) per stage, then per layer type of the compiled stages."""
+    c = d["compiled"]
+    rows = [(f"stage {k}", v, d["stages"].get(k, 0.0)) for k, v in c["eager"]["stages"].items() if k != "total"]
+    rows.append(("stage total", c["eager"]["stages"].get("total", 0.0), d["stages"].get("total", 0.0)))
+    by_type = (d.get("seconds") or {}).get("by_layer_type", {})
+    if "kernels" in c:
+        rows += [(t, c["eager"]["by_layer_type"].get(t, 0.0), by_type.get(t, 0.0))
+                 for t in sorted(set(by_type) | set(c["eager"]["by_layer_type"]),
+                                 key=lambda t: -c["eager"]["by_layer_type"].get(t, 0.0)) if t != "unattributed"]
+    return rows
+
+
+def compiled_items(d: dict) -> list:
+    """``--compile``: eager vs compiled seconds side by side, compile time and how the kernels were attributed."""
+    c = d["compiled"]
+    t = Table(title=f"eager vs compiled ({c['backend']}; eager stages untraced, eager layer types from the trace)",
+              title_justify="left")
+    for col in ("stage / layer type", "eager", "compiled", "speedup"):
+        t.add_column(col, justify="left" if col.startswith("stage") else "right")
+    for name, e, k in compiled_rows(d):
+        t.add_row(name, fmt_s(e), fmt_s(k), f"{e / k:.2f}x" if k > 0 else "—")
+    items: list = [t, f"compile: {fmt_s(c['compile_s'])} in Inductor, first compiled run {fmt_s(c['first_call_s'])} "
+                      "(not in the stage times)"]
+    if "kernels" in c:
+        items.append(f"compiled kernels: {c['kernels_matched']} of {c['kernels']} matched to Inductor's provenance; "
+                     f"{fmt_s(c['kernel_s'])} kernel time, {fmt_s(c['unattributed_s'])} unattributed")
+    else:
+        items.append(f"per-op attribution: {c['attribution']}")
     return items
 
 

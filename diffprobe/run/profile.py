@@ -79,6 +79,8 @@ class ProfileConfig:
     approx: str | None = None  # "METHOD=VALUE": also run approximate attention and account for it beside dense
     force: bool = False  # replace the diffprobe results in a non-empty --out
     op_timer: str = "clock"  # per-op times: "clock" (marks around each op) or "profiler" (torch.profiler events)
+    compile: bool = False  # also run the denoiser and VAE decoder under torch.compile (Inductor) and time that
+    cuda_graphs: bool = False  # CUDA only: the compiled run replays CUDA graphs (Inductor's cudagraphs)
 
     @property
     def random_weights(self) -> bool:
@@ -121,6 +123,8 @@ class ProfileConfig:
             raise DiffprobeError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
         if cfg.chrome_trace and (cfg.mode == "analytic" or not cfg.trace_ops):
             raise DiffprobeError("--chrome-trace needs a measured run with op tracing (--mode measured --trace)")
+        if cfg.compile or cfg.cuda_graphs:
+            _check_compile(cfg)
         if cfg.mode == "analytic":
             cfg.sample_steps = 0  # every step is traced (replayed): the account covers the full run
         else:
@@ -139,8 +143,31 @@ class ProfileConfig:
         return cfg
 
 
+def _check_compile(cfg: ProfileConfig) -> None:
+    """Refuse ``--compile`` / ``--cuda-graphs`` where they cannot run (one line each)."""
+    from diffprobe.timing.compiled import compiler_unavailable
+
+    if cfg.mode != "measured":
+        raise DiffprobeError("--compile and --cuda-graphs time a real run: use --mode measured")
+    if cfg.cuda_graphs and not cfg.device.startswith("cuda"):
+        raise DiffprobeError("--cuda-graphs needs --device cuda (CUDA graphs capture and replay GPU work)")
+    if cfg.approx is not None:
+        raise DiffprobeError("--approx cannot be combined with --compile or --cuda-graphs (the approximate "
+                             "attention runs eagerly); profile them as two runs and compare")
+    why = compiler_unavailable("cuda" if cfg.device.startswith("cuda") else "cpu")
+    if why:
+        raise DiffprobeError(f"--compile cannot run here: {why}")
+    cfg.compile = True  # --cuda-graphs is a compiled run whose graphs are captured
+
+
 def _seconds_source(cfg: ProfileConfig) -> str:
     """Where a measured run's per-record seconds come from (``seconds.source``)."""
+    if cfg.cuda_graphs and cfg.trace_ops:
+        return ("eager trace's per-op times (per-record times are not measurable inside a CUDA graph: the compiled "
+                "run's time is per stage)")
+    if cfg.compile and cfg.trace_ops:
+        return ("compiled run: profiler time of each compiled kernel (device time on CUDA), attributed to the eager "
+                "records through Inductor's provenance; uncompiled stages keep the eager per-op times")
     if not cfg.trace_ops:
         return "stage timer only (no op tracing)"
     if cfg.op_timer == "profiler":
@@ -207,6 +234,7 @@ class ProfileResult:
     op_timer: dict | None = None  # --op-timer profiler: markers vs calls, device and outside-marker seconds
     chrome_trace: str | None = None  # --chrome-trace: the trace file's name in the run folder
     kernels: list | None = field(default=None, repr=False)  # profiler timer: device events (the trace's GPU track)
+    compiled: dict | None = None  # --compile: compile time, the eager run's times beside, attribution totals
     notes: list = field(default_factory=list)  # warnings about the run itself (e.g. a prompt cut to fit)
     _accounts: tuple | None = field(default=None, init=False, repr=False, compare=False)  # inputs, summaries
 
@@ -318,6 +346,7 @@ class ProfileResult:
             **acc,
             **{k: v for k, v in (("images", self.images or None), ("image_complete", self.image_complete),
                                  ("approx", self.approx), ("op_timer", self.op_timer),
+                                 ("compiled", self.compiled),
                                  ("chrome_trace", self.chrome_trace)) if v is not None},
         }
         warnings = acc.get("warnings", []) + self.notes
@@ -501,6 +530,16 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
             raise
     else:
         _run_measured(cfg, pipe, result, report, out_dir)
+        if cfg.compile:
+            try:
+                _run_compiled(cfg, pipe, result, report, out_dir)
+            except BaseException as exc:  # the eager run is measured: it is written before the error propagates
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                result.status = "interrupted" if interrupted else "failed"
+                result.error = ("interrupted (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {exc}") + (
+                    " in the compiled run; the eager run is complete")
+                _save(out_dir, result)
+                raise
         if cfg.approx is not None and result.ops is not None:
             try:
                 _run_approx_pass(cfg, pipe, result, report)
@@ -537,6 +576,94 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
                      "kernel": kernels_used(core.calls),
                      "note": "FLOPs a kernel that skipped the dropped entries would need (oracle methods: the "
                              "potential); the seconds are this PyTorch implementation's"}
+
+
+def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_dir: Path) -> None:
+    """The same run with the denoiser and the VAE decoder under ``torch.compile``: compiled once (timed apart),
+    once under the profiler (each compiled kernel's time, attributed to the eager records), then timed untraced as
+    configured (the run's stage times). The eager run's stage and layer-type seconds stay beside, in
+    ``result.compiled``."""
+    import tempfile
+    import time
+    from dataclasses import replace
+
+    import pandas as pd
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from diffprobe.records.schema import COLUMNS, OpRecord
+    from diffprobe.timing import compiled as comp
+    from diffprobe.timing.kernels import classify
+
+    eager_seconds = result.accounts().get("seconds", {})
+    plain = replace(cfg, trace_ops=False, chrome_trace=False, hardware=None, approx=None, compile=False,
+                    cuda_graphs=False)
+    unet, had_decode = pipe.unet, "decode" in vars(pipe.vae)
+    capture = comp.CompileCapture(cuda_graphs=cfg.cuda_graphs)
+    scratch = ProfileResult(plain, result.spec, result.params, {}, {}, [], result.unet_evals,
+                            result.unet_evals_measured, 0, "", result.environment)
+    with capture, tempfile.TemporaryDirectory(prefix="diffprobe-compile-") as tmp:
+        report("eager run", 0, 1)
+        if cfg.trace_ops:  # the traced run's stage times carry the tracer's cost: time eager untraced too
+            _run_measured(plain, pipe, scratch, lambda *_: None, Path(tmp))
+        else:
+            scratch.stages = result.stages
+        eager = {"stages": dict(scratch.stages), "stages_source": "untraced eager run (same --repeat, --warmup)",
+                 "by_layer_type": dict(eager_seconds.get("by_layer_type", {})),
+                 "by_layer_type_source": _seconds_source(replace(cfg, compile=False, cuda_graphs=False))
+                 if cfg.trace_ops else None}
+        report("eager run", 1, 1)
+        try:
+            pipe.unet = torch.compile(unet, backend=capture.backend("unet", "unet"), dynamic=False)
+            pipe.vae.decode = torch.compile(pipe.vae.decode, backend=capture.backend("vae_decoder", "vae"),
+                                            dynamic=False)
+            report("compile", 0, 1)
+            t0 = time.perf_counter()
+            _run_measured(replace(plain, repeat=1, warmup=0), pipe, scratch, lambda *_: None, Path(tmp))
+            first_call_s = time.perf_counter() - t0
+            report("compile", 1, 1)
+            attribution = None
+            if result.ops is not None and not cfg.cuda_graphs:
+                device = cfg.device.startswith("cuda")
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device else [])
+                with profile(activities=acts, record_shapes=False, with_stack=False) as prof:
+                    origin = time.time_ns()
+                    _run_measured(replace(plain, repeat=1, warmup=0), pipe, scratch, lambda *_: None, Path(tmp))
+                events = classify(prof.profiler.kineto_results.events())
+                rows = [OpRecord(*t) for t in result.ops.itertuples(index=False, name=None)]
+                attribution = comp.attribute(comp.graph_calls(events), capture.graphs, rows,
+                                             result.unet_evals_measured)
+                rows = comp.apply(rows, {"unet", "vae_decoder"}, attribution, origin)
+                result.ops = pd.DataFrame(rows, columns=list(COLUMNS))
+            report("compiled run", 0, 1)
+            _run_measured(plain, pipe, scratch, lambda *_: None, out_dir)  # the run's stage times and image
+            report("compiled run", 1, 1)
+        finally:
+            pipe.unet = unet
+            if not had_decode:
+                vars(pipe.vae).pop("decode", None)
+    result.stages, result.stage_stats, result.steps = scratch.stages, scratch.stage_stats, scratch.steps
+    result.peak_memory_bytes = max(result.peak_memory_bytes, scratch.peak_memory_bytes)
+    result.compiled = {
+        "backend": "inductor" + (" with CUDA graphs" if cfg.cuda_graphs else ""),
+        "compiled": ["unet", "vae_decoder"],
+        "graphs": capture.graph_count,
+        "compile_s": capture.compile_s,
+        "first_call_s": first_call_s,
+        "compile_note": "compile_s: time inside Inductor (codegen and kernel build, cache hits included); "
+                        "first_call_s: the first compiled run, compiling included; neither is in the stage times",
+        "eager": eager,
+    }
+    if attribution is not None:
+        a = attribution
+        result.compiled.update({
+            "kernels": a.kernels, "kernels_matched": a.matched_kernels, "graph_calls": a.calls,
+            "kernel_s": a.kernel_s, "unattributed_s": a.unattributed_s,
+            "unattributed_kernels": dict(sorted(a.unattributed.items(), key=lambda kv: -kv[1])[:10]),
+        })
+    else:
+        result.compiled["attribution"] = ("per stage only: kernels replayed from a CUDA graph link only to the "
+                                          "graph launch" if cfg.cuda_graphs else "none (no op tracing)")
 
 
 def _tracer(cfg: ProfileConfig, pipe, timed: bool):
