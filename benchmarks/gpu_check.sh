@@ -8,6 +8,10 @@
 #   5. SD 2.1 base at 512 px, fp16, traced with --op-timer profiler: kernel time per record (CUPTI via
 #      torch.profiler) joined to the op records; markers seen vs calls handled, device time outside any marker;
 #      the Chrome trace with its GPU track
+#   6. GPU timing (benchmarks/gpu_timing.py): SD 2.1 base at 512 and 1024 px and SD 1.5 at 512 px, fp16, 4 steps,
+#      eager and compiled: markers vs calls, kernel time outside markers and on view rows, traced vs untraced kernel
+#      time per stage, busy and idle per stage, compiled vs eager per layer type, roofline vs measured per stage
+# `bash benchmarks/gpu_check.sh timing` runs step 6 alone (about 7 minutes); no argument runs steps 1-5.
 # Profile and approx results are packed into profiles.tgz. Every step has its own time limit, so one that hangs or
 # fails leaves the others' results.
 set -u
@@ -21,6 +25,18 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TRANSFORMER
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, diffusers; print('torch', torch.__version__, 'triton', triton.__version__,
 'diffusers', diffusers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+
+if [ "${1:-}" = "timing" ]; then
+  echo "== 6. GPU timing: traced vs untraced, busy/idle, compiled vs eager, roofline"
+  for run in "sd21-base 512 150" "sd21-base 1024 170" "sd15 512 150"; do
+    set -- $run
+    timeout "$3" python3 benchmarks/gpu_timing.py --model "$1" --px "$2" --device cuda --dtype float16 --steps 4 \
+      --hardware H100-SXM --json "$OUT/gpu_timing_$1_$2.json" 2>"$OUT/gpu_timing_$1_$2.err" \
+      | tee "$OUT/gpu_timing_$1_$2.txt"
+    echo "$1 $2: exit ${PIPESTATUS[0]} $(grep -v -i warn "$OUT/gpu_timing_$1_$2.err" | tail -c 300)"
+  done
+  exit 0
+fi
 
 echo "== 1. CUDA tests"
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/attention/test_kernels.py -k cuda 2>&1 | tail -15 \

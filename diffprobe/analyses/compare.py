@@ -9,8 +9,8 @@ from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
 
-CONFIG_KEYS = ("model", "height", "width", "steps", "batch", "guidance", "device", "dtype", "mode", "weights",
-               "prompt", "seed")
+CONFIG_KEYS = ("model", "height", "width", "steps", "batch", "guidance", "device", "dtype", "mode", "compile",
+               "cuda_graphs", "weights", "prompt", "seed")
 
 
 def _label(folders: list[Path]) -> list[str]:
@@ -30,6 +30,8 @@ def _profile_metrics(d: dict) -> dict[str, float]:
         m["bytes.total"] = d["bytes"]["total"]
     sec = d.get("seconds") or {}
     m.update({f"seconds.{k}": v for k, v in sec.get("by_layer_type", {}).items()})
+    if d.get("compiled"):  # apart from the run's time, as the profile reports it
+        m["compile_s"] = d["compiled"]["compile_s"]
     if d.get("peak_memory_bytes"):
         m["peak_memory_bytes"] = d["peak_memory_bytes"]
     return m
@@ -70,7 +72,7 @@ def compare(loaded: list[tuple[Path, str, dict]]) -> dict:
     labels = _label([p for p, _, _ in loaded])
     runs, metrics = [], {}
     for label, (path, _, d) in zip(labels, loaded, strict=True):
-        conf = d if kind == "profile" else {**d.get("config", {}), "model": d.get("model"), "mode": d.get("mode"),
+        conf = {"compile": False, "cuda_graphs": False, **d} if kind == "profile" else {**d.get("config", {}), "model": d.get("model"), "mode": d.get("mode"),
                                             **_sweep_axes(d)}
         status = d.get("status", "ok") if kind == "profile" else ("ok" if d.get("complete", True) else "incomplete")
         runs.append({"label": label, "dir": str(path), "status": status, **{k: conf.get(k) for k in CONFIG_KEYS}})

@@ -331,6 +331,8 @@ class ProfileResult:
             "device": c.device,
             "dtype": c.dtype,
             "mode": c.mode,
+            "compile": c.compile,
+            "cuda_graphs": c.cuda_graphs,
             "repeat": c.repeat,
             "warmup": c.warmup,
             "params": self.params,
