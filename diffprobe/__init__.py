@@ -22,6 +22,14 @@ def profile(progress=None, **kwargs):
     return run_profile(ProfileConfig(**kwargs), progress=progress)
 
 
+def accel(run_dir, arch="sa-dense", density=None, gpu="H100-SXM") -> dict:
+    """A profile run folder on accelerator presets (comma list or list); writes ``accel.json`` there and returns
+    it (see :func:`diffprobe.run.accel.accel_run`)."""
+    from diffprobe.run.accel import accel_run
+
+    return accel_run(run_dir, arch, density, gpu)
+
+
 def list_models():
     """The embedded architectures (:class:`~diffprobe.models.registry.ModelSpec`)."""
     from diffprobe.models.registry import list_models as _list
@@ -29,4 +37,4 @@ def list_models():
     return _list()
 
 
-__all__ = ["profile", "list_models", "__version__"]
+__all__ = ["profile", "accel", "list_models", "__version__"]

@@ -482,6 +482,54 @@ def kernels_bench(
         out.print(line)
 
 
+class Dataflow(str, Enum):
+    os = "os"
+    ws = "ws"
+    is_ = "is"
+
+
+@app.command()
+def accel(
+    target: str = typer.Argument(..., help="A profile run folder, or 'gemm' for one GEMM on one array."),
+    arch: str = typer.Option("sa-dense", "--arch", help="Accelerator presets, comma list (built-in: sa-dense, "
+                             "sa-block64, sa-row, sa-element) or .toml paths."),
+    density: Optional[float] = typer.Option(None, help="Kept fraction of self-attention, in (0, 1], for designs "
+                                            "that skip attention (a uniform stand-in for measured masks)."),
+    gpu: str = typer.Option("H100-SXM", help="GPU preset whose roofline the designs are compared with."),
+    m: int = typer.Option(0, "--m", help="gemm: rows of the left operand (output pixels / tokens)."),
+    k: int = typer.Option(0, "--k", help="gemm: the reduction dimension."),
+    n: int = typer.Option(0, "--n", help="gemm: columns of the right operand (output channels)."),
+    rows: int = typer.Option(128, help="gemm: array rows."),
+    cols: int = typer.Option(128, help="gemm: array columns."),
+    dataflow: Dataflow = typer.Option(Dataflow.ws, help="gemm: os, ws or is."),
+    fmt: Format = O_FORMAT,
+) -> None:
+    """A run on accelerator designs (dense systolic array, with block / row / element attention skipping):
+    cycles, latency, energy and traffic per stage and layer type, against the dense design and the GPU."""
+    from diffprobe.report.text import accel_gemm_lines, accel_items
+
+    if target == "gemm":
+        from diffprobe.run.accel import accel_gemm
+
+        r = accel_gemm(m, k, n, rows, cols, dataflow.value)
+        if fmt is Format.json:
+            _print_json(r)
+        else:
+            for line in accel_gemm_lines(r):
+                out.print(line)
+        return
+    from diffprobe.run.accel import accel_run
+
+    r = accel_run(target, arch, density, gpu)
+    report_path = _build_report(target)
+    if fmt is Format.json:
+        _print_json(r)
+        return
+    for item in accel_items(r):
+        out.print(item)
+    out.print(f"report: {report_path}")
+
+
 @app.command()
 def models(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:
     """List the embedded architectures with their parameter counts (built on the meta device)."""

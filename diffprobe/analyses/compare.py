@@ -72,8 +72,9 @@ def compare(loaded: list[tuple[Path, str, dict]]) -> dict:
     labels = _label([p for p, _, _ in loaded])
     runs, metrics = [], {}
     for label, (path, _, d) in zip(labels, loaded, strict=True):
-        conf = {"compile": False, "cuda_graphs": False, **d} if kind == "profile" else {**d.get("config", {}), "model": d.get("model"), "mode": d.get("mode"),
-                                            **_sweep_axes(d)}
+        profile_conf = {"compile": False, "cuda_graphs": False, **d}
+        conf = profile_conf if kind == "profile" else {**d.get("config", {}), "model": d.get("model"),
+                                                       "mode": d.get("mode"), **_sweep_axes(d)}
         status = d.get("status", "ok") if kind == "profile" else ("ok" if d.get("complete", True) else "incomplete")
         runs.append({"label": label, "dir": str(path), "status": status, **{k: conf.get(k) for k in CONFIG_KEYS}})
         metrics[label] = _profile_metrics(d) if kind == "profile" else _sweep_metrics(d)

@@ -14,7 +14,7 @@ import pyarrow as pa
 OPS_VERSION = 3  # 2: start_s added; 3: shapes as list columns
 SCHEMA_VERSION = 2  # the JSON documents (run.json, sweep.json, ...): unchanged since start_s
 VERSIONS = {"ops": OPS_VERSION, "profile": SCHEMA_VERSION, "sweep": SCHEMA_VERSION, "compare": SCHEMA_VERSION,
-            "sparsity": SCHEMA_VERSION, "approx": SCHEMA_VERSION}
+            "sparsity": SCHEMA_VERSION, "approx": SCHEMA_VERSION, "accel": SCHEMA_VERSION}
 
 # Layer types used in every table. The first thirteen are the study's; ``linear`` (dense layers outside attention
 # and feed-forward, e.g. SD 2's proj_in/proj_out, ResNet time projections), ``memory`` (copies, concatenation,

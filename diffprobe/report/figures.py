@@ -258,3 +258,32 @@ def tradeoff(results: list[dict]) -> Figure:
         ax.set_ylabel(label)
         ax.legend(fontsize=7, frameon=False)
     return fig
+
+
+def accel_figure(acc: dict) -> Figure:
+    """Accelerator designs side by side: latency by layer type (stacked) and energy by component (stacked)."""
+    designs = list(acc["accel"])
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    types = sorted({t for a in acc["accel"].values() for t in a["by_layer_type"]},
+                   key=lambda t: -acc["accel"][designs[0]]["by_layer_type"].get(t, {}).get("latency_s", 0.0))
+    bottom = [0.0] * len(designs)
+    for t in types:
+        vals = [acc["accel"][d]["by_layer_type"].get(t, {}).get("latency_s", 0.0) for d in designs]
+        if any(vals):
+            ax1.bar(designs, vals, bottom=bottom, label=t, color=color(t))
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax1.set_ylabel("seconds")
+    ax1.set_title("latency by layer type", fontsize=10)
+    ax1.legend(fontsize=7, ncol=2)
+    bottom = [0.0] * len(designs)
+    for comp in ("mac", "vector", "sram", "dram"):
+        vals = [acc["accel"][d]["energy_by_component"][comp] for d in designs]
+        ax2.bar(designs, vals, bottom=bottom, label=comp)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax2.set_ylabel("joules")
+    ax2.set_title("energy by component", fontsize=10)
+    ax2.legend(fontsize=7)
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelsize=8, rotation=15)
+    return fig

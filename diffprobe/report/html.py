@@ -17,7 +17,7 @@ from diffprobe.report import figures as figs
 from diffprobe.report.compare import compare_report
 from diffprobe.report.findings import approx_findings, eps_tau, profile_findings, sparsity_headline, sweep_findings
 from diffprobe.report.page import Page, esc, table
-from diffprobe.report.text import approx_rows, compiled_items, compiled_rows, sparsity_rows
+from diffprobe.report.text import accel_rows, approx_rows, compiled_items, compiled_rows, sparsity_rows
 from diffprobe.report.units import fmt_k, fmt_n, fmt_s
 
 
@@ -108,6 +108,9 @@ def _profile_report(folder: Path, d: dict) -> Path:
     page.figure(figs.step_timeline(d), "steps", "per UNet evaluation")
     if d.get("roofline") and ops is not None and len(ops):
         _roofline_section(page, d["roofline"], ops, "roofline")
+    accel_path = folder / "accel.json"
+    if accel_path.exists():
+        _accel_section(page, folder)
     image = d.get("image")
     if image and (folder / image).exists():
         page.h2("Generated image")
@@ -123,6 +126,23 @@ def _profile_report(folder: Path, d: dict) -> Path:
         page.h2("Environment")
         page.add(table(["", ""], [[k, v] for k, v in d["environment"].items()]))
     return page.write()
+
+
+def _accel_section(page: Page, folder: Path) -> None:
+    """``diffprobe accel``'s account of this run (accel.json): designs side by side, and the figure."""
+    import json
+
+    try:
+        acc = json.loads((folder / "accel.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DiffprobeError(f"{folder / 'accel.json'} is unreadable: {exc}") from exc
+    page.h2("Accelerator designs")
+    page.add(table(*accel_rows(acc)))
+    note = acc.get("density_note") or "attention as the run computed it"
+    page.add(f"<p>{esc(note)}. Speedups against each design's dense counterpart and against the "
+             f"{esc(acc['gpu']['preset'])} roofline ({fmt_s(acc['gpu']['roofline_s'])}); the model and every "
+             "preset's sources are in docs/accelerator.md.</p>")
+    page.figure(figs.accel_figure(acc), "accel", "latency by layer type and energy by component, per design")
 
 
 def _approx_sentence(ap: dict) -> str:

@@ -406,3 +406,59 @@ def models_table(rows: list[dict]) -> Table:
         t.add_row(r["name"], r["title"], str(r["native_resolution"]), f"{r['params']['unet']:,}",
                   f"{sum(r['params'].values()):,}")
     return t
+
+
+def accel_gemm_lines(r: dict) -> list[str]:
+    """``diffprobe accel gemm``: one GEMM's mapping, cycles, utilization and traffic."""
+    return [f"GEMM ({r['m']} x {r['k']}) @ ({r['k']} x {r['n']}) on a {r['rows']}x{r['cols']} array, "
+            f"{r['dataflow']} dataflow ({r['base_preset']}'s clock, buffers and energies)",
+            f"  mapped {r['mapped_rows']} x {r['mapped_cols']} onto the array, {r['streamed']} streamed; "
+            f"{r['folds']} folds x {r['cycles_per_fold']} cycles",
+            f"  compute {r['compute_cycles']:.0f} cycles, memory {r['memory_cycles']:.0f} cycles -> {r['cycles']:.0f} "
+            f"cycles ({fmt_s(r['latency_s'])}); utilization {100 * r['utilization']:.1f}%",
+            f"  {fmt_n(r['macs'])} MACs; SRAM {fmt_bytes(r['sram_bytes'])}, DRAM {fmt_bytes(r['dram_bytes'])}; "
+            f"energy {r['energy_j'] * 1e6:.3g} µJ"]
+
+
+def accel_rows(r: dict) -> tuple[list[str], list[list]]:
+    """Per design: latency, energy, utilization and speedups (the accel table, terminal and report)."""
+    head = ["design", "skips", "latency", "energy", "array util", "DRAM", "vs dense", "vs GPU roofline"]
+    if r["gpu"].get("measured_s"):
+        head.append("vs measured GPU")
+    rows = []
+    for name, a in r["accel"].items():
+        row = [name, a["granularity"], fmt_s(a["latency_s"]), f"{a['energy_j']:.3g} J",
+               "" if a["utilization"] is None else f"{100 * a['utilization']:.0f}%", fmt_bytes(a["dram_bytes"]),
+               f"{a['speedup_over_dense']:.2f}x", f"{a['speedup_over_gpu_roofline']:.2f}x"]
+        if r["gpu"].get("measured_s"):
+            row.append(f"{a.get('speedup_over_measured_gpu', 0):.2f}x")
+        rows.append(row)
+    return head, rows
+
+
+def accel_items(r: dict) -> list:
+    """``diffprobe accel RUN``: the designs side by side, then each design's latency by layer type."""
+    items: list = []
+    head, rows = accel_rows(r)
+    t = Table(title=f"accelerators: {r['model']} {r['height']}x{r['width']}, {r['steps']} steps ({r['mode']} run); "
+              f"GPU roofline {r['gpu']['preset']} {fmt_s(r['gpu']['roofline_s'])}", title_justify="left")
+    for col in head:
+        t.add_column(col, justify="left" if col in ("design", "skips") else "right")
+    for row in rows:
+        t.add_row(*row)
+    items.append(t)
+    if r.get("density_note"):
+        items.append(f"note: {r['density_note']}")
+    names = list(r["accel"])
+    types = sorted({lt for a in r["accel"].values() for lt in a["by_layer_type"]},
+                   key=lambda lt: -r["accel"][names[0]]["by_layer_type"].get(lt, {}).get("latency_s", 0.0))
+    t = Table(title="latency by layer type", title_justify="left")
+    t.add_column("layer type")
+    for n in names:
+        t.add_column(n, justify="right")
+    for lt in types:
+        vals = [r["accel"][n]["by_layer_type"].get(lt, {}).get("latency_s", 0.0) for n in names]
+        if any(vals):
+            t.add_row(lt, *(fmt_s(v) for v in vals))
+    items.append(t)
+    return items

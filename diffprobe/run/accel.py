@@ -1,0 +1,93 @@
+"""``diffprobe accel``: a profile run's records on accelerator designs, written as ``accel.json`` into the run folder
+(the report renders it from there), and ``accel gemm``, one GEMM on one array."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffprobe.analyses import roofline
+from diffprobe.analyses.accel import evaluate, summary
+from diffprobe.errors import DiffprobeError
+from diffprobe.hardware.accel import AccelPreset, gemm, get_accel, mapping
+from diffprobe.hardware.presets import get_preset
+from diffprobe.records.runfolder import read_ops_checked, read_result, write_json
+from diffprobe.records.schema import VERSIONS
+
+ACCEL_FILE = "accel.json"
+
+
+def accel_run(folder: str | Path, archs: str | list[str], density: float | None = None, gpu: str = "H100-SXM",
+              write: bool = True) -> dict:
+    """Evaluate the profile run in ``folder`` on each accelerator preset of ``archs`` (names or TOML paths; a
+    comma list as text). A design that skips attention needs ``density`` (a uniform kept fraction of self-attention,
+    labelled as such). Each design is compared with its dense counterpart, with ``gpu``'s roofline and, for a run
+    measured on CUDA, with the measured GPU."""
+    folder = Path(folder)
+    kind, d = read_result(folder)
+    if kind != "profile":
+        raise DiffprobeError(f"{folder} is a {kind} folder; accel evaluates a profile run (measured or analytic)")
+    ops = read_ops_checked(folder)
+    if ops is None or not len(ops):
+        raise DiffprobeError(f"{folder} has no op records: profile it with op tracing (the default) first")
+    names = [a.strip() for a in archs.split(",") if a.strip()] if isinstance(archs, str) else list(archs)
+    if not names:
+        raise DiffprobeError("--arch needs at least one accelerator preset")
+    presets = [get_accel(n) for n in names]
+    if density is not None and not (0 < density <= 1):
+        raise DiffprobeError(f"--density must be in (0, 1], got {density}")
+    skipping = [p.name for p in presets if p.granularity != "none"]
+    if skipping and density is None:
+        raise DiffprobeError(f"{', '.join(skipping)} skip attention: give --density D (a uniform kept fraction)")
+    gpu_preset = get_preset(gpu)
+    gpu_pred = roofline.prediction(roofline.op_roofline(ops, gpu_preset))
+    measured_gpu = d.get("stages") if str(d.get("device", "")).startswith("cuda") and d.get("mode") == "measured" \
+        else None
+    out: dict = {"schema_version": VERSIONS["accel"], "kind": "accel", "run_dir": str(folder), "model": d["model"],
+                 "height": d["height"], "width": d["width"], "steps": d["steps"], "mode": d["mode"],
+                 "density": density,
+                 "density_note": None if density is None else
+                 f"a uniform kept density {density:g} of self-attention stands in for measured masks",
+                 "gpu": {"preset": gpu_preset.name, "roofline_s": gpu_pred["total_s"],
+                         "roofline_by_stage": gpu_pred["by_stage"],
+                         "measured_s": measured_gpu.get("total") if measured_gpu else None},
+                 "accel": {}}
+    dense_cache: dict[str, dict] = {}
+    for p in presets:
+        s = summary(evaluate(ops, p, density), p)
+        base = p.dense()
+        if p.granularity == "none":
+            dense = s
+        else:
+            key = repr(base.to_dict())
+            if key not in dense_cache:
+                dense_cache[key] = summary(evaluate(ops, base), base)
+            dense = dense_cache[key]
+        s["speedup_over_dense"] = dense["latency_s"] / s["latency_s"] if s["latency_s"] else None
+        s["energy_over_dense"] = s["energy_j"] / dense["energy_j"] if dense["energy_j"] else None
+        s["speedup_over_gpu_roofline"] = gpu_pred["total_s"] / s["latency_s"] if s["latency_s"] else None
+        if measured_gpu and measured_gpu.get("total"):
+            s["speedup_over_measured_gpu"] = measured_gpu["total"] / s["latency_s"]
+        s["definition"] = p.to_dict()
+        out["accel"][p.name] = s
+    if write:
+        write_json(folder / ACCEL_FILE, out)
+    return out
+
+
+def accel_gemm(m: int, k: int, n: int, rows: int, cols: int, dataflow: str, base: str = "sa-dense") -> dict:
+    """One ``(m x k) @ (k x n)`` GEMM on a ``rows x cols`` array with ``dataflow``; the other parameters (clock,
+    buffers, bandwidth, energies) are preset ``base``'s."""
+    from dataclasses import replace
+
+    for flag, v in (("--m", m), ("--k", k), ("--n", n), ("--rows", rows), ("--cols", cols)):
+        if v <= 0:
+            raise DiffprobeError(f"{flag} must be a positive integer, got {v}")
+    p: AccelPreset = replace(get_accel(base), rows=rows, cols=cols, dataflow=dataflow)
+    mp = mapping(m, k, n, rows, cols, dataflow)
+    c = gemm(m, k, n, p)
+    return {"m": m, "k": k, "n": n, "rows": rows, "cols": cols, "dataflow": dataflow, "base_preset": p.name,
+            "mapped_rows": mp.mapped_rows, "mapped_cols": mp.mapped_cols, "streamed": mp.streamed,
+            "folds": mp.folds, "cycles_per_fold": mp.cycles_per_fold, "compute_cycles": c.compute_cycles,
+            "memory_cycles": c.memory_cycles, "cycles": c.cycles, "macs": c.macs,
+            "utilization": c.macs / (c.compute_cycles * rows * cols), "sram_bytes": c.sram_bytes,
+            "dram_bytes": c.dram_bytes, "energy_j": c.energy_j, "latency_s": c.cycles / p.clock_hz}
