@@ -30,13 +30,13 @@ Presets are TOML files in ``accelerators/`` (or a user's file by path), each num
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.hardware.preset import read_toml
 
 DATAFLOWS = ("os", "ws", "is")
 GRANULARITIES = ("none", "block", "row", "element")
@@ -142,13 +142,7 @@ def get_accel(name: str) -> AccelPreset:
             raise DiffprobeError(f"unknown accelerator preset {name!r}; use one of {', '.join(list_accels())} or a "
                                  "path to a .toml file")
         path = Path(name)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DiffprobeError(f"cannot read accelerator preset {path}: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DiffprobeError(f"accelerator preset {path} is not valid TOML: {exc}") from exc
-    return accel_from_dict(data, str(path))
+    return accel_from_dict(read_toml(path, "accelerator preset"), str(path))
 
 
 class Cost(NamedTuple):

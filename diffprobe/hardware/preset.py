@@ -63,12 +63,16 @@ def from_dict(data: dict, origin: str) -> HardwarePreset:
                           peak_flops={k: float(v) for k, v in peaks.items()}, measured=dict(data.get("measured", {})))
 
 
-def load_file(path: str | Path) -> HardwarePreset:
+def read_toml(path: str | Path, what: str) -> dict:
+    """A preset file's table; an unreadable or invalid file is one line naming ``what`` it should be."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise DiffprobeError(f"cannot read hardware preset {path}: {exc.strerror or exc}") from exc
+        raise DiffprobeError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DiffprobeError(f"hardware preset {path} is not valid TOML: {exc}") from exc
-    return from_dict(data, str(path))
+        raise DiffprobeError(f"{what} {path} is not valid TOML: {exc}") from exc
+
+
+def load_file(path: str | Path) -> HardwarePreset:
+    return from_dict(read_toml(path, "hardware preset"), str(path))

@@ -631,6 +631,7 @@ def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
                 with profile(activities=acts, record_shapes=False, with_stack=False) as prof:
                     origin = time.time_ns()
                     _run_measured(replace(plain, repeat=1, warmup=0), pipe, scratch, lambda *_: None, Path(tmp))
+                profiled_stages = dict(scratch.stages)  # the stage times of the run the kernels come from
                 events = classify(prof.profiler.kineto_results.events())
                 rows = [OpRecord(*t) for t in result.ops.itertuples(index=False, name=None)]
                 attribution = comp.attribute(comp.graph_calls(events), capture.graphs, rows,
@@ -660,7 +661,7 @@ def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
         a = attribution
         result.compiled.update({
             "kernels": a.kernels, "kernels_matched": a.matched_kernels, "graph_calls": a.calls,
-            "kernel_s": a.kernel_s, "unattributed_s": a.unattributed_s,
+            "kernel_s": a.kernel_s, "unattributed_s": a.unattributed_s, "profiled_run_stages": profiled_stages,
             "unattributed_kernels": dict(sorted(a.unattributed.items(), key=lambda kv: -kv[1])[:10]),
         })
     else:

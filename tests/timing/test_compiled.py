@@ -136,7 +136,8 @@ def _strip_times(ops):
 def test_real_compiled_tiny_records_match_eager_and_kernel_times_cover_the_unet(tmp_path):
     # tiny at 384 px on Inductor's C++ backend (a cold cache compiles for about a minute): the compiled run's
     # records are the eager run's, every kernel is matched to Inductor's provenance, and the UNet's per-layer-type
-    # seconds (kernel time) add up to within 10% of the measured (untraced, compiled) UNet stage
+    # seconds (kernel time) add up to within 10% of the measured compiled UNet stage of the same (profiled) run;
+    # the rest is the compiled wrapper's host time between kernels
     kw = dict(model="tiny", steps=2, sample_steps=0, height=384, width=384)
     eager = diffprobe.profile(**kw, out=str(tmp_path / "eager"))
     comp = diffprobe.profile(**kw, compile=True, out=str(tmp_path / "compiled"))
@@ -146,7 +147,8 @@ def test_real_compiled_tiny_records_match_eager_and_kernel_times_cover_the_unet(
     assert c["kernels"] > 100 and c["kernels_matched"] == c["kernels"] and c["unattributed_s"] == 0
     unet = comp.ops[comp.ops["stage"] == "unet"]
     per_type = unet.groupby("layer_type")["time_s"].sum()
-    assert per_type.sum() == pytest.approx(d["stages"]["unet"], rel=0.10)
+    assert per_type.sum() == pytest.approx(c["profiled_run_stages"]["unet"], rel=0.10)
+    assert per_type.sum() < c["profiled_run_stages"]["unet"]  # kernels run inside the stage, never beyond it
     compiled_total = comp.ops[comp.ops["stage"].isin(["unet", "vae_decoder"])]["time_s"].sum()
     assert compiled_total == pytest.approx(c["kernel_s"] - c["unattributed_s"], rel=1e-9)
     assert unet[unet["op"] == "aten.view.default"]["time_s"].sum() == 0  # views are compiled away
