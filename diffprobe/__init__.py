@@ -22,12 +22,12 @@ def profile(progress=None, **kwargs):
     return run_profile(ProfileConfig(**kwargs), progress=progress)
 
 
-def accel(run_dir, arch="sa-dense", density=None, gpu="H100-SXM") -> dict:
+def accel(run_dir, arch="sa-dense", density=None, gpu="H100-SXM", masks=None, tau=0.95) -> dict:
     """A profile run folder on accelerator presets (comma list or list); writes ``accel.json`` there and returns
     it (see :func:`diffprobe.run.accel.accel_run`)."""
     from diffprobe.run.accel import accel_run
 
-    return accel_run(run_dir, arch, density, gpu)
+    return accel_run(run_dir, arch, density, gpu, masks=masks, tau=tau)
 
 
 def list_models():

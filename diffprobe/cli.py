@@ -293,6 +293,8 @@ def sparsity(
     eps: str = typer.Option("1e-2,1e-3,1e-4", help="Thresholds: fraction of probabilities below each, in [0, 1)."),
     tau: str = typer.Option("0.9,0.95,0.99", help="Mass levels for keys/blocks needed to cover, in (0, 1]."),
     blocks: str = typer.Option("32,64,128", help="Square block sides (tokens) for block sparsity."),
+    save_masks: bool = typer.Option(True, "--save-masks/--no-save-masks", help="Keep every call's kept blocks and "
+                                    "per-row kept keys in each point's masks/ (for `diffprobe accel --masks`)."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: runs/<time>-sparsity-<model>); "
                                           "re-running the same command with the same --out resumes it."),
     fmt: Format = O_FORMAT,
@@ -314,7 +316,7 @@ def sparsity(
     native = get_spec(model).native_resolution
     res = parse_resolutions(resolutions) if resolutions is not None else [(native, native)]
     sc = SparsityConfig(eps=parse_floats(eps, "--eps", 0, 1, True), taus=parse_floats(tau, "--tau", 0, 1, False),
-                        blocks=tuple(parse_ints(blocks, "--blocks")))
+                        blocks=tuple(parse_ints(blocks, "--blocks")), save_masks=save_masks)
     from diffprobe.records.runfolder import prepare_out_dir
 
     out_dir = out_dir if out_dir is not None else str(prepare_out_dir(None, f"sparsity-{model}"))
@@ -495,6 +497,9 @@ def accel(
                              "sa-block64, sa-row, sa-element) or .toml paths."),
     density: Optional[float] = typer.Option(None, help="Kept fraction of self-attention, in (0, 1], for designs "
                                             "that skip attention (a uniform stand-in for measured masks)."),
+    masks: Optional[str] = typer.Option(None, help="A sparsity run (or its point folder) whose measured masks the "
+                                        "skipping designs follow, per step, layer and head."),
+    tau: float = typer.Option(0.95, help="With --masks: the attention mass the kept blocks / keys cover."),
     gpu: str = typer.Option("H100-SXM", help="GPU preset whose roofline the designs are compared with."),
     m: int = typer.Option(0, "--m", help="gemm: rows of the left operand (output pixels / tokens)."),
     k: int = typer.Option(0, "--k", help="gemm: the reduction dimension."),
@@ -520,7 +525,7 @@ def accel(
         return
     from diffprobe.run.accel import accel_run
 
-    r = accel_run(target, arch, density, gpu)
+    r = accel_run(target, arch, density, gpu, masks=masks, tau=tau)
     report_path = _build_report(target)
     if fmt is Format.json:
         _print_json(r)

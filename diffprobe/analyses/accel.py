@@ -12,7 +12,7 @@ Each record becomes GEMMs on the array or work on the vector unit:
 
 Self-attention on a design that skips (``granularity`` block / row / element) follows a :class:`Plan`: the kept
 key blocks or keys per query block or row, or a uniform density (labelled as such). Cross-attention and other
-short-key calls stay dense. What each design does with a plan:
+short-key calls, the text encoders and the VAE stay dense (see :func:`skips`). What each design does with a plan:
 
 * **block** (weight-stationary): for each stationary key (value) tile the unit streams only the query blocks that
   keep that key block, so the score and P·V GEMMs keep the dense folds with their streamed rows cut to the kept
@@ -37,16 +37,19 @@ from diffprobe.hardware.accel import AccelPreset, Cost, gemm, total, vector
 GEMM_OPS = ("aten.linear.default", "aten.mm.default", "aten.addmm.default", "aten.bmm.default",
             "aten.baddbmm.default", "aten.matmul.default")
 CONV_OPS = ("aten.conv2d.default", "aten.convolution.default", "aten._convolution.default", "aten.conv1d.default")
-SHORT_KEYS = 256  # attention over fewer keys than this stays dense (cross-attention over text tokens)
 
 
 class Plan(NamedTuple):
     """What a skipping design keeps in one self-attention call (per batch x head): ``kept_blocks`` per query block
-    (block granularity) or ``kept_keys`` per query row (row / element), as totals with their counts."""
+    (block granularity) or ``kept_keys`` per query row (row / element), as totals with their counts. From measured
+    masks, ``masked`` holds the block design's fold-by-fold count (:func:`masked_block_attention`) and ``key``
+    names the masks (so equal plans cost once)."""
 
     kept_fraction: float  # kept share of the score matrix at the design's granularity
     kept_blocks_total: float = 0.0  # sum over query blocks of kept key blocks, per (batch x head)
     kept_keys_total: float = 0.0  # sum over query rows of kept keys, per (batch x head)
+    key: str = "uniform"
+    masked: dict | None = None  # block design with masks: score/pv cycles and MACs over all batch x heads
 
 
 def uniform_plan(p: AccelPreset, nq: int, nk: int, density: float) -> Plan:
@@ -102,9 +105,12 @@ def attention(part: str, ins: list[list[int]], outs: list[list[int]], flops: int
         if plan is None or p.granularity in ("row", "element"):  # row / element: scores decide, so stay dense
             return gemm(nq, d, nk, p, count=b * h)
         nqb, nkb = math.ceil(nq / p.block), math.ceil(nk / p.block)
-        # for each stationary key tile the unit streams only the query blocks that keep it: the dense GEMM's folds,
-        # with the streamed rows cut to the kept share
-        main = gemm(max(1, round(nq * plan.kept_fraction)), d, nk, p, count=b * h)
+        if plan.masked is not None:  # measured masks: the fold-by-fold count
+            main = _masked(gemm(nq, d, nk, p, count=b * h), plan.masked["score_macs"],
+                           plan.masked["score_cycles"], plan.kept_fraction)
+        else:  # for each stationary key tile the unit streams only the query blocks that keep it: the dense
+            # GEMM's folds, with the streamed rows cut to the kept share
+            main = gemm(max(1, round(nq * plan.kept_fraction)), d, nk, p, count=b * h)
         # the predictor: mean-pool Q and K per block (vector), pooled scores (array), block softmax and selection
         pred = total([vector((nq + nk) * d * b * h, (nq + nk) * d * b * h * p.bytes_per_element, p),
                       gemm(nqb, d, nkb, p, count=b * h),
@@ -115,6 +121,9 @@ def attention(part: str, ins: list[list[int]], outs: list[list[int]], flops: int
     if plan is None:
         return gemm(nq, nk, dv, p, count=b * h)
     if p.granularity == "block":  # as the scores: per stationary value tile, only the query blocks that keep it
+        if plan.masked is not None:
+            return _masked(gemm(nq, nk, dv, p, count=b * h), plan.masked["pv_macs"], plan.masked["pv_cycles"],
+                           plan.kept_fraction)
         return gemm(max(1, round(nq * plan.kept_fraction)), nk, dv, p, count=b * h)
     per_row = plan.kept_keys_total / nq
     if p.granularity == "row":  # each query row is its own 1-row GEMM over its kept keys
@@ -128,6 +137,59 @@ def attention(part: str, ins: list[list[int]], outs: list[list[int]], flops: int
                 sram_bytes=dense.sram_bytes * frac + kept * p.index_bytes, dram_bytes=dense.dram_bytes,
                 energy_mac_j=dense.energy_mac_j * frac, energy_sram_j=(dense.sram_bytes * frac + kept * p.index_bytes)
                 * p.energy_sram_byte_j, energy_dram_j=dense.energy_dram_j)
+
+
+def _masked(dense: Cost, macs: int, cycles: int, frac: float) -> Cost:
+    """A block-masked GEMM: its counted MACs and compute cycles; traffic and memory time the dense GEMM's scaled
+    by the kept share (the kept tiles' operands and outputs)."""
+    mem = dense.memory_cycles * frac
+    sram, dram = dense.sram_bytes * frac, dense.dram_bytes * frac
+    scale = macs / dense.macs if dense.macs else 0.0
+    return Cost(macs=macs, compute_cycles=cycles, memory_cycles=mem, cycles=max(cycles, mem), array_cycles=cycles,
+                sram_bytes=sram, dram_bytes=dram, energy_mac_j=dense.energy_mac_j * scale,
+                energy_sram_j=dense.energy_sram_j * frac, energy_dram_j=dense.energy_dram_j * frac)
+
+
+def skips(p: AccelPreset, stage: str, attn_kind: str, nk: int) -> bool:
+    """Whether design ``p`` skips in this attention call: the denoiser's self-attention only (cross-attention over
+    text tokens, the text encoders and the VAE stay dense), over at least two key blocks (block design) or 128 keys
+    (row / element)."""
+    if p.granularity == "none" or attn_kind != "self" or stage != "unet":
+        return False
+    return nk >= (2 * p.block if p.granularity == "block" else 128)
+
+
+def mask_plans(store, p: AccelPreset, tau: float):
+    """Plans from a :class:`~diffprobe.records.masks.MaskStore` at mass ``tau``: ``(record, nq, nk) -> Plan``.
+    A call the store lacks, or whose token counts differ from the masks', is refused with one line."""
+    cache: dict = {}
+
+    def plan(r, nq: int, nk: int) -> Plan:
+        layer = r.module.removeprefix("unet.")
+        entry = store.find(layer, int(r.step))
+        if entry is None:
+            raise DiffprobeError(f"the mask store {store.path} has no masks for {layer}: give the masks of a "
+                                 "sparsity run of the same model")
+        if (entry["q_tokens"], entry["k_tokens"]) != (nq, nk):
+            raise DiffprobeError(f"the masks of {layer} are for {entry['q_tokens']} x {entry['k_tokens']} tokens; this "
+                                 f"run's call has {nq} x {nk}: use the masks of a sparsity run at the run's resolution")
+        key = (entry["id"], p.granularity, p.block)
+        if key not in cache:
+            if p.granularity == "block":
+                m = store.block_mask(entry, p.block, tau)
+                flat = list(m.reshape(-1, *m.shape[2:]))
+                d = int(_dims(r.input_shapes)[0][3]) if r.part == "score" else 64
+                masked = masked_block_attention(flat, nq, nk, d, d, p) if p.dataflow == "ws" else None
+                frac = float(m.mean())
+                cache[key] = Plan(frac, kept_blocks_total=float(m.sum(axis=(2, 3)).mean()),
+                                  key=f"masks:{entry['id']}:{p.block}", masked=masked)
+            else:
+                rows = store.row_keys(entry, tau)
+                total_keys = float(rows.reshape(-1, rows.shape[-1]).sum(axis=1).mean())
+                cache[key] = Plan(total_keys / (nq * nk), kept_keys_total=total_keys, key=f"masks:{entry['id']}")
+        return cache[key]
+
+    return plan
 
 
 def record_cost(r, p: AccelPreset, plan: Plan | None = None) -> Cost:
@@ -157,20 +219,23 @@ def evaluate(ops: pd.DataFrame, p: AccelPreset, density: float | None = None, pl
         raise DiffprobeError(f"--density must be in (0, 1], got {density}")
     rows = []
     shape: tuple[int, int] | None = None
+    call_plan: Plan | None = None
     memo: dict = {}  # the steps of a run repeat the same records: cost each distinct one once
     for r in ops.itertuples(index=False):
         plan = None
         if r.op == "sdpa":
-            if r.part == "score" or shape is None:
+            if r.part == "score" or shape is None:  # a call's parts follow its score record: plan it there
                 ins = _dims(r.input_shapes)
                 shape = (ins[0][2], ins[1][2]) if len(ins) >= 2 else shape
-            if p.granularity != "none" and r.attn_kind == "self" and shape and shape[1] >= SHORT_KEYS:
-                if plans is not None:
-                    plan = plans(r, *shape)
-                elif density is not None:
-                    plan = uniform_plan(p, shape[0], shape[1], density)
+                call_plan = None
+                if shape and skips(p, r.stage, r.attn_kind, shape[1]):
+                    if plans is not None:
+                        call_plan = plans(r, *shape)
+                    elif density is not None:
+                        call_plan = uniform_plan(p, shape[0], shape[1], density)
+            plan = call_plan
         key = (r.op, r.part, r.layer_type, repr(r.input_shapes), repr(r.output_shapes), r.flops, r.bytes_read,
-               r.bytes_written, plan)
+               r.bytes_written, None if plan is None else plan[:4])
         c = memo.get(key)
         if c is None:
             c = memo[key] = record_cost(r, p, plan)

@@ -28,6 +28,7 @@ class SparsityConfig:
     taus: tuple[float, ...] = (0.9, 0.95, 0.99)
     blocks: tuple[int, ...] = (32, 64, 128)
     max_elements: int = 2**22
+    save_masks: bool = False  # keep every call's block masks and per-row kept keys (the mask store's content)
 
     def validate(self) -> "SparsityConfig":
         if any(b <= 0 for b in self.blocks):
@@ -46,13 +47,19 @@ class SparsityProbe:
         self.sc = sc
         self.rows: list[dict] = []
         self.calls: Counter[str] = Counter()
+        self.masks: list[dict] = []  # save_masks: one entry per call (see diffprobe.records.masks)
 
     def core(self, q, k, v, attn_mask, call: CallInfo):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        stats = HeadStats(call.heads, call.k_tokens, self.sc.eps, self.sc.taus, self.sc.blocks)
+        stats = HeadStats(call.heads, call.k_tokens, self.sc.eps, self.sc.taus, self.sc.blocks,
+                          keep_masks=self.sc.save_masks)
         for p in probabilities_in_chunks(q, k, self.sc.blocks, attn_mask, self.sc.max_elements):
             stats.add(p)
         step = call.step
+        if self.sc.save_masks:
+            blocks, rows = stats.masks()
+            self.masks.append({"layer": call.name, "step": step, "attn_kind": call.kind, "q_tokens": call.q_tokens,
+                               "k_tokens": call.k_tokens, "blocks": blocks, "rows": rows})
         self.calls[call.name] += 1
         level = unet_level(f"unet.{call.name}")
         for row in stats.result():

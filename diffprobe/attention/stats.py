@@ -29,8 +29,13 @@ class HeadStats:
     """Sums over query rows (and blocks) for each head; :meth:`result` turns them into the statistics."""
 
     def __init__(self, heads: int, n_keys: int, eps: tuple[float, ...], taus: tuple[float, ...],
-                 blocks: tuple[int, ...]):
+                 blocks: tuple[int, ...], keep_masks: bool = False):
         self.heads, self.n_keys, self.eps, self.taus, self.blocks = heads, n_keys, eps, taus, blocks
+        # keep_masks: also keep what the statistics count, per (batch, head): the key blocks kept per query block
+        # at each (block, tau) and the keys kept per query row at each tau (the mask store's content)
+        self.keep_masks = keep_masks
+        self.block_masks: dict[tuple[int, float], list[torch.Tensor]] = {(b, t): [] for b in blocks for t in taus}
+        self.row_keys: dict[float, list[torch.Tensor]] = {t: [] for t in taus}
         z = lambda: torch.zeros(heads, dtype=torch.float64)  # noqa: E731
         self.rows = z()
         self.below = {e: z() for e in eps}
@@ -52,6 +57,8 @@ class HeadStats:
             # keys needed: first index where the cumulative mass reaches tau, + 1 (float slack: tau - 1e-6)
             needed = (ranked < t - 1e-6).sum(dim=-1) + 1
             self.keys[t] += needed.clamp(max=nk).sum(dim=(0, 2)).double()
+            if self.keep_masks:
+                self.row_keys[t].append(needed.clamp(max=nk).to(torch.int32))
         del ranked
         plogp = torch.where(p > 0, p * p.log(), torch.zeros((), dtype=p.dtype))
         self.entropy += (-plogp.sum(dim=-1)).sum(dim=(0, 2)).double() / (math.log(nk) if nk > 1 else 1.0)
@@ -73,10 +80,23 @@ class HeadStats:
         for e in self.eps:
             self.empty[(bs, e)] += (block_max < e).sum(dim=(0, 2, 3)).double() / kb
         share = block_mass / real_rows.view(1, 1, qb, 1)  # mean mass per row of the query block
-        ranked = share.sort(dim=-1, descending=True).values.cumsum(dim=-1)
+        ordered = share.sort(dim=-1, descending=True)
+        ranked = ordered.values.cumsum(dim=-1)
+        if self.keep_masks:  # each block's rank in its query block's order (0: the most mass)
+            rank = torch.empty_like(ordered.indices).scatter_(
+                -1, ordered.indices, torch.arange(kb).expand_as(ordered.indices).contiguous())
         for t in self.taus:
             needed = ((ranked < t - 1e-6).sum(dim=-1) + 1).clamp(max=kb)
             self.block_cover[(bs, t)] += needed.sum(dim=(0, 2)).double() / kb
+            if self.keep_masks:  # the blocks counted: the `needed` first in rank
+                self.block_masks[(bs, t)].append(rank < needed.unsqueeze(-1))
+
+    def masks(self) -> tuple[dict, dict]:
+        """What :meth:`add` kept (``keep_masks``): block masks (B, H, query blocks, key blocks) per (block, tau) and
+        kept keys per query row (B, H, Nq) per tau, the chunks joined."""
+        blocks = {k: torch.cat(v, dim=2) for k, v in self.block_masks.items() if v}
+        rows = {t: torch.cat(v, dim=2) for t, v in self.row_keys.items() if v}
+        return blocks, rows
 
     def result(self) -> list[dict]:
         """One dict per head with the statistics (column names as in the sparsity table)."""

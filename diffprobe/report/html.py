@@ -17,7 +17,7 @@ from diffprobe.report import figures as figs
 from diffprobe.report.compare import compare_report
 from diffprobe.report.findings import approx_findings, eps_tau, profile_findings, sparsity_headline, sweep_findings
 from diffprobe.report.page import Page, esc, table
-from diffprobe.report.text import accel_rows, approx_rows, compiled_items, compiled_rows, sparsity_rows
+from diffprobe.report.text import accel_rows, approx_rows, compiled_items, compiled_rows, mask_lines, sparsity_rows
 from diffprobe.report.units import fmt_k, fmt_n, fmt_s
 
 
@@ -138,7 +138,7 @@ def _accel_section(page: Page, folder: Path) -> None:
         raise DiffprobeError(f"{folder / 'accel.json'} is unreadable: {exc}") from exc
     page.h2("Accelerator designs")
     page.add(table(*accel_rows(acc)))
-    note = acc.get("density_note") or "attention as the run computed it"
+    note = acc.get("density_note") or " ".join(mask_lines(acc)) or "attention as the run computed it"
     page.add(f"<p>{esc(note)}. Speedups against each design's dense counterpart and against the "
              f"{esc(acc['gpu']['preset'])} roofline ({fmt_s(acc['gpu']['roofline_s'])}); the model and every "
              "preset's sources are in docs/accelerator.md.</p>")

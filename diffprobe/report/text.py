@@ -436,6 +436,22 @@ def accel_rows(r: dict) -> tuple[list[str], list[list]]:
     return head, rows
 
 
+def mask_lines(r: dict) -> list[str]:
+    """With measured masks: where they come from and how much of self-attention each granularity keeps."""
+    m = r.get("masks")
+    if not m:
+        return []
+    elem = m["element_kept"]
+    parts = [f"block {b}: {100 * k:.1f}%" + (f" ({m['block_over_element'][b]:.2f}x the element share)"
+                                             if m["block_over_element"].get(b) else "")
+             for b, k in m["block_kept"].items() if k is not None]
+    lines = [f"masks: {m['dir']} at tau {m['tau']:g}; self-attention kept per key "
+             + ("—" if elem is None else f"{100 * elem:.1f}%") + "; " + ", ".join(parts)]
+    if m.get("truncated"):
+        lines.append("note: the mask store hit its size budget; calls past it reuse the nearest stored step")
+    return lines
+
+
 def accel_items(r: dict) -> list:
     """``diffprobe accel RUN``: the designs side by side, then each design's latency by layer type."""
     items: list = []
@@ -449,6 +465,7 @@ def accel_items(r: dict) -> list:
     items.append(t)
     if r.get("density_note"):
         items.append(f"note: {r['density_note']}")
+    items += mask_lines(r)
     names = list(r["accel"])
     types = sorted({lt for a in r["accel"].values() for lt in a["by_layer_type"]},
                    key=lambda lt: -r["accel"][names[0]]["by_layer_type"].get(lt, {}).get("latency_s", 0.0))

@@ -6,22 +6,63 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffprobe.analyses import roofline
-from diffprobe.analyses.accel import evaluate, summary
+from diffprobe.analyses.accel import evaluate, mask_plans, summary
 from diffprobe.errors import DiffprobeError
 from diffprobe.hardware.accel import AccelPreset, gemm, get_accel, mapping
 from diffprobe.hardware.presets import get_preset
+from diffprobe.records.masks import MaskStore
 from diffprobe.records.runfolder import read_ops_checked, read_result, write_json
 from diffprobe.records.schema import VERSIONS
 
 ACCEL_FILE = "accel.json"
 
 
+def find_masks(masks: str | Path, height: int, width: int) -> MaskStore:
+    """The mask store for a run of ``height`` x ``width``: ``masks`` is a folder holding ``masks/`` (a sparsity
+    point), ``masks/`` itself, or a sparsity folder with a point at that resolution."""
+    path = Path(masks)
+    if not path.is_dir():
+        raise DiffprobeError(f"--masks {path} is not a folder")
+    point = path / "points" / f"{height}x{width}"
+    if (point / "masks").is_dir():
+        return MaskStore(point)
+    if (path / "points").is_dir() and not (path / "masks").is_dir():
+        have = ", ".join(sorted(p.name for p in (path / "points").iterdir() if (p / "masks").is_dir())) or "none"
+        raise DiffprobeError(f"--masks {path} has no masks at {height}x{width} (points with masks: {have})")
+    return MaskStore(path)
+
+
+def _mask_densities(store: MaskStore, tau: float, blocks: list[int]) -> dict:
+    """Kept shares of self-attention in the store at ``tau``: per key (element level) and per block side, weighted
+    by each call's size, and how much the element share understates what block hardware must keep."""
+    elem_num = elem_den = 0.0
+    block = {b: [0.0, 0.0] for b in blocks}
+    for e in store.entries:
+        if e["attn_kind"] != "self":
+            continue
+        rows = store.row_keys(e, tau)
+        elem_num += float(rows.sum())
+        elem_den += float(rows.size) * e["k_tokens"]
+        for b in blocks:
+            m = store.block_mask(e, b, tau)
+            block[b][0] += float(m.mean()) * rows.size * e["k_tokens"]
+            block[b][1] += rows.size * e["k_tokens"]
+    elem = elem_num / elem_den if elem_den else None
+    out = {"tau": tau, "element_kept": elem, "block_kept": {}, "block_over_element": {}}
+    for b, (num, den) in block.items():
+        kept = num / den if den else None
+        out["block_kept"][str(b)] = kept
+        out["block_over_element"][str(b)] = kept / elem if kept is not None and elem else None
+    return out
+
+
 def accel_run(folder: str | Path, archs: str | list[str], density: float | None = None, gpu: str = "H100-SXM",
-              write: bool = True) -> dict:
+              write: bool = True, masks: str | Path | None = None, tau: float = 0.95) -> dict:
     """Evaluate the profile run in ``folder`` on each accelerator preset of ``archs`` (names or TOML paths; a
-    comma list as text). A design that skips attention needs ``density`` (a uniform kept fraction of self-attention,
-    labelled as such). Each design is compared with its dense counterpart, with ``gpu``'s roofline and, for a run
-    measured on CUDA, with the measured GPU."""
+    comma list as text). A design that skips attention follows measured ``masks`` (a sparsity run's mask store at
+    mass ``tau``, per step, layer and head) or a uniform ``density`` (a kept fraction of self-attention, labelled
+    as such). Each design is compared with its dense counterpart, with ``gpu``'s roofline and, for a run measured
+    on CUDA, with the measured GPU."""
     folder = Path(folder)
     kind, d = read_result(folder)
     if kind != "profile":
@@ -35,9 +76,21 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
     presets = [get_accel(n) for n in names]
     if density is not None and not (0 < density <= 1):
         raise DiffprobeError(f"--density must be in (0, 1], got {density}")
+    if masks is not None and density is not None:
+        raise DiffprobeError("give --masks (measured) or --density (uniform), not both")
     skipping = [p.name for p in presets if p.granularity != "none"]
-    if skipping and density is None:
-        raise DiffprobeError(f"{', '.join(skipping)} skip attention: give --density D (a uniform kept fraction)")
+    if skipping and density is None and masks is None:
+        raise DiffprobeError(f"{', '.join(skipping)} skip attention: give --masks DIR (a sparsity run's masks) or "
+                             "--density D (a uniform kept fraction)")
+    store = find_masks(masks, d["height"], d["width"]) if masks is not None else None
+    if store is not None:
+        if tau not in store.index["taus"]:
+            raise DiffprobeError(f"--tau {tau:g} is not in the mask store (its taus: "
+                                 f"{', '.join(f'{t:g}' for t in store.index['taus'])})")
+        for p in presets:
+            if p.granularity == "block" and p.block not in store.index["blocks"]:
+                raise DiffprobeError(f"{p.name} skips {p.block}-token blocks; the mask store has block sides "
+                                     f"{', '.join(map(str, store.index['blocks']))}")
     gpu_preset = get_preset(gpu)
     gpu_pred = roofline.prediction(roofline.op_roofline(ops, gpu_preset))
     measured_gpu = d.get("stages") if str(d.get("device", "")).startswith("cuda") and d.get("mode") == "measured" \
@@ -47,13 +100,16 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
                  "density": density,
                  "density_note": None if density is None else
                  f"a uniform kept density {density:g} of self-attention stands in for measured masks",
+                 "masks": None if store is None else {"dir": str(store.path), "truncated": store.index["truncated"],
+                                                      **_mask_densities(store, tau, store.index["blocks"])},
                  "gpu": {"preset": gpu_preset.name, "roofline_s": gpu_pred["total_s"],
                          "roofline_by_stage": gpu_pred["by_stage"],
                          "measured_s": measured_gpu.get("total") if measured_gpu else None},
                  "accel": {}}
     dense_cache: dict[str, dict] = {}
     for p in presets:
-        s = summary(evaluate(ops, p, density), p)
+        plans = mask_plans(store, p, tau) if store is not None and p.granularity != "none" else None
+        s = summary(evaluate(ops, p, density, plans), p)
         base = p.dense()
         if p.granularity == "none":
             dense = s

@@ -20,6 +20,7 @@ from diffprobe.attention.core import installed
 from diffprobe.attention.probe import RANDOM_NOTE, SparsityConfig, SparsityProbe
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.registry import get_spec
+from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.points import SweepFolder, run_points
@@ -68,6 +69,8 @@ def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc:
         frame = pd.DataFrame(probe.rows)
         frame.insert(0, "width", w)
         frame.insert(0, "height", h)
+        if sc.save_masks:  # masks/ first: the parquet file marks the point finished
+            write_masks(tmp, probe.masks, sc.blocks, sc.taus)
         atomic_write(tmp / "sparsity.parquet", lambda p: frame.to_parquet(p, index=False))
 
     run_points(folder, list(sizes), work, report, "resolutions")

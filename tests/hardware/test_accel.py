@@ -124,7 +124,7 @@ def _one_line(capsys, argv, needle):
 def test_bad_input(tmp_path, capsys):
     run = tmp_path / "run"
     diffprobe.profile(model="tiny", mode="analytic", steps=1, out=str(run))
-    _one_line(capsys, ["accel", str(run), "--arch", "sa-block64"], "give --density")
+    _one_line(capsys, ["accel", str(run), "--arch", "sa-block64"], "or --density D")
     _one_line(capsys, ["accel", str(run), "--arch", "sa-block64", "--density", "1.5"], "(0, 1]")
     _one_line(capsys, ["accel", str(run), "--arch", "sa-block64", "--density", "0"], "(0, 1]")
     _one_line(capsys, ["accel", str(run), "--arch", "nope"], "unknown accelerator preset")

@@ -79,10 +79,10 @@ def _python() -> Path:
     return py
 
 
-def cycles(gemms: list[tuple[int, int, int, int, int, str]]) -> list[int]:
+def cycles(gemms: list[tuple[int, int, int, int, int, str]], timeout: float = 600) -> list[int]:
     """SCALE-Sim's total cycles for each ``(m, n, k, rows, cols, dataflow)`` GEMM (its M, N, K convention)."""
     r = subprocess.run([str(_python()), "-c", SCRIPT, json.dumps(gemms)], check=True, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=timeout)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
