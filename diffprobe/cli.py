@@ -361,6 +361,8 @@ def approx(
     per_digit: int = typer.Option(3, help="digits: images per digit in the quality batch."),
     clip_weights: Optional[str] = typer.Option(None, help="Local CLIP model folder (transformers format) for a CLIP "
                                                "score of every setting; never downloaded."),
+    save_masks: bool = typer.Option(True, "--save-masks/--no-save-masks", help="Keep what each setting kept per "
+                                    "call in masks/<setting>/ (for `diffprobe accel --masks`)."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder, new or empty (default: "
                                           "runs/<time>-approx-<model>)."),
     force: bool = O_FORCE,
@@ -384,7 +386,8 @@ def approx(
     bar, callback = _progress(quiet)
     with bar:
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
-                           out=out_dir, progress=callback, clip_weights=clip_weights, force=force)
+                           out=out_dir, progress=callback, clip_weights=clip_weights, force=force,
+                           save_masks=save_masks)
         report_path = _build_report(state["run_dir"])
     if fmt is Format.json:
         _print_json(state)

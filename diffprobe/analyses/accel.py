@@ -178,8 +178,12 @@ def mask_plans(store, p: AccelPreset, tau: float):
             if p.granularity == "block":
                 m = store.block_mask(entry, p.block, tau)
                 flat = list(m.reshape(-1, *m.shape[2:]))
-                d = int(_dims(r.input_shapes)[0][3]) if r.part == "score" else 64
-                masked = masked_block_attention(flat, nq, nk, d, d, p) if p.dataflow == "ws" else None
+                q_shape = _dims(r.input_shapes)[0]
+                masked = masked_block_attention(flat, nq, nk, q_shape[3], q_shape[3], p) if p.dataflow == "ws" \
+                    else None
+                if masked is not None:  # the masks' batch x heads may differ from the call's (another batch)
+                    scale = q_shape[0] * q_shape[1] / len(flat)
+                    masked = {k: v * scale for k, v in masked.items() if k != "kept_fraction"}
                 frac = float(m.mean())
                 cache[key] = Plan(frac, kept_blocks_total=float(m.sum(axis=(2, 3)).mean()),
                                   key=f"masks:{entry['id']}:{p.block}", masked=masked)

@@ -76,8 +76,12 @@ class ApproxAttention:
     """An attention core for one method and parameter; ``calls`` holds each call's cost account."""
 
     def __init__(self, method: str, value: float, *, renormalize: bool = True, block: int = 64, rank: int = 8,
-                 seed: int = 0, max_elements: int = 2**22, backend: str = "auto"):
+                 seed: int = 0, max_elements: int = 2**22, backend: str = "auto", save_masks: bool = False):
         self.method, self.value = method, check_param(method, value)
+        # save_masks: keep what each call kept, for the mask store: the (query block x key block) tiles holding a
+        # kept entry at block side ``block`` and the kept keys per query row (key: the method's value)
+        self.save_masks = save_masks
+        self.masks: list[dict] = []
         if block < 1:
             raise DiffprobeError(f"--block {block} must be a positive number of tokens")
         if rank < 1:
@@ -122,14 +126,23 @@ class ApproxAttention:
         nk = k.shape[2]
         dense = sdpa_parts(_meta(q), _meta(k), _meta(v), has_mask=attn_mask is not None)
         kernel = "dense"
+        self._kept_masks = None
         if self.is_noop(nk) or attn_mask is not None:  # masks never occur in SD UNets; stay exact if they do
             out, kept, predictor = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), b * h * nq * nk, 0
+            if self.save_masks:
+                self._kept_masks = (torch.ones(b, h, -(-nq // self.block), -(-nk // self.block), dtype=torch.bool),
+                                    torch.full((b, h, nq), nk, dtype=torch.int32))
         elif self.method == "block" and self.renormalize:
             out, kept, predictor, kernel = self._block_sparse(q, k, v)
         else:
             out, kept, predictor = self._approx(q, k, v)
             kernel = "masked-dense"
         step = call.step
+        if self.save_masks and self._kept_masks is not None:
+            blocks, rows = self._kept_masks
+            self.masks.append({"layer": call.name, "step": step, "attn_kind": call.kind, "q_tokens": nq,
+                               "k_tokens": nk, "blocks": {(self.block, self.value): blocks.cpu()},
+                               "rows": {self.value: rows.cpu()}})
         entries = b * h * nq * nk
         dense_flops = sum(c.flops for c in dense.values())
         self._calls.append({
@@ -169,6 +182,9 @@ class ApproxAttention:
         rows = _block_lengths(nq, self.block, q.device)
         cols = _block_lengths(nk, self.block, q.device)
         kept = torch.einsum("bhij,i,j->", mask.double(), rows, cols)  # read later (``calls``): no device sync here
+        if self.save_masks:  # kept keys per row: each query block's kept key blocks' lengths
+            per_block = torch.einsum("bhij,j->bhi", mask.double(), cols).to(torch.int32)
+            self._kept_masks = (mask, per_block.repeat_interleave(self.block, dim=-1)[..., :nq])
         # on a GPU the all-kept check would sync every call; there a mask that keeps everything runs on the kernel
         layout = kernels.BlockLayout(mask, nq, nk, self.block, backend=self.backend, check_all_kept=not q.is_cuda)
         return kernels.block_sparse_attention(q, k, v, layout, self.block), kept, predictor, layout.backend
@@ -177,7 +193,9 @@ class ApproxAttention:
         b, h, nq, d = q.shape
         nk = k.shape[2]
         scale = 1.0 / math.sqrt(d)
-        rows = chunk_rows(nq, nk, b * h, (self.block,) if self.method == "block" else (), self.max_elements)
+        blocked = self.method == "block" or self.save_masks  # chunks of whole query blocks
+        rows = chunk_rows(nq, nk, b * h, (self.block,) if blocked else (), self.max_elements)
+        tiles, row_kept = [], []
         kt = k.float().transpose(-1, -2)
         vf = v.float()
         predictor = 0
@@ -212,11 +230,18 @@ class ApproxAttention:
             if self.method in ("threshold", "predicted"):  # every row keeps at least its largest entry
                 keep = keep.scatter(-1, p.argmax(dim=-1, keepdim=True), True)
             kept += int(keep.sum())
+            if self.save_masks:  # a tile is needed if any entry in it is kept
+                nqc, bs = keep.shape[2], self.block
+                pad = F.pad(keep, (0, -nk % bs, 0, -nqc % bs))
+                tiles.append(pad.view(b, h, pad.shape[2] // bs, bs, pad.shape[3] // bs, bs).any(dim=5).any(dim=3))
+                row_kept.append(keep.sum(dim=-1).to(torch.int32))
             if self.renormalize:
                 p = s.masked_fill(~keep, float("-inf")).softmax(dim=-1)
             else:
                 p = p * keep
             outs.append(p @ vf)
+        if self.save_masks:
+            self._kept_masks = (torch.cat(tiles, dim=2), torch.cat(row_kept, dim=2))
         return torch.cat(outs, dim=2).to(q.dtype), kept, predictor
 
 

@@ -4,7 +4,9 @@ Format (version :data:`MASKS_VERSION`), all under ``masks/``:
 
 * ``index.json``: ``schema_version``, ``kind: "masks"``, ``blocks`` (block sides), ``taus``, ``budget_bytes``,
   ``bytes`` (packed size written), ``truncated`` (the budget stopped the store early: later calls are missing),
-  and ``entries``: one per attention call (``id``, ``layer``, ``step``, ``attn_kind``, ``q_tokens``,
+  ``source`` (``sparsity``: what covers mass T; ``approx``: what a method applied, with ``method`` and its value
+  in place of T: the tiles holding a kept entry, and the kept keys per row), and ``entries``: one per attention
+  call (``id``, ``layer``, ``step``, ``attn_kind``, ``q_tokens``,
   ``k_tokens``, ``batch``, ``heads``).
 * ``blocks_b<B>_tau<T>.npz``: per entry ``e<id>``, the key blocks kept per query block at block side B and mass
   T (the blocks, ranked by mass, that cover T of each query block's rows: what ``sparsity``'s ``blocks_B_T``
@@ -39,7 +41,7 @@ def _name_rows(tau: float) -> str:
 
 
 def write_masks(folder: str | Path, entries: list[dict], blocks: tuple[int, ...], taus: tuple[float, ...],
-                budget_bytes: int = DEFAULT_BUDGET) -> dict:
+                budget_bytes: int = DEFAULT_BUDGET, meta: dict | None = None) -> dict:
     """Write ``entries`` (each: ``layer``, ``step``, ``attn_kind``, ``q_tokens``, ``k_tokens``, ``blocks``
     {(b, tau): bool tensor (B, H, qb, kb)}, ``rows`` {tau: int tensor (B, H, q)}) as the store in
     ``folder/masks``; stops adding calls once ``budget_bytes`` of packed arrays are written. Returns the index."""
@@ -48,7 +50,7 @@ def write_masks(folder: str | Path, entries: list[dict], blocks: tuple[int, ...]
     block_arrays = {(b, t): {} for b in blocks for t in taus}
     row_arrays = {t: {} for t in taus}
     index = {"schema_version": MASKS_VERSION, "kind": "masks", "blocks": list(blocks), "taus": list(taus),
-             "budget_bytes": int(budget_bytes), "bytes": 0, "truncated": False, "entries": []}
+             "budget_bytes": int(budget_bytes), "bytes": 0, "truncated": False, **(meta or {}), "entries": []}
     used = 0
     for i, e in enumerate(entries):
         packed_blocks = {k: np.packbits(v.cpu().numpy().astype(bool), axis=-1) for k, v in e["blocks"].items()}

@@ -25,6 +25,7 @@ from diffprobe.errors import DiffprobeError
 from diffprobe.models import digits
 from diffprobe.models.digits import DigitClassifier
 from diffprobe.models.registry import get_spec
+from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, write_json
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.profile import build_pipeline, initial_latents, run_profile
@@ -63,7 +64,7 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
                per_digit: int = 3, out: str | Path | None = None, progress=None, clip_weights: str | None = None,
-               force: bool = False) -> dict:
+               force: bool = False, save_masks: bool = True) -> dict:
     """Dense, then every (method, value); writes ``approx.json``, ``approx.parquet`` and images into ``out``
     (default ``runs/<time>-approx-<model>``). PSNR is ``None`` where every image equals dense (``identical``);
     ``identical_images`` counts those left out of the mean."""
@@ -111,6 +112,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         report("methods", i + 1, len(todo) + 1)
         core = ApproxAttention(method, value, renormalize=renormalize, block=block, rank=rank, seed=cfg.seed)
         warm_s = warm_up(pipe, cfg, prompts, core)
+        core.save_masks, core.masks = save_masks, []  # the timed pass's masks only
         res = generate(pipe, cfg, prompts, core.core)
         acc = account(core.calls)
         if abs(acc["dense_flops"] - unet_attn["flops"].sum()) > 1e-6 * acc["dense_flops"]:
@@ -118,6 +120,9 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
                                  f"({acc['dense_flops']} vs {unet_attn['flops'].sum()} dense FLOPs)")
         name = f"{method}_{PARAM[method]}_{value:g}"
         _save_grid(res["images"], img_dir / f"{name}.png")
+        if save_masks:  # what the method kept: masks/<name>/, a store with the method's value in place of tau
+            write_masks(out_dir / "masks" / name, core.masks, (block,), (value,),
+                        meta={"source": "approx", "method": method, "param": PARAM[method], "value": value})
         q = quality(dense, res)
         saved = acc["dense_flops"] - acc["flops"]
         rows.append({"method": method, "param": PARAM[method], "value": value, "attention_flops": acc["flops"],

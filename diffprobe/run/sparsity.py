@@ -70,7 +70,7 @@ def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc:
         frame.insert(0, "width", w)
         frame.insert(0, "height", h)
         if sc.save_masks:  # masks/ first: the parquet file marks the point finished
-            write_masks(tmp, probe.masks, sc.blocks, sc.taus)
+            write_masks(tmp, probe.masks, sc.blocks, sc.taus, meta={"source": "sparsity"})
         atomic_write(tmp / "sparsity.parquet", lambda p: frame.to_parquet(p, index=False))
 
     run_points(folder, list(sizes), work, report, "resolutions")

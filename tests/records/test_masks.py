@@ -93,3 +93,32 @@ def test_masks_bad_input(tiny_masks, tmp_path, capsys):
     one_line(["accel", str(other), "--arch", "sa-block64", "--masks", str(tiny_masks / "sp")], "no masks at 128x128")
     one_line(["accel", str(other), "--arch", "sa-block64", "--masks", str(tiny_masks / "sp" / "points" / "256x256"),
               "--tau", "0.9"], "tokens")
+
+
+def test_approx_saves_what_each_setting_kept(tmp_path):
+    # tiny at 256 px: every setting's store holds, per call, the kept keys per row; summed over the run they give
+    # the kept fraction the approx account reports (counted on another path: the kept entries as the method ran)
+    import json
+
+    out = tmp_path / "ap"
+    assert main(["approx", "--model", "tiny", "--height", "256", "--width", "256", "--steps", "1", "--method",
+                 "threshold,block", "--eps", "0.001", "--tau", "0.9", "--out", str(out), "-q"]) == 0
+    results = {r["method"]: r for r in json.loads((out / "approx.json").read_text())["results"]}
+    for name, method, value in (("threshold_eps_0.001", "threshold", 0.001), ("block_tau_0.9", "block", 0.9)):
+        store = MaskStore(out / "masks" / name)
+        assert store.index["source"] == "approx" and store.index["method"] == method
+        kept = sum(float(store.row_keys(e, value).sum()) for e in store.entries)
+        entries = sum(e["batch"] * e["heads"] * e["q_tokens"] * e["k_tokens"] for e in store.entries)
+        assert kept / entries == pytest.approx(results[method]["kept_fraction"], rel=1e-9)
+        for e in store.entries:
+            blocks = store.block_mask(e, 64, value)
+            assert blocks.shape == (e["batch"], e["heads"], -(-e["q_tokens"] // 64), -(-e["k_tokens"] // 64))
+            assert blocks.any(axis=-1).all()  # every query block keeps something (every row keeps its largest)
+            q_len = np.minimum(64, e["q_tokens"] - 64 * np.arange(blocks.shape[2]))
+            k_len = np.minimum(64, e["k_tokens"] - 64 * np.arange(blocks.shape[3]))
+            tile_entries = float(np.einsum("bhij,i,j->", blocks.astype(float), q_len, k_len))
+            rows = float(store.row_keys(e, value).sum())
+            if method == "block":  # the block method keeps whole tiles: its rows are exactly the kept tiles
+                assert rows == tile_entries
+            else:  # an entry-level method keeps entries inside the tiles that hold one: never more
+                assert rows <= tile_entries
