@@ -207,6 +207,10 @@ def sweep(
                                          "every point beside dense (see profile --approx)."),
     max_point_seconds: Optional[float] = typer.Option(
         None, help="Measured: skip a point whose roofline time on --hardware (this-cpu on CPU) exceeds this."),
+    accel: Optional[str] = typer.Option(None, "--accel", help="Accelerator presets (comma list, see `diffprobe "
+                                        "accel`): each point's latency and energy on them."),
+    accel_density: Optional[float] = typer.Option(None, "--accel-density", help="Kept self-attention share, in "
+                                                  "(0, 1], for --accel presets that skip attention."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Sweep folder (default: runs/<time>-sweep-<model>); "
                                           "re-running the same command with the same --out resumes it."),
     fmt: Format = O_FORMAT,
@@ -220,7 +224,7 @@ def sweep(
                         dtype=dtype, weights=weights, allow_pickle=allow_pickle, repeat=repeat, warmup=warmup,
                         sample_steps=sample_steps, mode=mode, trace_ops=trace, hardware=hardware, approx=approx)
     sc = SweepConfig(base=base, resolutions=parse_resolutions(resolutions), batches=parse_ints(batch, "--batch"),
-                     out=out_dir, max_point_seconds=max_point_seconds)
+                     out=out_dir, max_point_seconds=max_point_seconds, accel=accel, accel_density=accel_density)
     sc = sc.with_out()
     bar, callback = _progress(quiet)
     with bar:

@@ -307,3 +307,20 @@ def masked_block_attention(masks, nq: int, nk: int, d: int, dv: int, p: AccelPre
         blocks += mask.size
     out["kept_fraction"] = kept / blocks if blocks else 0.0
     return out
+
+
+DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05)
+
+
+def density_curve(ops: pd.DataFrame, p: AccelPreset, dense_latency_s: float,
+                  densities: tuple[float, ...] = DENSITIES) -> list[dict]:
+    """Speedup of design ``p`` over its dense counterpart at each uniform kept ``density`` of self-attention: only
+    the attention records change with density, so only they are costed again."""
+    attn = ops[ops["op"] == "sdpa"]
+    dense_attn = float(evaluate(attn, p.dense())["latency_s"].sum())
+    rest = dense_latency_s - dense_attn
+    out = []
+    for d in densities:
+        lat = rest + float(evaluate(attn, p, d)["latency_s"].sum())
+        out.append({"density": d, "latency_s": lat, "speedup": dense_latency_s / lat if lat else None})
+    return out

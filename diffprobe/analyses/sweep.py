@@ -66,6 +66,13 @@ def findings(folder: str | Path, names: list[str]) -> dict:
             point["bottlenecks_seconds"] = scaling.bottlenecks(ops[ops["stage"] == "unet"], "time_s", 10)
         if "roofline" in run:
             point["roofline"] = run["roofline"]
+        accel_file = folder / "points" / name / "accel.json"
+        if accel_file.exists():  # sweep --accel: the point on accelerator designs
+            acc = json.loads(accel_file.read_text(encoding="utf-8"))
+            point["accel"] = {k: {"latency_s": a["latency_s"], "energy_j": a["energy_j"],
+                                  "speedup_over_dense": a["speedup_over_dense"],
+                                  "speedup_over_gpu_roofline": a["speedup_over_gpu_roofline"]}
+                              for k, a in acc["accel"].items()}
         if run.get("approx"):
             point["approx"] = {k: run["approx"][k] for k in ("method", "value", "attention_flops_saved",
                                                               "end_to_end_flops_saved", "kept_fraction")}

@@ -261,10 +261,13 @@ def tradeoff(results: list[dict]) -> Figure:
 
 
 def accel_figure(acc: dict) -> Figure:
-    """Accelerator designs side by side: latency by layer type (stacked) and energy by component (stacked)."""
+    """Accelerator designs side by side: latency by layer type (stacked), energy by component (stacked) and, for
+    designs that skip attention, the speedup over their dense counterpart against a uniform kept density."""
     designs = list(acc["accel"])
-    fig = Figure(figsize=(11, 3.8), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
+    curves = {d: a["speedup_vs_density"] for d, a in acc["accel"].items() if a.get("speedup_vs_density")}
+    fig = Figure(figsize=(15 if curves else 11, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3 if curves else 2)
+    ax1, ax2 = axes[0], axes[1]
     types = sorted({t for a in acc["accel"].values() for t in a["by_layer_type"]},
                    key=lambda t: -acc["accel"][designs[0]]["by_layer_type"].get(t, {}).get("latency_s", 0.0))
     bottom = [0.0] * len(designs)
@@ -286,4 +289,15 @@ def accel_figure(acc: dict) -> Figure:
     ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=8, rotation=15)
+    if curves:
+        ax3 = axes[2]
+        for d, pts in curves.items():
+            ax3.plot([q["density"] for q in pts], [q["speedup"] for q in pts], marker="o", label=d)
+        ax3.set_xscale("log")
+        ax3.invert_xaxis()
+        ax3.axhline(1.0, color="grey", lw=0.8)
+        ax3.set_xlabel("kept self-attention density (uniform)")
+        ax3.set_ylabel("speedup over the dense design")
+        ax3.set_title("speedup vs kept density", fontsize=10)
+        ax3.legend(fontsize=7)
     return fig

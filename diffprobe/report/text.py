@@ -28,6 +28,8 @@ def sweep_tables(state: dict) -> list:
     appr = next((p["approx"] for p in points if "approx" in p), None)
     if appr:
         cols.append(f"{appr['method']}={appr['value']:g} saved (attn / e2e)")
+    designs = list(dict.fromkeys(d for p in points for d in p.get("accel", {})))
+    cols += [f"{d} s" for d in designs]
     cols += ["scores (unfused)", "fused"]
     for c in cols:
         t.add_column(c, justify="left" if c == "point" else "right")
@@ -44,6 +46,7 @@ def sweep_tables(state: dict) -> list:
             a = p.get("approx")
             row.append(f"{100 * a['attention_flops_saved']:.1f}% / {100 * a['end_to_end_flops_saved']:.1f}%"
                        if a else "")
+        row += [fmt_s(p["accel"][d]["latency_s"]) if d in p.get("accel", {}) else "" for d in designs]
         mem = p["attention_memory"]
         row += [fmt_n(mem["materialized_bytes"]) + "B", fmt_n(mem["fused_bytes"]) + "B"]
         t.add_row(*row)

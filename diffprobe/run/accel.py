@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffprobe.analyses import roofline
-from diffprobe.analyses.accel import evaluate, mask_plans, summary
+from diffprobe.analyses.accel import density_curve, evaluate, mask_plans, summary
 from diffprobe.errors import DiffprobeError
 from diffprobe.hardware.accel import AccelPreset, gemm, get_accel, mapping
 from diffprobe.hardware.presets import get_preset
@@ -56,6 +56,21 @@ def _mask_densities(store: MaskStore, tau: float, blocks: list[int]) -> dict:
     return out
 
 
+def check_accel(archs: str | list[str], density: float | None) -> list[AccelPreset]:
+    """The presets of ``archs``, refused with one line where they cannot run: unknown or broken presets, a density
+    outside (0, 1], a skipping design without a density (a sweep has no masks)."""
+    names = [a.strip() for a in archs.split(",") if a.strip()] if isinstance(archs, str) else list(archs)
+    if not names:
+        raise DiffprobeError("--accel needs at least one accelerator preset")
+    presets = [get_accel(n) for n in names]
+    if density is not None and not (0 < density <= 1):
+        raise DiffprobeError(f"--accel-density must be in (0, 1], got {density}")
+    skipping = [p.name for p in presets if p.granularity != "none"]
+    if skipping and density is None:
+        raise DiffprobeError(f"{', '.join(skipping)}: presets that skip attention; give --accel-density D")
+    return presets
+
+
 def accel_run(folder: str | Path, archs: str | list[str], density: float | None = None, gpu: str = "H100-SXM",
               write: bool = True, masks: str | Path | None = None, tau: float = 0.95) -> dict:
     """Evaluate the profile run in ``folder`` on each accelerator preset of ``archs`` (names or TOML paths; a
@@ -80,8 +95,8 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
         raise DiffprobeError("give --masks (measured) or --density (uniform), not both")
     skipping = [p.name for p in presets if p.granularity != "none"]
     if skipping and density is None and masks is None:
-        raise DiffprobeError(f"{', '.join(skipping)} skip attention: give --masks DIR (a sparsity run's masks) or "
-                             "--density D (a uniform kept fraction)")
+        raise DiffprobeError(f"{', '.join(skipping)}: presets that skip attention; give --masks DIR (a sparsity "
+                             "run's masks) or --density D (a uniform kept fraction)")
     store = find_masks(masks, d["height"], d["width"]) if masks is not None else None
     if store is not None:
         if tau not in store.index["taus"]:
@@ -123,6 +138,8 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
         s["speedup_over_gpu_roofline"] = gpu_pred["total_s"] / s["latency_s"] if s["latency_s"] else None
         if measured_gpu and measured_gpu.get("total"):
             s["speedup_over_measured_gpu"] = measured_gpu["total"] / s["latency_s"]
+        if p.granularity != "none":  # what the same design gains at other uniform densities
+            s["speedup_vs_density"] = density_curve(ops, p, dense["latency_s"])
         s["definition"] = p.to_dict()
         out["accel"][p.name] = s
     if write:

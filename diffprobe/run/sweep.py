@@ -25,6 +25,7 @@ from diffprobe.models.registry import get_spec
 from diffprobe.parsing import parse_ints, parse_resolutions  # noqa: F401  (imported from here too)
 from diffprobe.records.runfolder import prepare_out_dir
 from diffprobe.records.schema import SCHEMA_VERSION
+from diffprobe.run.accel import accel_run, check_accel
 from diffprobe.run.points import SweepFolder, run_points
 from diffprobe.run.profile import ProfileConfig, build_pipeline, check_resolution, run_profile
 
@@ -39,6 +40,8 @@ class SweepConfig:
     batches: list[int] = field(default_factory=lambda: [1])
     out: str | None = None  # None: a new runs/<time>-sweep-<model>
     max_point_seconds: float | None = None  # measured: skip points whose roofline prediction exceeds this
+    accel: str | None = None  # accelerator presets (comma list): each point also evaluated on them (accel.json)
+    accel_density: float | None = None  # the kept self-attention density for presets that skip attention
 
     def with_out(self) -> "SweepConfig":
         """This config with ``out`` set: a new default folder when none was given."""
@@ -83,6 +86,10 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     spec = get_spec(base.model)
     if sc.max_point_seconds is not None and not sc.max_point_seconds > 0:
         raise DiffprobeError(f"--max-point-seconds must be positive, got {sc.max_point_seconds:g}")
+    if sc.accel is not None:  # presets and density checked before any point
+        check_accel(sc.accel, sc.accel_density)
+    elif sc.accel_density is not None:
+        raise DiffprobeError("--accel-density needs --accel PRESET")
     for h, w in sc.resolutions:  # validate every point before any work
         check_resolution(spec, h, w)
     base = replace(base, height=sc.resolutions[0][0], width=sc.resolutions[0][1]).resolved()
@@ -143,6 +150,8 @@ def _run_points(sc: SweepConfig, base: ProfileConfig, spec, folder: SweepFolder,
         if not pipes:
             pipes.append(build_pipeline(base, spec))
         run_profile(replace(base, height=h, width=w, batch=b, out=str(tmp)), pipe=pipes[0])
+        if sc.accel is not None:  # the point's records on the accelerator presets, beside them (accel.json)
+            accel_run(tmp, sc.accel, sc.accel_density)
 
     run_points(folder, list(sizes), work, report, "points", skip=skip,
                on_done=lambda name: record(name, "ok", dir=f"points/{name}"),

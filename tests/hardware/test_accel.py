@@ -133,3 +133,27 @@ def test_bad_input(tmp_path, capsys):
     _one_line(capsys, ["accel", str(run), "--arch", str(broken)], "lacks cols")
     _one_line(capsys, ["accel", str(tmp_path / "missing")], "does not exist")
     _one_line(capsys, ["accel", "gemm", "--m", "0", "--k", "3", "--n", "4"], "--m must be a positive")
+
+
+def test_speedup_vs_density_and_sweep_accel(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["sweep", "--model", "tiny", "--mode", "analytic", "--resolutions", "128,256", "--steps", "1",
+                 "--accel", "sa-dense,sa-block64", "--accel-density", "0.25", "--out", str(out), "-q"]) == 0
+    import json
+
+    state = json.loads((out / "sweep.json").read_text())
+    for p in state["findings"]["points"]:
+        acc = json.loads((out / "points" / p["name"] / "accel.json").read_text())
+        assert p["accel"]["sa-dense"]["latency_s"] == acc["accel"]["sa-dense"]["latency_s"] > 0
+        curve = acc["accel"]["sa-block64"]["speedup_vs_density"]
+        # the curve at the run's density is the run's own result; keeping less never makes it slower; keeping
+        # everything costs the predictor on top of dense
+        at = next(c for c in curve if c["density"] == 0.25)
+        assert at["latency_s"] == pytest.approx(acc["accel"]["sa-block64"]["latency_s"], rel=1e-9)
+        speeds = [c["speedup"] for c in sorted(curve, key=lambda c: -c["density"])]
+        assert all(b >= a - 1e-12 for a, b in zip(speeds, speeds[1:], strict=False)) and speeds[0] <= 1
+    capsys.readouterr()
+    _one_line(capsys, ["sweep", "--model", "tiny", "--mode", "analytic", "--resolutions", "128", "--accel",
+                       "sa-block64", "--out", str(tmp_path / "x")], "--accel-density")
+    _one_line(capsys, ["sweep", "--model", "tiny", "--mode", "analytic", "--resolutions", "128", "--accel-density",
+                       "0.5", "--out", str(tmp_path / "y")], "needs --accel")
