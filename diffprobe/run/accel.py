@@ -56,18 +56,24 @@ def _mask_densities(store: MaskStore, tau: float, blocks: list[int]) -> dict:
     return out
 
 
-def check_accel(archs: str | list[str], density: float | None) -> list[AccelPreset]:
-    """The presets of ``archs``, refused with one line where they cannot run: unknown or broken presets, a density
-    outside (0, 1], a skipping design without a density (a sweep has no masks)."""
+def check_accel(archs: str | list[str], density: float | None, arch_flag: str = "--accel",
+                density_flag: str = "--accel-density", masks: str | Path | None = None) -> list[AccelPreset]:
+    """The presets of ``archs`` (names or TOML paths; a comma list as text), refused with one line where they
+    cannot run: none given, unknown or broken presets, a density outside (0, 1], measured ``masks`` and a density
+    at once, a design that skips attention with neither."""
     names = [a.strip() for a in archs.split(",") if a.strip()] if isinstance(archs, str) else list(archs)
     if not names:
-        raise DiffprobeError("--accel needs at least one accelerator preset")
+        raise DiffprobeError(f"{arch_flag} needs at least one accelerator preset")
     presets = [get_accel(n) for n in names]
     if density is not None and not (0 < density <= 1):
-        raise DiffprobeError(f"--accel-density must be in (0, 1], got {density}")
+        raise DiffprobeError(f"{density_flag} must be in (0, 1], got {density}")
+    if masks is not None and density is not None:
+        raise DiffprobeError(f"give --masks (measured) or {density_flag} (uniform), not both")
     skipping = [p.name for p in presets if p.granularity != "none"]
-    if skipping and density is None:
-        raise DiffprobeError(f"{', '.join(skipping)}: presets that skip attention; give --accel-density D")
+    if skipping and density is None and masks is None:
+        masks_hint = "--masks DIR (a sparsity run's masks) or " if arch_flag == "--arch" else ""
+        raise DiffprobeError(f"{', '.join(skipping)}: presets that skip attention; give {masks_hint}{density_flag} D "
+                             "(a uniform kept fraction)")
     return presets
 
 
@@ -85,18 +91,7 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
     ops = read_ops_checked(folder)
     if ops is None or not len(ops):
         raise DiffprobeError(f"{folder} has no op records: profile it with op tracing (the default) first")
-    names = [a.strip() for a in archs.split(",") if a.strip()] if isinstance(archs, str) else list(archs)
-    if not names:
-        raise DiffprobeError("--arch needs at least one accelerator preset")
-    presets = [get_accel(n) for n in names]
-    if density is not None and not (0 < density <= 1):
-        raise DiffprobeError(f"--density must be in (0, 1], got {density}")
-    if masks is not None and density is not None:
-        raise DiffprobeError("give --masks (measured) or --density (uniform), not both")
-    skipping = [p.name for p in presets if p.granularity != "none"]
-    if skipping and density is None and masks is None:
-        raise DiffprobeError(f"{', '.join(skipping)}: presets that skip attention; give --masks DIR (a sparsity "
-                             "run's masks) or --density D (a uniform kept fraction)")
+    presets = check_accel(archs, density, "--arch", "--density", masks)
     store = find_masks(masks, d["height"], d["width"]) if masks is not None else None
     if store is not None:
         if tau not in store.index["taus"]:
