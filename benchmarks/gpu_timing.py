@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffprobe  # noqa: E402
 from diffprobe.hardware.environment import environment  # noqa: E402
+from diffprobe.models.registry import get_spec  # noqa: E402
 from diffprobe.records.runfolder import standard  # noqa: E402
 from diffprobe.run.profile import ProfileConfig, build_pipeline, pipeline_kwargs  # noqa: E402
 from diffprobe.timing.kernels import MARKER, classify, join  # noqa: E402
@@ -56,7 +57,7 @@ def untraced_kernel_seconds(cfg: ProfileConfig) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
     cfg = cfg.resolved()
-    pipe = build_pipeline(cfg, diffprobe.models.registry.get_spec(cfg.model))
+    pipe = build_pipeline(cfg, get_spec(cfg.model))
     steps = cfg.sample_steps or None
 
     def stop(p, i, t, kw):

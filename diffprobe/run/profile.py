@@ -154,6 +154,9 @@ def _check_compile(cfg: ProfileConfig) -> None:
     if cfg.approx is not None:
         raise DiffprobeError("--approx cannot be combined with --compile or --cuda-graphs (the approximate "
                              "attention runs eagerly); profile them as two runs and compare")
+    if cfg.chrome_trace:
+        raise DiffprobeError("--chrome-trace draws a traced eager run; with --compile the records carry the compiled "
+                             "kernels' times: profile the trace without --compile")
     why = compiler_unavailable("cuda" if cfg.device.startswith("cuda") else "cpu")
     if why:
         raise DiffprobeError(f"--compile cannot run here: {why}")

@@ -161,6 +161,10 @@ def test_cuda_graphs_without_cuda_and_compile_without_a_compiler_are_refused(tmp
         rc = main(["profile", "--model", "tiny", "--steps", "1", "-q", "--out", str(tmp_path / "a"), *argv])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and needle in err, err
+    rc = main(["profile", "--model", "tiny", "--steps", "1", "-q", "--out", str(tmp_path / "c"), "--compile",
+               "--chrome-trace"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--chrome-trace" in err, err
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     rc = main(["profile", "--model", "tiny", "--steps", "1", "-q", "--out", str(tmp_path / "b"), "--compile"])
     err = capsys.readouterr().err
