@@ -22,27 +22,83 @@ def account(calls: list[dict]) -> dict:
             "by_kind": by_kind}
 
 
-def approximate_account(ops, calls: list[dict]) -> dict:
-    """The cost account of the same run with approximate attention: every UNet attention score / softmax / P·V
-    row of ``ops`` scaled by the kept fraction its call (module, step) had, plus the predictors' FLOPs as
-    ``attn_predictor``. Returns FLOPs by layer type and in total, beside the dense ones."""
+def _scaled_flops(ops, calls: list[dict] | None):
+    """Each record's FLOPs with approximate attention: UNet score / softmax / P·V rows scaled by the kept fraction
+    their call (module, step) had (``calls`` None: as traced), and the predictors' FLOPs."""
+    if not calls:
+        return ops["flops"].astype(float), 0.0
     kept = {(f"unet.{c['layer']}", c["step"]): c["kept"] / c["entries"] for c in calls}
-    core = ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv")) & (ops["stage"] == "unet")
+    core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "unet")
     missing = {(m, s) for m, s in zip(ops.loc[core, "module"], ops.loc[core, "step"], strict=True)} - set(kept)
     if missing:
         raise DiffprobeError(f"internal: no approximate call for {len(missing)} traced attention calls, "
                              f"e.g. {sorted(missing)[0]}")
     factor = [kept[(m, s)] if c else 1.0 for m, s, c in zip(ops["module"], ops["step"], core, strict=True)]
-    flops = ops["flops"].astype(float) * factor
+    return ops["flops"].astype(float) * factor, float(sum(c["predictor_flops"] for c in calls))
+
+
+ATTN_CORE = ("attn_score", "attn_softmax", "attn_pv")
+
+
+def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
+    """The cost account of a run with approximate attention and/or step-level reuse, against dense.
+
+    ``ops``: the records of what ran (the dense run's records, or those of a traced reuse run); ``calls``: each
+    attention call's kept fraction (None: attention as traced); ``dense``: the dense run's records (default
+    ``ops``). Every UNet attention score / softmax / P·V row is scaled by its call's kept fraction and the
+    predictors' FLOPs are added as ``attn_predictor``. Returns FLOPs by layer type and stage, in total, and the
+    attention and end-to-end savings against dense."""
+    dense = ops if dense is None else dense
+    flops, predictor = _scaled_flops(ops, calls)
     by_type = {k: float(v) for k, v in flops.groupby(ops["layer_type"], sort=False).sum().items()}
-    predictor = float(sum(c["predictor_flops"] for c in calls))
+    by_stage = {k: float(v) for k, v in flops.groupby(ops["stage"], sort=False).sum().items()}
     if predictor:
         by_type["attn_predictor"] = predictor
-    dense_attn = float(ops.loc[core, "flops"].sum())
+    core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "unet")
+    dense_core = dense["layer_type"].isin(ATTN_CORE) & (dense["stage"] == "unet")
+    dense_attn = float(dense.loc[dense_core, "flops"].sum())
     approx_attn = float(flops[core].sum()) + predictor
-    total_dense = float(ops["flops"].sum())
-    return {"flops_by_layer_type": by_type, "flops_total": float(flops.sum()) + predictor,
+    total_dense = float(dense["flops"].sum())
+    total = float(flops.sum()) + predictor
+    dense_stage = dense.groupby("stage", sort=False)["flops"].sum()
+    dense_type = dense.groupby("layer_type", sort=False)["flops"].sum()
+    entries = sum(c["entries"] for c in calls) if calls else 0
+    return {"flops_by_layer_type": by_type, "flops_by_stage": by_stage, "flops_total": total,
             "attention_flops_dense": dense_attn, "attention_flops": approx_attn,
             "attention_flops_saved": 1 - approx_attn / dense_attn if dense_attn else 0.0,
-            "end_to_end_flops_saved": (dense_attn - approx_attn) / total_dense if total_dense else 0.0,
-            "kept_fraction": sum(c["kept"] for c in calls) / max(1, sum(c["entries"] for c in calls))}
+            "end_to_end_flops_saved": 1 - total / total_dense if total_dense else 0.0,
+            "flops_saved_by_stage": {k: float(v) - by_stage.get(k, 0.0) for k, v in dense_stage.items()},
+            "flops_saved_by_layer_type": {k: float(v) - by_type.get(k, 0.0) for k, v in dense_type.items()},
+            "kept_fraction": sum(c["kept"] for c in calls) / max(1, entries) if calls else 1.0}
+
+
+def steps_ran(ops) -> list[dict]:
+    """Per denoising step of the UNet: its FLOPs and which of its top-level blocks ran (a reuse method's plan as
+    executed)."""
+    unet = ops[(ops["stage"] == "unet") & (ops["step"] >= 0)]
+    out = []
+    for step, rows in unet.groupby("step", sort=True):
+        blocks = sorted({_top_block(m) for m in rows["module"]} - {""})
+        out.append({"step": int(step), "flops": float(rows["flops"].sum()), "blocks": blocks})
+    return out
+
+
+def _top_block(module: str) -> str:
+    """``unet.down_blocks.1.attentions.0...`` -> ``down_blocks.1``; ``unet.conv_in`` -> ``conv_in``."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return ""
+    return ".".join(parts[:2]) if parts[0].endswith("_blocks") else parts[0]
+
+
+def added_ops(dense, ops) -> dict:
+    """Ops a method's run executed that the dense run did not (its own bookkeeping, e.g. DeepCache looking the
+    timestep up): count, FLOPs and count by op, matched per (stage, step, module, op)."""
+    key = ["stage", "step", "module", "op"]
+    d = dense.groupby(key).agg(n=("flops", "size"), flops=("flops", "sum"))
+    o = ops.groupby(key).agg(n=("flops", "size"), flops=("flops", "sum"))
+    extra = o.join(d, rsuffix="_dense", how="left").fillna(0)
+    extra = extra[extra["n"] > extra["n_dense"]]
+    n = (extra["n"] - extra["n_dense"]).astype(int)
+    return {"ops": int(n.sum()), "flops": float((extra["flops"] - extra["flops_dense"]).clip(lower=0).sum()),
+            "by_op": {str(k): int(v) for k, v in n.groupby(level="op").sum().items()}}

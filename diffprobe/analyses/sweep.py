@@ -74,7 +74,7 @@ def findings(folder: str | Path, names: list[str]) -> dict:
                                   "speedup_over_gpu_roofline": a["speedup_over_gpu_roofline"]}
                               for k, a in acc["accel"].items()}
         if run.get("approx"):
-            point["approx"] = {k: run["approx"][k] for k in ("method", "value", "attention_flops_saved",
+            point["approx"] = {k: run["approx"].get(k) for k in ("method", "value", "setting", "attention_flops_saved",
                                                               "end_to_end_flops_saved", "kept_fraction")}
         rows.append(point)
     result: dict = {"points": rows}

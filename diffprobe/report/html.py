@@ -17,7 +17,15 @@ from diffprobe.report import figures as figs
 from diffprobe.report.compare import compare_report
 from diffprobe.report.findings import approx_findings, eps_tau, profile_findings, sparsity_headline, sweep_findings
 from diffprobe.report.page import Page, esc, table
-from diffprobe.report.text import accel_rows, approx_rows, compiled_items, compiled_rows, mask_lines, sparsity_rows
+from diffprobe.report.text import (
+    accel_rows,
+    approx_rows,
+    compiled_items,
+    compiled_rows,
+    mask_lines,
+    setting_label,
+    sparsity_rows,
+)
 from diffprobe.report.units import fmt_k, fmt_n, fmt_s
 
 
@@ -90,7 +98,7 @@ def _profile_report(folder: Path, d: dict) -> Path:
         rows.append(["total", fmt_n(f["total"]), "100.0%", fmt_n(b["total"]) + "B"]
                     + ([fmt_s(sec["total"])] if sec else []) + ([fmt_n(ap["flops_total"])] if ap else []))
         page.add(table(["layer type", "FLOPs", "share", "bytes"] + (["seconds"] if sec else [])
-                       + ([f"FLOPs, {ap['method']}={ap['value']:g}"] if ap else []), rows))
+                       + ([f"FLOPs, {setting_label(ap)}"] if ap else []), rows))
         if ap:
             page.add(f"<p>{esc(_approx_sentence(ap))}</p>")
         page.figure(figs.stage_layer_bars(d), "stage_layer_types", "FLOPs (and measured time) by stage, stacked by "
@@ -121,7 +129,7 @@ def _profile_report(folder: Path, d: dict) -> Path:
         if ap_image and (folder / ap_image).exists():
             ap = d["approx"]
             page.image((folder / ap_image).read_bytes(), f"{ap_image}: the same run with "
-                       f"{ap['method']}={ap['value']:g} attention", width=width)
+                       f"{setting_label(ap)}", width=width)
     if d.get("environment"):
         page.h2("Environment")
         page.add(table(["", ""], [[k, v] for k, v in d["environment"].items()]))
@@ -149,7 +157,7 @@ def _approx_sentence(ap: dict) -> str:
     """The approximate pass of ``profile --approx`` in one sentence (as the terminal table says it)."""
     unet = f"UNet {fmt_s(ap['unet_seconds'])} untraced" if ap.get("unet_seconds") is not None else ""
     dense = f" vs {fmt_s(ap['dense_unet_seconds'])} dense (traced)" if ap.get("dense_unet_seconds") is not None else ""
-    return (f"{ap['method']}={ap['value']:g}: {100 * ap['attention_flops_saved']:.1f}% of UNet attention FLOPs "
+    return (f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of UNet attention FLOPs "
             f"saved ({100 * ap['end_to_end_flops_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
             f"entries kept; {unet}{dense}; attention kernel: {ap.get('kernel', '?')}. {ap.get('note', '')}")
 

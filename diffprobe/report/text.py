@@ -27,7 +27,7 @@ def sweep_tables(state: dict) -> list:
         cols.append("roofline s")
     appr = next((p["approx"] for p in points if "approx" in p), None)
     if appr:
-        cols.append(f"{appr['method']}={appr['value']:g} saved (attn / e2e)")
+        cols.append(f"{setting_label(appr)} saved (attn / e2e)")
     designs = list(dict.fromkeys(d for p in points for d in p.get("accel", {})))
     cols += [f"{d} s" for d in designs]
     cols += ["scores (unfused)", "fused"]
@@ -183,7 +183,7 @@ def account_items(d: dict) -> list:
         t.add_column("seconds", justify="right")
     approx = d.get("approx")
     if approx:
-        t.add_column(f"FLOPs, {approx['method']}={approx['value']:g}", justify="right")
+        t.add_column(f"FLOPs, {setting_label(approx)}", justify="right")
     unet = flops["by_stage_layer_type"].get("unet", {})
     total = flops["total"] or 1
     names = sorted(flops["by_layer_type"], key=lambda k: -flops["by_layer_type"][k])
@@ -210,12 +210,7 @@ def account_items(d: dict) -> list:
     t.add_row(*row, style="bold")
     items.append(t)
     if approx:
-        items.append(f"{approx['method']}={approx['value']:g}: {100 * approx['attention_flops_saved']:.1f}% of UNet "
-                     f"attention FLOPs saved ({100 * approx['end_to_end_flops_saved']:.1f}% end to end), "
-                     f"{100 * approx['kept_fraction']:.1f}% of entries kept; UNet {fmt_s(approx['unet_seconds'] or 0)} "
-                     f"(untraced; attention kernel: {approx.get('kernel', '?')}) vs "
-                     f"{fmt_s(approx['dense_unet_seconds'] or 0)} dense "
-                     "(traced: includes the tracer's per-op cost; `diffprobe approx` times both untraced)")
+        items += approx_lines(approx)
     lit = sum(d["macs_conv_linear"].values())
     items.append(f"literature convention (conv + linear multiply-adds only): {fmt_n(lit)} MACs = "
                  f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
@@ -323,6 +318,33 @@ def profile_items(d: dict) -> list:
     image = f"  image: {d['image']}" if d.get("image") else ""
     items.append(f"run folder: {d['run_dir']}{image}")
     return items
+
+
+def setting_label(ap: dict) -> str:
+    """An ``--approx`` setting as written (``block=0.25+deepcache=3``)."""
+    return ap.get("setting") or f"{ap['method']}={ap['value']:g}"
+
+
+def approx_lines(ap: dict) -> list[str]:
+    """``profile --approx``: what the setting saves against dense, its seconds, and (reuse) which blocks ran."""
+    lines = [f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of UNet attention FLOPs saved "
+             f"({100 * ap['end_to_end_flops_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
+             "attention entries kept"]
+    if ap.get("unet_seconds") is not None:
+        dense = ap.get("dense_untraced_unet_seconds")
+        lines.append(f"UNet {fmt_s(ap['unet_seconds'])} with it vs {fmt_s(dense)} dense, both untraced, same noise "
+                     f"(attention kernel: {ap.get('kernel', '?')})" if dense is not None else
+                     f"UNet {fmt_s(ap['unet_seconds'])} untraced (attention kernel: {ap.get('kernel', '?')})")
+    saved = {k: v for k, v in (ap.get("flops_saved_by_stage") or {}).items() if v}
+    if saved:
+        lines.append("FLOPs saved by stage: " + ", ".join(f"{k} {fmt_n(v)}" for k, v in saved.items()))
+    extra = ap.get("method_overhead")
+    if extra and extra["ops"]:
+        lines.append(f"the method's own ops: {extra['ops']} ({fmt_n(extra['flops'])} FLOPs: "
+                     + ", ".join(f"{k} x{v}" for k, v in extra["by_op"].items()) + ")")
+    for s in ap.get("steps") or []:
+        lines.append(f"  step {s['step']}: {fmt_n(s['flops'])} FLOPs, ran {', '.join(s['blocks'])}")
+    return lines
 
 
 def compiled_rows(d: dict) -> list[tuple[str, float, float]]:

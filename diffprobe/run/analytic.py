@@ -8,7 +8,8 @@ executes:
   ops on the same shapes as in a measured run (tested per scheduler class of the embedded models);
 * UNet evaluations after the first are *replayed*: every denoising step runs the same UNet on same-shaped
   inputs, so its op records are copied (``replayed=True``) instead of re-dispatching ~thousands of meta ops.
-  A test checks replayed records equal traced ones.
+  A test checks replayed records equal traced ones. With a step-level reuse method, steps replay the first
+  traced step of the same kind (the method's ``plan_key``: a full or a cached DeepCache step).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def _shape_key(args, kwargs) -> tuple:
 class MetaAdapters:
     """Context manager installing the scheduler and UNet-replay adapters on a meta pipeline."""
 
-    def __init__(self, pipe, tracer, replay: bool = True):
-        self.pipe, self.tracer, self.replay = pipe, tracer, replay
+    def __init__(self, pipe, tracer, replay: bool = True, plan=None):
+        self.pipe, self.tracer, self.replay, self.plan = pipe, tracer, replay, plan  # plan(step): reuse's step kind
         self._undo: list = []
 
     def __enter__(self) -> "MetaAdapters":
@@ -57,8 +58,8 @@ class MetaAdapters:
             cache: dict = {}
 
             def replaying_forward(*args, **kwargs):
-                key = _shape_key(args, kwargs)
                 step_now = tracer.unet_step
+                key = (_shape_key(args, kwargs), self.plan(step_now) if self.plan else None)
                 if key in cache:
                     first_row, n_rows, output = cache[key]
                     _replay_rows(tracer, first_row, n_rows, step_now)

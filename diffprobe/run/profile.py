@@ -20,7 +20,8 @@ from pathlib import Path
 
 from diffprobe.analyses import breakdown, roofline
 from diffprobe.analyses.breakdown import layer_table
-from diffprobe.attention.approx import ApproxAttention, approximate_account, kernels_used, parse_setting
+from diffprobe.analyses.savings import added_ops, approximate_account, steps_ran
+from diffprobe.attention.approx import ApproxAttention, kernels_used
 from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError
 from diffprobe.hardware.environment import environment
@@ -39,6 +40,7 @@ from diffprobe.records.runfolder import prepare_out_dir, write_ops, write_run_js
 from diffprobe.records.schema import SCHEMA_VERSION  # run.json's version (ops.parquet has its own)
 from diffprobe.records.tracer import OpTracer
 from diffprobe.run.analytic import MetaAdapters
+from diffprobe.run.settings import parse_settings
 from diffprobe.run.warmup import warm_up
 from diffprobe.timing.kernels import ProfilerTimer
 from diffprobe.timing.ops import OpTimer
@@ -136,10 +138,12 @@ class ProfileConfig:
         if cfg.hardware is not None:
             get_preset(cfg.hardware)  # an unknown or broken preset is refused before any work
         if cfg.approx is not None:
-            parse_setting(cfg.approx)
-            if cfg.mode != "measured" or not cfg.trace_ops:
-                raise DiffprobeError("--approx needs a measured run with op tracing: which entries are skipped "
-                                     "depends on the attention values")
+            setting = parse_settings(cfg.approx)
+            if setting.attention is not None and (cfg.mode != "measured" or not cfg.trace_ops):
+                raise DiffprobeError("--approx with an attention method needs a measured run with op tracing: "
+                                     "which entries are skipped depends on the attention values")
+            if not cfg.trace_ops:
+                raise DiffprobeError("--approx needs op tracing: its account is the records of what ran")
         return cfg
 
 
@@ -529,6 +533,8 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     if cfg.mode == "analytic":
         try:
             _run_analytic(cfg, pipe, result, report)
+            if cfg.approx is not None:  # reuse only (checked): its plan replayed on meta
+                _run_approx_pass(cfg, pipe, result, report)
         except KeyboardInterrupt:
             result.status, result.error = "interrupted", "interrupted (Ctrl-C) while tracing"
             _save(out_dir, result)
@@ -558,29 +564,74 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
 
 
 def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) -> None:
-    """The same run again, untraced, with approximate attention; its per-call kept fractions re-weight the dense
-    account (``result.approx``), and its measured UNet time stands beside the dense one."""
+    """The same run with the ``--approx`` setting: attention approximation, step-level reuse, or both.
+
+    With reuse, the run is traced again with the method installed (its account is the records of what ran);
+    then dense and the setting are timed untraced, on the same noise. Approximate attention re-weights the
+    attention records by each call's kept fraction. ``result.approx`` holds the account against dense (by stage
+    and layer type), the per-step view of which UNet blocks ran, and the seconds of both untraced runs."""
+    import contextlib
     import tempfile
     from dataclasses import replace
 
-    method, value = parse_setting(cfg.approx)
-    core = ApproxAttention(method, value, seed=cfg.seed)
+    setting = parse_settings(cfg.approx)
+    if setting.reuse is not None:
+        setting.reuse.check_model(pipe, cfg.model)
+    core = ApproxAttention(*setting.attention, seed=cfg.seed) if setting.attention else None
     report("approx", 0, 1)
-    warm_up(pipe, cfg, [cfg.prompt] * cfg.batch, core)  # the block-sparse kernel compiles outside the timed run
-    plain = replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None, repeat=1, warmup=0)
-    again = ProfileResult(plain, result.spec, result.params, {}, {}, [], result.unet_evals,
-                          result.unet_evals_measured, 0, "", result.environment)
-    with tempfile.TemporaryDirectory(prefix="diffprobe-approx-") as tmp, installed(pipe.unet, core.core):
-        _run_measured(plain, pipe, again, lambda *_: None, Path(tmp))  # timed, untraced, same noise
-        if again.image and result.run_dir:  # the approximate image beside the dense one
-            shutil.copyfile(Path(tmp) / again.image, Path(result.run_dir) / "image_approx.png")
+    if core is not None:
+        warm_up(pipe, cfg, [cfg.prompt] * cfg.batch, core)  # the block-sparse kernel compiles outside the timed run
+    plain = replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None, repeat=1, warmup=0,
+                    compile=False, cuda_graphs=False)
+
+    def fresh(c):
+        return ProfileResult(c, result.spec, result.params, {}, {}, [], result.unet_evals,
+                             result.unet_evals_measured, 0, "", result.environment)
+
+    def methods():
+        stack = contextlib.ExitStack()
+        if core is not None:
+            stack.enter_context(installed(pipe.unet, core.core))
+        if setting.reuse is not None:
+            stack.enter_context(setting.reuse.installed(pipe))
+        return stack
+
+    ops = result.ops
+    with tempfile.TemporaryDirectory(prefix="diffprobe-approx-") as tmp:
+        for sub in ("traced", "dense", "approx"):
+            (Path(tmp) / sub).mkdir()
+        if setting.reuse is not None:  # the records of what runs with reuse (attention exact: its kept
+            traced_cfg = replace(plain, trace_ops=True, mode=cfg.mode)  # fractions re-weight them below)
+            traced = fresh(traced_cfg)
+            with setting.reuse.installed(pipe):
+                if cfg.mode == "analytic":
+                    _run_analytic(traced_cfg, pipe, traced, lambda *_: None, plan=setting.reuse.plan_key)
+                else:
+                    _run_measured(traced_cfg, pipe, traced, lambda *_: None, Path(tmp) / "traced")
+            ops = traced.ops
+        dense = again = None
+        if cfg.mode == "measured":
+            dense = fresh(plain)
+            _run_measured(plain, pipe, dense, lambda *_: None, Path(tmp) / "dense")  # dense, untraced, same noise
+            again = fresh(plain)
+            with methods():
+                _run_measured(plain, pipe, again, lambda *_: None, Path(tmp) / "approx")  # the setting, untraced
+            if again.image and result.run_dir:  # the approximate image beside the dense one
+                shutil.copyfile(Path(tmp) / "approx" / again.image, Path(result.run_dir) / "image_approx.png")
     report("approx", 1, 1)
-    acc = approximate_account(result.ops, core.calls)
-    result.approx = {"method": method, "value": value, **acc, "image": "image_approx.png",
-                     "unet_seconds": again.stages.get("unet"), "dense_unet_seconds": result.stages.get("unet"),
-                     "kernel": kernels_used(core.calls),
-                     "note": "FLOPs a kernel that skipped the dropped entries would need (oracle methods: the "
-                             "potential); the seconds are this PyTorch implementation's"}
+    acc = approximate_account(ops, core.calls if core is not None else None, dense=result.ops)
+    method, value = setting.attention or (setting.reuse.name, setting.reuse.value)
+    result.approx = {"method": method, "value": value, "setting": setting.text, **acc,
+                     "steps": steps_ran(ops) if setting.reuse is not None else None,
+                     "method_overhead": added_ops(result.ops, ops) if setting.reuse is not None else None,
+                     "image": "image_approx.png" if again is not None else None,
+                     "unet_seconds": again.stages.get("unet") if again else None,
+                     "dense_unet_seconds": result.stages.get("unet"),
+                     "dense_untraced_unet_seconds": dense.stages.get("unet") if dense else None,
+                     "kernel": kernels_used(core.calls) if core is not None else "dense",
+                     "note": "FLOPs of the records that ran (reuse) and that a kernel skipping the dropped entries "
+                             "would need (oracle attention methods: the potential); the seconds are this PyTorch "
+                             "implementation's, untraced"}
 
 
 def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_dir: Path) -> None:
@@ -683,13 +734,15 @@ def _tracer(cfg: ProfileConfig, pipe, timed: bool):
                     cfg=cfg.guidance > 1, timer=timer)
 
 
-def _run_analytic(cfg: ProfileConfig, pipe, result: ProfileResult, report) -> None:
+def _run_analytic(cfg: ProfileConfig, pipe, result: ProfileResult, report, plan=None) -> None:
+    """Trace the pipeline on meta; ``plan(step)`` (a reuse method's) keys which traced UNet step a later step
+    replays (default: every step replays the first of its shapes)."""
     import torch
 
     tracer = _tracer(cfg, pipe, timed=False)
     report("trace", 0, 1)
     kwargs = pipeline_kwargs(cfg, pipe)
-    with torch.inference_mode(), MetaAdapters(pipe, tracer), tracer:
+    with torch.inference_mode(), MetaAdapters(pipe, tracer, plan=plan), tracer:
         pipe(**kwargs)
     report("trace", 1, 1)
     result.ops, result.unsupported = tracer.table(), dict(tracer.unsupported)

@@ -1,0 +1,1 @@
+"""Methods that change what a run computes across steps (step-level reuse), beside ``attention/``."""

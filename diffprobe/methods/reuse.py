@@ -1,0 +1,97 @@
+"""Step-level reuse: work a method skips at some denoising steps by reusing what an earlier step computed.
+
+* ``deepcache`` (interval N, branch b): DeepCache (Ma et al., CVPR 2024) through PyPI's ``DeepCache`` package
+  (``DeepCacheSDHelper``). Every N-th step runs the whole UNet; the steps between run only the shallow branch b
+  (the first down block's first layers and the matching up-block layers) and reuse the deeper features cached at
+  the last full step.
+
+A method is a context manager over a pipeline (:meth:`ReuseMethod.installed`); :meth:`ReuseMethod.plan_key` says
+which kind of step a denoising step is (equal keys: the same modules run), so analytic mode replays a traced step
+of the same kind instead of assuming every step is the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+from diffprobe.errors import DiffprobeError
+
+UNET_FAMILY = "UNet models (sd15, sd21, sd21-base, sdxl, tiny, digits)"
+
+
+class ReuseMethod:
+    """A step-level reuse method with one parameter ``value`` (see the subclasses)."""
+
+    name = ""
+    param = ""
+    fits = ""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def check_model(self, pipe, model: str) -> None:
+        """Refuse a model this method does not apply to (one line naming the families it fits)."""
+
+    def plan_key(self, step: int):
+        """A key equal for steps that run the same modules (``step``: 0-based denoising step)."""
+        return None
+
+    @contextlib.contextmanager
+    def installed(self, pipe):
+        yield self
+
+    def noop(self) -> bool:
+        return False
+
+
+class DeepCache(ReuseMethod):
+    name = "deepcache"
+    param = "interval"
+    fits = UNET_FAMILY
+
+    def __init__(self, value: float, branch: int = 0):
+        if not (value >= 1 and float(value).is_integer()):
+            raise DiffprobeError(f"deepcache interval must be a whole number of steps >= 1, got {value:g}")
+        if not (isinstance(branch, int) and branch >= 0):
+            raise DiffprobeError(f"deepcache branch must be 0 or more, got {branch}")
+        super().__init__(float(value))
+        self.interval, self.branch = int(value), branch
+
+    def check_model(self, pipe, model: str) -> None:
+        unet = getattr(pipe, "unet", None)
+        if unet is None or not hasattr(unet, "down_blocks"):
+            raise DiffprobeError(f"deepcache applies to {self.fits}; {model} has no UNet")
+        limit = 3 * len(unet.down_blocks)
+        if self.branch >= limit:
+            raise DiffprobeError(f"deepcache branch {self.branch} is out of range for {model}: its UNet has "
+                                 f"{len(unet.down_blocks)} down blocks, so branches 0-{limit - 1}")
+
+    def plan_key(self, step: int):
+        return "full" if step % self.interval == 0 else "cached"
+
+    def noop(self) -> bool:
+        return self.interval == 1
+
+    @contextlib.contextmanager
+    def installed(self, pipe):
+        from DeepCache import DeepCacheSDHelper
+
+        helper = DeepCacheSDHelper(pipe=pipe)
+        helper.set_params(cache_interval=self.interval, cache_branch_id=self.branch)
+        helper.enable()
+        try:
+            yield self
+        finally:
+            helper.disable()
+
+
+REUSE = {"deepcache": DeepCache}
+
+
+def make(method: str, value: float, **options) -> ReuseMethod:
+    if method not in REUSE:
+        raise DiffprobeError(f"unknown reuse method {method!r}; use one of {', '.join(REUSE)}")
+    if not math.isfinite(value):
+        raise DiffprobeError(f"{method}: {value} is not a finite number")
+    return REUSE[method](value, **options)

@@ -1,0 +1,44 @@
+"""``--approx`` settings: one attention approximation, one step-level reuse method, or both joined with ``+``
+(``block=0.25+deepcache=3``), measured together against the same dense run."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from diffprobe.attention.approx import METHODS, parse_setting
+from diffprobe.errors import DiffprobeError
+from diffprobe.methods.reuse import REUSE, ReuseMethod, make
+
+
+class Setting(NamedTuple):
+    text: str  # as given, normalized: "block=0.25+deepcache=3"
+    attention: tuple[str, float] | None  # (method, value) of the attention approximation
+    reuse: ReuseMethod | None
+
+
+def parse_settings(text: str) -> Setting:
+    """A setting from ``METHOD=VALUE[+METHOD=VALUE]``; unknown methods, bad values and two methods of one kind are
+    refused with one line."""
+    attention, reuse, parts = None, None, []
+    for part in (p.strip() for p in text.split("+")):
+        method, sep, value = part.partition("=")
+        method = method.strip()
+        if not sep:
+            raise DiffprobeError(f"--approx {text!r}: use METHOD=VALUE[+METHOD=VALUE], e.g. block=0.9+deepcache=3")
+        if method in REUSE:
+            if reuse is not None:
+                raise DiffprobeError(f"--approx {text!r}: one reuse method at a time")
+            try:
+                number = float(value)
+            except ValueError:
+                raise DiffprobeError(f"--approx {text!r}: {value!r} is not a number") from None
+            reuse = make(method, number)
+            parts.append(f"{method}={number:g}")
+        elif method in METHODS:
+            if attention is not None:
+                raise DiffprobeError(f"--approx {text!r}: one attention method at a time")
+            attention = parse_setting(part)
+            parts.append(f"{attention[0]}={attention[1]:g}")
+        else:
+            raise DiffprobeError(f"unknown method {method!r}; use one of {', '.join((*METHODS, *REUSE))}")
+    return Setting("+".join(parts), attention, reuse)

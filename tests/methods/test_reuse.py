@@ -1,0 +1,115 @@
+"""Step-level reuse (DeepCache through PyPI's package) in the account: no-op settings, FLOPs removed against an
+independent count from the dense records, analytic plan replay against the measured account, composition with
+approximate attention, and bad settings."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import diffprobe
+from diffprobe.cli import main
+
+KW = dict(model="tiny", steps=4, sample_steps=0, height=128, width=128)
+
+# what DeepCache's branch 0 runs at a cached step of tiny's UNet (4 down and 4 up blocks, 2 layers per up block):
+# the input and time embedding, the last up block's own ops and its last layer (resnets.1, attentions.1: the
+# package numbers up-block layers from the end), and the output head; every down block, the mid block and the
+# other up blocks return what the last full step cached
+RUNS_WHEN_CACHED = ("unet.conv_in", "unet.time_proj", "unet.time_embedding", "unet.up_blocks.3.resnets.1",
+                    "unet.up_blocks.3.attentions.1", "unet.conv_norm_out", "unet.conv_act", "unet.conv_out")
+
+
+def _runs_when_cached(module: str) -> bool:
+    return module in ("unet", "unet.up_blocks.3") or any(
+        module == m or module.startswith(m + ".") for m in RUNS_WHEN_CACHED)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reuse")
+    dense = diffprobe.profile(**KW, out=str(root / "dense"))
+    dc = diffprobe.profile(**KW, approx="deepcache=2", out=str(root / "dc"))
+    return root, dense, dc
+
+
+def test_flops_removed_equal_an_independent_count_of_the_skipped_blocks(runs):
+    _, dense, dc = runs
+    ops = dense.ops
+    step0 = ops[(ops["stage"] == "unet") & (ops["step"] == 0)]
+    skipped_per_cached_step = float(step0.loc[~step0["module"].map(_runs_when_cached), "flops"].sum())
+    cached_steps = 2  # steps 1 and 3 of 4 at interval 2
+    # DeepCache finds the step with list(timesteps).index(t.item()): per step one unbind (the list) and one item,
+    # then i + 1 comparisons at step i, each a one-FLOP eq and its truth test (is_nonzero)
+    lookups = sum(i + 1 for i in range(4))
+    ap = dc.to_dict()["approx"]
+    assert ap["method_overhead"] == {"ops": 4 + 4 + 2 * lookups, "flops": lookups, "by_op": {
+        "aten.eq.Scalar": lookups, "aten.is_nonzero.default": lookups, "aten.item.default": 4,
+        "aten.unbind.int": 4}}
+    assert ap["flops_saved_by_stage"]["unet"] == pytest.approx(cached_steps * skipped_per_cached_step - lookups,
+                                                               rel=1e-12)
+    assert ap["flops_saved_by_stage"]["vae_decoder"] == 0 and ap["flops_saved_by_stage"]["text_encoder"] == 0
+    full = [s for s in ap["steps"] if s["step"] % 2 == 0]
+    cached = [s for s in ap["steps"] if s["step"] % 2 == 1]
+    assert {"mid_block", "down_blocks.0"} <= set(full[0]["blocks"]) and "mid_block" not in cached[0]["blocks"]
+    assert cached[0]["blocks"] == ["conv_act", "conv_in", "conv_norm_out", "conv_out", "time_embedding", "time_proj",
+                                   "up_blocks.3"]
+    assert ap["dense_untraced_unet_seconds"] > 0 and ap["unet_seconds"] > 0
+
+
+def test_interval_one_is_dense_bit_for_bit(runs):
+    root, dense, _ = runs
+    one = diffprobe.profile(**KW, approx="deepcache=1", out=str(root / "one"))
+    ap = one.to_dict()["approx"]
+    # nothing skipped: the only difference in the account is DeepCache's own step lookup, which it still runs
+    assert ap["flops_saved_by_stage"]["unet"] == -ap["method_overhead"]["flops"] < 0
+    assert not any(v for k, v in ap["flops_saved_by_stage"].items() if k != "unet")
+    assert [s["blocks"] for s in ap["steps"]] == [ap["steps"][0]["blocks"]] * 4
+    same = np.asarray(Image.open(root / "one" / "image_approx.png"))
+    assert np.array_equal(same, np.asarray(Image.open(root / "dense" / "image.png")))
+
+
+def test_analytic_plan_replay_equals_the_measured_account(runs, tmp_path):
+    _, _, dc = runs
+    an = diffprobe.profile(**KW, mode="analytic", approx="deepcache=2", out=str(tmp_path / "an"))
+    a, m = an.to_dict()["approx"], dc.to_dict()["approx"]
+    assert [s["blocks"] for s in a["steps"]] == [s["blocks"] for s in m["steps"]]
+    # every module's ops replay exactly; DeepCache's own step lookup (i + 1 comparisons at step i) replays from the
+    # first step of each kind: steps 2 and 3 count steps 0's and 1's, 1 + 2 comparisons instead of 3 + 4
+    assert m["method_overhead"]["flops"] - a["method_overhead"]["flops"] == (3 + 4) - (1 + 2)
+    assert a["flops_total"] - a["method_overhead"]["flops"] == m["flops_total"] - m["method_overhead"]["flops"]
+    for lt, v in m["flops_by_layer_type"].items():
+        # a comparison is an elementwise op in the account
+        extra = m["method_overhead"]["flops"] - a["method_overhead"]["flops"] if lt == "elementwise" else 0
+        assert a["flops_by_layer_type"][lt] == v - extra, lt
+
+
+def test_composed_settings_account_for_both(runs, tmp_path):
+    _, dense, dc = runs
+    both = diffprobe.profile(**KW, approx="block=0.5+deepcache=2", out=str(tmp_path / "both"))
+    b, d = both.to_dict()["approx"], dc.to_dict()["approx"]
+    assert b["setting"] == "block=0.5+deepcache=2"
+    assert [s["blocks"] for s in b["steps"]] == [s["blocks"] for s in d["steps"]]  # the reuse plan as before
+    # attention re-weighted on top of reuse: the composed total is the reuse total less the attention the block
+    # method dropped, plus its predictor
+    dropped = d["attention_flops"] - (b["attention_flops"] - b["flops_by_layer_type"].get("attn_predictor", 0.0))
+    assert b["flops_total"] == pytest.approx(d["flops_total"] - dropped
+                                             + b["flops_by_layer_type"].get("attn_predictor", 0.0), rel=1e-12)
+    assert b["kept_fraction"] < 1 and b["end_to_end_flops_saved"] > d["end_to_end_flops_saved"]
+
+
+@pytest.mark.parametrize("setting,needle", [
+    ("deepcache=0", "whole number of steps >= 1"), ("deepcache=2.5", "whole number"),
+    ("dedup=2", "unknown method"), ("deepcache=2+deepcache=3", "one reuse method"),
+    ("block=0.5+topk=4", "one attention method"), ("deepcache", "METHOD=VALUE"),
+])
+def test_bad_settings(setting, needle, tmp_path, capsys):
+    rc = main(["profile", "--model", "tiny", "--steps", "1", "-q", "--approx", setting, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_analytic_refuses_attention_methods(tmp_path, capsys):
+    rc = main(["profile", "--model", "tiny", "--steps", "1", "-q", "--mode", "analytic", "--approx",
+               "block=0.5+deepcache=2", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "attention method needs a measured run" in err, err
