@@ -343,11 +343,16 @@ def sparsity(
 
 @app.command()
 def approx(
-    method: str = typer.Option("threshold", help="Comma list of methods: threshold, topk, predicted, block."),
+    method: str = typer.Option("threshold", help="Comma list of methods: threshold, topk, predicted, block "
+                               "(attention) and deepcache (step-level reuse)."),
     eps: str = typer.Option("0,1e-3,1e-2", help="threshold / predicted: probabilities below eps dropped, [0, 1)."),
     k: str = typer.Option("64,16,4", help="topk: keys kept per query (>= 1)."),
     tau: str = typer.Option("1,0.99,0.95,0.9", help="block: mass covered by the kept key blocks, (0, 1]."),
     block: int = typer.Option(64, help="block: block side in tokens."),
+    interval: str = typer.Option("2,3,5", help="deepcache: a full UNet every N steps, the rest reuse its deep "
+                                 "features (whole numbers >= 1)."),
+    setting: Optional[str] = typer.Option(None, "--setting", help="More settings, comma list; + joins an attention "
+                                          "method and a reuse method, measured together: block=0.9+deepcache=3."),
     rank: int = typer.Option(8, help="predicted: rank of the random projection that estimates the scores."),
     renormalize: bool = typer.Option(True, "--renormalize/--no-renormalize",
                                      help="Rescale kept probabilities to sum to 1 per row."),
@@ -375,13 +380,17 @@ def approx(
 ) -> None:
     """Approximate attention vs dense: FLOPs saved (exact account), time, PSNR/SSIM, digit accuracy."""
     from diffprobe.attention.approx import METHODS, parse_values
+    from diffprobe.methods.reuse import REUSE
+    from diffprobe.parsing import parse_floats
     from diffprobe.run.approx import run_approx
 
     names = [m.strip() for m in method.split(",") if m.strip()]
-    bad = [m for m in names if m not in METHODS]
-    if not names or bad:
-        raise DiffprobeError(f"unknown method {(bad or [''])[0]!r}; use one of {', '.join(METHODS)}")
-    methods = {m: parse_values(m, {"eps": eps, "k": k, "tau": tau}) for m in names}
+    bad = [m for m in names if m not in (*METHODS, *REUSE)]
+    if bad or (not names and not setting):
+        raise DiffprobeError(f"unknown method {(bad or [''])[0]!r}; use one of {', '.join((*METHODS, *REUSE))}")
+    methods = {m: (parse_floats(interval, "--interval", 0, float("inf"), True) if m in REUSE
+                   else parse_values(m, {"eps": eps, "k": k, "tau": tau})) for m in names}
+    extra = [t.strip() for t in (setting or "").split(",") if t.strip()]
     if per_digit < 1:
         raise DiffprobeError("--per-digit must be at least 1")
     base = _base_config(model=model, prompt=prompt, height=height, width=width, steps=steps, guidance=guidance,
@@ -391,7 +400,7 @@ def approx(
     with bar:
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
                            out=out_dir, progress=callback, clip_weights=clip_weights, force=force,
-                           save_masks=save_masks)
+                           save_masks=save_masks, settings=extra)
         report_path = _build_report(state["run_dir"])
     if fmt is Format.json:
         _print_json(state)

@@ -301,3 +301,38 @@ def accel_figure(acc: dict) -> Figure:
         ax3.set_title("speedup vs kept density", fontsize=10)
         ax3.legend(fontsize=7)
     return fig
+
+
+def pareto(results: list[dict]) -> Figure:
+    """Every setting's end-to-end FLOPs saved and UNet seconds saved against its quality (SSIM vs dense), with the
+    Pareto front (no other setting saves more at equal or better quality) drawn through the points."""
+    dense = next((r for r in results if r["method"] == "dense"), None)
+    pts = [r for r in results if r["method"] != "dense"]
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (key, label) in zip(axes, (("flops", "end-to-end FLOPs saved (%)"),
+                                       ("seconds", "UNet seconds saved vs dense (%)")), strict=True):
+        xy = []
+        for r in pts:
+            if key == "flops":
+                y = 100 * r["end_to_end_flops_saved"]
+            else:
+                y = 100 * (1 - r["unet_s"] / dense["unet_s"]) if dense and dense["unet_s"] else 0.0
+            xy.append((r["ssim"], y, r.get("setting") or f"{r['method']}={r['value']:g}", r["method"]))
+        methods = list(dict.fromkeys(m for *_, m in xy))
+        for x, y, name, m in xy:
+            ax.plot([x], [y], "o", color=_TAB[methods.index(m) % len(_TAB)])
+            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        front, best = [], float("-inf")
+        for x, y, *_ in sorted(xy, key=lambda p: -p[0]):  # from the best quality down: keep what saves more
+            if y > best:
+                front.append((x, y))
+                best = y
+        if front:
+            ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="#333333", linewidth=1,
+                    label="Pareto front")
+            ax.legend(fontsize=7, frameon=False)
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_xlabel("SSIM vs dense (quality)")
+        ax.set_ylabel(label)
+    return fig

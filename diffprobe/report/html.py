@@ -289,10 +289,13 @@ def _approx_report(folder: Path, state: dict) -> Path:
     page.add(table(*approx_rows(state)))
     page.figure(figs.tradeoff(state["results"]), "tradeoff", "attention FLOPs saved vs quality, per method",
                 svg=True)
+    page.figure(figs.pareto(state["results"]), "pareto", "every setting (attention, reuse and both): FLOPs and "
+                "seconds saved against quality, with the Pareto front", svg=True)
     page.h2("Images: dense and approximate (same noise)")
     for r in state["results"]:
         path = folder / r["image"]
         if path.exists():
-            label = "dense" if r["method"] == "dense" else f"{r['method']} {r['param']}={r['value']:g}"
+            label = "dense" if r["method"] == "dense" else (r.get("setting")
+                                                              or f"{r['method']} {r['param']}={r['value']:g}")
             page.image(path.read_bytes(), label, width=min(960, 64 * min(10, len(state.get("prompts", [1])))))
     return page.write()

@@ -147,7 +147,10 @@ def approx_rows(state: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in state["results"]:
         param = "" if r["method"] == "dense" else f"{r['param']}={r['value']:g}"
-        row = [r["method"], param, f"{100 * r['attention_flops_saved']:.1f}%",
+        method = r["method"]
+        if r.get("setting") and "+" in r["setting"]:  # a composed setting: both methods, both parameters
+            method, param = "+".join(p.split("=")[0] for p in r["setting"].split("+")), r["setting"]
+        row = [method, param, f"{100 * r['attention_flops_saved']:.1f}%",
                f"{100 * r['end_to_end_flops_saved']:.1f}%",
                f"{100 * r['kept_fraction']:.1f}%", fmt_s(r["unet_s"]), r.get("kernel", ""),
                "identical" if r["psnr"] is None else f"{r['psnr']:.1f} dB", f"{r['ssim']:.3f}"]

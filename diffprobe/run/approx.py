@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from diffprobe.analyses.quality import quality
-from diffprobe.analyses.savings import account
+from diffprobe.analyses.savings import account, approximate_account
 from diffprobe.attention.approx import PARAM, ApproxAttention, kernels_used
 from diffprobe.attention.clipscore import ClipScorer
 from diffprobe.attention.core import installed
@@ -28,7 +28,8 @@ from diffprobe.models.registry import get_spec
 from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, write_json
 from diffprobe.records.schema import SCHEMA_VERSION
-from diffprobe.run.profile import build_pipeline, initial_latents, run_profile
+from diffprobe.run.profile import build_pipeline, initial_latents, run_profile, trace_with_reuse
+from diffprobe.run.settings import parse_settings
 from diffprobe.run.warmup import warm_up
 from diffprobe.timing.stages import StageTimer
 
@@ -64,16 +65,19 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
                per_digit: int = 3, out: str | Path | None = None, progress=None, clip_weights: str | None = None,
-               force: bool = False, save_masks: bool = True) -> dict:
-    """Dense, then every (method, value); writes ``approx.json``, ``approx.parquet`` and images into ``out``
-    (default ``runs/<time>-approx-<model>``). PSNR is ``None`` where every image equals dense (``identical``);
+               force: bool = False, save_masks: bool = True, settings: list[str] | None = None) -> dict:
+    """Dense, then every (method, value) and every extra setting (``block=0.9+deepcache=3``: attention and
+    step-level reuse together); writes ``approx.json``, ``approx.parquet`` and images into ``out`` (default
+    ``runs/<time>-approx-<model>``). PSNR is ``None`` where every image equals dense (``identical``);
     ``identical_images`` counts those left out of the mean."""
     import pandas as pd
 
     cfg = replace(base, mode="measured", trace_ops=False).resolved()
-    for method, values in methods.items():  # every parameter checked before any work
-        for v in values:
-            ApproxAttention(method, v, renormalize=renormalize, block=block, rank=rank)
+    todo = [parse_settings(f"{m}={v:g}") for m, vs in methods.items() for v in vs]
+    todo += [parse_settings(t) for t in settings or []]
+    for setting in todo:  # every parameter checked before any work
+        if setting.attention is not None:
+            ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank)
     spec = get_spec(cfg.model)
     clip = None
     if clip_weights is not None:  # checked before any work
@@ -94,7 +98,9 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     classifier = None
     if labels is not None:
         classifier = DigitClassifier()
-    todo = [(m, v) for m, vs in methods.items() for v in vs]
+    for setting in todo:
+        if setting.reuse is not None:
+            setting.reuse.check_model(pipe, cfg.model)
     report("methods", 0, len(todo) + 1)
     dense_warm_s = warm_up(pipe, cfg, prompts)
     dense = generate(pipe, cfg, prompts)
@@ -108,29 +114,49 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
              "accuracy": classifier.accuracy(dense["images"], labels) if classifier else None,
              "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png",
              "clip_score": clip.score(dense["images"], prompts) if clip else None}]
-    for i, (method, value) in enumerate(todo):
+    for i, setting in enumerate(todo):
         report("methods", i + 1, len(todo) + 1)
-        core = ApproxAttention(method, value, renormalize=renormalize, block=block, rank=rank, seed=cfg.seed)
-        warm_s = warm_up(pipe, cfg, prompts, core)
-        core.save_masks, core.masks = save_masks, []  # the timed pass's masks only
-        res = generate(pipe, cfg, prompts, core.core)
-        acc = account(core.calls)
-        if abs(acc["dense_flops"] - unet_attn["flops"].sum()) > 1e-6 * acc["dense_flops"]:
-            raise DiffprobeError("internal: approximate attention saw other attention calls than the cost account "
-                                 f"({acc['dense_flops']} vs {unet_attn['flops'].sum()} dense FLOPs)")
-        name = f"{method}_{PARAM[method]}_{value:g}"
+        method, value = setting.attention or (setting.reuse.name, setting.reuse.value)
+        core = None
+        warm_s = 0.0
+        if setting.attention is not None:
+            core = ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
+                                   seed=cfg.seed)
+            warm_s = warm_up(pipe, cfg, prompts, core)
+            core.save_masks, core.masks = save_masks, []  # the timed pass's masks only
+        with setting.reuse.installed(pipe) if setting.reuse is not None else contextlib.nullcontext():
+            res = generate(pipe, cfg, prompts, core.core if core else None)
+        calls = core.calls if core is not None else None
+        if setting.reuse is None:
+            acc = account(calls)
+            if abs(acc["dense_flops"] - unet_attn["flops"].sum()) > 1e-6 * acc["dense_flops"]:
+                raise DiffprobeError("internal: approximate attention saw other attention calls than the cost "
+                                     f"account ({acc['dense_flops']} vs {unet_attn['flops'].sum()} dense FLOPs)")
+            saved = acc["dense_flops"] - acc["flops"]
+            flops = {"attention_flops": acc["flops"], "attention_flops_saved": acc["saved"],
+                     "end_to_end_flops_saved": saved / total_flops, "kept_fraction": acc["kept_fraction"],
+                     "predictor_flops": acc["predictor_flops"], "self_saved": acc["by_kind"]["self"]["saved"],
+                     "cross_saved": acc["by_kind"]["cross"]["saved"]}
+        else:  # reuse: the records of what runs (the method's plan replayed on meta), attention re-weighted
+            ran = trace_with_reuse(replace(cfg, mode="analytic", batch=len(prompts), sample_steps=0), setting.reuse)
+            acc = approximate_account(ran, calls, dense=ops)
+            end_to_end = 1 - (acc["flops_total"] + text * (len(prompts) - 1)) / total_flops
+            flops = {"attention_flops": acc["attention_flops"], "attention_flops_saved": acc["attention_flops_saved"],
+                     "end_to_end_flops_saved": end_to_end, "kept_fraction": acc["kept_fraction"],
+                     "predictor_flops": acc["flops_by_layer_type"].get("attn_predictor", 0.0),
+                     "unet_flops_saved": acc["flops_saved_by_stage"].get("unet", 0.0)}
+        name = setting.text.replace("=", "_")
+        if setting.reuse is None:
+            name = f"{method}_{PARAM[method]}_{value:g}"
         _save_grid(res["images"], img_dir / f"{name}.png")
-        if save_masks:  # what the method kept: masks/<name>/, a store with the method's value in place of tau
+        if save_masks and core is not None:  # what the method kept: masks/<name>/, the method's value as tau
             write_masks(out_dir / "masks" / name, core.masks, (block,), (value,),
                         meta={"source": "approx", "method": method, "param": PARAM[method], "value": value})
         q = quality(dense, res)
-        saved = acc["dense_flops"] - acc["flops"]
-        rows.append({"method": method, "param": PARAM[method], "value": value, "attention_flops": acc["flops"],
-                     "attention_flops_saved": acc["saved"], "end_to_end_flops_saved": saved / total_flops,
-                     "kept_fraction": acc["kept_fraction"], "predictor_flops": acc["predictor_flops"],
-                     "self_saved": acc["by_kind"]["self"]["saved"], "cross_saved": acc["by_kind"]["cross"]["saved"],
+        rows.append({"method": method, "param": PARAM.get(method) or setting.reuse.param, "value": value,
+                     "setting": setting.text, **flops,
                      "unet_s": res["unet_s"], "wall_s": res["wall_s"], "warmup_s": warm_s,
-                     "kernel": kernels_used(core.calls),
+                     "kernel": kernels_used(calls) if calls else "dense",
                      "psnr": q["psnr"], "identical": q["identical"], "identical_images": q["identical_images"],
                      "ssim": q["ssim"],
                      "accuracy": classifier.accuracy(res["images"], labels) if classifier else None,

@@ -734,6 +734,18 @@ def _tracer(cfg: ProfileConfig, pipe, timed: bool):
                     cfg=cfg.guidance > 1, timer=timer)
 
 
+def trace_with_reuse(cfg: ProfileConfig, reuse):
+    """The records of a run with step-level ``reuse`` installed, traced on meta (an analytic ``cfg``) with the
+    method's plan replayed: what runs at every step."""
+    cfg = cfg.resolved()
+    spec = get_spec(cfg.model)
+    pipe = build_pipeline(cfg, spec)
+    result = ProfileResult(cfg, spec, {}, {}, {}, [], 0, 0, 0, "", {})
+    with reuse.installed(pipe):
+        _run_analytic(cfg, pipe, result, lambda *_: None, plan=reuse.plan_key)
+    return result.ops
+
+
 def _run_analytic(cfg: ProfileConfig, pipe, result: ProfileResult, report, plan=None) -> None:
     """Trace the pipeline on meta; ``plan(step)`` (a reuse method's) keys which traced UNet step a later step
     replays (default: every step replays the first of its shapes)."""

@@ -113,3 +113,30 @@ def test_analytic_refuses_attention_methods(tmp_path, capsys):
                "block=0.5+deepcache=2", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and "attention method needs a measured run" in err, err
+
+
+def test_approx_command_with_reuse_and_composed_settings(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "ap"
+    assert main(["approx", "--model", "digits", "--method", "deepcache", "--interval", "1,2", "--setting",
+                 "block=0.9+deepcache=2", "--steps", "4", "--per-digit", "1", "--out", str(out), "-q"]) == 0
+    rows = {r["setting"] if r["method"] != "dense" else "dense": r
+            for r in json.loads((out / "approx.json").read_text())["results"]}
+    assert set(rows) == {"dense", "deepcache=1", "deepcache=2", "block=0.9+deepcache=2"}
+    assert rows["deepcache=1"]["identical"] and rows["deepcache=1"]["psnr"] is None  # interval 1: dense, bit-exact
+    two = rows["deepcache=2"]
+    assert two["end_to_end_flops_saved"] > 0.2 and two["unet_flops_saved"] > 0 and not two["identical"]
+    # digits at 32 px has 16-token self-attention (one 64-block): the block method keeps everything and adds its
+    # predictor, so the composed setting saves the reuse's FLOPs less the predictor's, with the same images
+    both = rows["block=0.9+deepcache=2"]
+    assert both["kept_fraction"] == 1.0 and both["predictor_flops"] > 0
+    assert both["attention_flops"] == pytest.approx(two["attention_flops"] + both["predictor_flops"], rel=1e-12)
+    assert both["ssim"] == pytest.approx(two["ssim"], abs=1e-6)
+    assert (out / "figures" / "pareto.svg").exists()
+    for argv, needle in ((["--method", "deepcache", "--interval", "0"], "whole number"),
+                         (["--method", "threshold", "--setting", "foo=1"], "unknown method")):
+        rc = main(["approx", "--model", "digits", "--steps", "1", "--per-digit", "1", "-q", *argv,
+                   "--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and needle in err, err
