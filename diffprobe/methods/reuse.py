@@ -4,6 +4,7 @@
   (``DeepCacheSDHelper``). Every N-th step runs the whole UNet; the steps between run only the shallow branch b
   (the first down block's first layers and the matching up-block layers) and reuse the deeper features cached at
   the last full step.
+* ``tgate`` (gate step g): T-GATE through PyPI's ``tgate`` package (see :class:`TGate`).
 
 A method is a context manager over a pipeline (:meth:`ReuseMethod.installed`); :meth:`ReuseMethod.plan_key` says
 which kind of step a denoising step is (equal keys: the same modules run), so analytic mode replays a traced step
@@ -86,7 +87,60 @@ class DeepCache(ReuseMethod):
             helper.disable()
 
 
-REUSE = {"deepcache": DeepCache}
+class TGate(ReuseMethod):
+    """T-GATE (Liu et al., 2024) through PyPI's ``tgate`` package (its ``tgate`` pipeline call): cross-attention
+    runs until the gate step, whose output (averaged over the CFG halves) is cached and reused after it; the
+    package's loop also stops classifier-free guidance at the gate (one branch after it). Its optional
+    self-attention caching is turned off (``SCHEDULE``: every step computes self-attention), so this is the gate
+    alone, as the paper's method. The package replaces every ``Attention`` module's forward, so an attention method
+    cannot run beside it."""
+
+    name = "tgate"
+    param = "gate"
+    fits = "SD 1.x/2.x UNet models (sd15, sd21, sd21-base, tiny, digits; the package's SD loop)"
+
+    def __init__(self, value: float):
+        if not (value >= 1 and float(value).is_integer()):
+            raise DiffprobeError(f"tgate gate step must be a whole number of steps >= 1, got {value:g}")
+        super().__init__(float(value))
+        self.gate = int(value)
+
+    def check_model(self, pipe, model: str) -> None:
+        if type(pipe).__name__ != "StableDiffusionPipeline":
+            raise DiffprobeError(f"tgate applies to {self.fits}; {model} is a {type(pipe).__name__}")
+
+    def plan_key(self, step: int):
+        # the package's own schedule of what each step caches and reuses, and whether CFG still runs
+        from tgate.tgate_utils import tgate_scheduler
+
+        ca, sa, keep = tgate_scheduler(cur_step=step, gate_step=self.gate, **self.SCHEDULE)
+        return tuple(sorted(ca.items())), tuple(sorted(sa.items())), keep, step < self.gate
+
+    SCHEDULE = {"sp_interval": 1, "fi_interval": 1, "warm_up": 0}  # self-attention caching off: the gate alone
+
+    @contextlib.contextmanager
+    def installed(self, pipe):
+        from tgate.SD import tgate
+
+        cls, gate = type(pipe), self.gate
+
+        class Gated(cls):  # type: ignore[misc, valid-type]
+            def __call__(self, *args, **kwargs):
+                return tgate(self, *args, gate_step=gate, **TGate.SCHEDULE, **kwargs)
+
+        Gated.__name__ = cls.__name__
+        pipe.__class__ = Gated
+        try:
+            yield self
+        finally:
+            pipe.__class__ = cls
+            for module in pipe.unet.modules():  # the package leaves its forward (and cache) on every Attention
+                if type(module).__name__ == "Attention":
+                    vars(module).pop("forward", None)
+                    vars(module).pop("cache", None)
+
+
+REUSE = {"deepcache": DeepCache, "tgate": TGate}
 
 
 def make(method: str, value: float, **options) -> ReuseMethod:

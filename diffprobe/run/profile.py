@@ -522,6 +522,9 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     report("build", 0, 1)
     pipe = pipe or build_pipeline(cfg, spec)
     report("build", 1, 1)
+    reuse = parse_settings(cfg.approx).reuse if cfg.approx else None
+    if reuse is not None:  # a method for another model family is refused before any work
+        reuse.check_model(pipe, cfg.model)
     params = {name: count_params(getattr(pipe, name)) for name in ("text_encoder", "text_encoder_2", "unet", "vae")
               if getattr(pipe, name, None) is not None}
     unet_evals = _count_unet_evals(pipe, cfg.steps, "cpu")

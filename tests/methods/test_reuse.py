@@ -140,3 +140,41 @@ def test_approx_command_with_reuse_and_composed_settings(tmp_path, capsys):
                    "--out", str(tmp_path / "bad")])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and needle in err, err
+
+
+def test_tgate_gates_cross_attention_and_guidance(tmp_path):
+    from diffprobe.methods.reuse import TGate
+    from diffprobe.run.profile import ProfileConfig, trace_with_reuse
+
+    kw = dict(model="digits", steps=4, sample_steps=0)
+    dense = diffprobe.profile(**kw, out=str(tmp_path / "dense"))
+    late = diffprobe.profile(**kw, approx="tgate=5", out=str(tmp_path / "late"))  # the gate after the last step
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "late" / "image_approx.png")),
+                          np.asarray(Image.open(tmp_path / "dense" / "image.png")))
+    assert late.to_dict()["approx"]["end_to_end_flops_saved"] == 0
+    gated = diffprobe.profile(**kw, approx="tgate=2", out=str(tmp_path / "gated"))
+    an = diffprobe.profile(**kw, mode="analytic", approx="tgate=2", out=str(tmp_path / "an"))
+    m, a = gated.to_dict()["approx"], an.to_dict()["approx"]
+    assert m["flops_total"] == a["flops_total"]  # the package's schedule replayed on meta: the measured account
+    assert {k: v for k, v in m["flops_by_layer_type"].items() if v} == {
+        k: v for k, v in a["flops_by_layer_type"].items() if v}
+    ops = trace_with_reuse(ProfileConfig(**kw, mode="analytic"), TGate(2))
+    unet = ops[ops["stage"] == "unet"]
+    score = unet[unet["layer_type"] == "attn_score"]
+    # gate 2: steps 0 and 1 compute cross-attention (step 1 caches it); from step 2 on it is reused, and the
+    # guidance batch is gone (one branch): self-attention scores run on batch 1 instead of 2
+    assert set(score.loc[score["step"] >= 2, "attn_kind"]) == {"self"}
+    assert set(score.loc[score["step"] < 2, "attn_kind"]) == {"self", "cross"}
+    assert {s[0][0] for s in score.loc[score["step"] >= 2, "input_shapes"]} == {1}
+    assert {s[0][0] for s in score.loc[score["step"] < 2, "input_shapes"]} == {2}
+
+
+def test_tgate_refuses_attention_methods_and_other_pipelines(tmp_path, capsys):
+    rc = main(["profile", "--model", "tiny", "--steps", "1", "-q", "--approx", "block=0.5+tgate=2", "--out",
+               str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot run beside an attention method" in err, err
+    rc = main(["profile", "--model", "sdxl", "--mode", "analytic", "--steps", "1", "-q", "--approx", "tgate=2",
+               "--out", str(tmp_path / "y")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "tgate applies to" in err and "StableDiffusionXLPipeline" in err, err
