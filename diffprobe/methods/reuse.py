@@ -110,11 +110,18 @@ class TGate(ReuseMethod):
             raise DiffprobeError(f"tgate applies to {self.fits}; {model} is a {type(pipe).__name__}")
 
     def plan_key(self, step: int):
-        # the package's own schedule of what each step caches and reuses, and whether CFG still runs
+        # the package's own schedule of what each step caches and reuses, and whether CFG still runs; its loop
+        # counts steps after the scheduler's warm-up evaluations (PNDM's extra one) and keeps the initial plain
+        # forward through them
         from tgate.tgate_utils import tgate_scheduler
 
-        ca, sa, keep = tgate_scheduler(cur_step=step, gate_step=self.gate, **self.SCHEDULE)
-        return tuple(sorted(ca.items())), tuple(sorted(sa.items())), keep, step < self.gate
+        sched = self._pipe.scheduler
+        warm = len(sched.timesteps) - sched.num_inference_steps * getattr(sched, "order", 1)
+        cur = step - warm
+        if step + 1 <= warm:
+            return "plain", True
+        ca, sa, keep = tgate_scheduler(cur_step=cur, gate_step=self.gate, **self.SCHEDULE)
+        return tuple(sorted(ca.items())), tuple(sorted(sa.items())), keep, cur < self.gate
 
     SCHEDULE = {"sp_interval": 1, "fi_interval": 1, "warm_up": 0}  # self-attention caching off: the gate alone
 
@@ -130,6 +137,7 @@ class TGate(ReuseMethod):
 
         Gated.__name__ = cls.__name__
         pipe.__class__ = Gated
+        self._pipe = pipe
         try:
             yield self
         finally:

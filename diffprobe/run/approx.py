@@ -87,6 +87,9 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     report = progress or (lambda *_: None)
     prompts, labels = prompts_for(cfg, per_digit)
     pipe = build_pipeline(cfg, spec)
+    for setting in todo:  # a reuse method for another model family: refused before any run
+        if setting.reuse is not None:
+            setting.reuse.check_model(pipe, cfg.model)
     # the complete dense cost account of this configuration (FLOPs are the same measured or analytic)
     analytic = run_profile(replace(cfg, mode="analytic", batch=len(prompts), out=str(out_dir / "dense-account"),
                                    sample_steps=0))
@@ -98,9 +101,6 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     classifier = None
     if labels is not None:
         classifier = DigitClassifier()
-    for setting in todo:
-        if setting.reuse is not None:
-            setting.reuse.check_model(pipe, cfg.model)
     report("methods", 0, len(todo) + 1)
     dense_warm_s = warm_up(pipe, cfg, prompts)
     dense = generate(pipe, cfg, prompts)

@@ -178,3 +178,18 @@ def test_tgate_refuses_attention_methods_and_other_pipelines(tmp_path, capsys):
                "--out", str(tmp_path / "y")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "tgate applies to" in err and "StableDiffusionXLPipeline" in err, err
+
+
+def test_tgate_plan_follows_the_packages_loop_through_scheduler_warmup():
+    # PNDM makes one extra evaluation: the package's loop counts its steps after it (cur = i - 1) and runs the
+    # first plainly; with gate 2 the steps are: plain, before the gate (CFG), the gate (cache), after (no CFG)
+    from types import SimpleNamespace
+
+    from diffprobe.methods.reuse import TGate
+
+    t = TGate(2)
+    t._pipe = SimpleNamespace(scheduler=SimpleNamespace(timesteps=[0] * 4, num_inference_steps=3, order=1))
+    keys = [t.plan_key(i) for i in range(4)]
+    assert keys[0] == ("plain", True) and len(set(keys)) == 4
+    assert [k[-1] for k in keys[1:]] == [True, True, False]  # CFG runs until the gate
+    assert dict(keys[2][0]) == {"cache": True, "reuse": False} and dict(keys[3][0]) == {"cache": False, "reuse": True}
