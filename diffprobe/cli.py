@@ -344,13 +344,15 @@ def sparsity(
 @app.command()
 def approx(
     method: str = typer.Option("threshold", help="Comma list of methods: threshold, topk, predicted, block "
-                               "(attention) and deepcache (step-level reuse)."),
+                               "(attention) and deepcache, tgate (step-level reuse)."),
     eps: str = typer.Option("0,1e-3,1e-2", help="threshold / predicted: probabilities below eps dropped, [0, 1)."),
     k: str = typer.Option("64,16,4", help="topk: keys kept per query (>= 1)."),
     tau: str = typer.Option("1,0.99,0.95,0.9", help="block: mass covered by the kept key blocks, (0, 1]."),
     block: int = typer.Option(64, help="block: block side in tokens."),
     interval: str = typer.Option("2,3,5", help="deepcache: a full UNet every N steps, the rest reuse its deep "
                                  "features (whole numbers >= 1)."),
+    gate: str = typer.Option("5,10", help="tgate: the step after which cross-attention is reused and guidance "
+                             "stops (whole numbers >= 1)."),
     setting: Optional[str] = typer.Option(None, "--setting", help="More settings, comma list; + joins an attention "
                                           "method and a reuse method, measured together: block=0.9+deepcache=3."),
     rank: int = typer.Option(8, help="predicted: rank of the random projection that estimates the scores."),
@@ -388,7 +390,8 @@ def approx(
     bad = [m for m in names if m not in (*METHODS, *REUSE)]
     if bad or (not names and not setting):
         raise DiffprobeError(f"unknown method {(bad or [''])[0]!r}; use one of {', '.join((*METHODS, *REUSE))}")
-    methods = {m: (parse_floats(interval, "--interval", 0, float("inf"), True) if m in REUSE
+    reuse_values = {"deepcache": ("--interval", interval), "tgate": ("--gate", gate)}
+    methods = {m: (parse_floats(reuse_values[m][1], reuse_values[m][0], 0, float("inf"), True) if m in REUSE
                    else parse_values(m, {"eps": eps, "k": k, "tau": tau})) for m in names}
     extra = [t.strip() for t in (setting or "").split(",") if t.strip()]
     if per_digit < 1:
