@@ -147,7 +147,7 @@ def test_tgate_gates_cross_attention_and_guidance(tmp_path):
     from diffprobe.run.profile import ProfileConfig, trace_with_reuse
 
     kw = dict(model="digits", steps=4, sample_steps=0)
-    dense = diffprobe.profile(**kw, out=str(tmp_path / "dense"))
+    diffprobe.profile(**kw, out=str(tmp_path / "dense"))
     late = diffprobe.profile(**kw, approx="tgate=5", out=str(tmp_path / "late"))  # the gate after the last step
     assert np.array_equal(np.asarray(Image.open(tmp_path / "late" / "image_approx.png")),
                           np.asarray(Image.open(tmp_path / "dense" / "image.png")))
