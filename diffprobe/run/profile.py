@@ -140,7 +140,7 @@ class ProfileConfig:
         if cfg.approx is not None:
             setting = parse_settings(cfg.approx)
             if setting.attention is not None and (cfg.mode != "measured" or not cfg.trace_ops):
-                raise DiffprobeError("--approx with an attention method needs a measured run with op tracing: "
+                raise DiffprobeError("--approx needs a measured run with op tracing for an attention method: "
                                      "which entries are skipped depends on the attention values")
             if not cfg.trace_ops:
                 raise DiffprobeError("--approx needs op tracing: its account is the records of what ran")

@@ -112,7 +112,7 @@ def test_analytic_refuses_attention_methods(tmp_path, capsys):
     rc = main(["profile", "--model", "tiny", "--steps", "1", "-q", "--mode", "analytic", "--approx",
                "block=0.5+deepcache=2", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
-    assert rc == 2 and "attention method needs a measured run" in err, err
+    assert rc == 2 and "needs a measured run with op tracing for an attention method" in err, err
 
 
 def test_approx_command_with_reuse_and_composed_settings(tmp_path, capsys):

@@ -104,7 +104,8 @@ def test_replayed_unet_records_equal_traced_ones(tmp_path, monkeypatch):
     replayed = run_profile(ProfileConfig(out=str(tmp_path / "r"), **run)).ops
     original = analytic_mode.MetaAdapters.__init__
     monkeypatch.setattr(analytic_mode.MetaAdapters, "__init__",
-                        lambda self, pipe, tracer, replay=True: original(self, pipe, tracer, replay=False))
+                        lambda self, pipe, tracer, replay=True, plan=None: original(self, pipe, tracer,
+                                                                                    replay=False, plan=plan))
     traced = run_profile(ProfileConfig(out=str(tmp_path / "t"), **run)).ops
     assert not traced["replayed"].any() and replayed["replayed"].any()
     cols = [c for c in traced.columns if c not in ("index", "replayed", "time_s")]
