@@ -164,7 +164,11 @@ def approx_rows(state: dict) -> tuple[list[str], list[list[str]]]:
 
 def approx_table(state: dict) -> Table:
     """The trade-off: one row per method and parameter value, dense first."""
-    t = Table(title=f"approximate attention vs dense: {state['model']} {state['height']}x{state['width']}, "
+    from diffprobe.methods.reuse import REUSE
+
+    what = "approximate attention" + (" and step reuse" if any(
+        any(p.split("=")[0] in REUSE for p in (r.get("setting") or "").split("+")) for r in state["results"]) else "")
+    t = Table(title=f"{what} vs dense: {state['model']} {state['height']}x{state['width']}, "
               f"{state['steps']} steps, {len(state['prompts'])} image(s)", title_justify="left")
     headers, rows = approx_rows(state)
     for c in headers:
