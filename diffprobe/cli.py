@@ -152,8 +152,8 @@ def profile(
                                      "(implies --compile; its time is per stage)."),
     hardware: Optional[str] = O_HARDWARE,
     approx: Optional[str] = typer.Option(
-        None, help="METHOD=VALUE (threshold=0.01, topk=16, predicted=0.01, block=0.9): run again with that "
-        "approximate attention and show its FLOPs beside dense."),
+        None, help="METHOD=VALUE[+METHOD=VALUE]: attention (threshold=0.01, topk=16, predicted=0.01, block=0.9) "
+        "and/or step reuse (deepcache=3, tgate=10): run again with it and show its account beside dense."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
 ) -> None:
@@ -203,8 +203,8 @@ def sweep(
     mode: Mode = typer.Option(Mode.analytic, help="analytic: meta device, seconds per point; measured: run it."),
     trace: bool = O_TRACE,
     hardware: Optional[str] = O_HARDWARE,
-    approx: Optional[str] = typer.Option(None, help="Measured: METHOD=VALUE approximate attention accounted at "
-                                         "every point beside dense (see profile --approx)."),
+    approx: Optional[str] = typer.Option(None, help="METHOD=VALUE[+METHOD=VALUE] accounted at every point beside "
+                                         "dense (see profile --approx; attention methods need a measured sweep)."),
     max_point_seconds: Optional[float] = typer.Option(
         None, help="Measured: skip a point whose roofline time on --hardware (this-cpu on CPU) exceeds this."),
     accel: Optional[str] = typer.Option(None, "--accel", help="Accelerator presets (comma list, see `diffprobe "
