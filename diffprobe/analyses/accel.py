@@ -40,14 +40,13 @@ CONV_OPS = ("aten.conv2d.default", "aten.convolution.default", "aten._convolutio
 
 
 class Plan(NamedTuple):
-    """What a skipping design keeps in one self-attention call (per batch x head): ``kept_blocks`` per query block
-    (block granularity) or ``kept_keys`` per query row (row / element), as totals with their counts. From measured
+    """What a skipping design keeps in one self-attention call: the kept share of the score matrix at the design's
+    granularity and (row / element designs) the kept keys summed over query rows, per batch x head. From measured
     masks, ``masked`` holds the block design's fold-by-fold count (:func:`masked_block_attention`) and ``key``
     names the masks (so equal plans cost once)."""
 
     kept_fraction: float  # kept share of the score matrix at the design's granularity
-    kept_blocks_total: float = 0.0  # sum over query blocks of kept key blocks, per (batch x head)
-    kept_keys_total: float = 0.0  # sum over query rows of kept keys, per (batch x head)
+    kept_keys_total: float = 0.0  # row / element: sum over query rows of kept keys, per (batch x head)
     key: str = "uniform"
     masked: dict | None = None  # block design with masks: score/pv cycles and MACs over all batch x heads
 
@@ -56,9 +55,9 @@ def uniform_plan(p: AccelPreset, nq: int, nk: int, density: float) -> Plan:
     """The plan of a uniform kept ``density`` (``--density``): every query block keeps the same share of key
     blocks (at least one), every row the same share of keys (at least one)."""
     if p.granularity == "block":
-        nqb, nkb = math.ceil(nq / p.block), math.ceil(nk / p.block)
+        nkb = math.ceil(nk / p.block)
         kept = min(nkb, max(1, round(density * nkb)))
-        return Plan(kept / nkb, kept_blocks_total=kept * nqb)
+        return Plan(kept / nkb)
     kept = min(nk, max(1, round(density * nk)))
     return Plan(kept / nk, kept_keys_total=kept * nq)
 
@@ -185,8 +184,7 @@ def mask_plans(store, p: AccelPreset, tau: float):
                     scale = q_shape[0] * q_shape[1] / len(flat)
                     masked = {k: v * scale for k, v in masked.items() if k != "kept_fraction"}
                 frac = float(m.mean())
-                cache[key] = Plan(frac, kept_blocks_total=float(m.sum(axis=(2, 3)).mean()),
-                                  key=f"masks:{entry['id']}:{p.block}", masked=masked)
+                cache[key] = Plan(frac, key=f"masks:{entry['id']}:{p.block}", masked=masked)
             else:
                 rows = store.row_keys(entry, tau)
                 total_keys = float(rows.reshape(-1, rows.shape[-1]).sum(axis=1).mean())
@@ -239,7 +237,7 @@ def evaluate(ops: pd.DataFrame, p: AccelPreset, density: float | None = None, pl
                         call_plan = uniform_plan(p, shape[0], shape[1], density)
             plan = call_plan
         key = (r.op, r.part, r.layer_type, repr(r.input_shapes), repr(r.output_shapes), r.flops, r.bytes_read,
-               r.bytes_written, None if plan is None else plan[:4])
+               r.bytes_written, None if plan is None else plan[:3])
         c = memo.get(key)
         if c is None:
             c = memo[key] = record_cost(r, p, plan)
