@@ -84,6 +84,10 @@ def test_kernels_bench_json(capsys):
     for key in ("dense_s", "sparse_s", "kernel_s"):
         assert r[key] > 0
     assert r["speedup"] == pytest.approx(r["dense_s"] / r["sparse_s"])
+    import torch
+
+    assert r["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and r["cpu_model"]
+    assert r["efficiency"] == pytest.approx(r["speedup"] * r["kept_density"])  # efficiency = speedup / limit
 
 
 def test_kernels_bench_table(capsys):
@@ -91,7 +95,7 @@ def test_kernels_bench_table(capsys):
                  "--block-size", "64", "--repeats", "1", "--backend", "gather"]) == 0
     text = capsys.readouterr().out
     assert "dense_s" in text and "sparse_s" in text and "speedup" in text and "max_rel_error" in text
-    assert "block-sparse (gather)" in text
+    assert "block-sparse (gather)" in text and "efficiency" in text
 
 
 def test_pickle_without_flag_via_subprocess(tmp_path):

@@ -141,6 +141,10 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
         "dense_backend": dense_backend, "density": density, "kept_density": kept, "dense_s": d, "sparse_s": s,
         "speedup": d / s, "kernel_s": med["kernel"], "kernel_speedup": d / med["kernel"], "limit": 1 / kept,
         "first_call_s": first, "repeats": repeats, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        # the sparse path's efficiency against dense SDPA: 1 when skipping blocks costs exactly their share of the
+        # dense time (at density 1 with --backend flex: the sparse kernel's own speed against dense)
+        "efficiency": d * kept / s, "kernel_efficiency": d * kept / med["kernel"],
+        "cpu_model": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if "dense_default" in med:
         result["dense_default_s"] = med["dense_default"]

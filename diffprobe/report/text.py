@@ -422,6 +422,9 @@ def bench_lines(r: dict) -> list[str]:
                  f"s); kernel alone on a prepared layout: kernel_s {r['kernel_s']:.6f}")
     lines.append(f"speedup {r['speedup']:.2f}x, kernel alone {r['kernel_speedup']:.2f}x  "
                  f"(limit 1/density {r['limit']:.2f}x)")
+    if "efficiency" in r:
+        lines.append(f"efficiency (dense_s x kept density / sparse_s) {r['efficiency']:.2f}, kernel alone "
+                     f"{r['kernel_efficiency']:.2f}; CPU {r['cpu_model']}, capability {r['cpu_capability']}")
     if "max_rel_error" in r:
         lines.append(f"max_rel_error {r['max_rel_error']:.2e} vs float64 masked reference ({r['checked_heads']} "
                      "heads)")
