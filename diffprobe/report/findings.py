@@ -171,6 +171,12 @@ def sparsity_headline(state: dict) -> list[str]:
             out.append(f"{res}, {kind}-attention: {100 * m[f'below_{e:g}']:.1f}% of probabilities are below {e:g}; "
                        f"{100 * m[f'keys_frac_{t:g}']:.1f}% of the keys cover {100 * t:g}% of each row's mass "
                        f"(row entropy {m['entropy']:.2f} of uniform).")
+    for res, ov in (state.get("mask_step_overlap") or {}).items():
+        key = next((k for k in ov if k.endswith(f"_{t:g}")), None)
+        if key:
+            b = key.split("_")[0]
+            out.append(f"{res}: the self-attention blocks kept (side {b}, mass {100 * t:g}%) overlap "
+                       f"{100 * ov[key]:.1f}% from one step to the next (mean Jaccard over layers and heads).")
     if state.get("note"):
         out.append(state["note"])
     return out

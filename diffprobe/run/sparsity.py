@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffprobe.analyses.sparsity import summarize
+from diffprobe.analyses.sparsity import step_overlap, summarize
 from diffprobe.attention.core import installed
 from diffprobe.attention.probe import RANDOM_NOTE, SparsityConfig, SparsityProbe
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.registry import get_spec
-from diffprobe.records.masks import write_masks
+from diffprobe.records.masks import MaskStore, write_masks
 from diffprobe.records.runfolder import atomic_write
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.points import SweepFolder, run_points
@@ -84,6 +84,10 @@ def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc:
                      "unet_evals_measured": run.get("unet_evals_measured")})
     table = pd.concat(frames, ignore_index=True)
     atomic_write(folder.path / "sparsity.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-    state.update(points=runs, summary=summarize(table), complete=True)
+    overlap = {}
+    for name in sizes:  # block-mask stability across steps (from each point's mask store)
+        if (folder.point_dir(name) / "masks" / "index.json").exists():
+            overlap[name] = step_overlap(MaskStore(folder.point_dir(name)), sc.blocks, sc.taus)
+    state.update(points=runs, summary=summarize(table), mask_step_overlap=overlap or None, complete=True)
     folder.save(state)
     return state

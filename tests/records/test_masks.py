@@ -122,3 +122,19 @@ def test_approx_saves_what_each_setting_kept(tmp_path):
                 assert rows == tile_entries
             else:  # an entry-level method keeps entries inside the tiles that hold one: never more
                 assert rows <= tile_entries
+
+
+def test_step_overlap_of_kept_blocks(tmp_path):
+    from diffprobe.analyses.sparsity import step_overlap
+
+    # one layer, two heads, steps 0 and 1: head 0 keeps {a, b} then {a} (Jaccard 1/2), head 1 keeps {c} both times
+    # (1); a cross-attention entry is ignored
+    def entry(step, mask, kind="self"):
+        m = torch.tensor(mask, dtype=torch.bool).view(1, 2, 2, 2)
+        return {"layer": "l", "step": step, "attn_kind": kind, "q_tokens": 8, "k_tokens": 8,
+                "blocks": {(4, 0.9): m}, "rows": {0.9: torch.ones(1, 2, 8, dtype=torch.int32)}}
+
+    entries = [entry(0, [[[1, 1], [0, 0]], [[0, 0], [1, 0]]]), entry(1, [[[1, 0], [0, 0]], [[0, 0], [1, 0]]]),
+               entry(1, [[[0, 0], [0, 0]], [[0, 0], [0, 0]]], kind="cross")]
+    write_masks(tmp_path, entries, (4,), (0.9,))
+    assert step_overlap(MaskStore(tmp_path), (4,), (0.9,)) == {"4_0.9": pytest.approx(0.75)}
