@@ -349,6 +349,8 @@ def approx(
     k: str = typer.Option("64,16,4", help="topk: keys kept per query (>= 1)."),
     tau: str = typer.Option("1,0.99,0.95,0.9", help="block: mass covered by the kept key blocks, (0, 1]."),
     block: int = typer.Option(64, help="block: block side in tokens."),
+    mask_interval: int = typer.Option(1, "--mask-interval", help="block: predict a layer's block mask every N "
+                                      "steps and reuse it in between (no predictor on those steps)."),
     interval: str = typer.Option("2,3,5", help="deepcache: a full UNet every N steps, the rest reuse its deep "
                                  "features (whole numbers >= 1)."),
     gate: str = typer.Option("5,10", help="tgate: the step after which cross-attention is reused and guidance "
@@ -403,7 +405,7 @@ def approx(
     with bar:
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
                            out=out_dir, progress=callback, clip_weights=clip_weights, force=force,
-                           save_masks=save_masks, settings=extra)
+                           save_masks=save_masks, settings=extra, mask_interval=mask_interval)
         report_path = _build_report(state["run_dir"])
     if fmt is Format.json:
         _print_json(state)

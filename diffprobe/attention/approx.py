@@ -76,8 +76,17 @@ class ApproxAttention:
     """An attention core for one method and parameter; ``calls`` holds each call's cost account."""
 
     def __init__(self, method: str, value: float, *, renormalize: bool = True, block: int = 64, rank: int = 8,
-                 seed: int = 0, max_elements: int = 2**22, backend: str = "auto", save_masks: bool = False):
+                 seed: int = 0, max_elements: int = 2**22, backend: str = "auto", save_masks: bool = False,
+                 mask_interval: int = 1):
         self.method, self.value = method, check_param(method, value)
+        if not (isinstance(mask_interval, int) and mask_interval >= 1):
+            raise DiffprobeError(f"--mask-interval must be a whole number of steps >= 1, got {mask_interval}")
+        # block method: a layer's block mask is predicted at a step and reused for the next mask_interval - 1
+        # steps (no predictor run on those), as consecutive steps keep nearly the same blocks (sparsity's
+        # mask_step_overlap)
+        self.mask_interval = mask_interval
+        self._mask_cache: dict[str, tuple[int, torch.Tensor]] = {}
+        self._call: CallInfo | None = None
         # save_masks: keep what each call kept, for the mask store: the (query block x key block) tiles holding a
         # kept entry at block side ``block`` and the kept keys per query row (key: the method's value)
         self.save_masks = save_masks
@@ -112,8 +121,9 @@ class ApproxAttention:
         return self.method == "block" and self.renormalize and self.value < 1
 
     def reset(self) -> None:
-        """Forget the calls seen so far (after a warm-up pass)."""
+        """Forget the calls seen so far (after a warm-up pass) and any masks kept for reuse."""
         self._calls.clear()
+        self._mask_cache.clear()
 
     def is_noop(self, n_keys: int) -> bool:
         if self.method == "topk":
@@ -122,6 +132,7 @@ class ApproxAttention:
 
     # -- the core --------------------------------------------------------------------------------------------
     def core(self, q, k, v, attn_mask, call: CallInfo):
+        self._call = call
         b, h, nq, d = q.shape
         nk = k.shape[2]
         dense = sdpa_parts(_meta(q), _meta(k), _meta(v), has_mask=attn_mask is not None)
@@ -154,7 +165,21 @@ class ApproxAttention:
         return out
 
     def _block_mask(self, q, k) -> tuple[torch.Tensor, int]:
-        """The ``block`` method's kept (query block × key block) tiles and the predictor's FLOPs: Q and K mean-pooled
+        """The ``block`` method's kept tiles and the predictor's FLOPs; with ``mask_interval`` > 1 a layer reuses
+        the mask it predicted within the last ``mask_interval`` steps (0 predictor FLOPs then)."""
+        call = self._call
+        if self.mask_interval > 1 and call is not None and call.step >= 0 and not self.warming:
+            cached = self._mask_cache.get(call.name)
+            if cached is not None and 0 <= call.step - cached[0] < self.mask_interval \
+                    and cached[1].shape[0] == q.shape[0]:
+                return cached[1], 0
+            mask, predictor = self._predict_blocks(q, k)
+            self._mask_cache[call.name] = (call.step, mask)
+            return mask, predictor
+        return self._predict_blocks(q, k)
+
+    def _predict_blocks(self, q, k) -> tuple[torch.Tensor, int]:
+        """Predict the kept (query block × key block) tiles and count the predictor's FLOPs: Q and K mean-pooled
         per block, pooled probabilities per query block, key blocks taken by descending mass until τ is covered."""
         b, h, nq, d = q.shape
         nk = k.shape[2]

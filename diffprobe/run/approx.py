@@ -65,7 +65,8 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
                per_digit: int = 3, out: str | Path | None = None, progress=None, clip_weights: str | None = None,
-               force: bool = False, save_masks: bool = True, settings: list[str] | None = None) -> dict:
+               force: bool = False, save_masks: bool = True, settings: list[str] | None = None,
+               mask_interval: int = 1) -> dict:
     """Dense, then every (method, value) and every extra setting (``block=0.9+deepcache=3``: attention and
     step-level reuse together); writes ``approx.json``, ``approx.parquet`` and images into ``out`` (default
     ``runs/<time>-approx-<model>``). PSNR is ``None`` where every image equals dense (``identical``);
@@ -77,7 +78,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     todo += [parse_settings(t) for t in settings or []]
     for setting in todo:  # every parameter checked before any work
         if setting.attention is not None:
-            ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank)
+            ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
+                            mask_interval=mask_interval)
     spec = get_spec(cfg.model)
     clip = None
     if clip_weights is not None:  # checked before any work
@@ -121,7 +123,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         warm_s = 0.0
         if setting.attention is not None:
             core = ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, mask_interval=mask_interval)
             warm_s = warm_up(pipe, cfg, prompts, core)
             core.save_masks, core.masks = save_masks, []  # the timed pass's masks only
         with setting.reuse.installed(pipe) if setting.reuse is not None else contextlib.nullcontext():
@@ -168,7 +170,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     random = cfg.random_weights
     state = {"schema_version": SCHEMA_VERSION, "kind": "approx", "model": cfg.model, "height": cfg.height,
              "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "prompts": prompts,
-             "renormalize": renormalize, "block": block, "rank": rank, "random_weights": random,
+             "renormalize": renormalize, "block": block, "rank": rank, "mask_interval": mask_interval,
+             "random_weights": random,
              "total_flops": total_flops, "results": rows, "run_dir": str(out_dir)}
     write_json(out_dir / "approx.json", state)
     return state

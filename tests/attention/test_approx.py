@@ -154,3 +154,30 @@ def test_kept_counts_stay_on_the_device_until_read():
     c = a.calls[0]  # read: an int, and the FLOPs follow from it
     assert isinstance(c["kept"], int) and c["kept"] % (16 * 16) == 0
     assert c["flops"] == round(c["dense_flops"] * c["kept"] / c["entries"]) + c["predictor_flops"]
+
+
+def test_block_masks_reused_across_steps(tmp_path):
+    # --mask-interval 2: each layer predicts its block mask at steps 0 and 2 and reuses it at steps 1 and 3, so the
+    # predictor runs half as often (every step has the same shapes) and a reused step's mask is its predictor's
+    import json
+
+    import numpy as np
+
+    from diffprobe.cli import main
+    from diffprobe.records.masks import MaskStore
+
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"i{n}"
+        assert main(["approx", "--model", "tiny", "--height", "128", "--width", "128", "--steps", "4", "--method",
+                     "block", "--tau", "0.5", "--block", "32", "--mask-interval", str(n), "--out", str(out),
+                     "-q"]) == 0
+        runs[n] = (json.loads((out / "approx.json").read_text())["results"][1], MaskStore(out / "masks" /
+                                                                                         "block_tau_0.5"))
+    (one, _), (two, store) = runs[1], runs[2]
+    assert two["predictor_flops"] == one["predictor_flops"] / 2
+    by_layer: dict = {}
+    for e in store.entries:
+        by_layer.setdefault(e["layer"], {})[e["step"]] = store.block_mask(e, 32, 0.5)
+    for steps in by_layer.values():
+        assert np.array_equal(steps[1], steps[0]) and np.array_equal(steps[3], steps[2])
