@@ -16,7 +16,7 @@ def test_profile_json_is_clean_on_stdout(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0
     d = json.loads(captured.out)
-    assert d["model"] == "tiny" and d["steps"] == 2 and "unet" in d["stages"]
+    assert d["model"] == "tiny" and d["steps"] == 2 and "denoiser" in d["stages"]
 
 
 def test_profile_table_mentions_random_weights(tmp_path, capsys):

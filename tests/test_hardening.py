@@ -52,7 +52,7 @@ def test_counts_stay_exact_at_large_sizes(tmp_path):
         r = diffprobe.profile(model="tiny", steps=1, mode="analytic", height=side, width=side,
                               out=str(tmp_path / str(side)))
         ops = r.ops
-        sel = (ops["stage"] == "unet") & (ops["layer_type"] == "attn_score") & (ops["attn_kind"] == "self")
+        sel = (ops["stage"] == "denoiser") & (ops["layer_type"] == "attn_score") & (ops["attn_kind"] == "self")
         return int(ops.loc[sel, "flops"].sum())
 
     a, b = score(4096), score(8192)
@@ -445,7 +445,7 @@ def test_sparsity_report_has_a_table(tmp_path):
 def test_flop_axes_are_scaled_to_the_values():
     from diffprobe.report.figures import stage_layer_bars
 
-    fig = stage_layer_bars({"flops": {"by_stage_layer_type": {"unet": {"conv": 3.0e8}}}})
+    fig = stage_layer_bars({"flops": {"by_stage_layer_type": {"denoiser": {"conv": 3.0e8}}}})
     assert fig.axes[0].get_ylabel() == "MFLOP"
 
 

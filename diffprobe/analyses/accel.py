@@ -153,7 +153,7 @@ def skips(p: AccelPreset, stage: str, attn_kind: str, nk: int) -> bool:
     """Whether design ``p`` skips in this attention call: the denoiser's self-attention only (cross-attention over
     text tokens, the text encoders and the VAE stay dense), over at least two key blocks (block design) or 128 keys
     (row / element)."""
-    if p.granularity == "none" or attn_kind != "self" or stage != "unet":
+    if p.granularity == "none" or attn_kind != "self" or stage != "denoiser":
         return False
     return nk >= (2 * p.block if p.granularity == "block" else 128)
 
@@ -268,7 +268,7 @@ def summary(costs: pd.DataFrame, p: AccelPreset) -> dict:
             "energy_by_component": {k[len("energy_"):-2]: float(costs[k].sum())
                                     for k in ("energy_mac_j", "energy_vector_j", "energy_sram_j", "energy_dram_j")},
             "by_stage": _group(costs, "stage", p), "by_layer_type": _group(costs, "layer_type", p),
-            "by_level": _group(costs[costs["stage"] == "unet"], "level", p),
+            "by_level": _group(costs[costs["stage"] == "denoiser"], "level", p),
             "skipped_calls": int(costs.loc[costs["skipped"], "index"].count())}
 
 

@@ -37,7 +37,7 @@ def account(ops: pd.DataFrame, value: str) -> dict:
     nested: dict[str, dict] = {}
     for (stage, lt), v in totals(ops, ["stage", "layer_type"], value).items():
         nested.setdefault(stage, {})[lt] = _plain(v)
-    unet = ops[ops["stage"] == "unet"]
+    unet = ops[ops["stage"] == "denoiser"]
     steps = ops[ops["step"] >= 0]
     return {
         "total": _plain(ops[value].sum()),
@@ -51,7 +51,7 @@ def account(ops: pd.DataFrame, value: str) -> dict:
 
 def level_table(ops: pd.DataFrame) -> pd.DataFrame:
     """UNet levels with their token count, FLOPs and self/cross-attention FLOPs."""
-    unet = ops[(ops["stage"] == "unet") & (ops["level"] != "")]
+    unet = ops[(ops["stage"] == "denoiser") & (ops["level"] != "")]
     table = unet.groupby(["level", "tokens"], sort=False).agg(flops=("flops", "sum")).reset_index()
     for kind in ("self", "cross"):
         part = unet[unet["attn_kind"] == kind].groupby("level", sort=False)["flops"].sum()

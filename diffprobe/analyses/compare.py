@@ -40,11 +40,11 @@ def _profile_metrics(d: dict) -> dict[str, float]:
 def _sweep_metrics(d: dict) -> dict[str, float]:
     m: dict[str, float] = {}
     for p in (d.get("findings") or {}).get("points", []):
-        u = p["flops"]["unet"]
+        u = p["flops"]["denoiser"]
         m[f"{p['name']}.unet_flops"] = u["total"]
         m[f"{p['name']}.self_attention_share"] = u.get("self_attention", 0) / (u["total"] or 1)
         if "seconds" in p:
-            m[f"{p['name']}.unet_seconds"] = p["seconds"]["stages"].get("unet", 0.0)
+            m[f"{p['name']}.unet_seconds"] = p["seconds"]["stages"].get("denoiser", 0.0)
     return m
 
 

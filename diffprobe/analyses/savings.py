@@ -28,7 +28,7 @@ def _scaled_flops(ops, calls: list[dict] | None):
     if not calls:
         return ops["flops"].astype(float), 0.0
     kept = {(f"unet.{c['layer']}", c["step"]): c["kept"] / c["entries"] for c in calls}
-    core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "unet")
+    core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "denoiser")
     missing = {(m, s) for m, s in zip(ops.loc[core, "module"], ops.loc[core, "step"], strict=True)} - set(kept)
     if missing:
         raise DiffprobeError(f"internal: no approximate call for {len(missing)} traced attention calls, "
@@ -54,8 +54,8 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
     by_stage = {k: float(v) for k, v in flops.groupby(ops["stage"], sort=False).sum().items()}
     if predictor:
         by_type["attn_predictor"] = predictor
-    core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "unet")
-    dense_core = dense["layer_type"].isin(ATTN_CORE) & (dense["stage"] == "unet")
+    core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "denoiser")
+    dense_core = dense["layer_type"].isin(ATTN_CORE) & (dense["stage"] == "denoiser")
     dense_attn = float(dense.loc[dense_core, "flops"].sum())
     approx_attn = float(flops[core].sum()) + predictor
     total_dense = float(dense["flops"].sum())
@@ -75,7 +75,7 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
 def steps_ran(ops) -> list[dict]:
     """Per denoising step of the UNet: its FLOPs and which of its top-level blocks ran (a reuse method's plan as
     executed)."""
-    unet = ops[(ops["stage"] == "unet") & (ops["step"] >= 0)]
+    unet = ops[(ops["stage"] == "denoiser") & (ops["step"] >= 0)]
     out = []
     for step, rows in unet.groupby("step", sort=True):
         blocks = sorted({_top_block(m) for m in rows["module"]} - {""})

@@ -53,17 +53,18 @@ def findings(folder: str | Path, names: list[str]) -> dict:
         point = {
             "name": name, "height": h, "width": w, "batch": b, "side": math.sqrt(h * w),
             "tokens": (h // 8) * (w // 8),
-            "flops": {"unet": scaling.class_totals(ops, "flops", "unet"), "total": scaling.class_totals(ops, "flops")},
-            "bytes": {"unet": scaling.class_totals(ops.assign(b=ops["bytes_read"] + ops["bytes_written"]), "b",
-                                                   "unet")},
+            "flops": {"denoiser": scaling.class_totals(ops, "flops", "denoiser"),
+                      "total": scaling.class_totals(ops, "flops")},
+            "bytes": {"denoiser": scaling.class_totals(ops.assign(b=ops["bytes_read"] + ops["bytes_written"]), "b",
+                                                   "denoiser")},
             "by_stage_flops": run["flops"]["by_stage"],
             "attention_memory": scaling.attention_memory(ops),
             "peak_memory_bytes": run.get("peak_memory_bytes"),
-            "bottlenecks": scaling.bottlenecks(ops[ops["stage"] == "unet"], "flops", 10),
+            "bottlenecks": scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "flops", 10),
         }
         if timed:
-            point["seconds"] = {"unet": scaling.class_totals(ops, "time_s", "unet"), "stages": run["stages"]}
-            point["bottlenecks_seconds"] = scaling.bottlenecks(ops[ops["stage"] == "unet"], "time_s", 10)
+            point["seconds"] = {"denoiser": scaling.class_totals(ops, "time_s", "denoiser"), "stages": run["stages"]}
+            point["bottlenecks_seconds"] = scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "time_s", 10)
         if "roofline" in run:
             point["roofline"] = run["roofline"]
         accel_file = folder / "points" / name / "accel.json"
@@ -89,9 +90,9 @@ def findings(folder: str | Path, names: list[str]) -> dict:
     for quantity in ("flops", "seconds"):
         if not all(quantity in p for p in series):
             continue
-        classes = sorted({c for p in series for c in p[quantity]["unet"]})
+        classes = sorted({c for p in series for c in p[quantity]["denoiser"]})
         result["exponents"][quantity] = {
-            c: scaling.fit_exponent(sides, [p[quantity]["unet"].get(c, 0.0) for p in series]) for c in classes}
+            c: scaling.fit_exponent(sides, [p[quantity]["denoiser"].get(c, 0.0) for p in series]) for c in classes}
     stages = sorted({s for p in series for s in p["by_stage_flops"]})
     result["exponents"]["flops_by_stage"] = {
         s: scaling.fit_exponent(sides, [p["by_stage_flops"].get(s, 0) for p in series]) for s in stages}
@@ -99,6 +100,6 @@ def findings(folder: str | Path, names: list[str]) -> dict:
     for quantity in ("flops", "seconds"):
         if all(quantity in p for p in series):
             result["crossover"][quantity] = scaling.crossover(
-                sides, [p[quantity]["unet"]["self_attention"] for p in series],
-                [p[quantity]["unet"].get("conv", 0.0) for p in series])
+                sides, [p[quantity]["denoiser"]["self_attention"] for p in series],
+                [p[quantity]["denoiser"].get("conv", 0.0) for p in series])
     return result

@@ -37,6 +37,16 @@ def meminfo_bytes(key: str) -> int | None:
     return None
 
 
+def available_memory(device: str) -> int | None:
+    """Bytes a run may still allocate on ``device``: free GPU memory (CUDA), else ``MemAvailable``; None if
+    unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    return meminfo_bytes("MemAvailable")
+
+
 def device_name(device: str) -> str:
     import torch
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.digits import unpack_into
-from diffprobe.models.tokenizer import load_clip_tokenizer
+from diffprobe.models.tokenizer import load_tokenizer
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+DENOISERS = ("unet", "transformer")  # the diffusers component that denoises: a UNet, or a diffusion transformer
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class ModelSpec:
     trained: bool  # whether the embedded weights (if any) are trained; random init is never trained
     weights: str | None = None  # a safetensors file in the config folder: embedded trained weights
     default_guidance: float = 7.5  # CFG scale used when the user gives none (the pipelines' own default is 7.5)
+    default_steps: int = 50  # denoising steps when the user gives none (the pipeline's own default)
+    family: str = "sd"  # sd (UNet), pixart, sd3, flux, sana: what a family-specific method or option fits
+    max_sequence_length: int | None = None  # DiTs: the text tokens the pipeline pads every prompt to
 
     @property
     def folder(self):
@@ -57,6 +61,28 @@ class ModelSpec:
     @property
     def text_encoders(self) -> tuple[str, ...]:
         return tuple(c for c in TEXT_ENCODERS if c in self.components)
+
+    @property
+    def denoiser(self) -> str:
+        """The denoiser component: ``unet`` or ``transformer``."""
+        return next(c for c in DENOISERS if c in self.components)
+
+    def uses_cfg(self, guidance: float) -> bool:
+        """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches. Flux is guidance-distilled:
+        one pass whatever the scale (FLUX.1-dev embeds the scale; schnell ignores it)."""
+        return self.family != "flux" and guidance > 1
+
+    def call_kwargs(self) -> dict:
+        """The pipeline-call arguments diffprobe sets for this family beyond the common ones: the text length
+        (``max_sequence_length``), no aspect-ratio binning (PixArt and Sana would otherwise change the asked
+        size) and no caption cleaning (it needs packages the pipeline imports lazily; the prompt is used as
+        given)."""
+        kw = {}
+        if self.max_sequence_length is not None:
+            kw["max_sequence_length"] = self.max_sequence_length
+        if self.family in ("pixart", "sana"):
+            kw.update(use_resolution_binning=False, clean_caption=False)
+        return kw
 
 
 @lru_cache(maxsize=None)
@@ -79,6 +105,9 @@ def _specs() -> dict[str, ModelSpec]:
             trained=bool(meta.get("trained", False)),
             weights=meta.get("weights"),
             default_guidance=float(meta.get("guidance", 7.5)),
+            default_steps=int(meta.get("steps", 50)),
+            family=meta.get("family", "sd"),
+            max_sequence_length=meta.get("max_sequence_length"),
         )
     return specs
 
@@ -105,11 +134,11 @@ def _scheduler(spec: ModelSpec):
 
 def _text_encoder(spec: ModelSpec, component: str):
     import transformers
-    from transformers import CLIPTextConfig
 
     cfg = dict(spec.config(component))
     arch = cfg.pop("architectures")[0]
-    return getattr(transformers, arch)(CLIPTextConfig(**cfg))
+    config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    return getattr(transformers, arch)(config)
 
 
 def _build_module(spec: ModelSpec, component: str):
@@ -134,7 +163,7 @@ def build_components(spec: ModelSpec, init: str = "random", seed: int = 0) -> di
     try:
         for name in spec.components:
             if name.startswith("tokenizer"):
-                comps[name] = load_clip_tokenizer(spec.config(name))
+                comps[name] = load_tokenizer(spec.config(name))
             elif name == "scheduler":
                 comps[name] = _scheduler(spec)
             elif init == "meta":
@@ -168,14 +197,28 @@ def count_params(module) -> int:
 
 
 def describe_models() -> list[dict]:
-    """Every embedded architecture: name, title, native resolution, pipeline class and parameters per component
-    (built on the meta device: nothing allocated)."""
+    """Every embedded architecture: name, title, family, native resolution, pipeline class, denoiser, parameters
+    per component, text encoders with their classes and token counts, tokenizers (real or stand-in), default
+    steps and guidance (built on the meta device: nothing allocated)."""
+    from diffprobe.models.tokenizer import is_stand_in
+
     rows = []
     for spec in list_models():
         comps = build_components(spec, "meta")
         params = {k: count_params(v) for k, v in comps.items() if hasattr(v, "parameters")}
-        rows.append({"name": spec.name, "title": spec.title, "native_resolution": spec.native_resolution,
-                     "pipeline": spec.pipeline_class, "params": params})
+        encoders = []
+        for i, enc in enumerate(spec.text_encoders):
+            tok = f"tokenizer_{i + 1}" if i else "tokenizer"
+            settings = spec.config(tok)
+            stand_in = is_stand_in(settings)
+            tokens = spec.max_sequence_length if stand_in else settings.get("model_max_length", 77)
+            encoders.append({"component": enc, "class": type(comps[enc]).__name__, "params": params[enc],
+                             "tokens": tokens, "tokenizer": "stand-in" if stand_in else "real CLIP BPE"})
+        rows.append({"name": spec.name, "title": spec.title, "family": spec.family,
+                     "native_resolution": spec.native_resolution, "pipeline": spec.pipeline_class,
+                     "denoiser": spec.denoiser, "denoiser_class": type(comps[spec.denoiser]).__name__,
+                     "params": params, "text_encoders": encoders, "steps": spec.default_steps,
+                     "guidance": spec.default_guidance, "cfg": spec.uses_cfg(spec.default_guidance)})
     return rows
 
 
@@ -206,7 +249,7 @@ def export_skeleton(spec: ModelSpec, dest: Path) -> Path:
     with as_file(spec.folder) as src:
         shutil.copytree(src, dest, dirs_exist_ok=True)
     for tok in (c for c in spec.components if c.startswith("tokenizer")):
-        load_clip_tokenizer(spec.config(tok)).save_pretrained(str(dest / tok))
+        load_tokenizer(spec.config(tok)).save_pretrained(str(dest / tok))
     (dest / "diffprobe.json").unlink(missing_ok=True)
     return dest
 
@@ -294,14 +337,20 @@ def _read_config(path: Path) -> dict:
         raise DiffprobeError(f"--weights folder: unreadable {path} ({exc})") from exc
 
 
+def _folder_denoiser(folder: Path) -> str | None:
+    return next((d for d in DENOISERS if (folder / d / "config.json").is_file()), None)
+
+
 def _matching_models(folder: Path) -> str:
-    """`` (its UNet matches model 'x': use --model x)`` for the embedded model of the folder's UNet, else ``""``."""
-    unet = folder / "unet" / "config.json"
-    if not unet.is_file():
+    """`` (its UNet matches model 'x': use --model x)`` for the embedded model of the folder's denoiser, else
+    ``""``."""
+    den = _folder_denoiser(folder)
+    if den is None:
         return ""
-    config = _read_config(unet)
-    matches = [s.name for s in list_models() if _same_unet(config, s.config("unet"))]
-    return f" (its UNet matches model {matches[0]!r}: use --model {matches[0]})" if matches else ""
+    config = _read_config(folder / den / "config.json")
+    matches = [s.name for s in list_models() if s.denoiser == den and _same_arch(config, s.config(den))]
+    what = "UNet" if den == "unet" else "transformer"
+    return f" (its {what} matches model {matches[0]!r}: use --model {matches[0]})" if matches else ""
 
 
 def _check_pipeline_class(folder: Path, spec: ModelSpec) -> None:
@@ -313,14 +362,16 @@ def _check_pipeline_class(folder: Path, spec: ModelSpec) -> None:
 
 
 def _check_architecture(folder: Path, spec: ModelSpec) -> None:
-    """Refuse a folder whose UNet architecture is not ``spec``'s, naming both."""
-    unet = _read_config(folder / "unet" / "config.json")
-    if _same_unet(unet, spec.config("unet")):
+    """Refuse a folder whose denoiser architecture is not ``spec``'s, naming both."""
+    den = spec.denoiser
+    theirs = _read_config(folder / den / "config.json")
+    if _same_arch(theirs, spec.config(den)):
         return
     named = _matching_models(folder)
-    theirs_arch, ours = _arch(unet), _arch(spec.config("unet"))
-    key = next(k for k in ARCH_KEYS if theirs_arch[k] != ours[k])
-    raise DiffprobeError(f"--weights UNet is not {spec.name}'s: {key} is {theirs_arch[key]!r} there, "
+    theirs_arch, ours = _arch(theirs), _arch(spec.config(den))
+    key = next(k for k in ours if theirs_arch.get(k) != ours[k])
+    what = "UNet" if den == "unet" else "transformer"
+    raise DiffprobeError(f"--weights {what} is not {spec.name}'s: {key} is {theirs_arch.get(key)!r} there, "
                          f"{ours[key]!r} in {spec.name}{named}")
 
 
@@ -329,18 +380,24 @@ def _norm(v):
 
 
 def _arch(config: dict) -> dict:
-    """The ARCH_KEYS of a UNet config, each missing one at the class's own default (``save_pretrained`` writes
-    every key; the embedded configs, as published, leave defaults out)."""
+    """The architecture of a denoiser config, each missing key at the class's own default (``save_pretrained``
+    writes every key; the embedded configs, as published, leave defaults out): a UNet's ARCH_KEYS, a
+    transformer's every constructor argument."""
     import inspect
 
     import diffusers
 
-    cls = getattr(diffusers, config.get("_class_name", "UNet2DConditionModel"), None)
+    name = config.get("_class_name", "UNet2DConditionModel")
+    if name == "Transformer2DModel" and config.get("norm_type") == "ada_norm_single":
+        name = "PixArtTransformer2DModel"  # PixArt's published checkpoints name the class diffusers remaps so
+    cls = getattr(diffusers, name, None)
     params = inspect.signature(cls.__init__).parameters if cls is not None else {}
-    return {k: _norm(config[k] if k in config else getattr(params.get(k), "default", None)) for k in ARCH_KEYS}
+    keys = ARCH_KEYS if "unet" in (config.get("_class_name") or "unet").lower() else tuple(
+        k for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)
+    return {k: _norm(config[k] if k in config else getattr(params.get(k), "default", None)) for k in keys}
 
 
-def _same_unet(a: dict, b: dict) -> bool:
+def _same_arch(a: dict, b: dict) -> bool:
     return _arch(a) == _arch(b)
 
 
@@ -383,7 +440,7 @@ def load_pipeline(spec: ModelSpec, weights: str | Path, dtype=None, allow_pickle
             if path.is_dir():
                 for tok in (c for c in spec.components if c.startswith("tokenizer")):
                     if not (path / tok / "vocab.json").is_file() and not (path / tok / "tokenizer.json").is_file():
-                        kwargs[tok] = load_clip_tokenizer(spec.config(tok))
+                        kwargs[tok] = load_tokenizer(spec.config(tok))
                 # None: safetensors first, pickle as the fallback of a component without them
                 return cls.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
             with tempfile.TemporaryDirectory(prefix="diffprobe-config-") as tmp:
@@ -396,3 +453,22 @@ def load_pipeline(spec: ModelSpec, weights: str | Path, dtype=None, allow_pickle
         hint = "; pass --allow-pickle if you trust its pickle weights" if (
             "no file named" in msg and not allow_pickle) else ""
         raise DiffprobeError(f"could not load weights from {path}: {msg[:300]}{hint}") from exc
+
+
+
+def denoiser_name(pipe) -> str:
+    """The pipeline's denoiser component name: ``unet`` or ``transformer`` (its module paths' prefix)."""
+    for name in DENOISERS:
+        if getattr(pipe, name, None) is not None:
+            return name
+    raise DiffprobeError(f"{type(pipe).__name__} has no UNet or transformer denoiser")
+
+
+def denoiser(pipe):
+    """The pipeline's denoiser module (``pipe.unet`` or ``pipe.transformer``)."""
+    return getattr(pipe, denoiser_name(pipe))
+
+
+def text_encoder_names(pipe) -> list[str]:
+    """The pipeline's text encoder components, in order."""
+    return [n for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None]

@@ -86,3 +86,72 @@ def load_clip_tokenizer(settings: dict | None = None):
     settings["tokenizer_class"] = "CLIPTokenizer"
     folder = _tokenizer_folder(json.dumps(settings, sort_keys=True))
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+# Stand-ins for tokenizers whose vocabulary no registry package ships (T5's and Gemma's SentencePiece models).
+# The pipelines pad or truncate every prompt to a fixed ``max_sequence_length``, so the text encoder's cost depends
+# only on that length, never on which ids fill it. A stand-in is the CLIP BPE above (a real subword tokenizer with
+# similar English token counts), its ids moved above the model's special tokens and cut to the model's vocabulary,
+# with the model's own special tokens and template (T5: ``text </s>``; Gemma: ``<bos> text``).
+STAND_INS = {
+    "T5TokenizerFast": {"specials": ["<pad>", "</s>", "<unk>"], "vocab_size": 32100, "pad": "<pad>",
+                        "eos": "</s>", "unk": "<unk>", "bos": None, "template": "$A </s>", "padding_side": "right"},
+    "GemmaTokenizerFast": {"specials": ["<pad>", "<eos>", "<bos>", "<unk>"], "vocab_size": 256000, "pad": "<pad>",
+                           "eos": "<eos>", "unk": "<unk>", "bos": "<bos>", "template": "<bos> $A",
+                           "padding_side": "left"},
+}
+STAND_IN_NOTE = ("stand-in tokenizer (CLIP BPE remapped to the model's vocabulary and special tokens; the real "
+                 "vocabulary ships with no registry package): costs depend only on the padded length, the text "
+                 "encoder's token ids are not the real model's")
+
+
+def is_stand_in(settings: dict) -> bool:
+    """Whether the tokenizer config ``settings`` needs a stand-in (no shipped vocabulary)."""
+    return settings.get("tokenizer_class") in STAND_INS
+
+
+@lru_cache(maxsize=4)
+def _stand_in_json(kind: str) -> str:
+    spec = STAND_INS[kind]
+    backend = json.loads(load_clip_tokenizer().backend_tokenizer.to_str())
+    model = backend["model"]
+    offset = len(spec["specials"])
+    room = spec["vocab_size"] - offset
+    clip_vocab = {t: i for t, i in model["vocab"].items() if i < room and not t.startswith("<|")}
+    vocab = {t: i for i, t in enumerate(spec["specials"])}
+    vocab.update({t: i + offset for t, i in clip_vocab.items()})
+    n_bytes = 512  # CLIP's vocabulary: 256 byte tokens, the same with '</w>', then one token per merge
+    model.update(vocab=vocab, merges=model["merges"][:max(0, room - n_bytes)], unk_token=spec["unk"])
+    special_ids = {t: vocab[t] for t in spec["specials"]}
+    backend["added_tokens"] = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                "normalized": False, "special": True} for t, i in special_ids.items()]
+    single = [{"SpecialToken": {"id": t, "type_id": 0}} if t.startswith("<") else {"Sequence": {"id": "A",
+              "type_id": 0}} for t in spec["template"].split()]
+    backend["post_processor"] = {"type": "TemplateProcessing", "single": single, "pair": single + [
+        {"Sequence": {"id": "B", "type_id": 0}}], "special_tokens": {
+        t: {"id": t, "ids": [special_ids[t]], "tokens": [t]} for t in spec["specials"] if t in spec["template"]}}
+    backend["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    return json.dumps(backend)
+
+
+def load_stand_in_tokenizer(settings: dict):
+    """The stand-in for a T5 or Gemma tokenizer (``settings``: the pipeline's ``tokenizer_config.json``), a real
+    ``transformers`` fast tokenizer: it saves and loads like any other (see :data:`STAND_IN_NOTE`)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    kind = settings["tokenizer_class"]
+    spec = STAND_INS[kind]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_stand_in_json(kind)), pad_token=spec["pad"], eos_token=spec["eos"],
+        unk_token=spec["unk"], bos_token=spec["bos"], model_max_length=int(min(settings.get(
+            "model_max_length", 512), 2**31 - 1)), padding_side=settings.get("padding_side", spec["padding_side"]))
+    tok.stand_in = True
+    return tok
+
+
+def load_tokenizer(settings: dict):
+    """The tokenizer a pipeline's ``tokenizer_config.json`` describes: the real CLIP one, else a stand-in."""
+    if is_stand_in(settings):
+        return load_stand_in_tokenizer(settings)
+    return load_clip_tokenizer(settings)

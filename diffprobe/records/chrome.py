@@ -1,7 +1,7 @@
 """Chrome / Perfetto trace of a measured run: one slice per timed op, plus one slice per stage and step.
 
 Open ``trace.json`` in https://ui.perfetto.dev or ``chrome://tracing``. Thread 1 holds the stage/step slices
-(``unet step 3``, ``vae_decoder``), thread 2 the ops, named by layer type with the ATen op, module path, shapes,
+(``denoiser step 3``, ``vae_decoder``), thread 2 the ops, named by layer type with the ATen op, module path, shapes,
 FLOPs and bytes in their arguments. With kernel times (``--op-timer profiler`` on CUDA), thread 3 is the GPU: one
 slice per kernel, memcpy or memset, linked by a flow arrow from the op that launched it. Times are microseconds
 from the start of the traced pipeline call.

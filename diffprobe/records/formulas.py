@@ -159,6 +159,22 @@ def linear_flops(args, kwargs, out) -> Cost:
     return Cost(2 * macs + (rows * w.shape[0] if isinstance(bias, TensorMeta) else 0), macs)
 
 
+@register("matmul", "matmul")
+def matmul_flops(args, kwargs, out) -> Cost:
+    """torch.matmul as dispatched whole (batched, broadcast): 2 * out_elements * k; a vector operand has k = its
+    length."""
+    a = args[0]
+    k = a.shape[-1]
+    macs = max(1, _out(out).numel) * k
+    return Cost(2 * macs, macs)
+
+
+@register("elementwise", "outer", "ger")
+def outer_flops(args, kwargs, out) -> Cost:
+    """Outer product of two vectors: one multiply per output element."""
+    return Cost(_out(out).numel)
+
+
 @register("matmul", "bmm")
 def bmm_flops(args, kwargs, out) -> Cost:
     """(b, m, k) @ (b, k, n): 2bmkn."""
@@ -229,6 +245,14 @@ def norm_flops(args, kwargs, out) -> Cost:
     return Cost((6 + affine) * x.numel)
 
 
+@register("norm", "rms_norm", "_fused_rms_norm")
+def rms_norm_flops(args, kwargs, out) -> Cost:
+    """Per element: square 1, mean 1, normalize 1 (the per-row rsqrt is negligible), scale 1 (if weight)."""
+    x = args[0]
+    weight = args[2] if len(args) > 2 else kwargs.get("weight")
+    return Cost((3 + (1 if isinstance(weight, TensorMeta) else 0)) * x.numel)
+
+
 def _per_element(n: int, doc: str):
     def fn(args, kwargs, out) -> Cost:
         return Cost(n * _out(out).numel)
@@ -248,10 +272,19 @@ _ELEMENTWISE_1 = (
     "floor", "ceil", "round", "remainder", "fmod", "lt", "gt", "le", "ge", "eq", "ne", "logical_not", "logical_and",
     "logical_or", "bitwise_not", "bitwise_and", "bitwise_or", "reciprocal", "square", "isnan", "isinf",
     "masked_fill", "masked_fill_", "floor_divide", "rsub", "exp2", "expm1", "log1p", "atan2", "erfinv", "trunc",
+    "__and__", "__or__", "__xor__", "__iand__", "__ior__",
 )
 register("elementwise", *_ELEMENTWISE_1)(_per_element(1, "one operation per output element."))
 register("elementwise", "addcmul", "addcdiv", "lerp", "addcmul_", "addcdiv_", "lerp_")(
     _per_element(2, "two operations per output element."))
+
+
+@register("reduction", "searchsorted")
+def searchsorted_flops(args, kwargs, out) -> Cost:
+    """Binary search of each value in a sorted sequence of n: ceil(log2(n + 1)) comparisons per value."""
+    n = args[0].shape[-1] if args[0].shape else 1
+    values = _out(out).numel if _tensors(out) else 1
+    return Cost(values * max(1, math.ceil(math.log2(n + 1))))
 
 
 @register("reduction", "sum", "mean", "amax", "amin", "max", "min", "argmax", "argmin", "prod", "any", "all",
@@ -291,7 +324,8 @@ register("memory", "clone", "_to_copy", "copy_", "copy", "cat", "concat", "conca
          "index", "index_select", "_reshape_copy",
          "gather", "scatter", "index_put", "index_put_", "repeat", "flip", "roll", "constant_pad_nd", "tril", "triu",
          "_unsafe_index", "masked_select", "nonzero", "lift_fresh_copy", "to", "type_as", "bernoulli_",
-         "pad", "_pad_circular", "reflection_pad2d", "replication_pad2d")(
+         "pad", "_pad_circular", "reflection_pad2d", "replication_pad2d", "repeat_interleave", "pixel_shuffle",
+         "pixel_unshuffle")(
     _per_element(0, "data movement: 0 FLOPs, bytes by the default traffic model."))
 
 

@@ -11,20 +11,26 @@ from typing import NamedTuple, get_type_hints
 
 import pyarrow as pa
 
-OPS_VERSION = 3  # 2: start_s added; 3: shapes as list columns
-SCHEMA_VERSION = 2  # the JSON documents (run.json, sweep.json, ...): unchanged since start_s
+OPS_VERSION = 4  # 2: start_s added; 3: shapes as list columns; 4: stage "denoiser" (was "unet"), DiT layer types
+SCHEMA_VERSION = 3  # the JSON documents (run.json, sweep.json, ...); 3: stage and sweep keys "denoiser" (was "unet")
 VERSIONS = {"ops": OPS_VERSION, "profile": SCHEMA_VERSION, "sweep": SCHEMA_VERSION, "compare": SCHEMA_VERSION,
             "sparsity": SCHEMA_VERSION, "approx": SCHEMA_VERSION, "accel": SCHEMA_VERSION}
 
 # Layer types used in every table. The first thirteen are the study's; ``linear`` (dense layers outside attention
 # and feed-forward, e.g. SD 2's proj_in/proj_out, ResNet time projections), ``memory`` (copies, concatenation,
 # dtype casts), ``view`` (zero-cost reshapes) and ``transfer`` (copies between devices) keep the account complete
-# without hiding work in ``other``.
+# without hiding work in ``other``. Diffusion transformers add ``modulation`` (adaLN: the timestep-conditioned
+# shift, scale and gate), ``rope`` (rotary embeddings: tables and their application), ``patchify`` (patch
+# embedding and unpatchify) and the two products of linear attention (``linattn_kv``: the kv summary Vᵀ·K,
+# ``linattn_q``: its product with Q). docs/counting.md says what each holds.
 LAYER_TYPES = (
     "conv", "attn_qkv", "attn_score", "attn_softmax", "attn_pv", "attn_out", "ffn", "norm", "activation",
     "elementwise", "embedding", "resample", "other", "linear", "memory", "view", "transfer",
+    "modulation", "rope", "patchify", "linattn_kv", "linattn_q",
 )
-STAGES = ("text_encoder", "text_encoder_2", "unet", "scheduler", "vae_decoder", "vae_encoder", "pipeline")
+DENOISER = "denoiser"  # the stage of the UNet or diffusion transformer, whatever the model
+STAGES = ("text_encoder", "text_encoder_2", "text_encoder_3", DENOISER, "scheduler", "vae_decoder", "vae_encoder",
+          "pipeline")
 
 
 Shapes = list  # list[list[int]]: one shape per tensor
@@ -42,7 +48,7 @@ class OpRecord(NamedTuple):
     level: str  # UNet level: "top", "in", "embed", "down.0".., "mid", "up.0"..; "out"; VAE: "dec.*"; else ""
     tokens: int  # latent tokens at that UNet level (h*w); 0 elsewhere
     layer_type: str  # one of LAYER_TYPES
-    attn_kind: str  # "self" / "cross" for attention rows, else ""
+    attn_kind: str  # "self" / "cross" / "joint" (text+image sequence) / "linear" for attention rows, else ""
     cfg: str  # "batched" when classifier-free guidance runs both branches in one batch, else ""
     input_shapes: Shapes  # one shape per input tensor, e.g. [[2, 4, 64, 64], [320, 4, 3, 3]]
     output_shapes: Shapes  # one shape per output tensor

@@ -17,8 +17,10 @@ How it works:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import weakref
 from collections import Counter
 
 import torch
@@ -28,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.models.registry import TEXT_ENCODERS, denoiser_name
 from diffprobe.patching import patch_attr
 from diffprobe.records.formulas import (
     Cost,
@@ -36,51 +39,81 @@ from diffprobe.records.formulas import (
     sdpa_parts,
     sdpa_unfused_bytes,
 )
-from diffprobe.records.schema import COLUMNS, OpRecord
+from diffprobe.records.schema import COLUMNS, DENOISER, OpRecord
 
-_ATTENTION = {"Attention", "CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2"}
-_FFN = {"FeedForward", "CLIPMLP"}
+_ATTENTION = {"Attention", "CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "FluxAttention", "T5Attention",
+              "Gemma2Attention", "SanaMultiscaleLinearAttention"}
+_FFN = {"FeedForward", "CLIPMLP", "T5LayerFF", "T5DenseGatedActDense", "Gemma2MLP", "GLUMBConv"}
 _ACT = {"GEGLU", "GELU", "ApproximateGELU", "SiLU", "QuickGELUActivation", "GELUActivation", "NewGELUActivation",
-        "Mish", "SwiGLU"}
-_EMBED = {"Timesteps", "TimestepEmbedding", "CLIPTextEmbeddings", "TextTimeEmbedding"}
+        "Mish", "SwiGLU", "GELUTanh", "PytorchGELUTanh"}
+_EMBED = {"Timesteps", "TimestepEmbedding", "CLIPTextEmbeddings", "TextTimeEmbedding",
+          "Gemma2TextScaledWordEmbedding", "CombinedTimestepTextProjEmbeddings",
+          "CombinedTimestepGuidanceTextProjEmbeddings", "PixArtAlphaCombinedTimestepSizeEmbeddings"}
+# adaLN: the timestep-conditioned shift / scale / gate of a diffusion transformer (their norm stays ``norm``)
+_MODULATION = {"AdaLayerNormZero", "AdaLayerNormZeroSingle", "AdaLayerNormContinuous", "AdaLayerNormSingle",
+               "AdaLayerNorm", "SanaModulatedNorm"}
+# modules whose outputs condition the blocks on the timestep: every elementwise op that reads them is modulation
+_CONDITIONING = {"AdaLayerNormSingle", "CombinedTimestepTextProjEmbeddings",
+                 "CombinedTimestepGuidanceTextProjEmbeddings", "PixArtAlphaCombinedTimestepSizeEmbeddings"}
+_NORM = {"T5LayerNorm", "Gemma2RMSNorm", "RMSNorm", "LayerNorm", "GroupNorm", "RMSNorm2d"}  # hand-written norms too
+_ROPE = {"FluxPosEmbed", "Gemma2RotaryEmbedding"}  # rotary position tables (their application: ROPE_FUNCTIONS)
+_LINEAR_ATTN = {"SanaLinearAttnProcessor2_0", "SanaMultiscaleAttnProcessor2_0"}
 _LINEAR = {"Linear", "LoRACompatibleLinear"}
 _CONV = {"Conv2d", "LoRACompatibleConv", "Conv1d", "Conv3d"}
-_QKV = {"to_q", "to_k", "to_v", "q_proj", "k_proj", "v_proj", "add_q_proj", "add_k_proj", "add_v_proj"}
-_OUT = {"to_out.0", "out_proj", "to_add_out"}
+_QKV = {"to_q", "to_k", "to_v", "q_proj", "k_proj", "v_proj", "add_q_proj", "add_k_proj", "add_v_proj", "q", "k", "v"}
+_OUT = {"to_out.0", "out_proj", "to_add_out", "SelfAttention.o"}
+# functions that apply rotary embeddings inside attention: every op they run is ``rope``
+ROPE_FUNCTIONS = (("diffusers.", "apply_rotary_emb"), ("transformers.models.gemma2.", "apply_rotary_pos_emb"))
 _DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in (torch.float32, torch.float16, torch.bfloat16,
                                                            torch.float64, torch.int64, torch.int32, torch.bool)}
 
 
 class _AttnState:
-    __slots__ = ("kind", "softmax_seen")
+    __slots__ = ("kind", "softmax_seen", "products")
 
     def __init__(self, kind: str):
         self.kind = kind
         self.softmax_seen = False
+        self.products = 0  # attention products seen (linear attention: kv summary first, then the query product)
 
 
 class _Frame:
-    __slots__ = ("path", "stage", "level", "tokens", "attn", "proj", "lit", "ffn", "act", "embed", "step")
+    __slots__ = ("path", "stage", "level", "tokens", "attn", "proj", "lit", "ffn", "act", "embed", "step", "mod",
+                 "norm", "rope", "patch", "top")
 
     def __init__(self, path="", stage="pipeline", level="", tokens=0, attn=None, proj="", lit=False, ffn=False,
-                 act=False, embed=False, step=-1):
+                 act=False, embed=False, step=-1, mod=False, norm=False, rope=False, patch=False, top=False):
         self.path, self.stage, self.level, self.tokens = path, stage, level, tokens
         self.attn, self.proj, self.lit, self.ffn, self.act, self.embed, self.step = (
             attn, proj, lit, ffn, act, embed, step)
+        self.mod, self.norm, self.rope, self.patch, self.top = mod, norm, rope, patch, top
+
+    def copy(self, **changes) -> "_Frame":
+        f = _Frame.__new__(_Frame)
+        for k in _Frame.__slots__:
+            setattr(f, k, changes.get(k, getattr(self, k)))
+        return f
 
 
 class _Static:
     """What is known about a module before it runs."""
 
-    __slots__ = ("path", "stage", "level", "tokens", "role", "proj", "attn_kind", "is_unet")
+    __slots__ = ("path", "stage", "level", "tokens", "role", "proj", "attn_kind", "is_unet", "conditioning")
 
-    def __init__(self, path, stage, level, tokens, role, proj, attn_kind, is_unet):
+    def __init__(self, path, stage, level, tokens, role, proj, attn_kind, is_unet, conditioning=False):
         self.path, self.stage, self.level, self.tokens = path, stage, level, tokens
         self.role, self.proj, self.attn_kind, self.is_unet = role, proj, attn_kind, is_unet
+        self.conditioning = conditioning
 
 
 def _role(module) -> str:
     name = type(module).__name__
+    if name in _MODULATION:
+        return "modulation"
+    if name in _NORM or isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+        return "norm"
+    if name in _ROPE:
+        return "rope"
     if name in _ATTENTION:
         return "attention"
     if name in _FFN:
@@ -122,6 +155,34 @@ def unet_level(path: str) -> str:
     return ""
 
 
+_DIT_IN = {"pos_embed", "patch_embed", "x_embedder"}
+_DIT_OUT = {"norm_out", "proj_out"}
+
+
+def dit_level(path: str, patch_embedder: bool = True, two_streams: bool = False) -> str:
+    """The level of a diffusion transformer's module path: ``top`` (its own forward), ``in`` (patch embedding),
+    ``embed`` (timestep, guidance, caption and RoPE tables), ``block.i`` (``double.i`` / ``single.i`` in a
+    ``two_streams`` transformer such as Flux), ``out`` (final norm and projection). ``patch_embedder``: whether
+    the module called ``pos_embed`` embeds patches (PixArt, SD3) rather than making RoPE tables (Flux)."""
+    if path == "transformer":
+        return "top"
+    m = re.match(r"transformer\.(transformer_blocks|single_transformer_blocks)\.(\d+)", path)
+    if m:
+        kind = ("single." if m.group(1) == "single_transformer_blocks" else "double.") if two_streams else "block."
+        return kind + m.group(2)
+    head = path.split(".")[1] if "." in path else ""
+    if head in _DIT_IN and (head != "pos_embed" or patch_embedder):
+        return "in"
+    if head in _DIT_OUT:
+        return "out"
+    return "embed" if head else ""
+
+
+def image_tokens(latent_hw: tuple[int, int], patch: int) -> int:
+    """A diffusion transformer's image tokens for a latent of ``latent_hw`` and patches of ``patch`` latent px."""
+    return math.ceil(latent_hw[0] / patch) * math.ceil(latent_hw[1] / patch)
+
+
 def level_tokens(level: str, latent_hw: tuple[int, int], n_levels: int) -> int:
     """Latent tokens (h*w) at a UNet level, for a latent of ``latent_hw`` and ``n_levels`` resolution levels."""
     h, w = latent_hw
@@ -138,10 +199,26 @@ def level_tokens(level: str, latent_hw: tuple[int, int], n_levels: int) -> int:
     return math.ceil(h / 2**depth) * math.ceil(w / 2**depth)
 
 
-def _stage_of(component: str, path: str) -> str:
+def _stage_of(component: str, path: str, denoiser: str = "unet") -> str:
     if component == "vae":
         return "vae_encoder" if path.startswith(("vae.encoder", "vae.quant_conv")) else "vae_decoder"
-    return component
+    return DENOISER if component == denoiser else component
+
+
+def _attention_kind(module, path: str) -> str:
+    """``self``, ``cross``, ``joint`` (text and image tokens in one sequence: SD3, Flux) or ``linear`` (Sana's
+    ReLU linear attention) for an attention module."""
+    processor = type(getattr(module, "processor", None)).__name__
+    if processor in _LINEAR_ATTN or type(module).__name__ == "SanaMultiscaleLinearAttention":
+        return "linear"
+    if getattr(module, "add_q_proj", None) is not None or ".single_transformer_blocks." in path:
+        return "joint"
+    return "cross" if getattr(module, "is_cross_attention", False) else "self"
+
+
+def den_packs_latents(pipe) -> bool:
+    """Whether the pipeline packs 2x2 latent patches into tokens before its transformer (Flux)."""
+    return hasattr(type(pipe), "_pack_latents")
 
 
 _Tensor = torch.Tensor
@@ -200,24 +277,45 @@ class OpTracer:
         self._statics: dict[int, _Static] = {}
         self._formula_cache: dict = {}
         self._undo: list = []
-        n_levels = len(pipe.unet.config.block_out_channels)
-        for comp in ("text_encoder", "text_encoder_2", "unet", "vae"):
+        self.denoiser = den = denoiser_name(pipe)
+        dmodule = getattr(pipe, den)
+        self._taint: dict[int, object] = {}  # id -> weakref of tensors that carry the timestep conditioning
+        if den == "unet":
+            n_levels = len(dmodule.config.block_out_channels)
+            level_of = unet_level
+        else:
+            patch = int(getattr(dmodule.config, "patch_size", 1) or 1) * (2 if den_packs_latents(pipe) else 1)
+            n_tokens = image_tokens(latent_hw, patch)
+            two = hasattr(dmodule, "single_transformer_blocks")
+            patch_embedder = type(getattr(dmodule, "pos_embed", None)).__name__ not in _ROPE
+
+            def level_of(path):
+                return dit_level(path, patch_embedder, two) if path.startswith("transformer") else unet_level(path)
+
+            for name, param in dmodule.named_parameters():
+                if name.endswith("scale_shift_table"):
+                    self._mark(param)
+        for comp in (*TEXT_ENCODERS, den, "vae"):
             module = getattr(pipe, comp, None)
             if module is None:
                 continue
             for sub, m in module.named_modules():
                 path = f"{comp}.{sub}" if sub else comp
-                level = unet_level(path)
-                tokens = level_tokens(level, latent_hw, n_levels) if comp == "unet" else 0
+                level = level_of(path) if comp in (den, "vae") else ""
+                if comp != den:
+                    tokens = 0
+                elif den == "unet":
+                    tokens = level_tokens(level, latent_hw, n_levels)
+                else:
+                    tokens = n_tokens if level in ("top", "in", "out") or level.startswith(
+                        ("block.", "double.", "single.")) else 0
                 last2 = ".".join(path.split(".")[-2:])
                 proj = "qkv" if path.rsplit(".", 1)[-1] in _QKV else "out" if last2 in _OUT or path.endswith(
                     ".out_proj") else ""
                 role = _role(m)
-                kind = ""
-                if role == "attention":
-                    kind = "cross" if getattr(m, "is_cross_attention", False) else "self"
-                self._statics[id(m)] = _Static(path, _stage_of(comp, path), level, tokens, role, proj, kind,
-                                               path == "unet")
+                kind = _attention_kind(m, path) if role == "attention" else ""
+                self._statics[id(m)] = _Static(path, _stage_of(comp, path, den), level, tokens, role, proj, kind,
+                                               path == den, type(m).__name__ in _CONDITIONING)
 
     # -- module context ----------------------------------------------------------------------------------------
     def _push(self, module, *_):
@@ -229,16 +327,57 @@ class OpTracer:
         if st.is_unet:
             self.unet_step += 1
             self.root.step = self.unet_step
-        step = self.unet_step if st.stage == "unet" else parent.step if parent.stage == st.stage else -1
+        step = self.unet_step if st.stage == DENOISER else parent.step if parent.stage == st.stage else -1
+        role = st.role
         self.stack.append(_Frame(
             path=st.path, stage=st.stage, level=st.level or parent.level, tokens=st.tokens or parent.tokens,
-            attn=_AttnState(st.attn_kind) if st.role == "attention" else parent.attn,
-            proj=st.proj or parent.proj, lit=st.role in ("linear", "conv"), ffn=st.role == "ffn" or parent.ffn,
-            act=st.role == "act" or parent.act, embed=st.role == "embed" or parent.embed, step=step))
+            attn=_AttnState(st.attn_kind) if role == "attention" else parent.attn,
+            proj=st.proj or parent.proj, lit=role in ("linear", "conv"), ffn=role == "ffn" or parent.ffn,
+            act=role == "act" or parent.act, embed=role == "embed" or parent.embed, step=step,
+            mod=role == "modulation" or parent.mod, norm=role == "norm" or parent.norm,
+            rope=role == "rope" or parent.rope, top=st.is_unet,
+            patch=parent.patch or (st.level == "in" and st.stage == DENOISER and self.denoiser != "unet")))
 
-    def _pop(self, *_):
+    def _pop(self, module=None, _args=None, output=None):
         if len(self.stack) > 1:
             self.stack.pop()
+        st = self._statics.get(id(module)) if module is not None else None
+        if st is not None and st.conditioning:  # the timestep embedding: what reads it is modulation
+            for t in tree_flatten(output)[0]:
+                if isinstance(t, torch.Tensor):
+                    self._mark(t)
+
+    def _mark(self, t) -> None:
+        self._taint[id(t)] = weakref.ref(t)
+
+    def _tainted(self, t) -> bool:
+        r = self._taint.get(id(t))
+        return r is not None and r() is t
+
+    def _rope_frame(self, fn):
+        """``fn`` (a function applying rotary embeddings) run in a frame whose ops are all ``rope``."""
+        tracer = self
+
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            tracer.stack.append(tracer.stack[-1].copy(rope=True))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                tracer.stack.pop()
+
+        return wrapped
+
+    def _patch_rope_functions(self) -> None:
+        import sys
+
+        for prefix, name in ROPE_FUNCTIONS:
+            originals = {}
+            for mod_name, mod in list(sys.modules.items()):
+                fn = getattr(mod, name, None) if mod_name.startswith(prefix) and mod is not None else None
+                if callable(fn):
+                    wrapped = originals.setdefault(id(fn), self._rope_frame(fn))
+                    self._undo.append(patch_attr(mod, name, wrapped))
 
     def _wrap_scheduler(self):
         sched = self.pipe.scheduler
@@ -257,8 +396,12 @@ class OpTracer:
     # -- classification ----------------------------------------------------------------------------------------
     @staticmethod
     def _layer_type(kind: str, f: _Frame) -> str:
+        if f.rope and kind != "view":
+            return "rope"
+        if f.patch and kind != "view":
+            return "patchify"
         if kind == "conv":
-            return "conv"
+            return "ffn" if f.ffn else "conv"  # Sana's Mix-FFN convolutions are its feed-forward
         if kind == "matmul":
             if f.attn is not None:
                 if f.proj == "qkv":
@@ -266,9 +409,14 @@ class OpTracer:
                 if f.proj == "out":
                     return "attn_out"
                 if not f.lit:
+                    if f.attn.kind == "linear":  # V·Kᵀ (the kv summary) first, then its product with Q
+                        f.attn.products += 1
+                        return "linattn_kv" if f.attn.products == 1 else "linattn_q"
                     return "attn_pv" if f.attn.softmax_seen else "attn_score"
             if f.embed:
                 return "embedding"
+            if f.mod:
+                return "modulation"
             if f.ffn:
                 return "ffn"
             return "linear"
@@ -283,6 +431,10 @@ class OpTracer:
             return "view"
         if f.embed or kind == "embedding":
             return "embedding"
+        if f.norm and kind in ("elementwise", "reduction", "memory", "activation"):
+            return "norm"  # hand-written norms (T5, Gemma, qk RMSNorm): their casts, powers, means, rsqrt
+        if f.mod and kind in ("elementwise", "reduction", "memory", "activation"):
+            return "modulation"
         if kind == "activation" or (f.act and kind in ("elementwise", "memory")):
             return "activation"
         if kind == "resample":
@@ -293,6 +445,35 @@ class OpTracer:
             return "memory"
         return "other"
 
+    def _conditioned(self, layer_type: str, f: _Frame, args, kwargs, out, outs) -> str:
+        """Modulation outside the adaLN modules (a DiT block's own shift, scale and gate): an op reading a tensor
+        derived only from the timestep embedding is ``modulation``; its output is such a tensor when every tensor
+        it read was one (adaLN's linear: always). Unpatchify: a copy in the transformer's own forward of at least
+        one value per image token is ``patchify``."""
+        if layer_type == "modulation" and f.mod:
+            if self._tainted_inputs(args, kwargs) is not None:
+                self._mark_all(out)
+            return layer_type
+        if f.attn is None and layer_type in ("elementwise", "memory", "view", "activation"):
+            marks = self._tainted_inputs(args, kwargs)
+            if marks:
+                if all(marks):
+                    self._mark_all(out)
+                if layer_type != "view":
+                    return "modulation"
+        if f.top and layer_type == "memory" and outs and outs[0].nbytes >= f.tokens * outs[0].itemsize:
+            return "patchify"
+        return layer_type
+
+    def _tainted_inputs(self, args, kwargs) -> list[bool] | None:
+        marks = [self._tainted(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        return marks if any(marks) else None
+
+    def _mark_all(self, out) -> None:
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._mark(t)
+
     # -- recording ---------------------------------------------------------------------------------------------
     def _append(self, op, part, f: _Frame, layer_type, ins, outs, cost: Cost, macs_lit, unfused):
         br = cost.bytes_read if cost.bytes_read is not None else sum(x.nbytes for x in ins)
@@ -302,7 +483,7 @@ class OpTracer:
         self.rows.append(OpRecord(
             len(self.rows), op, part, f.stage, f.step, f.path, f.level, f.tokens, layer_type,
             f.attn.kind if (f.attn is not None and layer_type.startswith("attn")) else "",
-            "batched" if (self.cfg and f.stage == "unet") else "", _shapes(ins), _shapes(outs), dtype,
+            "batched" if (self.cfg and f.stage == DENOISER) else "", _shapes(ins), _shapes(outs), dtype,
             int(cost.flops), int(macs_lit), int(br), int(bw), int(ur), int(uw), math.nan, math.nan, False, False,
         ))
 
@@ -332,6 +513,8 @@ class OpTracer:
             layer_type = "transfer"
         else:
             layer_type = self._layer_type(kind, f)
+            if self.denoiser != "unet" and f.stage == DENOISER:
+                layer_type = self._conditioned(layer_type, f, args, kwargs, out, outs)
         macs_lit = cost.macs if (f.lit and kind in ("conv", "matmul")) else 0
         self._append(name, "", f, layer_type, ins, outs, cost, macs_lit, None)
 
@@ -370,6 +553,7 @@ class OpTracer:
         h2 = nn_module.register_module_forward_hook(self._pop, always_call=True)
         self._undo += [h1.remove, h2.remove]
         self._wrap_scheduler()
+        self._patch_rope_functions()
         if self.timer is not None:
             self.timer.begin()  # start_s counts from here
         self._fmode = _SdpaMode(self)
@@ -466,6 +650,8 @@ class _SdpaMode(TorchFunctionMode):
         kwargs = kwargs or {}
         tr = self.tracer
         if func is F.scaled_dot_product_attention and not tr.suppress:
+            args, kwargs = sdpa_positional(args, kwargs)
+
             def run():
                 tr.suppress = True
                 try:
@@ -477,6 +663,19 @@ class _SdpaMode(TorchFunctionMode):
 
             return tr.run_timed(run, tr.record_sdpa, args, kwargs)
         return func(*args, **kwargs)
+
+
+_SDPA_QKV = ("query", "key", "value")
+
+
+def sdpa_positional(args, kwargs) -> tuple[tuple, dict]:
+    """An SDPA call's arguments with query, key and value positional (diffusers' ``dispatch_attention_fn`` passes
+    them by keyword)."""
+    if len(args) >= 3 or not any(k in kwargs for k in _SDPA_QKV):
+        return args, kwargs
+    kwargs = dict(kwargs)
+    args = tuple(args) + tuple(kwargs.pop(k) for k in _SDPA_QKV[len(args):])
+    return args, kwargs
 
 
 def _flash_layout_output(q, k, v):

@@ -27,14 +27,14 @@ def compare_report(folder: Path, d: dict) -> Path:
     page.add(table(["metric", *labels], compare_rows(d)))
     if d["of"] == "profile":
         stage = {k.split(".", 1)[1]: v for k, v in d["metrics"].items()
-                 if k.startswith("seconds.") and k.split(".", 1)[1] in ("text_encoder", "unet", "vae_decoder",
+                 if k.startswith("seconds.") and k.split(".", 1)[1] in ("text_encoder", "denoiser", "vae_decoder",
                                                                         "scheduler", "total")}
         if any(v for row in stage.values() for v in row.values() if v):
             page.figure(figs.compare_bars(labels, {k: {lb: v or 0 for lb, v in r.items()} for k, r in stage.items()},
                                           "seconds", "measured time by stage"), "compare_seconds",
                         "measured seconds by stage, one bar per run")
         flops = {k.split(".", 1)[1]: v for k, v in d["metrics"].items() if k.startswith("flops.")
-                 and k != "flops.total" and k.split(".", 1)[1] not in ("text_encoder", "text_encoder_2", "unet",
+                 and k != "flops.total" and k.split(".", 1)[1] not in ("text_encoder", "text_encoder_2", "denoiser",
                                                                        "vae_decoder", "scheduler", "pipeline")}
         if flops:
             scale, unit = si_scale(max((v or 0) for r in flops.values() for v in r.values()), "FLOP")

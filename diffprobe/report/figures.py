@@ -144,10 +144,10 @@ def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
     sides = [p["side"] for p in pts]
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
-    classes = [c for c in CLASS_ORDER if any(p[quantity]["unet"].get(c, 0) > 0 for p in pts)]
+    classes = [c for c in CLASS_ORDER if any(p[quantity]["denoiser"].get(c, 0) > 0 for p in pts)]
     shares = []
     for c in classes:
-        shares.append([100 * p[quantity]["unet"].get(c, 0) / (p[quantity]["unet"]["total"] or 1) for p in pts])
+        shares.append([100 * p[quantity]["denoiser"].get(c, 0) / (p[quantity]["denoiser"]["total"] or 1) for p in pts])
     # the classes do not overlap: attention rows belong to self/cross attention only (their per-type classes
     # carry a ".self"/".cross" suffix and are not stacked here)
     ax.stackplot(sides, *shares, labels=classes, colors=[color(c) for c in classes], alpha=0.9)
@@ -175,7 +175,7 @@ def loglog(findings: dict, quantity: str = "flops") -> Figure | None:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for c in ("total", "self_attention_core", "self_attention", "conv", "ffn", "cross_attention", "norm"):
-        vals = np.array([p[quantity]["unet"].get(c, 0.0) for p in pts])
+        vals = np.array([p[quantity]["denoiser"].get(c, 0.0) for p in pts])
         fit = fits.get(c)
         if not fit or not (vals > 0).all():
             continue

@@ -24,7 +24,7 @@ def sweep_findings(state: dict) -> list[str]:
     series = sorted((p for p in points if p["batch"] == b0), key=lambda p: p["side"])
     last = series[-1]
     out = []
-    unet = last["flops"]["unet"]
+    unet = last["flops"]["denoiser"]
     total = unet["total"] or 1
     fits = f.get("exponents", {}).get("flops", {})
     for c in ("self_attention", "conv"):
@@ -86,17 +86,17 @@ def profile_findings(run: dict, ops=None) -> list[str]:
                    f"{total:.2f} s).")
         proj = run.get("projection")
         if proj and proj.get("total_s"):
-            unet = proj["stages"].get("unet", 0.0)
+            unet = proj["stages"].get("denoiser", 0.0)
             out.append(f"Projected to all {proj['unet_evals_full']} UNet evaluations, the UNet is "
                        f"{100 * unet / proj['total_s']:.1f}% of {proj['total_s']:.1f} s (a projection from "
                        f"{proj['unet_evals_measured']} measured evaluations, not a measurement).")
     flops = run.get("flops") or {}
     if ops is not None and len(ops):
-        u = scaling.class_totals(ops, "flops", "unet")
+        u = scaling.class_totals(ops, "flops", "denoiser")
         if u["total"]:
             parts = ", ".join(f"{LABEL[c]} {100 * u.get(c, 0) / u['total']:.1f}%" for c in SHARE_CLASSES)
             out.append(f"UNet FLOPs by layer class: {parts}.")
-        top = scaling.bottlenecks(ops[ops["stage"] == "unet"], "flops", 1)
+        top = scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "flops", 1)
         if top:
             b = top[0]
             out.append(f"The largest single UNet cost is {b['layer_class']} at level {b['level']} ({b['tokens']} "

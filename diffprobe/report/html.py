@@ -203,7 +203,7 @@ def _sweep_report(folder: Path, state: dict) -> Path:
         page.h2("Points")
         rows = []
         for p in pts:
-            u = p["flops"]["unet"]
+            u = p["flops"]["denoiser"]
             tot = u["total"] or 1
             rows.append([p["name"], p["tokens"], fmt_n(u["total"]),
                          *(f"{100 * u.get(c, 0) / tot:.1f}%" for c in ("conv", "self_attention", "cross_attention",

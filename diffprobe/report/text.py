@@ -34,12 +34,12 @@ def sweep_tables(state: dict) -> list:
     for c in cols:
         t.add_column(c, justify="left" if c == "point" else "right")
     for p in points:
-        u = p["flops"]["unet"]
+        u = p["flops"]["denoiser"]
         tot = u["total"] or 1
         row = [p["name"], str(p["tokens"]), fmt_n(u["total"]),
                *(f"{100 * u.get(c, 0) / tot:.1f}%" for c in SHARE_CLASSES)]
         if timed:
-            row.append(fmt_s(p["seconds"]["stages"].get("unet", 0.0)) if "seconds" in p else "")
+            row.append(fmt_s(p["seconds"]["stages"].get("denoiser", 0.0)) if "seconds" in p else "")
         if roof:
             row.append(fmt_s(p["roofline"]["prediction"]["total_s"]) if "roofline" in p else "")
         if appr:
@@ -191,7 +191,7 @@ def account_items(d: dict) -> list:
     approx = d.get("approx")
     if approx:
         t.add_column(f"FLOPs, {setting_label(approx)}", justify="right")
-    unet = flops["by_stage_layer_type"].get("unet", {})
+    unet = flops["by_stage_layer_type"].get("denoiser", {})
     total = flops["total"] or 1
     names = sorted(flops["by_layer_type"], key=lambda k: -flops["by_layer_type"][k])
     if secs:
@@ -435,11 +435,21 @@ def models_table(rows: list[dict]) -> Table:
     """``diffprobe models``: the embedded architectures with their parameter counts."""
     t = Table(title="embedded architectures (configs as published; weights random unless --weights, except the "
               "trained digits fixture)")
-    for col in ("name", "title", "native px", "UNet params", "total params"):
-        t.add_column(col, justify="right" if "params" in col or "px" in col else "left")
+    short = {"CLIPTextModel": "CLIP", "CLIPTextModelWithProjection": "CLIP", "T5EncoderModel": "T5",
+             "Gemma2Model": "Gemma2", "UNet2DConditionModel": "UNet"}
+    for col in ("name", "native px", "denoiser", "params", "text encoders: params/tokens", "VAE", "total",
+                "steps", "CFG"):
+        t.add_column(col, justify="left" if col in ("name", "denoiser", "text encoders: params/tokens") else "right")
     for r in rows:
-        t.add_row(r["name"], r["title"], str(r["native_resolution"]), f"{r['params']['unet']:,}",
-                  f"{sum(r['params'].values()):,}")
+        encoders = " + ".join(f"{short.get(e['class'], e['class'])} {fmt_n(e['params'])}/{e['tokens']}"
+                              + ("*" if e["tokenizer"] == "stand-in" else "") for e in r["text_encoders"])
+        cls = r["denoiser_class"]
+        t.add_row(r["name"], str(r["native_resolution"]), short.get(cls, cls.removesuffix("Model")),
+                  fmt_n(r["params"][r["denoiser"]]), encoders, fmt_n(r["params"]["vae"]),
+                  fmt_n(sum(r["params"].values())), str(r["steps"]),
+                  f"{r['guidance']:g}" if r["cfg"] else "off (distilled)" if r["family"] == "flux" else "off")
+    t.caption = ("tokens: the length every prompt is padded to; * a stand-in tokenizer (the real vocabulary ships "
+                 "with no registry package; costs depend only on the length)")
     return t
 
 

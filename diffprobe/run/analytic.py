@@ -14,8 +14,12 @@ executes:
 
 from __future__ import annotations
 
-import torch
+import functools
 
+import torch
+from torch.utils._pytree import tree_map
+
+from diffprobe.models.registry import denoiser, denoiser_name
 from diffprobe.patching import patch_attr
 
 
@@ -34,9 +38,10 @@ class MetaAdapters:
         self._undo: list = []
 
     def __enter__(self) -> "MetaAdapters":
-        sched, unet, tracer = self.pipe.scheduler, self.pipe.unet, self.tracer
+        sched, unet, tracer = self.pipe.scheduler, denoiser(self.pipe), self.tracer
         set_timesteps, step = sched.set_timesteps, sched.step
 
+        @functools.wraps(set_timesteps)  # the pipelines inspect its signature (Flux: does it take sigmas?)
         def cpu_set_timesteps(*args, **kwargs):
             kwargs["device"] = "cpu"
             return set_timesteps(*args, **kwargs)
@@ -52,6 +57,23 @@ class MetaAdapters:
                 tracer.suppress = was
 
         self._undo += [patch_attr(sched, "set_timesteps", cpu_set_timesteps), patch_attr(sched, "step", meta_step)]
+        self._undo.append(_masks_kept())
+
+        # the scheduler's timestep is a CPU tensor: a UNet moves it to its sample's device itself, a transformer
+        # expects the pipeline to have done so. Moved to meta untraced (a measured run has no such copy); a UNet's
+        # own move is traced as in a measured run.
+        inner = unet.forward
+
+        def meta_inputs_forward(*args, **kwargs):
+            was, tracer.suppress = tracer.suppress, True
+            try:
+                args, kwargs = tree_map(_as_meta, (args, kwargs))
+            finally:
+                tracer.suppress = was
+            return inner(*args, **kwargs)
+
+        if denoiser_name(self.pipe) != "unet":
+            self._undo.append(patch_attr(unet, "forward", meta_inputs_forward))
 
         if self.replay:
             forward = unet.forward
@@ -75,6 +97,22 @@ class MetaAdapters:
     def __exit__(self, *exc) -> None:
         for undo in reversed(self._undo):
             undo()
+
+
+def _masks_kept():
+    """transformers skips an all-ones padding mask, a data-dependent test meta tensors cannot answer: on meta, the
+    mask is kept, as in a measured run whose prompt is shorter than the text encoder's padded length (the pipelines
+    pad to it). Returns the undo."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # an older transformers decides without looking at the mask
+        return lambda: None
+    original = masking_utils.is_tracing
+
+    def is_tracing(tensor=None):
+        return original(tensor) or (isinstance(tensor, torch.Tensor) and tensor.device.type == "meta")
+
+    return patch_attr(masking_utils, "is_tracing", is_tracing)
 
 
 def _as_meta(x):

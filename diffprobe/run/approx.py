@@ -24,7 +24,7 @@ from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError
 from diffprobe.models import digits
 from diffprobe.models.digits import DigitClassifier
-from diffprobe.models.registry import get_spec
+from diffprobe.models.registry import denoiser, get_spec
 from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, write_json
 from diffprobe.records.schema import SCHEMA_VERSION
@@ -53,13 +53,13 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
 
     latents = initial_latents(replace(cfg, batch=len(prompts)), pipe)  # the pipeline's own noise, same every call
     timer = StageTimer(pipe, cfg.device)
-    with torch.inference_mode(), timer, installed(pipe.unet, core) if core else contextlib.nullcontext():
+    with torch.inference_mode(), timer, installed(denoiser(pipe), core) if core else contextlib.nullcontext():
         t0 = time.perf_counter()
         images = pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
                       guidance_scale=cfg.guidance, latents=latents, output_type="pt",
                       callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"]).images
         wall = time.perf_counter() - t0
-    unet_s = sum(e.seconds for e in timer.events() if e.stage == "unet")
+    unet_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")
     return {"images": images.float().cpu(), "latents": steps, "unet_s": unet_s, "wall_s": wall}
 
 
@@ -96,7 +96,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     analytic = run_profile(replace(cfg, mode="analytic", batch=len(prompts), out=str(out_dir / "dense-account"),
                                    sample_steps=0))
     ops = analytic.ops
-    unet_attn = ops[(ops["stage"] == "unet") & ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv"))]
+    unet_attn = ops[(ops["stage"] == "denoiser") & ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv"))]
     # the analytic run encodes one prompt for the whole batch; the quality batch encodes each of its prompts
     text = float(ops.loc[ops["stage"].str.startswith("text_encoder"), "flops"].sum())
     total_flops = float(ops["flops"].sum()) + text * (len(prompts) - 1)
@@ -146,7 +146,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
             flops = {"attention_flops": acc["attention_flops"], "attention_flops_saved": acc["attention_flops_saved"],
                      "end_to_end_flops_saved": end_to_end, "kept_fraction": acc["kept_fraction"],
                      "predictor_flops": acc["flops_by_layer_type"].get("attn_predictor", 0.0),
-                     "unet_flops_saved": acc["flops_saved_by_stage"].get("unet", 0.0)}
+                     "unet_flops_saved": acc["flops_saved_by_stage"].get("denoiser", 0.0)}
         name = setting.text.replace("=", "_")
         if setting.reuse is None:
             name = f"{method}_{PARAM[method]}_{value:g}"

@@ -27,17 +27,22 @@ from diffprobe.errors import DiffprobeError
 from diffprobe.hardware.environment import environment
 from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import (
+    DENOISERS,
+    TEXT_ENCODERS,
     ModelSpec,
     build_components,
     check_weights_path,
     count_params,
+    denoiser,
+    denoiser_name,
+    text_encoder_names,
     get_spec,
     load_pipeline,
     pipeline_from_components,
 )
 from diffprobe.records.chrome import write_chrome_trace
 from diffprobe.records.runfolder import prepare_out_dir, write_ops, write_run_json, write_table
-from diffprobe.records.schema import SCHEMA_VERSION  # run.json's version (ops.parquet has its own)
+from diffprobe.records.schema import DENOISER, SCHEMA_VERSION  # run.json's version (ops.parquet: its own)
 from diffprobe.records.tracer import OpTracer
 from diffprobe.run.analytic import MetaAdapters
 from diffprobe.run.settings import parse_settings
@@ -62,7 +67,7 @@ class ProfileConfig:
     prompt: str = DEFAULT_PROMPT
     height: int | None = None
     width: int | None = None
-    steps: int = 50
+    steps: int | None = None  # None: the model's default (its pipeline's own)
     batch: int = 1
     guidance: float | None = None  # None: the model's default (ModelSpec.default_guidance)
     seed: int = 0
@@ -99,6 +104,8 @@ class ProfileConfig:
             if value is not None and value <= 0:
                 raise DiffprobeError(f"--{side} must be a positive number of px, got {value} (leave it out for "
                                      f"{spec.name}'s native {spec.native_resolution} px)")
+        if cfg.steps is None:
+            cfg.steps = spec.default_steps
         cfg.height = cfg.height if cfg.height is not None else spec.native_resolution
         cfg.width = cfg.width if cfg.width is not None else spec.native_resolution
         check_resolution(spec, cfg.height, cfg.width, ("--height", "--width"))
@@ -133,6 +140,8 @@ class ProfileConfig:
             check_device(cfg.device, cfg.dtype)
         if cfg.sample_steps is None:
             cfg.sample_steps = 0 if cfg.device.startswith("cuda") else 3
+        if cfg.mode == "measured":
+            check_memory(spec, cfg.dtype, cfg.device)
         if cfg.weights is not None:
             cfg.weights = str(check_weights_path(cfg.weights, cfg.allow_pickle, spec))
         if cfg.hardware is not None:
@@ -192,6 +201,42 @@ def check_resolution(spec: ModelSpec, height: int, width: int, flags: tuple[str,
             raise DiffprobeError(f"{name} is not a multiple of 8 (the VAE downsamples by 8)")
         if value < spec.min_resolution:
             raise DiffprobeError(f"{name} is below {spec.name}'s minimum of {spec.min_resolution} px")
+
+
+WEIGHT_OVERHEAD = 1.15  # weights as loaded, plus the activations, workspaces and allocator slack of one step
+
+
+def memory_estimate(spec: ModelSpec, dtype: str) -> tuple[int, int]:
+    """(bytes a measured run needs, parameters): every component's weights in ``dtype`` (counted on the meta
+    device) times :data:`WEIGHT_OVERHEAD`; a lower bound, since the largest activations come on top."""
+    import torch
+
+    comps = build_components(spec, "meta")
+    params = sum(count_params(m) for m in comps.values() if hasattr(m, "parameters"))
+    return int(params * getattr(torch, dtype).itemsize * WEIGHT_OVERHEAD), params
+
+
+def check_memory(spec: ModelSpec, dtype: str, device: str) -> None:
+    """Refuse a measured run whose weights alone do not fit the device's available memory, naming the estimate
+    and the ways out, before anything is built."""
+    from diffprobe.hardware.environment import available_memory
+
+    need, params = memory_estimate(spec, dtype)
+    free = available_memory(device)
+    if free is None or need <= free:
+        return
+    where = "GPU memory" if device.startswith("cuda") else "memory"
+    ways = ["--mode analytic (no weights, every op counted)"]
+    if dtype == "float32":
+        ways.append("--dtype bfloat16 (half the bytes)")
+    if not device.startswith("cuda"):
+        ways.append("a GPU (--device cuda)")
+    small = f"tiny-{spec.family}" if spec.family != "sd" else "tiny"
+    if small != spec.name:
+        ways.append(f"a smaller model (--model {small})")
+    raise DiffprobeError(f"a measured {spec.name} run needs about {need / 2**30:.1f} GiB ({params / 1e9:.2f} G "
+                         f"parameters in {dtype}, x{WEIGHT_OVERHEAD} for activations) but {free / 2**30:.1f} GiB of "
+                         f"{where} are available; use " + ", ".join(ways))
 
 
 def check_device(device: str, dtype: str) -> None:
@@ -256,7 +301,7 @@ class ProfileResult:
         per_step = statistics.median(s["unet_s"] for s in self.steps)
         per_sched = statistics.median(s["scheduler_s"] for s in self.steps)
         stages = dict(self.stages)
-        stages["unet"] = per_step * self.unet_evals
+        stages[DENOISER] = per_step * self.unet_evals
         stages["scheduler"] = per_sched * self.unet_evals
         stages.pop("total", None)
         proj = {
@@ -269,7 +314,7 @@ class ProfileResult:
         if self.ops is not None and len(self.ops):
             # every UNet evaluation has the same shapes, so per-evaluation FLOPs are exact; the scheduler's are
             # taken from the median measured step
-            step_ops = self.ops[self.ops["stage"].isin(["unet", "scheduler"]) & (self.ops["step"] >= 0)]
+            step_ops = self.ops[self.ops["stage"].isin([DENOISER, "scheduler"]) & (self.ops["step"] >= 0)]
             per_step = step_ops.groupby("step")["flops"].sum().median()
             rest = self.ops["flops"].sum() - step_ops["flops"].sum()
             proj["flops_total"] = int(rest + per_step * self.unet_evals)
@@ -333,7 +378,7 @@ class ProfileResult:
             "unet_evals_measured": self.unet_evals_measured,
             "batch": c.batch,
             "guidance": c.guidance,
-            "cfg": c.guidance > 1,
+            "cfg": self.spec.uses_cfg(c.guidance),
             "seed": c.seed,
             "device": c.device,
             "dtype": c.dtype,
@@ -395,14 +440,23 @@ def initial_latents(cfg: ProfileConfig, pipe):
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    shape = (cfg.batch, pipe.unet.config.in_channels, cfg.height // pipe.vae_scale_factor,
-             cfg.width // pipe.vae_scale_factor)
-    # the pipeline makes its latents in the prompt embeddings' dtype: that of the last text encoder
-    dtype = (getattr(pipe, "text_encoder_2", None) or pipe.text_encoder).dtype
+    channels = denoiser(pipe).config.in_channels
+    scale = pipe.vae_scale_factor
+    packs = hasattr(type(pipe), "_pack_latents")  # Flux: 2x2 latent patches packed into tokens
+    if packs:
+        channels //= 4
+        scale *= 2
+    side = 2 if packs else 1
+    shape = (cfg.batch, channels, side * (cfg.height // scale), side * (cfg.width // scale))
+    # the pipeline makes its latents in the prompt embeddings' dtype (that of the last text encoder); Sana in fp32
+    dtype = torch.float32 if get_spec(cfg.model).family == "sana" else getattr(
+        pipe, text_encoder_names(pipe)[-1]).dtype
     if cfg.mode == "analytic":
-        return torch.empty(shape, dtype=dtype, device="meta")
-    generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-    return randn_tensor(shape, generator=generator, device=torch.device(cfg.device), dtype=dtype)
+        latents = torch.empty(shape, dtype=dtype, device="meta")
+    else:
+        generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
+        latents = randn_tensor(shape, generator=generator, device=torch.device(cfg.device), dtype=dtype)
+    return type(pipe)._pack_latents(latents, *shape) if packs else latents
 
 
 def pipeline_kwargs(cfg: ProfileConfig, pipe) -> dict:
@@ -423,6 +477,7 @@ def pipeline_kwargs(cfg: ProfileConfig, pipe) -> dict:
         generator=torch.Generator("cpu" if cfg.mode == "analytic" else cfg.device).manual_seed(cfg.seed),
         latents=initial_latents(cfg, pipe),
         output_type="pt",
+        **get_spec(cfg.model).call_kwargs(),
     )
 
 
@@ -451,7 +506,10 @@ def _count_unet_evals(pipe, steps: int, device: str) -> int:
     import copy
 
     sched = copy.deepcopy(pipe.scheduler)
-    sched.set_timesteps(steps, device=device)
+    if getattr(sched.config, "use_dynamic_shifting", False):  # Flux: the shift (mu) moves the steps, not their count
+        sched.set_timesteps(steps, device=device, mu=1.0)
+    else:
+        sched.set_timesteps(steps, device=device)
     return len(sched.timesteps)
 
 
@@ -491,7 +549,7 @@ def summarize_events(runs: list[list]) -> tuple[dict, dict, list]:
         vals = [t.get(s, 0.0) for t in per_run_totals]
         stats[s] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "runs": len(vals)}
     steps = [
-        {"step": i, "unet_s": statistics.median(d.get("unet", [0.0])),
+        {"step": i, "unet_s": statistics.median(d.get(DENOISER, [0.0])),
          "scheduler_s": statistics.median(d.get("scheduler", [0.0]))}
         for i, d in sorted(per_step.items())
     ]
@@ -525,7 +583,7 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     reuse = parse_settings(cfg.approx).reuse if cfg.approx else None
     if reuse is not None:  # a method for another model family is refused before any work
         reuse.check_model(pipe, cfg.model)
-    params = {name: count_params(getattr(pipe, name)) for name in ("text_encoder", "text_encoder_2", "unet", "vae")
+    params = {name: count_params(getattr(pipe, name)) for name in (*TEXT_ENCODERS, *DENOISERS, "vae")
               if getattr(pipe, name, None) is not None}
     unet_evals = _count_unet_evals(pipe, cfg.steps, "cpu")
     notes = prompt_notes(pipe, cfg.prompt)
@@ -594,7 +652,7 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
     def methods():
         stack = contextlib.ExitStack()
         if core is not None:
-            stack.enter_context(installed(pipe.unet, core.core))
+            stack.enter_context(installed(denoiser(pipe), core.core))
         if setting.reuse is not None:
             stack.enter_context(setting.reuse.installed(pipe))
         return stack
@@ -628,9 +686,9 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
                      "steps": steps_ran(ops) if setting.reuse is not None else None,
                      "method_overhead": added_ops(result.ops, ops) if setting.reuse is not None else None,
                      "image": "image_approx.png" if again is not None else None,
-                     "unet_seconds": again.stages.get("unet") if again else None,
-                     "dense_unet_seconds": result.stages.get("unet"),
-                     "dense_untraced_unet_seconds": dense.stages.get("unet") if dense else None,
+                     "unet_seconds": again.stages.get(DENOISER) if again else None,
+                     "dense_unet_seconds": result.stages.get(DENOISER),
+                     "dense_untraced_unet_seconds": dense.stages.get(DENOISER) if dense else None,
                      "kernel": kernels_used(core.calls) if core is not None else "dense",
                      "note": "FLOPs of the records that ran (reuse) and that a kernel skipping the dropped entries "
                              "would need (oracle attention methods: the potential); the seconds are this PyTorch "
@@ -657,7 +715,8 @@ def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
     eager_seconds = result.accounts().get("seconds", {})
     plain = replace(cfg, trace_ops=False, chrome_trace=False, hardware=None, approx=None, compile=False,
                     cuda_graphs=False)
-    unet, had_decode = pipe.unet, "decode" in vars(pipe.vae)
+    den = denoiser_name(pipe)
+    unet, had_decode = getattr(pipe, den), "decode" in vars(pipe.vae)
     capture = comp.CompileCapture(cuda_graphs=cfg.cuda_graphs)
     scratch = ProfileResult(plain, result.spec, result.params, {}, {}, [], result.unet_evals,
                             result.unet_evals_measured, 0, "", result.environment)
@@ -673,7 +732,7 @@ def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
                  if cfg.trace_ops else None}
         report("eager run", 1, 1)
         try:
-            pipe.unet = torch.compile(unet, backend=capture.backend("unet", "unet"), dynamic=False)
+            setattr(pipe, den, torch.compile(unet, backend=capture.backend(DENOISER, den), dynamic=False))
             pipe.vae.decode = torch.compile(pipe.vae.decode, backend=capture.backend("vae_decoder", "vae"),
                                             dynamic=False)
             report("compile", 0, 1)
@@ -693,20 +752,20 @@ def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
                 rows = [OpRecord(*t) for t in result.ops.itertuples(index=False, name=None)]
                 attribution = comp.attribute(comp.graph_calls(events), capture.graphs, rows,
                                              result.unet_evals_measured)
-                rows = comp.apply(rows, {"unet", "vae_decoder"}, attribution, origin)
+                rows = comp.apply(rows, {DENOISER, "vae_decoder"}, attribution, origin)
                 result.ops = pd.DataFrame(rows, columns=list(COLUMNS))
             report("compiled run", 0, 1)
             _run_measured(plain, pipe, scratch, lambda *_: None, out_dir)  # the run's stage times and image
             report("compiled run", 1, 1)
         finally:
-            pipe.unet = unet
+            setattr(pipe, den, unet)
             if not had_decode:
                 vars(pipe.vae).pop("decode", None)
     result.stages, result.stage_stats, result.steps = scratch.stages, scratch.stage_stats, scratch.steps
     result.peak_memory_bytes = max(result.peak_memory_bytes, scratch.peak_memory_bytes)
     result.compiled = {
         "backend": "inductor" + (" with CUDA graphs" if cfg.cuda_graphs else ""),
-        "compiled": ["unet", "vae_decoder"],
+        "compiled": [DENOISER, "vae_decoder"],
         "graphs": capture.graph_count,
         "compile_s": capture.compile_s,
         "first_call_s": first_call_s,
@@ -734,7 +793,7 @@ def _tracer(cfg: ProfileConfig, pipe, timed: bool):
     if timed:
         timer = ProfilerTimer(cfg.device) if cfg.op_timer == "profiler" else OpTimer(cfg.device)
     return OpTracer(pipe, latent_hw=(cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor),
-                    cfg=cfg.guidance > 1, timer=timer)
+                    cfg=get_spec(cfg.model).uses_cfg(cfg.guidance), timer=timer)
 
 
 def trace_with_reuse(cfg: ProfileConfig, reuse):

@@ -19,7 +19,7 @@ from diffprobe.analyses.sparsity import step_overlap, summarize
 from diffprobe.attention.core import installed
 from diffprobe.attention.probe import RANDOM_NOTE, SparsityConfig, SparsityProbe
 from diffprobe.errors import DiffprobeError
-from diffprobe.models.registry import get_spec
+from diffprobe.models.registry import denoiser, get_spec
 from diffprobe.records.masks import MaskStore, write_masks
 from diffprobe.records.runfolder import atomic_write
 from diffprobe.records.schema import SCHEMA_VERSION
@@ -64,7 +64,7 @@ def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc:
         if not pipes:
             pipes.append(build_pipeline(base, spec))
         probe = SparsityProbe(sc)
-        with installed(pipes[0].unet, probe.core):
+        with installed(denoiser(pipes[0]), probe.core):
             run_profile(replace(base, height=h, width=w, out=str(tmp)), pipe=pipes[0])
         frame = pd.DataFrame(probe.rows)
         frame.insert(0, "width", w)

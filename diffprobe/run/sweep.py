@@ -70,7 +70,7 @@ def _predicted_seconds(cfg: ProfileConfig, preset_name: str) -> float:
         analytic = run_profile(replace(cfg, mode="analytic", out=tmp, hardware=None, chrome_trace=False))
     ops = analytic.ops
     evals = cfg.sample_steps or analytic.unet_evals
-    ops = ops[~ops["stage"].isin(["unet", "scheduler"]) | (ops["step"] < evals)]
+    ops = ops[~ops["stage"].isin(["denoiser", "scheduler"]) | (ops["step"] < evals)]
     return roofline.prediction(roofline.op_roofline(ops, get_preset(preset_name)))["total_s"]
 
 

@@ -9,6 +9,7 @@ import torch
 
 from diffprobe.attention.approx import ApproxAttention
 from diffprobe.attention.core import installed
+from diffprobe.models.registry import denoiser
 
 
 def warm_up(pipe, cfg, prompts: list[str], core: ApproxAttention | None = None) -> float:
@@ -22,7 +23,7 @@ def warm_up(pipe, cfg, prompts: list[str], core: ApproxAttention | None = None) 
     if core is not None:
         core.warming = True
     try:
-        with torch.inference_mode(), installed(pipe.unet, core.core) if core else contextlib.nullcontext():
+        with torch.inference_mode(), installed(denoiser(pipe), core.core) if core else contextlib.nullcontext():
             pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=1,
                  guidance_scale=cfg.guidance, output_type="latent")
     finally:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffprobe.models.registry import denoiser, text_encoder_names
 from diffprobe.patching import patch_attr
 from diffprobe.timing.clock import Clock
 
-STAGE_ORDER = ("tokenize", "text_encoder", "text_encoder_2", "unet", "scheduler", "vae_decoder", "other")
+STAGE_ORDER = ("tokenize", "text_encoder", "text_encoder_2", "text_encoder_3", "denoiser", "scheduler", "vae_decoder",
+               "other")
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class StageTimer:
         end = self.clock.mark()
         start = self._open.pop(stage)
         step = None
-        if stage in ("unet", "scheduler"):
+        if stage in ("denoiser", "scheduler"):
             step = self._counts.get(stage, 0)
             self._counts[stage] = step + 1
         self._raw.append((stage, step, start, end))
@@ -105,13 +107,12 @@ class StageTimer:
 
     def __enter__(self) -> "StageTimer":
         pipe = self.pipe
-        for name in ("tokenizer", "tokenizer_2"):
+        for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
             if getattr(pipe, name, None) is not None:
                 self._wrap_call(getattr(pipe, name), "tokenize")
-        for name in ("text_encoder", "text_encoder_2"):
-            if getattr(pipe, name, None) is not None:
-                self._hook_module(getattr(pipe, name), name)
-        self._hook_module(pipe.unet, "unet")
+        for name in text_encoder_names(pipe):
+            self._hook_module(getattr(pipe, name), name)
+        self._hook_module(denoiser(pipe), "denoiser")
         self._wrap_method(pipe.scheduler, "step", "scheduler")
         self._wrap_method(pipe.vae, "decode", "vae_decoder")
         return self

@@ -22,10 +22,10 @@ def test_three_ops_by_hand():
     n = 1024
     ops = _ops([
         # fp32 matmul n×n×n: 2n³ FLOPs, reads two n×n, writes one n×n
-        ("unet", "conv", "float32", 2 * n**3, 2 * n * n * 4, n * n * 4),
+        ("denoiser", "conv", "float32", 2 * n**3, 2 * n * n * 4, n * n * 4),
         # fp16 add of 1M elements: 1 FLOP each, reads 2, writes 1
-        ("unet", "elementwise", "float16", 10**6, 2 * 2 * 10**6, 2 * 10**6),
-        ("unet", "view", "float32", 0, 0, 0),
+        ("denoiser", "elementwise", "float16", 10**6, 2 * 2 * 10**6, 2 * 10**6),
+        ("denoiser", "view", "float32", 0, 0, 0),
     ])
     r = roofline.op_roofline(ops, PRESET)
     # matmul: compute 2147483648 / 1e14 = 21.47 us > memory 12582912 / 1e12 = 12.58 us -> compute-bound
@@ -43,13 +43,13 @@ def test_three_ops_by_hand():
 
 
 def test_versus_measured_by_hand():
-    ops = _ops([("unet", "conv", "float32", 10**12, 10**9, 10**9), ("vae_decoder", "conv", "float32", 10**11, 0, 0)])
-    seconds = {"total": 0.05, "by_stage": {"unet": 0.04, "vae_decoder": 0.01}, "by_layer_type": {"conv": 0.045,
+    ops = _ops([("denoiser", "conv", "float32", 10**12, 10**9, 10**9), ("vae_decoder", "conv", "float32", 10**11, 0, 0)])
+    seconds = {"total": 0.05, "by_stage": {"denoiser": 0.04, "vae_decoder": 0.01}, "by_layer_type": {"conv": 0.045,
                                                                                                "unattributed": 0.005}}
     vm = roofline.versus_measured(roofline.op_roofline(ops, PRESET), seconds, PRESET)
     # unet: max(1e12/1e14, 2e9/1e12) = 0.01 s predicted vs 0.04 s measured -> error -75%, 25 TFLOP/s achieved
-    assert vm["by_stage"]["unet"]["predicted_s"] == pytest.approx(0.01)
-    assert vm["by_stage"]["unet"]["error"] == pytest.approx(-0.75)
-    assert vm["by_stage"]["unet"]["fraction_of_peak"] == pytest.approx(0.25)
+    assert vm["by_stage"]["denoiser"]["predicted_s"] == pytest.approx(0.01)
+    assert vm["by_stage"]["denoiser"]["error"] == pytest.approx(-0.75)
+    assert vm["by_stage"]["denoiser"]["fraction_of_peak"] == pytest.approx(0.25)
     assert vm["by_layer_type"]["conv"]["predicted_s"] == pytest.approx(0.011)
     assert "unattributed" not in vm["by_layer_type"]

@@ -33,7 +33,7 @@ def test_crossover_interpolated_and_extrapolated():
 
 
 def _attn(ops, layer_type, kind):
-    rows = ops[(ops["stage"] == "unet") & (ops["layer_type"] == layer_type) & (ops["attn_kind"] == kind)]
+    rows = ops[(ops["stage"] == "denoiser") & (ops["layer_type"] == layer_type) & (ops["attn_kind"] == kind)]
     return int(rows["flops"].sum())
 
 
@@ -49,5 +49,5 @@ def test_tiny_attention_scores_scale_exactly_with_tokens_squared(tmp_path):
     # largest score matrix: CFG batch 2 x 2 heads x 256 x 256 tokens (128 px -> 16x16 latent) in float32
     mem = scaling.attention_memory(b)
     assert mem["materialized_bytes"] == 2 * 2 * 256 * 256 * 4 and mem["shape"] == [2, 2, 256, 256]
-    top = scaling.bottlenecks(b[b["stage"] == "unet"], "flops", 3)
+    top = scaling.bottlenecks(b[b["stage"] == "denoiser"], "flops", 3)
     assert len(top) == 3 and top[0]["share"] >= top[1]["share"] >= top[2]["share"] > 0

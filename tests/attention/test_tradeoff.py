@@ -46,7 +46,7 @@ def test_profile_approx_column_matches_a_hand_count(tmp_path, capsys):
     d = r.to_dict()
     a = d["approx"]
     ops = r.ops
-    core = ops[(ops["stage"] == "unet") & ops["layer_type"].isin(["attn_score", "attn_softmax", "attn_pv"])]
+    core = ops[(ops["stage"] == "denoiser") & ops["layer_type"].isin(["attn_score", "attn_softmax", "attn_pv"])]
     # top-4 keeps min(4, keys) of every row: each call's three parts scale by min(4, keys) / keys, where keys is
     # the second dimension from the end of the call's K input (the score row's second input)
     keys = {(m, s): shapes[1][-2] for m, s, shapes, lt in

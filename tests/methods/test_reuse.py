@@ -35,7 +35,7 @@ def runs(tmp_path_factory):
 def test_flops_removed_equal_an_independent_count_of_the_skipped_blocks(runs):
     _, dense, dc = runs
     ops = dense.ops
-    step0 = ops[(ops["stage"] == "unet") & (ops["step"] == 0)]
+    step0 = ops[(ops["stage"] == "denoiser") & (ops["step"] == 0)]
     skipped_per_cached_step = float(step0.loc[~step0["module"].map(_runs_when_cached), "flops"].sum())
     cached_steps = 2  # steps 1 and 3 of 4 at interval 2
     # DeepCache finds the step with list(timesteps).index(t.item()): per step one unbind (the list) and one item,
@@ -45,7 +45,7 @@ def test_flops_removed_equal_an_independent_count_of_the_skipped_blocks(runs):
     assert ap["method_overhead"] == {"ops": 4 + 4 + 2 * lookups, "flops": lookups, "by_op": {
         "aten.eq.Scalar": lookups, "aten.is_nonzero.default": lookups, "aten.item.default": 4,
         "aten.unbind.int": 4}}
-    assert ap["flops_saved_by_stage"]["unet"] == pytest.approx(cached_steps * skipped_per_cached_step - lookups,
+    assert ap["flops_saved_by_stage"]["denoiser"] == pytest.approx(cached_steps * skipped_per_cached_step - lookups,
                                                                rel=1e-12)
     assert ap["flops_saved_by_stage"]["vae_decoder"] == 0 and ap["flops_saved_by_stage"]["text_encoder"] == 0
     full = [s for s in ap["steps"] if s["step"] % 2 == 0]
@@ -61,8 +61,8 @@ def test_interval_one_is_dense_bit_for_bit(runs):
     one = diffprobe.profile(**KW, approx="deepcache=1", out=str(root / "one"))
     ap = one.to_dict()["approx"]
     # nothing skipped: the only difference in the account is DeepCache's own step lookup, which it still runs
-    assert ap["flops_saved_by_stage"]["unet"] == -ap["method_overhead"]["flops"] < 0
-    assert not any(v for k, v in ap["flops_saved_by_stage"].items() if k != "unet")
+    assert ap["flops_saved_by_stage"]["denoiser"] == -ap["method_overhead"]["flops"] < 0
+    assert not any(v for k, v in ap["flops_saved_by_stage"].items() if k != "denoiser")
     assert [s["blocks"] for s in ap["steps"]] == [ap["steps"][0]["blocks"]] * 4
     same = np.asarray(Image.open(root / "one" / "image_approx.png"))
     assert np.array_equal(same, np.asarray(Image.open(root / "dense" / "image.png")))
@@ -160,7 +160,7 @@ def test_tgate_gates_cross_attention_and_guidance(tmp_path):
     assert {k: v for k, v in m["flops_by_layer_type"].items() if v} == {
         k: v for k, v in a["flops_by_layer_type"].items() if v}
     ops = trace_with_reuse(ProfileConfig(**kw, mode="analytic"), TGate(2))
-    unet = ops[ops["stage"] == "unet"]
+    unet = ops[ops["stage"] == "denoiser"]
     score = unet[unet["layer_type"] == "attn_score"]
     # gate 2: steps 0 and 1 compute cross-attention (step 1 caches it); from step 2 on it is reused, and the
     # guidance batch is gone (one branch): self-attention scores run on batch 1 instead of 2

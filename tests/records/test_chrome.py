@@ -22,10 +22,10 @@ def test_chrome_trace_holds_every_timed_op_in_order(tmp_path):
     span = (ops[-1]["ts"] + ops[-1]["dur"] - ops[0]["ts"]) / 1e6
     assert 0 < span <= r.stages["total"]
     # two UNet evaluations, each one slice that contains exactly its ops
-    unet = [s for s in stages if s["name"].startswith("unet step")]
-    assert [s["name"] for s in unet] == ["unet step 0", "unet step 1"]
+    unet = [s for s in stages if s["name"].startswith("denoiser step")]
+    assert [s["name"] for s in unet] == ["denoiser step 0", "denoiser step 1"]
     for s in unet:
-        inside = [o for o in ops if o["cat"] == "unet" and s["ts"] <= o["ts"] < s["ts"] + s["dur"] + 1e-3]
+        inside = [o for o in ops if o["cat"] == "denoiser" and s["ts"] <= o["ts"] < s["ts"] + s["dur"] + 1e-3]
         assert sum(o["args"]["flops"] for o in inside) == s["args"]["flops"] > 0
     assert {"conv", "attn_score", "attn_softmax", "attn_pv"} <= {o["name"] for o in ops}
 

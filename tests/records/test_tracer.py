@@ -15,7 +15,7 @@ TYPES = ("conv", "attn_qkv", "attn_out", "ffn", "linear", "embedding")
 
 
 def _unet_step0(ops: pd.DataFrame) -> pd.DataFrame:
-    return ops[(ops["stage"] == "unet") & (ops["step"] == 0)]
+    return ops[(ops["stage"] == "denoiser") & (ops["step"] == 0)]
 
 
 def _check_against_reference(unet: pd.DataFrame, ref) -> None:
@@ -115,7 +115,7 @@ def test_replayed_unet_records_equal_traced_ones(tmp_path, monkeypatch):
 def test_measured_seconds_sum_to_stage_time_with_unattributed_shown(tmp_path):
     d = diffprobe.profile(model="tiny", steps=2, sample_steps=0, out=str(tmp_path)).to_dict()
     secs = d["seconds"]
-    for stage in ("text_encoder", "unet", "vae_decoder"):
+    for stage in ("text_encoder", "denoiser", "vae_decoder"):
         parts = secs["by_stage_layer_type"][stage]
         assert parts["unattributed"] >= 0
         assert sum(parts.values()) == pytest.approx(d["stages"][stage], rel=1e-9)
@@ -128,8 +128,8 @@ def test_json_account_shapes(tmp_path):
         acc = d[key]
         assert set(acc) >= {"total", "by_stage", "by_layer_type", "by_stage_layer_type", "by_level"}
         assert acc["total"] == sum(acc["by_stage"].values()) == sum(acc["by_layer_type"].values())
-        assert sum(acc["by_level"].values()) == acc["by_stage"]["unet"]
-    assert d["macs_conv_linear"]["unet"] * 2 < d["flops"]["by_stage"]["unet"]  # the convention leaves work out
+        assert sum(acc["by_level"].values()) == acc["by_stage"]["denoiser"]
+    assert d["macs_conv_linear"]["denoiser"] * 2 < d["flops"]["by_stage"]["denoiser"]  # the convention leaves work out
     assert d["bytes_unfused_total"] > d["bytes"]["total"]  # fused attention never writes its scores
     ops = read_ops(tmp_path)
     assert ops["flops"].sum() == d["flops"]["total"]

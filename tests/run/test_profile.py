@@ -21,7 +21,7 @@ def test_full_profile_run_writes_results_and_image(tmp_path):
     assert (d["model"], d["height"], d["width"], d["steps"], d["device"], d["dtype"]) == (
         "tiny", 64, 64, 3, "cpu", "float32")
     assert set(d["params"]) == {"text_encoder", "unet", "vae"}
-    assert {"tokenize", "text_encoder", "unet", "scheduler", "vae_decoder", "other", "total"} <= set(d["stages"])
+    assert {"tokenize", "text_encoder", "denoiser", "scheduler", "vae_decoder", "other", "total"} <= set(d["stages"])
     parts = sum(v for k, v in d["stages"].items() if k != "total")
     assert parts == pytest.approx(d["stages"]["total"], rel=1e-6)  # "other" closes the account
     assert len(d["step_times"]) == 3 and d["unet_evals_measured"] == 3 and d["projection"] is None
@@ -48,13 +48,13 @@ def test_sampled_steps_give_a_labelled_projection(tmp_path):
     proj = d["projection"]
     assert "not a measurement" in proj["label"]
     median_step = float(np.median([s["unet_s"] for s in d["step_times"]]))
-    assert proj["stages"]["unet"] == pytest.approx(6 * median_step)
+    assert proj["stages"]["denoiser"] == pytest.approx(6 * median_step)
     assert d["image_complete"] is False
 
 
 def test_repeat_and_warmup_report_median_min_max(tmp_path):
     d = diffprobe.profile(repeat=3, warmup=1, out=str(tmp_path), **TINY).to_dict()
-    stats = d["stage_stats"]["unet"]
+    stats = d["stage_stats"]["denoiser"]
     assert stats["runs"] == 3 and stats["min"] <= stats["median"] <= stats["max"]
 
 
@@ -79,7 +79,7 @@ def test_out_of_memory_names_the_stage_and_keeps_measurements(tmp_path):
         run_profile(cfg, pipe=pipe)
     saved = json.loads((tmp_path / "run.json").read_text())
     assert saved["status"] == "failed" and "vae_decoder" in saved["error"]
-    assert len(saved["step_times"]) == 3 and saved["stages"]["unet"] > 0  # what was measured is kept
+    assert len(saved["step_times"]) == 3 and saved["stages"]["denoiser"] > 0  # what was measured is kept
 
 
 @pytest.mark.parametrize("field, value, message", [

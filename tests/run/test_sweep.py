@@ -24,7 +24,7 @@ def test_sweep_states_exponents_and_crossover(tmp_path):
     assert f["exponents"]["flops"]["conv"]["k"] == pytest.approx(2.0)
     # tiny: self-attention (whole layers) passes convolution between 128 and 256 px
     cross = f["crossover"]["flops"]
-    shares = {p["side"]: p["flops"]["unet"]["self_attention"] / p["flops"]["unet"]["conv"] for p in f["points"]}
+    shares = {p["side"]: p["flops"]["denoiser"]["self_attention"] / p["flops"]["denoiser"]["conv"] for p in f["points"]}
     assert shares[128] < 1 < shares[256] and 128 < cross["side"] < 256 and not cross["extrapolated"]
     saved = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert saved["findings"]["crossover"] == f["crossover"]
@@ -74,7 +74,7 @@ def test_measured_point_over_budget_is_skipped_and_the_rest_run(tmp_path, monkey
     assert state["points"]["128x128-b1"]["status"] == "skipped" and "max-point-seconds" in logged[0]
     assert state["points"]["64x64-b1"]["status"] == "ok"
     assert [p["name"] for p in state["findings"]["points"]] == ["64x64-b1"]
-    assert state["findings"]["points"][0]["seconds"]["stages"]["unet"] > 0  # measured, timed
+    assert state["findings"]["points"][0]["seconds"]["stages"]["denoiser"] > 0  # measured, timed
 
 
 @pytest.mark.parametrize("text, message", [

@@ -83,7 +83,7 @@ def test_graph_calls_on_cuda_take_the_device_time_launched_inside_each_kernel():
     assert call.seconds == pytest.approx([40e-9, 310e-9]) and call.starts == [5000, 5050]
 
 
-def _rec(i, module, op, step=0, nbytes=0, flops=0, part="", stage="unet"):
+def _rec(i, module, op, step=0, nbytes=0, flops=0, part="", stage="denoiser"):
     return OpRecord(i, op, part, stage, step, module, "", 0, "other", "", "", [], [], "float32", flops, 0, nbytes, 0,
                     nbytes, 0, 1.0, 0.0, False, False)
 
@@ -106,7 +106,7 @@ def test_attribution_one_to_one_for_library_kernels_split_by_bytes_or_flops_for_
                        [100, 200, 300, 400]),
              GraphCall("g", ["mm", "cpp_fused_add_norm_0", "sdpa_cpu"], [6.0, 4.0, 1.0], [1000, 1100, 1200]),
              GraphCall("other", ["cpp_x"], [0.5], [2000])]
-    a = attribute(calls, {"g": ("unet", kernels)}, rows, steps=2)
+    a = attribute(calls, {"g": ("denoiser", kernels)}, rows, steps=2)
     # step 0: the GEMM alone gets 4; the fused kernel's 8 is split 100:300 over norm and add (not the view); the
     # attention kernel's 2 by FLOPs 10:30; step 1 likewise with its own calls' times
     assert a.seconds == pytest.approx({0: 4.0, 1: 2.0, 2: 6.0, 4: 0.5, 5: 1.5, 10: 6.0, 11: 1.0, 12: 3.0,
@@ -115,7 +115,7 @@ def test_attribution_one_to_one_for_library_kernels_split_by_bytes_or_flops_for_
     assert a.unattributed == pytest.approx({"unknown_kernel": 1.0, "cpp_x": 0.5})
     assert a.kernel_s == pytest.approx(26.5) and a.unattributed_s == pytest.approx(1.5)
     assert (a.kernels, a.matched_kernels, a.calls) == (8, 6, 3)
-    out = apply(rows, {"unet"}, a, origin_ns=0)
+    out = apply(rows, {"denoiser"}, a, origin_ns=0)
     assert out[3].time_s == 0.0 and math.isnan(out[3].start_s)  # the view: compiled away
     assert out[-1].time_s == 1.0  # an uncompiled stage keeps its eager time
     assert out[2].start_s == pytest.approx(200e-9) and out[2].time_apportioned and not out[0].time_apportioned
@@ -145,11 +145,11 @@ def test_real_compiled_tiny_records_match_eager_and_kernel_times_cover_the_unet(
     d = comp.to_dict()
     c = d["compiled"]
     assert c["kernels"] > 100 and c["kernels_matched"] == c["kernels"] and c["unattributed_s"] == 0
-    unet = comp.ops[comp.ops["stage"] == "unet"]
+    unet = comp.ops[comp.ops["stage"] == "denoiser"]
     per_type = unet.groupby("layer_type")["time_s"].sum()
-    assert per_type.sum() == pytest.approx(c["profiled_run_stages"]["unet"], rel=0.10)
-    assert per_type.sum() < c["profiled_run_stages"]["unet"]  # kernels run inside the stage, never beyond it
-    compiled_total = comp.ops[comp.ops["stage"].isin(["unet", "vae_decoder"])]["time_s"].sum()
+    assert per_type.sum() == pytest.approx(c["profiled_run_stages"]["denoiser"], rel=0.10)
+    assert per_type.sum() < c["profiled_run_stages"]["denoiser"]  # kernels run inside the stage, never beyond it
+    compiled_total = comp.ops[comp.ops["stage"].isin(["denoiser", "vae_decoder"])]["time_s"].sum()
     assert compiled_total == pytest.approx(c["kernel_s"] - c["unattributed_s"], rel=1e-9)
     assert unet[unet["op"] == "aten.view.default"]["time_s"].sum() == 0  # views are compiled away
     assert set(c["eager"]["stages"]) == set(d["stages"]) and c["compile_s"] > 0

@@ -95,11 +95,11 @@ def test_real_profiler_one_marker_per_call_and_times_add_up(tmp_path, monkeypatc
 def test_busy_time_per_stage_from_the_calls_device_intervals():
     from diffprobe.timing.kernels import ProfilerTimer
 
-    rows = [_record(0, 1)._replace(stage="unet"), _record(1, 1)._replace(stage="vae_decoder")]
+    rows = [_record(0, 1)._replace(stage="denoiser"), _record(1, 1)._replace(stage="vae_decoder")]
     events = [_marker(0, 0, 10), _op(1, 1), _dev(1, 100, 200), _dev(1, 150, 250),
               _marker(1, 20, 30), _op(2, 21), _dev(2, 300, 340)]
     timer = ProfilerTimer("cpu")
     timer.calls = {0: 1, 1: 1}
     timer.fill_from(rows, events)
-    assert timer.summary["busy_by_stage"] == {"unet": pytest.approx(150e-9), "vae_decoder": pytest.approx(40e-9)}
+    assert timer.summary["busy_by_stage"] == {"denoiser": pytest.approx(150e-9), "vae_decoder": pytest.approx(40e-9)}
     assert rows[0].time_s == pytest.approx(200e-9)  # kernel durations add up; overlap counts once only in busy
