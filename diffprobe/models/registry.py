@@ -67,6 +67,18 @@ class ModelSpec:
         """The denoiser component: ``unet`` or ``transformer``."""
         return next(c for c in DENOISERS if c in self.components)
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this many px: the VAE's downsampling times the transformer's patch
+        (times 2 where the pipeline packs 2x2 latents, Flux)."""
+        vae = self.config("vae")
+        channels = vae.get("block_out_channels") or vae.get("encoder_block_out_channels") or [0]
+        factor = 2 ** (len(channels) - 1)
+        if self.denoiser == "unet":
+            return factor
+        patch = int(self.config("transformer").get("patch_size") or 1)
+        return factor * patch * (2 if self.family == "flux" else 1)
+
     def uses_cfg(self, guidance: float) -> bool:
         """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches. Flux is guidance-distilled:
         one pass whatever the scale (FLUX.1-dev embeds the scale; schnell ignores it)."""

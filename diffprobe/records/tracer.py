@@ -310,8 +310,8 @@ class OpTracer:
                     tokens = n_tokens if level in ("top", "in", "out") or level.startswith(
                         ("block.", "double.", "single.")) else 0
                 last2 = ".".join(path.split(".")[-2:])
-                proj = "qkv" if path.rsplit(".", 1)[-1] in _QKV else "out" if last2 in _OUT or path.endswith(
-                    ".out_proj") else ""
+                leaf = path.rsplit(".", 1)[-1]
+                proj = "qkv" if leaf in _QKV else "out" if last2 in _OUT or leaf in ("out_proj", "to_add_out") else ""
                 role = _role(m)
                 kind = _attention_kind(m, path) if role == "attention" else ""
                 self._statics[id(m)] = _Static(path, _stage_of(comp, path, den), level, tokens, role, proj, kind,
@@ -482,7 +482,7 @@ class OpTracer:
         dtype = (ins or outs)[0].dtype if (ins or outs) else ""
         self.rows.append(OpRecord(
             len(self.rows), op, part, f.stage, f.step, f.path, f.level, f.tokens, layer_type,
-            f.attn.kind if (f.attn is not None and layer_type.startswith("attn")) else "",
+            f.attn.kind if (f.attn is not None and layer_type.startswith(("attn", "linattn"))) else "",
             "batched" if (self.cfg and f.stage == DENOISER) else "", _shapes(ins), _shapes(outs), dtype,
             int(cost.flops), int(macs_lit), int(br), int(bw), int(ur), int(uw), math.nan, math.nan, False, False,
         ))
@@ -679,8 +679,11 @@ def sdpa_positional(args, kwargs) -> tuple[tuple, dict]:
 
 
 def _flash_layout_output(q, k, v):
-    """A meta SDPA output laid out as the flash kernels (CPU and CUDA) lay theirs out: (B, N, H, dv) in memory,
-    seen as (B, H, N, dv). Meta's own math fallback returns another layout, which would change later copies."""
+    """A meta SDPA output laid out as the CPU flash kernel lays its own out: like the query, (B, N, H, dv) in memory
+    when the query is a (B, N, H, d) tensor seen as (B, H, N, d) (the diffusers processors' view), else contiguous.
+    Meta's own math fallback returns another layout, which would change later copies."""
     *batch, heads, n, _ = q.shape
-    out = torch.empty((*batch, n, heads, v.shape[-1]), dtype=q.dtype, device="meta")
-    return out.transpose(-3, -2)
+    if q.dim() == 4 and q.stride(1) < q.stride(2):
+        out = torch.empty((*batch, n, heads, v.shape[-1]), dtype=q.dtype, device="meta")
+        return out.transpose(-3, -2)
+    return torch.empty((*batch, heads, n, v.shape[-1]), dtype=q.dtype, device="meta")

@@ -35,10 +35,10 @@ from diffprobe.models.registry import (
     count_params,
     denoiser,
     denoiser_name,
-    text_encoder_names,
     get_spec,
     load_pipeline,
     pipeline_from_components,
+    text_encoder_names,
 )
 from diffprobe.records.chrome import write_chrome_trace
 from diffprobe.records.runfolder import prepare_out_dir, write_ops, write_run_json, write_table
@@ -197,8 +197,11 @@ def check_resolution(spec: ModelSpec, height: int, width: int, flags: tuple[str,
     resolution as the user wrote it in a list)."""
     for i, value in enumerate((height, width)):
         name = f"{flags[i]} {value}" if flags else f"resolution {height}x{width}"
-        if value % 8 != 0:
-            raise DiffprobeError(f"{name} is not a multiple of 8 (the VAE downsamples by 8)")
+        step = spec.size_multiple
+        if value % step != 0:
+            why = "the VAE downsamples by 8" if step == 8 else (
+                f"{spec.name}'s VAE and patch grid need sides in steps of {step} px")
+            raise DiffprobeError(f"{name} is not a multiple of {step} ({why})")
         if value < spec.min_resolution:
             raise DiffprobeError(f"{name} is below {spec.name}'s minimum of {spec.min_resolution} px")
 

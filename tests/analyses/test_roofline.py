@@ -43,7 +43,8 @@ def test_three_ops_by_hand():
 
 
 def test_versus_measured_by_hand():
-    ops = _ops([("denoiser", "conv", "float32", 10**12, 10**9, 10**9), ("vae_decoder", "conv", "float32", 10**11, 0, 0)])
+    ops = _ops([("denoiser", "conv", "float32", 10**12, 10**9, 10**9),
+                ("vae_decoder", "conv", "float32", 10**11, 0, 0)])
     seconds = {"total": 0.05, "by_stage": {"denoiser": 0.04, "vae_decoder": 0.01}, "by_layer_type": {"conv": 0.045,
                                                                                                "unattributed": 0.005}}
     vm = roofline.versus_measured(roofline.op_roofline(ops, PRESET), seconds, PRESET)

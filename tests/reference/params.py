@@ -1,4 +1,4 @@
-"""Independent parameter counts of the SD architectures, from layer shapes alone.
+"""Independent parameter counts of the SD architectures and the diffusion transformers, from layer shapes alone.
 
 Written from the published architecture descriptions (block layout, channel widths, transformer depth), not
 from diffprobe or diffusers code, so the tests can check the embedded configs against them.
@@ -68,7 +68,7 @@ def unet(channels, attn_levels, ctx, layers=2, depth=None, add_embed_in=None):
     return n + norm(channels[0]) + conv(channels[0], 4, 3)
 
 
-def vae(channels=(128, 256, 512, 512), layers=2, latent=4):
+def vae(channels=(128, 256, 512, 512), layers=2, latent=4, quant_convs=True):
     attn = lambda c: norm(c) + 4 * linear(c, c)  # noqa: E731
     mid = lambda c: 2 * resnet(c, c) + attn(c)  # noqa: E731
     enc = conv(3, channels[0], 3)
@@ -90,10 +90,87 @@ def vae(channels=(128, 256, 512, 512), layers=2, latent=4):
             dec += conv(c, c, 3)
         prev = c
     dec += norm(channels[0]) + conv(channels[0], 3, 3)
-    return enc + dec + conv(2 * latent, 2 * latent, 1) + conv(latent, latent, 1)
+    return enc + dec + (conv(2 * latent, 2 * latent, 1) + conv(latent, latent, 1) if quant_convs else 0)
 
 
 def clip_text(hidden, inter, layers, vocab=49408, positions=77, projection=None):
     block = 2 * norm(hidden) + 4 * linear(hidden, hidden) + linear(hidden, inter) + linear(inter, hidden)
     n = vocab * hidden + positions * hidden + layers * block + norm(hidden)
     return n + (linear(hidden, projection, bias=False) if projection else 0)
+
+
+# -- text encoders of the diffusion transformers ----------------------------------------------------------------
+def t5_encoder(d, ff, heads, d_kv, layers, vocab=32128, buckets=32):
+    """T5 v1.1 encoder: token embedding, per layer self-attention (q, k, v, o without bias) and a gated-GELU FFN
+    (wi_0, wi_1, wo), two RMS norms (weight only) per layer and one at the end, relative position buckets in the
+    first layer."""
+    inner = heads * d_kv
+    block = 4 * d * inner + 2 * d * ff + ff * d + 2 * d
+    return vocab * d + layers * block + buckets * heads + d
+
+
+def gemma2(d, ff, heads, kv_heads, head_dim, layers, vocab=256000):
+    """Gemma 2 decoder stack: embedding, per layer grouped-query attention (no bias), a gated FFN (gate, up,
+    down) and four RMS norms (weight only), a final norm."""
+    attn = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d
+    return vocab * d + layers * (attn + 3 * d * ff + 4 * d) + d
+
+
+# -- diffusion transformers --------------------------------------------------------------------------------------
+def timestep_mlp(d, freq=256):
+    return linear(freq, d) + linear(d, d)
+
+
+def pixart(heads, head_dim, layers, caption, in_ch=4, out_ch=8, patch=2, conditions=False):
+    """PixArt-α/Σ: patch-embedding conv, adaLN-single (timestep MLP, optional size/aspect embedders of D/3, one
+    6D linear), caption MLP, blocks of self-attention, cross-attention and a 4x GELU FFN (biases everywhere, norms
+    without affine) with a 6D shift/scale/gate table, a final 2D table and linear."""
+    d = heads * head_dim
+    n = conv(in_ch, d, patch)
+    n += timestep_mlp(d) + linear(d, 6 * d)
+    if conditions:
+        n += 2 * timestep_mlp(d // 3)
+    n += linear(caption, d) + linear(d, d)
+    block = 4 * linear(d, d) + 4 * linear(d, d) + linear(d, 4 * d) + linear(4 * d, d) + 6 * d
+    return n + layers * block + 2 * d + linear(d, patch * patch * out_ch)
+
+
+def sd3(heads, head_dim, layers, joint, pooled, caption_dim, in_ch=16, patch=2, qk_norm=False):
+    """SD3 MM-DiT: patch conv, timestep and pooled-text MLPs, context linear, joint blocks (adaLN-Zero for both
+    streams, image and text q/k/v/out, 4x GELU FFNs for both; the last block's text stream ends after the
+    attention: a 2D adaLN and no text output or FFN), optional per-head qk RMS norms, final 2D adaLN and linear."""
+    d = heads * head_dim
+    n = conv(in_ch, d, patch) + timestep_mlp(d) + linear(pooled, d) + linear(d, d) + linear(joint, caption_dim)
+    ff = linear(d, 4 * d) + linear(4 * d, d)
+    qk = 4 * head_dim if qk_norm else 0
+    block = 2 * linear(d, 6 * d) + 8 * linear(d, d) + 2 * ff + qk
+    last = linear(d, 6 * d) + linear(d, 2 * d) + 7 * linear(d, d) + ff + qk
+    return n + (layers - 1) * block + last + linear(d, 2 * d) + linear(d, patch * patch * in_ch)
+
+
+def flux(heads, head_dim, double, single, joint, pooled, in_ch=64, guidance=True):
+    """Flux.1: input linear, timestep (+ guidance) and pooled-text MLPs, context linear; double-stream blocks
+    (adaLN-Zero x2, image and text q/k/v/out, qk RMS norms on both, 4x GELU FFNs x2); single-stream blocks (3D
+    adaLN, q/k/v, qk norms, a 4x MLP input and one output linear over attention and MLP together); final 2D
+    adaLN and linear."""
+    d = heads * head_dim
+    n = linear(in_ch, d) + timestep_mlp(d) * (2 if guidance else 1) + linear(pooled, d) + linear(d, d)
+    n += linear(joint, d)
+    ff = linear(d, 4 * d) + linear(4 * d, d)
+    dbl = 2 * linear(d, 6 * d) + 8 * linear(d, d) + 4 * head_dim + 2 * ff
+    sgl = linear(d, 3 * d) + 3 * linear(d, d) + 2 * head_dim + linear(d, 4 * d) + linear(5 * d, d)
+    return n + double * dbl + single * sgl + linear(d, 2 * d) + linear(d, in_ch)
+
+
+def sana(heads, head_dim, cross_heads, cross_head_dim, layers, caption, mlp_ratio=2.5, in_ch=32):
+    """Sana: 1x1 patch conv, adaLN-single, caption MLP and RMS norm; blocks of ReLU linear self-attention (q, k, v
+    without bias, out with), cross-attention (biases), Mix-FFN (1x1 conv to 2 x hidden, 3x3 depthwise, gated to
+    hidden, 1x1 conv back without bias) and a 6D table; final 2D table and linear."""
+    d = heads * head_dim
+    dc = cross_heads * cross_head_dim
+    hidden = int(d * mlp_ratio)
+    n = conv(in_ch, d, 1) + timestep_mlp(d) + linear(d, 6 * d) + linear(caption, d) + linear(d, d) + d
+    attn1 = 3 * linear(d, d, bias=False) + linear(d, d)
+    attn2 = linear(d, dc) + 2 * linear(d, dc) + linear(dc, d)
+    ffn = conv(d, 2 * hidden, 1) + 2 * hidden * 9 + 2 * hidden + conv(hidden, d, 1, bias=False)
+    return n + layers * (attn1 + attn2 + ffn + 6 * d) + 2 * d + linear(d, in_ch)
