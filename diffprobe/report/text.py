@@ -182,9 +182,9 @@ def account_items(d: dict) -> list:
     """FLOPs, bytes and (measured) seconds per layer type, the UNet column beside the whole run."""
     items: list = []
     flops, nbytes, secs = d["flops"], d["bytes"], d.get("seconds")
-    t = Table(title="cost account by layer type (whole run as traced; UNet column: all UNet evaluations)",
+    t = Table(title="cost account by layer type (whole run as traced; denoiser column: all its evaluations)",
               title_justify="left")
-    for col in ("layer type", "FLOPs", "share", "UNet FLOPs", "bytes"):
+    for col in ("layer type", "FLOPs", "share", "denoiser FLOPs", "bytes"):
         t.add_column(col, justify="left" if col == "layer type" else "right")
     if secs:
         t.add_column("seconds", justify="right")
