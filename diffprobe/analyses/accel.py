@@ -150,10 +150,10 @@ def _masked(dense: Cost, macs: int, cycles: int, frac: float) -> Cost:
 
 
 def skips(p: AccelPreset, stage: str, attn_kind: str, nk: int) -> bool:
-    """Whether design ``p`` skips in this attention call: the denoiser's self-attention only (cross-attention over
-    text tokens, the text encoders and the VAE stay dense), over at least two key blocks (block design) or 128 keys
-    (row / element)."""
-    if p.granularity == "none" or attn_kind != "self" or stage != "denoiser":
+    """Whether design ``p`` skips in this attention call: the denoiser's self- and joint attention only
+    (cross-attention over text tokens, the text encoders and the VAE stay dense), over at least two key blocks
+    (block design) or 128 keys (row / element)."""
+    if p.granularity == "none" or attn_kind not in ("self", "joint") or stage != "denoiser":
         return False
     return nk >= (2 * p.block if p.granularity == "block" else 128)
 
@@ -164,7 +164,7 @@ def mask_plans(store, p: AccelPreset, tau: float):
     cache: dict = {}
 
     def plan(r, nq: int, nk: int) -> Plan:
-        layer = r.module.removeprefix("unet.")
+        layer = r.module.split(".", 1)[1] if "." in r.module else r.module
         entry = store.find(layer, int(r.step))
         if entry is None:
             raise DiffprobeError(f"the mask store {store.path} has no masks for {layer}: give the masks of a "

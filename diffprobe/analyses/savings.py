@@ -27,8 +27,9 @@ def _scaled_flops(ops, calls: list[dict] | None):
     their call (module, step) had (``calls`` None: as traced), and the predictors' FLOPs."""
     if not calls:
         return ops["flops"].astype(float), 0.0
-    kept = {(f"unet.{c['layer']}", c["step"]): c["kept"] / c["entries"] for c in calls}
     core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "denoiser")
+    prefix = denoiser_prefix(ops)
+    kept = {(f"{prefix}.{c['layer']}", c["step"]): c["kept"] / c["entries"] for c in calls}
     missing = {(m, s) for m, s in zip(ops.loc[core, "module"], ops.loc[core, "step"], strict=True)} - set(kept)
     if missing:
         raise DiffprobeError(f"internal: no approximate call for {len(missing)} traced attention calls, "
@@ -38,6 +39,12 @@ def _scaled_flops(ops, calls: list[dict] | None):
 
 
 ATTN_CORE = ("attn_score", "attn_softmax", "attn_pv")
+
+
+def denoiser_prefix(ops) -> str:
+    """The denoiser's component name in the records' module paths (``unet`` or ``transformer``)."""
+    den = ops.loc[ops["stage"] == "denoiser", "module"]
+    return den.iloc[0].split(".", 1)[0] if len(den) else "unet"
 
 
 def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:

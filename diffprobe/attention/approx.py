@@ -178,6 +178,16 @@ class ApproxAttention:
             return mask, predictor
         return self._predict_blocks(q, k)
 
+    def _text_dense(self, keep: torch.Tensor, block: int = 1) -> torch.Tensor:
+        """``keep`` (last axis: keys, or key blocks of ``block``) with the call's text keys kept (joint attention:
+        the text tokens are few and every image token reads them; a method skips among the image keys only)."""
+        text = self._call.text_keys if self._call is not None else None
+        if text is None:
+            return keep
+        keep = keep.clone()
+        keep[..., text.start // block:-(-text.stop // block)] = True
+        return keep
+
     def _predict_blocks(self, q, k) -> tuple[torch.Tensor, int]:
         """Predict the kept (query block × key block) tiles and count the predictor's FLOPs: Q and K mean-pooled
         per block, pooled probabilities per query block, key blocks taken by descending mass until τ is covered."""
@@ -191,7 +201,8 @@ class ApproxAttention:
         bmass = (q_pool @ k_pool.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1)  # (B, H, qb, kb)
         ranked, order = bmass.sort(dim=-1, descending=True)
         before = ranked.cumsum(dim=-1) - ranked  # mass of the blocks ranked above
-        return torch.zeros_like(before, dtype=torch.bool).scatter_(-1, order, before < self.value - 1e-6), predictor
+        mask = torch.zeros_like(before, dtype=torch.bool).scatter_(-1, order, before < self.value - 1e-6)
+        return self._text_dense(mask, self.block), predictor
 
     def _block_sparse(self, q, k, v):
         """The ``block`` method on the block-sparse kernel: only the kept tiles are computed."""
@@ -254,6 +265,8 @@ class ApproxAttention:
                 p = s.softmax(dim=-1)
             if self.method in ("threshold", "predicted"):  # every row keeps at least its largest entry
                 keep = keep.scatter(-1, p.argmax(dim=-1, keepdim=True), True)
+            if self.method != "block":  # (block: its tiles already keep the text keys)
+                keep = self._text_dense(keep)
             kept += int(keep.sum())
             if self.save_masks:  # a tile is needed if any entry in it is kept
                 nqc, bs = keep.shape[2], self.block

@@ -12,21 +12,26 @@ import contextlib
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.patching import patch_attr
+from diffprobe.records.tracer import unet_level
 
 Core = Callable[..., torch.Tensor]  # (q, k, v, attn_mask, call) -> out, all (B, H, N, d)
 
 
 class CallInfo:
-    """What a core knows about the call it serves: module name, self/cross, token counts, heads and the denoising
-    step (UNet evaluation) of the run it is part of."""
+    """What a core knows about the call it serves: module name (relative to the denoiser), self/cross/joint, token
+    counts, heads, the denoising step (denoiser evaluation) of the run it is part of, its level, and for joint
+    attention where the text keys sit (``text_keys``: a slice of the key axis; methods keep them dense)."""
 
-    __slots__ = ("name", "kind", "q_tokens", "k_tokens", "heads", "step")
+    __slots__ = ("name", "kind", "q_tokens", "k_tokens", "heads", "step", "level", "text_keys")
 
-    def __init__(self, name: str, kind: str, q_tokens: int, k_tokens: int, heads: int, step: int = -1):
+    def __init__(self, name: str, kind: str, q_tokens: int, k_tokens: int, heads: int, step: int = -1,
+                 level: str = "", text_keys: slice | None = None):
         self.name, self.kind, self.q_tokens, self.k_tokens, self.heads = name, kind, q_tokens, k_tokens, heads
-        self.step = step
+        self.step, self.level, self.text_keys = step, level, text_keys
 
 
 class RunContext:
@@ -73,7 +78,8 @@ def attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask
     if getattr(attn, "norm_k", None) is not None:
         k = attn.norm_k(k)
     step = context.step if context is not None else -1
-    out = core(q, k, v, attention_mask, CallInfo(name, kind, q.shape[2], k.shape[2], attn.heads, step))
+    out = core(q, k, v, attention_mask, CallInfo(name, kind, q.shape[2], k.shape[2], attn.heads, step,
+                                                 unet_level(f"unet.{name}")))
     out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(q.dtype)
     out = attn.to_out[0](out)
     out = attn.to_out[1](out)
@@ -98,9 +104,15 @@ class CoreProcessor:
 
 @contextlib.contextmanager
 def installed(unet, core: Core):
-    """Every attention layer of ``unet`` runs ``core`` inside the block, its calls told the denoising step (the
-    :class:`RunContext` yielded, counted from 0 at the first UNet evaluation inside the block); the original
-    processors come back after."""
+    """Every attention layer of the denoiser ``unet`` runs ``core`` inside the block, its calls told the denoising
+    step (the :class:`RunContext` yielded, counted from 0 at the first denoiser evaluation inside the block); the
+    original processors come back after. A UNet gets diffprobe's processor; a diffusion transformer keeps its own
+    processors (joint attention, RoPE and qk-norm as the model applies them) and ``core`` replaces the attention
+    call they make (:func:`installed_dit`)."""
+    if not hasattr(unet, "down_blocks"):
+        with installed_dit(unet, core) as context:
+            yield context
+        return
     original = dict(unet.attn_processors)
     if not original:
         raise DiffprobeError("this model has no attention layers to probe or approximate")
@@ -113,3 +125,78 @@ def installed(unet, core: Core):
     finally:
         hook.remove()
         unet.set_attn_processor(original)
+
+
+_SDPA = F.scaled_dot_product_attention  # the function itself, whatever patch is active
+
+
+def _pop(stack: list) -> None:
+    """Leave an attention module (a forward hook: returns None, so the module's output stays its own)."""
+    stack.pop()
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+@contextlib.contextmanager
+def installed_dit(transformer, core: Core):
+    """``core`` serves every softmax-attention call inside the attention modules of a diffusion transformer.
+
+    The processors run unchanged (diffusers' ``dispatch_attention_fn`` and the joint processors end in
+    ``F.scaled_dot_product_attention``): that call, made inside an attention module, is given to ``core`` with
+    the module's name, kind and level, after the model's own RoPE and qk norms. Joint attention (SD3, Flux) tells
+    ``core`` where the text keys are: SD3 appends them after the image keys, Flux puts them first. Sana's linear
+    attention makes no such call and stays as it is."""
+    from diffprobe.records.tracer import _ATTENTION, _attention_kind, dit_level
+
+    context = RunContext()
+    stack: list[tuple[str, str, str]] = []
+    text = {"tokens": 0}
+    two = hasattr(transformer, "single_transformer_blocks")
+    hooks = []
+
+    def on_denoiser(_module, args, kwargs):
+        context.advance()
+        ehs = kwargs.get("encoder_hidden_states")
+        text["tokens"] = int(ehs.shape[1]) if isinstance(ehs, torch.Tensor) else 0
+
+    hooks.append(transformer.register_forward_pre_hook(on_denoiser, with_kwargs=True))
+    n_modules = 0
+    for name, module in transformer.named_modules():
+        if type(module).__name__ not in _ATTENTION:
+            continue
+        n_modules += 1
+        kind = _attention_kind(module, f"transformer.{name}")
+        first = "Flux" in type(getattr(module, "processor", None)).__name__
+        entry = (name, kind, dit_level(f"transformer.{name}", True, two), "start" if first else "end")
+        hooks.append(module.register_forward_pre_hook(lambda *_, e=entry: stack.append(e)))
+        hooks.append(module.register_forward_hook(lambda *_: _pop(stack), always_call=True))
+    if not n_modules:
+        raise DiffprobeError("this model has no attention layers to probe or approximate")
+    busy = {"on": False}
+
+    def sdpa(*args, **kwargs):
+        bound = dict(zip(_SDPA_ARGS, args, strict=False))
+        bound.update(kwargs)
+        plain = (bound.get("dropout_p", 0.0) == 0.0 and not bound.get("is_causal", False)
+                 and not bound.get("enable_gqa", False))
+        q, k = bound.get("query"), bound.get("key")
+        if busy["on"] or not stack or not plain or bound.get("scale") not in (None, q.shape[-1] ** -0.5):
+            return _SDPA(*args, **kwargs)
+        name, kind, level, where = stack[-1]
+        nk, nt = k.shape[2], text["tokens"]
+        text_keys = None
+        if kind == "joint" and 0 < nt < nk:
+            text_keys = slice(0, nt) if where == "start" else slice(nk - nt, nk)
+        busy["on"] = True
+        try:
+            return core(q, k, bound["value"], bound.get("attn_mask"),
+                        CallInfo(name, kind, q.shape[2], nk, q.shape[1], context.step, level, text_keys))
+        finally:
+            busy["on"] = False
+
+    undo = patch_attr(F, "scaled_dot_product_attention", sdpa)
+    try:
+        yield context
+    finally:
+        undo()
+        for h in hooks:
+            h.remove()

@@ -1,4 +1,4 @@
-"""The sparsity probe: statistics of every UNet attention call's probabilities, per layer × head × step.
+"""The sparsity probe: statistics of every denoiser attention call's probabilities, per layer × head × step.
 
 The probe is an attention core (see :mod:`diffprobe.attention.core`) that returns exactly the dense SDPA output,
 so the run and its image are unchanged, and on the side recomputes the probabilities in query chunks
@@ -16,7 +16,6 @@ from diffprobe.attention.core import CallInfo
 from diffprobe.attention.stats import HeadStats, probabilities_in_chunks
 from diffprobe.errors import DiffprobeError
 from diffprobe.parsing import parse_floats  # noqa: F401  (imported from here too)
-from diffprobe.records.tracer import unet_level
 
 RANDOM_NOTE = ("random weights: attention on untrained weights is near-uniform, so these sparsity figures say "
                "nothing about a trained model; use --model digits or --weights")
@@ -61,7 +60,7 @@ class SparsityProbe:
             self.masks.append({"layer": call.name, "step": step, "attn_kind": call.kind, "q_tokens": call.q_tokens,
                                "k_tokens": call.k_tokens, "blocks": blocks, "rows": rows})
         self.calls[call.name] += 1
-        level = unet_level(f"unet.{call.name}")
+        level = call.level
         for row in stats.result():
             self.rows.append({"layer": call.name, "level": level, "attn_kind": call.kind, "step": step,
                               "q_tokens": call.q_tokens, "k_tokens": call.k_tokens, **row})

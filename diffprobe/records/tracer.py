@@ -649,7 +649,7 @@ class _SdpaMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tr = self.tracer
-        if func is F.scaled_dot_product_attention and not tr.suppress:
+        if func is _SDPA and not tr.suppress:
             args, kwargs = sdpa_positional(args, kwargs)
 
             def run():
@@ -665,6 +665,7 @@ class _SdpaMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_SDPA = F.scaled_dot_product_attention  # the torch function itself, even while a core patches the name
 _SDPA_QKV = ("query", "key", "value")
 
 

@@ -57,7 +57,8 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
         t0 = time.perf_counter()
         images = pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
                       guidance_scale=cfg.guidance, latents=latents, output_type="pt",
-                      callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"]).images
+                      callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"],
+                      **get_spec(cfg.model).call_kwargs()).images
         wall = time.perf_counter() - t0
     unet_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")
     return {"images": images.float().cpu(), "latents": steps, "unet_s": unet_s, "wall_s": wall}
@@ -74,7 +75,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     import pandas as pd
 
     cfg = replace(base, mode="measured", trace_ops=False).resolved()
-    todo = [parse_settings(f"{m}={v:g}") for m, vs in methods.items() for v in vs]
+    todo = [parse_settings(f"{m}={v:g}".replace("e+", "e")) for m, vs in methods.items() for v in vs]
     todo += [parse_settings(t) for t in settings or []]
     for setting in todo:  # every parameter checked before any work
         if setting.attention is not None:

@@ -9,7 +9,7 @@ import torch
 
 from diffprobe.attention.approx import ApproxAttention
 from diffprobe.attention.core import installed
-from diffprobe.models.registry import denoiser
+from diffprobe.models.registry import denoiser, get_spec
 
 
 def warm_up(pipe, cfg, prompts: list[str], core: ApproxAttention | None = None) -> float:
@@ -25,7 +25,7 @@ def warm_up(pipe, cfg, prompts: list[str], core: ApproxAttention | None = None) 
     try:
         with torch.inference_mode(), installed(denoiser(pipe), core.core) if core else contextlib.nullcontext():
             pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=1,
-                 guidance_scale=cfg.guidance, output_type="latent")
+                 guidance_scale=cfg.guidance, output_type="latent", **get_spec(cfg.model).call_kwargs())
     finally:
         if core is not None:
             core.warming = False
