@@ -1,7 +1,9 @@
 """Wall time of analytic mode (meta device, full pipeline, every step), after import.
 
-Targets: SD 1.5 @ 512 <= 3 s, SDXL @ 1024 <= 10 s on a 2-core CPU. The baseline for comparison is a measured
-run of the same configuration, which on this machine takes minutes per image (see docs/benchmarks.md).
+Targets: SD 1.5 @ 512 <= 3 s, SDXL @ 1024 <= 10 s, every diffusion transformer's full pipeline at its native
+resolution and default steps <= 10 s, on a 2-core CPU. The baseline for comparison is a measured run of the same
+configuration, which on this machine takes minutes per image (see docs/benchmarks.md), or cannot run at all (the
+DiTs' T5-XXL alone is 19 GB in fp32).
 
     python benchmarks/analytic_speed.py
 """
@@ -20,14 +22,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as out:  # "after import": load diffusers' lazy modules once
         run_profile(ProfileConfig(model="tiny", steps=1, mode="analytic", out=out))
-    for model, size in (("sd15", 512), ("sd21-base", 512), ("sdxl", 1024), ("sdxl", 2048)):
+    from diffprobe.hardware.environment import cpu_name
+
+    import torch
+
+    print(f"CPU: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")
+    runs = [("sd15", 512, 50), ("sd21-base", 512, 50), ("sdxl", 1024, 50), ("sdxl", 2048, 50)]
+    runs += [(m, None, None) for m in ("pixart-alpha", "pixart-sigma", "sd3-medium", "sd35-large", "flux-dev",
+                                       "flux-schnell", "sana-1600m")]  # native size, the pipeline's own steps
+    for model, size, steps in runs:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
-            r = run_profile(ProfileConfig(model=model, height=size, width=size, steps=50, mode="analytic", out=out))
+            r = run_profile(ProfileConfig(model=model, height=size, width=size, steps=steps, mode="analytic",
+                                          out=out))
             wall = time.perf_counter() - t0
         d = r.to_dict()
-        print(f"{model:9s} {size:5d}px  50 steps ({d['unet_evals']} UNet evals)  wall {wall:.2f} s  "
-              f"{d['flops']['total'] / 1e12:.1f} TFLOP  {len(r.ops)} op records")
+        print(f"{model:12s} {d['height']:5d}px  {d['steps']:2d} steps ({d['unet_evals']} denoiser evals)  "
+              f"wall {wall:.2f} s  {d['flops']['total'] / 1e12:.1f} TFLOP  {len(r.ops)} op records")
 
 
 if __name__ == "__main__":
