@@ -4,6 +4,8 @@ Inputs are op tables of sweep points (one per resolution); outputs are plain tab
 is the layer type, with attention rows split into self and cross (``attn_score.self``); ``self_attention`` and
 ``cross_attention`` are the whole attention layers (QKV, scores, softmax, P·V, output projection), and
 ``self_attention_core`` the token-mixing part of self-attention (scores, softmax, P·V: quadratic in tokens).
+Diffusion transformers add ``joint_attention`` / ``linear_attention``, ``attention_core`` (the quadratic part of
+self and joint attention) and ``linear_layers`` (projections, FFN, other linears, adaLN: linear in tokens).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
+LINEAR_LAYERS = ("attn_qkv", "attn_out", "ffn", "linear", "modulation")
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -29,10 +32,16 @@ def class_totals(ops: pd.DataFrame, value: str, stage: str | None = None) -> dic
         ops = ops[ops["stage"] == stage]
     vals = ops[value].astype(float)
     out = {k: float(v) for k, v in vals.groupby(layer_class(ops)).sum().items()}
-    for kind in ("self", "cross"):
-        out[f"{kind}_attention"] = float(vals[ops["attn_kind"] == kind].sum())
-    core = ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv")) & (ops["attn_kind"] == "self")
-    out["self_attention_core"] = float(vals[core].sum())
+    for kind in ("self", "cross", "joint", "linear"):
+        part = ops["attn_kind"] == kind
+        if kind in ("self", "cross") or part.any():
+            out[f"{kind}_attention"] = float(vals[part].sum())
+    quadratic = ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv"))
+    out["self_attention_core"] = float(vals[quadratic & (ops["attn_kind"] == "self")].sum())
+    # a diffusion transformer's two sides: token mixing (scores, softmax, P·V over image tokens, self or joint)
+    # against the per-token GEMMs (projections, FFN, other linears, adaLN)
+    out["attention_core"] = float(vals[quadratic & ops["attn_kind"].isin(("self", "joint"))].sum())
+    out["linear_layers"] = float(vals[ops["layer_type"].isin(LINEAR_LAYERS)].sum())
     out["total"] = float(vals.sum())
     return out
 

@@ -52,7 +52,8 @@ def findings(folder: str | Path, names: list[str]) -> dict:
         timed = run.get("seconds") is not None
         point = {
             "name": name, "height": h, "width": w, "batch": b, "side": math.sqrt(h * w),
-            "tokens": (h // 8) * (w // 8),
+            "denoiser": "transformer" if "transformer" in (run.get("params") or {}) else "unet",
+            "tokens": int(ops.loc[ops["stage"] == "denoiser", "tokens"].max() or 0),  # image tokens at full size
             "flops": {"denoiser": scaling.class_totals(ops, "flops", "denoiser"),
                       "total": scaling.class_totals(ops, "flops")},
             "bytes": {"denoiser": scaling.class_totals(ops.assign(b=ops["bytes_read"] + ops["bytes_written"]), "b",
@@ -97,9 +98,16 @@ def findings(folder: str | Path, names: list[str]) -> dict:
     result["exponents"]["flops_by_stage"] = {
         s: scaling.fit_exponent(sides, [p["by_stage_flops"].get(s, 0) for p in series]) for s in stages}
     result["crossover"] = {}
+    # a UNet: self-attention against convolution; a diffusion transformer (no convolutions to speak of): the
+    # quadratic token mixing against the per-token linear layers
+    pair = CROSSOVER["transformer" if rows[0].get("denoiser") == "transformer" else "unet"]
+    result["crossover_pair"] = list(pair)
     for quantity in ("flops", "seconds"):
         if all(quantity in p for p in series):
             result["crossover"][quantity] = scaling.crossover(
-                sides, [p[quantity]["denoiser"]["self_attention"] for p in series],
-                [p[quantity]["denoiser"].get("conv", 0.0) for p in series])
+                sides, [p[quantity]["denoiser"].get(pair[0], 0.0) for p in series],
+                [p[quantity]["denoiser"].get(pair[1], 0.0) for p in series])
     return result
+
+
+CROSSOVER = {"unet": ("self_attention", "conv"), "transformer": ("attention_core", "linear_layers")}

@@ -6,8 +6,24 @@ from diffprobe.analyses import scaling
 from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s
 
 SHARE_CLASSES = ("conv", "self_attention", "cross_attention", "ffn", "norm")
-LABEL = {"conv": "convolution", "self_attention": "self-attention", "cross_attention": "cross-attention",
-         "ffn": "feed-forward", "norm": "normalization"}
+DIT_SHARE_CLASSES = ("attention_core", "joint_attention", "self_attention", "cross_attention", "linear_layers",
+                     "ffn")
+LABEL = {"attention_core": "attention (scores, softmax, P·V)", "linear_layers": "the per-token linear layers",
+         "conv": "convolution", "self_attention": "self-attention", "cross_attention": "cross-attention",
+         "ffn": "feed-forward", "norm": "normalization", "joint_attention": "joint attention"}
+
+
+def share_classes(point_or_findings: dict) -> tuple[str, ...]:
+    """The layer classes a sweep table shows: a UNet's (convolution, self/cross-attention, ...), or a diffusion
+    transformer's (attention core, joint/self/cross attention, linear layers, FFN)."""
+    f = point_or_findings
+    dit = f.get("denoiser") == "transformer" or f.get("crossover_pair", [""])[0] == "attention_core" or any(
+        p.get("denoiser") == "transformer" for p in f.get("points", []))
+    return DIT_SHARE_CLASSES if dit else SHARE_CLASSES
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _side(p: dict) -> str:
@@ -27,28 +43,31 @@ def sweep_findings(state: dict) -> list[str]:
     unet = last["flops"]["denoiser"]
     total = unet["total"] or 1
     fits = f.get("exponents", {}).get("flops", {})
-    for c in ("self_attention", "conv"):
+    pair = f.get("crossover_pair", ("self_attention", "conv"))
+    what = "UNet" if pair[0] == "self_attention" else "denoiser"
+    for c in pair:
         fit = fits.get(c)
         grow = f" and grows as side^{fmt_k(fit['k'])}" if fit else ""
         core = fits.get("self_attention_core") if c == "self_attention" else None
         if core:
             grow += f" (its scores, softmax and P·V as side^{fmt_k(core['k'])})"
-        out.append(f"{LABEL[c].capitalize()} is {100 * unet.get(c, 0) / total:.1f}% of UNet FLOPs at "
+        out.append(f"{_cap(LABEL[c])}: {100 * unet.get(c, 0) / total:.1f}% of {what} FLOPs at "
                    f"{_side(last)}{grow}.")
+    a, b = (LABEL.get(c, c) for c in pair)
     cross = (f.get("crossover") or {}).get("flops")
     if cross:
         if cross.get("already_ahead"):
-            out.append(f"Self-attention already has more UNet FLOPs than convolution at {_side(series[0])}.")
+            out.append(f"{_cap(a)} already has more {what} FLOPs than {b} at {_side(series[0])}.")
         else:
             how = "extrapolating the fitted power laws" if cross["extrapolated"] else "between sweep points"
-            out.append(f"Self-attention overtakes convolution in UNet FLOPs at about {cross['side']:.0f} px "
+            out.append(f"{_cap(a)} overtakes {b} in {what} FLOPs at about {cross['side']:.0f} px "
                        f"({how}).")
     elif len(series) > 1:
-        out.append("Self-attention does not overtake convolution in UNet FLOPs within or beyond this sweep.")
+        out.append(f"{_cap(a)} does not overtake {b} in {what} FLOPs within or beyond this sweep.")
     tcross = (f.get("crossover") or {}).get("seconds")
     if tcross and not tcross.get("already_ahead"):
         how = "extrapolated" if tcross["extrapolated"] else "measured"
-        out.append(f"In measured time, self-attention overtakes convolution at about {tcross['side']:.0f} px ({how}).")
+        out.append(f"In measured time, {a} overtakes {b} at about {tcross['side']:.0f} px ({how}).")
     mem = last.get("attention_memory") or {}
     if mem.get("materialized_bytes"):
         out.append(f"At {_side(last)} the largest attention score matrix would take "
@@ -57,8 +76,8 @@ def sweep_findings(state: dict) -> list[str]:
     top = last.get("bottlenecks") or []
     if top:
         b = top[0]
-        out.append(f"The largest single UNet cost at {_side(last)} is {b['layer_class']} at level {b['level']} "
-                   f"({b['tokens']} tokens): {100 * b['share']:.1f}% of UNet FLOPs.")
+        out.append(f"The largest single {what} cost at {_side(last)} is {b['layer_class']} at level {b['level']} "
+                   f"({b['tokens']} tokens): {100 * b['share']:.1f}% of {what} FLOPs.")
     roof = last.get("roofline")
     if roof and roof.get("versus_measured"):
         vm = roof["versus_measured"]["total"]
@@ -94,7 +113,8 @@ def profile_findings(run: dict, ops=None) -> list[str]:
     if ops is not None and len(ops):
         u = scaling.class_totals(ops, "flops", "denoiser")
         if u["total"]:
-            parts = ", ".join(f"{LABEL[c]} {100 * u.get(c, 0) / u['total']:.1f}%" for c in SHARE_CLASSES)
+            classes = DIT_SHARE_CLASSES if "attention_core" in u and not u.get("conv") else SHARE_CLASSES
+            parts = ", ".join(f"{LABEL[c]} {100 * u.get(c, 0) / u['total']:.1f}%" for c in classes if c in u)
             out.append(f"UNet FLOPs by layer class: {parts}.")
         top = scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "flops", 1)
         if top:

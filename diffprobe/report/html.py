@@ -219,7 +219,7 @@ def _sweep_report(folder: Path, state: dict) -> Path:
                     + ([fmt_k(fits["seconds"][c]["k"]) if fits.get("seconds", {}).get(c) else ""]
                        if "seconds" in fits else [])
                     for c, v in sorted(fits["flops"].items(), key=lambda kv: -(kv[1] or {"k": 0})["k"]) if v]
-            page.add(table(["UNet layer class", "k (FLOPs)", "residual"] + (["k (seconds)"] if "seconds" in fits
+            page.add(table(["denoiser layer class", "k (FLOPs)", "residual"] + (["k (seconds)"] if "seconds" in fits
                                                                             else []), rows))
         page.figure(figs.share_area(f, "flops"), "shares_flops", "UNet FLOP shares vs image side", svg=True)
         page.figure(figs.share_area(f, "seconds"), "shares_seconds", "UNet measured-time shares vs image side",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from diffprobe.report.findings import SHARE_CLASSES, eps_tau, sweep_findings
+from diffprobe.report.findings import eps_tau, share_classes, sweep_findings
 from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s
 
-EXPONENT_ROWS = ("total", "conv", "self_attention", "self_attention_core", "cross_attention", "ffn", "norm",
-                 "activation", "elementwise", "linear", "attn_qkv.self", "attn_qkv.cross")
+EXPONENT_ROWS = ("total", "conv", "self_attention", "self_attention_core", "cross_attention", "joint_attention",
+                 "attention_core", "linear_layers", "ffn", "norm", "activation", "elementwise", "linear",
+                 "attn_qkv.self", "attn_qkv.cross")
 
 
 def sweep_tables(state: dict) -> list:
@@ -16,9 +17,11 @@ def sweep_tables(state: dict) -> list:
     f = state.get("findings") or {}
     points = sorted(f.get("points") or [], key=lambda p: (p["batch"], p["side"]))
     items: list = []
-    t = Table(title=f"sweep: {state.get('model')} ({state.get('mode')}), UNet FLOP shares per point",
+    classes = share_classes(state.get("findings") or {})
+    t = Table(title=f"sweep: {state.get('model')} ({state.get('mode')}), denoiser FLOP shares per point",
               title_justify="left")
-    cols = ["point", "tokens", "UNet FLOPs", *(c.replace("_attention", "-attn") for c in SHARE_CLASSES)]
+    cols = ["point", "tokens", "denoiser FLOPs", *(c.replace("_attention", "-attn").replace("_", " ")
+                                                   for c in classes)]
     timed = any("seconds" in p for p in points)
     roof = any("roofline" in p for p in points)
     if timed:
@@ -37,7 +40,7 @@ def sweep_tables(state: dict) -> list:
         u = p["flops"]["denoiser"]
         tot = u["total"] or 1
         row = [p["name"], str(p["tokens"]), fmt_n(u["total"]),
-               *(f"{100 * u.get(c, 0) / tot:.1f}%" for c in SHARE_CLASSES)]
+               *(f"{100 * u.get(c, 0) / tot:.1f}%" for c in classes)]
         if timed:
             row.append(fmt_s(p["seconds"]["stages"].get("denoiser", 0.0)) if "seconds" in p else "")
         if roof:
@@ -55,7 +58,7 @@ def sweep_tables(state: dict) -> list:
     if fits.get("flops"):
         e = Table(title="scaling exponents k (cost ∝ side^k, log-log least squares; RMS residual in ln units)",
                   title_justify="left")
-        e.add_column("UNet layer class")
+        e.add_column("denoiser layer class")
         e.add_column("k (FLOPs)", justify="right")
         e.add_column("residual", justify="right")
         if "seconds" in fits:
