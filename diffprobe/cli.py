@@ -83,7 +83,8 @@ def _progress(quiet: bool):
 O_MODEL = typer.Option("sd21-base", help="Architecture (see `diffprobe models`).")
 O_PROMPT = typer.Option(None, help="Text prompt (default: \"a photo of an astronaut riding a horse on mars\"; "
                         "digits: \"a handwritten seven\").", show_default=False)
-O_STEPS = typer.Option(50, help="Denoising steps of the full run.")
+O_STEPS = typer.Option(None, help="Denoising steps of the full run (default: the model's pipeline's own: 50 for "
+                       "SD, 20 PixArt and Sana, 28 SD3 and FLUX.1-dev, 4 FLUX.1-schnell).")
 O_GUIDANCE = typer.Option(None, help="CFG scale, finite and >= 0; 1 or less disables classifier-free guidance "
                           "(default: the model's, 7.5; digits 4.0).", show_default=False)
 O_SEED = typer.Option(0, help="Seed for weights and noise, 0 to 2^63 - 1.")
@@ -125,7 +126,7 @@ def profile(
     prompt: Optional[str] = O_PROMPT,
     height: Optional[int] = typer.Option(None, help="Image height in px (default: the model's native size)."),
     width: Optional[int] = typer.Option(None, help="Image width in px (default: the model's native size)."),
-    steps: int = O_STEPS,
+    steps: Optional[int] = O_STEPS,
     batch: int = typer.Option(1, help="Images per prompt."),
     guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
@@ -190,7 +191,7 @@ def sweep(
                                     help="Comma list of image sides (N or HxW), each a multiple of 8."),
     batch: str = typer.Option("1", help="Comma list of batch sizes."),
     prompt: Optional[str] = O_PROMPT,
-    steps: int = O_STEPS,
+    steps: Optional[int] = O_STEPS,
     guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
     device: str = O_DEVICE,

@@ -39,13 +39,26 @@ def _profile_metrics(d: dict) -> dict[str, float]:
 
 def _sweep_metrics(d: dict) -> dict[str, float]:
     m: dict[str, float] = {}
-    for p in (d.get("findings") or {}).get("points", []):
+    f = d.get("findings") or {}
+    for p in f.get("points", []):
         u = p["flops"]["denoiser"]
-        m[f"{p['name']}.unet_flops"] = u["total"]
-        m[f"{p['name']}.self_attention_share"] = u.get("self_attention", 0) / (u["total"] or 1)
+        tot = u["total"] or 1
+        m[f"{p['name']}.image_flops"] = p["flops"]["total"]["total"]  # the whole pipeline, one image
+        m[f"{p['name']}.unet_flops"] = u["total"]  # the denoiser's (key kept from the UNet-only schema)
+        m[f"{p['name']}.self_attention_share"] = u.get("self_attention", 0) / tot
+        # every attention layer of the denoiser (self, cross, joint, linear: projections included), and the
+        # quadratic part of self and joint attention: comparable across UNets and transformers
+        m[f"{p['name']}.attention_share"] = sum(u.get(f"{k}_attention", 0) for k in ATTN_KINDS) / tot
+        m[f"{p['name']}.attention_core_share"] = u.get("attention_core", 0) / tot
         if "seconds" in p:
             m[f"{p['name']}.unet_seconds"] = p["seconds"]["stages"].get("denoiser", 0.0)
+    cross = (f.get("crossover") or {}).get("flops")
+    if cross and cross.get("side"):
+        m["attention_overtakes_px"] = cross["side"]  # self-attention vs conv (UNet), attention vs linear (DiT)
     return m
+
+
+ATTN_KINDS = ("self", "cross", "joint", "linear")
 
 
 def _sweep_axes(d: dict) -> dict:
