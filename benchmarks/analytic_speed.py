@@ -22,9 +22,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as out:  # "after import": load diffusers' lazy modules once
         run_profile(ProfileConfig(model="tiny", steps=1, mode="analytic", out=out))
-    from diffprobe.hardware.environment import cpu_name
-
     import torch
+
+    from diffprobe.hardware.environment import cpu_name
 
     print(f"CPU: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")
     runs = [("sd15", 512, 50), ("sd21-base", 512, 50), ("sdxl", 1024, 50), ("sdxl", 2048, 50)]
