@@ -5,6 +5,8 @@
   (the first down block's first layers and the matching up-block layers) and reuse the deeper features cached at
   the last full step.
 * ``tgate`` (gate step g): T-GATE through PyPI's ``tgate`` package (see :class:`TGate`).
+* ``first-block-cache`` (threshold), ``pab`` (skip range), ``taylorseer`` (interval): diffusers' own cache hooks
+  on a diffusion transformer (see :class:`DiffusersCache`).
 
 A method is a context manager over a pipeline (:meth:`ReuseMethod.installed`); :meth:`ReuseMethod.plan_key` says
 which kind of step a denoising step is (equal keys: the same modules run), so analytic mode replays a traced step
@@ -148,7 +150,115 @@ class TGate(ReuseMethod):
                     vars(module).pop("cache", None)
 
 
-REUSE = {"deepcache": DeepCache, "tgate": TGate}
+FLUX_FAMILY = ("Flux models (flux-dev, flux-schnell, tiny-flux): diffusers' cache hooks need the pipeline to set "
+               "the cache context and current timestep, which only FluxPipeline does among diffprobe's models")
+
+
+class DiffusersCache(ReuseMethod):
+    """A cache of diffusers' own hooks (``diffusers.hooks``), installed with the transformer's ``enable_cache`` and
+    removed with ``disable_cache``. Which blocks or attention layers a step runs follows the hooks' own per-step
+    state, so analytic mode traces every step (no replay between steps)."""
+
+    fits = FLUX_FAMILY
+    data_dependent = False  # True: the skip decision reads the activations (refused in analytic mode)
+
+    def check_model(self, pipe, model: str) -> None:
+        transformer = getattr(pipe, "transformer", None)
+        if transformer is None or not hasattr(transformer, "enable_cache") or type(pipe).__name__ != "FluxPipeline":
+            raise DiffprobeError(f"{self.name} applies to {self.fits}; {model} is a {type(pipe).__name__}")
+
+    def plan_key(self, step: int):
+        return step
+
+    def config(self, pipe):
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def installed(self, pipe):
+        pipe.transformer.enable_cache(self.config(pipe))
+        try:
+            yield self
+        finally:
+            pipe.transformer.disable_cache()
+
+
+def _whole(name: str, what: str, value: float) -> int:
+    if not (value >= 1 and float(value).is_integer()):
+        raise DiffprobeError(f"{name} {what} must be a whole number of steps >= 1, got {value:g}")
+    return int(value)
+
+
+class FirstBlockCache(DiffusersCache):
+    """First-block cache (ParaAttention's dynamic caching, diffusers' ``FirstBlockCacheConfig``): every step runs
+    the first transformer block; when its output residual changed by less than ``threshold`` (relative L1) since
+    the last full step, the remaining blocks are skipped and their cached residual is added. The decision reads
+    the activations: measured runs only."""
+
+    name = "first-block-cache"
+    param = "threshold"
+    data_dependent = True
+
+    def __init__(self, value: float):
+        if not value >= 0:
+            raise DiffprobeError(f"first-block-cache threshold must be >= 0, got {value:g}")
+        super().__init__(float(value))
+
+    def noop(self) -> bool:
+        return self.value == 0
+
+    def config(self, pipe):
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        return FirstBlockCacheConfig(threshold=self.value)
+
+
+class PyramidAttentionBroadcast(DiffusersCache):
+    """Pyramid Attention Broadcast (Zhao et al., 2024; diffusers' ``PyramidAttentionBroadcastConfig``): inside the
+    timestep window (100, 800) — the paper's and diffusers' example — each attention layer is computed every
+    ``skip`` steps and its output broadcast (reused) in between."""
+
+    name = "pab"
+    param = "skip"
+    WINDOW = (100, 800)
+
+    def __init__(self, value: float):
+        super().__init__(float(_whole("pab", "skip range", value)))
+        self.skip = int(value)
+
+    def noop(self) -> bool:
+        return self.skip == 1
+
+    def config(self, pipe):
+        from diffusers.hooks import PyramidAttentionBroadcastConfig
+
+        return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=self.skip,
+                                               spatial_attention_timestep_skip_range=self.WINDOW,
+                                               current_timestep_callback=lambda: pipe.current_timestep)
+
+
+class TaylorSeer(DiffusersCache):
+    """TaylorSeer (Liu et al., 2025; diffusers' ``TaylorSeerCacheConfig``): after its first 3 steps (diffusers'
+    default warm-up), the transformer's blocks are computed every ``interval`` steps; in between their outputs are
+    forecast by a Taylor expansion from the last computed ones (first order, diffusers' default)."""
+
+    name = "taylorseer"
+    param = "interval"
+
+    def __init__(self, value: float):
+        super().__init__(float(_whole("taylorseer", "interval", value)))
+        self.interval = int(value)
+
+    def noop(self) -> bool:
+        return self.interval == 1
+
+    def config(self, pipe):
+        from diffusers.hooks import TaylorSeerCacheConfig
+
+        return TaylorSeerCacheConfig(cache_interval=self.interval)
+
+
+REUSE = {"deepcache": DeepCache, "tgate": TGate, "first-block-cache": FirstBlockCache,
+         "pab": PyramidAttentionBroadcast, "taylorseer": TaylorSeer}
 
 
 def make(method: str, value: float, **options) -> ReuseMethod:

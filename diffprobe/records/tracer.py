@@ -311,7 +311,8 @@ class OpTracer:
                         ("block.", "double.", "single.")) else 0
                 last2 = ".".join(path.split(".")[-2:])
                 leaf = path.rsplit(".", 1)[-1]
-                proj = "qkv" if leaf in _QKV else "out" if last2 in _OUT or leaf in ("out_proj", "to_add_out") else ""
+                proj = "qkv" if leaf in _QKV else "out" if last2 in _OUT or leaf in ("out_proj", "to_add_out") else (
+                    "mlp" if leaf == "proj_mlp" else "")  # Flux's single-stream blocks: the MLP's input linear
                 role = _role(m)
                 kind = _attention_kind(m, path) if role == "attention" else ""
                 self._statics[id(m)] = _Static(path, _stage_of(comp, path, den), level, tokens, role, proj, kind,
@@ -417,7 +418,7 @@ class OpTracer:
                 return "embedding"
             if f.mod:
                 return "modulation"
-            if f.ffn:
+            if f.ffn or f.proj == "mlp":
                 return "ffn"
             return "linear"
         if kind == "softmax":

@@ -225,7 +225,7 @@ def account_items(d: dict) -> list:
     items.append(f"literature convention (conv + linear multiply-adds only): {fmt_n(lit)} MACs = "
                  f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
     if d.get("projection") and "flops_total" in d["projection"]:
-        items.append(f"full-run FLOPs (projection, {d['projection']['unet_evals_full']} UNet evals): "
+        items.append(f"full-run FLOPs (projection, {d['projection']['unet_evals_full']} denoiser evals): "
                      f"{fmt_n(d['projection']['flops_total'])}")
     return items
 
@@ -280,7 +280,7 @@ def profile_items(d: dict) -> list:
     items: list = []
     if d["mode"] == "analytic":
         items.append(f"analytic: {model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, "
-                     f"{d['steps']} steps ({d['unet_evals']} UNet evals), CFG {'on' if d['cfg'] else 'off'}, "
+                     f"{d['steps']} steps ({d['unet_evals']} denoiser evals), CFG {'on' if d['cfg'] else 'off'}, "
                      f"{d['dtype']} — meta device, nothing executed")
         items += account_items(d)
         if d.get("roofline"):
@@ -299,7 +299,7 @@ def profile_items(d: dict) -> list:
     t.add_column("share", justify="right")
     proj = d.get("projection")
     if proj:
-        t.add_column(f"projected, {proj['unet_evals_full']} UNet evals", justify="right")
+        t.add_column(f"projected, {proj['unet_evals_full']} denoiser evals", justify="right")
     total = d["stages"].get("total", 0.0) or 1.0
     for stage, secs in d["stages"].items():
         if stage == "total":

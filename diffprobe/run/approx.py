@@ -28,7 +28,7 @@ from diffprobe.models.registry import denoiser, get_spec
 from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, write_json
 from diffprobe.records.schema import SCHEMA_VERSION
-from diffprobe.run.profile import build_pipeline, initial_latents, run_profile, trace_with_reuse
+from diffprobe.run.profile import _tracer, build_pipeline, initial_latents, run_profile, trace_with_reuse
 from diffprobe.run.settings import parse_settings
 from diffprobe.run.warmup import warm_up
 from diffprobe.timing.stages import StageTimer
@@ -42,8 +42,9 @@ def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
     return [cfg.prompt], None
 
 
-def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
-    """One timed generation (same noise every call); images in [0, 1], latents after each step."""
+def generate(pipe, cfg, prompts: list[str], core=None, tracer=None) -> dict:
+    """One timed generation (same noise every call); images in [0, 1], latents after each step. With ``tracer``
+    (an :class:`~diffprobe.records.tracer.OpTracer` of ``pipe``) the run is traced, its records in ``"ops"``."""
 
     steps: list[torch.Tensor] = []
 
@@ -53,7 +54,8 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
 
     latents = initial_latents(replace(cfg, batch=len(prompts)), pipe)  # the pipeline's own noise, same every call
     timer = StageTimer(pipe, cfg.device)
-    with torch.inference_mode(), timer, installed(denoiser(pipe), core) if core else contextlib.nullcontext():
+    traced = tracer if tracer is not None else contextlib.nullcontext()
+    with torch.inference_mode(), timer, installed(denoiser(pipe), core) if core else contextlib.nullcontext(), traced:
         t0 = time.perf_counter()
         images = pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
                       guidance_scale=cfg.guidance, latents=latents, output_type="pt",
@@ -61,7 +63,8 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
                       **get_spec(cfg.model).call_kwargs()).images
         wall = time.perf_counter() - t0
     unet_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")
-    return {"images": images.float().cpu(), "latents": steps, "unet_s": unet_s, "wall_s": wall}
+    return {"images": images.float().cpu(), "latents": steps, "unet_s": unet_s, "wall_s": wall,
+            "ops": tracer.table() if tracer is not None else None}
 
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
@@ -140,10 +143,18 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
                      "end_to_end_flops_saved": saved / total_flops, "kept_fraction": acc["kept_fraction"],
                      "predictor_flops": acc["predictor_flops"], "self_saved": acc["by_kind"]["self"]["saved"],
                      "cross_saved": acc["by_kind"]["cross"]["saved"]}
+        elif getattr(setting.reuse, "data_dependent", False):
+            # the skip decisions read the activations: the records of this very generation, traced apart (the
+            # same prompts and noise, so the same decisions; every prompt's text encoding is in them)
+            with setting.reuse.installed(pipe):
+                ran = generate(pipe, cfg, prompts, None, tracer=_tracer(cfg, pipe, timed=False))["ops"]
+            acc = approximate_account(ran, calls, dense=ops)
+            end_to_end = 1 - acc["flops_total"] / total_flops
         else:  # reuse: the records of what runs (the method's plan replayed on meta), attention re-weighted
             ran = trace_with_reuse(replace(cfg, mode="analytic", batch=len(prompts), sample_steps=0), setting.reuse)
             acc = approximate_account(ran, calls, dense=ops)
             end_to_end = 1 - (acc["flops_total"] + text * (len(prompts) - 1)) / total_flops
+        if setting.reuse is not None:
             flops = {"attention_flops": acc["attention_flops"], "attention_flops_saved": acc["attention_flops_saved"],
                      "end_to_end_flops_saved": end_to_end, "kept_fraction": acc["kept_fraction"],
                      "predictor_flops": acc["flops_by_layer_type"].get("attn_predictor", 0.0),

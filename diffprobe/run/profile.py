@@ -153,6 +153,10 @@ class ProfileConfig:
                                      "which entries are skipped depends on the attention values")
             if not cfg.trace_ops:
                 raise DiffprobeError("--approx needs op tracing: its account is the records of what ran")
+            if setting.reuse is not None and getattr(setting.reuse, "data_dependent", False) and (
+                    cfg.mode != "measured"):
+                raise DiffprobeError(f"--approx {setting.reuse.name} decides from the activations which steps skip "
+                                     "work: use --mode measured")
         return cfg
 
 

@@ -52,6 +52,11 @@ class SweepConfig:
 
     def identity(self) -> dict:
         base = asdict(self.base)
+        spec = get_spec(base["model"])
+        if base.get("steps") is None:  # the model's defaults, as its points run them
+            base["steps"] = spec.default_steps
+        if base.get("guidance") is None:
+            base["guidance"] = spec.default_guidance
         return {k: v for k, v in base.items() if k not in IDENTITY_EXCLUDE}
 
     def points(self) -> list[tuple[int, int, int]]:

@@ -1,0 +1,101 @@
+"""diffusers' cache hooks as reuse settings on a diffusion transformer (tiny Flux): no-op values bit-identical to
+dense, Pyramid Attention Broadcast's removed FLOPs against an independent count (the scheduler's timesteps, the
+paper's rule and the dense records), analytic plan == measured account, and the refusals."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import diffprobe
+from diffprobe.cli import main
+from diffprobe.models.registry import get_spec
+
+KW = dict(model="tiny-flux", steps=8, sample_steps=0)
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dit-cache")
+    return root, diffprobe.profile(**KW, out=str(root / "dense"))
+
+
+@pytest.mark.parametrize("setting", ["first-block-cache=0", "pab=1", "taylorseer=1"])
+def test_noop_values_are_dense_bit_for_bit(dense, setting):
+    root, d = dense
+    name = setting.replace("=", "_")
+    r = diffprobe.profile(**KW, approx=setting, out=str(root / name)).to_dict()["approx"]
+    img = np.asarray(Image.open(root / name / "image_approx.png"))
+    assert np.array_equal(img, np.asarray(Image.open(root / "dense" / "image.png")))
+    assert r["flops_saved_by_stage"]["denoiser"] <= 0  # nothing skipped (a method may add its own checks)
+
+
+def test_pab_removes_the_attention_of_the_steps_its_rule_skips(dense):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    root, d = dense
+    r = diffprobe.profile(**KW, approx="pab=3", out=str(root / "pab3")).to_dict()["approx"]
+    # FluxPipeline's schedule for 8 steps over 16 image tokens (tiny-flux at 64 px)
+    conf = get_spec("tiny-flux").config("scheduler")
+    sched = FlowMatchEulerDiscreteScheduler.from_config(conf)
+    mu = calculate_shift(16, conf["base_image_seq_len"], conf["max_image_seq_len"], conf["base_shift"],
+                         conf["max_shift"])
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1 / 8, 8), mu=mu, device="cpu")
+    ts = [float(t) for t in sched.timesteps]
+    # PAB (Zhao et al.; diffusers' hook): a layer's attention is reused at its i-th call when i > 0, the timestep
+    # is inside the window (100, 800) and i is not a multiple of the skip range
+    skipped = [i for i, t in enumerate(ts) if i > 0 and 100 < t < 800 and i % 3 != 0]
+    assert skipped  # the window covers some steps here
+    ops = d.ops
+    step0 = ops[(ops["stage"] == "denoiser") & (ops["step"] == 0)]
+    attn = step0["module"].str.contains(r"transformer_blocks\.\d+\.attn(?:\.|$)")
+    per_step = float(step0.loc[attn, "flops"].sum())
+    # the hook's own work: the window test `100 < t < 800` on the timestep tensor, at every call of each of the 3
+    # attention layers (the second comparison only when the first holds: Python's chained comparison)
+    checks = 3 * sum(1 + (t > 100) for t in ts)
+    assert r["method_overhead"]["flops"] == checks
+    assert r["flops_saved_by_stage"]["denoiser"] == pytest.approx(len(skipped) * per_step - checks, rel=1e-12)
+    ran = {s["step"]: s["flops"] for s in r["steps"]}
+    full = float(step0["flops"].sum())
+    assert all(full - per_step < ran[i] < full - per_step + 10 for i in skipped)
+
+
+@pytest.mark.parametrize("setting", ["pab=3", "taylorseer=3"])
+def test_analytic_plan_equals_the_measured_account(dense, setting):
+    root, _ = dense
+    name = setting.replace("=", "_")
+    m = diffprobe.profile(**KW, approx=setting, out=str(root / f"m-{name}")).to_dict()["approx"]
+    a = diffprobe.profile(**KW, approx=setting, mode="analytic", out=str(root / f"a-{name}")).to_dict()["approx"]
+    assert a["flops_saved_by_stage"]["denoiser"] == pytest.approx(m["flops_saved_by_stage"]["denoiser"], rel=1e-12)
+    assert [s["flops"] for s in a["steps"]] == pytest.approx([s["flops"] for s in m["steps"]], rel=1e-12)
+    assert m["flops_saved_by_stage"]["denoiser"] > 0
+
+
+def _one_line(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err and needle in err, err
+
+
+def test_bad_cache_settings_are_one_line(tmp_path, capsys):
+    base = ["profile", "--model", "tiny-flux", "--steps", "2", "--out", str(tmp_path / "o")]
+    _one_line(capsys, [*base, "--approx", "pab=0"], "whole number of steps >= 1")
+    _one_line(capsys, [*base, "--approx", "taylorseer=1.5"], "whole number of steps >= 1")
+    _one_line(capsys, [*base, "--approx", "first-block-cache=-1"], ">= 0")
+    _one_line(capsys, [*base, "--approx", "first-block-cache=0.1", "--mode", "analytic"], "use --mode measured")
+    _one_line(capsys, [*base, "--approx", "block=0.5+first-block-cache=0.1"], "measure it alone")
+    _one_line(capsys, ["profile", "--model", "tiny-sd3", "--steps", "2", "--approx", "pab=2", "--out",
+                       str(tmp_path / "p")], "applies to Flux models")
+    _one_line(capsys, ["profile", "--model", "tiny-flux", "--steps", "2", "--approx", "deepcache=2", "--out",
+                       str(tmp_path / "q")], "applies to UNet models")
+
+
+def test_first_block_cache_account_is_the_traced_run(tmp_path):
+    r = diffprobe.profile(**KW, approx="first-block-cache=0.3", out=str(tmp_path)).to_dict()["approx"]
+    steps = r["steps"]
+    full = max(s["flops"] for s in steps)
+    # every step runs the first double block; skipped steps run nothing after it
+    assert all("transformer_blocks.0" in s["blocks"] for s in steps)
+    skipped = [s for s in steps if "single_transformer_blocks.1" not in s["blocks"]]
+    assert r["flops_saved_by_stage"]["denoiser"] > 0 and skipped
+    assert all(s["flops"] < full for s in skipped)
