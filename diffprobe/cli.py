@@ -345,8 +345,8 @@ def sparsity(
 @app.command()
 def approx(
     method: str = typer.Option("threshold", help="Comma list of methods: threshold, topk, predicted, block "
-                               "(attention) and deepcache, tgate (UNets), first-block-cache, pab, taylorseer "
-                               "(Flux) (step-level reuse)."),
+                               "(attention) and deepcache, tgate (UNets), first-block-cache, pab, faster-cache, "
+                               "taylorseer, teacache (Flux) (step-level reuse)."),
     eps: str = typer.Option("0,1e-3,1e-2", help="threshold / predicted: probabilities below eps dropped, [0, 1)."),
     k: str = typer.Option("64,16,4", help="topk: keys kept per query (>= 1)."),
     tau: str = typer.Option("1,0.99,0.95,0.9", help="block: mass covered by the kept key blocks, (0, 1]."),
@@ -357,9 +357,11 @@ def approx(
                                  "features; taylorseer: blocks computed every N steps, forecast in between (whole "
                                  "numbers >= 1)."),
     threshold: str = typer.Option("0.05,0.1,0.2", help="first-block-cache: the first block's relative residual "
-                                  "change below which the other blocks are skipped (>= 0)."),
-    skip: str = typer.Option("2,3", help="pab: each attention layer computed every N steps inside the timestep "
-                             "window (100, 800), broadcast in between (whole numbers >= 1)."),
+                                  "change below which the other blocks are skipped; teacache: the accumulated "
+                                  "rescaled change of the modulated input below which every block is (>= 0)."),
+    skip: str = typer.Option("2,3", help="pab / faster-cache: each attention layer computed every N steps inside "
+                             "the timestep window (pab: (100, 800), reused; faster-cache: (-1, 681), extrapolated) "
+                             "(whole numbers >= 1)."),
     gate: str = typer.Option("5,10", help="tgate: the step after which cross-attention is reused and guidance "
                              "stops (whole numbers >= 1)."),
     setting: Optional[str] = typer.Option(None, "--setting", help="More settings, comma list; + joins an attention "
@@ -401,6 +403,7 @@ def approx(
         raise DiffprobeError(f"unknown method {(bad or [''])[0]!r}; use one of {', '.join((*METHODS, *REUSE))}")
     reuse_values = {"deepcache": ("--interval", interval), "tgate": ("--gate", gate),
                     "first-block-cache": ("--threshold", threshold), "pab": ("--skip", skip),
+                    "faster-cache": ("--skip", skip), "teacache": ("--threshold", threshold),
                     "taylorseer": ("--interval", interval)}
     methods = {m: (parse_floats(reuse_values[m][1], reuse_values[m][0], 0, float("inf"), True) if m in REUSE
                    else parse_values(m, {"eps": eps, "k": k, "tau": tau})) for m in names}

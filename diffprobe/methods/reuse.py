@@ -5,8 +5,9 @@
   (the first down block's first layers and the matching up-block layers) and reuse the deeper features cached at
   the last full step.
 * ``tgate`` (gate step g): T-GATE through PyPI's ``tgate`` package (see :class:`TGate`).
-* ``first-block-cache`` (threshold), ``pab`` (skip range), ``taylorseer`` (interval): diffusers' own cache hooks
-  on a diffusion transformer (see :class:`DiffusersCache`).
+* ``first-block-cache`` (threshold), ``pab`` and ``faster-cache`` (skip range), ``taylorseer`` (interval):
+  diffusers' own cache hooks on a diffusion transformer (see :class:`DiffusersCache`).
+* ``teacache`` (threshold): TeaCache, written here from its paper as block hooks (see :class:`TeaCache`).
 
 A method is a context manager over a pipeline (:meth:`ReuseMethod.installed`); :meth:`ReuseMethod.plan_key` says
 which kind of step a denoising step is (equal keys: the same modules run), so analytic mode replays a traced step
@@ -257,8 +258,126 @@ class TaylorSeer(DiffusersCache):
         return TaylorSeerCacheConfig(cache_interval=self.interval)
 
 
+class FasterCache(DiffusersCache):
+    """FasterCache (Lv et al., 2024; diffusers' ``FasterCacheConfig``): inside the timestep window (-1, 681)
+    (diffusers' example), each attention layer is computed every ``skip`` steps; in between its output is
+    extrapolated from the last two computed ones, weighted 0.3 (the paper's ``w``). Flux is guidance-distilled,
+    so its classifier-free-guidance reuse (the paper's CFG-Cache) has nothing to act on and is off."""
+
+    name = "faster-cache"
+    param = "skip"
+    WINDOW = (-1, 681)
+
+    def __init__(self, value: float):
+        super().__init__(float(_whole("faster-cache", "skip range", value)))
+        self.skip = int(value)
+
+    def noop(self) -> bool:
+        return self.skip == 1
+
+    def config(self, pipe):
+        from diffusers.hooks import FasterCacheConfig
+
+        return FasterCacheConfig(spatial_attention_block_skip_range=self.skip,
+                                 spatial_attention_timestep_skip_range=self.WINDOW,
+                                 current_timestep_callback=lambda: pipe.current_timestep,
+                                 attention_weight_callback=lambda _: 0.3, is_guidance_distilled=True,
+                                 tensor_format="BCHW")
+
+
+class TeaCache(ReuseMethod):
+    """TeaCache (Liu et al., CVPR 2025, "Timestep Embedding Tells: It's Time to Cache for Video Diffusion Model"),
+    implemented here from the paper and its FLUX recipe, since no package ships it: at each step the first
+    block's timestep-modulated input is computed (the indicator: its adaLN norm, counted as the method's own ops);
+    its relative L1 change since the previous step, rescaled by the paper's fitted polynomial for FLUX.1, is
+    accumulated; while the sum stays below ``threshold`` every transformer block is skipped and the residual the
+    blocks added at the last computed step is added instead. The first and last steps always compute. The
+    decision reads the activations: measured runs only."""
+
+    name = "teacache"
+    param = "threshold"
+    fits = "Flux models (flux-dev, flux-schnell, tiny-flux): its rescaling polynomial is fitted to FLUX.1"
+    data_dependent = True
+    # TeaCache's rescaling of the relative L1 distance for FLUX.1 (highest power first), from the authors' code
+    FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
+
+    def __init__(self, value: float):
+        if not value >= 0:
+            raise DiffprobeError(f"teacache threshold must be >= 0, got {value:g}")
+        super().__init__(float(value))
+
+    def noop(self) -> bool:
+        return self.value == 0
+
+    def check_model(self, pipe, model: str) -> None:
+        if type(pipe).__name__ != "FluxPipeline":
+            raise DiffprobeError(f"{self.name} applies to {self.fits}; {model} is a {type(pipe).__name__}")
+
+    def plan_key(self, step: int):
+        return step
+
+    def _rescale(self, x: float) -> float:
+        out = 0.0
+        for c in self.FLUX_COEFFICIENTS:
+            out = out * x + c
+        return out
+
+    @contextlib.contextmanager
+    def installed(self, pipe):
+        from diffprobe.patching import patch_attr
+
+        blocks = [*pipe.transformer.transformer_blocks, *pipe.transformer.single_transformer_blocks]
+        first, last = blocks[0], blocks[-1]
+        state = {"count": 0, "accumulated": 0.0, "previous": None, "residual": None, "skip": False, "input": None}
+        self.decisions: list[bool] = []  # per denoiser call: whether the blocks ran
+        method = self
+
+        def decide(hidden_states, temb) -> bool:
+            modulated = first.norm1(hidden_states, emb=temb)[0]
+            n = int(getattr(pipe, "_num_timesteps", 0) or 0)
+            count, previous = state["count"], state["previous"]
+            if count == 0 or count == n - 1 or previous is None or state["residual"] is None:
+                compute, state["accumulated"] = True, 0.0
+            else:
+                rel = float(((modulated - previous).abs().mean() / previous.abs().mean()).float())
+                state["accumulated"] += method._rescale(rel)
+                compute = state["accumulated"] >= method.value
+                if compute:
+                    state["accumulated"] = 0.0
+            state["previous"] = modulated
+            state["count"] = count + 1 if n == 0 or count + 1 < n else 0
+            method.decisions.append(compute)
+            return compute
+
+        def wrap(block):
+            original = block.forward
+
+            def forward(*args, **kwargs):
+                hidden = kwargs.get("hidden_states", args[0] if args else None)
+                context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+                if block is first:
+                    state["skip"] = not decide(hidden, kwargs.get("temb", args[2] if len(args) > 2 else None))
+                    state["input"] = hidden
+                if state["skip"]:  # every block passes its inputs through; the last adds the cached residual
+                    return context, (hidden + state["residual"] if block is last else hidden)
+                out = original(*args, **kwargs)
+                if block is last:
+                    state["residual"] = out[1] - state["input"]
+                return out
+
+            return patch_attr(block, "forward", forward)
+
+        undo = [wrap(b) for b in blocks]
+        try:
+            yield self
+        finally:
+            for u in reversed(undo):
+                u()
+
+
 REUSE = {"deepcache": DeepCache, "tgate": TGate, "first-block-cache": FirstBlockCache,
-         "pab": PyramidAttentionBroadcast, "taylorseer": TaylorSeer}
+         "pab": PyramidAttentionBroadcast, "faster-cache": FasterCache, "taylorseer": TaylorSeer,
+         "teacache": TeaCache}
 
 
 def make(method: str, value: float, **options) -> ReuseMethod:

@@ -19,7 +19,7 @@ def dense(tmp_path_factory):
     return root, diffprobe.profile(**KW, out=str(root / "dense"))
 
 
-@pytest.mark.parametrize("setting", ["first-block-cache=0", "pab=1", "taylorseer=1"])
+@pytest.mark.parametrize("setting", ["first-block-cache=0", "pab=1", "faster-cache=1", "taylorseer=1"])
 def test_noop_values_are_dense_bit_for_bit(dense, setting):
     root, d = dense
     name = setting.replace("=", "_")
@@ -60,7 +60,7 @@ def test_pab_removes_the_attention_of_the_steps_its_rule_skips(dense):
     assert all(full - per_step < ran[i] < full - per_step + 10 for i in skipped)
 
 
-@pytest.mark.parametrize("setting", ["pab=3", "taylorseer=3"])
+@pytest.mark.parametrize("setting", ["pab=3", "faster-cache=2", "taylorseer=3"])
 def test_analytic_plan_equals_the_measured_account(dense, setting):
     root, _ = dense
     name = setting.replace("=", "_")
@@ -84,6 +84,11 @@ def test_bad_cache_settings_are_one_line(tmp_path, capsys):
     _one_line(capsys, [*base, "--approx", "first-block-cache=-1"], ">= 0")
     _one_line(capsys, [*base, "--approx", "first-block-cache=0.1", "--mode", "analytic"], "use --mode measured")
     _one_line(capsys, [*base, "--approx", "block=0.5+first-block-cache=0.1"], "measure it alone")
+    _one_line(capsys, [*base, "--approx", "teacache=-0.1"], ">= 0")
+    _one_line(capsys, [*base, "--approx", "teacache=0.4", "--mode", "analytic"], "use --mode measured")
+    _one_line(capsys, [*base, "--approx", "faster-cache=0"], "whole number of steps >= 1")
+    _one_line(capsys, ["profile", "--model", "tiny-pixart", "--steps", "2", "--approx", "teacache=0.4", "--out",
+                       str(tmp_path / "t")], "fitted to FLUX.1")
     _one_line(capsys, ["profile", "--model", "tiny-sd3", "--steps", "2", "--approx", "pab=2", "--out",
                        str(tmp_path / "p")], "applies to Flux models")
     _one_line(capsys, ["profile", "--model", "tiny-flux", "--steps", "2", "--approx", "deepcache=2", "--out",
@@ -99,3 +104,36 @@ def test_first_block_cache_account_is_the_traced_run(tmp_path):
     skipped = [s for s in steps if "single_transformer_blocks.1" not in s["blocks"]]
     assert r["flops_saved_by_stage"]["denoiser"] > 0 and skipped
     assert all(s["flops"] < full for s in skipped)
+
+
+def test_teacache_steps_cost_what_its_decisions_say(dense, tmp_path):
+    # TeaCache (written from its paper): every step pays the indicator (the first block's adaLN norm, once more)
+    # and the residual (computed steps: subtract it; skipped: add it); skipped steps run no transformer block
+    root, d = dense
+    r = diffprobe.profile(**KW, approx="teacache=0.4", out=str(tmp_path)).to_dict()["approx"]
+    ops = d.ops
+    step0 = ops[(ops["stage"] == "denoiser") & (ops["step"] == 0)]
+    full = float(step0["flops"].sum())
+    blocks = float(step0.loc[step0["module"].str.contains(r"transformer_blocks\.\d+"), "flops"].sum())
+    norm1 = step0["module"].str.fullmatch(r"transformer\.transformer_blocks\.0\.norm1(?:\..*)?")
+    indicator = float(step0.loc[norm1, "flops"].sum())  # the image stream's adaLN (not norm1_context)
+    residual = 1 * 16 * 32  # one image latent of tiny-flux at 64 px: 16 tokens x 32 channels
+    # the relative L1 change (between the first and the last step): a subtract, two abs, two means over the
+    # latent and one divide
+    change = 5 * residual + 1
+    skipped = [s["step"] for s in r["steps"] if "single_transformer_blocks.0" not in s["blocks"]]
+    ran = {s["step"]: s["flops"] for s in r["steps"]}
+    assert skipped and 0 not in skipped and 7 not in skipped  # the first and last steps always compute
+    for step, flops in ran.items():
+        extra = indicator + residual + (0 if step in (0, 7) else change)
+        want = full - blocks + extra if step in skipped else full + extra
+        assert flops == pytest.approx(want, rel=1e-12), step
+    saved = len(skipped) * blocks - 8 * (indicator + residual) - 6 * change
+    assert r["flops_saved_by_stage"]["denoiser"] == pytest.approx(saved, rel=1e-12)
+
+
+def test_teacache_threshold_zero_is_dense_bit_for_bit(dense):
+    root, _ = dense
+    diffprobe.profile(**KW, approx="teacache=0", out=str(root / "tea0"))
+    img = np.asarray(Image.open(root / "tea0" / "image_approx.png"))
+    assert np.array_equal(img, np.asarray(Image.open(root / "dense" / "image.png")))
