@@ -28,6 +28,8 @@ from diffprobe.models.tokenizer import load_tokenizer
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 DENOISERS = ("unet", "transformer")  # the diffusers component that denoises: a UNet, or a diffusion transformer
+# a tokenizer folder with any of these is the user's own (BPE, fast, SentencePiece: T5's spiece, Gemma's model)
+TOKENIZER_FILES = ("vocab.json", "tokenizer.json", "spiece.model", "tokenizer.model")
 
 
 @dataclass(frozen=True)
@@ -451,7 +453,7 @@ def load_pipeline(spec: ModelSpec, weights: str | Path, dtype=None, allow_pickle
             warnings.simplefilter("ignore")
             if path.is_dir():
                 for tok in (c for c in spec.components if c.startswith("tokenizer")):
-                    if not (path / tok / "vocab.json").is_file() and not (path / tok / "tokenizer.json").is_file():
+                    if not any((path / tok / f).is_file() for f in TOKENIZER_FILES):
                         kwargs[tok] = load_tokenizer(spec.config(tok))
                 # None: safetensors first, pickle as the fallback of a component without them
                 return cls.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)

@@ -159,8 +159,8 @@ def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
     ax.set_xlim(sides[0], sides[-1])
     ax.set_ylim(0, 100)
     ax.set_xlabel("image side (px)")
-    ax.set_ylabel(f"share of UNet {'FLOPs' if quantity == 'flops' else 'time'} (%)")
-    ax.set_title(f"UNet {'FLOP' if quantity == 'flops' else 'time'} shares by layer class", fontsize=10)
+    ax.set_ylabel(f"share of denoiser {'FLOPs' if quantity == 'flops' else 'time'} (%)")
+    ax.set_title(f"denoiser {'FLOP' if quantity == 'flops' else 'time'} shares by layer class", fontsize=10)
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
     return fig
 
@@ -185,7 +185,7 @@ def loglog(findings: dict, quantity: str = "flops") -> Figure | None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("image side (px)")
-    ax.set_ylabel("UNet FLOPs" if quantity == "flops" else "UNet seconds (measured ops)")
+    ax.set_ylabel("denoiser FLOPs" if quantity == "flops" else "denoiser seconds (measured ops)")
     ax.set_title("scaling: cost ∝ side^k (lines: least-squares fits)", fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     return fig
@@ -311,7 +311,7 @@ def pareto(results: list[dict]) -> Figure:
     fig = Figure(figsize=(9, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, (key, label) in zip(axes, (("flops", "end-to-end FLOPs saved (%)"),
-                                       ("seconds", "UNet seconds saved vs dense (%)")), strict=True):
+                                       ("seconds", "denoiser seconds saved vs dense (%)")), strict=True):
         xy = []
         for r in pts:
             if key == "flops":

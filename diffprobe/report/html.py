@@ -155,9 +155,9 @@ def _accel_section(page: Page, folder: Path) -> None:
 
 def _approx_sentence(ap: dict) -> str:
     """The approximate pass of ``profile --approx`` in one sentence (as the terminal table says it)."""
-    unet = f"UNet {fmt_s(ap['unet_seconds'])} untraced" if ap.get("unet_seconds") is not None else ""
+    unet = f"denoiser {fmt_s(ap['unet_seconds'])} untraced" if ap.get("unet_seconds") is not None else ""
     dense = f" vs {fmt_s(ap['dense_unet_seconds'])} dense (traced)" if ap.get("dense_unet_seconds") is not None else ""
-    return (f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of UNet attention FLOPs "
+    return (f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of denoiser attention FLOPs "
             f"saved ({100 * ap['end_to_end_flops_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
             f"entries kept; {unet}{dense}; attention kernel: {ap.get('kernel', '?')}. {ap.get('note', '')}")
 

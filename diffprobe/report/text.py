@@ -25,7 +25,7 @@ def sweep_tables(state: dict) -> list:
     timed = any("seconds" in p for p in points)
     roof = any("roofline" in p for p in points)
     if timed:
-        cols.append("UNet s")
+        cols.append("denoiser s")
     if roof:
         cols.append("roofline s")
     appr = next((p["approx"] for p in points if "approx" in p), None)
@@ -140,7 +140,8 @@ def sparsity_table(state: dict) -> Table:
 
 def approx_rows(state: dict) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the trade-off: one row per method and parameter value, dense first."""
-    headers = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "UNet s", "kernel", "PSNR", "SSIM"]
+    headers = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "denoiser s", "kernel", "PSNR",
+               "SSIM"]
     digits = state["results"][0].get("accuracy") is not None
     clip = state["results"][0].get("clip_score") is not None
     if digits:
@@ -314,7 +315,7 @@ def profile_items(d: dict) -> list:
     t.add_row(*row, style="bold")
     items.append(t)
     if proj:
-        items.append(f"measured {proj['unet_evals_measured']} of {proj['unet_evals_full']} UNet evaluations; "
+        items.append(f"measured {proj['unet_evals_measured']} of {proj['unet_evals_full']} denoiser evaluations; "
                      "the last column is a projection (per-step median x step count), not a measurement")
     params = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())
     items.append(f"parameters: {params}")
@@ -337,14 +338,14 @@ def setting_label(ap: dict) -> str:
 
 def approx_lines(ap: dict) -> list[str]:
     """``profile --approx``: what the setting saves against dense, its seconds, and (reuse) which blocks ran."""
-    lines = [f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of UNet attention FLOPs saved "
+    lines = [f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of denoiser attention FLOPs saved "
              f"({100 * ap['end_to_end_flops_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
              "attention entries kept"]
     if ap.get("unet_seconds") is not None:
         dense = ap.get("dense_untraced_unet_seconds")
-        lines.append(f"UNet {fmt_s(ap['unet_seconds'])} with it vs {fmt_s(dense)} dense, both untraced, same noise "
+        lines.append(f"denoiser {fmt_s(ap['unet_seconds'])} with it vs {fmt_s(dense)} dense, both untraced, same noise "
                      f"(attention kernel: {ap.get('kernel', '?')})" if dense is not None else
-                     f"UNet {fmt_s(ap['unet_seconds'])} untraced (attention kernel: {ap.get('kernel', '?')})")
+                     f"denoiser {fmt_s(ap['unet_seconds'])} untraced (attention kernel: {ap.get('kernel', '?')})")
     saved = {k: v for k, v in (ap.get("flops_saved_by_stage") or {}).items() if v}
     if saved:
         lines.append("FLOPs saved by stage: " + ", ".join(f"{k} {fmt_n(v)}" for k, v in saved.items()))

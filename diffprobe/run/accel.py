@@ -109,7 +109,7 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
                  "height": d["height"], "width": d["width"], "steps": d["steps"], "mode": d["mode"],
                  "density": density,
                  "density_note": None if density is None else
-                 f"a uniform kept density {density:g} of self-attention stands in for measured masks",
+                 f"a uniform kept density {density:g} of self- and joint attention stands in for measured masks",
                  "masks": None if store is None else {"dir": str(store.path), "truncated": store.index["truncated"],
                                                       **_mask_densities(store, tau, store.index["blocks"])},
                  "gpu": {"preset": gpu_preset.name, "roofline_s": gpu_pred["total_s"],

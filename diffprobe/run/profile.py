@@ -509,6 +509,14 @@ def prompt_notes(pipe, prompt: str) -> list[str]:
     return notes
 
 
+def stand_in_notes(pipe) -> list[str]:
+    """A line for each tokenizer of the run that is a stand-in (no shipped vocabulary): what it changes."""
+    from diffprobe.models.tokenizer import STAND_IN_NOTE
+
+    return [f"{name}: {STAND_IN_NOTE}" for name in ("tokenizer", "tokenizer_2", "tokenizer_3")
+            if getattr(getattr(pipe, name, None), "stand_in", False)]
+
+
 def _count_unet_evals(pipe, steps: int, device: str) -> int:
     import copy
 
@@ -593,7 +601,7 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     params = {name: count_params(getattr(pipe, name)) for name in (*TEXT_ENCODERS, *DENOISERS, "vae")
               if getattr(pipe, name, None) is not None}
     unet_evals = _count_unet_evals(pipe, cfg.steps, "cpu")
-    notes = prompt_notes(pipe, cfg.prompt)
+    notes = prompt_notes(pipe, cfg.prompt) + stand_in_notes(pipe)
     measured_evals = unet_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, unet_evals)
     result = ProfileResult(cfg, spec, params, {}, {}, [], unet_evals, measured_evals, 0, "",
                            environment("cpu" if cfg.mode == "analytic" else cfg.device), run_dir=str(out_dir),
