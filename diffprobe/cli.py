@@ -425,6 +425,8 @@ def approx(
     from diffprobe.report.text import approx_table
 
     out.print(approx_table(state))
+    for note in state.get("notes", []):
+        out.print(note)
     if state["random_weights"]:
         out.print("random weights: attention is near-uniform, so quality and savings say nothing about a trained "
                   "model; use --model digits or --weights")

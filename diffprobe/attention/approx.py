@@ -38,6 +38,8 @@ from diffprobe.parsing import parse_floats, parse_ints
 from diffprobe.records.formulas import TensorMeta, sdpa_parts
 
 METHODS = ("threshold", "topk", "predicted", "block")
+JOINT_NOTE = ("joint attention: its text keys are kept dense by every attention method (few, and read by every "
+              "image token); the methods skip among the image keys")
 PARAM = {"threshold": "eps", "topk": "k", "predicted": "eps", "block": "tau"}
 NOOP = {"threshold": 0.0, "topk": math.inf, "predicted": 0.0, "block": 1.0}
 

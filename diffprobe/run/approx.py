@@ -18,7 +18,7 @@ import torch
 
 from diffprobe.analyses.quality import quality
 from diffprobe.analyses.savings import account, approximate_account
-from diffprobe.attention.approx import PARAM, ApproxAttention, kernels_used
+from diffprobe.attention.approx import JOINT_NOTE, PARAM, ApproxAttention, kernels_used
 from diffprobe.attention.clipscore import ClipScorer
 from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError
@@ -184,7 +184,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
              "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "prompts": prompts,
              "renormalize": renormalize, "block": block, "rank": rank, "mask_interval": mask_interval,
              "random_weights": random,
-             "total_flops": total_flops, "results": rows, "run_dir": str(out_dir)}
+             "total_flops": total_flops, "results": rows, "run_dir": str(out_dir),
+             "notes": [JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() else []}
     write_json(out_dir / "approx.json", state)
     return state
 

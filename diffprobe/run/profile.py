@@ -21,7 +21,7 @@ from pathlib import Path
 from diffprobe.analyses import breakdown, roofline
 from diffprobe.analyses.breakdown import layer_table
 from diffprobe.analyses.savings import added_ops, approximate_account, steps_ran
-from diffprobe.attention.approx import ApproxAttention, kernels_used
+from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used
 from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError
 from diffprobe.hardware.environment import environment
@@ -707,7 +707,9 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
                      "kernel": kernels_used(core.calls) if core is not None else "dense",
                      "note": "FLOPs of the records that ran (reuse) and that a kernel skipping the dropped entries "
                              "would need (oracle attention methods: the potential); the seconds are this PyTorch "
-                             "implementation's, untraced"}
+                             "implementation's, untraced" + (
+                                 f"; {JOINT_NOTE}" if core is not None and any(
+                                     c["attn_kind"] == "joint" for c in core.calls) else "")}
 
 
 def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_dir: Path) -> None:
