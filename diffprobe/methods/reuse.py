@@ -189,7 +189,34 @@ def _whole(name: str, what: str, value: float) -> int:
     return int(value)
 
 
-class FirstBlockCache(DiffusersCache):
+class _EveryN(DiffusersCache):
+    """A cache computing its layers every ``n`` steps (a whole number >= 1; 1 computes every step: dense)."""
+
+    what = "skip range"
+
+    def __init__(self, value: float):
+        super().__init__(float(_whole(self.name, self.what, value)))
+        self.n = int(value)
+
+    def noop(self) -> bool:
+        return self.n == 1
+
+
+class _Threshold:
+    """A method skipping work while a measured change stays below ``threshold`` (>= 0; 0 never skips: dense)."""
+
+    name = ""
+
+    def __init__(self, value: float):
+        if not value >= 0:
+            raise DiffprobeError(f"{self.name} threshold must be >= 0, got {value:g}")
+        super().__init__(float(value))
+
+    def noop(self) -> bool:
+        return self.value == 0
+
+
+class FirstBlockCache(_Threshold, DiffusersCache):
     """First-block cache (ParaAttention's dynamic caching, diffusers' ``FirstBlockCacheConfig``): every step runs
     the first transformer block; when its output residual changed by less than ``threshold`` (relative L1) since
     the last full step, the remaining blocks are skipped and their cached residual is added. The decision reads
@@ -199,21 +226,13 @@ class FirstBlockCache(DiffusersCache):
     param = "threshold"
     data_dependent = True
 
-    def __init__(self, value: float):
-        if not value >= 0:
-            raise DiffprobeError(f"first-block-cache threshold must be >= 0, got {value:g}")
-        super().__init__(float(value))
-
-    def noop(self) -> bool:
-        return self.value == 0
-
     def config(self, pipe):
         from diffusers.hooks import FirstBlockCacheConfig
 
         return FirstBlockCacheConfig(threshold=self.value)
 
 
-class PyramidAttentionBroadcast(DiffusersCache):
+class PyramidAttentionBroadcast(_EveryN):
     """Pyramid Attention Broadcast (Zhao et al., 2024; diffusers' ``PyramidAttentionBroadcastConfig``): inside the
     timestep window (100, 800) — the paper's and diffusers' example — each attention layer is computed every
     ``skip`` steps and its output broadcast (reused) in between."""
@@ -222,43 +241,30 @@ class PyramidAttentionBroadcast(DiffusersCache):
     param = "skip"
     WINDOW = (100, 800)
 
-    def __init__(self, value: float):
-        super().__init__(float(_whole("pab", "skip range", value)))
-        self.skip = int(value)
-
-    def noop(self) -> bool:
-        return self.skip == 1
-
     def config(self, pipe):
         from diffusers.hooks import PyramidAttentionBroadcastConfig
 
-        return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=self.skip,
+        return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=self.n,
                                                spatial_attention_timestep_skip_range=self.WINDOW,
                                                current_timestep_callback=lambda: pipe.current_timestep)
 
 
-class TaylorSeer(DiffusersCache):
+class TaylorSeer(_EveryN):
     """TaylorSeer (Liu et al., 2025; diffusers' ``TaylorSeerCacheConfig``): after its first 3 steps (diffusers'
     default warm-up), the transformer's blocks are computed every ``interval`` steps; in between their outputs are
     forecast by a Taylor expansion from the last computed ones (first order, diffusers' default)."""
 
     name = "taylorseer"
     param = "interval"
-
-    def __init__(self, value: float):
-        super().__init__(float(_whole("taylorseer", "interval", value)))
-        self.interval = int(value)
-
-    def noop(self) -> bool:
-        return self.interval == 1
+    what = "interval"
 
     def config(self, pipe):
         from diffusers.hooks import TaylorSeerCacheConfig
 
-        return TaylorSeerCacheConfig(cache_interval=self.interval)
+        return TaylorSeerCacheConfig(cache_interval=self.n)
 
 
-class FasterCache(DiffusersCache):
+class FasterCache(_EveryN):
     """FasterCache (Lv et al., 2024; diffusers' ``FasterCacheConfig``): inside the timestep window (-1, 681)
     (diffusers' example), each attention layer is computed every ``skip`` steps; in between its output is
     extrapolated from the last two computed ones, weighted 0.3 (the paper's ``w``). Flux is guidance-distilled,
@@ -268,24 +274,17 @@ class FasterCache(DiffusersCache):
     param = "skip"
     WINDOW = (-1, 681)
 
-    def __init__(self, value: float):
-        super().__init__(float(_whole("faster-cache", "skip range", value)))
-        self.skip = int(value)
-
-    def noop(self) -> bool:
-        return self.skip == 1
-
     def config(self, pipe):
         from diffusers.hooks import FasterCacheConfig
 
-        return FasterCacheConfig(spatial_attention_block_skip_range=self.skip,
+        return FasterCacheConfig(spatial_attention_block_skip_range=self.n,
                                  spatial_attention_timestep_skip_range=self.WINDOW,
                                  current_timestep_callback=lambda: pipe.current_timestep,
                                  attention_weight_callback=lambda _: 0.3, is_guidance_distilled=True,
                                  tensor_format="BCHW")
 
 
-class TeaCache(ReuseMethod):
+class TeaCache(_Threshold, ReuseMethod):
     """TeaCache (Liu et al., CVPR 2025, "Timestep Embedding Tells: It's Time to Cache for Video Diffusion Model"),
     implemented here from the paper and its FLUX recipe, since no package ships it: at each step the first
     block's timestep-modulated input is computed (the indicator: its adaLN norm, counted as the method's own ops);
@@ -300,14 +299,6 @@ class TeaCache(ReuseMethod):
     data_dependent = True
     # TeaCache's rescaling of the relative L1 distance for FLUX.1 (highest power first), from the authors' code
     FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
-
-    def __init__(self, value: float):
-        if not value >= 0:
-            raise DiffprobeError(f"teacache threshold must be >= 0, got {value:g}")
-        super().__init__(float(value))
-
-    def noop(self) -> bool:
-        return self.value == 0
 
     def check_model(self, pipe, model: str) -> None:
         if type(pipe).__name__ != "FluxPipeline":
