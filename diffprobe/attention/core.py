@@ -128,12 +128,12 @@ def installed(unet, core: Core):
 
 
 _SDPA = F.scaled_dot_product_attention  # the function itself, whatever patch is active
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
 def _pop(stack: list) -> None:
     """Leave an attention module (a forward hook: returns None, so the module's output stays its own)."""
     stack.pop()
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
 @contextlib.contextmanager

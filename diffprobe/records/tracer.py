@@ -155,6 +155,7 @@ def unet_level(path: str) -> str:
     return ""
 
 
+_TAINT_PRUNE = 1 << 16
 _DIT_IN = {"pos_embed", "patch_embed", "x_embedder"}
 _DIT_OUT = {"norm_out", "proj_out"}
 
@@ -349,7 +350,10 @@ class OpTracer:
                     self._mark(t)
 
     def _mark(self, t) -> None:
-        self._taint[id(t)] = weakref.ref(t)
+        taint = self._taint
+        if len(taint) >= _TAINT_PRUNE:  # forget the tensors freed since (a long run makes many)
+            self._taint = taint = {k: r for k, r in taint.items() if r() is not None}
+        taint[id(t)] = weakref.ref(t)
 
     def _tainted(self, t) -> bool:
         r = self._taint.get(id(t))
