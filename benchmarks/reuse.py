@@ -1,7 +1,8 @@
 """Step-level reuse on the CPU: time and FLOPs saved per method against dense, same noise, both untraced
-(`diffprobe approx`), on SD 1.5 at 512 px (a 4-step run: PNDM makes 5 UNet evaluations) and on `digits`.
+(`diffprobe approx`), on SD 1.5 at 512 px (a 4-step run: PNDM makes 5 UNet evaluations), on `digits`, and the
+transformer caches on `tiny-flux` at 512 px (1024 image tokens; random weights: FLOPs and seconds, not quality).
 
-    python benchmarks/reuse.py [--sd15-steps 4] [--digits-steps 25]
+    python benchmarks/reuse.py [--sd15-steps 4] [--digits-steps 25] [--flux-steps 12] [--only digits,sd15,flux]
 """
 
 import argparse
@@ -45,14 +46,24 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sd15-steps", type=int, default=4)
     ap.add_argument("--digits-steps", type=int, default=25)
+    ap.add_argument("--flux-steps", type=int, default=12)
+    ap.add_argument("--only", default="digits,sd15,flux")
     a = ap.parse_args()
+    only = set(a.only.split(","))
     print(f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
           f"{time.strftime('%Y-%m-%d')}")
-    run("digits, 32 px, 30 images", ["--model", "digits", "--steps", str(a.digits_steps), "--method",
-                                     "deepcache,tgate", "--interval", "2,3,5", "--gate", "5,10"])
-    run("SD 1.5 (random weights), 512 px, 1 image", ["--model", "sd15", "--height", "512", "--width", "512",
-                                                      "--steps", str(a.sd15_steps), "--method", "deepcache,tgate",
-                                                      "--interval", "2,3", "--gate", "2"])
+    if "digits" in only:
+        run("digits, 32 px, 30 images", ["--model", "digits", "--steps", str(a.digits_steps), "--method",
+                                         "deepcache,tgate", "--interval", "2,3,5", "--gate", "5,10"])
+    if "sd15" in only:
+        run("SD 1.5 (random weights), 512 px, 1 image", ["--model", "sd15", "--height", "512", "--width", "512",
+                                                          "--steps", str(a.sd15_steps), "--method", "deepcache,tgate",
+                                                          "--interval", "2,3", "--gate", "2"])
+    if "flux" in only:
+        run(f"tiny-flux (random weights), 512 px, {a.flux_steps} steps, 1 image",
+            ["--model", "tiny-flux", "--height", "512", "--width", "512", "--steps", str(a.flux_steps), "--method",
+             "first-block-cache,pab,faster-cache,taylorseer,teacache", "--threshold", "0.2,0.4", "--skip", "2,3",
+             "--interval", "2,3"])
     return 0
 
 

@@ -213,7 +213,14 @@ def count_params(module) -> int:
 def describe_models() -> list[dict]:
     """Every embedded architecture: name, title, family, native resolution, pipeline class, denoiser, parameters
     per component, text encoders with their classes and token counts, tokenizers (real or stand-in), default
-    steps and guidance (built on the meta device: nothing allocated)."""
+    steps and guidance (built on the meta device: nothing allocated; once per process)."""
+    import copy
+
+    return copy.deepcopy(_describe_models())
+
+
+@lru_cache(maxsize=1)
+def _describe_models() -> list[dict]:
     from diffprobe.models.tokenizer import is_stand_in
 
     rows = []
