@@ -47,7 +47,7 @@ def sweep_findings(state: dict) -> list[str]:
     what = "UNet" if pair[0] == "self_attention" else "denoiser"
     for c in pair:
         fit = fits.get(c)
-        grow = f" and grows as side^{fmt_k(fit['k'])}" if fit else ""
+        grow = f", growing as side^{fmt_k(fit['k'])}" if fit else ""
         core = fits.get("self_attention_core") if c == "self_attention" else None
         if core:
             grow += f" (its scores, softmax and P·V as side^{fmt_k(core['k'])})"
