@@ -8,7 +8,8 @@ Each method is an attention core (see :mod:`diffprobe.attention.core`) with one 
   whose estimate is ≥ ε are computed exactly;
 * ``block`` (τ, block side b): Q and K mean-pooled per block of b tokens; per query block, key blocks are taken by
   descending pooled mass until τ is covered; attention runs on the kept blocks only (the layout a block-sparse
-  kernel can exploit).
+  kernel can exploit). A call with fewer keys than two blocks (cross-attention over 77 text tokens) runs dense
+  SDPA without the predictor: there is no key block to skip.
 
 Renormalization is explicit: with ``renormalize`` (default) the kept probabilities are rescaled to sum to 1
 per row (the softmax over the kept scores); without it they keep their dense values. Every row keeps at least
@@ -140,7 +141,10 @@ class ApproxAttention:
         dense = sdpa_parts(_meta(q), _meta(k), _meta(v), has_mask=attn_mask is not None)
         kernel = "dense"
         self._kept_masks = None
-        if self.is_noop(nk) or attn_mask is not None:  # masks never occur in SD UNets; stay exact if they do
+        short = self.method == "block" and nk < 2 * self.block  # one key block, or one and a ragged part
+        if self.is_noop(nk) or attn_mask is not None or short:  # masks never occur in SD UNets; stay exact if
+            # they do; a call with fewer keys than two blocks (cross-attention over 77 text tokens, a small level)
+            # has nothing a block mask could skip: dense, without running the predictor
             out, kept, predictor = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask), b * h * nq * nk, 0
             if self.save_masks:
                 self._kept_masks = (torch.ones(b, h, -(-nq // self.block), -(-nk // self.block), dtype=torch.bool),

@@ -181,3 +181,18 @@ def test_block_masks_reused_across_steps(tmp_path):
         by_layer.setdefault(e["layer"], {})[e["step"]] = store.block_mask(e, 32, 0.5)
     for steps in by_layer.values():
         assert np.array_equal(steps[1], steps[0]) and np.array_equal(steps[3], steps[2])
+
+
+def test_block_method_leaves_short_key_calls_dense_without_the_predictor():
+    # cross-attention over 77 text tokens has fewer keys than two 64-blocks: nothing to skip, no predictor run
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 256, 16, generator=g)
+    k77, v77 = torch.randn(2, 4, 77, 16, generator=g), torch.randn(2, 4, 77, 16, generator=g)
+    core = ApproxAttention("block", 0.3, block=64, backend="gather")
+    out = core.core(q, k77, v77, None, CallInfo("attn2", "cross", 256, 77, 4, 0))
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k77, v77))
+    call = core.calls[0]
+    assert (call["predictor_flops"], call["kernel"], call["kept"]) == (0, "dense", 2 * 4 * 256 * 77)
+    k, v = torch.randn(2, 4, 256, 16, generator=g), torch.randn(2, 4, 256, 16, generator=g)
+    core.core(q, k, v, None, CallInfo("attn1", "self", 256, 256, 4, 0))
+    assert core.calls[1]["predictor_flops"] > 0 and core.calls[1]["kernel"] != "dense"
