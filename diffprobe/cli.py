@@ -154,7 +154,10 @@ def profile(
     hardware: Optional[str] = O_HARDWARE,
     approx: Optional[str] = typer.Option(
         None, help="METHOD=VALUE[+METHOD=VALUE]: attention (threshold=0.01, topk=16, predicted=0.01, block=0.9) "
-        "and/or step reuse (deepcache=3, tgate=10): run again with it and show its account beside dense."),
+        "and/or step reuse (deepcache=3, tgate=10; Flux: pab=2, taylorseer=3, ...): run again with it and show its "
+        "account beside dense."),
+    mask_interval: int = typer.Option(1, "--mask-interval", help="--approx block=τ: predict a layer's block mask "
+                                      "every N steps and reuse it in between (no predictor on those steps)."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
 ) -> None:
@@ -165,7 +168,8 @@ def profile(
                        guidance=guidance, seed=seed, device=device, dtype=dtype, weights=weights,
                        allow_pickle=allow_pickle, repeat=repeat, warmup=warmup, sample_steps=sample_steps,
                        out=out_dir, mode=mode, trace_ops=trace, chrome_trace=chrome_trace, hardware=hardware,
-                       approx=approx, force=force, op_timer=op_timer, compile=compile_, cuda_graphs=cuda_graphs)
+                       approx=approx, force=force, op_timer=op_timer, compile=compile_, cuda_graphs=cuda_graphs,
+                       mask_interval=mask_interval)
     cfg = cfg.resolved()
     bar, callback = _progress(quiet)
     with bar:

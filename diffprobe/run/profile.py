@@ -88,6 +88,7 @@ class ProfileConfig:
     op_timer: str = "clock"  # per-op times: "clock" (marks around each op) or "profiler" (torch.profiler events)
     compile: bool = False  # also run the denoiser and VAE decoder under torch.compile (Inductor) and time that
     cuda_graphs: bool = False  # CUDA only: the compiled run replays CUDA graphs (Inductor's cudagraphs)
+    mask_interval: int = 1  # --approx block=τ: a layer's block mask predicted every N steps, reused in between
 
     @property
     def random_weights(self) -> bool:
@@ -153,6 +154,8 @@ class ProfileConfig:
                                      "which entries are skipped depends on the attention values")
             if not cfg.trace_ops:
                 raise DiffprobeError("--approx needs op tracing: its account is the records of what ran")
+            if setting.attention is not None:  # its parameters, checked before any work
+                ApproxAttention(*setting.attention, mask_interval=cfg.mask_interval)
             if setting.reuse is not None and getattr(setting.reuse, "data_dependent", False) and (
                     cfg.mode != "measured"):
                 raise DiffprobeError(f"--approx {setting.reuse.name} decides from the activations which steps skip "
@@ -653,7 +656,8 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
     setting = parse_settings(cfg.approx)
     if setting.reuse is not None:
         setting.reuse.check_model(pipe, cfg.model)
-    core = ApproxAttention(*setting.attention, seed=cfg.seed) if setting.attention else None
+    core = ApproxAttention(*setting.attention, seed=cfg.seed, mask_interval=cfg.mask_interval) if (
+        setting.attention) else None
     report("approx", 0, 1)
     if core is not None:
         warm_up(pipe, cfg, [cfg.prompt] * cfg.batch, core)  # the block-sparse kernel compiles outside the timed run
@@ -698,6 +702,7 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
     acc = approximate_account(ops, core.calls if core is not None else None, dense=result.ops)
     method, value = setting.attention or (setting.reuse.name, setting.reuse.value)
     result.approx = {"method": method, "value": value, "setting": setting.text, **acc,
+                     "mask_interval": cfg.mask_interval if core is not None else None,
                      "steps": steps_ran(ops) if setting.reuse is not None else None,
                      "method_overhead": added_ops(result.ops, ops) if setting.reuse is not None else None,
                      "image": "image_approx.png" if again is not None else None,

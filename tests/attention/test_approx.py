@@ -196,3 +196,15 @@ def test_block_method_leaves_short_key_calls_dense_without_the_predictor():
     k, v = torch.randn(2, 4, 256, 16, generator=g), torch.randn(2, 4, 256, 16, generator=g)
     core.core(q, k, v, None, CallInfo("attn1", "self", 256, 256, 4, 0))
     assert core.calls[1]["predictor_flops"] > 0 and core.calls[1]["kernel"] != "dense"
+
+
+def test_profile_mask_interval_runs_the_predictor_every_n_steps(tmp_path):
+    import diffprobe
+
+    kw = dict(model="tiny", steps=4, sample_steps=0, height=128, width=128, approx="block=0.5")
+    every = diffprobe.profile(**kw, out=str(tmp_path / "1")).to_dict()["approx"]
+    half = diffprobe.profile(**kw, mask_interval=2, out=str(tmp_path / "2")).to_dict()["approx"]
+    assert (every["mask_interval"], half["mask_interval"]) == (1, 2)
+    # 4 UNet evaluations (DDIM): masks predicted at 0 and 2, reused at 1 and 3; every call has the same shapes
+    p1, p2 = every["flops_by_layer_type"]["attn_predictor"], half["flops_by_layer_type"]["attn_predictor"]
+    assert p1 > 0 and p2 == pytest.approx(p1 / 2, rel=1e-12)
