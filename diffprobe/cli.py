@@ -490,6 +490,7 @@ class Backend(str, Enum):
     auto = "auto"
     flex = "flex"
     gather = "gather"
+    cpp = "cpp"
 
 
 @kernels_app.command("bench")
@@ -502,7 +503,8 @@ def kernels_bench(
     dtype: Dtype = O_DTYPE,
     device: str = O_DEVICE,
     batch: int = typer.Option(1, help="Batch size."),
-    backend: Backend = typer.Option(Backend.auto, help="auto, flex (compiled FlexAttention) or gather (eager)."),
+    backend: Backend = typer.Option(Backend.auto, help="auto, flex (compiled FlexAttention), cpp (C++ extension, "
+                                    "CPU) or gather (eager)."),
     repeats: int = typer.Option(5, help="Timed calls of each kernel (median reported) after one warm-up."),
     seed: int = typer.Option(0, help="Seed of the inputs and the mask."),
     check_heads: Optional[int] = typer.Option(None, help="Heads checked against the float64 reference "

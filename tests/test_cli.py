@@ -80,7 +80,7 @@ def test_kernels_bench_json(capsys):
     r = json.loads(capsys.readouterr().out)
     # 200 tokens in blocks of 32: 7 blocks (the last holds 8); round(0.25 * 7) = 2 kept per query block
     assert r["kept_density"] == pytest.approx(2 / 7) and r["limit"] == pytest.approx(3.5)
-    assert r["backend"] == "flex" and r["checked_heads"] == 2 and r["max_rel_error"] < 1e-5
+    assert r["backend"] == "cpp" and r["checked_heads"] == 2 and r["max_rel_error"] < 1e-5
     for key in ("dense_s", "sparse_s", "kernel_s"):
         assert r[key] > 0
     assert r["speedup"] == pytest.approx(r["dense_s"] / r["sparse_s"])

@@ -219,7 +219,7 @@ class ApproxAttention:
             probe = torch.zeros_like(mask)
             probe[..., 0] = True
             layout = kernels.BlockLayout(probe, nq, nk, self.block, backend=self.backend)
-            if layout.backend == "flex":
+            if layout.backend in ("flex", "cpp"):  # flex compiles per shape; cpp builds (or loads) once
                 kernels.block_sparse_attention(q, k, v, layout, self.block)
         rows = _block_lengths(nq, self.block, q.device)
         cols = _block_lengths(nk, self.block, q.device)
@@ -308,7 +308,8 @@ def _pool(x: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def kernels_used(calls: list[dict]) -> str:
-    """Which attention kernels a run's calls ran: ``dense``, ``masked-dense``, ``flex``, ``gather``, comma-joined."""
+    """Which attention kernels a run's calls ran: ``dense``, ``masked-dense``, ``flex``, ``cpp``, ``gather``,
+    comma-joined."""
     return ",".join(sorted({c["kernel"] for c in calls}))
 
 

@@ -6,7 +6,8 @@ broadcast). Each query block attends only to the keys of its kept key blocks; th
 alone. A query block with no kept key block outputs zeros (there is nothing to attend to). Ragged edges: the
 last query/key block may be partial; its missing tokens are padding and never receive probability.
 
-Backends (``backend=``; ``auto`` picks the first that applies, :func:`resolve_backend` says which):
+Backends (``backend=``; ``auto`` picks the first that applies — dense when every block is kept, then ``cpp`` on
+the CPU, ``flex`` on CUDA, ``gather`` where no compiler can run; :func:`resolve_backend` says which):
 
 * ``dense`` — a mask that keeps every block is dense attention: PyTorch's fused SDPA runs (under ``auto`` only).
 * ``flex`` — PyTorch's FlexAttention, compiled (``torch.compile``): the kept blocks become a ``BlockMask``
@@ -16,6 +17,10 @@ Backends (``backend=``; ``auto`` picks the first that applies, :func:`resolve_ba
   head dims are zero-padded to a multiple of 16 for it); on a CUDA device a Triton kernel. The first call of each
   shape compiles (seconds; cached on disk by Inductor). Needs a C++ compiler on the CPU; on CUDA a block size that
   is a multiple of 16.
+* ``cpp`` — CPU only: a C++ extension (``attention/cpp/block_sparse.cpp``, built on first use with the machine's
+  g++ for the CPU capability torch reports, cached under the diffprobe cache folder) that walks each query block's
+  kept key blocks with an online softmax, BLAS ``sgemm`` for the two products of a tile and ATen's vectorized
+  exp. fp32 inside (other dtypes are converted on the way in and out).
 * ``gather`` — eager PyTorch, no compiler: per query block the kept key blocks are gathered into one slab and
   SDPA runs batched over query blocks. Correct everywhere (also inside a TorchDispatchMode, where
   ``torch.compile`` cannot run), but the gather copies K and V once per query block, so it gains little
@@ -37,7 +42,7 @@ import torch.nn.functional as F
 from diffprobe.errors import DiffprobeError
 from diffprobe.timing.compiled import compiler_unavailable
 
-BACKENDS = ("auto", "flex", "gather")
+BACKENDS = ("auto", "flex", "gather", "cpp")
 
 
 def _check_block_size(block_size) -> None:
@@ -89,6 +94,7 @@ class BlockLayout:
         self.backend = resolve_backend(self.device, block_size, backend, all_kept=self.all_kept)
         self.flex = to_flex_block_mask(block_mask, q_tokens, k_tokens, block_size) if self.backend == "flex" \
             else None
+        self.cpp = _kv_block_lists(block_mask) if self.backend == "cpp" else None
 
     @property
     def kept_fraction(self) -> float:
@@ -97,12 +103,18 @@ class BlockLayout:
 
 def resolve_backend(device: torch.device | str, block_size: int, backend: str = "auto",
                     all_kept: bool = False) -> str:
-    """The backend :func:`block_sparse_attention` runs for these arguments: ``dense``, ``flex`` or ``gather``."""
+    """The backend :func:`block_sparse_attention` runs for these arguments: ``dense``, ``flex``, ``cpp`` or
+    ``gather``."""
     if backend not in BACKENDS:
         raise DiffprobeError(f"unknown block-sparse backend {backend!r}; use one of {', '.join(BACKENDS)}")
     device = torch.device(device)
     if backend == "gather":
         return "gather"
+    if backend == "cpp":
+        why = cpp_unavailable(device)
+        if why:
+            raise DiffprobeError(f"the cpp backend cannot run here: {why}")
+        return "cpp"
     why_not = flex_unavailable(device, block_size)
     if backend == "flex":
         if why_not:
@@ -110,6 +122,8 @@ def resolve_backend(device: torch.device | str, block_size: int, backend: str = 
         return "flex"
     if all_kept:
         return "dense"
+    if device.type == "cpu" and not why_not:  # the C++ kernel: faster than flex on the CPU (docs/benchmarks.md)
+        return "cpp"
     return "gather" if why_not else "flex"
 
 
@@ -156,6 +170,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return F.scaled_dot_product_attention(q, k, v)
     if layout.backend == "flex":
         return _flex_attention(q, k, v, layout.flex, block_size)
+    if layout.backend == "cpp":
+        return _cpp_attention(q, k, v, layout.cpp, block_size)
     return _gather_attention(q, k, v, mask, block_size, math.ceil(n / block_size), math.ceil(m / block_size))
 
 
@@ -181,8 +197,7 @@ def to_flex_block_mask(block_mask: torch.Tensor, n: int, m: int, block_size: int
     are kept and which (ascending), all as "partial" blocks with no mask function."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    counts = block_mask.sum(-1, dtype=torch.int32)
-    order = torch.sort((~block_mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32).contiguous()
+    counts, order = _kv_block_lists(block_mask)
     # forward only: skip the transposed (query-block) index that only the backward pass reads (0.2 ms a call)
     extra = {"compute_q_blocks": False} if _takes_compute_q_blocks() else {}
     return BlockMask.from_kv_blocks(counts.contiguous(), order, BLOCK_SIZE=block_size, seq_lengths=(n, m), **extra)
@@ -213,6 +228,58 @@ def _flex_attention(q, k, v, bm, block_size):
             return _compiled_flex()(F.pad(q, pad), F.pad(k, pad), v, block_mask=bm, scale=1 / math.sqrt(d),
                                     kernel_options=options)
     return _compiled_flex()(q, k, v, block_mask=bm, kernel_options=options or None)
+
+
+def cpp_unavailable(device: torch.device) -> str | None:
+    """Why the C++ extension cannot run for this device (None: it can)."""
+    if device.type != "cpu":
+        return f"it is a CPU kernel, not one for {device.type}"
+    return compiler_unavailable("cpu")
+
+
+# compile flags per CPU capability (torch's ``get_cpu_capability``): ATen's vector types pick their instruction
+# set from CPU_CAPABILITY; without it they compile to scalar code
+_CAPABILITY_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+                                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+                     "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]}
+
+
+@functools.cache
+def _cpp_module():
+    """The C++ extension, built once per machine kind and torch version (g++, a few seconds to half a minute),
+    then loaded from the diffprobe cache folder."""
+    import hashlib
+    from importlib import resources
+    from importlib.resources import as_file
+
+    from torch.utils.cpp_extension import load
+
+    from diffprobe.models.tokenizer import cache_dir
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", *_CAPABILITY_FLAGS.get(cap, [])]
+    src = resources.files("diffprobe.attention").joinpath("cpp", "block_sparse.cpp")
+    key = hashlib.sha256(src.read_bytes() + f"{torch.__version__} {cap} {flags}".encode()).hexdigest()[:12]
+    build = cache_dir() / f"cpp-block-sparse-{key}"
+    build.mkdir(parents=True, exist_ok=True)
+    with as_file(src) as path:
+        return load(name=f"diffprobe_block_sparse_{key}", sources=[str(path)], extra_cflags=flags,
+                    build_directory=str(build), verbose=False)
+
+
+def _kv_block_lists(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query block: how many key blocks are kept, and their indices first (ascending), as int32."""
+    counts = block_mask.sum(-1, dtype=torch.int32).contiguous()
+    order = torch.sort((~block_mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32).contiguous()
+    return counts, order
+
+
+def _cpp_attention(q, k, v, lists, block_size):
+    counts, order = lists
+    dtype = q.dtype
+    qf, kf, vf = (x.to(torch.float32).contiguous() for x in (q, k, v))
+    out = _cpp_module().forward(qf, kf, vf, counts, order, block_size, 1 / math.sqrt(q.shape[-1]))
+    return out.to(dtype)
 
 
 def _gather_attention(q, k, v, block_mask, block_size, qb, kb, max_elements: int = 2**24):

@@ -94,7 +94,7 @@ def test_block_keeps_the_blocks_holding_the_mass():
     out = a.core(q, k, v, None, _call(q, k))
     assert a.calls[0]["kept"] == 2 * 16 * 16  # the two diagonal blocks
     # renormalized, it runs on the block-sparse kernel: each query block attends to its own key block alone
-    assert a.calls[0]["kernel"] == "flex"
+    assert a.calls[0]["kernel"] == "cpp"
     qd, kd, vd = q.double(), k.double(), v.double()
     ref = torch.cat([((qd[:, :, i:i + 16] @ kd[:, :, i:i + 16].transpose(-1, -2)) / math.sqrt(d)).softmax(-1)
                      @ vd[:, :, i:i + 16] for i in (0, 16)], dim=2)
@@ -143,7 +143,7 @@ def test_warming_compiles_the_kernel_even_when_a_mask_keeps_everything(monkeypat
     seen.clear()
     a.warming = True
     a.core(q, k, v, None, _call(q, k))
-    assert seen == ["flex", "dense"]  # warming: also one call on a partial mask, which compiles flex for this shape
+    assert seen == ["cpp", "dense"]  # warming: also one call on a partial mask, which builds the kernel
 
 
 def test_kept_counts_stay_on_the_device_until_read():

@@ -22,7 +22,7 @@ def _rel(out, ref):
     return float((out.double() - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
 
 
-BACKENDS = ["flex", "gather"]
+BACKENDS = ["flex", "gather", "cpp"]
 
 
 def test_the_reference_itself_against_a_loop_over_queries():
@@ -94,7 +94,7 @@ def test_which_backend_runs():
     assert resolve_backend("cpu", 64, "auto", all_kept=True) == "dense"
     assert resolve_backend("cpu", 64, "gather", all_kept=True) == "gather"
     assert resolve_backend("cpu", 64, "flex", all_kept=True) == "flex"
-    assert resolve_backend("cpu", 64) == "flex"
+    assert resolve_backend("cpu", 64) == "cpp"  # the C++ kernel is the CPU's default
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Passthrough(TorchDispatchMode):
@@ -120,7 +120,7 @@ def test_a_prepared_layout_serves_many_calls():
     mask = torch.rand(1, 2, 4, 4, generator=torch.Generator().manual_seed(5)) < 0.5
     mask[..., 1] = True
     layout = BlockLayout(mask, 100, 100, 32)
-    assert layout.backend == "flex" and layout.kept_fraction == pytest.approx(float(mask.float().mean()))
+    assert layout.backend == "cpp" and layout.kept_fraction == pytest.approx(float(mask.float().mean()))
     ref = masked_reference(q, k, v, mask, 32)
     for _ in range(2):
         assert _rel(block_sparse_attention(q, k, v, layout, 32), ref) <= 1e-5
