@@ -122,7 +122,7 @@ def resolve_backend(device: torch.device | str, block_size: int, backend: str = 
         return "flex"
     if all_kept:
         return "dense"
-    if device.type == "cpu" and not why_not:  # the C++ kernel: faster than flex on the CPU (docs/benchmarks.md)
+    if device.type == "cpu" and not cpp_unavailable(device):  # as fast as flex in fp32, twice in bf16 (benchmarks)
         return "cpp"
     return "gather" if why_not else "flex"
 
@@ -234,6 +234,13 @@ def cpp_unavailable(device: torch.device) -> str | None:
     """Why the C++ extension cannot run for this device (None: it can)."""
     if device.type != "cpu":
         return f"it is a CPU kernel, not one for {device.type}"
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    from torch.utils.cpp_extension import is_ninja_available
+
+    if _get_current_dispatch_mode() is not None:
+        return "a TorchDispatchMode is active (the op tracer: the eager gather path runs)"
+    if not is_ninja_available():
+        return "ninja is not installed (torch builds C++ extensions with it: pip install ninja)"
     return compiler_unavailable("cpu")
 
 
