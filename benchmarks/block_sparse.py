@@ -45,7 +45,8 @@ def main() -> None:
                               f"tokens {n:6d} kept {r['kept_density']:5.3f} {r['backend']:6s} "
                               f"dense_s {r['dense_s']:.5f} ({r['dense_backend']}) sparse_s {r['sparse_s']:.5f} "
                               f"kernel_s {r['kernel_s']:.5f} speedup {r['speedup']:5.2f} kernel "
-                              f"{r['kernel_speedup']:5.2f} (limit {r['limit']:5.2f}) max_rel_error {err} "
+                              f"{r['kernel_speedup']:5.2f} (limit {r['limit']:5.2f}) efficiency {r['efficiency']:.2f} "
+                              f"max_rel_error {err} "
                               f"first {r['first_call_s']:.1f}s"
                               + (f" dense_default_s {r['dense_default_s']:.5f}" if "dense_default_s" in r else ""),
                               flush=True)
@@ -56,7 +57,11 @@ def main() -> None:
     for r in rows:
         print(f"  {r['heads']}x{r['head_dim']} b={r['block_size']} tokens {r['tokens']:6d} "
               f"density {r['kept_density']:.3f}: {r['speedup']:.2f}x (kernel alone {r['kernel_speedup']:.2f}x) "
-              f"of {r['limit']:.2f}x")
+              f"of {r['limit']:.2f}x, efficiency {r['efficiency']:.2f} ({r['dtype']}, {r['backend']})")
+    if rows:
+        r = rows[0]
+        print(f"machine: {r['cpu_model'] if r['device'] == 'cpu' else r['device_name']}, "
+              f"cpu_capability {r['cpu_capability']}, {r['threads']} threads, torch {r['torch']}")
     sys.stdout.flush()
 
 

@@ -20,16 +20,17 @@ the CPU, ``flex`` on CUDA, ``gather`` where no compiler can run; :func:`resolve_
 * ``cpp`` — CPU only: a C++ extension (``attention/cpp/block_sparse.cpp``, built on first use with the machine's
   g++ for the CPU capability torch reports, cached under the diffprobe cache folder) that walks each query block's
   kept key blocks with an online softmax, BLAS ``sgemm`` for the two products of a tile and ATen's vectorized
-  exp. fp32 inside (other dtypes are converted on the way in and out).
+  exp, query blocks spread over torch's threads (OpenMP). fp32 inside (other dtypes are converted on the way in
+  and out).
 * ``gather`` — eager PyTorch, no compiler: per query block the kept key blocks are gathered into one slab and
   SDPA runs batched over query blocks. Correct everywhere (also inside a TorchDispatchMode, where
   ``torch.compile`` cannot run), but the gather copies K and V once per query block, so it gains little
   (docs/benchmarks.md).
 
 Why both: FlexAttention gives the GPU path (Triton) from the same mask; on the CPU its C++ template builds its
-micro-GEMMs with a fixed register blocking, which in bfloat16 reaches 0.29 of dense SDPA's efficiency on the AMD EPYC
-measured, where diffprobe's own C++ kernel, on BLAS GEMMs, reaches 0.78 (float32: the two are equal;
-docs/benchmarks.md).
+micro-GEMMs with a fixed register blocking and reaches 0.63 of dense SDPA's efficiency in float32 and 0.29 in
+bfloat16 on the AMD EPYC measured, where diffprobe's own C++ kernel, on BLAS GEMMs and OpenMP threads, reaches
+0.84–1.05 in both (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -82,10 +83,13 @@ class BlockLayout:
     """A block mask prepared once for the kernel: validated, its backend chosen and (for ``flex``) converted to
     FlexAttention's ``BlockMask``. Pass it as ``block_mask`` to reuse one mask across calls without paying the
     conversion (and the device sync of the all-kept check) each time. With ``check_all_kept=False`` nothing syncs
-    the device: a mask that keeps every block then runs on the sparse kernel rather than dense SDPA."""
+    the device: a mask that keeps every block then runs on the sparse kernel rather than dense SDPA. ``lists``:
+    the mask's :func:`kv_block_lists`, when the caller has them already (the block method's predictor computes
+    them in the same compiled function as the mask)."""
 
     def __init__(self, block_mask: torch.Tensor, q_tokens: int, k_tokens: int, block_size: int, *,
-                 backend: str = "auto", check_all_kept: bool = True):
+                 backend: str = "auto", check_all_kept: bool = True,
+                 lists: tuple[torch.Tensor, torch.Tensor] | None = None):
         _check_block_size(block_size)
         _check_mask(block_mask, None, None, q_tokens, k_tokens, block_size)
         self.mask, self.q_tokens, self.k_tokens, self.block_size = block_mask, q_tokens, k_tokens, block_size
@@ -93,9 +97,9 @@ class BlockLayout:
         # whether every block is kept (then dense SDPA runs); reading it syncs a GPU, so a caller may skip it
         self.all_kept = bool(block_mask.all()) if check_all_kept else False
         self.backend = resolve_backend(self.device, block_size, backend, all_kept=self.all_kept)
-        self.flex = to_flex_block_mask(block_mask, q_tokens, k_tokens, block_size) if self.backend == "flex" \
-            else None
-        self.cpp = _kv_block_lists(block_mask) if self.backend == "cpp" else None
+        self.flex = to_flex_block_mask(block_mask, q_tokens, k_tokens, block_size, lists=lists) \
+            if self.backend == "flex" else None
+        self.cpp = (lists or kv_block_lists(block_mask)) if self.backend == "cpp" else None
 
     @property
     def kept_fraction(self) -> float:
@@ -123,7 +127,7 @@ def resolve_backend(device: torch.device | str, block_size: int, backend: str = 
         return "flex"
     if all_kept:
         return "dense"
-    if device.type == "cpu" and not cpp_unavailable(device):  # as fast as flex in fp32, twice in bf16 (benchmarks)
+    if device.type == "cpu" and not cpp_unavailable(device):  # faster than flex in fp32 and bf16 (benchmarks)
         return "cpp"
     return "gather" if why_not else "flex"
 
@@ -193,12 +197,13 @@ def _compiled_flex():
     return _COMPILED["flex"]
 
 
-def to_flex_block_mask(block_mask: torch.Tensor, n: int, m: int, block_size: int):
+def to_flex_block_mask(block_mask: torch.Tensor, n: int, m: int, block_size: int,
+                       lists: tuple[torch.Tensor, torch.Tensor] | None = None):
     """A boolean (B, H, qb, kb) block mask as FlexAttention's ``BlockMask``: per query block, how many key blocks
     are kept and which (ascending), all as "partial" blocks with no mask function."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    counts, order = _kv_block_lists(block_mask)
+    counts, order = lists or kv_block_lists(block_mask)
     # forward only: skip the transposed (query-block) index that only the backward pass reads (0.2 ms a call)
     extra = {"compute_q_blocks": False} if _takes_compute_q_blocks() else {}
     return BlockMask.from_kv_blocks(counts.contiguous(), order, BLOCK_SIZE=block_size, seq_lengths=(n, m), **extra)
@@ -265,25 +270,28 @@ def _cpp_module():
     from diffprobe.models.tokenizer import cache_dir
 
     cap = torch.backends.cpu.get_cpu_capability()
-    flags = ["-O3", *_CAPABILITY_FLAGS.get(cap, [])]
+    # -fopenmp: ATen's at::parallel_for is an OpenMP pragma in a header; compiled without it the kernel runs on one
+    # thread. The libgomp it links resolves to the one torch already loaded (same soname)
+    flags = ["-O3", "-fopenmp", *_CAPABILITY_FLAGS.get(cap, [])]
     src = resources.files("diffprobe.attention").joinpath("cpp", "block_sparse.cpp")
     key = hashlib.sha256(src.read_bytes() + f"{torch.__version__} {cap} {flags}".encode()).hexdigest()[:12]
     build = cache_dir() / f"cpp-block-sparse-{key}"
     build.mkdir(parents=True, exist_ok=True)
     with as_file(src) as path:
         return load(name=f"diffprobe_block_sparse_{key}", sources=[str(path)], extra_cflags=flags,
-                    build_directory=str(build), verbose=False)
+                    extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
 
 
-def _kv_block_lists(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query block: how many key blocks are kept, and their indices first (ascending), as int32."""
+def kv_block_lists(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query block: how many key blocks are kept, and their indices first (ascending), as int32 — the block
+    index both sparse kernels walk (FlexAttention's ``kv_num_blocks`` / ``kv_indices``)."""
     counts = block_mask.sum(-1, dtype=torch.int32).contiguous()
     order = torch.sort((~block_mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32).contiguous()
     return counts, order
 
 
 def _cpp_attention(q, k, v, lists, block_size):
-    counts, order = lists
+    counts, order = (x.contiguous() for x in lists)  # the C++ side reads them as dense int32 arrays
     dtype = q.dtype
     qf, kf, vf = (x.to(torch.float32).contiguous() for x in (q, k, v))
     out = _cpp_module().forward(qf, kf, vf, counts, order, block_size, 1 / math.sqrt(q.shape[-1]))

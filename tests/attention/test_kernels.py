@@ -144,6 +144,21 @@ def test_without_the_all_kept_check_a_full_mask_runs_on_the_kernel():
     assert _rel(block_sparse_attention(q, k, v, layout, 32), F.scaled_dot_product_attention(q, k, v).double()) < 1e-5
 
 
+def test_the_cpp_kernel_runs_its_loop_on_every_torch_thread():
+    """Built without OpenMP, ATen's parallel_for (a pragma in a header) runs the whole kernel on one thread: twice
+    as slow as dense SDPA on two cores with nothing wrong in its output, so only this catches it."""
+    from diffprobe.attention.kernels import _cpp_module
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _cpp_module().parallel_threads(64) == 2
+        torch.set_num_threads(1)
+        assert _cpp_module().parallel_threads(64) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path (FlexAttention's Triton "
                     "kernel) is checked wherever one is present")
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)])

@@ -1,7 +1,8 @@
 // Block-sparse attention on the CPU: for each (batch, head, query block), the scores of only its kept key blocks
 // (BLAS sgemm, one call per run of consecutive kept blocks), in chunks of about 512 keys with an online softmax
 // (ATen's vectorized exp), P·V chunk by chunk into a row accumulator. fp32 throughout; the Python side converts other dtypes. Built on first use with the
-// machine's g++ (torch.utils.cpp_extension), for the CPU capability torch reports (AVX2 / AVX512).
+// machine's g++ (torch.utils.cpp_extension), for the CPU capability torch reports (AVX2 / AVX512), with -fopenmp:
+// at::parallel_for is an OpenMP pragma in ATen's header, and without the flag the whole kernel runs on one thread.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -125,6 +126,18 @@ torch::Tensor block_sparse_forward(torch::Tensor q, torch::Tensor k, torch::Tens
   return out;
 }
 
+// How many distinct threads run the items of an at::parallel_for over n items, as the kernel's loop does: a check
+// that this build parallelizes (1 when compiled without OpenMP, whatever torch.get_num_threads() says).
+int64_t parallel_threads(int64_t n) {
+  std::vector<int> used(std::max(at::get_num_threads(), 1), 0);
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    const int t = at::get_thread_num();
+    if (begin < end && t >= 0 && t < static_cast<int>(used.size())) used[t] = 1;
+  });
+  return std::count(used.begin(), used.end(), 1);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &block_sparse_forward, "block-sparse attention forward (fp32)");
+  m.def("parallel_threads", &parallel_threads, "threads used by a parallel loop over n items");
 }
