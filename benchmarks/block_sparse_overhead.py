@@ -18,7 +18,7 @@ import time
 def main() -> None:
     import torch
 
-    from diffprobe.attention.approx import ApproxAttention
+    from diffprobe.attention.approx import ApproxAttention, compiled_predictor, predict_block_index
     from diffprobe.attention.bench import DTYPES, random_block_mask
     from diffprobe.attention.kernels import BlockLayout, block_sparse_attention, to_flex_block_mask
 
@@ -62,12 +62,19 @@ def main() -> None:
         "kernel on a prepared layout": lambda: block_sparse_attention(q, k, v, layout, a.block_size),
         "full call from a boolean mask": lambda: block_sparse_attention(q, k, v, mask, a.block_size),
         "block method's predictor (tau 0.5)": lambda: core._block_mask(q, k),
+        "predictor -> block index, eager (tau 0.5)": lambda: predict_block_index(q, k, 0.5, a.block_size),
+        "predictor -> block index, compiled (tau 0.5)": lambda: compiled_predictor()(q, k, 0.5, a.block_size),
         "dense SDPA": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
     }
     print(f"{a.device} {a.dtype} batch {a.batch} heads {a.heads} x {a.head_dim} tokens {a.tokens} "
           f"block {a.block_size} kept {layout.kept_fraction:.3f} backend {layout.backend} torch {torch.__version__}")
+    times = {}
     for name, fn in parts.items():
-        print(f"  {name:42s} {med(fn) * 1e3:8.3f} ms", flush=True)
+        times[name] = med(fn)
+        print(f"  {name:46s} {times[name] * 1e3:8.3f} ms", flush=True)
+    dense = times["dense SDPA"]
+    for name in ("predictor -> block index, eager (tau 0.5)", "predictor -> block index, compiled (tau 0.5)"):
+        print(f"{name}: {times[name] / dense:.1%} of the dense call (target <= 10%)")
 
 
 if __name__ == "__main__":

@@ -171,17 +171,23 @@ class ApproxAttention:
         return out
 
     def _block_mask(self, q, k) -> tuple[torch.Tensor, int]:
-        """The ``block`` method's kept tiles and the predictor's FLOPs; with ``mask_interval`` > 1 a layer reuses
-        the mask it predicted within the last ``mask_interval`` steps (0 predictor FLOPs then)."""
+        """The ``block`` method's kept tiles and the predictor's FLOPs (see :meth:`_block_index`)."""
+        index, predictor = self._block_index(q, k)
+        return index[0], predictor
+
+    def _block_index(self, q, k) -> tuple[tuple[torch.Tensor, ...], int]:
+        """The ``block`` method's kept tiles as :func:`predict_block_index` gives them (mask, kept key-block counts
+        and indices, kept entries) and the predictor's FLOPs; with ``mask_interval`` > 1 a layer reuses the index
+        it predicted within the last ``mask_interval`` steps (0 predictor FLOPs then)."""
         call = self._call
         if self.mask_interval > 1 and call is not None and call.step >= 0 and not self.warming:
             cached = self._mask_cache.get(call.name)
             if cached is not None and 0 <= call.step - cached[0] < self.mask_interval \
-                    and cached[1].shape[0] == q.shape[0]:
+                    and cached[1][0].shape[0] == q.shape[0]:
                 return cached[1], 0
-            mask, predictor = self._predict_blocks(q, k)
-            self._mask_cache[call.name] = (call.step, mask)
-            return mask, predictor
+            index, predictor = self._predict_blocks(q, k)
+            self._mask_cache[call.name] = (call.step, index)
+            return index, predictor
         return self._predict_blocks(q, k)
 
     def _text_dense(self, keep: torch.Tensor, block: int = 1) -> torch.Tensor:
@@ -194,41 +200,40 @@ class ApproxAttention:
         keep[..., text.start // block:-(-text.stop // block)] = True
         return keep
 
-    def _predict_blocks(self, q, k) -> tuple[torch.Tensor, int]:
-        """Predict the kept (query block × key block) tiles and count the predictor's FLOPs: Q and K mean-pooled
-        per block, pooled probabilities per query block, key blocks taken by descending mass until τ is covered."""
+    def _predict_blocks(self, q, k) -> tuple[tuple[torch.Tensor, ...], int]:
+        """Predict the kept (query block × key block) tiles (:func:`predict_block_index`) and count the
+        predictor's FLOPs. On CUDA the prediction is one compiled function (a few fused kernels instead of some
+        twenty small ones, no host sync: the per-call host cost that made the kernel lose end to end)."""
         b, h, nq, d = q.shape
         nk = k.shape[2]
-        q_pool, k_pool = _pool(q.float(), self.block), _pool(k.float(), self.block)  # (B, H, qb|kb, d)
-        qb, kb = q_pool.shape[2], k_pool.shape[2]
+        qb, kb = math.ceil(nq / self.block), math.ceil(nk / self.block)
         predictor = b * h * (nq + nk) * d + 2 * b * h * qb * kb * d + 5 * b * h * qb * kb  # pooling, scores, softmax
-        if self.value >= 1:
-            return torch.ones(b, h, qb, kb, dtype=torch.bool, device=q.device), predictor
-        bmass = (q_pool @ k_pool.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1)  # (B, H, qb, kb)
-        ranked, order = bmass.sort(dim=-1, descending=True)
-        before = ranked.cumsum(dim=-1) - ranked  # mass of the blocks ranked above
-        mask = torch.zeros_like(before, dtype=torch.bool).scatter_(-1, order, before < self.value - 1e-6)
-        return self._text_dense(mask, self.block), predictor
+        text = self._call.text_keys if self._call is not None else None
+        text_blocks = (text.start // self.block, -(-text.stop // self.block)) if text is not None else None
+        fn = predict_block_index
+        if q.is_cuda and self.value < 1 and kernels.flex_unavailable(q.device, self.block) is None:
+            fn = compiled_predictor()
+        return fn(q, k, self.value, self.block, text_blocks), predictor
 
     def _block_sparse(self, q, k, v):
         """The ``block`` method on the block-sparse kernel: only the kept tiles are computed."""
 
         nq, nk = q.shape[2], k.shape[2]
-        mask, predictor = self._block_mask(q, k)
+        (mask, counts, order, kept), predictor = self._block_index(q, k)
         if self.warming:  # compile for this shape now, even if this step's mask happens to keep every block
             probe = torch.zeros_like(mask)
             probe[..., 0] = True
             layout = kernels.BlockLayout(probe, nq, nk, self.block, backend=self.backend)
             if layout.backend in ("flex", "cpp"):  # flex compiles per shape; cpp builds (or loads) once
                 kernels.block_sparse_attention(q, k, v, layout, self.block)
-        rows = _block_lengths(nq, self.block, q.device)
-        cols = _block_lengths(nk, self.block, q.device)
-        kept = torch.einsum("bhij,i,j->", mask.double(), rows, cols)  # read later (``calls``): no device sync here
+        # ``kept`` stays a device tensor, read later (``calls``): no device sync here
         if self.save_masks:  # kept keys per row: each query block's kept key blocks' lengths
+            cols = _block_lengths(nk, self.block, q.device)
             per_block = torch.einsum("bhij,j->bhi", mask.double(), cols).to(torch.int32)
             self._kept_masks = (mask, per_block.repeat_interleave(self.block, dim=-1)[..., :nq])
         # on a GPU the all-kept check would sync every call; there a mask that keeps everything runs on the kernel
-        layout = kernels.BlockLayout(mask, nq, nk, self.block, backend=self.backend, check_all_kept=not q.is_cuda)
+        layout = kernels.BlockLayout(mask, nq, nk, self.block, backend=self.backend, check_all_kept=not q.is_cuda,
+                                     lists=(counts, order))
         return kernels.block_sparse_attention(q, k, v, layout, self.block), kept, predictor, layout.backend
 
     def _approx(self, q, k, v):
@@ -287,6 +292,44 @@ class ApproxAttention:
         if self.save_masks:
             self._kept_masks = (torch.cat(tiles, dim=2), torch.cat(row_kept, dim=2))
         return torch.cat(outs, dim=2).to(q.dtype), kept, predictor
+
+
+def predict_block_index(q: torch.Tensor, k: torch.Tensor, tau: float, block: int,
+                        text_blocks: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """The ``block`` method's prediction, from Q and K to the kernel's block index in one function of tensors (no
+    host sync, so it can be compiled whole): Q and K mean-pooled per block, pooled probabilities per query block,
+    key blocks taken by descending mass until τ is covered, key blocks ``text_blocks`` = (first, stop) always kept.
+
+    Returns ``mask`` (B, H, qb, kb) bool, ``counts`` (B, H, qb) int32 kept key blocks per query block, ``order``
+    (B, H, qb, kb) int32 their indices first (ascending; what :class:`~diffprobe.attention.kernels.BlockLayout`
+    takes as ``lists``) and ``kept`` (a float64 scalar tensor: attention entries kept, ragged blocks counted at
+    their length)."""
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
+    q_pool, k_pool = _pool(q.float(), block), _pool(k.float(), block)  # (B, H, qb|kb, d)
+    if tau >= 1:
+        mask = torch.ones(b, h, q_pool.shape[2], k_pool.shape[2], dtype=torch.bool, device=q.device)
+    else:
+        bmass = (q_pool @ k_pool.transpose(-1, -2) / math.sqrt(d)).softmax(dim=-1)  # (B, H, qb, kb)
+        ranked, rank_order = bmass.sort(dim=-1, descending=True)
+        before = ranked.cumsum(dim=-1) - ranked  # mass of the blocks ranked above
+        mask = torch.zeros_like(before, dtype=torch.bool).scatter_(-1, rank_order, before < tau - 1e-6)
+        if text_blocks is not None:
+            mask[..., text_blocks[0]:text_blocks[1]] = True
+    counts, order = kernels.kv_block_lists(mask)
+    kept = torch.einsum("bhij,i,j->", mask.double(), _block_lengths(nq, block, q.device),
+                        _block_lengths(nk, block, q.device))
+    return mask, counts, order, kept
+
+
+def compiled_predictor():
+    """:func:`predict_block_index` compiled (static shapes: one graph per attention shape and τ), for CUDA."""
+    if "predictor" not in _COMPILED:
+        _COMPILED["predictor"] = torch.compile(predict_block_index, dynamic=False)
+    return _COMPILED["predictor"]
+
+
+_COMPILED: dict = {}
 
 
 def _block_lengths(n: int, block: int, device) -> torch.Tensor:

@@ -208,3 +208,41 @@ def test_profile_mask_interval_runs_the_predictor_every_n_steps(tmp_path):
     # 4 UNet evaluations (DDIM): masks predicted at 0 and 2, reused at 1 and 3; every call has the same shapes
     p1, p2 = every["flops_by_layer_type"]["attn_predictor"], half["flops_by_layer_type"]["attn_predictor"]
     assert p1 > 0 and p2 == pytest.approx(p1 / 2, rel=1e-12)
+
+
+def test_the_predicted_block_index_compiled_and_eager_agree_with_its_mask():
+    # predict_block_index is one function of tensors from Q, K to the kernel's block index (so CUDA can compile it
+    # whole, no host sync); compiled here on the CPU, it must give the eager index, and the index must be its mask's
+    from diffprobe.attention.approx import compiled_predictor, predict_block_index
+    from diffprobe.timing.compiled import compiler_unavailable
+
+    if compiler_unavailable("cpu"):
+        pytest.skip(f"no C++ compiler for torch.compile here: {compiler_unavailable('cpu')}")
+    q, k, _ = _qkv(nq=200, nk=168, d=16, seed=3)  # 7 query blocks and 6 key blocks of 32, both ragged
+    for tau, text in ((0.5, None), (0.3, (0, 2))):
+        mask, counts, order, kept = predict_block_index(q, k, tau, 32, text)
+        compiled = compiled_predictor()(q, k, tau, 32, text)
+        for got, want in zip(compiled, (mask, counts, order, kept), strict=True):
+            assert torch.equal(got, want)
+        if text:
+            assert mask[..., :2].all()
+        assert torch.equal(counts, mask.sum(-1).int())
+        for (bi, hi, qi), n in zip(torch.cartesian_prod(*(torch.arange(s) for s in counts.shape)).tolist(),
+                                   counts.flatten().tolist(), strict=True):
+            assert order[bi, hi, qi, :n].tolist() == mask[bi, hi, qi].nonzero().flatten().tolist()
+        tok = mask.repeat_interleave(32, 2).repeat_interleave(32, 3)[:, :, :200, :168]
+        assert int(kept) == int(tok.sum())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the compiled predictor on the GPU "
+                    "is checked wherever one is present")
+def test_cuda_compiled_predictor_gives_the_eager_block_index():
+    from diffprobe.attention.approx import compiled_predictor, predict_block_index
+
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(2, 5, 4096, 64, generator=g).cuda().half() for _ in range(2))
+    eager = predict_block_index(q, k, 0.25, 64)
+    compiled = compiled_predictor()(q, k, 0.25, 64)
+    # the pooled mass in fp32 may round differently when fused: at most a few blocks at the tau boundary differ
+    assert float((compiled[0] != eager[0]).float().mean()) < 1e-3
+    assert torch.equal(compiled[1], compiled[0].sum(-1).int())
