@@ -325,6 +325,7 @@ def predict_block_index(q: torch.Tensor, k: torch.Tensor, tau: float, block: int
 def compiled_predictor():
     """:func:`predict_block_index` compiled (static shapes: one graph per attention shape and τ), for CUDA."""
     if "predictor" not in _COMPILED:
+        kernels.raise_recompile_limits()
         _COMPILED["predictor"] = torch.compile(predict_block_index, dynamic=False)
     return _COMPILED["predictor"]
 

@@ -187,14 +187,19 @@ def _compiled_flex():
     if "flex" not in _COMPILED:
         from torch.nn.attention.flex_attention import flex_attention
 
-        # every (shape, dtype) compiles once (dynamic=False: static shapes give the fastest kernels); raise Dynamo's
-        # recompile limits, process-wide and only upwards, so a run with many attention shapes (a UNet's levels, a
-        # benchmark grid) never silently falls back to eager FlexAttention, which materializes the scores
-        for name, value in (("recompile_limit", 512), ("accumulated_recompile_limit", 4096)):
-            if getattr(torch._dynamo.config, name, value) < value:
-                setattr(torch._dynamo.config, name, value)
+        # every (shape, dtype) compiles once (dynamic=False: static shapes give the fastest kernels)
+        raise_recompile_limits()
         _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
     return _COMPILED["flex"]
+
+
+def raise_recompile_limits() -> None:
+    """Raise Dynamo's recompile limits, process-wide and only upwards, so that a run with many attention shapes (a
+    UNet's levels, a benchmark grid, several τ) never silently falls back to eager code (eager FlexAttention
+    materializes the scores)."""
+    for name, value in (("recompile_limit", 512), ("accumulated_recompile_limit", 4096)):
+        if getattr(torch._dynamo.config, name, value) < value:
+            setattr(torch._dynamo.config, name, value)
 
 
 def to_flex_block_mask(block_mask: torch.Tensor, n: int, m: int, block_size: int,
