@@ -252,7 +252,19 @@ def cpp_unavailable(device: torch.device) -> str | None:
         return "a TorchDispatchMode is active (the op tracer: the eager gather path runs)"
     if not is_ninja_available():
         return "ninja is not installed (torch builds C++ extensions with it: pip install ninja)"
-    return compiler_unavailable("cpu")
+    return compiler_unavailable("cpu") or _cpp_build_error()
+
+
+@functools.cache
+def _cpp_build_error() -> str | None:
+    """Why the extension did not build or load (None: it did). Building it here, once per process, lets ``auto``
+    fall back to another backend where the compiler or linker fails, rather than fail the run."""
+    try:
+        _cpp_module()
+    except Exception as e:  # noqa: BLE001 — any build or load error means the backend is unavailable
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        return f"its build failed ({lines[0][:200] if lines else type(e).__name__})"
+    return None
 
 
 # compile flags per CPU capability (torch's ``get_cpu_capability``): ATen's vector types pick their instruction

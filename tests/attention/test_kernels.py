@@ -144,6 +144,23 @@ def test_without_the_all_kept_check_a_full_mask_runs_on_the_kernel():
     assert _rel(block_sparse_attention(q, k, v, layout, 32), F.scaled_dot_product_attention(q, k, v).double()) < 1e-5
 
 
+def test_a_cpp_build_that_fails_leaves_auto_on_another_backend(monkeypatch):
+    import diffprobe.attention.kernels as kernels
+
+    def broken():
+        raise RuntimeError("Error building extension 'diffprobe_block_sparse': ld: cannot find -lgomp\nmore")
+
+    kernels._cpp_build_error.cache_clear()
+    monkeypatch.setattr(kernels, "_cpp_module", broken)
+    try:
+        assert resolve_backend("cpu", 64) in ("flex", "gather")
+        with pytest.raises(DiffprobeError, match=r"cpp backend cannot run here: its build failed \(Error building "
+                                                 r"extension 'diffprobe_block_sparse': ld: cannot find -lgomp\)$"):
+            resolve_backend("cpu", 64, "cpp")
+    finally:
+        kernels._cpp_build_error.cache_clear()
+
+
 def test_the_cpp_kernel_runs_its_loop_on_every_torch_thread():
     """Built without OpenMP, ATen's parallel_for (a pragma in a header) runs the whole kernel on one thread: twice
     as slow as dense SDPA on two cores with nothing wrong in its output, so only this catches it."""
