@@ -190,14 +190,19 @@ class ApproxAttention:
             return index, predictor
         return self._predict_blocks(q, k)
 
-    def _text_dense(self, keep: torch.Tensor, block: int = 1) -> torch.Tensor:
-        """``keep`` (last axis: keys, or key blocks of ``block``) with the call's text keys kept (joint attention:
-        the text tokens are few and every image token reads them; a method skips among the image keys only)."""
+    def _text_blocks(self, block: int = 1) -> tuple[int, int] | None:
+        """The call's text keys (joint attention) as a range of key blocks of ``block`` (first, stop), or None:
+        the text tokens are few and every image token reads them, so a method skips among the image keys only."""
         text = self._call.text_keys if self._call is not None else None
+        return (text.start // block, -(-text.stop // block)) if text is not None else None
+
+    def _text_dense(self, keep: torch.Tensor) -> torch.Tensor:
+        """``keep`` (last axis: keys) with the call's text keys kept."""
+        text = self._text_blocks()
         if text is None:
             return keep
         keep = keep.clone()
-        keep[..., text.start // block:-(-text.stop // block)] = True
+        keep[..., text[0]:text[1]] = True
         return keep
 
     def _predict_blocks(self, q, k) -> tuple[tuple[torch.Tensor, ...], int]:
@@ -208,12 +213,10 @@ class ApproxAttention:
         nk = k.shape[2]
         qb, kb = math.ceil(nq / self.block), math.ceil(nk / self.block)
         predictor = b * h * (nq + nk) * d + 2 * b * h * qb * kb * d + 5 * b * h * qb * kb  # pooling, scores, softmax
-        text = self._call.text_keys if self._call is not None else None
-        text_blocks = (text.start // self.block, -(-text.stop // self.block)) if text is not None else None
         fn = predict_block_index
         if q.is_cuda and self.value < 1 and kernels.flex_unavailable(q.device, self.block) is None:
             fn = compiled_predictor()
-        return fn(q, k, self.value, self.block, text_blocks), predictor
+        return fn(q, k, self.value, self.block, self._text_blocks(self.block)), predictor
 
     def _block_sparse(self, q, k, v):
         """The ``block`` method on the block-sparse kernel: only the kept tiles are computed."""

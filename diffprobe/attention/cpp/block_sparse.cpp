@@ -1,8 +1,9 @@
 // Block-sparse attention on the CPU: for each (batch, head, query block), the scores of only its kept key blocks
 // (BLAS sgemm, one call per run of consecutive kept blocks), in chunks of about 512 keys with an online softmax
-// (ATen's vectorized exp), P·V chunk by chunk into a row accumulator. fp32 throughout; the Python side converts other dtypes. Built on first use with the
-// machine's g++ (torch.utils.cpp_extension), for the CPU capability torch reports (AVX2 / AVX512), with -fopenmp:
-// at::parallel_for is an OpenMP pragma in ATen's header, and without the flag the whole kernel runs on one thread.
+// (ATen's vectorized exp), P·V chunk by chunk into a row accumulator, query blocks over torch's threads. fp32
+// throughout; the Python side converts other dtypes. Built on first use with the machine's g++
+// (torch.utils.cpp_extension), for the CPU capability torch reports (AVX2 / AVX512), with -fopenmp: at::parallel_for
+// is an OpenMP pragma in ATen's header, and without the flag the whole kernel runs on one thread.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
