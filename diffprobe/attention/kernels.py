@@ -246,13 +246,21 @@ def cpp_unavailable(device: torch.device) -> str | None:
     if device.type != "cpu":
         return f"it is a CPU kernel, not one for {device.type}"
     from torch.utils._python_dispatch import _get_current_dispatch_mode
-    from torch.utils.cpp_extension import is_ninja_available
 
     if _get_current_dispatch_mode() is not None:
         return "a TorchDispatchMode is active (the op tracer: the eager gather path runs)"
-    if not is_ninja_available():
+    if not _ninja_available():
         return "ninja is not installed (torch builds C++ extensions with it: pip install ninja)"
     return compiler_unavailable("cpu") or _cpp_build_error()
+
+
+@functools.cache
+def _ninja_available() -> bool:
+    """torch's check, once per process: it runs ``ninja --version`` in a subprocess (≈ 1 ms, every attention call
+    otherwise)."""
+    from torch.utils.cpp_extension import is_ninja_available
+
+    return is_ninja_available()
 
 
 @functools.cache
