@@ -355,8 +355,9 @@ def approx(
     k: str = typer.Option("64,16,4", help="topk: keys kept per query (>= 1)."),
     tau: str = typer.Option("1,0.99,0.95,0.9", help="block: mass covered by the kept key blocks, (0, 1]."),
     block: int = typer.Option(64, help="block: block side in tokens."),
-    mask_interval: int = typer.Option(1, "--mask-interval", help="block: predict a layer's block mask every N "
-                                      "steps and reuse it in between (no predictor on those steps)."),
+    mask_interval: str = typer.Option("1", "--mask-interval", help="block: predict a layer's block mask every N "
+                                      "steps and reuse it in between (no predictor on those steps); a comma list "
+                                      "runs every block setting once per interval."),
     interval: str = typer.Option("2,3,5", help="deepcache: a full UNet every N steps, the rest reuse its deep "
                                  "features; taylorseer: blocks computed every N steps, forecast in between (whole "
                                  "numbers >= 1)."),
@@ -398,7 +399,7 @@ def approx(
     """Approximate attention vs dense: FLOPs saved (exact account), time, PSNR/SSIM, digit accuracy."""
     from diffprobe.attention.approx import METHODS, parse_values
     from diffprobe.methods.reuse import REUSE
-    from diffprobe.parsing import parse_floats
+    from diffprobe.parsing import parse_floats, parse_ints
     from diffprobe.run.approx import run_approx
 
     names = [m.strip() for m in method.split(",") if m.strip()]
@@ -412,6 +413,7 @@ def approx(
     methods = {m: (parse_floats(reuse_values[m][1], reuse_values[m][0], 0, float("inf"), True) if m in REUSE
                    else parse_values(m, {"eps": eps, "k": k, "tau": tau})) for m in names}
     extra = [t.strip() for t in (setting or "").split(",") if t.strip()]
+    intervals = parse_ints(mask_interval, "--mask-interval")
     if per_digit < 1:
         raise DiffprobeError("--per-digit must be at least 1")
     base = _base_config(model=model, prompt=prompt, height=height, width=width, steps=steps, guidance=guidance,
@@ -421,7 +423,7 @@ def approx(
     with bar:
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
                            out=out_dir, progress=callback, clip_weights=clip_weights, force=force,
-                           save_masks=save_masks, settings=extra, mask_interval=mask_interval)
+                           save_masks=save_masks, settings=extra, mask_interval=intervals)
         report_path = _build_report(state["run_dir"])
     if fmt is Format.json:
         _print_json(state)

@@ -242,13 +242,18 @@ def tradeoff(results: list[dict]) -> Figure:
         metrics.append(("accuracy", "digit accuracy"))
     fig = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    methods = list(dict.fromkeys(r["method"] for r in results if r["method"] != "dense"))
+    def series(r: dict) -> str:  # a block setting with reused masks is its own line
+        n = r.get("mask_interval") or 1
+        return r["method"] + (f", mask every {n}" if n > 1 else "")
+
+    methods = list(dict.fromkeys(series(r) for r in results if r["method"] != "dense"))
     dense = next((r for r in results if r["method"] == "dense"), None)
     finite_psnr = [r["psnr"] for r in results if r["psnr"] is not None]
     cap = (max(finite_psnr) + 5) if finite_psnr else 60.0  # identical images (no PSNR) are drawn at the cap
     for ax, (key, label) in zip(axes, metrics, strict=True):
         for i, m in enumerate(methods):
-            pts = sorted(((100 * r["attention_flops_saved"], r[key]) for r in results if r["method"] == m),
+            pts = sorted(((100 * r["attention_flops_saved"], r[key]) for r in results
+                          if r["method"] != "dense" and series(r) == m),
                          key=lambda p: p[0])
             ys = [(cap if y is None else min(y, cap)) if key == "psnr" else y for _, y in pts]
             ax.plot([x for x, _ in pts], ys, "o-", label=m, color=_TAB[i % len(_TAB)])

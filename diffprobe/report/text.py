@@ -154,6 +154,8 @@ def approx_rows(state: dict) -> tuple[list[str], list[list[str]]]:
         method = r["method"]
         if r.get("setting") and "+" in r["setting"]:  # a composed setting: both methods, both parameters
             method, param = "+".join(p.split("=")[0] for p in r["setting"].split("+")), r["setting"]
+        if (r.get("mask_interval") or 1) > 1:  # block masks reused across steps
+            param += f", mask every {r['mask_interval']}"
         row = [method, param, f"{100 * r['attention_flops_saved']:.1f}%",
                f"{100 * r['end_to_end_flops_saved']:.1f}%",
                f"{100 * r['kept_fraction']:.1f}%", fmt_s(r["unet_s"]), r.get("kernel", ""),

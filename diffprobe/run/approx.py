@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,20 +71,27 @@ def generate(pipe, cfg, prompts: list[str], core=None, tracer=None) -> dict:
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
                per_digit: int = 3, out: str | Path | None = None, progress=None, clip_weights: str | None = None,
                force: bool = False, save_masks: bool = True, settings: list[str] | None = None,
-               mask_interval: int = 1) -> dict:
+               mask_interval: int | Sequence[int] = 1) -> dict:
     """Dense, then every (method, value) and every extra setting (``block=0.9+deepcache=3``: attention and
     step-level reuse together); writes ``approx.json``, ``approx.parquet`` and images into ``out`` (default
     ``runs/<time>-approx-<model>``). PSNR is ``None`` where every image equals dense (``identical``);
-    ``identical_images`` counts those left out of the mean."""
+    ``identical_images`` counts those left out of the mean. ``mask_interval`` (one or several): every ``block``
+    setting runs once per interval, a row each (``mask_interval`` in the row), so the quality cost of reusing
+    masks is measured against the same dense run as the setting itself."""
     import pandas as pd
 
     cfg = replace(base, mode="measured", trace_ops=False).resolved()
-    todo = [parse_settings(f"{m}={v:g}".replace("e+", "e")) for m, vs in methods.items() for v in vs]
-    todo += [parse_settings(t) for t in settings or []]
-    for setting in todo:  # every parameter checked before any work
+    intervals = [mask_interval] if isinstance(mask_interval, int) else list(mask_interval)
+    parsed = [parse_settings(f"{m}={v:g}".replace("e+", "e")) for m, vs in methods.items() for v in vs]
+    parsed += [parse_settings(t) for t in settings or []]
+    # (setting, mask interval): block settings once per interval; other methods do not predict masks
+    todo = [(setting, n) for setting in parsed
+            for n in (intervals if setting.attention is not None and setting.attention[0] == "block"
+                      else intervals[:1])]
+    for setting, n in todo:  # every parameter checked before any work
         if setting.attention is not None:
             ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
-                            mask_interval=mask_interval)
+                            mask_interval=n)
     spec = get_spec(cfg.model)
     clip = None
     if clip_weights is not None:  # checked before any work
@@ -93,7 +101,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     report = progress or (lambda *_: None)
     prompts, labels = prompts_for(cfg, per_digit)
     pipe = build_pipeline(cfg, spec)
-    for setting in todo:  # a reuse method for another model family: refused before any run
+    for setting, _ in todo:  # a reuse method for another model family: refused before any run
         if setting.reuse is not None:
             setting.reuse.check_model(pipe, cfg.model)
     # the complete dense cost account of this configuration (FLOPs are the same measured or analytic)
@@ -120,14 +128,14 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
              "accuracy": classifier.accuracy(dense["images"], labels) if classifier else None,
              "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png",
              "clip_score": clip.score(dense["images"], prompts) if clip else None}]
-    for i, setting in enumerate(todo):
+    for i, (setting, interval) in enumerate(todo):
         report("methods", i + 1, len(todo) + 1)
         method, value = setting.attention or (setting.reuse.name, setting.reuse.value)
         core = None
         warm_s = 0.0
         if setting.attention is not None:
             core = ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
-                                   seed=cfg.seed, mask_interval=mask_interval)
+                                   seed=cfg.seed, mask_interval=interval)
             warm_s = warm_up(pipe, cfg, prompts, core)
             core.save_masks, core.masks = save_masks, []  # the timed pass's masks only
         with setting.reuse.installed(pipe) if setting.reuse is not None else contextlib.nullcontext():
@@ -162,13 +170,17 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         name = setting.text.replace("=", "_")
         if setting.reuse is None:
             name = f"{method}_{PARAM[method]}_{value:g}"
+        text = setting.text
+        if interval > 1 and len(intervals) > 1:  # the setting with its masks reused, beside the same setting
+            # predicting every step: its own row, image and masks (one interval alone keeps the plain names)
+            name, text = f"{name}_every_{interval}", f"{setting.text} mask every {interval}"
         _save_grid(res["images"], img_dir / f"{name}.png")
         if save_masks and core is not None:  # what the method kept: masks/<name>/, the method's value as tau
             write_masks(out_dir / "masks" / name, core.masks, (block,), (value,),
                         meta={"source": "approx", "method": method, "param": PARAM[method], "value": value})
         q = quality(dense, res)
         rows.append({"method": method, "param": PARAM.get(method) or setting.reuse.param, "value": value,
-                     "setting": setting.text, **flops,
+                     "setting": text, "mask_interval": interval if method == "block" else None, **flops,
                      "unet_s": res["unet_s"], "wall_s": res["wall_s"], "warmup_s": warm_s,
                      "kernel": kernels_used(calls) if calls else "dense",
                      "psnr": q["psnr"], "identical": q["identical"], "identical_images": q["identical_images"],
@@ -182,8 +194,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     random = cfg.random_weights
     state = {"schema_version": SCHEMA_VERSION, "kind": "approx", "model": cfg.model, "height": cfg.height,
              "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "prompts": prompts,
-             "renormalize": renormalize, "block": block, "rank": rank, "mask_interval": mask_interval,
-             "random_weights": random,
+             "renormalize": renormalize, "block": block, "rank": rank, "mask_interval": intervals[0],
+             "mask_intervals": intervals, "random_weights": random,
              "total_flops": total_flops, "results": rows, "run_dir": str(out_dir),
              "notes": [JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() else []}
     write_json(out_dir / "approx.json", state)

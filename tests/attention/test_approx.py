@@ -246,3 +246,27 @@ def test_cuda_compiled_predictor_gives_the_eager_block_index():
     # the pooled mass in fp32 may round differently when fused: at most a few blocks at the tau boundary differ
     assert float((compiled[0] != eager[0]).float().mean()) < 1e-3
     assert torch.equal(compiled[1], compiled[0].sum(-1).int())
+
+
+def test_approx_runs_each_block_setting_once_per_mask_interval(tmp_path):
+    # --mask-interval 1,2: the block setting twice, against one dense run; the interval-2 row's predictor runs at
+    # steps 0 and 2 of 4 (half the FLOPs of predicting every step), its kept masks repeat in pairs, and a method
+    # without a predictor (threshold) runs once
+    import json
+
+    from diffprobe.cli import main
+
+    out = tmp_path / "run"
+    assert main(["approx", "--model", "tiny", "--height", "128", "--width", "128", "--steps", "4", "--method",
+                 "block,threshold", "--tau", "0.5", "--eps", "0.01", "--block", "32", "--mask-interval", "1,2",
+                 "--out", str(out), "-q"]) == 0
+    state = json.loads((out / "approx.json").read_text())
+    assert (state["mask_interval"], state["mask_intervals"]) == (1, [1, 2])
+    rows = {(r["method"], r.get("mask_interval")): r for r in state["results"]}
+    assert sorted(rows, key=str) == sorted([("dense", None), ("block", 1), ("block", 2), ("threshold", None)],
+                                           key=str)
+    every, half = rows[("block", 1)], rows[("block", 2)]
+    assert half["predictor_flops"] * 2 == every["predictor_flops"] > 0
+    assert half["setting"] == "block=0.5 mask every 2" and half["image"] == "images/block_tau_0.5_every_2.png"
+    assert (out / half["image"]).exists() and (out / "masks" / "block_tau_0.5_every_2").is_dir()
+    assert main(["approx", "--model", "tiny", "--mask-interval", "0,2", "--out", str(tmp_path / "bad")]) == 2
