@@ -170,17 +170,17 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         name = setting.text.replace("=", "_")
         if setting.reuse is None:
             name = f"{method}_{PARAM[method]}_{value:g}"
-        text = setting.text
+        label = setting.text
         if interval > 1 and len(intervals) > 1:  # the setting with its masks reused, beside the same setting
             # predicting every step: its own row, image and masks (one interval alone keeps the plain names)
-            name, text = f"{name}_every_{interval}", f"{setting.text} mask every {interval}"
+            name, label = f"{name}_every_{interval}", f"{setting.text} mask every {interval}"
         _save_grid(res["images"], img_dir / f"{name}.png")
         if save_masks and core is not None:  # what the method kept: masks/<name>/, the method's value as tau
             write_masks(out_dir / "masks" / name, core.masks, (block,), (value,),
                         meta={"source": "approx", "method": method, "param": PARAM[method], "value": value})
         q = quality(dense, res)
         rows.append({"method": method, "param": PARAM.get(method) or setting.reuse.param, "value": value,
-                     "setting": text, "mask_interval": interval if method == "block" else None, **flops,
+                     "setting": label, "mask_interval": interval if method == "block" else None, **flops,
                      "unet_s": res["unet_s"], "wall_s": res["wall_s"], "warmup_s": warm_s,
                      "kernel": kernels_used(calls) if calls else "dense",
                      "psnr": q["psnr"], "identical": q["identical"], "identical_images": q["identical_images"],
