@@ -88,7 +88,9 @@ class ApproxAttention:
         # steps (no predictor run on those), as consecutive steps keep nearly the same blocks (sparsity's
         # mask_step_overlap)
         self.mask_interval = mask_interval
-        self._mask_cache: dict[str, tuple[int, torch.Tensor]] = {}
+        self._mask_cache: dict[str, tuple[int, tuple[torch.Tensor, ...]]] = {}
+        # the kernel layout of a reused index (FlexAttention's BlockMask on CUDA): built once per prediction
+        self._layout_cache: dict[str, tuple[tuple[torch.Tensor, ...], kernels.BlockLayout]] = {}
         self._call: CallInfo | None = None
         # save_masks: keep what each call kept, for the mask store: the (query block x key block) tiles holding a
         # kept entry at block side ``block`` and the kept keys per query row (key: the method's value)
@@ -127,6 +129,7 @@ class ApproxAttention:
         """Forget the calls seen so far (after a warm-up pass) and any masks kept for reuse."""
         self._calls.clear()
         self._mask_cache.clear()
+        self._layout_cache.clear()
 
     def is_noop(self, n_keys: int) -> bool:
         if self.method == "topk":
@@ -222,7 +225,8 @@ class ApproxAttention:
         """The ``block`` method on the block-sparse kernel: only the kept tiles are computed."""
 
         nq, nk = q.shape[2], k.shape[2]
-        (mask, counts, order, kept), predictor = self._block_index(q, k)
+        index, predictor = self._block_index(q, k)
+        mask, counts, order, kept = index
         if self.warming:  # compile for this shape now, even if this step's mask happens to keep every block
             probe = torch.zeros_like(mask)
             probe[..., 0] = True
@@ -234,9 +238,17 @@ class ApproxAttention:
             cols = _block_lengths(nk, self.block, q.device)
             per_block = torch.einsum("bhij,j->bhi", mask.double(), cols).to(torch.int32)
             self._kept_masks = (mask, per_block.repeat_interleave(self.block, dim=-1)[..., :nq])
-        # on a GPU the all-kept check would sync every call; there a mask that keeps everything runs on the kernel
-        layout = kernels.BlockLayout(mask, nq, nk, self.block, backend=self.backend, check_all_kept=not q.is_cuda,
-                                     lists=(counts, order))
+        name = self._call.name if self._call is not None else ""
+        cached = self._layout_cache.get(name)
+        if cached is not None and cached[0] is index:  # a reused index: its layout too (no BlockMask rebuilt)
+            layout = cached[1]
+        else:
+            # on a GPU the all-kept check would sync every call; there a mask that keeps everything runs on the
+            # kernel
+            layout = kernels.BlockLayout(mask, nq, nk, self.block, backend=self.backend,
+                                         check_all_kept=not q.is_cuda, lists=(counts, order))
+            if self.mask_interval > 1:
+                self._layout_cache[name] = (index, layout)
         return kernels.block_sparse_attention(q, k, v, layout, self.block), kept, predictor, layout.backend
 
     def _approx(self, q, k, v):

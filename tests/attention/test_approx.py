@@ -270,3 +270,30 @@ def test_approx_runs_each_block_setting_once_per_mask_interval(tmp_path):
     assert half["setting"] == "block=0.5 mask every 2" and half["image"] == "images/block_tau_0.5_every_2.png"
     assert (out / half["image"]).exists() and (out / "masks" / "block_tau_0.5_every_2").is_dir()
     assert main(["approx", "--model", "tiny", "--mask-interval", "0,2", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_a_reused_block_index_reuses_its_kernel_layout(monkeypatch):
+    # --mask-interval 2: at step 1 a layer reuses step 0's index, and with it the kernel layout built from it (on
+    # CUDA the BlockMask: no conversion on reused steps); the output is still attention over step 0's tiles
+    import diffprobe.attention.kernels as kernels
+
+    built = []
+
+    class Counting(kernels.BlockLayout):
+        def __init__(self, *args, **kwargs):
+            built.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "BlockLayout", Counting)
+    a = ApproxAttention("block", 0.5, block=16, mask_interval=2)
+    q0, k0, v0 = _qkv(nq=64, nk=64, d=8, seed=1)
+    q1, k1, v1 = _qkv(nq=64, nk=64, d=8, seed=2)
+    a.core(q0, k0, v0, None, CallInfo("attn1", "self", 64, 64, 2, 0))
+    mask0 = built[0]
+    out1 = a.core(q1, k1, v1, None, CallInfo("attn1", "self", 64, 64, 2, 1))
+    assert len(built) == 1  # step 1: no new layout
+    tok = mask0.repeat_interleave(16, 2).repeat_interleave(16, 3)
+    s = (q1.double() @ k1.double().transpose(-1, -2)) / math.sqrt(8)
+    assert float((out1.double() - s.masked_fill(~tok, float("-inf")).softmax(-1) @ v1.double()).abs().max()) < 1e-5
+    a.core(q1, k1, v1, None, CallInfo("attn1", "self", 64, 64, 2, 2))
+    assert len(built) == 2  # step 2: predicted again, a new layout
