@@ -20,8 +20,8 @@ the CPU, ``flex`` on CUDA, ``gather`` where no compiler can run; :func:`resolve_
 * ``cpp`` — CPU only: a C++ extension (``attention/cpp/block_sparse.cpp``, built on first use with the machine's
   g++ for the CPU capability torch reports, cached under the diffprobe cache folder) that walks each query block's
   kept key blocks with an online softmax, BLAS ``sgemm`` for the two products of a tile and ATen's vectorized
-  exp, query blocks spread over torch's threads (OpenMP). fp32 inside (other dtypes are converted on the way in
-  and out).
+  exp, query blocks spread over torch's threads (OpenMP); consecutive query blocks that keep the same key blocks
+  run as one tile of up to 256 rows. fp32 inside (other dtypes are converted on the way in and out).
 * ``gather`` — eager PyTorch, no compiler: per query block the kept key blocks are gathered into one slab and
   SDPA runs batched over query blocks. Correct everywhere (also inside a TorchDispatchMode, where
   ``torch.compile`` cannot run), but the gather copies K and V once per query block, so it gains little

@@ -144,6 +144,23 @@ def test_without_the_all_kept_check_a_full_mask_runs_on_the_kernel():
     assert _rel(block_sparse_attention(q, k, v, layout, 32), F.scaled_dot_product_attention(q, k, v).double()) < 1e-5
 
 
+def test_cpp_query_tiles_of_blocks_sharing_their_kept_keys():
+    # the C++ kernel runs consecutive query blocks that keep the same key blocks as one tile (up to 256 rows): runs
+    # of equal rows, a longer run than one tile holds (blocks of 16: 16 per tile), a row keeping the same count but
+    # other blocks, an empty row inside a run, a ragged last block, a mask broadcast over heads
+    n, m, bs = 600, 200, 16  # 38 query blocks (the last of 8 tokens), 13 key blocks (the last of 8)
+    q, k, v = _inputs(n, m, d=24, dv=20, b=2, h=3, seed=11)
+    mask = torch.zeros(1, 1, 38, 13, dtype=torch.bool)
+    mask[..., 0:20, [0, 3, 4, 12]] = True  # 20 equal rows: a full tile of 16 and one of 4
+    mask[..., 20, [1, 3, 4, 12]] = True  # the same count, other blocks
+    mask[..., 21:25, 5:9] = True
+    mask[..., 23, :] = False  # empty, between equal rows
+    mask[..., 25:38, :] = True  # every block, to the ragged end
+    out = block_sparse_attention(q, k, v, mask, bs, backend="cpp")
+    assert torch.all(out[:, :, 23 * bs:24 * bs] == 0)
+    assert _rel(out, masked_reference(q, k, v, mask, bs)) <= 1e-5
+
+
 def test_a_cpp_build_that_fails_leaves_auto_on_another_backend(monkeypatch):
     import diffprobe.attention.kernels as kernels
 

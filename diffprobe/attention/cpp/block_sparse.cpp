@@ -1,6 +1,7 @@
-// Block-sparse attention on the CPU: for each (batch, head, query block), the scores of only its kept key blocks
+// Block-sparse attention on the CPU: for each (batch, head, query tile), the scores of only its kept key blocks
 // (BLAS sgemm, one call per run of consecutive kept blocks), in chunks of about 512 keys with an online softmax
-// (ATen's vectorized exp), P·V chunk by chunk into a row accumulator, query blocks over torch's threads. fp32
+// (ATen's vectorized exp), P·V chunk by chunk into a row accumulator, tiles over torch's threads. A tile is one query
+// block, or up to 256 rows of consecutive query blocks that keep the same key blocks (larger GEMMs). fp32
 // throughout; the Python side converts other dtypes. Built on first use with the machine's g++
 // (torch.utils.cpp_extension), for the CPU capability torch reports (AVX2 / AVX512), with -fopenmp: at::parallel_for
 // is an OpenMP pragma in ATen's header, and without the flag the whole kernel runs on one thread.
@@ -20,6 +21,7 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t KV_CHUNK = 512;  // key columns per online-softmax step (ATen's CPU flash attention uses 512)
+constexpr int64_t Q_TILE = 256;    // query rows per tile at most (ATen's CPU flash attention: 256 from 768 tokens)
 
 // q (B, H, N, d), k (B, H, M, d), v (B, H, M, dv): contiguous fp32. counts (Bm, Hm, QB) and order (Bm, Hm, QB, KB):
 // int32, the number of kept key blocks of each query block and their indices first (ascending); Bm / Hm are 1 or
@@ -40,20 +42,50 @@ torch::Tensor block_sparse_forward(torch::Tensor q, torch::Tensor k, torch::Tens
   const float scale = static_cast<float>(scale_d);
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
-  at::parallel_for(0, B * H * QB, 1, [&](int64_t begin, int64_t end) {
-    // per query block, its kept keys in chunks of about KV_CHUNK columns: the scores of a chunk (one GEMM per run
-    // of consecutive kept key blocks inside it), an online-softmax update (one rescale per chunk), then P·V of the
+  // query tiles: consecutive query blocks of one mask row that keep the same key blocks run as one tile of up to
+  // Q_TILE rows (larger GEMMs; every block kept gives whole tiles), others alone
+  const int64_t per_tile = std::max<int64_t>(1, Q_TILE / bs);
+  std::vector<std::vector<int64_t>> tiles(Bm * Hm);  // per mask row: first query block of each tile, then QB
+  for (int64_t r = 0; r < Bm * Hm; ++r) {
+    const int32_t* c = cp + r * QB;
+    const int32_t* o = op + r * QB * KB;
+    for (int64_t qi = 0; qi < QB;) {
+      tiles[r].push_back(qi);
+      int64_t qj = qi + 1;
+      while (qj < QB && qj - qi < per_tile && c[qj] == c[qi] &&
+             std::equal(o + qj * KB, o + qj * KB + c[qj], o + qi * KB))
+        ++qj;
+      qi = qj;
+    }
+    tiles[r].push_back(QB);
+  }
+  std::vector<int64_t> item_bh, item_tile;  // work items: (batch × head, tile index in its mask row)
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    const int64_t r = (Bm == 1 ? 0 : bh / H) * Hm + (Hm == 1 ? 0 : bh % H);
+    for (size_t t = 0; t + 1 < tiles[r].size(); ++t) {
+      item_bh.push_back(bh);
+      item_tile.push_back(static_cast<int64_t>(t));
+    }
+  }
+  const int64_t rows_max = per_tile * bs;
+
+  at::parallel_for(0, static_cast<int64_t>(item_bh.size()), 1, [&](int64_t begin, int64_t end) {
+    // per tile, its kept keys in chunks of about KV_CHUNK columns: the scores of a chunk (one GEMM per run of
+    // consecutive kept key blocks inside it), an online-softmax update (one rescale per chunk), then P·V of the
     // chunk into the row accumulator; the chunk stays in cache
-    std::vector<float> s(bs * std::min<int64_t>(M, KV_CHUNK + bs)), acc(bs * DV), row_max(bs), row_sum(bs);
+    std::vector<float> s(rows_max * std::min<int64_t>(M, KV_CHUNK + bs)), acc(rows_max * DV), row_max(rows_max),
+        row_sum(rows_max);
     std::vector<int64_t> run_start, run_len, run_col;
     for (int64_t w = begin; w < end; ++w) {
-      const int64_t bi = w / (H * QB), hi = (w / QB) % H, qi = w % QB;
+      const int64_t bh = item_bh[w], bi = bh / H, hi = bh % H;
       const int64_t mb = Bm == 1 ? 0 : bi, mh = Hm == 1 ? 0 : hi;
+      const std::vector<int64_t>& row_tiles = tiles[mb * Hm + mh];
+      const int64_t qi = row_tiles[item_tile[w]], qend = row_tiles[item_tile[w] + 1];
       const int64_t mask_row = (mb * Hm + mh) * QB + qi;
       const int32_t kept = cp[mask_row];
       if (kept == 0) continue;
       const int32_t* blocks = op + mask_row * KB;
-      const int64_t r0 = qi * bs, nr = std::min(bs, N - r0);
+      const int64_t r0 = qi * bs, nr = std::min(qend * bs, N) - r0;
       const float* qrow = qp + ((bi * H + hi) * N + r0) * D;
       const float* kbase = kp + (bi * H + hi) * M * D;
       const float* vbase = vp + (bi * H + hi) * M * DV;
