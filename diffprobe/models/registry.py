@@ -139,7 +139,7 @@ def get_spec(name: str) -> ModelSpec:
     return specs[name]
 
 
-def _scheduler(spec: ModelSpec):
+def build_scheduler(spec: ModelSpec):
     import diffusers
 
     cfg = spec.config("scheduler")
@@ -179,7 +179,7 @@ def build_components(spec: ModelSpec, init: str = "random", seed: int = 0) -> di
             if name.startswith("tokenizer"):
                 comps[name] = load_tokenizer(spec.config(name))
             elif name == "scheduler":
-                comps[name] = _scheduler(spec)
+                comps[name] = build_scheduler(spec)
             elif init == "meta":
                 with torch.device("meta"):
                     comps[name] = _build_module(spec, name).eval()

@@ -31,6 +31,7 @@ from diffprobe.records.runfolder import atomic_write, prepare_out_dir, write_jso
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.profile import _tracer, build_pipeline, initial_latents, run_profile, trace_with_reuse
 from diffprobe.run.settings import parse_settings
+from diffprobe.run.stepping import step_hooks
 from diffprobe.run.warmup import warm_up
 from diffprobe.timing.stages import StageTimer
 
@@ -49,18 +50,17 @@ def generate(pipe, cfg, prompts: list[str], core=None, tracer=None) -> dict:
 
     steps: list[torch.Tensor] = []
 
-    def keep(p, i, t, kw):
-        steps.append(kw["latents"].detach().float().clone())
-        return kw
+    def keep(i, latents):
+        steps.append(latents.detach().float().clone())
 
     latents = initial_latents(replace(cfg, batch=len(prompts)), pipe)  # the pipeline's own noise, same every call
     timer = StageTimer(pipe, cfg.device)
     traced = tracer if tracer is not None else contextlib.nullcontext()
-    with torch.inference_mode(), timer, installed(denoiser(pipe), core) if core else contextlib.nullcontext(), traced:
+    with torch.inference_mode(), timer, installed(denoiser(pipe), core) if core else contextlib.nullcontext(), \
+            step_hooks(pipe, keep) as hooks, traced:
         t0 = time.perf_counter()
         images = pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
-                      guidance_scale=cfg.guidance, latents=latents, output_type="pt",
-                      callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"],
+                      guidance_scale=cfg.guidance, latents=latents, output_type="pt", **hooks,
                       **get_spec(cfg.model).call_kwargs()).images
         wall = time.perf_counter() - t0
     unet_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")

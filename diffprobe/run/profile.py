@@ -2,8 +2,8 @@
 
 The run is the computation users run (diffusers' own pipeline: tokenizer -> text encoder(s) -> denoising loop
 with classifier-free guidance -> VAE decode). On a CPU a full 50-step run takes minutes, so by default only the
-first ``sample_steps`` denoising steps are executed (the loop is interrupted through diffusers' own
-``callback_on_step_end`` mechanism, and the VAE still decodes) and the full-run time is reported separately, as a
+first ``sample_steps`` denoising steps are executed (the loop is stopped after them, :mod:`diffprobe.run.stepping`,
+and the VAE still decodes) and the full-run time is reported separately, as a
 labelled projection: every step runs the same UNet on same-shaped tensors, so per-step cost is step-invariant.
 """
 
@@ -31,6 +31,7 @@ from diffprobe.models.registry import (
     TEXT_ENCODERS,
     ModelSpec,
     build_components,
+    build_scheduler,
     check_weights_path,
     count_params,
     denoiser,
@@ -46,6 +47,7 @@ from diffprobe.records.schema import DENOISER, SCHEMA_VERSION  # run.json's vers
 from diffprobe.records.tracer import OpTracer
 from diffprobe.run.analytic import MetaAdapters
 from diffprobe.run.settings import parse_settings
+from diffprobe.run.stepping import step_hooks
 from diffprobe.run.warmup import warm_up
 from diffprobe.timing.kernels import ProfilerTimer
 from diffprobe.timing.ops import OpTimer
@@ -116,6 +118,7 @@ class ProfileConfig:
                 raise DiffprobeError(f"--{flag} must be at least {low}, got {value}")
         if not 0 <= cfg.seed <= SEED_MAX:
             raise DiffprobeError(f"--seed must be between 0 and {SEED_MAX} (2^63 - 1), got {cfg.seed}")
+        check_steps(spec, cfg.steps)
         if cfg.guidance is None:
             cfg.guidance = spec.default_guidance
         if not (math.isfinite(cfg.guidance) and cfg.guidance >= 0):
@@ -523,12 +526,35 @@ def stand_in_notes(pipe) -> list[str]:
 def _count_unet_evals(pipe, steps: int, device: str) -> int:
     import copy
 
-    sched = copy.deepcopy(pipe.scheduler)
-    if getattr(sched.config, "use_dynamic_shifting", False):  # Flux: the shift (mu) moves the steps, not their count
-        sched.set_timesteps(steps, device=device, mu=1.0)
-    else:
-        sched.set_timesteps(steps, device=device)
+    return _schedule_length(copy.deepcopy(pipe.scheduler), steps, device)
+
+
+def _schedule_length(sched, steps: int, device: str = "cpu") -> int:
+    """How many denoiser evaluations ``steps`` make on scheduler ``sched`` (set up in place); a count the
+    scheduler refuses is a :class:`DiffprobeError` naming the scheduler's limit."""
+    try:
+        if getattr(sched.config, "use_dynamic_shifting", False):  # Flux: the shift moves the steps, not their count
+            sched.set_timesteps(steps, device=device, mu=1.0)
+        else:
+            sched.set_timesteps(steps, device=device)
+    except ValueError as exc:
+        limit = getattr(sched.config, "num_train_timesteps", None)
+        raise DiffprobeError(f"--steps {steps} is more than {type(sched).__name__} can take" + (
+            f" (at most {limit}, its training timesteps)" if limit else f" ({' '.join(str(exc).split())})")) from None
     return len(sched.timesteps)
+
+
+# pipelines that cannot run one step: diffusers' PixArt pipelines read a second output of scheduler.step() when
+# num_inference_steps == 1, which their DPM-Solver scheduler does not return (IndexError)
+ONE_STEP_UNSUPPORTED = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
+
+
+def check_steps(spec: ModelSpec, steps: int) -> None:
+    """Refuse, before anything is built, a step count the model's scheduler or pipeline cannot run."""
+    if steps == 1 and spec.pipeline_class in ONE_STEP_UNSUPPORTED:
+        raise DiffprobeError(f"--steps 1: diffusers' {spec.pipeline_class} cannot run a single step (it reads a "
+                             "second output its DPM-Solver scheduler does not return); use --steps 2 or more")
+    _schedule_length(build_scheduler(spec), steps)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -863,19 +889,17 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
             for run_idx in range(total_runs):
                 timer.clear()
 
-                def on_step_end(p, i, t, kw, run_idx=run_idx):
+                def on_step(i, latents, run_idx=run_idx):
                     report("denoise", i + 1 + run_idx * measured_evals, measured_evals * total_runs)
-                    if i + 1 >= measured_evals:
-                        # diffusers' documented early stop ("Interrupt the diffusion process" in its docs sets
-                        # this attribute from a step-end callback): remaining steps skipped, the VAE still decodes
-                        p._interrupt = True
-                    return kw
 
                 kwargs = pipeline_kwargs(cfg, pipe)
                 tracer = _tracer(cfg, pipe, timed=True) if cfg.trace_ops else None
-                with tracer if tracer is not None else contextlib.nullcontext():
+                # the loop stops after the sampled steps (remaining steps skipped, the VAE still decodes)
+                stop = measured_evals if measured_evals < result.unet_evals else None
+                with step_hooks(pipe, on_step, stop) as hooks, (
+                        tracer if tracer is not None else contextlib.nullcontext()):
                     start = timer.mark()
-                    images = pipe(**kwargs, callback_on_step_end=on_step_end).images
+                    images = pipe(**kwargs, **hooks).images
                     end = timer.mark()
                 events = timer.events()
                 total = timer.clock.seconds(start, end)
