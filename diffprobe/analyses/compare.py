@@ -1,13 +1,14 @@
 """Runs side by side: the metrics of each run folder's summary, ratios to the first (the baseline), and which
 configuration fields differ (e.g. device, dtype, model — usually the point of the comparison). Profiles are
 compared by stage time, FLOPs, bytes and peak memory (totals, per stage, per layer type); sweeps by the points they
-share."""
+share; sparsity runs by their mean statistics per resolution and attention kind; approx runs setting by setting
+(what each saved and what it cost in time and quality)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from diffprobe.errors import DiffprobeError
+from diffprobe.errors import DiffprobeError, a
 
 CONFIG_KEYS = ("model", "height", "width", "steps", "batch", "guidance", "device", "dtype", "mode", "compile",
                "cuda_graphs", "weights", "prompt", "seed")
@@ -61,6 +62,47 @@ def _sweep_metrics(d: dict) -> dict[str, float]:
 ATTN_KINDS = ("self", "cross", "joint", "linear")
 
 
+def _sparsity_metrics(d: dict) -> dict[str, float]:
+    """A sparsity run's mean statistics per resolution and attention kind (``64x64.self.below_0.001``)."""
+    return {f"{res}.{kind}.{stat}": v for res, s in (d.get("summary") or {}).items()
+            for kind, stats in s.get("by_kind", {}).items() for stat, v in stats.items()
+            if isinstance(v, (int, float))}
+
+
+APPROX_METRICS = ("attention_flops_saved", "end_to_end_flops_saved", "kept_fraction", "unet_s", "psnr", "ssim",
+                  "accuracy", "clip_score")
+
+
+def _approx_metrics(d: dict) -> dict[str, float]:
+    """An approx run's settings, each by what it saved and what it cost (``block=0.9.psnr``); dense as measured."""
+    m: dict[str, float] = {}
+    for row in d.get("results", []):
+        name = row.get("setting") or row["method"]
+        for k in APPROX_METRICS:
+            if row.get(k) is not None and not (row["method"] == "dense" and k != "unet_s"):
+                m[f"{name}.{k}"] = row[k]
+    return m
+
+
+METRICS = {"profile": _profile_metrics, "sweep": _sweep_metrics, "sparsity": _sparsity_metrics,
+           "approx": _approx_metrics}
+POINT_KINDS = {"sweep": "resolution/batch point", "sparsity": "resolution and attention kind",
+               "approx": "setting"}
+
+
+def _config(kind: str, d: dict) -> dict:
+    """The configuration fields of a run summary of ``kind``, as :data:`CONFIG_KEYS` names them."""
+    if kind == "profile":
+        return {"compile": False, "cuda_graphs": False, **d}
+    if kind == "sweep":
+        return {**d.get("config", {}), "model": d.get("model"), "mode": d.get("mode"), **_sweep_axes(d)}
+    if kind == "sparsity":
+        res = sorted(d.get("summary") or {})
+        return {**d.get("config", {}), "height": ",".join(r.split("x")[0] for r in res) or None,
+                "width": ",".join(r.split("x")[-1] for r in res) or None}
+    return {"mode": "measured", **d, "prompt": "; ".join(d.get("prompts", [])[:1])}
+
+
 def _sweep_axes(d: dict) -> dict:
     """A sweep's swept values as text (``256,512``) in place of one height, width and batch."""
     pts = [p for p in (d.get("points") or {}).values() if isinstance(p, dict)]
@@ -78,23 +120,23 @@ def compare(loaded: list[tuple[Path, str, dict]]) -> dict:
     if "compare" in kinds:
         raise DiffprobeError("compare takes profile or sweep folders, not an earlier comparison")
     if len(kinds) > 1:
-        desc = ", ".join(f"{p} is a {k}" for p, k, _ in loaded)
+        desc = ", ".join(f"{p} is {a(k)}" for p, k, _ in loaded)
         raise DiffprobeError(f"cannot compare runs of different kinds ({desc}); compare profiles with profiles "
                              "and sweeps with sweeps")
     kind = kinds.pop()
+    if kind not in METRICS:
+        raise DiffprobeError(f"compare takes profile, sweep, sparsity or approx folders, not {kind} folders")
     labels = _label([p for p, _, _ in loaded])
     runs, metrics = [], {}
     for label, (path, _, d) in zip(labels, loaded, strict=True):
-        profile_conf = {"compile": False, "cuda_graphs": False, **d}
-        conf = profile_conf if kind == "profile" else {**d.get("config", {}), "model": d.get("model"),
-                                                       "mode": d.get("mode"), **_sweep_axes(d)}
+        conf = _config(kind, d)
         status = d.get("status", "ok") if kind == "profile" else ("ok" if d.get("complete", True) else "incomplete")
         runs.append({"label": label, "dir": str(path), "status": status, **{k: conf.get(k) for k in CONFIG_KEYS}})
-        metrics[label] = _profile_metrics(d) if kind == "profile" else _sweep_metrics(d)
-    if kind == "sweep":
+        metrics[label] = METRICS[kind](d)
+    if kind != "profile":
         common = set.intersection(*(set(m) for m in metrics.values()))
         if not common:
-            raise DiffprobeError("these sweeps share no resolution/batch point; nothing to compare")
+            raise DiffprobeError(f"these {kind} runs share no {POINT_KINDS[kind]}; nothing to compare")
     differs = [k for k in CONFIG_KEYS if len({str(r[k]) for r in runs}) > 1]
     base = labels[0]
     keys = list(dict.fromkeys(k for m in metrics.values() for k in m))

@@ -377,6 +377,9 @@ def _matching_models(folder: Path) -> str:
 def _check_pipeline_class(folder: Path, spec: ModelSpec) -> None:
     """Refuse a folder of another pipeline class than ``spec``'s, naming both."""
     theirs = _read_config(folder / "model_index.json").get("_class_name")
+    if theirs is None:
+        raise DiffprobeError(f"--weights folder {folder} has a model_index.json that names no pipeline class "
+                             f"(no _class_name); --model {spec.name} needs a {spec.pipeline_class} folder")
     if theirs != spec.pipeline_class:
         raise DiffprobeError(f"--weights folder holds a {theirs}, but --model {spec.name} is a "
                              f"{spec.pipeline_class}{_matching_models(folder)}")

@@ -92,10 +92,10 @@ def _profile_report(folder: Path, d: dict) -> Path:
         if ap:
             names += [k for k in ap_flops if k not in names]  # attn_predictor: work only the approximation does
         rows = [[lt, fmt_n(f["by_layer_type"].get(lt, 0)), f"{share.get(lt, 0):.1f}%",
-                 fmt_n(b["by_layer_type"].get(lt, 0)) + "B"]
+                 fmt_n(b["by_layer_type"].get(lt, 0), "B")]
                 + ([fmt_s(sec["by_layer_type"].get(lt, 0.0))] if sec else [])
                 + ([fmt_n(ap_flops.get(lt, 0))] if ap else []) for lt in names]
-        rows.append(["total", fmt_n(f["total"]), "100.0%", fmt_n(b["total"]) + "B"]
+        rows.append(["total", fmt_n(f["total"]), "100.0%", fmt_n(b["total"], "B")]
                     + ([fmt_s(sec["total"])] if sec else []) + ([fmt_n(ap["flops_total"])] if ap else []))
         page.add(table(["layer type", "FLOPs", "share", "bytes"] + (["seconds"] if sec else [])
                        + ([f"FLOPs, {setting_label(ap)}"] if ap else []), rows))
@@ -208,8 +208,8 @@ def _sweep_report(folder: Path, state: dict) -> Path:
             rows.append([p["name"], p["tokens"], fmt_n(u["total"]),
                          *(f"{100 * u.get(c, 0) / tot:.1f}%" for c in ("conv", "self_attention", "cross_attention",
                                                                       "ffn")),
-                         fmt_n(p["attention_memory"]["materialized_bytes"]) + "B",
-                         fmt_n(p["attention_memory"]["fused_bytes"]) + "B"])
+                         fmt_n(p["attention_memory"]["materialized_bytes"], "B"),
+                         fmt_n(p["attention_memory"]["fused_bytes"], "B")])
         page.add(table(["point", "tokens", "UNet FLOPs", "conv", "self-attn", "cross-attn", "ffn",
                         "scores (unfused)", "fused"], rows))
         fits = f.get("exponents", {})

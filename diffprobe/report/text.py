@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from diffprobe.report.findings import eps_tau, share_classes, sweep_findings
+from diffprobe.errors import plural
 from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s
 
 EXPONENT_ROWS = ("total", "conv", "self_attention", "self_attention_core", "cross_attention", "joint_attention",
@@ -51,7 +52,7 @@ def sweep_tables(state: dict) -> list:
                        if a else "")
         row += [fmt_s(p["accel"][d]["latency_s"]) if d in p.get("accel", {}) else "" for d in designs]
         mem = p["attention_memory"]
-        row += [fmt_n(mem["materialized_bytes"]) + "B", fmt_n(mem["fused_bytes"]) + "B"]
+        row += [fmt_n(mem["materialized_bytes"], "B"), fmt_n(mem["fused_bytes"], "B")]
         t.add_row(*row)
     items.append(t)
     fits = f.get("exponents", {})
@@ -99,8 +100,12 @@ def compare_rows(d: dict) -> list[list[str]]:
     """[metric, value (×ratio), ...] per metric of a comparison, formatted by the metric's unit."""
     rows = []
     for k, row in d["metrics"].items():
-        fmt = fmt_s if k.startswith("seconds") or k.endswith("seconds") else (
-            (lambda x: f"{100 * x:.1f}%") if k.endswith("share") else fmt_n)
+        last = k.rsplit(".", 1)[-1]
+        fmt = fmt_s if k.startswith("seconds") or k.endswith("seconds") or last == "unet_s" else (
+            (lambda x: f"{100 * x:.1f}%") if k.endswith("share") or last.endswith("_saved") or last in (
+                "kept_fraction", "accuracy") or last.startswith(("below_", "keys_frac_", "blocks_", "empty_blocks_"))
+            else (lambda x: f"{x:.3g}") if last in ("psnr", "ssim", "entropy", "clip_score") or last.startswith(
+                "keys_") else fmt_n)
         cells = []
         for lb, v in row.items():
             r = d["ratios"][k][lb]
@@ -154,7 +159,7 @@ def approx_rows(state: dict) -> tuple[list[str], list[list[str]]]:
         method = r["method"]
         if r.get("setting") and "+" in r["setting"]:  # a composed setting: both methods, both parameters
             method, param = "+".join(p.split("=")[0] for p in r["setting"].split("+")), r["setting"]
-        if (r.get("mask_interval") or 1) > 1:  # block masks reused across steps
+        if (r.get("mask_interval") or 1) > 1 and "mask every" not in param:  # block masks reused across steps
             param += f", mask every {r['mask_interval']}"
         row = [method, param, f"{100 * r['attention_flops_saved']:.1f}%",
                f"{100 * r['end_to_end_flops_saved']:.1f}%",
@@ -205,7 +210,7 @@ def account_items(d: dict) -> list:
     for lt in names:
         f = flops["by_layer_type"].get(lt, 0)
         row = [lt, fmt_n(f), f"{100 * f / total:.1f}%", fmt_n(unet.get(lt, 0)),
-               fmt_n(nbytes["by_layer_type"].get(lt, 0)) + "B"]
+               fmt_n(nbytes["by_layer_type"].get(lt, 0), "B")]
         if secs:
             row.append(fmt_s(secs["by_layer_type"].get(lt, 0.0)))
         if approx:
@@ -215,7 +220,7 @@ def account_items(d: dict) -> list:
     if approx and "attn_predictor" in approx["flops_by_layer_type"]:
         t.add_row("attn_predictor", "", "", "", "", *([""] if secs else []),
                   fmt_n(approx["flops_by_layer_type"]["attn_predictor"]))
-    row = ["total", fmt_n(flops["total"]), "100.0%", fmt_n(sum(unet.values())), fmt_n(nbytes["total"]) + "B"]
+    row = ["total", fmt_n(flops["total"]), "100.0%", fmt_n(sum(unet.values())), fmt_n(nbytes["total"], "B")]
     if secs:
         row.append(fmt_s(secs["total"]))
     if approx:
@@ -464,7 +469,7 @@ def accel_gemm_lines(r: dict) -> list[str]:
     return [f"GEMM ({r['m']} x {r['k']}) @ ({r['k']} x {r['n']}) on a {r['rows']}x{r['cols']} array, "
             f"{r['dataflow']} dataflow ({r['base_preset']}'s clock, buffers and energies)",
             f"  mapped {r['mapped_rows']} x {r['mapped_cols']} onto the array, {r['streamed']} streamed; "
-            f"{r['folds']} folds x {r['cycles_per_fold']} cycles",
+            f"{plural(r['folds'], 'fold')} x {plural(r['cycles_per_fold'], 'cycle')}",
             f"  compute {r['compute_cycles']:.0f} cycles, memory {r['memory_cycles']:.0f} cycles -> {r['cycles']:.0f} "
             f"cycles ({fmt_s(r['latency_s'])}); utilization {100 * r['utilization']:.1f}%",
             f"  {fmt_n(r['macs'])} MACs; SRAM {fmt_bytes(r['sram_bytes'])}, DRAM {fmt_bytes(r['dram_bytes'])}; "

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 
-def fmt_n(x: float) -> str:
-    """A count with an SI prefix (k … Z), two decimals: ``6.49 E``."""
-    for unit, scale in (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+def fmt_n(x: float, unit: str = "") -> str:
+    """A count with an SI prefix (k … Z), two decimals: ``6.49 E``; with ``unit``, ``3.28 kB`` and ``0 B`` alike."""
+    for prefix, scale in (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
-            return f"{x / scale:.2f} {unit}"
-    return f"{x:.0f}"
+            return f"{x / scale:.2f} {prefix}{unit}"
+    return f"{x:.0f}" + (f" {unit}" if unit else "")
 
 
 def fmt_s(x: float) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from diffprobe.analyses import roofline
 from diffprobe.analyses.accel import density_curve, evaluate, mask_plans, summary
-from diffprobe.errors import DiffprobeError
+from diffprobe.errors import DiffprobeError, a
 from diffprobe.hardware.accel import AccelPreset, gemm, get_accel, mapping
 from diffprobe.hardware.presets import get_preset
 from diffprobe.records.masks import MaskStore
@@ -87,7 +87,7 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
     folder = Path(folder)
     kind, d = read_result(folder)
     if kind != "profile":
-        raise DiffprobeError(f"{folder} is a {kind} folder; accel evaluates a profile run (measured or analytic)")
+        raise DiffprobeError(f"{folder} is {a(kind)} folder; accel evaluates a profile run (measured or analytic)")
     ops = read_ops_checked(folder)
     if ops is None or not len(ops):
         raise DiffprobeError(f"{folder} has no op records: profile it with op tracing (the default) first")

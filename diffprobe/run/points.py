@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from diffprobe.errors import DiffprobeError
+from diffprobe.errors import DiffprobeError, a
 from diffprobe.records.runfolder import write_json
 
 LOCK_NAME = ".lock"  # flock'ed while a run writes the folder
@@ -26,6 +26,8 @@ class SweepFolder:
 
     def __init__(self, path: str | Path, identity: dict, meta_name: str = "sweep.json",
                  required: tuple[str, ...] = ()):
+        if not str(path).strip():
+            raise DiffprobeError("--out is empty; name a folder, or leave --out out for a new one under runs/")
         self.path = Path(path)
         self.identity = identity
         self.meta_path = self.path / meta_name
@@ -38,7 +40,7 @@ class SweepFolder:
             raise DiffprobeError(f"--out {self.path} is a file, not a folder; name a new or empty folder")
         if not self.meta_path.exists() and self.path.exists() and any(
                 p.name not in (".partial", LOCK_NAME) for p in self.path.iterdir()):
-            raise DiffprobeError(f"--out {self.path} exists and is not a {self.meta_path.stem} folder; use an empty "
+            raise DiffprobeError(f"--out {self.path} exists and is not {a(self.meta_path.stem)} folder; use an empty "
                                  "or new folder")
         try:
             self.path.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,9 @@ class SweepConfig:
     def with_out(self) -> "SweepConfig":
         """This config with ``out`` set: a new default folder when none was given."""
         if self.out is not None:
+            if not str(self.out).strip():
+                raise DiffprobeError("--out is empty; name a folder, or leave --out out for "
+                                     f"runs/<time>-sweep-{self.base.model}")
             return self
 
         return replace(self, out=str(prepare_out_dir(None, f"sweep-{self.base.model}")))
