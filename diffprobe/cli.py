@@ -233,8 +233,7 @@ def sweep(
     sc = sc.with_out()
     bar, callback = _progress(quiet)
     with bar:
-        state = run_sweep(sc, progress=callback, log=lambda m: err.print(f"diffprobe: {m}", markup=False,
-                                                                          highlight=False))
+        state = run_sweep(sc, progress=callback, log=lambda m: sys.stderr.write(f"diffprobe: {m}\n"))
         report_path = _build_report(sc.out)
     if fmt is Format.json:
         _print_json(state)
@@ -244,6 +243,10 @@ def sweep(
         for item in sweep_tables(state):
             out.print(item)
         out.print(f"report: {report_path}")
+    points = state.get("points", {}).values()
+    if points and not any(p.get("status") == "ok" for p in points):  # nothing measured: a failure, not a result
+        first = next((p.get("message") for p in points if p.get("message")), "")
+        raise DiffprobeError(f"no point of the sweep succeeded ({len(points)} tried; first: {first})")
 
 
 def _build_report(folder) -> str:
@@ -386,6 +389,8 @@ def approx(
     weights: Optional[str] = O_WEIGHTS,
     allow_pickle: bool = O_PICKLE,
     per_digit: int = typer.Option(3, help="digits: images per digit in the quality batch."),
+    repeat: int = typer.Option(1, help="Timed generations per row (same noise): the median seconds, with their "
+                               "min-max spread."),
     clip_weights: Optional[str] = typer.Option(None, help="Local CLIP model folder (transformers format) for a CLIP "
                                                "score of every setting; never downloaded."),
     save_masks: bool = typer.Option(True, "--save-masks/--no-save-masks", help="Keep what each setting kept per "
@@ -423,7 +428,7 @@ def approx(
     with bar:
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
                            out=out_dir, progress=callback, clip_weights=clip_weights, force=force,
-                           save_masks=save_masks, settings=extra, mask_interval=intervals)
+                           save_masks=save_masks, settings=extra, mask_interval=intervals, repeat=repeat)
         report_path = _build_report(state["run_dir"])
     if fmt is Format.json:
         _print_json(state)
@@ -511,13 +516,19 @@ def kernels_bench(
     seed: int = typer.Option(0, help="Seed of the inputs and the mask."),
     check_heads: Optional[int] = typer.Option(None, help="Heads checked against the float64 reference "
                                               "(default all; 0 skips the check)."),
+    max_seconds: float = typer.Option(300, "--max-seconds", help="Refuse a bench estimated to take longer (the "
+                                      "estimate is measured here first, in milliseconds)."),
     fmt: Format = O_FORMAT,
+    quiet: bool = O_QUIET,
 ) -> None:
     """Time block-sparse attention against dense SDPA on the same random inputs, and check it against float64."""
     from diffprobe.attention.bench import bench_kernel
 
-    r = bench_kernel(tokens, density, head_dim, heads, block_size=block_size, dtype=dtype.value, device=device,
-                     batch=batch, backend=backend.value, repeats=repeats, seed=seed, check_heads=check_heads)
+    bar, callback = _progress(quiet)
+    with bar:
+        r = bench_kernel(tokens, density, head_dim, heads, block_size=block_size, dtype=dtype.value, device=device,
+                         batch=batch, backend=backend.value, repeats=repeats, seed=seed, check_heads=check_heads,
+                         max_seconds=max_seconds, progress=callback)
     if fmt is Format.json:
         _print_json(r)
         return
@@ -570,6 +581,7 @@ def accel(
 
     r = accel_run(target, arch, density, gpu, masks=masks, tau=tau)
     report_path = _build_report(target)
+    _warn(r.get("warnings", []))
     if fmt is Format.json:
         _print_json(r)
         return
@@ -606,6 +618,36 @@ def _click_exceptions():
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit status 2."""
+    import signal
+
+    from diffprobe.errors import Terminated
+
+    def on_sigterm(signum, frame):  # unwind as after Ctrl-C: what was measured is written, then exit 143
+        _terminated.append(signum)
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (an embedding program's worker): its own handling stays
+        previous = None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+_terminated: list[int] = []  # SIGTERM received (click and typer turn the interruption into Abort / Exit(130))
+
+
+def _interrupted() -> int:
+    sigterm = bool(_terminated)
+    sys.stderr.write("diffprobe: interrupted" + (" (SIGTERM)" if sigterm else "") + "\n")
+    return 143 if sigterm else 130
+
+
+def _main(argv: list[str] | None) -> int:
+    _terminated.clear()
     cexc = _click_exceptions()
     command = typer.main.get_command(app)
     try:
@@ -622,17 +664,18 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(exc.format_message().split())
         sys.stderr.write(f"diffprobe: error: {message}\n")
         return 2
-    except cexc.Abort:
+    except cexc.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted()
         sys.stderr.write("diffprobe: aborted\n")
         return 130
     except cexc.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("diffprobe: interrupted\n")
-        return 130
+        return _interrupted()
     if isinstance(rv, int) and not isinstance(rv, bool) and rv:  # typer turns Ctrl-C into Exit(130) and returns it
         if rv == 130:
-            sys.stderr.write("diffprobe: interrupted\n")
+            return _interrupted()
         return rv
     return 0
 

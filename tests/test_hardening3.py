@@ -109,3 +109,134 @@ def test_bytes_format_keeps_its_unit():
     from diffprobe.report.units import fmt_n
 
     assert fmt_n(0, "B") == "0 B" and fmt_n(3280, "B") == "3.28 kB" and fmt_n(12) == "12"
+
+
+# -- 2. reuse savings over the whole schedule, whatever --sample-steps ------------------------------------------------
+@pytest.mark.parametrize("model, setting", [("tiny", "deepcache=2"), ("tiny-flux", "taylorseer=2")])
+def test_reuse_savings_cover_every_step_under_sampling(model, setting, tmp_path):
+    sampled = diffprobe.profile(model=model, steps=8, approx=setting, out=str(tmp_path / "s")).approx  # 3 sampled
+    full = diffprobe.profile(model=model, steps=8, sample_steps=0, approx=setting, out=str(tmp_path / "f")).approx
+    assert sampled["unet_evals_accounted"] == 8
+    # replayed on meta (sampled) and measured at every step (full): the same account, but for the few records that
+    # exist only where the data does (docs/counting.md)
+    for key in ("end_to_end_flops_saved", "attention_flops_saved"):
+        assert sampled[key] == pytest.approx(full[key], rel=1e-6)
+    assert sampled["attention_flops_saved"] > 0.3  # main: 0.0% for taylorseer, 1 cached step of 3 for deepcache
+    # the method's plan: every second step reuses (computes in part only), 4 of 8 for DeepCache; TaylorSeer
+    # forecasts 3 (its first steps always compute)
+    reused = [s["step"] for s in sampled["steps"] if s["partial"]]
+    assert reused == ([1, 3, 5, 7] if setting.startswith("deepcache") else [3, 5, 7])
+
+
+# -- 5. savings net of the method's own cost ------------------------------------------------------------------------
+def test_savings_by_stage_are_net_of_the_predictor(tmp_path):
+    r = diffprobe.profile(model="digits", steps=2, sample_steps=0, approx="predicted=0.001", out=str(tmp_path))
+    ap = r.approx
+    predictor = ap["flops_by_layer_type"]["attn_predictor"]
+    assert predictor > 0
+    dense_total = float(r.ops["flops"].sum())
+    # the per-stage savings add up to the end-to-end figure printed beside them
+    assert sum(ap["flops_saved_by_stage"].values()) == pytest.approx(dense_total - ap["flops_total"], rel=1e-12)
+    assert sum(ap["flops_saved_by_stage"].values()) == pytest.approx(ap["end_to_end_flops_saved"] * dense_total)
+    assert sum(ap["flops_by_stage"].values()) == pytest.approx(ap["flops_total"])
+
+
+# -- 6. one folder, one run ----------------------------------------------------------------------------------------
+def test_a_folder_another_run_holds_is_refused(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    code = ("import sys, time; from pathlib import Path; from diffprobe.records.runfolder import prepare_out_dir; "
+            "prepare_out_dir(sys.argv[1], 'tiny'); print('claimed', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "claimed"
+        _one_line_error(capsys, ["profile", "--model", "tiny", "--steps", "1", "--out", str(out), "-q"], "in use")
+        _one_line_error(capsys, ["sweep", "--model", "tiny", "--steps", "1", "--resolutions", "64", "--out",
+                                 str(out), "-q"], "in use")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert main(["profile", "--model", "tiny", "--steps", "1", "--out", str(out), "-q", "--format", "json"]) == 0
+
+
+# -- 7. extrapolated crossovers stay within reason --------------------------------------------------------------
+def test_a_crossover_far_beyond_the_sweep_is_not_given():
+    from diffprobe.analyses.scaling import crossover
+
+    # a grows as side^2.0001, b as side^2 and 100x larger: the power laws cross near 100^(1/1e-4) px
+    far = crossover([64, 128], [1.0, 4.0 * 2**0.0001], [100.0, 400.0])
+    assert far["side"] is None and "beyond" in far["why"] and far["beyond"] == 8 * 128
+    near = crossover([64, 128], [1.0, 8.0], [10.0, 40.0])  # a ~ side^3, b ~ side^2: cross at 64 * 10 = 640 px
+    assert near["extrapolated"] and near["side"] == pytest.approx(640)
+
+
+# -- 9. a sweep with no point done fails --------------------------------------------------------------------------
+def test_a_sweep_whose_every_point_fails_exits_non_zero(tmp_path, capsys):
+    rc = main(["sweep", "--model", "tiny", "--steps", "1", "--resolutions", "100000", "--out", str(tmp_path / "s"),
+               "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no point of the sweep succeeded" in err and "Traceback" not in err
+
+
+# -- 10. SIGTERM is Ctrl-C ----------------------------------------------------------------------------------------
+def test_sigterm_keeps_what_was_measured(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "diffprobe", "profile", "--model", "tiny", "--steps", "500",
+                             "--sample-steps", "0", "--out", str(out), "-q"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / ".lock").exists() and time.monotonic() < deadline:  # the folder is claimed: work has begun
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err == "diffprobe: interrupted (SIGTERM)\n"
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and "SIGTERM" in run["error"]
+
+
+def test_an_interrupted_sweep_says_so(tmp_path, capsys):
+    from diffprobe.errors import Terminated
+    from diffprobe.run.profile import ProfileConfig
+    from diffprobe.run.sweep import SweepConfig, run_sweep
+
+    def stop(stage, done, total):
+        if stage == "points" and done == 1:
+            raise Terminated()
+
+    for name in ("a", "b"):
+        sc = SweepConfig(base=ProfileConfig(model="tiny", steps=1, mode="analytic"),
+                         resolutions=[(64, 64), (128, 128)], out=str(tmp_path / name))
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(sc, progress=stop)
+    state = json.loads((tmp_path / "a" / "sweep.json").read_text())
+    assert state["status"] == "interrupted" and "SIGTERM" in state["error"]
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
+    assert "did not finish (status interrupted" in capsys.readouterr().out
+
+
+# -- 11. an interrupted run records what it measured ------------------------------------------------------------
+def test_ctrl_c_records_the_steps_measured_and_readers_flag_it(tmp_path, capsys):
+    from diffprobe.run.accel import accel_run
+
+    def interrupt(stage, done, total):
+        if stage == "denoise" and done == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        diffprobe.profile(model="tiny", steps=5, sample_steps=0, out=str(out), progress=interrupt)
+    run = json.loads((out / "run.json").read_text())
+    assert run["unet_evals_measured"] == 2 and run["unet_evals"] == 5 and run["image_complete"] is False
+    acc = accel_run(out, "sa-dense")
+    assert any("did not finish" in w and "2 of 5" in w for w in acc["warnings"])
+    assert main(["accel", str(out)]) == 0
+    assert "did not finish" in capsys.readouterr().err

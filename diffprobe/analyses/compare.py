@@ -130,7 +130,8 @@ def compare(loaded: list[tuple[Path, str, dict]]) -> dict:
     runs, metrics = [], {}
     for label, (path, _, d) in zip(labels, loaded, strict=True):
         conf = _config(kind, d)
-        status = d.get("status", "ok") if kind == "profile" else ("ok" if d.get("complete", True) else "incomplete")
+        status = d.get("status", "ok") if kind == "profile" else (
+            d["status"] if d.get("status") not in (None, "ok") else "ok" if d.get("complete", True) else "incomplete")
         runs.append({"label": label, "dir": str(path), "status": status, **{k: conf.get(k) for k in CONFIG_KEYS}})
         metrics[label] = METRICS[kind](d)
     if kind != "profile":

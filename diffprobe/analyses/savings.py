@@ -59,8 +59,9 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
     flops, predictor = _scaled_flops(ops, calls)
     by_type = {k: float(v) for k, v in flops.groupby(ops["layer_type"], sort=False).sum().items()}
     by_stage = {k: float(v) for k, v in flops.groupby(ops["stage"], sort=False).sum().items()}
-    if predictor:
+    if predictor:  # the method's own cost: in its stage and as a layer type of its own, so every figure is net
         by_type["attn_predictor"] = predictor
+        by_stage["denoiser"] = by_stage.get("denoiser", 0.0) + predictor
     core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "denoiser")
     dense_core = dense["layer_type"].isin(ATTN_CORE) & (dense["stage"] == "denoiser")
     dense_attn = float(dense.loc[dense_core, "flops"].sum())
@@ -75,18 +76,30 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
             "attention_flops_saved": 1 - approx_attn / dense_attn if dense_attn else 0.0,
             "end_to_end_flops_saved": 1 - total / total_dense if total_dense else 0.0,
             "flops_saved_by_stage": {k: float(v) - by_stage.get(k, 0.0) for k, v in dense_stage.items()},
-            "flops_saved_by_layer_type": {k: float(v) - by_type.get(k, 0.0) for k, v in dense_type.items()},
+            "flops_saved_by_layer_type": {**{k: float(v) - by_type.get(k, 0.0) for k, v in dense_type.items()},
+                                          **({"attn_predictor": -predictor} if predictor else {})},
             "kept_fraction": sum(c["kept"] for c in calls) / max(1, entries) if calls else 1.0}
 
 
-def steps_ran(ops) -> list[dict]:
-    """Per denoising step of the UNet: its FLOPs and which of its top-level blocks ran (a reuse method's plan as
-    executed)."""
-    unet = ops[(ops["stage"] == "denoiser") & (ops["step"] >= 0)]
+def steps_ran(ops, dense=None) -> list[dict]:
+    """Per denoising step of the denoiser: its FLOPs, the top-level blocks that ran (``blocks``) and, given the
+    dense run's records, those that ran only in part (``partial``: fewer FLOPs than at that step of the dense run —
+    a forecast or a cached branch computed in their place): a reuse method's plan as executed."""
+    def per_block(frame):
+        den = frame[(frame["stage"] == "denoiser") & (frame["step"] >= 0)]
+        return den.groupby([den["step"], den["module"].map(_top_block)], sort=True)["flops"].sum()
+
+    ran = per_block(ops)
+    full = per_block(dense) if dense is not None else None
     out = []
-    for step, rows in unet.groupby("step", sort=True):
-        blocks = sorted({_top_block(m) for m in rows["module"]} - {""})
-        out.append({"step": int(step), "flops": float(rows["flops"].sum()), "blocks": blocks})
+    for step, blocks in ran.groupby(level=0, sort=True):
+        done, partial = [], []
+        for (_, block), flops in blocks.items():
+            if not block:
+                continue
+            dense_flops = full.get((step, block), 0.0) if full is not None else 0.0
+            (partial if flops < dense_flops * (1 - 1e-9) else done).append(block)
+        out.append({"step": int(step), "flops": float(blocks.sum()), "blocks": done, "partial": partial})
     return out
 
 

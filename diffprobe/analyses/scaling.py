@@ -83,8 +83,16 @@ def crossover(sides, a, b) -> dict | None:
                                                                                    [p[2] for p in pts])
     if fa is None or fb is None or fa["k"] <= fb["k"]:
         return None
-    return {"side": math.exp((fb["b"] - fa["b"]) / (fa["k"] - fb["k"])), "extrapolated": True,
-            "already_ahead": False}
+    log_side = (fb["b"] - fa["b"]) / (fa["k"] - fb["k"])
+    limit = EXTRAPOLATION_LIMIT * pts[-1][0]
+    if log_side > math.log(limit):  # the fits' crossing lies too far out to mean anything (or to print)
+        return {"side": None, "extrapolated": True, "already_ahead": False, "beyond": float(limit),
+                "why": f"the fitted power laws cross only beyond {EXTRAPOLATION_LIMIT}x the largest swept side "
+                       f"({limit:.0f} px): too far from the measured points to trust"}
+    return {"side": math.exp(log_side), "extrapolated": True, "already_ahead": False}
+
+
+EXTRAPOLATION_LIMIT = 8  # a crossover extrapolated past this multiple of the largest swept side is not given
 
 
 def _shape_list(shapes) -> list[list[int]]:

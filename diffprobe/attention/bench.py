@@ -106,11 +106,44 @@ def check_args(tokens: int, density: float, head_dim: int, heads: int, block_siz
     return dev
 
 
+def estimate_seconds(tokens: int, density: float, head_dim: int, heads: int, dtype: str, dev: torch.device,
+                     batch: int, repeats: int, check_heads: int) -> float:
+    """A rough time for a bench call, before it starts: its attention FLOPs (dense and block-sparse calls, warm-up
+    included, and the float64 check at a quarter of the rate) at the rate this machine reaches on a small dense SDPA
+    call of the same head shape, measured now (a few milliseconds)."""
+    clock = Clock(dev.type)
+    n = min(tokens, 512)
+    q = torch.randn(1, heads, n, head_dim).to(dev, DTYPES[dtype])
+    F.scaled_dot_product_attention(q, q, q)
+    secs = min(clock.time(lambda: F.scaled_dot_product_attention(q, q, q)) for _ in range(3))
+    rate = 4 * heads * n * n * head_dim / max(secs, 1e-9)  # FLOP/s of dense attention here
+    call = 4 * batch * heads * tokens * tokens * head_dim  # one dense call
+    calls = (repeats + 2) * (1 + 2 * density) + 1  # dense, sparse, kernel (each warm-up and repeats), first
+    check = 4 * call * check_heads / heads  # the float64 masked reference, at about a quarter of the rate
+    return (calls * call + check) / rate
+
+
+MAX_SECONDS = 300.0  # a bench estimated to take longer is refused unless --max-seconds allows it
+
+
 def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8, *, block_size: int = 64,
                  dtype: str = "float32", device: str = "cpu", batch: int = 1, backend: str = "auto",
-                 repeats: int = 5, seed: int = 0, check_heads: int | None = None) -> dict:
-    """One grid point: dense SDPA and block-sparse attention on the same inputs; see the module docstring."""
+                 repeats: int = 5, seed: int = 0, check_heads: int | None = None,
+                 max_seconds: float | None = MAX_SECONDS, progress=None) -> dict:
+    """One grid point: dense SDPA and block-sparse attention on the same inputs; see the module docstring. A call
+    estimated (:func:`estimate_seconds`) to take longer than ``max_seconds`` is refused before it starts (None: no
+    limit); ``progress(stage, done, total)`` is told of each timed call."""
     dev = check_args(tokens, density, head_dim, heads, block_size, dtype, device, batch, repeats, check_heads)
+    if max_seconds is not None and max_seconds <= 0:
+        raise DiffprobeError(f"--max-seconds must be positive, got {max_seconds:g}")
+    checked = heads if check_heads is None else max(0, min(heads, check_heads))
+    if max_seconds is not None:
+        est = estimate_seconds(tokens, density, head_dim, heads, dtype, dev, batch, repeats, checked)
+        if est > max_seconds:
+            raise DiffprobeError(f"this bench would take about {est:.0f} s here (estimate), over --max-seconds "
+                                 f"{max_seconds:g}; pass --max-seconds {10 * math.ceil(est / 5):g} to run it, or use "
+                                 "fewer --tokens, --heads or --repeats" + (", or --check-heads 0" if checked else ""))
+    report = progress or (lambda *_: None)
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(batch, heads, tokens, head_dim, generator=g).to(dev, DTYPES[dtype]) for _ in range(3))
     nb = math.ceil(tokens / block_size)
@@ -125,13 +158,20 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
            "kernel": lambda: block_sparse_attention(q, k, v, layout, block_size)}
     if dev.type == "cuda" and dense_backend != "default":  # SDPA's own choice too (cuDNN on Hopper, say)
         fns["dense_default"] = lambda: F.scaled_dot_product_attention(q, k, v)
+    total = 1 + (repeats + 1) * len(fns)
+    report("calls", 0, total)
     first = timed(fns["sparse"])  # warm-up; compiles the flex kernel for this shape
+    done = 1
     for fn in fns.values():
         timed(fn)
+        done += 1
+        report("calls", done, total)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):  # interleaved, so drifts in clock or load hit all alike
         for name, fn in fns.items():
             times[name].append(timed(fn))
+            done += 1
+            report("calls", done, total)
     med = {name: statistics.median(t) for name, t in times.items()}
     d, s = med["dense"], med["sparse"]
     kept = layout.kept_fraction
@@ -148,8 +188,15 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
     }
     if "dense_default" in med:
         result["dense_default_s"] = med["dense_default"]
+    if d / s > 1.05 / kept:  # faster than skipping alone allows: the dense baseline, not the sparse kernel, is off
+        result["above_limit_note"] = (
+            f"the speedup exceeds 1/density: dense SDPA in {dtype} on this {dev.type} is slower than its FLOPs "
+            "predict (no fast path for this dtype here), so the ratio measures the baseline, not the skipping; "
+            "compare against float32 on a CPU" if dev.type == "cpu" else
+            f"the speedup exceeds 1/density: dense SDPA in {dtype} is slower here than its FLOPs predict, so the "
+            "ratio measures the baseline, not the skipping")
     sparse = fns["sparse"]
-    h = heads if check_heads is None else max(0, min(heads, check_heads))
+    h = checked
     if h:  # check_heads=0 skips the check
         out = sparse()[:, :h]
         ref = masked_reference(q[:, :h], k[:, :h], v[:, :h], mask[:, :h], block_size)

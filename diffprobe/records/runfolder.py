@@ -34,6 +34,37 @@ def atomic_write(path: str | Path, write) -> Path:
 
 
 RESULT_FILES = ("sweep.json", "compare.json", "sparsity.json", "approx.json", "run.json")
+LOCK_NAME = ".lock"  # flock'ed while a diffprobe process writes the folder
+_held: dict[str, object] = {}  # folder -> the open lock file this process holds
+
+
+def lock_folder(path: Path) -> None:
+    """Take ``path``'s lock (an exclusive ``flock`` on ``path/.lock``) for the rest of this process, or until
+    :func:`release_folder`; the OS releases it when the process ends, however it ends, so no stale lock is left. A
+    folder another process holds is refused with one line (two runs on one ``--out`` never share it)."""
+    import fcntl
+
+    key = str(Path(path).resolve())
+    if key in _held:
+        return
+    try:
+        fh = open(Path(path) / LOCK_NAME, "a")
+    except OSError as exc:
+        raise DiffprobeError(f"cannot write to --out {path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DiffprobeError(f"--out {path} is in use by another diffprobe run; wait for it to finish or choose "
+                             "another --out") from None
+    _held[key] = fh
+
+
+def release_folder(path: Path) -> None:
+    """Release a lock :func:`lock_folder` took (closing the file releases the flock)."""
+    fh = _held.pop(str(Path(path).resolve()), None)
+    if fh is not None:
+        fh.close()
 
 
 def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> Path:
@@ -53,6 +84,7 @@ def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> P
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.mkdir()
+                lock_folder(path)
                 break
             except FileExistsError:
                 continue
@@ -64,7 +96,12 @@ def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> P
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise DiffprobeError(f"--out {path} is a file, not a folder; name a new or empty folder")
-    if path.is_dir() and any(path.iterdir()):
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DiffprobeError(f"cannot write to --out {path}: {exc.strerror or exc}") from exc
+    lock_folder(path)  # claimed first, then checked: two runs started together on one new folder never share it
+    if any(p.name != LOCK_NAME for p in path.iterdir()):
         if not force:
             raise DiffprobeError(f"--out {path} is not empty; choose a new folder, or pass --force to replace the "
                                  "diffprobe results in it")
@@ -72,11 +109,8 @@ def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> P
             raise DiffprobeError(f"--out {path} holds files diffprobe did not write; --force replaces only a "
                                  "diffprobe folder: choose a new folder")
         for child in path.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DiffprobeError(f"cannot write to --out {path}: {exc.strerror or exc}") from exc
+            if child.name != LOCK_NAME:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     return _check_writable(path)
 
 

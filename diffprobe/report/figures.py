@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from diffprobe.records.schema import LAYER_TYPES
-from diffprobe.report.units import si_scale
+from diffprobe.report.units import setting_name, setting_series, si_scale
 
 _TAB = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
@@ -152,7 +152,8 @@ def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
     # carry a ".self"/".cross" suffix and are not stacked here)
     ax.stackplot(sides, *shares, labels=classes, colors=[color(c) for c in classes], alpha=0.9)
     cross = (findings.get("crossover") or {}).get(quantity)
-    if cross and not cross.get("already_ahead") and sides[0] <= cross["side"] <= sides[-1]:
+    if cross and cross.get("side") is not None and not cross.get("already_ahead") and (
+            sides[0] <= cross["side"] <= sides[-1]):
         ax.axvline(cross["side"], color="black", linestyle="--", linewidth=1)
         ax.annotate(f"self-attention > conv\n≈ {cross['side']:.0f} px", (cross["side"], 95), fontsize=8,
                     ha="left", va="top", xytext=(4, 0), textcoords="offset points")
@@ -242,10 +243,7 @@ def tradeoff(results: list[dict]) -> Figure:
         metrics.append(("accuracy", "digit accuracy"))
     fig = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    def series(r: dict) -> str:  # a block setting with reused masks is its own line
-        n = r.get("mask_interval") or 1
-        return r["method"] + (f", mask every {n}" if n > 1 else "")
-
+    series = setting_series
     methods = list(dict.fromkeys(series(r) for r in results if r["method"] != "dense"))
     dense = next((r for r in results if r["method"] == "dense"), None)
     finite_psnr = [r["psnr"] for r in results if r["psnr"] is not None]
@@ -313,31 +311,43 @@ def pareto(results: list[dict]) -> Figure:
     Pareto front (no other setting saves more at equal or better quality) drawn through the points."""
     dense = next((r for r in results if r["method"] == "dense"), None)
     pts = [r for r in results if r["method"] != "dense"]
-    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
+    methods = list(dict.fromkeys(setting_series(r) for r in pts))
+    base = dense["unet_s"] if dense and dense["unet_s"] else None
     for ax, (key, label) in zip(axes, (("flops", "end-to-end FLOPs saved (%)"),
                                        ("seconds", "denoiser seconds saved vs dense (%)")), strict=True):
         xy = []
-        for r in pts:
+        for i, r in enumerate(pts):
+            c = _TAB[methods.index(setting_series(r)) % len(_TAB)]
             if key == "flops":
                 y = 100 * r["end_to_end_flops_saved"]
+                ax.plot([r["ssim"]], [y], "o", color=c)
             else:
-                y = 100 * (1 - r["unet_s"] / dense["unet_s"]) if dense and dense["unet_s"] else 0.0
-            xy.append((r["ssim"], y, r.get("setting") or f"{r['method']}={r['value']:g}", r["method"]))
-        methods = list(dict.fromkeys(m for *_, m in xy))
-        for x, y, name, m in xy:
-            ax.plot([x], [y], "o", color=_TAB[methods.index(m) % len(_TAB)])
-            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                y = 100 * (1 - r["unet_s"] / base) if base else 0.0
+                lo, hi = r.get("unet_s_min"), r.get("unet_s_max")
+                if base and lo is not None and (r.get("runs") or 1) > 1:  # the spread of the repeated runs
+                    ax.errorbar([r["ssim"]], [y], yerr=[[y - 100 * (1 - hi / base)], [100 * (1 - lo / base) - y]],
+                                fmt="o", color=c, capsize=2, linewidth=0.8)
+                else:
+                    ax.plot([r["ssim"]], [y], "o", color=c)
+            # numbered points, the key beside the figure: names written on the points overlap where they crowd
+            ax.annotate(str(i + 1), (r["ssim"], y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+            xy.append((r["ssim"], y))
         front, best = [], float("-inf")
         for x, y, *_ in sorted(xy, key=lambda p: -p[0]):  # from the best quality down: keep what saves more
             if y > best:
                 front.append((x, y))
                 best = y
         if front:
-            ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="#333333", linewidth=1,
-                    label="Pareto front")
-            ax.legend(fontsize=7, frameon=False)
+            ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="#333333", linewidth=1)
         ax.axhline(0, color="grey", linewidth=0.6)
-        ax.set_xlabel("SSIM vs dense (quality)")
-        ax.set_ylabel(label)
+        ax.set_xlabel("SSIM vs dense (quality)", fontsize=10)
+        ax.set_ylabel(label, fontsize=10)
+    from matplotlib.lines import Line2D
+
+    key = [Line2D([], [], marker="o", linestyle="", color=_TAB[methods.index(setting_series(r)) % len(_TAB)],
+                  label=f"{i + 1}  {setting_name(r)}") for i, r in enumerate(pts)]
+    key.append(Line2D([], [], color="#333333", linewidth=1, label="Pareto front"))
+    fig.legend(handles=key, loc="outside right upper", fontsize=8, frameon=False)
     return fig

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from diffprobe.analyses import scaling
-from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s
+from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s, setting_name, setting_series
 
 SHARE_CLASSES = ("conv", "self_attention", "cross_attention", "ffn", "norm")
 DIT_SHARE_CLASSES = ("attention_core", "joint_attention", "self_attention", "cross_attention", "linear_layers",
@@ -55,7 +55,9 @@ def sweep_findings(state: dict) -> list[str]:
                    f"{_side(last)}{grow}.")
     a, b = (LABEL.get(c, c) for c in pair)
     cross = (f.get("crossover") or {}).get("flops")
-    if cross:
+    if cross and cross.get("side") is None:
+        out.append(f"{_cap(a)} does not overtake {b} in {what} FLOPs within this sweep; {cross['why']}.")
+    elif cross:
         if cross.get("already_ahead"):
             out.append(f"{_cap(a)} already has more {what} FLOPs than {b} at {_side(series[0])}.")
         else:
@@ -65,7 +67,9 @@ def sweep_findings(state: dict) -> list[str]:
     elif len(series) > 1:
         out.append(f"{_cap(a)} does not overtake {b} in {what} FLOPs within or beyond this sweep.")
     tcross = (f.get("crossover") or {}).get("seconds")
-    if tcross and not tcross.get("already_ahead"):
+    if tcross and tcross.get("side") is None:
+        out.append(f"In measured time, {a} does not overtake {b} within this sweep; {tcross['why']}.")
+    elif tcross and not tcross.get("already_ahead"):
         how = "extrapolated" if tcross["extrapolated"] else "measured"
         out.append(f"In measured time, {a} overtakes {b} at about {tcross['side']:.0f} px ({how}).")
     mem = last.get("attention_memory") or {}
@@ -160,15 +164,15 @@ def approx_findings(state: dict) -> list[str]:
     res = state["results"]
     dense = res[0]
     out = []
-    for m in dict.fromkeys(r["method"] for r in res[1:]):
-        ok = [r for r in res if r["method"] == m and r["ssim"] >= 0.9 and (
+    for m in dict.fromkeys(setting_series(r) for r in res[1:]):
+        ok = [r for r in res[1:] if setting_series(r) == m and r["ssim"] >= 0.9 and (
             r.get("accuracy") is None or r["accuracy"] >= dense["accuracy"] - 0.05)]
         if ok:
             best = max(ok, key=lambda r: r["attention_flops_saved"])
             acc = f", digit accuracy {100 * best['accuracy']:.0f}%" if best.get("accuracy") is not None else ""
             out.append(f"{m}: up to {100 * best['attention_flops_saved']:.1f}% of attention FLOPs "
-                       f"({100 * best['end_to_end_flops_saved']:.1f}% end to end) saved at {best['param']}="
-                       f"{best['value']:g} with SSIM {best['ssim']:.3f}{acc}; UNet time "
+                       f"({100 * best['end_to_end_flops_saved']:.1f}% end to end) saved at {setting_name(best)} "
+                       f"with SSIM {best['ssim']:.3f}{acc}; UNet time "
                        f"{best['unet_s'] / dense['unet_s']:.2f}x dense.")
         else:
             out.append(f"{m}: no tested value keeps SSIM >= 0.9 (and accuracy within 5 points of dense).")

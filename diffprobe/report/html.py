@@ -20,6 +20,7 @@ from diffprobe.report.page import Page, esc, table
 from diffprobe.report.text import (
     accel_rows,
     approx_rows,
+    approx_summary_lines,
     compiled_items,
     compiled_rows,
     mask_lines,
@@ -145,6 +146,8 @@ def _accel_section(page: Page, folder: Path) -> None:
     except (OSError, ValueError) as exc:
         raise DiffprobeError(f"{folder / 'accel.json'} is unreadable: {exc}") from exc
     page.h2("Accelerator designs")
+    for w in acc.get("warnings", []):
+        page.banner(w, fail=True)
     page.add(table(*accel_rows(acc)))
     note = acc.get("density_note") or " ".join(mask_lines(acc)) or "attention as the run computed it"
     page.add(f"<p>{esc(note)}. Speedups against each design's dense counterpart and against the "
@@ -155,11 +158,7 @@ def _accel_section(page: Page, folder: Path) -> None:
 
 def _approx_sentence(ap: dict) -> str:
     """The approximate pass of ``profile --approx`` in one sentence (as the terminal table says it)."""
-    unet = f"denoiser {fmt_s(ap['unet_seconds'])} untraced" if ap.get("unet_seconds") is not None else ""
-    dense = f" vs {fmt_s(ap['dense_unet_seconds'])} dense (traced)" if ap.get("dense_unet_seconds") is not None else ""
-    return (f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of denoiser attention FLOPs "
-            f"saved ({100 * ap['end_to_end_flops_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
-            f"entries kept; {unet}{dense}; attention kernel: {ap.get('kernel', '?')}. {ap.get('note', '')}")
+    return "; ".join(approx_summary_lines(ap)) + f". {ap.get('note', '')}"
 
 
 def _roofline_section(page: Page, roof: dict, ops, name: str) -> None:
@@ -287,10 +286,13 @@ def _approx_report(folder: Path, state: dict) -> Path:
     page.findings(approx_findings(state))
     page.h2("Trade-off")
     page.add(table(*approx_rows(state)))
+    for note in state.get("notes", []):
+        page.add(f"<p>{esc(note)}</p>")
     page.figure(figs.tradeoff(state["results"]), "tradeoff", "attention FLOPs saved vs quality, per method",
                 svg=True)
     page.figure(figs.pareto(state["results"]), "pareto", "every setting (attention, reuse and both): FLOPs and "
-                "seconds saved against quality, with the Pareto front", svg=True)
+                "seconds saved against quality, with the Pareto front; numbered points, named in the key"
+                + ("; bars: the min–max of the repeated runs" if (state.get("repeat") or 1) > 1 else ""), svg=True)
     page.h2("Images: dense and approximate (same noise)")
     for r in state["results"]:
         path = folder / r["image"]

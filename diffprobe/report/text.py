@@ -343,16 +343,27 @@ def setting_label(ap: dict) -> str:
     return ap.get("setting") or f"{ap['method']}={ap['value']:g}"
 
 
-def approx_lines(ap: dict) -> list[str]:
-    """``profile --approx``: what the setting saves against dense, its seconds, and (reuse) which blocks ran."""
+def _spread(stats: dict | None) -> str:
+    """`` (median of 3, 1.2 s–1.4 s)`` for a repeated measurement; nothing for one run."""
+    if not stats or stats.get("runs", 1) < 2:
+        return ""
+    return f" (median of {stats['runs']}, {fmt_s(stats['min'])}–{fmt_s(stats['max'])})"
+
+
+def approx_summary_lines(ap: dict) -> list[str]:
+    """``profile --approx`` in brief (terminal and report alike): what the setting saves against dense, net of its
+    own cost, over which evaluations, and the seconds of both untraced runs."""
     lines = [f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of denoiser attention FLOPs saved "
              f"({100 * ap['end_to_end_flops_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
-             "attention entries kept"]
+             "attention entries kept; net of the method's own FLOPs"]
+    if ap.get("coverage"):
+        lines.append(f"accounted and timed over {ap['coverage']}")
     if ap.get("unet_seconds") is not None:
         dense = ap.get("dense_untraced_unet_seconds")
-        lines.append(f"denoiser {fmt_s(ap['unet_seconds'])} with it vs {fmt_s(dense)} dense, both untraced, same noise "
-                     f"(attention kernel: {ap.get('kernel', '?')})" if dense is not None else
-                     f"denoiser {fmt_s(ap['unet_seconds'])} untraced (attention kernel: {ap.get('kernel', '?')})")
+        mine = fmt_s(ap["unet_seconds"]) + _spread(ap.get("unet_seconds_stats"))
+        lines.append(f"denoiser {mine} with it vs {fmt_s(dense)}{_spread(ap.get('dense_untraced_unet_seconds_stats'))}"
+                     f" dense, both untraced, same noise (attention kernel: {ap.get('kernel', '?')})"
+                     if dense is not None else f"denoiser {mine} untraced (attention kernel: {ap.get('kernel', '?')})")
     saved = {k: v for k, v in (ap.get("flops_saved_by_stage") or {}).items() if v}
     if saved:
         lines.append("FLOPs saved by stage: " + ", ".join(f"{k} {fmt_n(v)}" for k, v in saved.items()))
@@ -360,9 +371,31 @@ def approx_lines(ap: dict) -> list[str]:
     if extra and extra["ops"]:
         lines.append(f"the method's own ops: {extra['ops']} ({fmt_n(extra['flops'])} FLOPs: "
                      + ", ".join(f"{k} x{v}" for k, v in extra["by_op"].items()) + ")")
-    for s in ap.get("steps") or []:
-        lines.append(f"  step {s['step']}: {fmt_n(s['flops'])} FLOPs, ran {', '.join(s['blocks'])}")
     return lines
+
+
+def approx_lines(ap: dict) -> list[str]:
+    """``profile --approx``: :func:`approx_summary_lines`, then (reuse) which blocks ran, runs of equal steps
+    together."""
+    lines = approx_summary_lines(ap)
+    for first, last, s in step_runs(ap.get("steps") or []):
+        steps = f"step {first}" if first == last else f"steps {first}–{last}"
+        each = "" if first == last else " each"
+        lines.append(f"  {steps}: {fmt_n(s['flops'])} FLOPs{each}, ran {', '.join(s['blocks']) or 'no block'}"
+                     + (f"; in part only (forecast or cached): {', '.join(s['partial'])}" if s.get("partial") else ""))
+    return lines
+
+
+def step_runs(steps: list[dict]) -> list[tuple[int, int, dict]]:
+    """Consecutive steps that ran the same blocks for the same FLOPs, as (first step, last step, the step)."""
+    runs: list[list] = []
+    for s in steps:
+        key = (s["flops"], tuple(s["blocks"]), tuple(s.get("partial") or ()))
+        if runs and runs[-1][3] == key and runs[-1][1] == s["step"] - 1:
+            runs[-1][1] = s["step"]
+        else:
+            runs.append([s["step"], s["step"], s, key])
+    return [(a, b, s) for a, b, s, _ in runs]
 
 
 def compiled_rows(d: dict) -> list[tuple[str, float, float]]:
@@ -433,6 +466,8 @@ def bench_lines(r: dict) -> list[str]:
                  f"s); kernel alone on a prepared layout: kernel_s {r['kernel_s']:.6f}")
     lines.append(f"speedup {r['speedup']:.2f}x, kernel alone {r['kernel_speedup']:.2f}x  "
                  f"(limit 1/density {r['limit']:.2f}x)")
+    if r.get("above_limit_note"):
+        lines.append(f"note: {r['above_limit_note']}")
     if "efficiency" in r:
         lines.append(f"efficiency (dense_s x kept density / sparse_s) {r['efficiency']:.2f}, kernel alone "
                      f"{r['kernel_efficiency']:.2f}; CPU {r['cpu_model']}, capability {r['cpu_capability']}")
@@ -512,7 +547,10 @@ def accel_items(r: dict) -> list:
     """``diffprobe accel RUN``: the designs side by side, then each design's latency by layer type."""
     items: list = []
     head, rows = accel_rows(r)
-    t = Table(title=f"accelerators: {r['model']} {r['height']}x{r['width']}, {r['steps']} steps ({r['mode']} run); "
+    evals = (f"{r['unet_evals_measured']} of {r['unet_evals']} denoiser evaluations measured"
+             if r.get("mode") == "measured" and r.get("unet_evals_measured") is not None
+             and r["unet_evals_measured"] < (r.get("unet_evals") or 0) else f"{r['mode']} run")
+    t = Table(title=f"accelerators: {r['model']} {r['height']}x{r['width']}, {r['steps']} steps ({evals}); "
               f"GPU roofline {r['gpu']['preset']} {fmt_s(r['gpu']['roofline_s'])}", title_justify="left")
     for col in head:
         t.add_column(col, justify="left" if col in ("design", "skips") else "right")

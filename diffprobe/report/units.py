@@ -42,3 +42,18 @@ def si_scale(largest: float, unit: str) -> tuple[float, str]:
         if abs(largest) >= scale:
             return scale, prefix + unit
     return 1.0, unit
+
+
+def setting_series(r: dict) -> str:
+    """The series an ``approx`` row belongs to in findings and figures: its method (``block``), a composite's
+    methods joined (``block+deepcache``: never mixed into ``block``'s line), and reused masks apart
+    (``block, mask every 3``)."""
+    setting = r.get("setting") or ""
+    name = "+".join(p.split("=")[0] for p in setting.split(" ")[0].split("+")) if "+" in setting else r["method"]
+    n = r.get("mask_interval") or 1
+    return name + (f", mask every {n}" if n > 1 else "")
+
+
+def setting_name(r: dict) -> str:
+    """An ``approx`` row's setting as written (``threshold=0.01``, ``block=0.8+deepcache=2``)."""
+    return r.get("setting") or (r["method"] if r["method"] == "dense" else f"{r['method']}={r['value']:g}")

@@ -115,7 +115,8 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
                  "gpu": {"preset": gpu_preset.name, "roofline_s": gpu_pred["total_s"],
                          "roofline_by_stage": gpu_pred["by_stage"],
                          "measured_s": measured_gpu.get("total") if measured_gpu else None},
-                 "accel": {}}
+                 "accel": {}, "unet_evals": d.get("unet_evals"), "unet_evals_measured": d.get("unet_evals_measured"),
+                 "warnings": run_warnings(folder, d)}
     dense_cache: dict[str, dict] = {}
     for p in presets:
         plans = mask_plans(store, p, tau) if store is not None and p.granularity != "none" else None
@@ -139,6 +140,21 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
         out["accel"][p.name] = s
     if write:
         write_json(folder / ACCEL_FILE, out)
+    return out
+
+
+def run_warnings(folder: Path, d: dict) -> list[str]:
+    """What a reader of figures drawn from a profile folder must know first: that the run did not finish, or that
+    its records cover only the denoiser evaluations it measured."""
+    out = []
+    done, full = d.get("unet_evals_measured"), d.get("unet_evals")
+    part = f"the {done} of {full} denoiser evaluations it measured" if done is not None and full else "what it measured"
+    if d.get("status", "ok") != "ok":
+        out.append(f"{folder} did not finish (status {d.get('status')}"
+                   + (f": {d['error']}" if d.get("error") else "") + f"); these figures cover only {part}")
+    elif d.get("mode") == "measured" and done is not None and full and done < full:
+        out.append(f"{folder} measured {done} of {full} denoiser evaluations (--sample-steps): these figures cover "
+                   "those, not the full run")
     return out
 
 

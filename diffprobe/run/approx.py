@@ -71,14 +71,18 @@ def generate(pipe, cfg, prompts: list[str], core=None, tracer=None) -> dict:
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
                per_digit: int = 3, out: str | Path | None = None, progress=None, clip_weights: str | None = None,
                force: bool = False, save_masks: bool = True, settings: list[str] | None = None,
-               mask_interval: int | Sequence[int] = 1) -> dict:
+               mask_interval: int | Sequence[int] = 1, repeat: int = 1) -> dict:
     """Dense, then every (method, value) and every extra setting (``block=0.9+deepcache=3``: attention and
     step-level reuse together); writes ``approx.json``, ``approx.parquet`` and images into ``out`` (default
     ``runs/<time>-approx-<model>``). PSNR is ``None`` where every image equals dense (``identical``);
     ``identical_images`` counts those left out of the mean. ``mask_interval`` (one or several): every ``block``
     setting runs once per interval, a row each (``mask_interval`` in the row), so the quality cost of reusing
-    masks is measured against the same dense run as the setting itself."""
+    masks is measured against the same dense run as the setting itself. ``repeat``: timed generations per row
+    (same noise, so the same images); ``unet_s`` is their median, ``unet_s_min`` / ``unet_s_max`` the spread."""
     import pandas as pd
+
+    if repeat < 1:
+        raise DiffprobeError(f"--repeat must be at least 1, got {repeat}")
 
     cfg = replace(base, mode="measured", trace_ops=False).resolved()
     intervals = [mask_interval] if isinstance(mask_interval, int) else list(mask_interval)
@@ -117,13 +121,13 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         classifier = DigitClassifier()
     report("methods", 0, len(todo) + 1)
     dense_warm_s = warm_up(pipe, cfg, prompts)
-    dense = generate(pipe, cfg, prompts)
+    dense = _timed(pipe, cfg, prompts, repeat)
     img_dir = out_dir / "images"
     img_dir.mkdir(exist_ok=True)
     _save_grid(dense["images"], img_dir / "dense.png")
     rows = [{"method": "dense", "param": "", "value": None, "attention_flops": float(unet_attn["flops"].sum()),
              "attention_flops_saved": 0.0, "end_to_end_flops_saved": 0.0, "kept_fraction": 1.0,
-             "unet_s": dense["unet_s"], "wall_s": dense["wall_s"], "warmup_s": dense_warm_s, "kernel": "dense",
+             **_seconds(dense), "warmup_s": dense_warm_s, "kernel": "dense",
              "psnr": None, "identical": True, "identical_images": len(prompts), "ssim": 1.0,
              "accuracy": classifier.accuracy(dense["images"], labels) if classifier else None,
              "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png",
@@ -137,9 +141,9 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
             core = ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
                                    seed=cfg.seed, mask_interval=interval)
             warm_s = warm_up(pipe, cfg, prompts, core)
-            core.save_masks, core.masks = save_masks, []  # the timed pass's masks only
+            core.save_masks = save_masks
         with setting.reuse.installed(pipe) if setting.reuse is not None else contextlib.nullcontext():
-            res = generate(pipe, cfg, prompts, core.core if core else None)
+            res = _timed(pipe, cfg, prompts, repeat, core)
         calls = core.calls if core is not None else None
         if setting.reuse is None:
             acc = account(calls)
@@ -181,7 +185,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         q = quality(dense, res)
         rows.append({"method": method, "param": PARAM.get(method) or setting.reuse.param, "value": value,
                      "setting": label, "mask_interval": interval if method == "block" else None, **flops,
-                     "unet_s": res["unet_s"], "wall_s": res["wall_s"], "warmup_s": warm_s,
+                     **_seconds(res), "warmup_s": warm_s,
                      "kernel": kernels_used(calls) if calls else "dense",
                      "psnr": q["psnr"], "identical": q["identical"], "identical_images": q["identical_images"],
                      "ssim": q["ssim"],
@@ -194,12 +198,51 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     random = cfg.random_weights
     state = {"schema_version": SCHEMA_VERSION, "kind": "approx", "model": cfg.model, "height": cfg.height,
              "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "prompts": prompts,
-             "renormalize": renormalize, "block": block, "rank": rank, "mask_interval": intervals[0],
+             "renormalize": renormalize, "block": block, "rank": rank, "mask_interval": intervals[0], "repeat": repeat,
              "mask_intervals": intervals, "random_weights": random,
              "total_flops": total_flops, "results": rows, "run_dir": str(out_dir),
-             "notes": [JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() else []}
+             "notes": ([JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() else []) + _notes(cfg, rows, repeat)}
     write_json(out_dir / "approx.json", state)
     return state
+
+
+def _timed(pipe, cfg, prompts: list[str], repeat: int, core=None) -> dict:
+    """``repeat`` generations of the same prompts from the same noise (so the same images): the last one's images,
+    latents and the core's calls and masks, with the median denoiser seconds and their spread."""
+    import statistics
+
+    runs = []
+    for _ in range(repeat):
+        if core is not None:  # each run's account and masks from a fresh start, as the first had
+            core.reset()
+            core.masks = []
+        runs.append(generate(pipe, cfg, prompts, core.core if core is not None else None))
+    res = runs[-1]
+    secs = [r["unet_s"] for r in runs]
+    res.update(unet_s=statistics.median(secs), unet_s_min=min(secs), unet_s_max=max(secs), runs=len(secs),
+               wall_s=statistics.median(r["wall_s"] for r in runs))
+    return res
+
+
+def _seconds(res: dict) -> dict:
+    return {k: res[k] for k in ("unet_s", "unet_s_min", "unet_s_max", "runs", "wall_s")}
+
+
+NOISY = 1.25  # a row whose slowest run took this much longer than its fastest: the seconds are noise-dominated
+
+
+def _notes(cfg, rows: list[dict], repeat: int) -> list[str]:
+    """What a reader must know to read the seconds: how many runs each is, and rows whose runs disagree."""
+    notes = []
+    if repeat == 1:
+        notes.append("seconds: one timed run per row (no spread measured); --repeat N times each N times and "
+                     "reports the median with its min–max")
+    noisy = [r.get("setting") or r["method"] for r in rows if r["unet_s_min"] > 0
+             and r["unet_s_max"] / r["unet_s_min"] > NOISY]
+    if noisy:
+        notes.append(f"seconds: the runs of {', '.join(noisy)} differ by more than {100 * (NOISY - 1):.0f}% "
+                     "(a busy machine?): compare seconds with care")
+    return notes
 
 
 def _save_grid(images: torch.Tensor, path: Path) -> None:

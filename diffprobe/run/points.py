@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from diffprobe.errors import DiffprobeError, a
-from diffprobe.records.runfolder import write_json
+from diffprobe.records.runfolder import LOCK_NAME, lock_folder, release_folder, write_json
 
-LOCK_NAME = ".lock"  # flock'ed while a run writes the folder
 
 
 class SweepFolder:
@@ -66,26 +65,11 @@ class SweepFolder:
         return state
 
     def _lock(self) -> None:
-        import fcntl
-
-        try:
-            fh = open(self.path / LOCK_NAME, "a")
-        except OSError as exc:
-            raise DiffprobeError(f"cannot write to --out {self.path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise DiffprobeError(f"--out {self.path} is in use by another diffprobe run; wait for it to finish or "
-                                 "choose another --out") from None
-        self._lock_fh = fh
+        lock_folder(self.path)
 
     def close(self) -> None:
         """Release the folder's lock."""
-        fh = getattr(self, "_lock_fh", None)
-        if fh is not None:
-            fh.close()  # closing the file releases the flock
-            self._lock_fh = None
+        release_folder(self.path)
 
     def point_dir(self, name: str) -> Path:
         return self.path / "points" / name

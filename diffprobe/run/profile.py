@@ -23,7 +23,7 @@ from diffprobe.analyses.breakdown import layer_table
 from diffprobe.analyses.savings import added_ops, approximate_account, steps_ran
 from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used
 from diffprobe.attention.core import installed
-from diffprobe.errors import DiffprobeError
+from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.environment import environment
 from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import (
@@ -42,7 +42,7 @@ from diffprobe.models.registry import (
     text_encoder_names,
 )
 from diffprobe.records.chrome import write_chrome_trace
-from diffprobe.records.runfolder import prepare_out_dir, write_ops, write_run_json, write_table
+from diffprobe.records.runfolder import prepare_out_dir, release_folder, write_ops, write_run_json, write_table
 from diffprobe.records.schema import DENOISER, SCHEMA_VERSION  # run.json's version (ops.parquet: its own)
 from diffprobe.records.tracer import OpTracer
 from diffprobe.run.analytic import MetaAdapters
@@ -603,7 +603,7 @@ def summarize_events(runs: list[list]) -> tuple[dict, dict, list]:
 def _failure_message(exc: BaseException, stage: str | None, cfg: ProfileConfig) -> str:
     where = stage or "pipeline"
     if isinstance(exc, KeyboardInterrupt):
-        return f"interrupted (Ctrl-C) in stage {where}"
+        return f"interrupted ({interruption(exc)}) in stage {where}"
     if _is_oom(exc):
         return (f"out of memory in stage {where} at {cfg.height}x{cfg.width}, batch {cfg.batch}; "
                 "try a smaller --height/--width or --batch")
@@ -617,31 +617,45 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     writes ``run.json`` (status ``failed``) with everything measured so far, then raises.
     """
     cfg = cfg.resolved()
-    spec = get_spec(cfg.model)
     out_dir = prepare_out_dir(cfg.out, cfg.model, cfg.force)
+    try:
+        return _profile_into(cfg, out_dir, progress, pipe)
+    finally:
+        release_folder(out_dir)  # written: its files claim it from now on
+
+
+def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -> ProfileResult:
+    spec = get_spec(cfg.model)
     report = progress or (lambda *_: None)
 
-    report("build", 0, 1)
-    pipe = pipe or build_pipeline(cfg, spec)
-    report("build", 1, 1)
-    reuse = parse_settings(cfg.approx).reuse if cfg.approx else None
-    if reuse is not None:  # a method for another model family is refused before any work
-        reuse.check_model(pipe, cfg.model)
-    params = {name: count_params(getattr(pipe, name)) for name in (*TEXT_ENCODERS, *DENOISERS, "vae")
-              if getattr(pipe, name, None) is not None}
-    unet_evals = _count_unet_evals(pipe, cfg.steps, "cpu")
-    notes = prompt_notes(pipe, cfg.prompt) + stand_in_notes(pipe)
+    env = environment("cpu" if cfg.mode == "analytic" else cfg.device)
+    try:
+        report("build", 0, 1)
+        pipe = pipe or build_pipeline(cfg, spec)
+        report("build", 1, 1)
+        reuse = parse_settings(cfg.approx).reuse if cfg.approx else None
+        if reuse is not None:  # a method for another model family is refused before any work
+            reuse.check_model(pipe, cfg.model)
+        params = {name: count_params(getattr(pipe, name)) for name in (*TEXT_ENCODERS, *DENOISERS, "vae")
+                  if getattr(pipe, name, None) is not None}
+        unet_evals = _count_unet_evals(pipe, cfg.steps, "cpu")
+        notes = prompt_notes(pipe, cfg.prompt) + stand_in_notes(pipe)
+    except KeyboardInterrupt as exc:  # the folder says what happened, even with nothing measured
+        empty = ProfileResult(cfg, spec, {}, {}, {}, [], 0, 0, 0, "", env, run_dir=str(out_dir),
+                              status="interrupted", error=f"interrupted ({interruption(exc)}) while building the "
+                              "pipeline; nothing was measured")
+        _save(out_dir, empty)
+        raise
     measured_evals = unet_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, unet_evals)
-    result = ProfileResult(cfg, spec, params, {}, {}, [], unet_evals, measured_evals, 0, "",
-                           environment("cpu" if cfg.mode == "analytic" else cfg.device), run_dir=str(out_dir),
-                           notes=notes)
+    result = ProfileResult(cfg, spec, params, {}, {}, [], unet_evals, measured_evals, 0, "", env,
+                           run_dir=str(out_dir), notes=notes)
     if cfg.mode == "analytic":
         try:
             _run_analytic(cfg, pipe, result, report)
             if cfg.approx is not None:  # reuse only (checked): its plan replayed on meta
                 _run_approx_pass(cfg, pipe, result, report)
-        except KeyboardInterrupt:
-            result.status, result.error = "interrupted", "interrupted (Ctrl-C) while tracing"
+        except KeyboardInterrupt as exc:
+            result.status, result.error = "interrupted", f"interrupted ({interruption(exc)}) while tracing"
             _save(out_dir, result)
             raise
     else:
@@ -652,16 +666,17 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
             except BaseException as exc:  # the eager run is measured: it is written before the error propagates
                 interrupted = isinstance(exc, KeyboardInterrupt)
                 result.status = "interrupted" if interrupted else "failed"
-                result.error = ("interrupted (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {exc}") + (
+                result.error = (f"interrupted ({interruption(exc)})" if interrupted else
+                                f"{type(exc).__name__}: {exc}") + (
                     " in the compiled run; the eager run is complete")
                 _save(out_dir, result)
                 raise
         if cfg.approx is not None and result.ops is not None:
             try:
                 _run_approx_pass(cfg, pipe, result, report)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 result.status = "interrupted"
-                result.error = "interrupted (Ctrl-C) in the --approx pass; the dense run is complete"
+                result.error = f"interrupted ({interruption(exc)}) in the --approx pass; the dense run is complete"
                 _save(out_dir, result)
                 raise
     _save(out_dir, result)
@@ -687,12 +702,16 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
     report("approx", 0, 1)
     if core is not None:
         warm_up(pipe, cfg, [cfg.prompt] * cfg.batch, core)  # the block-sparse kernel compiles outside the timed run
-    plain = replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None, repeat=1, warmup=0,
-                    compile=False, cuda_graphs=False)
+    # a reuse method's plan differs from step to step: its account and seconds cover every step of the schedule
+    # (the sampled steps of the dense profile above would give a share over other steps than the seconds beside it)
+    full = cfg.mode == "measured" and setting.reuse is not None and result.unet_evals_measured < result.unet_evals
+    evals = result.unet_evals if full else result.unet_evals_measured
+    plain = replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None, compile=False,
+                    cuda_graphs=False, sample_steps=0 if full else cfg.sample_steps)
 
     def fresh(c):
-        return ProfileResult(c, result.spec, result.params, {}, {}, [], result.unet_evals,
-                             result.unet_evals_measured, 0, "", result.environment)
+        return ProfileResult(c, result.spec, result.params, {}, {}, [], result.unet_evals, evals, 0, "",
+                             result.environment)
 
     def methods():
         stack = contextlib.ExitStack()
@@ -702,19 +721,28 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
             stack.enter_context(setting.reuse.installed(pipe))
         return stack
 
-    ops = result.ops
+    ops = dense_ops = result.ops
     with tempfile.TemporaryDirectory(prefix="diffprobe-approx-") as tmp:
-        for sub in ("traced", "dense", "approx"):
+        for sub in ("traced", "traced-dense", "dense", "approx"):
             (Path(tmp) / sub).mkdir()
         if setting.reuse is not None:  # the records of what runs with reuse (attention exact: its kept
-            traced_cfg = replace(plain, trace_ops=True, mode=cfg.mode)  # fractions re-weight them below)
-            traced = fresh(traced_cfg)
-            with setting.reuse.installed(pipe):
+            traced_cfg = replace(plain, trace_ops=True, mode=cfg.mode, repeat=1, warmup=0)  # fractions re-weight
+            traced = fresh(traced_cfg)  # them below)
+            replayed = full and not getattr(setting.reuse, "data_dependent", False)
+            if replayed:  # every step, the method's plan replayed on meta (the FLOPs of a measured run, exactly)
+                meta_cfg = replace(traced_cfg, mode="analytic", out=None)
+                ops, dense_ops = trace_with_reuse(meta_cfg, setting.reuse), trace_with_reuse(meta_cfg, None)
+            with setting.reuse.installed(pipe) if not replayed else contextlib.nullcontext():
                 if cfg.mode == "analytic":
                     _run_analytic(traced_cfg, pipe, traced, lambda *_: None, plan=setting.reuse.plan_key)
-                else:
+                elif not replayed:
                     _run_measured(traced_cfg, pipe, traced, lambda *_: None, Path(tmp) / "traced")
-            ops = traced.ops
+            if not replayed:
+                ops = traced.ops
+            if full and not replayed:  # decided from the activations: the dense records of every step, measured
+                traced_dense = fresh(traced_cfg)
+                _run_measured(traced_cfg, pipe, traced_dense, lambda *_: None, Path(tmp) / "traced-dense")
+                dense_ops = traced_dense.ops
         dense = again = None
         if cfg.mode == "measured":
             dense = fresh(plain)
@@ -725,16 +753,23 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
             if again.image and result.run_dir:  # the approximate image beside the dense one
                 shutil.copyfile(Path(tmp) / "approx" / again.image, Path(result.run_dir) / "image_approx.png")
     report("approx", 1, 1)
-    acc = approximate_account(ops, core.calls if core is not None else None, dense=result.ops)
+    acc = approximate_account(ops, core.calls if core is not None else None, dense=dense_ops)
     method, value = setting.attention or (setting.reuse.name, setting.reuse.value)
     result.approx = {"method": method, "value": value, "setting": setting.text, **acc,
                      "mask_interval": cfg.mask_interval if core is not None else None,
-                     "steps": steps_ran(ops) if setting.reuse is not None else None,
-                     "method_overhead": added_ops(result.ops, ops) if setting.reuse is not None else None,
+                     "steps": steps_ran(ops, dense_ops) if setting.reuse is not None else None,
+                     "method_overhead": added_ops(dense_ops, ops) if setting.reuse is not None else None,
+                     "unet_evals_accounted": evals,
+                     "coverage": (f"every step of the schedule ({evals} denoiser evaluations), the account and both "
+                                  f"untraced runs alike; the profile above measured {result.unet_evals_measured}"
+                                  if full else f"the same {evals} of {result.unet_evals} denoiser evaluations as the "
+                                  "profile above, the account and both untraced runs alike"),
                      "image": "image_approx.png" if again is not None else None,
                      "unet_seconds": again.stages.get(DENOISER) if again else None,
+                     "unet_seconds_stats": again.stage_stats.get(DENOISER) if again else None,
                      "dense_unet_seconds": result.stages.get(DENOISER),
                      "dense_untraced_unet_seconds": dense.stages.get(DENOISER) if dense else None,
+                     "dense_untraced_unet_seconds_stats": dense.stage_stats.get(DENOISER) if dense else None,
                      "kernel": kernels_used(core.calls) if core is not None else "dense",
                      "note": "FLOPs of the records that ran (reuse) and that a kernel skipping the dropped entries "
                              "would need (oracle attention methods: the potential); the seconds are this PyTorch "
@@ -845,14 +880,16 @@ def _tracer(cfg: ProfileConfig, pipe, timed: bool):
 
 
 def trace_with_reuse(cfg: ProfileConfig, reuse):
-    """The records of a run with step-level ``reuse`` installed, traced on meta (an analytic ``cfg``) with the
-    method's plan replayed: what runs at every step."""
+    """The records of a run with step-level ``reuse`` installed (None: dense), traced on meta (an analytic
+    ``cfg``) with the method's plan replayed: what runs at every step."""
+    import contextlib
+
     cfg = cfg.resolved()
     spec = get_spec(cfg.model)
     pipe = build_pipeline(cfg, spec)
     result = ProfileResult(cfg, spec, {}, {}, {}, [], 0, 0, 0, "", {})
-    with reuse.installed(pipe):
-        _run_analytic(cfg, pipe, result, lambda *_: None, plan=reuse.plan_key)
+    with reuse.installed(pipe) if reuse is not None else contextlib.nullcontext():
+        _run_analytic(cfg, pipe, result, lambda *_: None, plan=reuse.plan_key if reuse is not None else None)
     return result.ops
 
 
@@ -910,6 +947,9 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
     except BaseException as exc:  # Ctrl-C included: what was measured is written before it propagates
         in_flight = timer.events()  # the interrupted run's finished stages: measured, so kept
         _collect(result, runs + ([in_flight] if in_flight else []), tracer, cfg.device)
+        if not runs:  # no run finished: the evaluations measured are the steps the interrupted one completed
+            result.unet_evals_measured = len({e.step for e in in_flight if e.stage == DENOISER and e.step is not None})
+            result.image_complete = False
         msg = _failure_message(exc, timer.failed_stage or timer.current_stage, cfg)
         result.status, result.error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"), msg
         _save(out_dir, result)

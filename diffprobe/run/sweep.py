@@ -19,7 +19,7 @@ from pathlib import Path
 
 from diffprobe.analyses import roofline
 from diffprobe.analyses.sweep import findings, load_point  # noqa: F401  (load_point: API kept here)
-from diffprobe.errors import DiffprobeError
+from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import get_spec
 from diffprobe.parsing import parse_ints, parse_resolutions  # noqa: F401  (imported from here too)
@@ -111,8 +111,16 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     folder.save(state)
     todo = sc.points()
     t_start = time.perf_counter()
+    state["status"], state["error"] = "running", None
     try:
         _run_points(sc, base, spec, folder, state, todo, report, say)
+        state["status"] = "ok"
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        state["status"], state["error"] = "interrupted", f"interrupted ({interruption(exc)})"
+        raise
+    except BaseException as exc:
+        state["status"], state["error"] = "failed", f"{type(exc).__name__}: {exc}"
+        raise
     finally:  # also after Ctrl-C or a failure: findings from the points present, nothing finished is lost
         shutil.rmtree(folder.path / ".partial", ignore_errors=True)
         names = [point_name(*p) for p in todo]

@@ -56,7 +56,9 @@ class OpTimer:
 def assign(rows: list[OpRecord], first: int, n: int, secs: float, at: float) -> None:
     """Give the call that made records ``first`` … ``first + n - 1`` its ``secs``, starting at ``at``: one record
     takes it all; several (one fused kernel's parts) share it in proportion to their FLOPs, back to back, flagged
-    ``time_apportioned``."""
+    ``time_apportioned``. A call interrupted (Ctrl-C, SIGTERM) before its records were written has none: skipped."""
+    if first + n > len(rows):
+        return
     if n == 1:
         rows[first] = rows[first]._replace(time_s=secs, start_s=at)
         return
