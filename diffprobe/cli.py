@@ -106,6 +106,13 @@ O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 O_FORCE = typer.Option(False, "--force", help="Replace the diffprobe results in a non-empty --out folder.")
 
 
+def _quiet_profiler(quiet: bool) -> None:
+    """With --quiet, kineto (torch.profiler's library) keeps its start/stop lines off stderr too: it reads its log
+    level when torch loads, which the commands do after parsing (an explicit KINETO_LOG_LEVEL is kept)."""
+    if quiet:
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+
 def _base_config(**kw):
     from diffprobe.run.profile import DEFAULT_PROMPT, ProfileConfig
 
@@ -162,6 +169,7 @@ def profile(
     quiet: bool = O_QUIET,
 ) -> None:
     """Profile one text-to-image run: time, FLOPs and bytes per stage and layer type, parameters, memory."""
+    _quiet_profiler(quiet)
     from diffprobe.run.profile import run_profile
 
     cfg = _base_config(model=model, prompt=prompt, height=height, width=width, steps=steps, batch=batch,
@@ -222,6 +230,7 @@ def sweep(
     quiet: bool = O_QUIET,
 ) -> None:
     """Sweep resolutions (and batch sizes): scaling exponents, crossover, memory, bottlenecks, roofline."""
+    _quiet_profiler(quiet)
     from diffprobe.parsing import parse_ints, parse_resolutions
     from diffprobe.run.sweep import SweepConfig, run_sweep
 
@@ -547,30 +556,43 @@ class Dataflow(str, Enum):
 @app.command()
 def accel(
     target: str = typer.Argument(..., help="A profile run folder, or 'gemm' for one GEMM on one array."),
-    arch: str = typer.Option("sa-dense", "--arch", help="Accelerator presets, comma list (built-in: sa-dense, "
-                             "sa-block64, sa-row, sa-element) or .toml paths."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Accelerator presets, comma list (built-in: sa-dense, "
+                                       "sa-block64, sa-row, sa-element) or .toml paths. [default: sa-dense]",
+                                       show_default=False),
     density: Optional[float] = typer.Option(None, help="Kept fraction of self-attention, in (0, 1], for designs "
                                             "that skip attention (a uniform stand-in for measured masks)."),
     masks: Optional[str] = typer.Option(None, help="A sparsity run (or its point folder) whose measured masks the "
                                         "skipping designs follow, per step, layer and head."),
-    tau: float = typer.Option(0.95, help="With --masks: the attention mass the kept blocks / keys cover."),
-    gpu: str = typer.Option("H100-SXM", help="GPU preset whose roofline the designs are compared with."),
-    m: int = typer.Option(0, "--m", help="gemm: rows of the left operand (output pixels / tokens)."),
-    k: int = typer.Option(0, "--k", help="gemm: the reduction dimension."),
-    n: int = typer.Option(0, "--n", help="gemm: columns of the right operand (output channels)."),
-    rows: int = typer.Option(128, help="gemm: array rows."),
-    cols: int = typer.Option(128, help="gemm: array columns."),
-    dataflow: Dataflow = typer.Option(Dataflow.ws, help="gemm: os, ws or is."),
+    tau: Optional[float] = typer.Option(None, help="With --masks: the attention mass the kept blocks / keys cover. "
+                                        "[default: 0.95]", show_default=False),
+    gpu: Optional[str] = typer.Option(None, help="GPU preset whose roofline the designs are compared with. "
+                                      "[default: H100-SXM]", show_default=False),
+    m: Optional[int] = typer.Option(None, "--m", help="gemm: rows of the left operand (output pixels / tokens)."),
+    k: Optional[int] = typer.Option(None, "--k", help="gemm: the reduction dimension."),
+    n: Optional[int] = typer.Option(None, "--n", help="gemm: columns of the right operand (output channels)."),
+    rows: Optional[int] = typer.Option(None, help="gemm: array rows. [default: 128]", show_default=False),
+    cols: Optional[int] = typer.Option(None, help="gemm: array columns. [default: 128]", show_default=False),
+    dataflow: Optional[Dataflow] = typer.Option(None, help="gemm: os, ws or is. [default: ws]",
+                                                show_default=False),
     fmt: Format = O_FORMAT,
 ) -> None:
     """A run on accelerator designs (dense systolic array, with block / row / element attention skipping):
     cycles, latency, energy and traffic per stage and layer type, against the dense design and the GPU."""
     from diffprobe.report.text import accel_gemm_lines, accel_items
 
+    gemm_only = {"--m": m, "--k": k, "--n": n, "--rows": rows, "--cols": cols, "--dataflow": dataflow}
+    run_only = {"--arch": arch, "--density": density, "--masks": masks, "--tau": tau, "--gpu": gpu}
     if target == "gemm":
         from diffprobe.run.accel import accel_gemm
 
-        r = accel_gemm(m, k, n, rows, cols, dataflow.value)
+        given = [flag for flag, v in run_only.items() if v is not None]
+        if given:
+            raise DiffprobeError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a run folder; "
+                                 "accel gemm maps one GEMM (--m, --k, --n) on a --rows x --cols array")
+        missing = [flag for flag in ("--m", "--k", "--n") if gemm_only[flag] is None]
+        if missing:
+            raise DiffprobeError(f"accel gemm needs {', '.join(missing)} (the GEMM's sizes)")
+        r = accel_gemm(m, k, n, rows or 128, cols or 128, (dataflow or Dataflow.ws).value)
         if fmt is Format.json:
             _print_json(r)
         else:
@@ -579,7 +601,12 @@ def accel(
         return
     from diffprobe.run.accel import accel_run
 
-    r = accel_run(target, arch, density, gpu, masks=masks, tau=tau)
+    given = [flag for flag, v in gemm_only.items() if v is not None]
+    if given:
+        raise DiffprobeError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to accel gemm; a run "
+                             "folder's GEMMs come from its records")
+    r = accel_run(target, arch or "sa-dense", density, gpu or "H100-SXM", masks=masks,
+                  tau=0.95 if tau is None else tau)
     report_path = _build_report(target)
     _warn(r.get("warnings", []))
     if fmt is Format.json:

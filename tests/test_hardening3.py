@@ -4,7 +4,6 @@ Every test here failed on main before its fix (each was run there once); bad inp
 status 2, and nothing measured is lost."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -240,3 +239,183 @@ def test_ctrl_c_records_the_steps_measured_and_readers_flag_it(tmp_path, capsys)
     assert any("did not finish" in w and "2 of 5" in w for w in acc["warnings"])
     assert main(["accel", str(out)]) == 0
     assert "did not finish" in capsys.readouterr().err
+
+
+# -- 12. composites apart ------------------------------------------------------------------------------------------
+def _row(method, value, setting, saved, ssim=0.95, **kw):
+    return {"method": method, "param": "tau", "value": value, "setting": setting, "attention_flops_saved": saved,
+            "end_to_end_flops_saved": saved / 4, "kept_fraction": 1 - saved, "unet_s": 1.0, "psnr": 30.0,
+            "ssim": ssim, "accuracy": None, "mask_interval": 1 if method == "block" else None, **kw}
+
+
+def test_a_composite_setting_is_its_own_series():
+    from diffprobe.report.findings import approx_findings
+    from diffprobe.report.units import setting_series
+
+    rows = [_row("dense", None, None, 0.0, ssim=1.0), _row("block", 0.8, "block=0.8", 0.179),
+            _row("block", 0.8, "block=0.8+deepcache=2", 0.46)]
+    found = approx_findings({"results": rows})
+    assert any(f.startswith("block: up to 17.9%") for f in found), found
+    assert any(f.startswith("block+deepcache: up to 46.0%") for f in found), found
+    assert [setting_series(r) for r in rows[1:]] == ["block", "block+deepcache"]
+
+
+# -- 13. the report's seconds are the untraced ones, as in the terminal ----------------------------------------------
+def test_report_compares_untraced_seconds_with_untraced_dense():
+    from diffprobe.report.html import _approx_sentence
+
+    ap = {"method": "block", "value": 0.5, "setting": "block=0.5+taylorseer=2", "attention_flops_saved": 0.4,
+          "end_to_end_flops_saved": 0.1, "kept_fraction": 0.6, "unet_seconds": 1.15, "dense_unet_seconds": 1.66,
+          "dense_untraced_unet_seconds": 1.64, "kernel": "cpp"}
+    text = _approx_sentence(ap)
+    assert "1.64 s" in text and "1.66 s" not in text and "1.15 s" in text
+
+
+# -- 14. methods that would change nothing ------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [["approx", "--method", "threshold,topk"], ["profile", "--approx", "topk=4"]])
+def test_attention_methods_on_sana_are_refused(command, tmp_path, capsys):
+    _one_line_error(capsys, command + ["--model", "tiny-sana", "--steps", "2", "--out", str(tmp_path / "o"), "-q"],
+                    "linear attention", "change nothing")
+
+
+def test_masked_calls_left_dense_are_named(tmp_path):
+    r = diffprobe.profile(model="tiny-pixart", steps=2, sample_steps=0, approx="topk=4", out=str(tmp_path))
+    assert "key-padding mask" in r.approx["note"]
+
+
+# -- 15. masked keys are not sparsity ------------------------------------------------------------------------------
+def test_sparsity_leaves_masked_keys_out():
+    import torch
+
+    from diffprobe.attention.core import CallInfo
+    from diffprobe.attention.probe import SparsityConfig, SparsityProbe
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 1, 4, 8, generator=g) for _ in range(3))
+    mask = torch.zeros(2, 1, 1, 16)
+    k, v = torch.randn(2, 1, 16, 8, generator=g), torch.randn(2, 1, 16, 8, generator=g)
+    mask[0, ..., 1:] = -10000.0  # the unconditional branch: one real key
+    mask[1, ..., 5:] = -10000.0  # the prompt: five
+    probe = SparsityProbe(SparsityConfig(eps=(1e-3,), taus=(0.9,), blocks=(4,)))
+    call = CallInfo(name="layer", kind="cross", level="block.0", step=0, heads=1, q_tokens=4, k_tokens=16)
+    probe.core(q, k, v, mask, call)
+    rows = {r["k_tokens"]: r for r in probe.rows}
+    assert set(rows) == {1, 5} and rows[5]["keys_masked"] == 11
+    # independent: the five-key branch's probabilities in float64, no mask
+    p = torch.softmax(q[1].double() @ k[1, :, :5].double().transpose(-1, -2) / 8 ** 0.5, dim=-1)
+    assert rows[5]["below_0.001"] == pytest.approx(float((p < 1e-3).double().mean()))
+    assert rows[1]["below_0.001"] == 0.0  # main counted its 15 masked keys: 15/16 below every eps
+
+
+# -- 16. sparsity does not offer an analytic mode it lacks ------------------------------------------------------------
+@pytest.mark.parametrize("command", ["sparsity", "approx"])
+def test_memory_refusal_offers_only_what_the_command_has(command, capsys, monkeypatch):
+    import diffprobe.hardware.environment as env
+
+    monkeypatch.setattr(env, "meminfo_bytes", lambda key: 2**20)  # 1 MiB available
+    err = _one_line_error(capsys, [command, "--model", "tiny"], "available")
+    assert "--mode analytic" not in err
+
+
+# -- 17, 19. kernels bench: estimated before it starts, speedups above the limit explained -----------------------------
+def test_kernels_bench_refuses_what_would_take_too_long(capsys):
+    _one_line_error(capsys, ["kernels", "bench", "--tokens", "200000", "--heads", "8"], "would take about",
+                    "--max-seconds")
+
+
+def test_a_speedup_above_the_limit_is_explained(capsys):
+    from diffprobe.report.text import bench_lines
+
+    r = {"tokens": 4096, "heads": 8, "head_dim": 40, "batch": 1, "dtype": "float16", "device": "cpu",
+         "device_name": "x", "block_size": 64, "kept_density": 0.25, "dense_backend": "default", "dense_s": 5.69,
+         "backend": "cpp", "sparse_s": 1.0, "first_call_s": 0.1, "kernel_s": 1.0, "speedup": 5.69,
+         "kernel_speedup": 5.69, "limit": 4.0, "above_limit_note": "the speedup exceeds 1/density"}
+    assert any(line.startswith("note: the speedup exceeds") for line in bench_lines(r))
+
+
+# -- 18. repeated timings with their spread --------------------------------------------------------------------------
+def test_approx_repeat_reports_the_median_and_spread(tmp_path, capsys):
+    d = _json(capsys, ["approx", "--model", "digits", "--steps", "2", "--per-digit", "1", "--eps", "1e-2",
+                       "--repeat", "3", "--out", str(tmp_path / "a"), "-q", "--no-save-masks"])
+    for row in d["results"]:
+        assert row["runs"] == 3 and row["unet_s_min"] <= row["unet_s"] <= row["unet_s_max"]
+    assert d["repeat"] == 3
+
+
+# -- 20. options a mode cannot honour ----------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, needle", [
+    (["profile", "--mode", "analytic", "--approx", "teacache=0.3"], "Flux"),
+    (["profile", "--mode", "analytic", "--device", "cuda"], "no CUDA GPU"),
+    (["profile", "--mode", "analytic", "--op-timer", "profiler"], "times nothing"),
+    (["profile", "--mode", "analytic", "--repeat", "3"], "times nothing"),
+    (["profile", "--mask-interval", "3"], "block=TAU"),
+    (["accel", "gemm", "--m", "8", "--k", "8", "--n", "8", "--arch", "sa-block64"], "run folder"),
+    (["accel", "gemm", "--m", "8", "--k", "8", "--n", "8", "--density", "0.5"], "run folder"),
+])
+def test_options_that_would_be_ignored_are_refused(argv, needle, tmp_path, capsys):
+    extra = ["--model", "tiny", "--out", str(tmp_path / "o"), "-q"] if argv[0] == "profile" else []
+    _one_line_error(capsys, argv + extra, needle)
+
+
+def test_accel_of_a_run_refuses_gemm_options(tmp_path, capsys):
+    assert main(["profile", "--model", "tiny", "--steps", "1", "--mode", "analytic", "--out", str(tmp_path / "p"),
+                 "-q", "--format", "json"]) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, ["accel", str(tmp_path / "p"), "--rows", "64"], "--rows", "accel gemm")
+
+
+def test_weights_folder_without_a_pipeline_class(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "model_index.json").write_text("{}")
+    err = _one_line_error(capsys, ["profile", "--model", "tiny", "--weights", str(tmp_path / "w"), "--out",
+                                   str(tmp_path / "o"), "-q"], "names no pipeline class")
+    assert "None" not in err
+
+
+# -- 22. quiet means quiet -------------------------------------------------------------------------------------------
+def test_profiler_timer_is_quiet_with_q(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "diffprobe", "profile", "--model", "tiny", "--steps", "1",
+                           "--op-timer", "profiler", "-q", "--out", str(tmp_path / "o")], capture_output=True,
+                          text=True, timeout=300, env={k: v for k, v in __import__("os").environ.items()
+                                                       if k != "KINETO_LOG_LEVEL"})
+    assert proc.returncode == 0 and "profiler_start" not in proc.stderr, proc.stderr
+
+
+# -- 23. step lines summarised ------------------------------------------------------------------------------------
+def test_reuse_steps_are_summarised_by_kind(tmp_path, capsys):
+    assert main(["profile", "--model", "tiny", "--steps", "12", "--mode", "analytic", "--approx", "deepcache=2",
+                 "--out", str(tmp_path / "o"), "-q"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  step")]
+    assert len(lines) == 2, lines  # main printed one line per step (13 for DeepCache's 12 steps and PNDM's)
+    assert any("(forecast or cached): up_blocks.3" in ln and "every 2nd" in ln for ln in lines)
+
+
+# -- 24. every tokenizer's cut is named ---------------------------------------------------------------------------
+def test_a_t5_cut_is_named(tmp_path, capsys):
+    prompt = " ".join(["astronaut"] * 20)  # 20 words: past tiny-flux's 16 T5 tokens, within CLIP's 77
+    assert main(["profile", "--model", "tiny-flux", "--mode", "analytic", "--steps", "1", "--prompt", prompt,
+                 "--out", str(tmp_path / "o"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "tokenizer_2 (T5); its text encoder takes 16" in err, err
+
+
+# -- 25. reports as a reader sees them ----------------------------------------------------------------------------
+def test_equal_costs_sort_in_block_order():
+    import pandas as pd
+
+    from diffprobe.analyses.scaling import bottlenecks
+
+    ops = pd.DataFrame({"stage": "denoiser", "level": [f"block.{i}" for i in (10, 2, 1, 11)], "tokens": 16,
+                        "layer_type": "ffn", "module": "m", "attn_kind": "", "flops": 100})
+    assert [b["level"] for b in bottlenecks(ops)] == ["block.1", "block.2", "block.10", "block.11"]
+
+
+def test_analytic_report_does_not_claim_timings(tmp_path):
+    from diffprobe.report.html import build_report
+
+    diffprobe.profile(model="tiny", steps=1, mode="analytic", out=str(tmp_path))
+    html = build_report(tmp_path).read_text()
+    assert "timings and FLOPs are real" not in html and "nothing was timed" in html

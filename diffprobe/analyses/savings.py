@@ -72,6 +72,7 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
     dense_type = dense.groupby("layer_type", sort=False)["flops"].sum()
     entries = sum(c["entries"] for c in calls) if calls else 0
     return {"flops_by_layer_type": by_type, "flops_by_stage": by_stage, "flops_total": total,
+            "dense_flops_by_layer_type": {k: float(v) for k, v in dense_type.items()}, "dense_flops_total": total_dense,
             "attention_flops_dense": dense_attn, "attention_flops": approx_attn,
             "attention_flops_saved": 1 - approx_attn / dense_attn if dense_attn else 0.0,
             "end_to_end_flops_saved": 1 - total / total_dense if total_dense else 0.0,
@@ -82,24 +83,19 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
 
 
 def steps_ran(ops, dense=None) -> list[dict]:
-    """Per denoising step of the denoiser: its FLOPs, the top-level blocks that ran (``blocks``) and, given the
-    dense run's records, those that ran only in part (``partial``: fewer FLOPs than at that step of the dense run —
-    a forecast or a cached branch computed in their place): a reuse method's plan as executed."""
+    """Per denoising step of the denoiser: its FLOPs, the top-level blocks that executed any op (``blocks``) and,
+    given the dense run's records, those of them that ran only in part (``partial``: fewer FLOPs than at that step
+    of the dense run — a forecast or a cached branch computed in their place): a reuse method's plan as executed."""
     def per_block(frame):
         den = frame[(frame["stage"] == "denoiser") & (frame["step"] >= 0)]
         return den.groupby([den["step"], den["module"].map(_top_block)], sort=True)["flops"].sum()
 
-    ran = per_block(ops)
     full = per_block(dense) if dense is not None else None
     out = []
-    for step, blocks in ran.groupby(level=0, sort=True):
-        done, partial = [], []
-        for (_, block), flops in blocks.items():
-            if not block:
-                continue
-            dense_flops = full.get((step, block), 0.0) if full is not None else 0.0
-            (partial if flops < dense_flops * (1 - 1e-9) else done).append(block)
-        out.append({"step": int(step), "flops": float(blocks.sum()), "blocks": done, "partial": partial})
+    for step, blocks in per_block(ops).groupby(level=0, sort=True):
+        names = [block for (_, block) in blocks.index if block]
+        partial = [b for b in names if full is not None and blocks[(step, b)] < full.get((step, b), 0.0) * (1 - 1e-9)]
+        out.append({"step": int(step), "flops": float(blocks.sum()), "blocks": names, "partial": partial})
     return out
 
 

@@ -128,6 +128,14 @@ def bottlenecks(ops: pd.DataFrame, value: str = "flops", n: int = 10) -> list[di
     if not total:
         return []
     g = frame.groupby(["stage", "level", "tokens", "layer_class"], sort=False)["v"].sum()
-    g = g.sort_values(ascending=False).head(n)
+    # largest first; equal costs (the identical blocks of a DiT) in block order, block.2 before block.10
+    order = sorted(g.items(), key=lambda kv: (-kv[1], _natural(kv[0][1]), kv[0][3]))[:n]
     return [{"stage": s, "level": lv, "tokens": int(t), "layer_class": c, value: float(v), "share": float(v / total)}
-            for (s, lv, t, c), v in g.items()]
+            for (s, lv, t, c), v in order]
+
+
+def _natural(text: str) -> tuple:
+    """``block.10`` after ``block.9``: digit runs compare as numbers."""
+    import re
+
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(text)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def _means(frame, key: str) -> dict:
     cols = [c for c in frame.columns if c not in ("height", "width", "layer", "level", "attn_kind", "step",
-                                                  "q_tokens", "k_tokens", "head")]
+                                                  "q_tokens", "k_tokens", "head", "keys_masked")]
     return {str(k): {c: float(v) for c, v in g[cols].mean().items()} for k, g in frame.groupby(key, sort=False)}
 
 

@@ -39,6 +39,26 @@ from diffprobe.parsing import parse_floats, parse_ints
 from diffprobe.records.formulas import TensorMeta, sdpa_parts
 
 METHODS = ("threshold", "topk", "predicted", "block")
+MASKED_NOTE = ("{n} of {total} attention calls carry a key-padding mask (cross-attention over padded text): the "
+               "methods leave those calls dense, so their savings come from the other calls only")
+NO_SOFTMAX_FAMILIES = {"sana": "its self-attention is linear attention (no softmax probabilities to drop) and its "
+                               "cross-attention carries a key-padding mask, which the methods leave dense"}
+
+
+def check_model(family: str, model: str, method: str) -> None:
+    """Refuse an attention method on a model where it would change no call (every row would equal dense)."""
+    why = NO_SOFTMAX_FAMILIES.get(family)
+    if why:
+        raise DiffprobeError(f"--approx {method}: {model}: {why}, so {method} would change nothing (the sparsity "
+                             "probe of its cross-attention still applies)")
+
+
+def masked_note(calls: list[dict]) -> list[str]:
+    """A line when some calls were left dense for their mask (see :data:`MASKED_NOTE`)."""
+    n = sum(1 for c in calls if c.get("masked"))
+    return [MASKED_NOTE.format(n=n, total=len(calls))] if n else []
+
+
 JOINT_NOTE = ("joint attention: its text keys are kept dense by every attention method (few, and read by every "
               "image token); the methods skip among the image keys")
 PARAM = {"threshold": "eps", "topk": "k", "predicted": "eps", "block": "tau"}
@@ -167,6 +187,7 @@ class ApproxAttention:
         dense_flops = sum(c.flops for c in dense.values())
         self._calls.append({
             "layer": call.name, "attn_kind": call.kind, "step": step, "entries": entries, "kept": kept,
+            "masked": attn_mask is not None,
             "dense_flops": dense_flops, "predictor_flops": int(predictor), "kernel": kernel,
             "flops": None if isinstance(kept, torch.Tensor) else
             int(round(dense_flops * int(kept) / entries)) + int(predictor),

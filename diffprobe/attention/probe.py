@@ -50,18 +50,61 @@ class SparsityProbe:
 
     def core(self, q, k, v, attn_mask, call: CallInfo):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        groups = key_groups(attn_mask, q.shape[0], k.shape[2])
         stats = HeadStats(call.heads, call.k_tokens, self.sc.eps, self.sc.taus, self.sc.blocks,
                           keep_masks=self.sc.save_masks)
-        for p in probabilities_in_chunks(q, k, self.sc.blocks, attn_mask, self.sc.max_elements):
-            stats.add(p)
+        if groups is None or self.sc.save_masks:  # the call as computed (masked keys included: the mask store's)
+            for p in probabilities_in_chunks(q, k, self.sc.blocks, attn_mask, self.sc.max_elements):
+                stats.add(p)
         step = call.step
         if self.sc.save_masks:
             blocks, rows = stats.masks()
             self.masks.append({"layer": call.name, "step": step, "attn_kind": call.kind, "q_tokens": call.q_tokens,
                                "k_tokens": call.k_tokens, "blocks": blocks, "rows": rows})
         self.calls[call.name] += 1
-        level = call.level
-        for row in stats.result():
-            self.rows.append({"layer": call.name, "level": level, "attn_kind": call.kind, "step": step,
-                              "q_tokens": call.q_tokens, "k_tokens": call.k_tokens, **row})
+        results = [(call.k_tokens, stats.result())] if groups is None else [
+            (len(keys), self._stats(q[idx], k[idx][:, :, keys])) for idx, keys in groups]
+        for n_keys, heads in results:
+            for row in heads:
+                if n_keys == 1:  # one key takes all the mass: uniform and one-hot alike, no entropy to speak of
+                    row["entropy"] = float("nan")
+                self.rows.append({"layer": call.name, "level": call.level, "attn_kind": call.kind, "step": step,
+                                  "q_tokens": call.q_tokens, "k_tokens": n_keys,
+                                  "keys_masked": call.k_tokens - n_keys, **row})
         return out
+
+    def _stats(self, q, k) -> list[dict]:
+        """Statistics of q against exactly the keys ``k`` (no mask)."""
+        stats = HeadStats(q.shape[1], k.shape[2], self.sc.eps, self.sc.taus, self.sc.blocks)
+        for p in probabilities_in_chunks(q, k, self.sc.blocks, None, self.sc.max_elements):
+            stats.add(p)
+        return stats.result()
+
+
+def key_groups(attn_mask, batch: int, n_keys: int):
+    """For a key-padding mask (each batch element attends to a fixed set of keys, the same for every head and
+    query), the batch elements grouped by the keys they attend to, as (batch indices, key indices) pairs: the
+    statistics then count only keys that can get probability (a masked key's exact zero is no sparsity of the
+    model's: PixArt's unconditional branch masks all but one of its text tokens). None when there is no mask, when
+    it masks nothing, or when it is not a key-padding mask (those calls keep the mask in their statistics)."""
+    import torch
+
+    if attn_mask is None:
+        return None
+    m = attn_mask
+    if m.dtype != torch.bool:
+        masked = m < -1e3  # additive: 0 attends, a large negative (or -inf) masks
+        if not ((m == 0) | masked).all():
+            return None  # a bias, not a mask
+        m = ~masked
+    m = m.expand(batch, *m.shape[1:]) if m.shape[0] == 1 else m
+    if m.dim() < 2 or m.shape[-1] != n_keys or m.shape[0] != batch:
+        return None
+    rows = m.reshape(batch, -1, n_keys)
+    if not (rows == rows[:, :1]).all():
+        return None  # differs across heads or queries: not a key-padding mask
+    valid = rows[:, 0]
+    if valid.all() or not valid.any(dim=-1).all():
+        return None
+    patterns, inverse = torch.unique(valid, dim=0, return_inverse=True)
+    return [((inverse == i).nonzero().flatten(), pattern.nonzero().flatten()) for i, pattern in enumerate(patterns)]

@@ -43,6 +43,8 @@ def available_memory(device: str) -> int | None:
     if device.startswith("cuda"):
         import torch
 
+        if not torch.cuda.is_available():
+            return None
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
     return meminfo_bytes("MemAvailable")
 

@@ -30,9 +30,15 @@ class ReuseMethod:
     name = ""
     param = ""
     fits = ""
+    pipelines: tuple[str, ...] = ()  # the diffusers pipeline classes it applies to (empty: any)
 
     def __init__(self, value: float):
         self.value = value
+
+    def check_spec(self, pipeline_class: str, model: str) -> None:
+        """Refuse, before anything is built, a model whose pipeline this method does not apply to."""
+        if self.pipelines and pipeline_class not in self.pipelines:
+            raise DiffprobeError(f"{self.name} applies to {self.fits}; {model} is a {pipeline_class}")
 
     def check_model(self, pipe, model: str) -> None:
         """Refuse a model this method does not apply to (one line naming the families it fits)."""
@@ -53,6 +59,7 @@ class DeepCache(ReuseMethod):
     name = "deepcache"
     param = "interval"
     fits = UNET_FAMILY
+    pipelines = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
     def __init__(self, value: float, branch: int = 0):
         if not (value >= 1 and float(value).is_integer()):
@@ -101,6 +108,7 @@ class TGate(ReuseMethod):
     name = "tgate"
     param = "gate"
     fits = "SD 1.x/2.x UNet models (sd15, sd21, sd21-base, tiny, digits; the package's SD loop)"
+    pipelines = ("StableDiffusionPipeline",)
 
     def __init__(self, value: float):
         if not (value >= 1 and float(value).is_integer()):
@@ -161,6 +169,7 @@ class DiffusersCache(ReuseMethod):
     state, so analytic mode traces every step (no replay between steps)."""
 
     fits = FLUX_FAMILY
+    pipelines = ("FluxPipeline",)
     data_dependent = False  # True: the skip decision reads the activations (refused in analytic mode)
 
     def check_model(self, pipe, model: str) -> None:
@@ -296,6 +305,7 @@ class TeaCache(_Threshold, ReuseMethod):
     name = "teacache"
     param = "threshold"
     fits = "Flux models (flux-dev, flux-schnell, tiny-flux): its rescaling polynomial is fitted to FLUX.1"
+    pipelines = ("FluxPipeline",)
     data_dependent = True
     # TeaCache's rescaling of the relative L1 distance for FLUX.1 (highest power first), from the authors' code
     FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)

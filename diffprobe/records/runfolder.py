@@ -41,12 +41,11 @@ _held: dict[str, object] = {}  # folder -> the open lock file this process holds
 def lock_folder(path: Path) -> None:
     """Take ``path``'s lock (an exclusive ``flock`` on ``path/.lock``) for the rest of this process, or until
     :func:`release_folder`; the OS releases it when the process ends, however it ends, so no stale lock is left. A
-    folder another process holds is refused with one line (two runs on one ``--out`` never share it)."""
+    folder another run holds, in this process or another, is refused with one line (two runs on one ``--out`` never
+    share it)."""
     import fcntl
 
     key = str(Path(path).resolve())
-    if key in _held:
-        return
     try:
         fh = open(Path(path) / LOCK_NAME, "a")
     except OSError as exc:
@@ -83,8 +82,7 @@ def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> P
             path = Path("runs") / (f"{stamp}-{name}" + (f"-{i}" if i > 1 else ""))
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.mkdir()
-                lock_folder(path)
+                path.mkdir()  # atomic: no other run can make the same new folder
                 break
             except FileExistsError:
                 continue
@@ -100,7 +98,22 @@ def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> P
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DiffprobeError(f"cannot write to --out {path}: {exc.strerror or exc}") from exc
-    lock_folder(path)  # claimed first, then checked: two runs started together on one new folder never share it
+    _check_replaceable(path, force)  # before the lock file: a folder of the user's own is left untouched
+    lock_folder(path)  # claimed, then checked again: two runs started together on one new folder never share it
+    try:
+        _check_replaceable(path, force)
+        if force:
+            for child in path.iterdir():
+                if child.name != LOCK_NAME:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        return _check_writable(path)
+    except BaseException:
+        release_folder(path)
+        raise
+
+
+def _check_replaceable(path: Path, force: bool) -> None:
+    """Refuse a non-empty ``--out`` without ``force``, and one that holds files diffprobe did not write."""
     if any(p.name != LOCK_NAME for p in path.iterdir()):
         if not force:
             raise DiffprobeError(f"--out {path} is not empty; choose a new folder, or pass --force to replace the "
@@ -108,10 +121,6 @@ def prepare_out_dir(out: str | Path | None, name: str, force: bool = False) -> P
         if not any((path / f).is_file() for f in RESULT_FILES):
             raise DiffprobeError(f"--out {path} holds files diffprobe did not write; --force replaces only a "
                                  "diffprobe folder: choose a new folder")
-        for child in path.iterdir():
-            if child.name != LOCK_NAME:
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    return _check_writable(path)
 
 
 def _check_writable(path: Path) -> Path:

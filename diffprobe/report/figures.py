@@ -75,27 +75,27 @@ def stage_layer_bars(run: dict) -> Figure:
 def step_timeline(run: dict) -> Figure | None:
     """Per denoising step: measured UNet and scheduler seconds (measured runs), else FLOPs per step."""
     steps = run.get("step_times") or []
-    fig = Figure(figsize=(7, 3))
+    fig = Figure(figsize=(7.5, 3.2), layout="constrained")
     ax = fig.subplots()
     if steps:
         x = [s["step"] for s in steps]
-        ax.bar(x, [s["unet_s"] for s in steps], label="unet", color=color("conv"))
+        ax.bar(x, [s["unet_s"] for s in steps], label="denoiser", color=color("conv"))
         ax.bar(x, [s["scheduler_s"] for s in steps], bottom=[s["unet_s"] for s in steps], label="scheduler",
                color=color("elementwise"))
-        ax.set_ylabel("seconds")
-        ax.set_title("measured time per UNet evaluation", fontsize=10)
+        ax.set_ylabel("seconds", fontsize=10)
+        ax.set_title("measured time per denoiser evaluation", fontsize=11)
     else:
         by_step = run.get("flops", {}).get("by_step") or {}
         if not by_step:
             return None
         scale, unit = si_scale(max(by_step.values()), "FLOP")
         ax.bar([int(k) for k in by_step], [v / scale for v in by_step.values()], color=color("conv"))
-        ax.set_ylabel(unit)
-        ax.set_title("FLOPs per UNet evaluation", fontsize=10)
-    ax.set_xlabel("UNet evaluation (denoising step)")
+        ax.set_ylabel(unit, fontsize=10)
+        ax.set_title("FLOPs per denoiser evaluation", fontsize=11)
+    ax.set_xlabel("denoiser evaluation (denoising step)", fontsize=10)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    if steps:
-        ax.legend(fontsize=8, frameon=False)
+    if steps:  # beside the axes: over the bars it hides them
+        ax.legend(fontsize=9, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
@@ -216,7 +216,7 @@ def sparsity_heatmap(table, column: str, title: str) -> Figure:
     im = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", vmin=0, vmax=1,
                    interpolation="nearest")
     ax.set_yticks(range(len(grid)), [str(i) for i in grid.index], fontsize=6)
-    ax.set_xlabel("UNet evaluation (denoising step)")
+    ax.set_xlabel("denoiser evaluation (denoising step)")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
@@ -268,7 +268,7 @@ def accel_figure(acc: dict) -> Figure:
     designs that skip attention, the speedup over their dense counterpart against a uniform kept density."""
     designs = list(acc["accel"])
     curves = {d: a["speedup_vs_density"] for d, a in acc["accel"].items() if a.get("speedup_vs_density")}
-    fig = Figure(figsize=(15 if curves else 11, 3.8), layout="constrained")
+    fig = Figure(figsize=(15 if curves else 11, 4.8), layout="constrained")
     axes = fig.subplots(1, 3 if curves else 2)
     ax1, ax2 = axes[0], axes[1]
     types = sorted({t for a in acc["accel"].values() for t in a["by_layer_type"]},
@@ -279,19 +279,19 @@ def accel_figure(acc: dict) -> Figure:
         if any(vals):
             ax1.bar(designs, vals, bottom=bottom, label=t, color=color(t))
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    ax1.set_ylabel("seconds")
-    ax1.set_title("latency by layer type", fontsize=10)
-    ax1.legend(fontsize=7, ncol=2)
+    ax1.set_ylabel("seconds", fontsize=10)
+    ax1.set_title("latency by layer type", fontsize=11)
+    handles, labels = ax1.get_legend_handles_labels()
     bottom = [0.0] * len(designs)
     for comp in ("mac", "vector", "sram", "dram"):
         vals = [acc["accel"][d]["energy_by_component"][comp] for d in designs]
         ax2.bar(designs, vals, bottom=bottom, label=comp)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    ax2.set_ylabel("joules")
-    ax2.set_title("energy by component", fontsize=10)
-    ax2.legend(fontsize=7)
+    ax2.set_ylabel("joules", fontsize=10)
+    ax2.set_title("energy by component", fontsize=11)
+    ax2.legend(fontsize=9, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in (ax1, ax2):
-        ax.tick_params(axis="x", labelsize=8, rotation=15)
+        ax.tick_params(axis="x", labelsize=9, rotation=15)
     if curves:
         ax3 = axes[2]
         for d, pts in curves.items():
@@ -301,8 +301,11 @@ def accel_figure(acc: dict) -> Figure:
         ax3.axhline(1.0, color="grey", lw=0.8)
         ax3.set_xlabel("kept self-attention density (uniform)")
         ax3.set_ylabel("speedup over the dense design")
-        ax3.set_title("speedup vs kept density", fontsize=10)
-        ax3.legend(fontsize=7)
+        ax3.set_title("speedup vs kept density", fontsize=11)
+        ax3.legend(fontsize=9, frameon=False)
+    # the layer types' key below the figure: inside the latency axes it covered a bar
+    fig.legend(handles[::-1], labels[::-1], loc="outside lower center", ncol=min(8, len(labels)), fontsize=9,
+               frameon=False, title="layer types (latency panel)", title_fontsize=9)
     return fig
 
 

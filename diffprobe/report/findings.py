@@ -110,7 +110,7 @@ def profile_findings(run: dict, ops=None) -> list[str]:
         proj = run.get("projection")
         if proj and proj.get("total_s"):
             unet = proj["stages"].get("denoiser", 0.0)
-            out.append(f"Projected to all {proj['unet_evals_full']} UNet evaluations, the UNet is "
+            out.append(f"Projected to all {proj['unet_evals_full']} denoiser evaluations, the denoiser is "
                        f"{100 * unet / proj['total_s']:.1f}% of {proj['total_s']:.1f} s (a projection from "
                        f"{proj['unet_evals_measured']} measured evaluations, not a measurement).")
     flops = run.get("flops") or {}

@@ -19,6 +19,7 @@ from diffprobe.report.findings import approx_findings, eps_tau, profile_findings
 from diffprobe.report.page import Page, esc, table
 from diffprobe.report.text import (
     accel_rows,
+    approx_columns,
     approx_rows,
     approx_summary_lines,
     compiled_items,
@@ -53,7 +54,10 @@ def _config_rows(d: dict) -> list[list]:
 
 
 def random_banner(page: Page, d: dict) -> None:
-    if d.get("random_weights"):
+    if d.get("mode") == "analytic" and d.get("kind", "profile") == "profile":
+        page.banner("Analytic run: counted on the meta device, with no weights and no compute. FLOPs and bytes are "
+                    "exact counts of what the pipeline executes; nothing was timed and no image was drawn.")
+    elif d.get("random_weights"):
         page.banner("Random weights: timings and FLOPs are real; the image content and any attention sparsity "
                     "are not (load real weights with --weights for those).")
 
@@ -89,17 +93,17 @@ def _profile_report(folder: Path, d: dict) -> Path:
                        key=lambda k: -f["by_layer_type"].get(k, 0))
         share = {lt: 100 * v / (f["total"] or 1) for lt, v in f["by_layer_type"].items()}
         ap = d.get("approx")
-        ap_flops = (ap or {}).get("flops_by_layer_type", {})
-        if ap:
-            names += [k for k in ap_flops if k not in names]  # attn_predictor: work only the approximation does
+        extra = approx_columns(d)
+        for _, by_type, _ in extra:
+            names += [k for k in by_type if k not in names]  # attn_predictor: work only the approximation does
         rows = [[lt, fmt_n(f["by_layer_type"].get(lt, 0)), f"{share.get(lt, 0):.1f}%",
                  fmt_n(b["by_layer_type"].get(lt, 0), "B")]
                 + ([fmt_s(sec["by_layer_type"].get(lt, 0.0))] if sec else [])
-                + ([fmt_n(ap_flops.get(lt, 0))] if ap else []) for lt in names]
+                + [fmt_n(by_type.get(lt, 0)) for _, by_type, _ in extra] for lt in names]
         rows.append(["total", fmt_n(f["total"]), "100.0%", fmt_n(b["total"], "B")]
-                    + ([fmt_s(sec["total"])] if sec else []) + ([fmt_n(ap["flops_total"])] if ap else []))
+                    + ([fmt_s(sec["total"])] if sec else []) + [fmt_n(tot) for _, _, tot in extra])
         page.add(table(["layer type", "FLOPs", "share", "bytes"] + (["seconds"] if sec else [])
-                       + ([f"FLOPs, {setting_label(ap)}"] if ap else []), rows))
+                       + [header for header, _, _ in extra], rows))
         if ap:
             page.add(f"<p>{esc(_approx_sentence(ap))}</p>")
         page.figure(figs.stage_layer_bars(d), "stage_layer_types", "FLOPs (and measured time) by stage, stacked by "
@@ -114,7 +118,7 @@ def _profile_report(folder: Path, d: dict) -> Path:
                  f"untraced eager run; eager layer-type times from the traced run ({esc(source)}); compiled "
                  "per-layer times are the compiled kernels' times attributed through Inductor's provenance, split "
                  "by bytes where one kernel covers several records.</p>")
-    page.figure(figs.step_timeline(d), "steps", "per UNet evaluation")
+    page.figure(figs.step_timeline(d), "steps", "measured seconds (or FLOPs) per denoiser evaluation")
     if d.get("roofline") and ops is not None and len(ops):
         _roofline_section(page, d["roofline"], ops, "roofline")
     accel_path = folder / "accel.json"
@@ -233,7 +237,7 @@ def _sweep_report(folder: Path, state: dict) -> Path:
             if ops is not None:
                 _roofline_section(page, last["roofline"], ops, "roofline_largest")
         if last.get("bottlenecks"):
-            page.h2(f"Largest UNet costs at {last['name']}")
+            page.h2(f"Largest denoiser costs at {last['name']}")
             page.add(table(["level", "tokens", "layer class", "FLOPs", "share"],
                            [[b["level"], b["tokens"], b["layer_class"], fmt_n(b["flops"]), f"{100 * b['share']:.1f}%"]
                             for b in last["bottlenecks"]]))

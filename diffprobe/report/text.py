@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from diffprobe.report.findings import eps_tau, share_classes, sweep_findings
 from diffprobe.errors import plural
+from diffprobe.report.findings import eps_tau, share_classes, sweep_findings
 from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s
 
 EXPONENT_ROWS = ("total", "conv", "self_attention", "self_attention_core", "cross_attention", "joint_attention",
@@ -189,6 +189,21 @@ def approx_table(state: dict) -> Table:
     return t
 
 
+def approx_columns(d: dict) -> list[tuple[str, dict, float]]:
+    """The ``--approx`` columns of the cost account, as (header, FLOPs by layer type, total): the setting's, and
+    before it the dense run's over the same evaluations where those are not the profile's own (a reuse method's
+    account covers every step while the profile sampled some) — a column never compares other steps than its
+    neighbour's."""
+    ap = d.get("approx")
+    if not ap:
+        return []
+    n = ap.get("unet_evals_accounted")
+    if n is None or n == d.get("unet_evals_measured") or "dense_flops_by_layer_type" not in ap:
+        return [(f"FLOPs, {setting_label(ap)}", ap["flops_by_layer_type"], ap["flops_total"])]
+    return [(f"dense FLOPs, all {n} evals", ap["dense_flops_by_layer_type"], ap["dense_flops_total"]),
+            (f"FLOPs, {setting_label(ap)}, all {n} evals", ap["flops_by_layer_type"], ap["flops_total"])]
+
+
 def account_items(d: dict) -> list:
     """FLOPs, bytes and (measured) seconds per layer type, the UNet column beside the whole run."""
     items: list = []
@@ -200,8 +215,9 @@ def account_items(d: dict) -> list:
     if secs:
         t.add_column("seconds", justify="right")
     approx = d.get("approx")
-    if approx:
-        t.add_column(f"FLOPs, {setting_label(approx)}", justify="right")
+    extra = approx_columns(d)
+    for header, _, _ in extra:
+        t.add_column(header, justify="right")
     unet = flops["by_stage_layer_type"].get("denoiser", {})
     total = flops["total"] or 1
     names = sorted(flops["by_layer_type"], key=lambda k: -flops["by_layer_type"][k])
@@ -213,18 +229,16 @@ def account_items(d: dict) -> list:
                fmt_n(nbytes["by_layer_type"].get(lt, 0), "B")]
         if secs:
             row.append(fmt_s(secs["by_layer_type"].get(lt, 0.0)))
-        if approx:
-            row.append(fmt_n(approx["flops_by_layer_type"].get(lt, 0.0)))
+        row += [fmt_n(by_type.get(lt, 0.0)) for _, by_type, _ in extra]
         if f or (secs and secs["by_layer_type"].get(lt, 0.0) > 0) or nbytes["by_layer_type"].get(lt, 0):
             t.add_row(*row)
     if approx and "attn_predictor" in approx["flops_by_layer_type"]:
         t.add_row("attn_predictor", "", "", "", "", *([""] if secs else []),
-                  fmt_n(approx["flops_by_layer_type"]["attn_predictor"]))
+                  *[fmt_n(by_type.get("attn_predictor", 0.0)) for _, by_type, _ in extra])
     row = ["total", fmt_n(flops["total"]), "100.0%", fmt_n(sum(unet.values())), fmt_n(nbytes["total"], "B")]
     if secs:
         row.append(fmt_s(secs["total"]))
-    if approx:
-        row.append(fmt_n(approx["flops_total"]))
+    row += [fmt_n(tot) for _, _, tot in extra]
     t.add_row(*row, style="bold")
     items.append(t)
     if approx:
@@ -300,7 +314,8 @@ def profile_items(d: dict) -> list:
     title = (f"{model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, "
              f"{d['steps']} steps, CFG {'on' if d['cfg'] else 'off'}, {d['device']} {d['dtype']}")
     if d.get("random_weights"):
-        items.append(f"[bold yellow]random weights — {d['note']}[/]")
+        items.append(f"[bold yellow]{d['note']}[/]" if d.get("mode") == "analytic" else
+                     f"[bold yellow]random weights — {d['note']}[/]")
     t = Table(title=title, title_justify="left")
     t.add_column("stage")
     t.add_column("measured", justify="right")
@@ -378,30 +393,46 @@ def approx_lines(ap: dict) -> list[str]:
     """``profile --approx``: :func:`approx_summary_lines`, then (reuse) which blocks ran, runs of equal steps
     together."""
     lines = approx_summary_lines(ap)
-    for first, last, s in step_runs(ap.get("steps") or []):
-        steps = f"step {first}" if first == last else f"steps {first}–{last}"
-        each = "" if first == last else " each"
-        lines.append(f"  {steps}: {fmt_n(s['flops'])} FLOPs{each}, ran {', '.join(s['blocks']) or 'no block'}"
-                     + (f"; in part only (forecast or cached): {', '.join(s['partial'])}" if s.get("partial") else ""))
+    for nums, s in step_kinds(ap.get("steps") or []):
+        steps, each = fmt_steps(nums), "" if len(nums) == 1 else " each"
+        part = s.get("partial") or []
+        whole = [b for b in s["blocks"] if b not in part]
+        lines.append(f"  {steps}: {fmt_n(s['flops'])} FLOPs{each}, ran {', '.join(whole) or 'no block in full'}"
+                     + (f"; in part only (forecast or cached): {', '.join(part)}" if part else ""))
     return lines
 
 
-def step_runs(steps: list[dict]) -> list[tuple[int, int, dict]]:
-    """Consecutive steps that ran the same blocks for the same FLOPs, as (first step, last step, the step)."""
-    runs: list[list] = []
+def step_kinds(steps: list[dict]) -> list[tuple[list[int], dict]]:
+    """Steps that ran the same blocks for the same FLOPs, together: (their step numbers, the first of them), in
+    order of first appearance (DeepCache's 50 steps are two kinds, full and cached)."""
+    kinds: dict[tuple, tuple[list[int], dict]] = {}
     for s in steps:
-        key = (s["flops"], tuple(s["blocks"]), tuple(s.get("partial") or ()))
-        if runs and runs[-1][3] == key and runs[-1][1] == s["step"] - 1:
-            runs[-1][1] = s["step"]
-        else:
-            runs.append([s["step"], s["step"], s, key])
-    return [(a, b, s) for a, b, s, _ in runs]
+        key = (round(s["flops"]), tuple(s["blocks"]), tuple(s.get("partial") or ()))
+        kinds.setdefault(key, ([], s))[0].append(s["step"])
+    return list(kinds.values())
+
+
+def fmt_steps(nums: list[int]) -> str:
+    """``step 3``, ``steps 0–2``, ``steps 1, 3, …, 49 (every 2nd, 25 steps)``, ``steps 0, 4, 5 (3 steps)``."""
+    if len(nums) == 1:
+        return f"step {nums[0]}"
+    gaps = {b - a for a, b in zip(nums, nums[1:], strict=False)}
+    if gaps == {1}:
+        return f"steps {nums[0]}–{nums[-1]}"
+    if len(gaps) == 1 and len(nums) > 3:
+        g = gaps.pop()
+        nth = {2: "2nd", 3: "3rd"}.get(g, f"{g}th")
+        return f"steps {nums[0]}, {nums[1]}, …, {nums[-1]} (every {nth}, {len(nums)} steps)"
+    shown = ", ".join(map(str, nums[:8])) + (", …" if len(nums) > 8 else "")
+    return f"steps {shown} ({len(nums)} steps)"
 
 
 def compiled_rows(d: dict) -> list[tuple[str, float, float]]:
     """``--compile``: (name, eager s, compiled s) per stage, then per layer type of the compiled stages."""
     c = d["compiled"]
-    rows = [(f"stage {k}", v, d["stages"].get(k, 0.0)) for k, v in c["eager"]["stages"].items() if k != "total"]
+    compiled = set(c.get("compiled") or ())
+    rows = [(f"stage {k}" + ("" if k in compiled else " (not compiled)"), v, d["stages"].get(k, 0.0))
+            for k, v in c["eager"]["stages"].items() if k != "total"]
     rows.append(("stage total", c["eager"]["stages"].get("total", 0.0), d["stages"].get("total", 0.0)))
     by_type = (d.get("seconds") or {}).get("by_layer_type", {})
     if "kernels" in c:

@@ -19,7 +19,8 @@ import torch
 
 from diffprobe.analyses.quality import quality
 from diffprobe.analyses.savings import account, approximate_account
-from diffprobe.attention.approx import JOINT_NOTE, PARAM, ApproxAttention, kernels_used
+from diffprobe.attention.approx import JOINT_NOTE, PARAM, ApproxAttention, kernels_used, masked_note
+from diffprobe.attention.approx import check_model as check_attention_model
 from diffprobe.attention.clipscore import ClipScorer
 from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError
@@ -27,9 +28,16 @@ from diffprobe.models import digits
 from diffprobe.models.digits import DigitClassifier
 from diffprobe.models.registry import denoiser, get_spec
 from diffprobe.records.masks import write_masks
-from diffprobe.records.runfolder import atomic_write, prepare_out_dir, write_json
+from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_json
 from diffprobe.records.schema import SCHEMA_VERSION
-from diffprobe.run.profile import _tracer, build_pipeline, initial_latents, run_profile, trace_with_reuse
+from diffprobe.run.profile import (
+    _tracer,
+    build_pipeline,
+    check_memory,
+    initial_latents,
+    run_profile,
+    trace_with_reuse,
+)
 from diffprobe.run.settings import parse_settings
 from diffprobe.run.stepping import step_hooks
 from diffprobe.run.warmup import warm_up
@@ -79,29 +87,45 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     setting runs once per interval, a row each (``mask_interval`` in the row), so the quality cost of reusing
     masks is measured against the same dense run as the setting itself. ``repeat``: timed generations per row
     (same noise, so the same images); ``unet_s`` is their median, ``unet_s_min`` / ``unet_s_max`` the spread."""
-    import pandas as pd
 
     if repeat < 1:
         raise DiffprobeError(f"--repeat must be at least 1, got {repeat}")
 
+    check_memory(get_spec(base.model), base.dtype, base.device, analytic=False)  # quality needs the model run
     cfg = replace(base, mode="measured", trace_ops=False).resolved()
     intervals = [mask_interval] if isinstance(mask_interval, int) else list(mask_interval)
     parsed = [parse_settings(f"{m}={v:g}".replace("e+", "e")) for m, vs in methods.items() for v in vs]
     parsed += [parse_settings(t) for t in settings or []]
     # (setting, mask interval): block settings once per interval; other methods do not predict masks
+    if intervals != [1] and not any(s.attention is not None and s.attention[0] == "block" for s in parsed):
+        raise DiffprobeError(f"--mask-interval {','.join(map(str, intervals))} applies to the block method (it reuses "
+                             "its predicted masks); add --method block or leave it out")
     todo = [(setting, n) for setting in parsed
             for n in (intervals if setting.attention is not None and setting.attention[0] == "block"
                       else intervals[:1])]
+    spec = get_spec(cfg.model)
     for setting, n in todo:  # every parameter checked before any work
         if setting.attention is not None:
+            check_attention_model(spec.family, cfg.model, setting.attention[0])
             ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
                             mask_interval=n)
-    spec = get_spec(cfg.model)
     clip = None
     if clip_weights is not None:  # checked before any work
 
         clip = ClipScorer(clip_weights)
     out_dir = prepare_out_dir(out, f"approx-{cfg.model}", force)
+    try:
+        return _approx_into(out_dir, cfg, todo, intervals, clip, progress, per_digit, renormalize, block, rank,
+                            save_masks, repeat)
+    finally:
+        release_folder(out_dir)  # written: its files claim it from now on
+
+
+def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit, renormalize, block, rank,
+                 save_masks, repeat) -> dict:
+    import pandas as pd
+
+    spec = get_spec(cfg.model)
     report = progress or (lambda *_: None)
     prompts, labels = prompts_for(cfg, per_digit)
     pipe = build_pipeline(cfg, spec)
@@ -120,6 +144,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     if labels is not None:
         classifier = DigitClassifier()
     report("methods", 0, len(todo) + 1)
+    masked_lines: list[str] = []
     dense_warm_s = warm_up(pipe, cfg, prompts)
     dense = _timed(pipe, cfg, prompts, repeat)
     img_dir = out_dir / "images"
@@ -145,6 +170,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         with setting.reuse.installed(pipe) if setting.reuse is not None else contextlib.nullcontext():
             res = _timed(pipe, cfg, prompts, repeat, core)
         calls = core.calls if core is not None else None
+        if calls and not masked_lines:
+            masked_lines = masked_note(calls)
         if setting.reuse is None:
             acc = account(calls)
             if abs(acc["dense_flops"] - unet_attn["flops"].sum()) > 1e-6 * acc["dense_flops"]:
@@ -201,7 +228,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
              "renormalize": renormalize, "block": block, "rank": rank, "mask_interval": intervals[0], "repeat": repeat,
              "mask_intervals": intervals, "random_weights": random,
              "total_flops": total_flops, "results": rows, "run_dir": str(out_dir),
-             "notes": ([JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() else []) + _notes(cfg, rows, repeat)}
+             "notes": ([JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() else []) + masked_lines
+             + _notes(cfg, rows, repeat)}
     write_json(out_dir / "approx.json", state)
     return state
 

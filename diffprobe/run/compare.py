@@ -10,7 +10,7 @@ import pandas as pd
 from diffprobe.analyses.compare import compare, rows
 from diffprobe.analyses.sweep import current_findings
 from diffprobe.errors import DiffprobeError
-from diffprobe.records.runfolder import atomic_write, prepare_out_dir, read_result, write_json
+from diffprobe.records.runfolder import atomic_write, prepare_out_dir, read_result, release_folder, write_json
 from diffprobe.records.schema import SCHEMA_VERSION
 
 
@@ -29,8 +29,11 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None, force
         loaded.append((path, kind, {**d, "findings": current_findings(path, d)} if kind == "sweep" else d))
     result = compare(loaded)
     out_dir = prepare_out_dir(out, "compare", force)
-    result = {"schema_version": SCHEMA_VERSION, **result, "run_dir": str(out_dir)}
-    write_json(out_dir / "compare.json", result)
-    frame = pd.DataFrame(rows(result))
-    atomic_write(out_dir / "comparison.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
+    try:
+        result = {"schema_version": SCHEMA_VERSION, **result, "run_dir": str(out_dir)}
+        write_json(out_dir / "compare.json", result)
+        frame = pd.DataFrame(rows(result))
+        atomic_write(out_dir / "comparison.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
+    finally:
+        release_folder(out_dir)  # written: its files claim it from now on
     return result

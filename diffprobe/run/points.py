@@ -17,7 +17,6 @@ from diffprobe.errors import DiffprobeError, a
 from diffprobe.records.runfolder import LOCK_NAME, lock_folder, release_folder, write_json
 
 
-
 class SweepFolder:
     """A folder of points on disk (sweeps, sparsity runs): configuration check, finished points, atomic point
     commits. ``meta_name`` is the summary file; a point is finished when its ``run.json`` says ok and every file

@@ -21,7 +21,8 @@ from pathlib import Path
 from diffprobe.analyses import breakdown, roofline
 from diffprobe.analyses.breakdown import layer_table
 from diffprobe.analyses.savings import added_ops, approximate_account, steps_ran
-from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used
+from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used, masked_note
+from diffprobe.attention.approx import check_model as check_attention_model
 from diffprobe.attention.core import installed
 from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.environment import environment
@@ -57,6 +58,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 MODES = ("measured", "analytic")
 OP_TIMERS = ("clock", "profiler")
 RANDOM_WEIGHTS_NOTE = "architecture-only: timings and FLOPs are real, image content and sparsity are not"
+ANALYTIC_NOTE = ("analytic: counted on the meta device with no weights and no compute: FLOPs and bytes are exact, "
+                 "nothing was timed and no image was drawn")
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on mars"
 
@@ -139,6 +142,7 @@ class ProfileConfig:
         if cfg.compile or cfg.cuda_graphs:
             _check_compile(cfg)
         if cfg.mode == "analytic":
+            _check_analytic(cfg)
             cfg.sample_steps = 0  # every step is traced (replayed): the account covers the full run
         else:
             check_device(cfg.device, cfg.dtype)
@@ -150,6 +154,12 @@ class ProfileConfig:
             cfg.weights = str(check_weights_path(cfg.weights, cfg.allow_pickle, spec))
         if cfg.hardware is not None:
             get_preset(cfg.hardware)  # an unknown or broken preset is refused before any work
+        block = cfg.approx is not None and (parse_settings(cfg.approx).attention or ("",))[0] == "block"
+        if cfg.mask_interval != 1 and not block:
+            raise DiffprobeError(f"--mask-interval {cfg.mask_interval} applies to --approx block=TAU (it reuses the "
+                                 "block method's predicted masks); leave it out otherwise")
+        if cfg.mask_interval < 1:
+            raise DiffprobeError(f"--mask-interval must be at least 1, got {cfg.mask_interval}")
         if cfg.approx is not None:
             setting = parse_settings(cfg.approx)
             if setting.attention is not None and (cfg.mode != "measured" or not cfg.trace_ops):
@@ -158,12 +168,30 @@ class ProfileConfig:
             if not cfg.trace_ops:
                 raise DiffprobeError("--approx needs op tracing: its account is the records of what ran")
             if setting.attention is not None:  # its parameters, checked before any work
+                check_attention_model(spec.family, cfg.model, setting.attention[0])
                 ApproxAttention(*setting.attention, mask_interval=cfg.mask_interval)
+            if setting.reuse is not None:  # a method for another model family: refused first
+                setting.reuse.check_spec(spec.pipeline_class, cfg.model)
             if setting.reuse is not None and getattr(setting.reuse, "data_dependent", False) and (
                     cfg.mode != "measured"):
                 raise DiffprobeError(f"--approx {setting.reuse.name} decides from the activations which steps skip "
                                      "work: use --mode measured")
         return cfg
+
+
+def _check_analytic(cfg: ProfileConfig) -> None:
+    """Refuse what an analytic run cannot honour: timing options (nothing is timed) and a GPU that is absent."""
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DiffprobeError("--device cuda was asked for but no CUDA GPU is visible to torch (analytic mode runs "
+                                 "on the meta device: leave --device out, and use --hardware for a GPU's roofline)")
+    timing = [flag for flag, on in (("--op-timer profiler", cfg.op_timer != "clock"), (f"--repeat {cfg.repeat}",
+                                    cfg.repeat != 1), (f"--warmup {cfg.warmup}", cfg.warmup != 0)) if on]
+    if timing:
+        raise DiffprobeError(f"{', '.join(timing)}: analytic mode times nothing (it counts on the meta device); "
+                             "use --mode measured to time the run")
 
 
 def _check_compile(cfg: ProfileConfig) -> None:
@@ -229,9 +257,9 @@ def memory_estimate(spec: ModelSpec, dtype: str) -> tuple[int, int]:
     return int(params * getattr(torch, dtype).itemsize * WEIGHT_OVERHEAD), params
 
 
-def check_memory(spec: ModelSpec, dtype: str, device: str) -> None:
+def check_memory(spec: ModelSpec, dtype: str, device: str, analytic: bool = True) -> None:
     """Refuse a measured run whose weights alone do not fit the device's available memory, naming the estimate
-    and the ways out, before anything is built."""
+    and the ways out, before anything is built (``analytic``: whether the command has an analytic mode to offer)."""
     from diffprobe.hardware.environment import available_memory
 
     need, params = memory_estimate(spec, dtype)
@@ -239,7 +267,7 @@ def check_memory(spec: ModelSpec, dtype: str, device: str) -> None:
     if free is None or need <= free:
         return
     where = "GPU memory" if device.startswith("cuda") else "memory"
-    ways = ["--mode analytic (no weights, every op counted)"]
+    ways = ["--mode analytic (no weights, every op counted)"] if analytic else []
     if dtype == "float32":
         ways.append("--dtype bfloat16 (half the bytes)")
     if not device.startswith("cuda"):
@@ -249,7 +277,7 @@ def check_memory(spec: ModelSpec, dtype: str, device: str) -> None:
         ways.append(f"a smaller model (--model {small})")
     raise DiffprobeError(f"a measured {spec.name} run needs about {need / 2**30:.1f} GiB ({params / 1e9:.2f} G "
                          f"parameters in {dtype}, x{WEIGHT_OVERHEAD} for activations) but {free / 2**30:.1f} GiB of "
-                         f"{where} are available; use " + ", ".join(ways))
+                         f"{where} are available; use " + (", ".join(ways) or "a machine with more memory"))
 
 
 def check_device(device: str, dtype: str) -> None:
@@ -382,7 +410,7 @@ class ProfileResult:
             "model_title": self.spec.title,
             "weights": c.weights or ("embedded" if self.spec.trained else "random"),
             "random_weights": self.random_weights,
-            "note": RANDOM_WEIGHTS_NOTE if self.random_weights else None,
+            "note": ANALYTIC_NOTE if c.mode == "analytic" else RANDOM_WEIGHTS_NOTE if self.random_weights else None,
             "prompt": c.prompt,
             "height": c.height,
             "width": c.width,
@@ -499,19 +527,24 @@ def to_pil(pipe, images) -> list:
     return pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(images))
 
 
-def prompt_notes(pipe, prompt: str) -> list[str]:
+def prompt_notes(pipe, prompt: str, max_sequence_length: int | None = None) -> list[str]:
     """A warning for each tokenizer that cuts the prompt (as the pipeline does, silently in diffprobe's output
-    otherwise): how many tokens it has and how many the text encoder takes."""
-    notes = []
-    for name in ("tokenizer", "tokenizer_2"):
+    otherwise): how many tokens it has and how many its text encoder takes — CLIP's 77, or for a T5 / Gemma
+    encoder the pipeline's ``max_sequence_length`` (16 on tiny-flux)."""
+    notes, said = [], set()
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         tok = getattr(pipe, name, None)
         if tok is None:
             continue
+        encoder = type(getattr(pipe, name.replace("tokenizer", "text_encoder"), None)).__name__
+        clip = encoder.startswith("CLIP")
+        limit = tok.model_max_length if clip or max_sequence_length is None else max_sequence_length
         n = len(tok(prompt, truncation=False).input_ids)
-        if n > tok.model_max_length:
-            notes.append(f"the prompt is {n} tokens for {name}; its text encoder takes {tok.model_max_length}, so "
-                         f"the last {n - tok.model_max_length} are cut (as the pipeline does)")
-            break  # both tokenizers of SDXL cut at the same place: say it once
+        kind = "CLIP" if clip else encoder.replace("EncoderModel", "").replace("Model", "")
+        if n > limit and (kind, n, limit) not in said:  # SDXL's two CLIP tokenizers cut at one place: said once
+            said.add((kind, n, limit))
+            notes.append(f"the prompt is {n} tokens for {name} ({kind}); its text encoder takes {limit}, so the "
+                         f"last {n - limit} are cut (as the pipeline does)")
     return notes
 
 
@@ -639,7 +672,7 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
         params = {name: count_params(getattr(pipe, name)) for name in (*TEXT_ENCODERS, *DENOISERS, "vae")
                   if getattr(pipe, name, None) is not None}
         unet_evals = _count_unet_evals(pipe, cfg.steps, "cpu")
-        notes = prompt_notes(pipe, cfg.prompt) + stand_in_notes(pipe)
+        notes = prompt_notes(pipe, cfg.prompt, spec.max_sequence_length) + stand_in_notes(pipe)
     except KeyboardInterrupt as exc:  # the folder says what happened, even with nothing measured
         empty = ProfileResult(cfg, spec, {}, {}, {}, [], 0, 0, 0, "", env, run_dir=str(out_dir),
                               status="interrupted", error=f"interrupted ({interruption(exc)}) while building the "
@@ -775,7 +808,8 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
                              "would need (oracle attention methods: the potential); the seconds are this PyTorch "
                              "implementation's, untraced" + (
                                  f"; {JOINT_NOTE}" if core is not None and any(
-                                     c["attn_kind"] == "joint" for c in core.calls) else "")}
+                                     c["attn_kind"] == "joint" for c in core.calls) else "")
+                             + "".join(f"; {line}" for line in masked_note(core.calls if core is not None else []))}
 
 
 def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_dir: Path) -> None:
@@ -857,6 +891,11 @@ def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
         "eager": eager,
     }
     if attribution is not None:
+        slow = profiled_stages.get("total", 0.0) / max(result.stages.get("total", 0.0), 1e-12)
+        if slow > DIVERGE:  # the per-layer-type ratios come from a run whose times are not the stage times'
+            result.notes.append(f"the compiled run's layer-type seconds come from its profiled run, which took "
+                                f"{slow:.1f}x the untraced compiled run's time: compare layer types within one column, "
+                                "not across eager and compiled")
         a = attribution
         result.compiled.update({
             "kernels": a.kernels, "kernels_matched": a.matched_kernels, "graph_calls": a.calls,
@@ -866,6 +905,9 @@ def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
     else:
         result.compiled["attribution"] = ("per stage only: kernels replayed from a CUDA graph link only to the "
                                           "graph launch" if cfg.cuda_graphs else "none (no op tracing)")
+
+
+DIVERGE = 1.5  # two runs whose times differ by more than this are flagged when one's figures are set beside the other's
 
 
 def _tracer(cfg: ProfileConfig, pipe, timed: bool):

@@ -24,7 +24,7 @@ from diffprobe.records.masks import MaskStore, write_masks
 from diffprobe.records.runfolder import atomic_write
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.points import SweepFolder, run_points
-from diffprobe.run.profile import build_pipeline, check_resolution, run_profile
+from diffprobe.run.profile import build_pipeline, check_memory, check_resolution, run_profile
 
 
 def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, out: str | Path,
@@ -37,6 +37,7 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
     spec = get_spec(base.model)
     for h, w in resolutions:
         check_resolution(spec, h, w)
+    check_memory(spec, base.dtype, base.device, analytic=False)  # the probabilities need the model run
     base = replace(base, height=resolutions[0][0], width=resolutions[0][1], trace_ops=False).resolved()
     identity = {k: v for k, v in asdict(base).items() if k not in ("height", "width", "out", "force")}
     identity.update(eps=list(sc.eps), taus=list(sc.taus), blocks=list(sc.blocks))

@@ -87,7 +87,9 @@ def test_bad_resolutions(text, message):
 
 
 def test_resolution_forms():
-    assert parse_resolutions("256, 768x512,256") == [(256, 256), (768, 512)]
+    assert parse_resolutions("256, 768x512") == [(256, 256), (768, 512)]
+    with pytest.raises(DiffprobeError, match="twice"):  # a point measured twice (issue 24): refused, not merged
+        parse_resolutions("256, 768x512,256")
     assert parse_ints("1,2,4", "--batch") == [1, 2, 4]
     with pytest.raises(DiffprobeError, match="--batch"):
         parse_ints("1,x", "--batch")
