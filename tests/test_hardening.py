@@ -4,9 +4,6 @@ Every bad input must give one line on stderr and exit status 2, keep what was me
 be standard JSON (no NaN / Infinity)."""
 
 import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +14,10 @@ import diffprobe
 from diffprobe.cli import main
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.registry import build_components, get_spec, pipeline_from_components
+from tests.cli_checks import held_elsewhere
+from tests.cli_checks import one_line_error as _one_line_error
 
 TINY = ["--model", "tiny", "--steps", "1", "-q"]
-
-
-def _one_line_error(capsys, argv, *needles) -> str:
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.count("\n") == 1 and err.startswith("diffprobe: error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def _strict_json(text: str):
@@ -144,16 +133,11 @@ def test_a_killed_sweep_leaves_no_stuck_lock(tmp_path):
     folder = tmp_path / "s"
     code = ("import sys, time; from diffprobe.run.sweep import SweepFolder; f = SweepFolder(sys.argv[1], {}); "
             "f.open(); print('locked', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "locked"
+    with held_elsewhere(code, folder, "locked"):
         with pytest.raises(DiffprobeError, match="in use"):
             from diffprobe.run.sweep import SweepFolder
 
             SweepFolder(folder, {}).open()
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     assert main(["sweep", *TINY, "--resolutions", "64", "--out", str(folder)]) == 0
 
 

@@ -9,16 +9,7 @@ import pytest
 
 import diffprobe
 from diffprobe.cli import main
-
-
-def _one_line_error(capsys, argv, *needles) -> str:
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.count("\n") == 1 and err.startswith("diffprobe: error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
+from tests.cli_checks import one_line_error as _one_line_error
 
 
 def _json(capsys, argv) -> dict:
@@ -142,21 +133,15 @@ def test_savings_by_stage_are_net_of_the_predictor(tmp_path):
 
 # -- 6. one folder, one run ----------------------------------------------------------------------------------------
 def test_a_folder_another_run_holds_is_refused(tmp_path, capsys):
-    import subprocess
-    import sys
+    from tests.cli_checks import held_elsewhere
 
     out = tmp_path / "o"
-    code = ("import sys, time; from pathlib import Path; from diffprobe.records.runfolder import prepare_out_dir; "
+    code = ("import sys, time; from diffprobe.records.runfolder import prepare_out_dir; "
             "prepare_out_dir(sys.argv[1], 'tiny'); print('claimed', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "claimed"
+    with held_elsewhere(code, out, "claimed"):
         _one_line_error(capsys, ["profile", "--model", "tiny", "--steps", "1", "--out", str(out), "-q"], "in use")
         _one_line_error(capsys, ["sweep", "--model", "tiny", "--steps", "1", "--resolutions", "64", "--out",
                                  str(out), "-q"], "in use")
-    finally:
-        proc.kill()
-        proc.wait()
     assert main(["profile", "--model", "tiny", "--steps", "1", "--out", str(out), "-q", "--format", "json"]) == 0
 
 
@@ -419,3 +404,13 @@ def test_analytic_report_does_not_claim_timings(tmp_path):
     diffprobe.profile(model="tiny", steps=1, mode="analytic", out=str(tmp_path))
     html = build_report(tmp_path).read_text()
     assert "timings and FLOPs are real" not in html and "nothing was timed" in html
+
+
+def test_a_reused_mask_is_named_once():
+    from diffprobe.report.text import approx_rows
+
+    rows = [_row("dense", None, None, 0.0, ssim=1.0, kernel="dense", identical=True),
+            _row("block", 0.8, "block=0.8+deepcache=2 mask every 3", 0.4, kernel="cpp", mask_interval=3)]
+    rows[0]["psnr"] = None
+    _, table = approx_rows({"results": rows, "model": "tiny"})
+    assert table[1][1].count("mask every 3") == 1, table[1]

@@ -66,7 +66,8 @@ class SparsityProbe:
             (len(keys), self._stats(q[idx], k[idx][:, :, keys])) for idx, keys in groups]
         for n_keys, heads in results:
             for row in heads:
-                if n_keys == 1:  # one key takes all the mass: uniform and one-hot alike, no entropy to speak of
+                if n_keys == 1 and groups is not None:  # a branch left one key by its mask (PixArt's unconditional
+                    # one): all the mass on it, uniform and one-hot alike, no entropy to average in
                     row["entropy"] = float("nan")
                 self.rows.append({"layer": call.name, "level": call.level, "attn_kind": call.kind, "step": step,
                                   "q_tokens": call.q_tokens, "k_tokens": n_keys,

@@ -73,4 +73,6 @@ def environment(device: str) -> dict:
         "cuda": torch.version.cuda or "none (CPU build of torch)",
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...: which kernels CPU ops run
     }

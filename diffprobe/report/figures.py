@@ -20,9 +20,11 @@ _TAB = [
 ]
 COLORS = {lt: _TAB[i % len(_TAB)] for i, lt in enumerate(LAYER_TYPES)}
 COLORS.update({"self_attention": "#e15759", "cross_attention": "#f28e2b", "self_attention_core": "#b6992d",
-               "unattributed": "#d3d3d3", "total": "#333333"})
-CLASS_ORDER = ("conv", "self_attention", "cross_attention", "ffn", "linear", "norm", "activation", "elementwise",
-               "embedding", "resample", "memory", "other")
+               "joint_attention": "#d37295", "linear_attention": "#499894", "attention_core": "#b6992d",
+               "linear_layers": "#59a14f", "unattributed": "#d3d3d3", "total": "#333333"})
+CLASS_ORDER = ("conv", "self_attention", "cross_attention", "joint_attention", "linear_attention", "ffn", "linear",
+               "modulation", "norm", "activation", "elementwise", "rope", "patchify", "embedding", "resample", "memory",
+               "other")  # disjoint: each attention kind is its whole layers (projections, core, output)
 
 
 def color(name: str) -> str:
@@ -155,7 +157,9 @@ def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
     if cross and cross.get("side") is not None and not cross.get("already_ahead") and (
             sides[0] <= cross["side"] <= sides[-1]):
         ax.axvline(cross["side"], color="black", linestyle="--", linewidth=1)
-        ax.annotate(f"self-attention > conv\n≈ {cross['side']:.0f} px", (cross["side"], 95), fontsize=8,
+        a, b = (c.replace("_core", "").replace("_layers", " layers").replace("_", "-")
+                for c in findings.get("crossover_pair") or ("self_attention", "conv"))
+        ax.annotate(f"{a} > {b}\n≈ {cross['side']:.0f} px", (cross["side"], 95), fontsize=9,
                     ha="left", va="top", xytext=(4, 0), textcoords="offset points")
     ax.set_xlim(sides[0], sides[-1])
     ax.set_ylim(0, 100)
@@ -175,7 +179,8 @@ def loglog(findings: dict, quantity: str = "flops") -> Figure | None:
     sides = np.array([p["side"] for p in pts])
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for c in ("total", "self_attention_core", "self_attention", "conv", "ffn", "cross_attention", "norm"):
+    for c in ("total", "self_attention_core", "attention_core", "self_attention", "joint_attention", "conv",
+              "linear_layers", "ffn", "cross_attention", "norm"):
         vals = np.array([p[quantity]["denoiser"].get(c, 0.0) for p in pts])
         fit = fits.get(c)
         if not fit or not (vals > 0).all():

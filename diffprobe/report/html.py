@@ -15,7 +15,15 @@ from diffprobe.hardware.presets import from_dict, get_preset
 from diffprobe.records.runfolder import read_ops_checked, read_result
 from diffprobe.report import figures as figs
 from diffprobe.report.compare import compare_report
-from diffprobe.report.findings import approx_findings, eps_tau, profile_findings, sparsity_headline, sweep_findings
+from diffprobe.report.findings import (
+    LABEL,
+    approx_findings,
+    eps_tau,
+    profile_findings,
+    share_classes,
+    sparsity_headline,
+    sweep_findings,
+)
 from diffprobe.report.page import Page, esc, table
 from diffprobe.report.text import (
     accel_rows,
@@ -196,7 +204,10 @@ def _sweep_report(folder: Path, state: dict) -> Path:
     if state.get("complete") is False:
         page.banner(f"This sweep did not finish: the findings below come from the {len(pts)} points it completed; "
                     "re-run the same command to resume it.")
-    if state.get("random_weights"):
+    if state.get("mode") == "analytic":
+        page.banner("Analytic sweep: every point counted on the meta device, with no weights and no compute: FLOPs "
+                    "and bytes are exact; nothing was timed.")
+    elif state.get("random_weights"):
         page.banner("Random weights: FLOPs and timings are real; image content and sparsity are not.")
     for p in (state.get("points") or {}).values():
         if p.get("status") in ("failed", "skipped"):
@@ -205,15 +216,15 @@ def _sweep_report(folder: Path, state: dict) -> Path:
     if pts:
         page.h2("Points")
         rows = []
+        classes = share_classes(f)  # a UNet's layer classes, or a diffusion transformer's
         for p in pts:
             u = p["flops"]["denoiser"]
             tot = u["total"] or 1
             rows.append([p["name"], p["tokens"], fmt_n(u["total"]),
-                         *(f"{100 * u.get(c, 0) / tot:.1f}%" for c in ("conv", "self_attention", "cross_attention",
-                                                                      "ffn")),
+                         *(f"{100 * u.get(c, 0) / tot:.1f}%" for c in classes),
                          fmt_n(p["attention_memory"]["materialized_bytes"], "B"),
                          fmt_n(p["attention_memory"]["fused_bytes"], "B")])
-        page.add(table(["point", "tokens", "UNet FLOPs", "conv", "self-attn", "cross-attn", "ffn",
+        page.add(table(["point", "tokens", "denoiser FLOPs", *(LABEL.get(c, c) for c in classes),
                         "scores (unfused)", "fused"], rows))
         fits = f.get("exponents", {})
         if fits.get("flops"):
@@ -224,12 +235,12 @@ def _sweep_report(folder: Path, state: dict) -> Path:
                     for c, v in sorted(fits["flops"].items(), key=lambda kv: -(kv[1] or {"k": 0})["k"]) if v]
             page.add(table(["denoiser layer class", "k (FLOPs)", "residual"] + (["k (seconds)"] if "seconds" in fits
                                                                             else []), rows))
-        page.figure(figs.share_area(f, "flops"), "shares_flops", "UNet FLOP shares vs image side", svg=True)
-        page.figure(figs.share_area(f, "seconds"), "shares_seconds", "UNet measured-time shares vs image side",
+        page.figure(figs.share_area(f, "flops"), "shares_flops", "denoiser FLOP shares vs image side", svg=True)
+        page.figure(figs.share_area(f, "seconds"), "shares_seconds", "denoiser measured-time shares vs image side",
                     svg=True)
-        page.figure(figs.loglog(f, "flops"), "scaling_flops", "UNet FLOPs vs side, log-log, with fitted exponents",
-                    svg=True)
-        page.figure(figs.loglog(f, "seconds"), "scaling_seconds", "UNet measured op time vs side, log-log",
+        page.figure(figs.loglog(f, "flops"), "scaling_flops", "denoiser FLOPs vs side, log-log, with fitted "
+                    "exponents", svg=True)
+        page.figure(figs.loglog(f, "seconds"), "scaling_seconds", "denoiser measured op time vs side, log-log",
                     svg=True)
         last = pts[-1]
         if last.get("roofline"):

@@ -314,8 +314,7 @@ def profile_items(d: dict) -> list:
     title = (f"{model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, "
              f"{d['steps']} steps, CFG {'on' if d['cfg'] else 'off'}, {d['device']} {d['dtype']}")
     if d.get("random_weights"):
-        items.append(f"[bold yellow]{d['note']}[/]" if d.get("mode") == "analytic" else
-                     f"[bold yellow]random weights — {d['note']}[/]")
+        items.append(f"[bold yellow]random weights — {d['note']}[/]")
     t = Table(title=title, title_justify="left")
     t.add_column("stage")
     t.add_column("measured", justify="right")
