@@ -228,7 +228,8 @@ def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit,
              "renormalize": renormalize, "block": block, "rank": rank, "mask_interval": intervals[0], "repeat": repeat,
              "mask_intervals": intervals, "random_weights": random,
              "total_flops": total_flops, "results": rows, "run_dir": str(out_dir),
-             "notes": ([JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() else []) + masked_lines
+             "notes": ([JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() and any(
+                 s.attention is not None for s, _ in todo) else []) + masked_lines
              + _notes(cfg, rows, repeat)}
     write_json(out_dir / "approx.json", state)
     return state
@@ -263,7 +264,7 @@ def _notes(cfg, rows: list[dict], repeat: int) -> list[str]:
     """What a reader must know to read the seconds: how many runs each is, and rows whose runs disagree."""
     notes = []
     if repeat == 1:
-        notes.append("seconds: one timed run per row (no spread measured); --repeat N times each N times and "
+        notes.append("seconds: one timed run per row (no spread measured); --repeat N times every row N times and "
                      "reports the median with its min–max")
     noisy = [r.get("setting") or r["method"] for r in rows if r["unet_s_min"] > 0
              and r["unet_s_max"] / r["unet_s_min"] > NOISY]
