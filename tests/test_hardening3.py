@@ -414,3 +414,10 @@ def test_a_reused_mask_is_named_once():
     rows[0]["psnr"] = None
     _, table = approx_rows({"results": rows, "model": "tiny"})
     assert table[1][1].count("mask every 3") == 1, table[1]
+
+
+def test_sampled_reuse_replay_ignores_options_of_the_measured_run(tmp_path):
+    # the meta replay of a sampled reuse run inherits nothing that analytic mode refuses (--op-timer, --mask-interval)
+    r = diffprobe.profile(model="tiny", steps=4, approx="block=0.5+deepcache=2", mask_interval=2,
+                          op_timer="profiler", out=str(tmp_path))
+    assert r.approx["unet_evals_accounted"] == 4 and r.approx["mask_interval"] == 2

@@ -172,7 +172,7 @@ def approx_findings(state: dict) -> list[str]:
             acc = f", digit accuracy {100 * best['accuracy']:.0f}%" if best.get("accuracy") is not None else ""
             out.append(f"{m}: up to {100 * best['attention_flops_saved']:.1f}% of attention FLOPs "
                        f"({100 * best['end_to_end_flops_saved']:.1f}% end to end) saved at {setting_name(best)} "
-                       f"with SSIM {best['ssim']:.3f}{acc}; UNet time "
+                       f"with SSIM {best['ssim']:.3f}{acc}; denoiser time "
                        f"{best['unet_s'] / dense['unet_s']:.2f}x dense.")
         else:
             out.append(f"{m}: no tested value keeps SSIM >= 0.9 (and accuracy within 5 points of dense).")

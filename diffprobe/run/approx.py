@@ -32,6 +32,7 @@ from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_f
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.profile import (
     _tracer,
+    analytic_twin,
     build_pipeline,
     check_memory,
     initial_latents,
@@ -133,8 +134,7 @@ def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit,
         if setting.reuse is not None:
             setting.reuse.check_model(pipe, cfg.model)
     # the complete dense cost account of this configuration (FLOPs are the same measured or analytic)
-    analytic = run_profile(replace(cfg, mode="analytic", batch=len(prompts), out=str(out_dir / "dense-account"),
-                                   sample_steps=0))
+    analytic = run_profile(analytic_twin(cfg, batch=len(prompts), out=str(out_dir / "dense-account")))
     ops = analytic.ops
     unet_attn = ops[(ops["stage"] == "denoiser") & ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv"))]
     # the analytic run encodes one prompt for the whole batch; the quality batch encodes each of its prompts
@@ -190,7 +190,7 @@ def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit,
             acc = approximate_account(ran, calls, dense=ops)
             end_to_end = 1 - acc["flops_total"] / total_flops
         else:  # reuse: the records of what runs (the method's plan replayed on meta), attention re-weighted
-            ran = trace_with_reuse(replace(cfg, mode="analytic", batch=len(prompts), sample_steps=0), setting.reuse)
+            ran = trace_with_reuse(analytic_twin(cfg, batch=len(prompts)), setting.reuse)
             acc = approximate_account(ran, calls, dense=ops)
             end_to_end = 1 - (acc["flops_total"] + text * (len(prompts) - 1)) / total_flops
         if setting.reuse is not None:

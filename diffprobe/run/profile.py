@@ -179,6 +179,16 @@ class ProfileConfig:
         return cfg
 
 
+def analytic_twin(cfg: ProfileConfig, **changes) -> ProfileConfig:
+    """The analytic run that counts what ``cfg`` executes: every step on the meta device, with nothing that times or
+    changes attention (which analytic mode refuses), ``changes`` on top."""
+    from dataclasses import replace
+
+    return replace(cfg, mode="analytic", device="cpu", repeat=1, warmup=0, op_timer="clock", approx=None,
+                   mask_interval=1, compile=False, cuda_graphs=False, chrome_trace=False, hardware=None,
+                   sample_steps=0, **changes)
+
+
 def _check_analytic(cfg: ProfileConfig) -> None:
     """Refuse what an analytic run cannot honour: timing options (nothing is timed) and a GPU that is absent."""
     if cfg.device.startswith("cuda"):
@@ -763,7 +773,7 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
             traced = fresh(traced_cfg)  # them below)
             replayed = full and not getattr(setting.reuse, "data_dependent", False)
             if replayed:  # every step, the method's plan replayed on meta (the FLOPs of a measured run, exactly)
-                meta_cfg = replace(traced_cfg, mode="analytic", out=None)
+                meta_cfg = analytic_twin(traced_cfg, out=None)
                 ops, dense_ops = trace_with_reuse(meta_cfg, setting.reuse), trace_with_reuse(meta_cfg, None)
             with setting.reuse.installed(pipe) if not replayed else contextlib.nullcontext():
                 if cfg.mode == "analytic":

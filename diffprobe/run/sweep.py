@@ -27,7 +27,7 @@ from diffprobe.records.runfolder import prepare_out_dir
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.accel import accel_run, check_accel
 from diffprobe.run.points import SweepFolder, run_points
-from diffprobe.run.profile import ProfileConfig, build_pipeline, check_resolution, run_profile
+from diffprobe.run.profile import ProfileConfig, analytic_twin, build_pipeline, check_resolution, run_profile
 
 # what makes two sweeps comparable point by point; resolution and batch are the swept axes, the rest must match
 IDENTITY_EXCLUDE = ("height", "width", "batch", "out", "hardware", "chrome_trace", "force")
@@ -75,7 +75,7 @@ def _predicted_seconds(cfg: ProfileConfig, preset_name: str) -> float:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="diffprobe-predict-") as tmp:
-        analytic = run_profile(replace(cfg, mode="analytic", out=tmp, hardware=None, chrome_trace=False))
+        analytic = run_profile(analytic_twin(cfg, out=tmp))
     ops = analytic.ops
     evals = cfg.sample_steps or analytic.unet_evals
     ops = ops[~ops["stage"].isin(["denoiser", "scheduler"]) | (ops["step"] < evals)]
