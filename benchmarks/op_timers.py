@@ -25,7 +25,7 @@ def main() -> None:
 
     from diffprobe.hardware.environment import cpu_name
     from diffprobe.models.registry import get_spec
-    from diffprobe.run.profile import ProfileConfig, _tracer, build_pipeline
+    from diffprobe.run.profile import ProfileConfig, build_pipeline, tracer_for
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="sd15")
@@ -44,7 +44,7 @@ def main() -> None:
     accounted: dict[str, list[float]] = {"clock": [], "profiler": []}
 
     def one(name: str) -> float:
-        tracer = None if name == "plain" else _tracer(cfgs[name], pipe, timed=True)
+        tracer = None if name == "plain" else tracer_for(cfgs[name], pipe, timed=True)
         with tracer if tracer is not None else contextlib.nullcontext():
             t0 = time.perf_counter()
             pipe.unet(x, t, ctx)

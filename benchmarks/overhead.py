@@ -29,7 +29,7 @@ def main() -> None:
     import torch
 
     from diffprobe.models.registry import get_spec
-    from diffprobe.run.profile import ProfileConfig, _tracer, build_pipeline, pipeline_kwargs
+    from diffprobe.run.profile import ProfileConfig, build_pipeline, pipeline_kwargs, tracer_for
     from diffprobe.timing.stages import StageTimer
 
     ap = argparse.ArgumentParser()
@@ -55,7 +55,7 @@ def main() -> None:
             return profile(activities=[ProfilerActivity.CPU], record_shapes=True)
         stack = contextlib.ExitStack()
         stack.enter_context(StageTimer(pipe, cfg.device))
-        stack.enter_context(_tracer(cfg, pipe, timed=True))
+        stack.enter_context(tracer_for(cfg, pipe, timed=True))
         return stack
 
     times: dict[str, list[float]] = {"plain": [], "stages": [], "ops": [], "torch.profiler": []}
@@ -86,7 +86,7 @@ def unet_ab(a, cfg, pipe) -> None:
     with less noise than whole pipeline calls."""
     import torch
 
-    from diffprobe.run.profile import _tracer
+    from diffprobe.run.profile import tracer_for
 
     h, w = cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor
     x = torch.randn(2, pipe.unet.config.in_channels, h, w)
@@ -95,11 +95,11 @@ def unet_ab(a, cfg, pipe) -> None:
     times: dict[str, list[float]] = {"plain": [], "ops": []}
     with torch.inference_mode():
         for name in times:
-            with _tracer(cfg, pipe, timed=True) if name == "ops" else contextlib.nullcontext():
+            with tracer_for(cfg, pipe, timed=True) if name == "ops" else contextlib.nullcontext():
                 pipe.unet(x, t, ctx)
         for r in range(a.unet_rounds):
             for name in ("plain", "ops") if r % 2 == 0 else ("ops", "plain"):
-                tracer = _tracer(cfg, pipe, timed=True) if name == "ops" else None
+                tracer = tracer_for(cfg, pipe, timed=True) if name == "ops" else None
                 with tracer if tracer is not None else contextlib.nullcontext():
                     t0 = time.perf_counter()
                     pipe.unet(x, t, ctx)

@@ -31,6 +31,7 @@ class ReuseMethod:
     param = ""
     fits = ""
     pipelines: tuple[str, ...] = ()  # the diffusers pipeline classes it applies to (empty: any)
+    data_dependent = False  # True: the skip decision reads the activations (measured runs only, traced apart)
 
     def __init__(self, value: float):
         self.value = value
@@ -170,7 +171,6 @@ class DiffusersCache(ReuseMethod):
 
     fits = FLUX_FAMILY
     pipelines = ("FluxPipeline",)
-    data_dependent = False  # True: the skip decision reads the activations (refused in analytic mode)
 
     def check_model(self, pipe, model: str) -> None:
         transformer = getattr(pipe, "transformer", None)

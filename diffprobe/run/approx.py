@@ -31,13 +31,13 @@ from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_json
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.profile import (
-    _tracer,
     analytic_twin,
     build_pipeline,
     check_memory,
     initial_latents,
     run_profile,
     trace_with_reuse,
+    tracer_for,
 )
 from diffprobe.run.settings import parse_settings
 from diffprobe.run.stepping import step_hooks
@@ -182,11 +182,11 @@ def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit,
                      "end_to_end_flops_saved": saved / total_flops, "kept_fraction": acc["kept_fraction"],
                      "predictor_flops": acc["predictor_flops"], "self_saved": acc["by_kind"]["self"]["saved"],
                      "cross_saved": acc["by_kind"]["cross"]["saved"]}
-        elif getattr(setting.reuse, "data_dependent", False):
+        elif setting.reuse.data_dependent:
             # the skip decisions read the activations: the records of this very generation, traced apart (the
             # same prompts and noise, so the same decisions; every prompt's text encoding is in them)
             with setting.reuse.installed(pipe):
-                ran = generate(pipe, cfg, prompts, None, tracer=_tracer(cfg, pipe, timed=False))["ops"]
+                ran = generate(pipe, cfg, prompts, None, tracer=tracer_for(cfg, pipe, timed=False))["ops"]
             acc = approximate_account(ran, calls, dense=ops)
             end_to_end = 1 - acc["flops_total"] / total_flops
         else:  # reuse: the records of what runs (the method's plan replayed on meta), attention re-weighted

@@ -172,7 +172,7 @@ class ProfileConfig:
                 ApproxAttention(*setting.attention, mask_interval=cfg.mask_interval)
             if setting.reuse is not None:  # a method for another model family: refused first
                 setting.reuse.check_spec(spec.pipeline_class, cfg.model)
-            if setting.reuse is not None and getattr(setting.reuse, "data_dependent", False) and (
+            if setting.reuse is not None and setting.reuse.data_dependent and (
                     cfg.mode != "measured"):
                 raise DiffprobeError(f"--approx {setting.reuse.name} decides from the activations which steps skip "
                                      "work: use --mode measured")
@@ -771,7 +771,7 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
         if setting.reuse is not None:  # the records of what runs with reuse (attention exact: its kept
             traced_cfg = replace(plain, trace_ops=True, mode=cfg.mode, repeat=1, warmup=0)  # fractions re-weight
             traced = fresh(traced_cfg)  # them below)
-            replayed = full and not getattr(setting.reuse, "data_dependent", False)
+            replayed = full and not setting.reuse.data_dependent
             if replayed:  # every step, the method's plan replayed on meta (the FLOPs of a measured run, exactly)
                 meta_cfg = analytic_twin(traced_cfg, out=None)
                 ops, dense_ops = trace_with_reuse(meta_cfg, setting.reuse), trace_with_reuse(meta_cfg, None)
@@ -920,7 +920,7 @@ def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
 DIVERGE = 1.5  # two runs whose times differ by more than this are flagged when one's figures are set beside the other's
 
 
-def _tracer(cfg: ProfileConfig, pipe, timed: bool):
+def tracer_for(cfg: ProfileConfig, pipe, timed: bool):
     """The op tracer of a run; ``timed`` gives it a per-op timer on the run's device (the timer fills the time
     columns, the tracer only counts)."""
 
@@ -950,7 +950,7 @@ def _run_analytic(cfg: ProfileConfig, pipe, result: ProfileResult, report, plan=
     replays (default: every step replays the first of its shapes)."""
     import torch
 
-    tracer = _tracer(cfg, pipe, timed=False)
+    tracer = tracer_for(cfg, pipe, timed=False)
     report("trace", 0, 1)
     kwargs = pipeline_kwargs(cfg, pipe)
     with torch.inference_mode(), MetaAdapters(pipe, tracer, plan=plan), tracer:
@@ -982,7 +982,7 @@ def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
                     report("denoise", i + 1 + run_idx * measured_evals, measured_evals * total_runs)
 
                 kwargs = pipeline_kwargs(cfg, pipe)
-                tracer = _tracer(cfg, pipe, timed=True) if cfg.trace_ops else None
+                tracer = tracer_for(cfg, pipe, timed=True) if cfg.trace_ops else None
                 # the loop stops after the sampled steps (remaining steps skipped, the VAE still decodes)
                 stop = measured_evals if measured_evals < result.unet_evals else None
                 with step_hooks(pipe, on_step, stop) as hooks, (

@@ -41,7 +41,7 @@ def parse_settings(text: str) -> Setting:
             parts.append(f"{attention[0]}={attention[1]:g}")
         else:
             raise DiffprobeError(f"unknown method {method!r}; use one of {', '.join((*METHODS, *REUSE))}")
-    if attention is not None and reuse is not None and getattr(reuse, "data_dependent", False):
+    if attention is not None and reuse is not None and reuse.data_dependent:
         raise DiffprobeError(f"{reuse.name} decides from the activations which steps skip work: measure it alone "
                              "(beside an attention method its decisions would follow that method's outputs)")
     if attention is not None and reuse is not None and reuse.name == "tgate":
