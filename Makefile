@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast venv clean
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -15,6 +15,10 @@ demo: venv
 test: venv
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
+
+# the quick tier while developing: everything but the slow, compile, browser, scalesim, fullsize and gpu tests
+test-fast: venv
+	$(PY) -m pytest -q -m "not (slow or compile or browser or scalesim or fullsize or gpu)"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import diffprobe, torch, pytest" 2>/dev/null \
-   && [ "$VENV/.installed" -nt pyproject.toml ]; then
+   && [ "$VENV/.installed" -nt pyproject.toml ] && [ "$VENV/.installed" -nt constraints.txt ]; then
   exit 0
 fi
 if "$PY" -c "import torch" 2>/dev/null; then
@@ -27,5 +27,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/python" -m pip install -q "torch==${DIFFPROBE_TORCH_VERSION:-2.13.0}"
   fi
 fi
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+# the versions the suite last passed with (constraints.txt); DIFFPROBE_CONSTRAINTS= (empty) lifts them
+CONSTRAINTS=${DIFFPROBE_CONSTRAINTS-constraints.txt}
+"$VENV/bin/python" -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
 touch "$VENV/.installed"

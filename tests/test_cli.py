@@ -19,12 +19,14 @@ def test_profile_json_is_clean_on_stdout(tmp_path, capsys):
     assert d["model"] == "tiny" and d["steps"] == 2 and "denoiser" in d["stages"]
 
 
+@pytest.mark.slow
 def test_profile_table_mentions_random_weights(tmp_path, capsys):
     assert main(["profile", "--model", "tiny", "--steps", "4", "--out", str(tmp_path), "-q"]) == 0
     text = capsys.readouterr().out
     assert "random weights" in text and "projection" in text and "vae_decoder" in text
 
 
+@pytest.mark.slow
 def test_models_lists_parameter_counts(capsys):
     assert main(["models", "--format", "json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["models"]}
@@ -98,6 +100,7 @@ def test_kernels_bench_table(capsys):
     assert "block-sparse (gather)" in text and "efficiency" in text
 
 
+@pytest.mark.slow
 def test_pickle_without_flag_via_subprocess(tmp_path):
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"\x80\x04")
@@ -108,6 +111,7 @@ def test_pickle_without_flag_via_subprocess(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "--allow-pickle" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_sweep_json_and_resume_refusal(tmp_path, capsys):
     argv = ["sweep", "--model", "tiny", "--resolutions", "64,128", "--steps", "2", "--out", str(tmp_path / "s"),
             "--hardware", "a100-sxm-80gb", "--format", "json", "-q"]

@@ -71,6 +71,7 @@ def _image(folder: Path) -> np.ndarray:
     return np.asarray(Image.open(folder / "image.png"))
 
 
+@pytest.mark.slow
 def test_safetensors_win_over_pickle_with_allow_pickle(weight_folders, tmp_path):
     run = dict(model="tiny", steps=1, sample_steps=0, seed=1)
     diffprobe.profile(weights=str(weight_folders / "safe"), out=str(tmp_path / "safe"), **run)
@@ -80,6 +81,7 @@ def test_safetensors_win_over_pickle_with_allow_pickle(weight_folders, tmp_path)
     assert np.array_equal(_image(tmp_path / "safe"), _image(tmp_path / "safe_flag"))
 
 
+@pytest.mark.slow
 def test_pickle_only_folder_needs_the_flag_and_then_loads(weight_folders, tmp_path, capsys):
     _one_line_error(capsys, ["profile", *TINY, "--weights", str(weight_folders / "pickle"), "--out",
                              str(tmp_path / "no")], "--allow-pickle")
@@ -129,6 +131,7 @@ def test_a_sweep_folder_in_use_is_refused(tmp_path, capsys):
     assert main(["sweep", *TINY, "--resolutions", "64", "--out", str(tmp_path / "s")]) == 0
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_leaves_no_stuck_lock(tmp_path):
     folder = tmp_path / "s"
     code = ("import sys, time; from diffprobe.run.sweep import SweepFolder; f = SweepFolder(sys.argv[1], {}); "
@@ -155,6 +158,7 @@ def _interrupted_sweep(out: Path):
         run_sweep(sc, progress=stop_after_two)
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_keeps_its_findings(tmp_path, capsys):
     from diffprobe.report.html import build_report
     from diffprobe.run.compare import compare_runs
@@ -174,6 +178,7 @@ def test_an_interrupted_sweep_keeps_its_findings(tmp_path, capsys):
     assert {k.split(".")[0] for k in d["metrics"]} - {"attention_overtakes_px"} == {"64x64-b1", "128x128-b1"}
 
 
+@pytest.mark.slow
 def test_profile_out_must_be_new_or_empty_unless_force(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["profile", *TINY, "--batch", "2", "--out", str(out)]) == 0
@@ -196,12 +201,14 @@ def _two_runs(tmp_path) -> tuple[Path, Path]:
     return a, b
 
 
+@pytest.mark.slow
 def test_compare_refuses_an_out_that_is_an_input(tmp_path, capsys):
     a, b = _two_runs(tmp_path)
     _one_line_error(capsys, ["compare", str(a), str(b), "--out", str(b)], "one of the runs")
     assert json.loads((b / "run.json").read_text())["kind"] == "profile"
 
 
+@pytest.mark.slow
 def test_compare_marks_a_failed_run(tmp_path, capsys):
     a, b = _two_runs(tmp_path)
     run = json.loads((b / "run.json").read_text())
@@ -282,6 +289,7 @@ def test_guidance_must_be_finite_and_non_negative(value, tmp_path, capsys):
     _one_line_error(capsys, ["profile", *TINY, "--guidance", value, "--out", str(tmp_path / "o")], "--guidance")
 
 
+@pytest.mark.slow
 def test_approx_json_is_standard(tmp_path, capsys):
     assert main(["approx", *TINY, "--method", "threshold", "--eps", "0", "--out", str(tmp_path / "a"),
                  "--format", "json"]) == 0
@@ -291,6 +299,7 @@ def test_approx_json_is_standard(tmp_path, capsys):
     assert noop["psnr"] is None and noop["identical"] is True
 
 
+@pytest.mark.slow
 def test_a_long_prompt_is_cut_with_one_warning(tmp_path, capsys):
     prompt = " ".join(["a red horse"] * 40)  # 120 words: more than CLIP's 77 tokens
     assert main(["profile", *TINY, "--prompt", prompt, "--out", str(tmp_path / "o")]) == 0
@@ -306,6 +315,7 @@ def test_a_bare_group_prints_its_own_help(group, word, capsys):
     assert f"diffprobe {group}" in out and word in out and "profile" not in out
 
 
+@pytest.mark.slow
 def test_weight_loading_is_quiet(weight_folders, tmp_path, capfd):
     assert main(["profile", *TINY, "--weights", str(weight_folders / "safe"), "--out", str(tmp_path / "o")]) == 0
     err = capfd.readouterr().err
@@ -342,6 +352,7 @@ def test_hub_cache_root_resolves_to_its_snapshot(weight_folders, tmp_path):
     assert r.config.weights.endswith("snapshots/abc123")
 
 
+@pytest.mark.slow
 def test_misleading_messages(tmp_path, capsys):
     _one_line_error(capsys, ["sweep", *TINY, "--resolutions", "8", "--out", str(tmp_path / "s")], "resolution 8x8")
     f = tmp_path / "file.json"
@@ -394,6 +405,7 @@ def test_number_formats():
     assert fmt_bytes(512) == "512 B" and fmt_bytes(3 * 2**30) == "3.00 GiB"
 
 
+@pytest.mark.slow
 def test_profile_table_cosmetics(tmp_path, capsys):
     assert main(["profile", *TINY, "--hardware", "H100-SXM", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
@@ -410,6 +422,7 @@ def test_one_point_sweep_has_no_empty_exponent_table(tmp_path, capsys):
     assert "scaling exponents k" not in out and "need at least two resolutions" in out
 
 
+@pytest.mark.slow
 def test_sweep_comparison_shows_the_swept_sizes(tmp_path, capsys):
     for name in ("a", "b"):
         assert main(["sweep", *TINY, "--resolutions", "64,128", "--out", str(tmp_path / name)]) == 0
@@ -435,6 +448,7 @@ def test_flop_axes_are_scaled_to_the_values():
 
 
 # -- interface ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["sweep", "--resolutions", "64"], ["sparsity"], ["approx", "--eps", "0"]])
 def test_every_command_has_a_default_out(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

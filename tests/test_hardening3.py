@@ -45,6 +45,7 @@ def test_pixart_one_step_is_refused(model, tmp_path, capsys):
 
 
 # -- 3, 8. compare of sparsity and approx runs -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_compare_two_sparsity_runs(tmp_path, capsys):
     for name, prompt in (("a", "a red cube"), ("b", "a blue ball")):
         assert main(["sparsity", "--model", "tiny", "--steps", "1", "--prompt", prompt, "--out", str(tmp_path / name),
@@ -57,6 +58,7 @@ def test_compare_two_sparsity_runs(tmp_path, capsys):
     assert (tmp_path / "c" / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_compare_two_approx_runs(tmp_path, capsys):
     for name, eps in (("a", "1e-2"), ("b", "1e-1")):
         assert main(["approx", "--model", "digits", "--steps", "2", "--per-digit", "1", "--eps", eps, "--out",
@@ -102,6 +104,7 @@ def test_bytes_format_keeps_its_unit():
 
 
 # -- 2. reuse savings over the whole schedule, whatever --sample-steps ------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("model, setting", [("tiny", "deepcache=2"), ("tiny-flux", "taylorseer=2")])
 def test_reuse_savings_cover_every_step_under_sampling(model, setting, tmp_path):
     sampled = diffprobe.profile(model=model, steps=8, approx=setting, out=str(tmp_path / "s")).approx  # 3 sampled
@@ -132,6 +135,7 @@ def test_savings_by_stage_are_net_of_the_predictor(tmp_path):
 
 
 # -- 6. one folder, one run ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_folder_another_run_holds_is_refused(tmp_path, capsys):
     from tests.cli_checks import held_elsewhere
 
@@ -165,6 +169,7 @@ def test_a_sweep_whose_every_point_fails_exits_non_zero(tmp_path, capsys):
 
 
 # -- 10. SIGTERM is Ctrl-C ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_keeps_what_was_measured(tmp_path):
     import signal
     import subprocess
@@ -187,6 +192,7 @@ def test_sigterm_keeps_what_was_measured(tmp_path):
     assert run["status"] == "interrupted" and "SIGTERM" in run["error"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_says_so(tmp_path, capsys):
     from diffprobe.errors import Terminated
     from diffprobe.run.profile import ProfileConfig
@@ -208,6 +214,7 @@ def test_an_interrupted_sweep_says_so(tmp_path, capsys):
 
 
 # -- 11. an interrupted run records what it measured ------------------------------------------------------------
+@pytest.mark.slow
 def test_ctrl_c_records_the_steps_measured_and_readers_flag_it(tmp_path, capsys):
     from diffprobe.run.accel import accel_run
 
@@ -319,6 +326,7 @@ def test_a_speedup_above_the_limit_is_explained(capsys):
 
 
 # -- 18. repeated timings with their spread --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_approx_repeat_reports_the_median_and_spread(tmp_path, capsys):
     d = _json(capsys, ["approx", "--model", "digits", "--steps", "2", "--per-digit", "1", "--eps", "1e-2",
                        "--repeat", "3", "--out", str(tmp_path / "a"), "-q", "--no-save-masks"])
@@ -358,6 +366,7 @@ def test_weights_folder_without_a_pipeline_class(tmp_path, capsys):
 
 
 # -- 22. quiet means quiet -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_profiler_timer_is_quiet_with_q(tmp_path):
     import subprocess
     import sys
@@ -370,6 +379,7 @@ def test_profiler_timer_is_quiet_with_q(tmp_path):
 
 
 # -- 23. step lines summarised ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_reuse_steps_are_summarised_by_kind(tmp_path, capsys):
     assert main(["profile", "--model", "tiny", "--steps", "12", "--mode", "analytic", "--approx", "deepcache=2",
                  "--out", str(tmp_path / "o"), "-q"]) == 0
@@ -416,6 +426,7 @@ def test_a_reused_mask_is_named_once():
     assert table[1][1].count("mask every 3") == 1, table[1]
 
 
+@pytest.mark.slow
 def test_sampled_reuse_replay_ignores_options_of_the_measured_run(tmp_path):
     # the meta replay of a sampled reuse run inherits nothing that analytic mode refuses (--op-timer, --mask-interval)
     r = diffprobe.profile(model="tiny", steps=4, approx="block=0.5+deepcache=2", mask_interval=2,

@@ -37,6 +37,7 @@ def _attn(ops, layer_type, kind):
     return int(rows["flops"].sum())
 
 
+@pytest.mark.slow
 def test_tiny_attention_scores_scale_exactly_with_tokens_squared(tmp_path):
     a = run_profile(ProfileConfig(model="tiny", steps=1, mode="analytic", height=64, width=64,
                                   out=str(tmp_path / "a"))).ops

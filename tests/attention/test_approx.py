@@ -62,6 +62,7 @@ def test_threshold_and_topk_match_float64_reference(renormalize):
     assert 0 < a.calls[0]["kept"] < a.calls[0]["entries"]
 
 
+@pytest.mark.slow
 def test_flop_accounts_by_hand():
     q, k, v = _qkv(nq=64, nk=32, d=8)  # B·H = 2, 64 × 32 scores per head
     scores = 2 * 64 * 32
@@ -156,6 +157,7 @@ def test_kept_counts_stay_on_the_device_until_read():
     assert c["flops"] == round(c["dense_flops"] * c["kept"] / c["entries"]) + c["predictor_flops"]
 
 
+@pytest.mark.slow
 def test_block_masks_reused_across_steps(tmp_path):
     # --mask-interval 2: each layer predicts its block mask at steps 0 and 2 and reuses it at steps 1 and 3, so the
     # predictor runs half as often (every step has the same shapes) and a reused step's mask is its predictor's
@@ -198,6 +200,7 @@ def test_block_method_leaves_short_key_calls_dense_without_the_predictor():
     assert core.calls[1]["predictor_flops"] > 0 and core.calls[1]["kernel"] != "dense"
 
 
+@pytest.mark.slow
 def test_profile_mask_interval_runs_the_predictor_every_n_steps(tmp_path):
     import diffprobe
 
@@ -210,6 +213,7 @@ def test_profile_mask_interval_runs_the_predictor_every_n_steps(tmp_path):
     assert p1 > 0 and p2 == pytest.approx(p1 / 2, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_predicted_block_index_compiled_and_eager_agree_with_its_mask():
     # predict_block_index is one function of tensors from Q, K to the kernel's block index (so CUDA can compile it
     # whole, no host sync); compiled here on the CPU, it must give the eager index, and the index must be its mask's
@@ -234,6 +238,7 @@ def test_the_predicted_block_index_compiled_and_eager_agree_with_its_mask():
         assert int(kept) == int(tok.sum())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the compiled predictor on the GPU "
                     "is checked wherever one is present")
 def test_cuda_compiled_predictor_gives_the_eager_block_index():
@@ -248,6 +253,7 @@ def test_cuda_compiled_predictor_gives_the_eager_block_index():
     assert torch.equal(compiled[1], compiled[0].sum(-1).int())
 
 
+@pytest.mark.slow
 def test_approx_runs_each_block_setting_once_per_mask_interval(tmp_path):
     # --mask-interval 1,2: the block setting twice, against one dense run; the interval-2 row's predictor runs at
     # steps 0 and 2 of 4 (half the FLOPs of predicting every step), its kept masks repeat in pairs, and a method

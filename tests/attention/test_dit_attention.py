@@ -51,6 +51,7 @@ def test_threshold_keeps_every_text_key_and_self_attention_does_not():
     assert kept_joint > kept_plain
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
 def test_noop_settings_are_bit_identical_to_dense_on_joint_attention(tmp_path, model):
     r = run_approx(ProfileConfig(model=model, steps=2), {"block": [1.0], "threshold": [0.0], "topk": [1000]},
@@ -61,6 +62,7 @@ def test_noop_settings_are_bit_identical_to_dense_on_joint_attention(tmp_path, m
     assert any("text keys are kept dense" in n for n in r["notes"])  # said in the output
 
 
+@pytest.mark.slow
 def test_block_sparse_kernel_inside_a_tiny_dit(tmp_path):
     # tiny-flux at 256 px: 16x16 packed latent -> 256 image tokens + 16 text tokens, blocks of 64: 5 key blocks
     d = run_profile(ProfileConfig(model="tiny-flux", height=256, width=256, steps=2, approx="block=0.3",

@@ -46,6 +46,7 @@ def test_the_reference_itself_against_a_loop_over_queries():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n, m, bs, d", [(64, 64, 16, 40), (100, 70, 16, 64), (9216 // 16, 9216 // 16, 64, 80),
                                          (130, 200, 32, 160)])
+@pytest.mark.slow
 def test_matches_float64_reference(n, m, bs, d, backend):
     q, k, v = _inputs(n, m, d, d)
     g = torch.Generator().manual_seed(1)
@@ -54,6 +55,7 @@ def test_matches_float64_reference(n, m, bs, d, backend):
     assert _rel(block_sparse_attention(q, k, v, mask, bs, backend=backend), masked_reference(q, k, v, mask, bs)) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["auto", *BACKENDS])
 def test_all_kept_is_dense_sdpa_and_one_block_per_row(backend):
     q, k, v = _inputs(96, 96)
@@ -193,6 +195,7 @@ def test_the_cpp_kernel_runs_its_loop_on_every_torch_thread():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path (FlexAttention's Triton "
                     "kernel) is checked wherever one is present")
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)])

@@ -44,6 +44,7 @@ def test_model_without_attention_is_refused():
             pass
 
 
+@pytest.mark.slow
 def test_sparsity_command_json(tmp_path, capsys):
     assert main(["sparsity", "--model", "tiny", "--steps", "2", "--resolutions", "64,128", "--blocks", "16",
                  "--out", str(tmp_path / "s"), "--format", "json", "-q"]) == 0
@@ -69,6 +70,7 @@ def test_sparsity_bad_input(argv, message, tmp_path, capsys):
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.slow
 def test_sparsity_resumes_and_refuses_another_configuration(tmp_path, monkeypatch, capsys):
     import diffprobe.run.sparsity as probe_mod  # the run that uses the probe
 

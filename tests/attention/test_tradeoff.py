@@ -7,6 +7,7 @@ import pytest
 from diffprobe.cli import main
 
 
+@pytest.mark.slow
 def test_approx_json_on_tiny(tmp_path, capsys):
     assert main(["approx", "--model", "tiny", "--method", "threshold,topk", "--eps", "0,1e-2", "--k", "4",
                  "--steps", "2", "--out", str(tmp_path / "a"), "--format", "json", "-q"]) == 0
@@ -39,6 +40,7 @@ def test_approx_bad_input(argv, message, tmp_path, capsys):
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.slow
 def test_profile_approx_column_matches_a_hand_count(tmp_path, capsys):
     import diffprobe
 
@@ -67,6 +69,7 @@ def test_profile_approx_column_matches_a_hand_count(tmp_path, capsys):
     assert "METHOD=VALUE" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_clip_score_with_local_weights(tmp_path, capsys):
     from transformers import CLIPConfig, CLIPModel
 

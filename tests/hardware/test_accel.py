@@ -84,6 +84,7 @@ SHAPES = [(8, 8, 8, 4, 4), (16, 8, 4, 4, 4), (10, 6, 7, 4, 4), (64, 32, 16, 8, 8
           (100, 20, 50, 16, 16)]
 
 
+@pytest.mark.scalesim
 def test_gemm_cycles_agree_with_scalesim():
     from tests.reference import scalesim_ref
 
@@ -99,6 +100,7 @@ def test_gemm_cycles_agree_with_scalesim():
         assert abs(ours - want) <= 1, (m, n, k, r, c, df, ours, want)
 
 
+@pytest.mark.slow
 def test_a_run_on_the_designs(tmp_path):
     run = tmp_path / "run"
     diffprobe.profile(model="tiny", mode="analytic", height=256, width=256, steps=2, out=str(run))
@@ -135,6 +137,7 @@ def test_bad_input(tmp_path, capsys):
     _one_line(capsys, ["accel", "gemm", "--m", "0", "--k", "3", "--n", "4"], "--m must be a positive")
 
 
+@pytest.mark.slow
 def test_speedup_vs_density_and_sweep_accel(tmp_path, capsys):
     out = tmp_path / "sw"
     assert main(["sweep", "--model", "tiny", "--mode", "analytic", "--resolutions", "128,256", "--steps", "1",

@@ -19,6 +19,7 @@ def dense(tmp_path_factory):
     return root, diffprobe.profile(**KW, out=str(root / "dense"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["first-block-cache=0", "pab=1", "faster-cache=1", "taylorseer=1"])
 def test_noop_values_are_dense_bit_for_bit(dense, setting):
     root, d = dense
@@ -60,6 +61,7 @@ def test_pab_removes_the_attention_of_the_steps_its_rule_skips(dense):
     assert all(full - per_step < ran[i] < full - per_step + 10 for i in skipped)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["pab=3", "faster-cache=2", "taylorseer=3"])
 def test_analytic_plan_equals_the_measured_account(dense, setting):
     root, _ = dense
@@ -77,6 +79,7 @@ def _one_line(capsys, argv, needle):
     assert "\n" not in err and "Traceback" not in err and needle in err, err
 
 
+@pytest.mark.slow
 def test_bad_cache_settings_are_one_line(tmp_path, capsys):
     base = ["profile", "--model", "tiny-flux", "--steps", "2", "--out", str(tmp_path / "o")]
     _one_line(capsys, [*base, "--approx", "pab=0"], "whole number of steps >= 1")

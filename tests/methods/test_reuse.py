@@ -32,6 +32,7 @@ def runs(tmp_path_factory):
     return root, dense, dc
 
 
+@pytest.mark.slow
 def test_flops_removed_equal_an_independent_count_of_the_skipped_blocks(runs):
     _, dense, dc = runs
     ops = dense.ops
@@ -83,6 +84,7 @@ def test_analytic_plan_replay_equals_the_measured_account(runs, tmp_path):
         assert a["flops_by_layer_type"][lt] == v - extra, lt
 
 
+@pytest.mark.slow
 def test_composed_settings_account_for_both(runs, tmp_path):
     _, dense, dc = runs
     both = diffprobe.profile(**KW, approx="block=0.5+deepcache=2", out=str(tmp_path / "both"))
@@ -115,6 +117,7 @@ def test_analytic_refuses_attention_methods(tmp_path, capsys):
     assert rc == 2 and "needs a measured run with op tracing for an attention method" in err, err
 
 
+@pytest.mark.slow
 def test_approx_command_with_reuse_and_composed_settings(tmp_path, capsys):
     import json
 
@@ -143,6 +146,7 @@ def test_approx_command_with_reuse_and_composed_settings(tmp_path, capsys):
         assert rc == 2 and err.count("\n") == 1 and needle in err, err
 
 
+@pytest.mark.slow
 def test_tgate_gates_cross_attention_and_guidance(tmp_path):
     from diffprobe.methods.reuse import TGate
     from diffprobe.run.profile import ProfileConfig, trace_with_reuse

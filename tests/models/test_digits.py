@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 from diffprobe.attention.core import installed
@@ -33,6 +34,7 @@ def test_weights_are_small_and_trained():
     assert get_spec("digits").trained
 
 
+@pytest.mark.slow
 def test_dense_generation_draws_the_requested_digit():
     labels = [d for d in range(10) for _ in range(2)]
     images = _generate(_pipe(), labels)
@@ -40,6 +42,7 @@ def test_dense_generation_draws_the_requested_digit():
     assert accuracy >= 0.8, accuracy
 
 
+@pytest.mark.slow
 def test_trained_attention_is_sparser_than_untrained():
     def self_stats(pipe):
         probe = SparsityProbe(SparsityConfig(blocks=(16,)))

@@ -60,6 +60,7 @@ def test_shape_derivation_matches_published_counts():
         assert derived == {k: v for k, v in PUBLISHED[name].items() if k in derived}, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_embedded_transformers_have_published_parameter_counts(name):
     assert _params(name) == PUBLISHED[name]
@@ -105,6 +106,7 @@ def _comparable(ops):
     return ops.loc[keep, cols].reset_index(drop=True).astype(str)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TINY)
 def test_measured_and_analytic_records_agree(runs, name):
     measured, analytic = runs[name]["measured"].ops, runs[name]["analytic"].ops
@@ -183,6 +185,7 @@ def test_measured_dit_run_writes_a_complete_folder(runs):
     assert {"text_encoder", "text_encoder_2", "denoiser", "scheduler", "vae_decoder"} <= set(d["stages"])
 
 
+@pytest.mark.slow
 def test_models_lists_text_encoders_tokens_and_stand_in_tokenizers(capsys):
     assert main(["models", "--format", "json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["models"]}
@@ -211,6 +214,7 @@ def _one_line(capsys, argv, needle):
     assert "\n" not in err and "Traceback" not in err and needle in err, err
 
 
+@pytest.mark.slow
 def test_bad_dit_inputs_are_one_line(capsys, monkeypatch):
     _one_line(capsys, ["profile", "--model", "flux-dvv", "--mode", "analytic"], "known models")
     _one_line(capsys, ["profile", "--model", "tiny-sd3", "--height", "72", "--mode", "analytic"],
@@ -223,6 +227,8 @@ def test_bad_dit_inputs_are_one_line(capsys, monkeypatch):
     _one_line(capsys, ["profile", "--model", "sd3-medium", "--steps", "1"], "--model tiny-sd3")
 
 
+@pytest.mark.fullsize
+@pytest.mark.slow
 def test_analytic_full_size_flux_at_native_resolution(tmp_path):
     d = diffprobe.profile(model="flux-dev", mode="analytic", steps=1, out=str(tmp_path)).to_dict()
     den = d["flops"]["by_stage_layer_type"]["denoiser"]

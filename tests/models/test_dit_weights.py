@@ -11,6 +11,7 @@ from diffprobe.cli import main
 from diffprobe.models.registry import build_components, get_spec, pipeline_from_components
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-flux", "tiny-sana"])
 def test_saved_tiny_dit_reproduces_the_run_of_its_weights(tmp_path, capsys, model):
     spec = get_spec(model)
@@ -39,6 +40,7 @@ def test_weights_of_another_transformer_are_refused(tmp_path, capsys):
     c = json.loads(cfg.read_text())
     c["num_layers"] = 3
     cfg.write_text(json.dumps(c))
+    capsys.readouterr()  # saving's own progress bars (shown when no earlier test quietened diffusers) are not ours
     assert main(["profile", "--model", "tiny-sd3", "--weights", str(folder), "--steps", "1", "-q",
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()

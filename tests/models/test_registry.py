@@ -34,6 +34,7 @@ def test_shape_derivation_matches_published_counts():
     assert DERIVED == PUBLISHED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_embedded_architectures_have_published_parameter_counts(name):
     comps = build_components(get_spec(name), "meta")

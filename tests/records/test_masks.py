@@ -59,6 +59,7 @@ def tiny_masks(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_accel_follows_measured_masks(tiny_masks):
     store = MaskStore(tiny_masks / "sp" / "points" / "256x256")
     r = diffprobe.accel(tiny_masks / "run", "sa-dense,sa-block64,sa-element", masks=tiny_masks / "sp", tau=0.9)
@@ -76,6 +77,7 @@ def test_accel_follows_measured_masks(tiny_masks):
     assert block["by_layer_type"]["conv"] == dense["by_layer_type"]["conv"]
 
 
+@pytest.mark.slow
 def test_masks_bad_input(tiny_masks, tmp_path, capsys):
     def one_line(argv, needle):
         rc = main(argv)
@@ -95,6 +97,7 @@ def test_masks_bad_input(tiny_masks, tmp_path, capsys):
               "--tau", "0.9"], "tokens")
 
 
+@pytest.mark.slow
 def test_approx_saves_what_each_setting_kept(tmp_path):
     # tiny at 256 px: every setting's store holds, per call, the kept keys per row; summed over the run they give
     # the kept fraction the approx account reports (counted on another path: the kept entries as the method ran)

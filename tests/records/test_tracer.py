@@ -37,6 +37,7 @@ def test_tiny_unet_matches_hand_count(tmp_path):
     _check_against_reference(_unet_step0(r.ops), ref)
 
 
+@pytest.mark.slow
 def test_sd15_unet_at_512_matches_hand_count(tmp_path):
     r = run_profile(ProfileConfig(model="sd15", steps=1, mode="analytic", out=str(tmp_path)))
     ref = unet_costs([320, 640, 1280, 1280], [1, 1, 1, 0], heads=8, ctx=768, latent_hw=(64, 64), batch=2)
@@ -45,6 +46,7 @@ def test_sd15_unet_at_512_matches_hand_count(tmp_path):
     assert _unet_step0(r.ops)["macs_conv_linear"].sum() == sum(ref[t] for t in TYPES)
 
 
+@pytest.mark.slow
 def test_sd21_linear_projection_and_head_counts(tmp_path):
     r = run_profile(ProfileConfig(model="sd21-base", steps=1, mode="analytic", height=256, width=256,
                                   out=str(tmp_path)))
@@ -62,6 +64,7 @@ def _measured_unet_attention(tmp_path, name, setup):
     return unet[unet["layer_type"].str.startswith("attn")].groupby(["layer_type", "attn_kind"])["flops"].sum()
 
 
+@pytest.mark.slow
 def test_attention_flops_identical_across_backends_and_classic_processor(tmp_path):
     import contextlib
 
@@ -97,6 +100,7 @@ def test_analytic_records_equal_measured_records(tmp_path):
     assert analytic["replayed"].sum() == 2 * len(_unet_step0(analytic))  # steps 1 and 2 replayed
 
 
+@pytest.mark.slow
 def test_replayed_unet_records_equal_traced_ones(tmp_path, monkeypatch):
     from diffprobe.run import analytic as analytic_mode
 

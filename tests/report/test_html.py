@@ -44,6 +44,8 @@ def _check_in_browser(tmp_path, page, min_images):
     return text
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_profile_report_in_a_real_browser(runs, tmp_path):
     page = runs / "p" / "report.html"
     text = _check_in_browser(tmp_path, page, min_images=4)  # stage bars, steps, roofline, the image
@@ -55,12 +57,14 @@ def test_profile_report_in_a_real_browser(runs, tmp_path):
     assert (runs / "p" / "figures" / "roofline.png").exists() and (runs / "p" / "layers.parquet").exists()
 
 
+@pytest.mark.browser
 def test_sweep_report_in_a_real_browser(runs, tmp_path):
     text = _check_in_browser(tmp_path, runs / "s" / "report.html", min_images=3)
     assert "overtakes convolution" in text and "Scaling exponents" in text
     assert (runs / "s" / "figures" / "scaling_flops.svg").exists()
 
 
+@pytest.mark.browser
 def test_compare_report_and_ratios(runs, tmp_path, capsys):
     assert main(["compare", str(runs / "p"), str(runs / "p2"), "--out", str(tmp_path / "c"), "--format",
                  "json"]) == 0
@@ -74,6 +78,7 @@ def test_compare_report_and_ratios(runs, tmp_path, capsys):
     assert "The runs differ in: steps, guidance, prompt" in text
 
 
+@pytest.mark.slow
 def test_report_rebuilds_and_refuses_bad_folders(runs, tmp_path, capsys):
     assert main(["report", str(runs / "p")]) == 0
     capsys.readouterr()
@@ -103,6 +108,7 @@ def test_report_rebuilds_and_refuses_bad_folders(runs, tmp_path, capsys):
     assert "different kinds" in err and "is a sweep" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_failed_run_folder_still_gets_a_report(runs, tmp_path, capsys):
     failed = tmp_path / "failed"
     failed.mkdir()

@@ -15,6 +15,7 @@ def _config(out, **kw):
     return SweepConfig(base=base, resolutions=[(64, 64), (128, 128), (256, 256)], out=str(out))
 
 
+@pytest.mark.slow
 def test_sweep_states_exponents_and_crossover(tmp_path):
     state = run_sweep(_config(tmp_path / "s"))
     f = state["findings"]
@@ -31,6 +32,7 @@ def test_sweep_states_exponents_and_crossover(tmp_path):
     assert (tmp_path / "s" / "points" / "128x128-b1" / "ops.parquet").exists()
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_loss_or_recomputation(tmp_path, monkeypatch):
     real = sweep_mod.run_profile
     calls = []

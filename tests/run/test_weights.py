@@ -15,6 +15,7 @@ def saved_tiny(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_weights_from_a_saved_folder_give_identical_results(saved_tiny, tmp_path):
     run = dict(model="tiny", steps=2, sample_steps=0, seed=123)
     from_disk = diffprobe.profile(weights=str(saved_tiny), out=str(tmp_path / "disk"), **run).to_dict()

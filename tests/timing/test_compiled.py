@@ -22,6 +22,8 @@ from diffprobe.timing.compiled import (
 )
 from diffprobe.timing.kernels import Event
 
+pytestmark = pytest.mark.compile  # Inductor compiles (seconds each; a C++ compiler needed)
+
 
 def test_names_paths_and_families():
     assert module_path("L['self'].__dict__['_modules']['down_blocks'].0.resnets.0.conv1") == \
@@ -133,6 +135,7 @@ def _strip_times(ops):
     return ops.drop(columns=["time_s", "start_s", "time_apportioned"]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_real_compiled_tiny_records_match_eager_and_kernel_times_cover_the_unet(tmp_path):
     # tiny at 384 px on Inductor's C++ backend (a cold cache compiles for about a minute): the compiled run's
     # records are the eager run's, every kernel is matched to Inductor's provenance, and the UNet's per-layer-type
