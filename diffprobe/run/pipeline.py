@@ -1,0 +1,127 @@
+"""The diffusers pipeline of a run: built (random, meta or the user's weights), its starting noise, the arguments
+of the call the profile makes, and what the call's tokenizers and scheduler imply (prompt cuts, evaluations)."""
+
+from __future__ import annotations
+
+from diffprobe.models.registry import (
+    ModelSpec,
+    build_components,
+    denoiser,
+    get_spec,
+    load_pipeline,
+    pipeline_from_components,
+    text_encoder_names,
+)
+from diffprobe.run.config import ProfileConfig, schedule_length
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def build_pipeline(cfg: ProfileConfig, spec: ModelSpec):
+    """The diffusers pipeline for a resolved config: on its device and dtype, or on ``meta`` (analytic)."""
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+    dtype = _torch_dtype(cfg.dtype)
+    if cfg.mode == "analytic":
+        pipe = pipeline_from_components(spec, build_components(spec, "meta", cfg.seed)).to(dtype=dtype)
+    else:
+        if cfg.weights:
+            pipe = load_pipeline(spec, cfg.weights, dtype=dtype, allow_pickle=cfg.allow_pickle)
+        else:
+            pipe = pipeline_from_components(spec, build_components(spec, "random", cfg.seed))
+        pipe = pipe.to(cfg.device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def initial_latents(cfg: ProfileConfig, pipe):
+    """The starting noise, made exactly as the pipeline's own ``prepare_latents`` would (same generator call),
+    or an empty meta tensor of that shape in analytic mode. Passing it in keeps noise generation out of the
+    traced ops, so measured and analytic runs trace the same ops."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    channels = denoiser(pipe).config.in_channels
+    scale = pipe.vae_scale_factor
+    packs = hasattr(type(pipe), "_pack_latents")  # Flux: 2x2 latent patches packed into tokens
+    if packs:
+        channels //= 4
+        scale *= 2
+    side = 2 if packs else 1
+    shape = (cfg.batch, channels, side * (cfg.height // scale), side * (cfg.width // scale))
+    # the pipeline makes its latents in the prompt embeddings' dtype (that of the last text encoder); Sana in fp32
+    dtype = torch.float32 if get_spec(cfg.model).family == "sana" else getattr(
+        pipe, text_encoder_names(pipe)[-1]).dtype
+    if cfg.mode == "analytic":
+        latents = torch.empty(shape, dtype=dtype, device="meta")
+    else:
+        generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
+        latents = randn_tensor(shape, generator=generator, device=torch.device(cfg.device), dtype=dtype)
+    return type(pipe)._pack_latents(latents, *shape) if packs else latents
+
+
+def pipeline_kwargs(cfg: ProfileConfig, pipe) -> dict:
+    """The arguments of the pipeline call that the profile makes (shared with the overhead benchmark).
+
+    The image comes back as a tensor (``output_type="pt"``) and is turned into PIL outside the traced region,
+    so measured and analytic runs trace the same post-processing ops.
+    """
+    import torch
+
+    return dict(
+        prompt=cfg.prompt,
+        height=cfg.height,
+        width=cfg.width,
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance,
+        num_images_per_prompt=cfg.batch,
+        generator=torch.Generator("cpu" if cfg.mode == "analytic" else cfg.device).manual_seed(cfg.seed),
+        latents=initial_latents(cfg, pipe),
+        output_type="pt",
+        **get_spec(cfg.model).call_kwargs(),
+    )
+
+
+def to_pil(pipe, images) -> list:
+    """PIL images from the pipeline's ``pt`` output, as ``output_type="pil"`` would have made them."""
+    return pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(images))
+
+
+def prompt_notes(pipe, prompt: str, max_sequence_length: int | None = None) -> list[str]:
+    """A warning for each tokenizer that cuts the prompt (as the pipeline does, silently in diffprobe's output
+    otherwise): how many tokens it has and how many its text encoder takes — CLIP's 77, or for a T5 / Gemma
+    encoder the pipeline's ``max_sequence_length`` (16 on tiny-flux)."""
+    notes, said = [], set()
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tok = getattr(pipe, name, None)
+        if tok is None:
+            continue
+        encoder = type(getattr(pipe, name.replace("tokenizer", "text_encoder"), None)).__name__
+        clip = encoder.startswith("CLIP")
+        limit = tok.model_max_length if clip or max_sequence_length is None else max_sequence_length
+        n = len(tok(prompt, truncation=False).input_ids)
+        kind = "CLIP" if clip else encoder.replace("EncoderModel", "").replace("Model", "")
+        if n > limit and (kind, n, limit) not in said:  # SDXL's two CLIP tokenizers cut at one place: said once
+            said.add((kind, n, limit))
+            notes.append(f"the prompt is {n} tokens for {name} ({kind}); its text encoder takes {limit}, so the "
+                         f"last {n - limit} are cut (as the pipeline does)")
+    return notes
+
+
+def stand_in_notes(pipe) -> list[str]:
+    """A line for each tokenizer of the run that is a stand-in (no shipped vocabulary): what it changes."""
+    from diffprobe.models.tokenizer import STAND_IN_NOTE
+
+    return [f"{name}: {STAND_IN_NOTE}" for name in ("tokenizer", "tokenizer_2", "tokenizer_3")
+            if getattr(getattr(pipe, name, None), "stand_in", False)]
+
+
+def count_denoiser_evals(pipe, steps: int, device: str) -> int:
+    import copy
+
+    return schedule_length(copy.deepcopy(pipe.scheduler), steps, device)
