@@ -79,15 +79,15 @@ class ProfileResult:
 
     config: ProfileConfig
     spec: ModelSpec
-    params: dict[str, int]
-    stages: dict[str, float]
-    stage_stats: dict[str, dict[str, float]]
-    steps: list[dict]
-    unet_evals: int
-    unet_evals_measured: int
-    peak_memory_bytes: int
-    peak_memory_kind: str
-    environment: dict
+    params: dict[str, int] = field(default_factory=dict)  # parameters per component
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (median over --repeat)
+    stage_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)  # per denoising step: denoiser and scheduler seconds
+    unet_evals: int = 0  # denoiser evaluations of the full run
+    unet_evals_measured: int = 0  # of them, those executed (sampled steps, or the steps before an interruption)
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
+    environment: dict = field(default_factory=dict)
     run_dir: str | None = None
     image: str | None = None
     status: str = "ok"
@@ -307,14 +307,14 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
         unet_evals = count_denoiser_evals(pipe, cfg.steps, "cpu")
         notes = prompt_notes(pipe, cfg.prompt, spec.max_sequence_length) + stand_in_notes(pipe)
     except KeyboardInterrupt as exc:  # the folder says what happened, even with nothing measured
-        empty = ProfileResult(cfg, spec, {}, {}, {}, [], 0, 0, 0, "", env, run_dir=str(out_dir),
+        empty = ProfileResult(cfg, spec, environment=env, run_dir=str(out_dir),
                               status="interrupted", error=f"interrupted ({interruption(exc)}) while building the "
                               "pipeline; nothing was measured")
         _save(out_dir, empty)
         raise
     measured_evals = unet_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, unet_evals)
-    result = ProfileResult(cfg, spec, params, {}, {}, [], unet_evals, measured_evals, 0, "", env,
-                           run_dir=str(out_dir), notes=notes)
+    result = ProfileResult(cfg, spec, params=params, unet_evals=unet_evals, unet_evals_measured=measured_evals,
+                           environment=env, run_dir=str(out_dir), notes=notes)
     if cfg.mode == "analytic":
         try:
             _run_analytic(cfg, pipe, result, report)
@@ -376,8 +376,8 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
                     cuda_graphs=False, sample_steps=0 if full else cfg.sample_steps)
 
     def fresh(c):
-        return ProfileResult(c, result.spec, result.params, {}, {}, [], result.unet_evals, evals, 0, "",
-                             result.environment)
+        return ProfileResult(c, result.spec, params=result.params, unet_evals=result.unet_evals,
+                             unet_evals_measured=evals, environment=result.environment)
 
     def methods():
         stack = contextlib.ExitStack()
@@ -468,8 +468,8 @@ def _run_compiled(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_d
     den = denoiser_name(pipe)
     unet, had_decode = getattr(pipe, den), "decode" in vars(pipe.vae)
     capture = comp.CompileCapture(cuda_graphs=cfg.cuda_graphs)
-    scratch = ProfileResult(plain, result.spec, result.params, {}, {}, [], result.unet_evals,
-                            result.unet_evals_measured, 0, "", result.environment)
+    scratch = ProfileResult(plain, result.spec, params=result.params, unet_evals=result.unet_evals,
+                            unet_evals_measured=result.unet_evals_measured, environment=result.environment)
     with capture, tempfile.TemporaryDirectory(prefix="diffprobe-compile-") as tmp:
         report("eager run", 0, 1)
         if cfg.trace_ops:  # the traced run's stage times carry the tracer's cost: time eager untraced too
@@ -562,7 +562,7 @@ def trace_with_reuse(cfg: ProfileConfig, reuse):
     cfg = cfg.resolved()
     spec = get_spec(cfg.model)
     pipe = build_pipeline(cfg, spec)
-    result = ProfileResult(cfg, spec, {}, {}, {}, [], 0, 0, 0, "", {})
+    result = ProfileResult(cfg, spec)
     with reuse.installed(pipe) if reuse is not None else contextlib.nullcontext():
         _run_analytic(cfg, pipe, result, lambda *_: None, plan=reuse.plan_key if reuse is not None else None)
     return result.ops
