@@ -432,3 +432,15 @@ def test_sampled_reuse_replay_ignores_options_of_the_measured_run(tmp_path):
     r = diffprobe.profile(model="tiny", steps=4, approx="block=0.5+deepcache=2", mask_interval=2,
                           op_timer="profiler", out=str(tmp_path))
     assert r.approx["unet_evals_accounted"] == 4 and r.approx["mask_interval"] == 2
+
+
+def test_an_interrupted_approx_pass_keeps_the_dense_run(tmp_path):
+    def interrupt(stage, done, total):
+        if stage == "approx":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        diffprobe.profile(model="tiny", steps=2, approx="deepcache=2", out=str(tmp_path), progress=interrupt)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "interrupted" and "--approx pass; the dense run is complete" in run["error"]
+    assert run["flops"]["total"] > 0 and run["stages"]["denoiser"] > 0  # the dense run, measured, is kept

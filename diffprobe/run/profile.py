@@ -9,6 +9,7 @@ labelled projection: every step runs the same UNet on same-shaped tensors, so pe
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import shutil
 import statistics
@@ -295,7 +296,8 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
     report = progress or (lambda *_: None)
 
     env = environment("cpu" if cfg.mode == "analytic" else cfg.device)
-    try:
+    nothing = ProfileResult(cfg, spec, environment=env, run_dir=str(out_dir))  # the folder says what happened
+    with saved_on_failure(out_dir, nothing, "while building the pipeline; nothing was measured"):
         report("build", 0, 1)
         pipe = pipe or build_pipeline(cfg, spec)
         report("build", 1, 1)
@@ -306,47 +308,41 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
                   if getattr(pipe, name, None) is not None}
         unet_evals = count_denoiser_evals(pipe, cfg.steps, "cpu")
         notes = prompt_notes(pipe, cfg.prompt, spec.max_sequence_length) + stand_in_notes(pipe)
-    except KeyboardInterrupt as exc:  # the folder says what happened, even with nothing measured
-        empty = ProfileResult(cfg, spec, environment=env, run_dir=str(out_dir),
-                              status="interrupted", error=f"interrupted ({interruption(exc)}) while building the "
-                              "pipeline; nothing was measured")
-        _save(out_dir, empty)
-        raise
     measured_evals = unet_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, unet_evals)
     result = ProfileResult(cfg, spec, params=params, unet_evals=unet_evals, unet_evals_measured=measured_evals,
                            environment=env, run_dir=str(out_dir), notes=notes)
     if cfg.mode == "analytic":
-        try:
+        with saved_on_failure(out_dir, result, "while tracing"):
             _run_analytic(cfg, pipe, result, report)
             if cfg.approx is not None:  # reuse only (checked): its plan replayed on meta
                 _run_approx_pass(cfg, pipe, result, report)
-        except KeyboardInterrupt as exc:
-            result.status, result.error = "interrupted", f"interrupted ({interruption(exc)}) while tracing"
-            _save(out_dir, result)
-            raise
     else:
-        _run_measured(cfg, pipe, result, report, out_dir)
-        if cfg.compile:
-            try:
+        _run_measured(cfg, pipe, result, report, out_dir)  # writes what it measured itself on any failure
+        if cfg.compile:  # the eager run is measured: written before any error of the compiled run propagates
+            with saved_on_failure(out_dir, result, "in the compiled run; the eager run is complete", failures=True):
                 _run_compiled(cfg, pipe, result, report, out_dir)
-            except BaseException as exc:  # the eager run is measured: it is written before the error propagates
-                interrupted = isinstance(exc, KeyboardInterrupt)
-                result.status = "interrupted" if interrupted else "failed"
-                result.error = (f"interrupted ({interruption(exc)})" if interrupted else
-                                f"{type(exc).__name__}: {exc}") + (
-                    " in the compiled run; the eager run is complete")
-                _save(out_dir, result)
-                raise
         if cfg.approx is not None and result.ops is not None:
-            try:
+            with saved_on_failure(out_dir, result, "in the --approx pass; the dense run is complete"):
                 _run_approx_pass(cfg, pipe, result, report)
-            except KeyboardInterrupt as exc:
-                result.status = "interrupted"
-                result.error = f"interrupted ({interruption(exc)}) in the --approx pass; the dense run is complete"
-                _save(out_dir, result)
-                raise
     _save(out_dir, result)
     return result
+
+
+@contextlib.contextmanager
+def saved_on_failure(out_dir: Path, result: ProfileResult, where: str, failures: bool = False):
+    """Write ``result`` (status ``interrupted``, or with ``failures`` ``failed`` too, its error naming ``where``)
+    before an interruption (Ctrl-C, SIGTERM) or failure inside the block propagates: nothing measured is lost."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        result.status, result.error = "interrupted", f"interrupted ({interruption(exc)}) {where}"
+        _save(out_dir, result)
+        raise
+    except BaseException as exc:
+        if failures:
+            result.status, result.error = "failed", f"{type(exc).__name__}: {exc} {where}"
+            _save(out_dir, result)
+        raise
 
 
 def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) -> None:
@@ -356,7 +352,6 @@ def _run_approx_pass(cfg: ProfileConfig, pipe, result: ProfileResult, report) ->
     then dense and the setting are timed untraced, on the same noise. Approximate attention re-weights the
     attention records by each call's kept fraction. ``result.approx`` holds the account against dense (by stage
     and layer type), the per-step view of which UNet blocks ran, and the seconds of both untraced runs."""
-    import contextlib
     import tempfile
     from dataclasses import replace
 
@@ -557,8 +552,6 @@ def tracer_for(cfg: ProfileConfig, pipe, timed: bool):
 def trace_with_reuse(cfg: ProfileConfig, reuse):
     """The records of a run with step-level ``reuse`` installed (None: dense), traced on meta (an analytic
     ``cfg``) with the method's plan replayed: what runs at every step."""
-    import contextlib
-
     cfg = cfg.resolved()
     spec = get_spec(cfg.model)
     pipe = build_pipeline(cfg, spec)
@@ -584,8 +577,6 @@ def _run_analytic(cfg: ProfileConfig, pipe, result: ProfileResult, report, plan=
 
 
 def _run_measured(cfg: ProfileConfig, pipe, result: ProfileResult, report, out_dir: Path) -> None:
-    import contextlib
-
     import torch
 
     measured_evals = result.unet_evals_measured
