@@ -88,7 +88,6 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     setting runs once per interval, a row each (``mask_interval`` in the row), so the quality cost of reusing
     masks is measured against the same dense run as the setting itself. ``repeat``: timed generations per row
     (same noise, so the same images); ``unet_s`` is their median, ``unet_s_min`` / ``unet_s_max`` the spread."""
-
     if repeat < 1:
         raise DiffprobeError(f"--repeat must be at least 1, got {repeat}")
 
