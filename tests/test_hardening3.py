@@ -444,3 +444,21 @@ def test_an_interrupted_approx_pass_keeps_the_dense_run(tmp_path):
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["status"] == "interrupted" and "--approx pass; the dense run is complete" in run["error"]
     assert run["flops"]["total"] > 0 and run["stages"]["denoiser"] > 0  # the dense run, measured, is kept
+
+
+def test_dit_and_unet_sweeps_name_their_denoiser_in_both_renderers(tmp_path, capsys):
+    from diffprobe.report.findings import profile_findings
+
+    for model in ("tiny-sd3", "tiny"):
+        assert main(["sweep", "--model", model, "--steps", "1", "--resolutions", "64,128", "--out",
+                     str(tmp_path / model), "-q"]) == 0
+        terminal = capsys.readouterr().out
+        html = (tmp_path / model / "report.html").read_text()
+        if model == "tiny-sd3":  # joint attention shown, no conv column, no "UNet" anywhere
+            assert "joint-attn" in terminal and "joint attention" in html
+            assert "UNet" not in terminal and "UNet" not in html and ">conv<" not in html
+        else:
+            assert "self-attn" in terminal and ">convolution<" in html
+    r = diffprobe.profile(model="tiny-sd3", steps=1, mode="analytic", out=str(tmp_path / "p"))
+    found = profile_findings(r.to_dict(), r.ops)
+    assert any(f.startswith("denoiser FLOPs by layer class") for f in found) and not any("UNet" in f for f in found)

@@ -116,15 +116,17 @@ def profile_findings(run: dict, ops=None) -> list[str]:
     flops = run.get("flops") or {}
     if ops is not None and len(ops):
         u = scaling.class_totals(ops, "flops", "denoiser")
+        dit = "attention_core" in u and not u.get("conv")
+        what = "denoiser" if dit else "UNet"  # a diffusion transformer is no UNet
         if u["total"]:
-            classes = DIT_SHARE_CLASSES if "attention_core" in u and not u.get("conv") else SHARE_CLASSES
+            classes = DIT_SHARE_CLASSES if dit else SHARE_CLASSES
             parts = ", ".join(f"{LABEL[c]} {100 * u.get(c, 0) / u['total']:.1f}%" for c in classes if c in u)
-            out.append(f"UNet FLOPs by layer class: {parts}.")
+            out.append(f"{what} FLOPs by layer class: {parts}.")
         top = scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "flops", 1)
         if top:
             b = top[0]
-            out.append(f"The largest single UNet cost is {b['layer_class']} at level {b['level']} ({b['tokens']} "
-                       f"tokens): {100 * b['share']:.1f}% of UNet FLOPs.")
+            out.append(f"The largest single {what} cost is {b['layer_class']} at level {b['level']} "
+                       f"({b['tokens']} tokens): {100 * b['share']:.1f}% of {what} FLOPs.")
         mem = scaling.attention_memory(ops)
         if mem["materialized_bytes"]:
             out.append(f"The largest attention score matrix would take {fmt_bytes(mem['materialized_bytes'])} if "
