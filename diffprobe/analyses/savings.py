@@ -75,11 +75,17 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
             "dense_flops_by_layer_type": {k: float(v) for k, v in dense_type.items()}, "dense_flops_total": total_dense,
             "attention_flops_dense": dense_attn, "attention_flops": approx_attn,
             "attention_flops_saved": 1 - approx_attn / dense_attn if dense_attn else 0.0,
-            "end_to_end_flops_saved": 1 - total / total_dense if total_dense else 0.0,
+            "end_to_end_flops_saved": end_to_end_saved(total, total_dense),
             "flops_saved_by_stage": {k: float(v) - by_stage.get(k, 0.0) for k, v in dense_stage.items()},
             "flops_saved_by_layer_type": {**{k: float(v) - by_type.get(k, 0.0) for k, v in dense_type.items()},
                                           **({"attn_predictor": -predictor} if predictor else {})},
             "kept_fraction": sum(c["kept"] for c in calls) / max(1, entries) if calls else 1.0}
+
+
+def end_to_end_saved(flops: float, dense_flops: float) -> float:
+    """The share of a whole run's FLOPs a setting saves: ``1 - flops / dense_flops``, both totals over the same
+    stages, steps and prompts, the method's own cost in ``flops`` (0 where the dense run has no FLOPs)."""
+    return 1 - flops / dense_flops if dense_flops else 0.0
 
 
 def steps_ran(ops, dense=None) -> list[dict]:

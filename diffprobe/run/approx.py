@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from diffprobe.analyses.quality import quality
-from diffprobe.analyses.savings import account, approximate_account
+from diffprobe.analyses.savings import account, approximate_account, end_to_end_saved
 from diffprobe.attention.approx import JOINT_NOTE, PARAM, ApproxAttention, kernels_used, masked_note
 from diffprobe.attention.approx import check_model as check_attention_model
 from diffprobe.attention.clipscore import ClipScorer
@@ -30,15 +30,15 @@ from diffprobe.models.registry import denoiser, get_spec
 from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_json
 from diffprobe.records.schema import SCHEMA_VERSION
+from diffprobe.run.pipeline import PipelineCall
 from diffprobe.run.profile import (
     analytic_twin,
     build_pipeline,
     check_memory,
-    initial_latents,
+    count_denoiser_evals,
     run_profile,
-    trace_with_reuse,
-    tracer_for,
 )
+from diffprobe.run.setting import installed_setting, reuse_records
 from diffprobe.run.settings import parse_settings
 from diffprobe.run.stepping import step_hooks
 from diffprobe.run.warmup import warm_up
@@ -53,28 +53,22 @@ def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
     return [cfg.prompt], None
 
 
-def generate(pipe, cfg, prompts: list[str], core=None, tracer=None) -> dict:
-    """One timed generation (same noise every call); images in [0, 1], latents after each step. With ``tracer``
-    (an :class:`~diffprobe.records.tracer.OpTracer` of ``pipe``) the run is traced, its records in ``"ops"``."""
+def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
+    """One timed generation (same noise every call); images in [0, 1], latents after each step."""
 
     steps: list[torch.Tensor] = []
 
     def keep(i, latents):
         steps.append(latents.detach().float().clone())
 
-    latents = initial_latents(replace(cfg, batch=len(prompts)), pipe)  # the pipeline's own noise, same every call
     timer = StageTimer(pipe, cfg.device)
-    traced = tracer if tracer is not None else contextlib.nullcontext()
     with torch.inference_mode(), timer, installed(denoiser(pipe), core) if core else contextlib.nullcontext(), \
-            step_hooks(pipe, keep) as hooks, traced:
+            step_hooks(pipe, keep) as hooks:
         t0 = time.perf_counter()
-        images = pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
-                      guidance_scale=cfg.guidance, latents=latents, output_type="pt", **hooks,
-                      **get_spec(cfg.model).call_kwargs()).images
+        images = PipelineCall(cfg, tuple(prompts))(pipe, **hooks).images  # the same noise every call
         wall = time.perf_counter() - t0
     unet_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")
-    return {"images": images.float().cpu(), "latents": steps, "unet_s": unet_s, "wall_s": wall,
-            "ops": tracer.table() if tracer is not None else None}
+    return {"images": images.float().cpu(), "latents": steps, "unet_s": unet_s, "wall_s": wall}
 
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
@@ -166,37 +160,12 @@ def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit,
                                    seed=cfg.seed, mask_interval=interval)
             warm_s = warm_up(pipe, cfg, prompts, core)
             core.save_masks = save_masks
-        with setting.reuse.installed(pipe) if setting.reuse is not None else contextlib.nullcontext():
+        with installed_setting(pipe, setting, None):
             res = _timed(pipe, cfg, prompts, repeat, core)
         calls = core.calls if core is not None else None
         if calls and not masked_lines:
             masked_lines = masked_note(calls)
-        if setting.reuse is None:
-            acc = account(calls)
-            if abs(acc["dense_flops"] - unet_attn["flops"].sum()) > 1e-6 * acc["dense_flops"]:
-                raise DiffprobeError("internal: approximate attention saw other attention calls than the cost "
-                                     f"account ({acc['dense_flops']} vs {unet_attn['flops'].sum()} dense FLOPs)")
-            saved = acc["dense_flops"] - acc["flops"]
-            flops = {"attention_flops": acc["flops"], "attention_flops_saved": acc["saved"],
-                     "end_to_end_flops_saved": saved / total_flops, "kept_fraction": acc["kept_fraction"],
-                     "predictor_flops": acc["predictor_flops"], "self_saved": acc["by_kind"]["self"]["saved"],
-                     "cross_saved": acc["by_kind"]["cross"]["saved"]}
-        elif setting.reuse.data_dependent:
-            # the skip decisions read the activations: the records of this very generation, traced apart (the
-            # same prompts and noise, so the same decisions; every prompt's text encoding is in them)
-            with setting.reuse.installed(pipe):
-                ran = generate(pipe, cfg, prompts, None, tracer=tracer_for(cfg, pipe, timed=False))["ops"]
-            acc = approximate_account(ran, calls, dense=ops)
-            end_to_end = 1 - acc["flops_total"] / total_flops
-        else:  # reuse: the records of what runs (the method's plan replayed on meta), attention re-weighted
-            ran = trace_with_reuse(analytic_twin(cfg, batch=len(prompts)), setting.reuse)
-            acc = approximate_account(ran, calls, dense=ops)
-            end_to_end = 1 - (acc["flops_total"] + text * (len(prompts) - 1)) / total_flops
-        if setting.reuse is not None:
-            flops = {"attention_flops": acc["attention_flops"], "attention_flops_saved": acc["attention_flops_saved"],
-                     "end_to_end_flops_saved": end_to_end, "kept_fraction": acc["kept_fraction"],
-                     "predictor_flops": acc["flops_by_layer_type"].get("attn_predictor", 0.0),
-                     "unet_flops_saved": acc["flops_saved_by_stage"].get("denoiser", 0.0)}
+        flops = _flops(cfg, pipe, setting, calls, ops, prompts, text, unet_attn)
         name = setting.text.replace("=", "_")
         if setting.reuse is None:
             name = f"{method}_{PARAM[method]}_{value:g}"
@@ -232,6 +201,30 @@ def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit,
              + _notes(cfg, rows, repeat)}
     write_json(out_dir / "approx.json", state)
     return state
+
+
+def _flops(cfg, pipe, setting, calls, dense, prompts: list[str], text: float, unet_attn) -> dict:
+    """A setting's FLOPs against dense over the quality batch: ``dense`` is the analytic account (one prompt's text
+    encoding for the batch; ``text`` FLOPs each further prompt adds). Approximate attention re-weights the dense
+    records; a reuse method's records are those that ran (:func:`~diffprobe.run.setting.reuse_records`)."""
+    extra = text * (len(prompts) - 1)  # the other prompts' text encodings, which the analytic records lack
+    ran = dense
+    if setting.reuse is not None:
+        ran = reuse_records(cfg, pipe, setting.reuse, count_denoiser_evals(pipe, cfg.steps, "cpu"), tuple(prompts))
+    acc = approximate_account(ran, calls, dense=dense)
+    encoded = extra if setting.reuse is None or not setting.reuse.data_dependent else 0.0  # traced: all encoded
+    out = {"attention_flops": acc["attention_flops"], "attention_flops_saved": acc["attention_flops_saved"],
+           "end_to_end_flops_saved": end_to_end_saved(acc["flops_total"] + encoded, acc["dense_flops_total"] + extra),
+           "kept_fraction": acc["kept_fraction"],
+           "predictor_flops": acc["flops_by_layer_type"].get("attn_predictor", 0.0)}
+    if setting.reuse is None:
+        calls_acc = account(calls)
+        if abs(calls_acc["dense_flops"] - unet_attn["flops"].sum()) > 1e-6 * calls_acc["dense_flops"]:
+            raise DiffprobeError("internal: approximate attention saw other attention calls than the cost account "
+                                 f"({calls_acc['dense_flops']} vs {unet_attn['flops'].sum()} dense FLOPs)")
+        by_kind = calls_acc["by_kind"]
+        return {**out, "self_saved": by_kind["self"]["saved"], "cross_saved": by_kind["cross"]["saved"]}
+    return {**out, "unet_flops_saved": acc["flops_saved_by_stage"].get("denoiser", 0.0)}
 
 
 def _timed(pipe, cfg, prompts: list[str], repeat: int, core=None) -> dict:

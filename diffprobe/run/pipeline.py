@@ -3,6 +3,8 @@ of the call the profile makes, and what the call's tokenizers and scheduler impl
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from diffprobe.models.registry import (
     ModelSpec,
     build_components,
@@ -65,26 +67,47 @@ def initial_latents(cfg: ProfileConfig, pipe):
     return type(pipe)._pack_latents(latents, *shape) if packs else latents
 
 
+@dataclass(frozen=True)
+class PipelineCall:
+    """The one pipeline call every run makes (profile, approx, warm-up): the config's size, schedule, guidance and
+    noise, on ``prompts`` (None: the config's prompt, ``cfg.batch`` images of it), returning ``output_type``.
+
+    The image comes back as a tensor (``output_type="pt"``) and is turned into PIL outside the traced region, so
+    measured and analytic runs trace the same post-processing ops. The starting noise is the pipeline's own
+    (:func:`initial_latents`), the same on every call."""
+
+    cfg: ProfileConfig
+    prompts: tuple[str, ...] | None = None
+    output_type: str = "pt"
+
+    def kwargs(self, pipe) -> dict:
+        """The call's keyword arguments (without step hooks)."""
+        import torch
+
+        cfg = self.cfg
+        many = self.prompts is not None
+        noise_cfg = replace(cfg, batch=len(self.prompts)) if many else cfg
+        return dict(
+            prompt=list(self.prompts) if many else cfg.prompt,
+            height=cfg.height,
+            width=cfg.width,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance,
+            num_images_per_prompt=1 if many else cfg.batch,
+            generator=torch.Generator("cpu" if cfg.mode == "analytic" else cfg.device).manual_seed(cfg.seed),
+            latents=initial_latents(noise_cfg, pipe),
+            output_type=self.output_type,
+            **get_spec(cfg.model).call_kwargs(),
+        )
+
+    def __call__(self, pipe, **hooks):
+        """Run the pipeline; ``hooks``: :func:`~diffprobe.run.stepping.step_hooks`' arguments."""
+        return pipe(**self.kwargs(pipe), **hooks)
+
+
 def pipeline_kwargs(cfg: ProfileConfig, pipe) -> dict:
-    """The arguments of the pipeline call that the profile makes (shared with the overhead benchmark).
-
-    The image comes back as a tensor (``output_type="pt"``) and is turned into PIL outside the traced region,
-    so measured and analytic runs trace the same post-processing ops.
-    """
-    import torch
-
-    return dict(
-        prompt=cfg.prompt,
-        height=cfg.height,
-        width=cfg.width,
-        num_inference_steps=cfg.steps,
-        guidance_scale=cfg.guidance,
-        num_images_per_prompt=cfg.batch,
-        generator=torch.Generator("cpu" if cfg.mode == "analytic" else cfg.device).manual_seed(cfg.seed),
-        latents=initial_latents(cfg, pipe),
-        output_type="pt",
-        **get_spec(cfg.model).call_kwargs(),
-    )
+    """The arguments of the pipeline call that the profile makes (:class:`PipelineCall` on the config's prompt)."""
+    return PipelineCall(cfg).kwargs(pipe)
 
 
 def to_pil(pipe, images) -> list:

@@ -9,7 +9,8 @@ import torch
 
 from diffprobe.attention.approx import ApproxAttention
 from diffprobe.attention.core import installed
-from diffprobe.models.registry import denoiser, get_spec
+from diffprobe.models.registry import denoiser
+from diffprobe.run.pipeline import PipelineCall
 from diffprobe.run.stepping import step_hooks
 
 
@@ -27,8 +28,7 @@ def warm_up(pipe, cfg, prompts: list[str], core: ApproxAttention | None = None) 
         # the run's own schedule, stopped after its first step (PixArt's pipeline cannot run a one-step schedule)
         with torch.inference_mode(), installed(denoiser(pipe), core.core) if core else contextlib.nullcontext(), \
                 step_hooks(pipe, None, 1) as hooks:
-            pipe(prompt=prompts, height=cfg.height, width=cfg.width, num_inference_steps=cfg.steps,
-                 guidance_scale=cfg.guidance, output_type="latent", **hooks, **get_spec(cfg.model).call_kwargs())
+            PipelineCall(cfg, tuple(prompts), output_type="latent")(pipe, **hooks)
     finally:
         if core is not None:
             core.warming = False

@@ -10,6 +10,7 @@ once after the run), so timing never inserts a synchronization inside the pipeli
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from diffprobe.models.registry import denoiser, text_encoder_names
@@ -135,3 +136,28 @@ class StageTimer:
     def clear(self) -> None:
         self._raw.clear()
         self._counts.clear()
+
+
+def summarize_events(runs: list[list]) -> tuple[dict, dict, list]:
+    """Per-stage seconds (median over runs of each run's total), min/max/count stats, and per-step medians."""
+    per_run_totals: list[dict[str, float]] = []
+    per_step: dict[int, dict[str, list[float]]] = {}
+    for events in runs:
+        totals: dict[str, float] = {}
+        for ev in events:
+            totals[ev.stage] = totals.get(ev.stage, 0.0) + ev.seconds
+            if ev.step is not None:
+                per_step.setdefault(ev.step, {}).setdefault(ev.stage, []).append(ev.seconds)
+        per_run_totals.append(totals)
+    names = [s for s in (*STAGE_ORDER, "total") if any(s in t for t in per_run_totals)]
+    stages = {s: statistics.median(t.get(s, 0.0) for t in per_run_totals) for s in names}
+    stats = {}
+    for s in names:
+        vals = [t.get(s, 0.0) for t in per_run_totals]
+        stats[s] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "runs": len(vals)}
+    steps = [
+        {"step": i, "unet_s": statistics.median(d.get("denoiser", [0.0])),
+         "scheduler_s": statistics.median(d.get("scheduler", [0.0]))}
+        for i, d in sorted(per_step.items())
+    ]
+    return stages, stats, steps

@@ -1,0 +1,133 @@
+"""A setting (approximate attention, step-level reuse, or both) measured against its dense run: what ``profile
+--approx`` and ``sweep --approx`` add to a run, and the pieces ``diffprobe approx`` shares (the setting installed, the
+records of what runs with it)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+from diffprobe.analyses.savings import added_ops, approximate_account, steps_ran
+from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used, masked_note
+from diffprobe.attention.core import installed
+from diffprobe.models.registry import denoiser
+from diffprobe.records.schema import DENOISER
+from diffprobe.run.config import ProfileConfig, analytic_twin
+from diffprobe.run.passes import analytic_pass, measured_pass, trace_with_reuse
+from diffprobe.run.settings import Setting, parse_settings
+from diffprobe.run.warmup import warm_up
+
+ACCOUNT_NOTE = ("FLOPs of the records that ran (reuse) and that a kernel skipping the dropped entries would need "
+                "(oracle attention methods: the potential); the seconds are this PyTorch implementation's, untraced")
+
+
+def installed_setting(pipe, setting: Setting, core: ApproxAttention | None):
+    """A context in which the pipeline runs the setting: ``core`` serving its attention, its reuse method installed."""
+    stack = contextlib.ExitStack()
+    if core is not None:
+        stack.enter_context(installed(denoiser(pipe), core.core))
+    if setting.reuse is not None:
+        stack.enter_context(setting.reuse.installed(pipe))
+    return stack
+
+
+def reuse_records(cfg: ProfileConfig, pipe, reuse, evals_full: int, prompts: tuple[str, ...] | None = None):
+    """The records of every step of a measured run with step-level ``reuse``: its plan replayed on meta (exactly the
+    FLOPs of the measured run), or for a method that decides from the activations (``data_dependent``) a traced
+    measured run with it installed, on ``prompts`` (None: the config's)."""
+    if not reuse.data_dependent:
+        batch = len(prompts) if prompts is not None else cfg.batch
+        return trace_with_reuse(analytic_twin(cfg, batch=batch, out=None), reuse)
+    traced = replace(cfg, trace_ops=True, repeat=1, warmup=0, chrome_trace=False, hardware=None, sample_steps=0)
+    with reuse.installed(pipe):
+        return measured_pass(traced, pipe, evals_full, evals_full, prompts=prompts).check().ops
+
+
+def run_setting(cfg: ProfileConfig, pipe, dense, report=None) -> tuple[dict, object]:
+    """Run ``cfg.approx`` against ``dense`` (the profile's :class:`~diffprobe.run.result.ProfileResult`): its account
+    (records of what ran, attention re-weighted by each call's kept fraction, against dense by stage and layer type),
+    the per-step view of which denoiser blocks ran, and measured, the seconds of the setting and of dense, both
+    untraced on the same noise. A reuse method's plan differs from step to step, so when the profile sampled fewer
+    steps than its schedule the account and both timed runs cover every step (the sampled steps would give a share
+    over other steps than the seconds beside it). Returns the ``approx`` entry of ``run.json`` and the setting's
+    images (None analytic)."""
+    report = report or (lambda *_: None)
+    setting = parse_settings(cfg.approx)
+    if setting.reuse is not None:
+        setting.reuse.check_model(pipe, cfg.model)
+    core = ApproxAttention(*setting.attention, seed=cfg.seed, mask_interval=cfg.mask_interval) if (
+        setting.attention) else None
+    report("approx", 0, 1)
+    if core is not None:
+        warm_up(pipe, cfg, [cfg.prompt] * cfg.batch, core)  # the block-sparse kernel compiles outside the timed run
+    full = cfg.mode == "measured" and setting.reuse is not None and dense.unet_evals_measured < dense.unet_evals
+    evals = dense.unet_evals if full else dense.unet_evals_measured
+    ops, dense_ops = _records(cfg, pipe, setting, dense, full)
+    timed = images = None
+    if cfg.mode == "measured":
+        plain = replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None, compile=False,
+                        cuda_graphs=False, sample_steps=0 if full else cfg.sample_steps)
+        timed = {"dense": measured_pass(plain, pipe, dense.unet_evals, evals).check()}  # dense, untraced, same noise
+        with installed_setting(pipe, setting, core):
+            timed["approx"] = measured_pass(plain, pipe, dense.unet_evals, evals).check()  # the setting, untraced
+        images = timed["approx"].images
+    report("approx", 1, 1)
+    calls = core.calls if core is not None else None
+    entry = _entry(setting, core, approximate_account(ops, calls, dense=dense_ops), cfg)
+    entry.update(_coverage(full, evals, dense), **_seconds(timed, dense))
+    if setting.reuse is not None:
+        entry.update(steps=steps_ran(ops, dense_ops), method_overhead=added_ops(dense_ops, ops))
+    return entry, images
+
+
+def _records(cfg: ProfileConfig, pipe, setting: Setting, dense, full: bool):
+    """The records of what runs with the setting's reuse (attention: the dense run's, re-weighted later) and the
+    dense records over the same steps."""
+    reuse = setting.reuse
+    if reuse is None:
+        return dense.ops, dense.ops
+    if cfg.mode == "analytic":
+        with reuse.installed(pipe):
+            return analytic_pass(cfg, pipe, plan=reuse.plan_key).ops, dense.ops
+    traced = replace(cfg, approx=None, trace_ops=True, repeat=1, warmup=0, chrome_trace=False, hardware=None,
+                     compile=False, cuda_graphs=False)
+    if full:  # every step: the plan replayed on meta, or a data-dependent method's run and dense both traced
+        ops = reuse_records(cfg, pipe, reuse, dense.unet_evals)
+        if not reuse.data_dependent:
+            return ops, trace_with_reuse(analytic_twin(cfg, out=None), None)
+        plain = replace(traced, sample_steps=0)
+        return ops, measured_pass(plain, pipe, dense.unet_evals, dense.unet_evals).check().ops
+    with reuse.installed(pipe):
+        ops = measured_pass(traced, pipe, dense.unet_evals, dense.unet_evals_measured).check().ops
+    return ops, dense.ops
+
+
+def _entry(setting: Setting, core: ApproxAttention | None, acc: dict, cfg: ProfileConfig) -> dict:
+    calls = core.calls if core is not None else []
+    joint = any(c["attn_kind"] == "joint" for c in calls)
+    method, value = setting.attention or (setting.reuse.name, setting.reuse.value)
+    return {"method": method, "value": value, "setting": setting.text, **acc,
+            "mask_interval": cfg.mask_interval if core is not None else None,
+            "steps": None, "method_overhead": None,
+            "kernel": kernels_used(calls) if core is not None else "dense",
+            "note": ACCOUNT_NOTE + (f"; {JOINT_NOTE}" if joint else "") + "".join(f"; {x}" for x in masked_note(calls))}
+
+
+def _coverage(full: bool, evals: int, dense) -> dict:
+    if full:
+        text = (f"every step of the schedule ({evals} denoiser evaluations), the account and both untraced runs "
+                f"alike; the profile above measured {dense.unet_evals_measured}")
+    else:
+        text = (f"the same {evals} of {dense.unet_evals} denoiser evaluations as the profile above, the account and "
+                "both untraced runs alike")
+    return {"unet_evals_accounted": evals, "coverage": text}
+
+
+def _seconds(timed: dict | None, dense) -> dict:
+    setting, plain = (timed or {}).get("approx"), (timed or {}).get("dense")
+    return {"image": "image_approx.png" if setting is not None else None,
+            "unet_seconds": setting.stages.get(DENOISER) if setting else None,
+            "unet_seconds_stats": setting.stage_stats.get(DENOISER) if setting else None,
+            "dense_unet_seconds": dense.stages.get(DENOISER),
+            "dense_untraced_unet_seconds": plain.stages.get(DENOISER) if plain else None,
+            "dense_untraced_unet_seconds_stats": plain.stage_stats.get(DENOISER) if plain else None}
