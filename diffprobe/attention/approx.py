@@ -33,12 +33,13 @@ import torch.nn.functional as F
 from diffprobe.analyses.savings import account, approximate_account  # noqa: F401  (re-exported: the API of a run)
 from diffprobe.attention import kernels  # called through the module: one place to swap or wrap the kernel
 from diffprobe.attention.core import CallInfo
+from diffprobe.attention.methods import METHOD_REGISTRY, attention_method
 from diffprobe.attention.stats import chunk_rows
 from diffprobe.errors import DiffprobeError
 from diffprobe.parsing import parse_floats, parse_ints
 from diffprobe.records.formulas import TensorMeta, sdpa_parts
 
-METHODS = ("threshold", "topk", "predicted", "block")
+METHODS = tuple(METHOD_REGISTRY)  # threshold, topk, predicted, block
 MASKED_NOTE = ("{n} of {total} attention calls carry a key-padding mask (cross-attention over padded text): the "
                "methods leave those calls dense, so their savings come from the other calls only")
 NO_SOFTMAX_FAMILIES = {"sana": "its self-attention is linear attention (no softmax probabilities to drop) and its "
@@ -49,7 +50,7 @@ def check_model(family: str, model: str, method: str) -> None:
     """Refuse an attention method on a model where it would change no call (every row would equal dense)."""
     why = NO_SOFTMAX_FAMILIES.get(family)
     if why:
-        raise DiffprobeError(f"--approx {method}: {model}: {why}, so {method} would change nothing (the sparsity "
+        raise DiffprobeError(f"{method}: {model}: {why}, so {method} would change nothing (the sparsity "
                              "probe of its cross-attention still applies)")
 
 
@@ -61,34 +62,22 @@ def masked_note(calls: list[dict]) -> list[str]:
 
 JOINT_NOTE = ("joint attention: its text keys are kept dense by every attention method (few, and read by every "
               "image token); the methods skip among the image keys")
-PARAM = {"threshold": "eps", "topk": "k", "predicted": "eps", "block": "tau"}
-NOOP = {"threshold": 0.0, "topk": math.inf, "predicted": 0.0, "block": 1.0}
+PARAM = {name: m.param for name, m in METHOD_REGISTRY.items()}
+NOOP = {name: m.noop for name, m in METHOD_REGISTRY.items()}
 
 
-def parse_values(method: str, texts: dict[str, str]) -> list[float]:
-    """The parameter values of ``method`` from the comma list given for its parameter (``texts``: parameter name,
-    as in :data:`PARAM`, -> the flag's text), each checked against the method's range."""
-    text = texts[PARAM[method]]
-    flag = f"--{PARAM[method]}"
-    if PARAM[method] == "k":
-        values = [float(v) for v in parse_ints(text, flag)]
-    elif PARAM[method] == "eps":
-        values = list(parse_floats(text, flag, 0, 1, True))
-    else:
-        values = list(parse_floats(text, flag, 0, 1, False))
-    return [check_param(method, v) for v in values]
+def parse_values(method: str, text: str, name: str | None = None) -> list[float]:
+    """The parameter values of ``method`` from a comma list (``text``, called ``name`` in errors: default the
+    method's parameter), each checked against the method's domain (:class:`ParameterError`)."""
+    m = attention_method(method)
+    name = name or m.param
+    values = [float(v) for v in parse_ints(text, name)] if m.integer else list(
+        parse_floats(text, name, 0, math.inf, True))
+    return [m.check(v) for v in values]
 
 
 def check_param(method: str, value: float) -> float:
-    if method not in METHODS:
-        raise DiffprobeError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if method in ("threshold", "predicted") and not 0 <= value < 1:
-        raise DiffprobeError(f"--eps {value:g} is outside [0, 1)")
-    if method == "topk" and value < 1:
-        raise DiffprobeError(f"--k {value:g} must be at least 1")
-    if method == "block" and not 0 < value <= 1:
-        raise DiffprobeError(f"--tau {value:g} is outside (0, 1]")
-    return value
+    return attention_method(method).check(value)
 
 
 def _meta(t: torch.Tensor) -> TensorMeta:
@@ -101,9 +90,10 @@ class ApproxAttention:
     def __init__(self, method: str, value: float, *, renormalize: bool = True, block: int = 64, rank: int = 8,
                  seed: int = 0, max_elements: int = 2**22, backend: str = "auto", save_masks: bool = False,
                  mask_interval: int = 1):
-        self.method, self.value = method, check_param(method, value)
+        self.spec = attention_method(method)
+        self.method, self.value = method, self.spec.check(value)
         if not (isinstance(mask_interval, int) and mask_interval >= 1):
-            raise DiffprobeError(f"--mask-interval must be a whole number of steps >= 1, got {mask_interval}")
+            raise DiffprobeError(f"mask interval must be a whole number of steps >= 1, got {mask_interval}")
         # block method: a layer's block mask is predicted at a step and reused for the next mask_interval - 1
         # steps (no predictor run on those), as consecutive steps keep nearly the same blocks (sparsity's
         # mask_step_overlap)
@@ -117,9 +107,9 @@ class ApproxAttention:
         self.save_masks = save_masks
         self.masks: list[dict] = []
         if block < 1:
-            raise DiffprobeError(f"--block {block} must be a positive number of tokens")
+            raise DiffprobeError(f"block side {block} must be a positive number of tokens")
         if rank < 1:
-            raise DiffprobeError(f"--rank {rank} must be at least 1")
+            raise DiffprobeError(f"predictor rank {rank} must be at least 1")
         self.renormalize, self.block, self.rank, self.seed = renormalize, block, rank, seed
         self.max_elements = max_elements
 
@@ -143,7 +133,7 @@ class ApproxAttention:
     def compiles(self) -> bool:
         """Whether this core may compile a kernel on first use of a shape (the block method on the kernel): time
         it only after a warm-up pass (:func:`diffprobe.run.approx.warm_up`)."""
-        return self.method == "block" and self.renormalize and self.value < 1
+        return self.spec.blocked and self.renormalize and self.value < 1
 
     def reset(self) -> None:
         """Forget the calls seen so far (after a warm-up pass) and any masks kept for reuse."""
@@ -152,9 +142,7 @@ class ApproxAttention:
         self._layout_cache.clear()
 
     def is_noop(self, n_keys: int) -> bool:
-        if self.method == "topk":
-            return self.value >= n_keys
-        return self.value == NOOP[self.method]
+        return self.spec.is_noop(self.value, n_keys)
 
     # -- the core --------------------------------------------------------------------------------------------
     def core(self, q, k, v, attn_mask, call: CallInfo):
@@ -194,12 +182,7 @@ class ApproxAttention:
         })
         return out
 
-    def _block_mask(self, q, k) -> tuple[torch.Tensor, int]:
-        """The ``block`` method's kept tiles and the predictor's FLOPs (see :meth:`_block_index`)."""
-        index, predictor = self._block_index(q, k)
-        return index[0], predictor
-
-    def _block_index(self, q, k) -> tuple[tuple[torch.Tensor, ...], int]:
+    def block_index(self, q, k) -> tuple[tuple[torch.Tensor, ...], int]:
         """The ``block`` method's kept tiles as :func:`predict_block_index` gives them (mask, kept key-block counts
         and indices, kept entries) and the predictor's FLOPs; with ``mask_interval`` > 1 a layer reuses the index
         it predicted within the last ``mask_interval`` steps (0 predictor FLOPs then)."""
@@ -246,7 +229,7 @@ class ApproxAttention:
         """The ``block`` method on the block-sparse kernel: only the kept tiles are computed."""
 
         nq, nk = q.shape[2], k.shape[2]
-        index, predictor = self._block_index(q, k)
+        index, predictor = self.block_index(q, k)
         mask, counts, order, kept = index
         if self.warming:  # compile for this shape now, even if this step's mask happens to keep every block
             probe = torch.zeros_like(mask)
@@ -273,61 +256,45 @@ class ApproxAttention:
         return kernels.block_sparse_attention(q, k, v, layout, self.block), kept, predictor, layout.backend
 
     def _approx(self, q, k, v):
+        """The method's keep rule on exact scores, chunk by chunk of query rows; the kept entries' softmax
+        (renormalized) or dense probabilities (not) times V."""
         b, h, nq, d = q.shape
         nk = k.shape[2]
-        scale = 1.0 / math.sqrt(d)
-        blocked = self.method == "block" or self.save_masks  # chunks of whole query blocks
-        rows = chunk_rows(nq, nk, b * h, (self.block,) if blocked else (), self.max_elements)
+        spec = self.spec
+        rows = chunk_rows(nq, nk, b * h, (self.block,) if spec.blocked or self.save_masks else (), self.max_elements)
         tiles, row_kept = [], []
         kt = k.float().transpose(-1, -2)
         vf = v.float()
-        predictor = 0
-        if self.method == "predicted":
-            g = torch.Generator(device="cpu").manual_seed(self.seed)
-            proj = (torch.randn(d, self.rank, generator=g) / math.sqrt(self.rank)).to(q.device)
-            kt_est = (k.float() @ proj).transpose(-1, -2)
-            predictor += 2 * b * h * nk * d * self.rank
-        if self.method == "block":
-            block_mask, predictor = self._block_mask(q, k)
+        state, predictor = spec.prepare(self, q, k)
         outs, kept = [], 0
         for i in range(0, nq, rows):
             qc = q[:, :, i:i + rows].float()
-            s = qc @ kt * scale  # (B, H, rows, Nk)
-            if self.method == "threshold":
-                p = s.softmax(dim=-1)
-                keep = p >= self.value
-            elif self.method == "topk":
-                kk = int(min(self.value, nk))
-                keep = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, s.topk(kk, dim=-1).indices, True)
-                p = s.softmax(dim=-1)
-            elif self.method == "predicted":
-                est = ((qc @ proj) @ kt_est * scale).softmax(dim=-1)
-                keep = est >= self.value
-                predictor += 2 * b * h * qc.shape[2] * nk * self.rank + 5 * b * h * qc.shape[2] * nk
-                p = s.softmax(dim=-1)
-            else:  # block (not renormalized: the dropped probabilities keep their dense values, so dense scores)
-                block_keep = block_mask[:, :, i // self.block:(i + rows) // self.block]  # rows: whole blocks
-                keep = block_keep.repeat_interleave(self.block, dim=-2)[:, :, :qc.shape[2]]
-                keep = keep.repeat_interleave(self.block, dim=-1)[..., :nk]
-                p = s.softmax(dim=-1)
-            if self.method in ("threshold", "predicted"):  # every row keeps at least its largest entry
-                keep = keep.scatter(-1, p.argmax(dim=-1, keepdim=True), True)
-            if self.method != "block":  # (block: its tiles already keep the text keys)
+            s = qc @ kt * (1.0 / math.sqrt(d))  # (B, H, rows, Nk)
+            keep, cost = spec.keep(self, state, s, qc, i)
+            predictor += cost
+            if spec.keeps_largest:  # every row keeps at least its largest entry
+                keep = keep.scatter(-1, s.argmax(dim=-1, keepdim=True), True)
+            if not spec.blocked:  # (block: its tiles already keep the text keys)
                 keep = self._text_dense(keep)
             kept += int(keep.sum())
             if self.save_masks:  # a tile is needed if any entry in it is kept
-                nqc, bs = keep.shape[2], self.block
-                pad = F.pad(keep, (0, -nk % bs, 0, -nqc % bs))
-                tiles.append(pad.view(b, h, pad.shape[2] // bs, bs, pad.shape[3] // bs, bs).any(dim=5).any(dim=3))
+                tiles.append(_tiles(keep, self.block))
                 row_kept.append(keep.sum(dim=-1).to(torch.int32))
             if self.renormalize:
                 p = s.masked_fill(~keep, float("-inf")).softmax(dim=-1)
-            else:
-                p = p * keep
+            else:  # the dropped probabilities keep their dense values, so dense softmax
+                p = s.softmax(dim=-1) * keep
             outs.append(p @ vf)
         if self.save_masks:
             self._kept_masks = (torch.cat(tiles, dim=2), torch.cat(row_kept, dim=2))
         return torch.cat(outs, dim=2).to(q.dtype), kept, predictor
+
+
+def _tiles(keep: torch.Tensor, bs: int) -> torch.Tensor:
+    """The (query block x key block) tiles of side ``bs`` holding a kept entry."""
+    b, h, nq, nk = keep.shape
+    pad = F.pad(keep, (0, -nk % bs, 0, -nq % bs))
+    return pad.view(b, h, pad.shape[2] // bs, bs, pad.shape[3] // bs, bs).any(dim=5).any(dim=3)
 
 
 def predict_block_index(q: torch.Tensor, k: torch.Tensor, tau: float, block: int,
@@ -397,9 +364,9 @@ def parse_setting(text: str) -> tuple[str, float]:
     """``"threshold=0.01"`` -> ("threshold", 0.01), validated."""
     method, sep, value = text.partition("=")
     if not sep:
-        raise DiffprobeError(f"--approx {text!r}: use METHOD=VALUE, e.g. threshold=0.01, topk=16, block=0.9")
+        raise DiffprobeError(f"setting {text!r}: use METHOD=VALUE, e.g. threshold=0.01, topk=16, block=0.9")
     try:
         number = float(value)
     except ValueError:
-        raise DiffprobeError(f"--approx {text!r}: {value!r} is not a number") from None
+        raise DiffprobeError(f"setting {text!r}: {value!r} is not a number") from None
     return method.strip(), check_param(method.strip(), number)

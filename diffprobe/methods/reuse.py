@@ -30,6 +30,9 @@ class ReuseMethod:
     name = ""
     param = ""
     fits = ""
+    param_help = ""  # what its parameter does (the CLI's help)
+    domain = "whole numbers >= 1"  # its parameter's values
+    default = ""  # the values ``diffprobe approx`` tries by default (comma list)
     pipelines: tuple[str, ...] = ()  # the diffusers pipeline classes it applies to (empty: any)
     data_dependent = False  # True: the skip decision reads the activations (measured runs only, traced apart)
 
@@ -59,6 +62,8 @@ class ReuseMethod:
 class DeepCache(ReuseMethod):
     name = "deepcache"
     param = "interval"
+    param_help = "a full UNet every N steps, the rest reuse its deep features"
+    default = "2,3,5"
     fits = UNET_FAMILY
     pipelines = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
@@ -108,6 +113,8 @@ class TGate(ReuseMethod):
 
     name = "tgate"
     param = "gate"
+    param_help = "the step after which cross-attention is reused and guidance stops"
+    default = "5,10"
     fits = "SD 1.x/2.x UNet models (sd15, sd21, sd21-base, tiny, digits; the package's SD loop)"
     pipelines = ("StableDiffusionPipeline",)
 
@@ -233,6 +240,8 @@ class FirstBlockCache(_Threshold, DiffusersCache):
 
     name = "first-block-cache"
     param = "threshold"
+    param_help = "the first block's relative residual change below which the other blocks are skipped"
+    domain, default = ">= 0", "0.05,0.1,0.2"
     data_dependent = True
 
     def config(self, pipe):
@@ -248,6 +257,8 @@ class PyramidAttentionBroadcast(_EveryN):
 
     name = "pab"
     param = "skip"
+    param_help = "each attention layer computed every N steps inside the timestep window (100, 800), reused"
+    default = "2,3"
     WINDOW = (100, 800)
 
     def config(self, pipe):
@@ -265,6 +276,8 @@ class TaylorSeer(_EveryN):
 
     name = "taylorseer"
     param = "interval"
+    param_help = "blocks computed every N steps, forecast in between"
+    default = "2,3,5"
     what = "interval"
 
     def config(self, pipe):
@@ -281,6 +294,8 @@ class FasterCache(_EveryN):
 
     name = "faster-cache"
     param = "skip"
+    param_help = "each attention layer computed every N steps inside the timestep window (-1, 681), extrapolated"
+    default = "2,3"
     WINDOW = (-1, 681)
 
     def config(self, pipe):
@@ -304,6 +319,8 @@ class TeaCache(_Threshold, ReuseMethod):
 
     name = "teacache"
     param = "threshold"
+    param_help = "the accumulated rescaled change of the modulated input below which every block is skipped"
+    domain, default = ">= 0", "0.05,0.1,0.2"
     fits = "Flux models (flux-dev, flux-schnell, tiny-flux): its rescaling polynomial is fitted to FLUX.1"
     pipelines = ("FluxPipeline",)
     data_dependent = True

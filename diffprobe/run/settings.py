@@ -24,19 +24,19 @@ def parse_settings(text: str) -> Setting:
         method, sep, value = part.partition("=")
         method = method.strip()
         if not sep:
-            raise DiffprobeError(f"--approx {text!r}: use METHOD=VALUE[+METHOD=VALUE], e.g. block=0.9+deepcache=3")
+            raise DiffprobeError(f"setting {text!r}: use METHOD=VALUE[+METHOD=VALUE], e.g. block=0.9+deepcache=3")
         if method in REUSE:
             if reuse is not None:
-                raise DiffprobeError(f"--approx {text!r}: one reuse method at a time")
+                raise DiffprobeError(f"setting {text!r}: one reuse method at a time")
             try:
                 number = float(value)
             except ValueError:
-                raise DiffprobeError(f"--approx {text!r}: {value!r} is not a number") from None
+                raise DiffprobeError(f"setting {text!r}: {value!r} is not a number") from None
             reuse = make(method, number)
             parts.append(f"{method}={number:g}")
         elif method in METHODS:
             if attention is not None:
-                raise DiffprobeError(f"--approx {text!r}: one attention method at a time")
+                raise DiffprobeError(f"setting {text!r}: one attention method at a time")
             attention = parse_setting(part)
             parts.append(f"{attention[0]}={attention[1]:g}")
         else:

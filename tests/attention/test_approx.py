@@ -113,7 +113,7 @@ def test_block_on_the_kernel_matches_masked_attention_with_ragged_blocks():
     q, k, v = _qkv(nq=100, nk=70, d=16, seed=4)  # 7 query blocks and 5 key blocks of 16, both ragged
     a = ApproxAttention("block", 0.6, block=16)
     out = a.core(q, k, v, None, _call(q, k))
-    mask, _ = a._block_mask(q, k)  # the tiles it chose (which tiles is tested above); their attention, in float64
+    mask = a.block_index(q, k)[0][0]  # the tiles it chose (which tiles is tested above); their attention, in float64
     tok = mask.repeat_interleave(16, 2).repeat_interleave(16, 3)[:, :, :100, :70]
     s = (q.double() @ k.double().transpose(-1, -2)) / 4.0
     ref = s.masked_fill(~tok, float("-inf")).softmax(-1) @ v.double()

@@ -1,0 +1,127 @@
+"""What every command shares: the typer app, output consoles, option declarations, the progress bar, the
+config builder and the report call."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# transformers warns at import time about optional image processors we never use; keep stderr for our errors
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from enum import Enum
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Workload characterization of text-to-image diffusion inference.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from diffprobe import __version__
+
+        sys.stdout.write(f"diffprobe {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Workload characterization of text-to-image diffusion inference."""
+# piped output (files, README tours) gets a wide fixed width instead of rich's 80-column fallback
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Mode(str, Enum):
+    measured = "measured"
+    analytic = "analytic"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+def print_json(data: dict) -> None:
+    from diffprobe.records.runfolder import dumps
+
+    sys.stdout.write(dumps(data) + "\n")
+
+
+def progress_bar(quiet: bool):
+    """A rich progress bar on stderr, as a ``progress(stage, done, total)`` callback and a context manager."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True, disable=quiet or not err.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def callback(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, callback
+
+
+# options shared by `profile` and `sweep` (one declaration each)
+O_MODEL = typer.Option("sd21-base", help="Architecture (see `diffprobe models`).")
+O_PROMPT = typer.Option(None, help="Text prompt (default: \"a photo of an astronaut riding a horse on mars\"; "
+                        "digits: \"a handwritten seven\").", show_default=False)
+O_STEPS = typer.Option(None, help="Denoising steps of the full run (default: the model's pipeline's own: 50 for "
+                       "SD, 20 PixArt and Sana, 28 SD3 and FLUX.1-dev, 4 FLUX.1-schnell).")
+O_GUIDANCE = typer.Option(None, help="CFG scale, finite and >= 0; 1 or less disables classifier-free guidance "
+                          "(default: the model's, 7.5; digits 4.0).", show_default=False)
+O_SEED = typer.Option(0, help="Seed for weights and noise, 0 to 2^63 - 1.")
+O_DEVICE = typer.Option("cpu", help="cpu, cuda or cuda:N.")
+O_DTYPE = typer.Option(Dtype.float32, help="Compute dtype.")
+O_WEIGHTS = typer.Option(None, help="Local diffusers folder or .safetensors file.")
+O_PICKLE = typer.Option(False, help="Allow pickle checkpoints (.ckpt/.bin/.pt): only if trusted.")
+O_REPEAT = typer.Option(1, help="Measured runs (median/min/max reported).")
+O_WARMUP = typer.Option(0, help="Unmeasured runs before the measured ones.")
+O_SAMPLE = typer.Option(None, help="Denoising steps actually executed per run (0: all). Default: 3 on CPU, all on "
+                        "CUDA; the full-run time is then a labelled projection.")
+O_MODE = typer.Option(Mode.measured, help="measured: run it, timed; analytic: meta device, no compute.")
+O_TRACE = typer.Option(True, "--trace/--no-trace",
+                       help="Measured mode: record every op (FLOPs, bytes, time) or only stage times.")
+O_HARDWARE = typer.Option(None, "--hardware", help="Hardware preset for the roofline (see `diffprobe hardware "
+                          "list`; this-cpu is measured), or a path to a preset .toml file.")
+O_FORMAT = typer.Option(Format.table, "--format", help="table or json.")
+O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+O_FORCE = typer.Option(False, "--force", help="Replace the diffprobe results in a non-empty --out folder.")
+
+
+def quiet_profiler(quiet: bool) -> None:
+    """With --quiet, kineto (torch.profiler's library) keeps its start/stop lines off stderr too: it reads its log
+    level when torch loads, which the commands do after parsing (an explicit KINETO_LOG_LEVEL is kept)."""
+    if quiet:
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+
+def base_config(**kw):
+    from diffprobe.run.profile import DEFAULT_PROMPT, ProfileConfig
+
+    kw["prompt"] = kw["prompt"] if kw["prompt"] is not None else DEFAULT_PROMPT
+    kw["dtype"] = kw["dtype"].value
+    kw["mode"] = kw["mode"].value
+    return ProfileConfig(**kw)
+
+
+def warn(lines) -> None:
+    for line in lines:  # one line each, never wrapped to the terminal's width
+        sys.stderr.write(f"diffprobe: warning: {line}\n")
+
+
+
+def build_report(folder) -> str:
+    from diffprobe.report.html import build_report
+
+    return str(build_report(folder))

@@ -1,0 +1,196 @@
+"""The commands beside runs: hardware presets, the attention kernel bench, accelerator designs, the models."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional
+
+import typer
+
+from diffprobe.cli.common import (
+    O_DEVICE,
+    O_DTYPE,
+    O_FORMAT,
+    O_QUIET,
+    Dtype,
+    Format,
+    build_report,
+    out,
+    print_json,
+    progress_bar,
+    warn,
+)
+from diffprobe.errors import DiffprobeError
+
+hardware_app = typer.Typer(help="Hardware presets for the roofline: list, show, measure this CPU.",
+                           no_args_is_help=True)
+
+
+@hardware_app.command("list")
+def hardware_list(fmt: Format = O_FORMAT) -> None:
+    """List the presets (this-cpu is measured on first use and cached)."""
+    from diffprobe.hardware.presets import describe_presets
+    from diffprobe.report.text import presets_table
+
+    rows = describe_presets()
+    if fmt is Format.json:
+        print_json({"presets": rows})
+        return
+    out.print(presets_table(rows))
+
+
+def _show_preset(d: dict, fmt: Format) -> None:
+    from diffprobe.report.text import preset_lines
+
+    if fmt is Format.json:
+        print_json(d)
+        return
+    for line in preset_lines(d):
+        out.print(line)
+
+
+@hardware_app.command("show")
+def hardware_show(name: str = typer.Argument(..., help="Preset name or path to a .toml file."),
+                  fmt: Format = O_FORMAT) -> None:
+    """Show one preset's ceilings, ridge points and source."""
+    from diffprobe.hardware.presets import get_preset
+
+    _show_preset(get_preset(name).to_dict(), fmt)
+
+
+@hardware_app.command("measure")
+def hardware_measure(fmt: Format = O_FORMAT) -> None:
+    """Measure this CPU's ceilings now (matmul FLOP/s per dtype, copy bandwidth) and cache them as this-cpu."""
+    from diffprobe.hardware.measure import this_cpu
+
+    _show_preset(this_cpu(remeasure=True).to_dict(), fmt)
+
+
+kernels_app = typer.Typer(help="Attention kernels on this machine: block-sparse vs dense SDPA.", no_args_is_help=True)
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    flex = "flex"
+    gather = "gather"
+    cpp = "cpp"
+
+
+@kernels_app.command("bench")
+def kernels_bench(
+    tokens: int = typer.Option(4096, help="Query and key tokens (H/8·W/8 of the latent for self-attention)."),
+    density: float = typer.Option(0.25, help="Kept fraction of key blocks per query block, in (0, 1]."),
+    head_dim: int = typer.Option(40, help="Head dimension (SD 1.5: 40 at the first level, SD 2.1: 64, SDXL: 64)."),
+    heads: int = typer.Option(8, help="Attention heads."),
+    block_size: int = typer.Option(64, help="Tokens per block side."),
+    dtype: Dtype = O_DTYPE,
+    device: str = O_DEVICE,
+    batch: int = typer.Option(1, help="Batch size."),
+    backend: Backend = typer.Option(Backend.auto, help="auto, flex (compiled FlexAttention), cpp (C++ extension, "
+                                    "CPU) or gather (eager)."),
+    repeats: int = typer.Option(5, help="Timed calls of each kernel (median reported) after one warm-up."),
+    seed: int = typer.Option(0, help="Seed of the inputs and the mask."),
+    check_heads: Optional[int] = typer.Option(None, help="Heads checked against the float64 reference "
+                                              "(default all; 0 skips the check)."),
+    max_seconds: float = typer.Option(300, "--max-seconds", help="Refuse a bench estimated to take longer (the "
+                                      "estimate is measured here first, in milliseconds)."),
+    fmt: Format = O_FORMAT,
+    quiet: bool = O_QUIET,
+) -> None:
+    """Time block-sparse attention against dense SDPA on the same random inputs, and check it against float64."""
+    from diffprobe.attention.bench import bench_kernel
+
+    bar, callback = progress_bar(quiet)
+    with bar:
+        r = bench_kernel(tokens, density, head_dim, heads, block_size=block_size, dtype=dtype.value, device=device,
+                         batch=batch, backend=backend.value, repeats=repeats, seed=seed, check_heads=check_heads,
+                         max_seconds=max_seconds, progress=callback)
+    if fmt is Format.json:
+        print_json(r)
+        return
+    from diffprobe.report.text import bench_lines
+
+    for line in bench_lines(r):
+        out.print(line)
+
+
+class Dataflow(str, Enum):
+    os = "os"
+    ws = "ws"
+    is_ = "is"
+
+
+def accel(
+    target: str = typer.Argument(..., help="A profile run folder, or 'gemm' for one GEMM on one array."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Accelerator presets, comma list (built-in: sa-dense, "
+                                       "sa-block64, sa-row, sa-element) or .toml paths. [default: sa-dense]",
+                                       show_default=False),
+    density: Optional[float] = typer.Option(None, help="Kept fraction of self-attention, in (0, 1], for designs "
+                                            "that skip attention (a uniform stand-in for measured masks)."),
+    masks: Optional[str] = typer.Option(None, help="A sparsity run (or its point folder) whose measured masks the "
+                                        "skipping designs follow, per step, layer and head."),
+    tau: Optional[float] = typer.Option(None, help="With --masks: the attention mass the kept blocks / keys cover. "
+                                        "[default: 0.95]", show_default=False),
+    gpu: Optional[str] = typer.Option(None, help="GPU preset whose roofline the designs are compared with. "
+                                      "[default: H100-SXM]", show_default=False),
+    m: Optional[int] = typer.Option(None, "--m", help="gemm: rows of the left operand (output pixels / tokens)."),
+    k: Optional[int] = typer.Option(None, "--k", help="gemm: the reduction dimension."),
+    n: Optional[int] = typer.Option(None, "--n", help="gemm: columns of the right operand (output channels)."),
+    rows: Optional[int] = typer.Option(None, help="gemm: array rows. [default: 128]", show_default=False),
+    cols: Optional[int] = typer.Option(None, help="gemm: array columns. [default: 128]", show_default=False),
+    dataflow: Optional[Dataflow] = typer.Option(None, help="gemm: os, ws or is. [default: ws]",
+                                                show_default=False),
+    fmt: Format = O_FORMAT,
+) -> None:
+    """A run on accelerator designs (dense systolic array, with block / row / element attention skipping):
+    cycles, latency, energy and traffic per stage and layer type, against the dense design and the GPU."""
+    from diffprobe.report.text import accel_gemm_lines, accel_items
+
+    gemm_only = {"--m": m, "--k": k, "--n": n, "--rows": rows, "--cols": cols, "--dataflow": dataflow}
+    run_only = {"--arch": arch, "--density": density, "--masks": masks, "--tau": tau, "--gpu": gpu}
+    if target == "gemm":
+        from diffprobe.run.accel import accel_gemm
+
+        given = [flag for flag, v in run_only.items() if v is not None]
+        if given:
+            raise DiffprobeError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to a run folder; "
+                                 "accel gemm maps one GEMM (--m, --k, --n) on a --rows x --cols array")
+        missing = [flag for flag in ("--m", "--k", "--n") if gemm_only[flag] is None]
+        if missing:
+            raise DiffprobeError(f"accel gemm needs {', '.join(missing)} (the GEMM's sizes)")
+        r = accel_gemm(m, k, n, rows or 128, cols or 128, (dataflow or Dataflow.ws).value)
+        if fmt is Format.json:
+            print_json(r)
+        else:
+            for line in accel_gemm_lines(r):
+                out.print(line)
+        return
+    from diffprobe.run.accel import accel_run
+
+    given = [flag for flag, v in gemm_only.items() if v is not None]
+    if given:
+        raise DiffprobeError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to accel gemm; a run "
+                             "folder's GEMMs come from its records")
+    r = accel_run(target, arch or "sa-dense", density, gpu or "H100-SXM", masks=masks,
+                  tau=0.95 if tau is None else tau)
+    report_path = build_report(target)
+    warn(r.get("warnings", []))
+    if fmt is Format.json:
+        print_json(r)
+        return
+    for item in accel_items(r):
+        out.print(item)
+    out.print(f"report: {report_path}")
+
+
+def models(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:
+    """List the embedded architectures with their parameter counts (built on the meta device)."""
+    from diffprobe.models.registry import describe_models
+    from diffprobe.report.text import models_table
+
+    rows = describe_models()
+    if fmt is Format.json:
+        print_json({"models": rows})
+        return
+    out.print(models_table(rows))
+
