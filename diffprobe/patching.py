@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 _MISSING = object()
@@ -20,3 +21,26 @@ def patch_attr(obj: Any, name: str, value: Any) -> Callable[[], None]:
             setattr(obj, name, previous)
 
     return undo
+
+
+class Patches:
+    """One undo list for everything a context manager patches: attributes (:meth:`set`), hooks (:meth:`hook`) and
+    any other change with its undo function (:meth:`add`); :meth:`restore` undoes them all, last first
+    (``contextlib.ExitStack``'s order), and leaves the list empty for the next use."""
+
+    def __init__(self):
+        self._stack = contextlib.ExitStack()
+
+    def set(self, obj: Any, name: str, value: Any) -> None:
+        """``obj.name = value`` until :meth:`restore` (see :func:`patch_attr`)."""
+        self._stack.callback(patch_attr(obj, name, value))
+
+    def hook(self, handle: Any) -> None:
+        """A torch hook handle, removed on :meth:`restore`."""
+        self._stack.callback(handle.remove)
+
+    def add(self, undo: Callable[[], Any]) -> None:
+        self._stack.callback(undo)
+
+    def restore(self) -> None:
+        self._stack.close()

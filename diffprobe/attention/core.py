@@ -12,10 +12,9 @@ import contextlib
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from diffprobe.errors import DiffprobeError
-from diffprobe.patching import patch_attr
+from diffprobe.records.sdpa import SdpaIntercept, bound, is_plain
 from diffprobe.records.tracer import unet_level
 
 Core = Callable[..., torch.Tensor]  # (q, k, v, attn_mask, call) -> out, all (B, H, N, d)
@@ -127,10 +126,6 @@ def installed(unet, core: Core):
         unet.set_attn_processor(original)
 
 
-_SDPA = F.scaled_dot_product_attention  # the function itself, whatever patch is active
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-
-
 def _pop(stack: list) -> None:
     """Leave an attention module (a forward hook: returns None, so the module's output stays its own)."""
     stack.pop()
@@ -145,7 +140,7 @@ def installed_dit(transformer, core: Core):
     the module's name, kind and level, after the model's own RoPE and qk norms. Joint attention (SD3, Flux) tells
     ``core`` where the text keys are: SD3 appends them after the image keys, Flux puts them first. Sana's linear
     attention makes no such call and stays as it is."""
-    from diffprobe.records.tracer import _ATTENTION, _attention_kind, dit_level
+    from diffprobe.records.tracer import ATTENTION_MODULES, attention_kind, dit_level
 
     context = RunContext()
     stack: list[tuple[str, str, str]] = []
@@ -161,42 +156,33 @@ def installed_dit(transformer, core: Core):
     hooks.append(transformer.register_forward_pre_hook(on_denoiser, with_kwargs=True))
     n_modules = 0
     for name, module in transformer.named_modules():
-        if type(module).__name__ not in _ATTENTION:
+        if type(module).__name__ not in ATTENTION_MODULES:
             continue
         n_modules += 1
-        kind = _attention_kind(module, f"transformer.{name}")
+        kind = attention_kind(module, f"transformer.{name}")
         first = "Flux" in type(getattr(module, "processor", None)).__name__
         entry = (name, kind, dit_level(f"transformer.{name}", True, two), "start" if first else "end")
         hooks.append(module.register_forward_pre_hook(lambda *_, e=entry: stack.append(e)))
         hooks.append(module.register_forward_hook(lambda *_: _pop(stack), always_call=True))
     if not n_modules:
         raise DiffprobeError("this model has no attention layers to probe or approximate")
-    busy = {"on": False}
 
-    def sdpa(*args, **kwargs):
-        bound = dict(zip(_SDPA_ARGS, args, strict=False))
-        bound.update(kwargs)
-        plain = (bound.get("dropout_p", 0.0) == 0.0 and not bound.get("is_causal", False)
-                 and not bound.get("enable_gqa", False))
-        q, k = bound.get("query"), bound.get("key")
-        if busy["on"] or not stack or not plain or bound.get("scale") not in (None, q.shape[-1] ** -0.5):
-            return _SDPA(*args, **kwargs)
+    def sdpa(func, args, kwargs):
+        call = bound(args, kwargs)
+        if not stack or not is_plain(call):
+            return func(*args, **kwargs)
+        q, k = call["query"], call["key"]
         name, kind, level, where = stack[-1]
         nk, nt = k.shape[2], text["tokens"]
         text_keys = None
         if kind == "joint" and 0 < nt < nk:
             text_keys = slice(0, nt) if where == "start" else slice(nk - nt, nk)
-        busy["on"] = True
-        try:
-            return core(q, k, bound["value"], bound.get("attn_mask"),
-                        CallInfo(name, kind, q.shape[2], nk, q.shape[1], context.step, level, text_keys))
-        finally:
-            busy["on"] = False
+        return core(q, k, call["value"], call.get("attn_mask"),
+                    CallInfo(name, kind, q.shape[2], nk, q.shape[1], context.step, level, text_keys))
 
-    undo = patch_attr(F, "scaled_dot_product_attention", sdpa)
     try:
-        yield context
+        with SdpaIntercept(sdpa):  # the core's own SDPA calls pass (the mode is off inside its handler)
+            yield context
     finally:
-        undo()
         for h in hooks:
             h.remove()

@@ -342,7 +342,7 @@ class TeaCache(_Threshold, ReuseMethod):
 
     @contextlib.contextmanager
     def installed(self, pipe):
-        from diffprobe.patching import patch_attr
+        from diffprobe.patching import Patches
 
         blocks = [*pipe.transformer.transformer_blocks, *pipe.transformer.single_transformer_blocks]
         first, last = blocks[0], blocks[-1]
@@ -383,14 +383,15 @@ class TeaCache(_Threshold, ReuseMethod):
                     state["residual"] = out[1] - state["input"]
                 return out
 
-            return patch_attr(block, "forward", forward)
+            patches.set(block, "forward", forward)
 
-        undo = [wrap(b) for b in blocks]
+        patches = Patches()
+        for b in blocks:
+            wrap(b)
         try:
             yield self
         finally:
-            for u in reversed(undo):
-                u()
+            patches.restore()
 
 
 REUSE = {"deepcache": DeepCache, "tgate": TGate, "first-block-cache": FirstBlockCache,

@@ -24,14 +24,12 @@ import weakref
 from collections import Counter
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.registry import TEXT_ENCODERS, denoiser_name
-from diffprobe.patching import patch_attr
+from diffprobe.patching import Patches
 from diffprobe.records.formulas import (
     Cost,
     TensorMeta,
@@ -40,9 +38,10 @@ from diffprobe.records.formulas import (
     sdpa_unfused_bytes,
 )
 from diffprobe.records.schema import COLUMNS, DENOISER, OpRecord
+from diffprobe.records.sdpa import SdpaIntercept, positional
 
-_ATTENTION = {"Attention", "CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "FluxAttention", "T5Attention",
-              "Gemma2Attention", "SanaMultiscaleLinearAttention"}
+ATTENTION_MODULES = {"Attention", "CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "FluxAttention",
+                     "T5Attention", "Gemma2Attention", "SanaMultiscaleLinearAttention"}
 _FFN = {"FeedForward", "CLIPMLP", "T5LayerFF", "T5DenseGatedActDense", "Gemma2MLP", "GLUMBConv"}
 _ACT = {"GEGLU", "GELU", "ApproximateGELU", "SiLU", "QuickGELUActivation", "GELUActivation", "NewGELUActivation",
         "Mish", "SwiGLU", "GELUTanh", "PytorchGELUTanh"}
@@ -114,7 +113,7 @@ def _role(module) -> str:
         return "norm"
     if name in _ROPE:
         return "rope"
-    if name in _ATTENTION:
+    if name in ATTENTION_MODULES:
         return "attention"
     if name in _FFN:
         return "ffn"
@@ -206,7 +205,7 @@ def _stage_of(component: str, path: str, denoiser: str = "unet") -> str:
     return DENOISER if component == denoiser else component
 
 
-def _attention_kind(module, path: str) -> str:
+def attention_kind(module, path: str) -> str:
     """``self``, ``cross``, ``joint`` (text and image tokens in one sequence: SD3, Flux) or ``linear`` (Sana's
     ReLU linear attention) for an attention module."""
     processor = type(getattr(module, "processor", None)).__name__
@@ -277,7 +276,7 @@ class OpTracer:
         self.scheduler_step = -1
         self._statics: dict[int, _Static] = {}
         self._formula_cache: dict = {}
-        self._undo: list = []
+        self._patches = Patches()
         self.denoiser = den = denoiser_name(pipe)
         dmodule = getattr(pipe, den)
         self._taint: dict[int, object] = {}  # id -> weakref of tensors that carry the timestep conditioning
@@ -315,7 +314,7 @@ class OpTracer:
                 proj = "qkv" if leaf in _QKV else "out" if last2 in _OUT or leaf in ("out_proj", "to_add_out") else (
                     "mlp" if leaf == "proj_mlp" else "")  # Flux's single-stream blocks: the MLP's input linear
                 role = _role(m)
-                kind = _attention_kind(m, path) if role == "attention" else ""
+                kind = attention_kind(m, path) if role == "attention" else ""
                 self._statics[id(m)] = _Static(path, _stage_of(comp, path, den), level, tokens, role, proj, kind,
                                                path == den, type(m).__name__ in _CONDITIONING)
 
@@ -382,7 +381,7 @@ class OpTracer:
                 fn = getattr(mod, name, None) if mod_name.startswith(prefix) and mod is not None else None
                 if callable(fn):
                     wrapped = originals.setdefault(id(fn), self._rope_frame(fn))
-                    self._undo.append(patch_attr(mod, name, wrapped))
+                    self._patches.set(mod, name, wrapped)
 
     def _wrap_scheduler(self):
         sched = self.pipe.scheduler
@@ -396,7 +395,7 @@ class OpTracer:
             finally:
                 self.stack.pop()
 
-        self._undo.append(patch_attr(sched, "step", step))
+        self._patches.set(sched, "step", step)
 
     # -- classification ----------------------------------------------------------------------------------------
     @staticmethod
@@ -539,6 +538,24 @@ class OpTracer:
         devs = {x.device.type for x in tree_flatten((args, kwargs, out))[0] if isinstance(x, torch.Tensor)}
         return len(devs) > 1
 
+    def on_sdpa(self, func, args, kwargs):
+        """An SDPA call (:class:`~diffprobe.records.sdpa.SdpaIntercept`): run, timed as one, recorded as its three
+        parts; on meta its output laid out as the CPU flash kernel lays its own out."""
+        if self.suppress:
+            return func(*args, **kwargs)
+        args, kwargs = positional(args, kwargs)
+
+        def run():
+            self.suppress = True
+            try:
+                if args[0].device.type == "meta":
+                    return _flash_layout_output(*args[:3])
+                return func(*args, **kwargs)
+            finally:
+                self.suppress = False
+
+        return self.run_timed(run, self.record_sdpa, args, kwargs)
+
     def record_sdpa(self, args, kwargs, out) -> None:
         q, k, v = (_meta(a) for a in args[:3])
         mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
@@ -556,12 +573,13 @@ class OpTracer:
 
         h1 = nn_module.register_module_forward_pre_hook(self._push)
         h2 = nn_module.register_module_forward_hook(self._pop, always_call=True)
-        self._undo += [h1.remove, h2.remove]
+        self._patches.hook(h1)
+        self._patches.hook(h2)
         self._wrap_scheduler()
         self._patch_rope_functions()
         if self.timer is not None:
             self.timer.begin()  # start_s counts from here
-        self._fmode = _SdpaMode(self)
+        self._fmode = SdpaIntercept(self.on_sdpa)
         self._dmode = _OpMode(self)
         self._fmode.__enter__()
         self._dmode.__enter__()
@@ -570,9 +588,7 @@ class OpTracer:
     def __exit__(self, *exc) -> None:
         self._dmode.__exit__(*exc)
         self._fmode.__exit__(*exc)
-        for undo in reversed(self._undo):
-            undo()
-        self._undo.clear()
+        self._patches.restore()
         if self.timer is not None:
             self.timer.end()
 
@@ -644,44 +660,6 @@ class _OpMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         tr.record_op(func, args, kwargs, out)
         return out
-
-
-class _SdpaMode(TorchFunctionMode):
-    def __init__(self, tracer: OpTracer):
-        super().__init__()
-        self.tracer = tracer
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        tr = self.tracer
-        if func is _SDPA and not tr.suppress:
-            args, kwargs = sdpa_positional(args, kwargs)
-
-            def run():
-                tr.suppress = True
-                try:
-                    if args[0].device.type == "meta":
-                        return _flash_layout_output(*args[:3])
-                    return func(*args, **kwargs)
-                finally:
-                    tr.suppress = False
-
-            return tr.run_timed(run, tr.record_sdpa, args, kwargs)
-        return func(*args, **kwargs)
-
-
-_SDPA = F.scaled_dot_product_attention  # the torch function itself, even while a core patches the name
-_SDPA_QKV = ("query", "key", "value")
-
-
-def sdpa_positional(args, kwargs) -> tuple[tuple, dict]:
-    """An SDPA call's arguments with query, key and value positional (diffusers' ``dispatch_attention_fn`` passes
-    them by keyword)."""
-    if len(args) >= 3 or not any(k in kwargs for k in _SDPA_QKV):
-        return args, kwargs
-    kwargs = dict(kwargs)
-    args = tuple(args) + tuple(kwargs.pop(k) for k in _SDPA_QKV[len(args):])
-    return args, kwargs
 
 
 def _flash_layout_output(q, k, v):

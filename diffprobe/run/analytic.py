@@ -20,7 +20,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from diffprobe.models.registry import denoiser, denoiser_name
-from diffprobe.patching import patch_attr
+from diffprobe.patching import Patches, patch_attr
 
 
 def _shape_key(args, kwargs) -> tuple:
@@ -35,7 +35,7 @@ class MetaAdapters:
 
     def __init__(self, pipe, tracer, replay: bool = True, plan=None):
         self.pipe, self.tracer, self.replay, self.plan = pipe, tracer, replay, plan  # plan(step): reuse's step kind
-        self._undo: list = []
+        self._patches = Patches()
 
     def __enter__(self) -> "MetaAdapters":
         sched, unet, tracer = self.pipe.scheduler, denoiser(self.pipe), self.tracer
@@ -56,8 +56,9 @@ class MetaAdapters:
             finally:
                 tracer.suppress = was
 
-        self._undo += [patch_attr(sched, "set_timesteps", cpu_set_timesteps), patch_attr(sched, "step", meta_step)]
-        self._undo.append(_masks_kept())
+        self._patches.set(sched, "set_timesteps", cpu_set_timesteps)
+        self._patches.set(sched, "step", meta_step)
+        self._patches.add(_masks_kept())
 
         # the scheduler's timestep is a CPU tensor: a UNet moves it to its sample's device itself, a transformer
         # expects the pipeline to have done so. Moved to meta untraced (a measured run has no such copy); a UNet's
@@ -73,7 +74,7 @@ class MetaAdapters:
             return inner(*args, **kwargs)
 
         if denoiser_name(self.pipe) != "unet":
-            self._undo.append(patch_attr(unet, "forward", meta_inputs_forward))
+            self._patches.set(unet, "forward", meta_inputs_forward)
 
         if self.replay:
             forward = unet.forward
@@ -91,12 +92,11 @@ class MetaAdapters:
                 cache[key] = (first, len(tracer.rows) - first, output)
                 return output
 
-            self._undo.append(patch_attr(unet, "forward", replaying_forward))
+            self._patches.set(unet, "forward", replaying_forward)
         return self
 
     def __exit__(self, *exc) -> None:
-        for undo in reversed(self._undo):
-            undo()
+        self._patches.restore()
 
 
 def _masks_kept():

@@ -36,6 +36,7 @@ import shutil
 import time
 from typing import NamedTuple
 
+from diffprobe.patching import Patches
 from diffprobe.records.schema import OpRecord
 from diffprobe.timing.kernels import DEVICE_KINDS, MARKER, Event, join
 
@@ -293,7 +294,7 @@ class CompileCapture:
         self.compile_s = 0.0
         self.graph_count = 0
         self._pending: tuple[str, str, dict] | None = None
-        self._undo: list = []
+        self._patches = Patches()
 
     def __enter__(self) -> "CompileCapture":
         import torch._inductor.config as icfg
@@ -301,7 +302,7 @@ class CompileCapture:
 
         patch = icfg.patch({"trace.provenance_tracking_level": 1, "cpp.enable_kernel_profile": True})
         patch.__enter__()
-        self._undo.append(lambda: patch.__exit__(None, None, None))
+        self._patches.add(lambda: patch.__exit__(None, None, None))
         original = CompiledFxGraph.post_compile
         capture = self
 
@@ -309,14 +310,11 @@ class CompileCapture:
             capture._keep(graph)
             return original(graph, *args, **kwargs)
 
-        CompiledFxGraph.post_compile = post_compile
-        self._undo.append(lambda: setattr(CompiledFxGraph, "post_compile", original))
+        self._patches.set(CompiledFxGraph, "post_compile", post_compile)
         return self
 
     def __exit__(self, *exc) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self._undo.clear()
+        self._patches.restore()
 
     def _keep(self, graph) -> None:
         import json

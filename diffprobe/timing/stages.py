@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 
 from diffprobe.models.registry import denoiser, text_encoder_names
-from diffprobe.patching import patch_attr
+from diffprobe.patching import Patches
 from diffprobe.timing.clock import Clock
 
 STAGE_ORDER = ("tokenize", "text_encoder", "text_encoder_2", "text_encoder_3", "denoiser", "scheduler", "vae_decoder",
@@ -41,7 +41,7 @@ class StageTimer:
         self.pipe = pipe
         self.clock = Clock(device)
         self._raw: list[tuple[str, int | None, object, object]] = []
-        self._undo: list = []
+        self._patches = Patches()
         self._open: dict[str, object] = {}
         self._counts: dict[str, int] = {}
         self.current_stage: str | None = None
@@ -66,7 +66,8 @@ class StageTimer:
     def _hook_module(self, module, stage: str) -> None:
         pre = module.register_forward_pre_hook(lambda *_: self._begin(stage))
         post = module.register_forward_hook(lambda *_: self._end(stage))
-        self._undo += [pre.remove, post.remove]
+        self._patches.hook(pre)
+        self._patches.hook(post)
 
     def _wrap_method(self, obj, name: str, stage: str) -> None:
         original = getattr(obj, name)
@@ -81,7 +82,7 @@ class StageTimer:
             finally:
                 self._end(stage)
 
-        self._undo.append(patch_attr(obj, name, timed))
+        self._patches.set(obj, name, timed)
 
     def _wrap_call(self, obj, stage: str) -> None:
         cls = type(obj)
@@ -101,10 +102,7 @@ class StageTimer:
         Timed.__name__ = cls.__name__
         obj.__class__ = Timed
 
-        def undo():
-            obj.__class__ = cls
-
-        self._undo.append(undo)
+        self._patches.add(lambda: setattr(obj, "__class__", cls))
 
     def __enter__(self) -> "StageTimer":
         pipe = self.pipe
@@ -119,9 +117,7 @@ class StageTimer:
         return self
 
     def __exit__(self, *exc) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self._undo.clear()
+        self._patches.restore()
 
     # -- results -----------------------------------------------------------------------------------
     def mark(self):

@@ -1,0 +1,60 @@
+"""The one place diffprobe intercepts ``F.scaled_dot_product_attention``.
+
+Every softmax attention of the embedded models ends in that call (diffusers' ``AttnProcessor2_0``, its joint
+processors and ``dispatch_attention_fn``). :class:`SdpaIntercept` is a ``TorchFunctionMode`` that hands each such call
+to a handler, whoever made it and however it names the function; other torch functions pass through. The tracer
+counts the call with it (one record per attention part) and the attention cores of a diffusion transformer replace
+it with it. Inside a handler the mode is off, so what the handler calls (the real SDPA, or a core's own kernels)
+reaches the modes entered before it (a tracer outside a core sees what the core runs) and never the handler again.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+SDPA = F.scaled_dot_product_attention  # the torch function itself
+ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+Handler = Callable[..., object]  # (func, args, kwargs) -> output
+
+
+def bound(args, kwargs) -> dict:
+    """An SDPA call's arguments by name."""
+    out = dict(zip(ARGS, args, strict=False))
+    out.update(kwargs)
+    return out
+
+
+def positional(args, kwargs) -> tuple[tuple, dict]:
+    """An SDPA call's arguments with query, key and value positional (``dispatch_attention_fn`` passes them by
+    keyword)."""
+    if len(args) >= 3 or not any(k in kwargs for k in ARGS[:3]):
+        return args, kwargs
+    kwargs = dict(kwargs)
+    args = tuple(args) + tuple(kwargs.pop(k) for k in ARGS[len(args):3])
+    return args, kwargs
+
+
+def is_plain(call: dict) -> bool:
+    """No dropout, no causal mask, no grouped-query heads and the default scale: softmax(QKᵀ/√d)·V, as the cost
+    account and the attention cores compute it."""
+    q = call.get("query")
+    return (call.get("dropout_p", 0.0) == 0.0 and not call.get("is_causal", False) and not call.get("enable_gqa", False)
+            and call.get("scale") in (None, q.shape[-1] ** -0.5))
+
+
+class SdpaIntercept(TorchFunctionMode):
+    """While entered, every ``F.scaled_dot_product_attention`` call goes to ``handler(func, args, kwargs)``."""
+
+    def __init__(self, handler: Handler):
+        super().__init__()
+        self.handler = handler
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is SDPA:
+            return self.handler(func, args, kwargs)
+        return func(*args, **kwargs)
