@@ -120,6 +120,11 @@ class ApproxAttention:
         self._calls: list[dict] = []
 
     @property
+    def recorded(self) -> list[dict]:
+        """Each call's account as recorded: a kept count the block method left on the device is still a tensor."""
+        return self._calls
+
+    @property
     def calls(self) -> list[dict]:
         """Each call's cost account. A kept count still on the device (the block method leaves it there, so that a
         call needs no device sync) is read here, once."""

@@ -251,7 +251,7 @@ def cpp_unavailable(device: torch.device) -> str | None:
         return "a TorchDispatchMode is active (the op tracer: the eager gather path runs)"
     if not _ninja_available():
         return "ninja is not installed (torch builds C++ extensions with it: pip install ninja)"
-    return compiler_unavailable("cpu") or _cpp_build_error()
+    return compiler_unavailable("cpu") or cpp_build_error()
 
 
 @functools.cache
@@ -264,11 +264,11 @@ def _ninja_available() -> bool:
 
 
 @functools.cache
-def _cpp_build_error() -> str | None:
+def cpp_build_error() -> str | None:
     """Why the extension did not build or load (None: it did). Building it here, once per process, lets ``auto``
     fall back to another backend where the compiler or linker fails, rather than fail the run."""
     try:
-        _cpp_module()
+        cpp_module()
     except Exception as e:  # noqa: BLE001 — any build or load error means the backend is unavailable
         lines = [line for line in str(e).splitlines() if line.strip()]
         return f"its build failed ({lines[0][:200] if lines else type(e).__name__})"
@@ -283,7 +283,7 @@ _CAPABILITY_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx5
 
 
 @functools.cache
-def _cpp_module():
+def cpp_module():
     """The C++ extension, built once per machine kind and torch version (g++, a few seconds to half a minute),
     then loaded from the diffprobe cache folder."""
     import hashlib
@@ -319,7 +319,7 @@ def _cpp_attention(q, k, v, lists, block_size):
     counts, order = (x.contiguous() for x in lists)  # the C++ side reads them as dense int32 arrays
     dtype = q.dtype
     qf, kf, vf = (x.to(torch.float32).contiguous() for x in (q, k, v))
-    out = _cpp_module().forward(qf, kf, vf, counts, order, block_size, 1 / math.sqrt(q.shape[-1]))
+    out = cpp_module().forward(qf, kf, vf, counts, order, block_size, 1 / math.sqrt(q.shape[-1]))
     return out.to(dtype)
 
 

@@ -134,7 +134,7 @@ class TGate(ReuseMethod):
         # forward through them
         from tgate.tgate_utils import tgate_scheduler
 
-        sched = self._pipe.scheduler
+        sched = self.pipe.scheduler
         warm = len(sched.timesteps) - sched.num_inference_steps * getattr(sched, "order", 1)
         cur = step - warm
         if step + 1 <= warm:
@@ -156,7 +156,7 @@ class TGate(ReuseMethod):
 
         Gated.__name__ = cls.__name__
         pipe.__class__ = Gated
-        self._pipe = pipe
+        self.pipe = pipe
         try:
             yield self
         finally:

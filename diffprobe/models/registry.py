@@ -155,7 +155,7 @@ def _text_encoder(spec: ModelSpec, component: str):
     return getattr(transformers, arch)(config)
 
 
-def _build_module(spec: ModelSpec, component: str):
+def build_module(spec: ModelSpec, component: str):
     import diffusers
 
     if component in TEXT_ENCODERS:
@@ -182,9 +182,9 @@ def build_components(spec: ModelSpec, init: str = "random", seed: int = 0) -> di
                 comps[name] = build_scheduler(spec)
             elif init == "meta":
                 with torch.device("meta"):
-                    comps[name] = _build_module(spec, name).eval()
+                    comps[name] = build_module(spec, name).eval()
             else:
-                comps[name] = _build_module(spec, name).eval()
+                comps[name] = build_module(spec, name).eval()
     finally:
         torch.random.set_rng_state(gen_state)
     if init == "random" and spec.weights:

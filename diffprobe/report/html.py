@@ -113,7 +113,7 @@ def _profile_report(folder: Path, d: dict) -> Path:
         page.add(table(["layer type", "FLOPs", "share", "bytes"] + (["seconds"] if sec else [])
                        + [header for header, _, _ in extra], rows))
         if ap:
-            page.add(f"<p>{esc(_approx_sentence(ap))}</p>")
+            page.add(f"<p>{esc(approx_sentence(ap))}</p>")
         page.figure(figs.stage_layer_bars(d), "stage_layer_types", "FLOPs (and measured time) by stage, stacked by "
                     "layer type")
     if d.get("compiled"):
@@ -168,7 +168,7 @@ def _accel_section(page: Page, folder: Path) -> None:
     page.figure(figs.accel_figure(acc), "accel", "latency by layer type and energy by component, per design")
 
 
-def _approx_sentence(ap: dict) -> str:
+def approx_sentence(ap: dict) -> str:
     """The approximate pass of ``profile --approx`` in one sentence (as the terminal table says it)."""
     return "; ".join(approx_summary_lines(ap)) + f". {ap.get('note', '')}"
 

@@ -151,7 +151,7 @@ def test_kept_counts_stay_on_the_device_until_read():
     q, k, v = _qkv(nq=64, nk=64, d=8)
     a = ApproxAttention("block", 0.5, block=16)
     a.core(q, k, v, None, _call(q, k))
-    assert isinstance(a._calls[0]["kept"], torch.Tensor)  # no sync in the call
+    assert isinstance(a.recorded[0]["kept"], torch.Tensor)  # no sync in the call
     c = a.calls[0]  # read: an int, and the FLOPs follow from it
     assert isinstance(c["kept"], int) and c["kept"] % (16 * 16) == 0
     assert c["flops"] == round(c["dense_flops"] * c["kept"] / c["entries"]) + c["predictor_flops"]

@@ -169,28 +169,28 @@ def test_a_cpp_build_that_fails_leaves_auto_on_another_backend(monkeypatch):
     def broken():
         raise RuntimeError("Error building extension 'diffprobe_block_sparse': ld: cannot find -lgomp\nmore")
 
-    kernels._cpp_build_error.cache_clear()
-    monkeypatch.setattr(kernels, "_cpp_module", broken)
+    kernels.cpp_build_error.cache_clear()
+    monkeypatch.setattr(kernels, "cpp_module", broken)
     try:
         assert resolve_backend("cpu", 64) in ("flex", "gather")
         with pytest.raises(DiffprobeError, match=r"cpp backend cannot run here: its build failed \(Error building "
                                                  r"extension 'diffprobe_block_sparse': ld: cannot find -lgomp\)$"):
             resolve_backend("cpu", 64, "cpp")
     finally:
-        kernels._cpp_build_error.cache_clear()
+        kernels.cpp_build_error.cache_clear()
 
 
 def test_the_cpp_kernel_runs_its_loop_on_every_torch_thread():
     """Built without OpenMP, ATen's parallel_for (a pragma in a header) runs the whole kernel on one thread: twice
     as slow as dense SDPA on two cores with nothing wrong in its output, so only this catches it."""
-    from diffprobe.attention.kernels import _cpp_module
+    from diffprobe.attention.kernels import cpp_module
 
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert _cpp_module().parallel_threads(64) == 2
+        assert cpp_module().parallel_threads(64) == 2
         torch.set_num_threads(1)
-        assert _cpp_module().parallel_threads(64) == 1
+        assert cpp_module().parallel_threads(64) == 1
     finally:
         torch.set_num_threads(threads)
 

@@ -193,7 +193,7 @@ def test_tgate_plan_follows_the_packages_loop_through_scheduler_warmup():
     from diffprobe.methods.reuse import TGate
 
     t = TGate(2)
-    t._pipe = SimpleNamespace(scheduler=SimpleNamespace(timesteps=[0] * 4, num_inference_steps=3, order=1))
+    t.pipe = SimpleNamespace(scheduler=SimpleNamespace(timesteps=[0] * 4, num_inference_steps=3, order=1))
     keys = [t.plan_key(i) for i in range(4)]
     assert keys[0] == ("plain", True) and len(set(keys)) == 4
     assert [k[-1] for k in keys[1:]] == [True, True, False]  # CFG runs until the gate

@@ -8,7 +8,7 @@ import torch
 from diffprobe.attention.core import installed
 from diffprobe.attention.probe import SparsityConfig, SparsityProbe
 from diffprobe.models import digits
-from diffprobe.models.registry import _build_module, build_components, get_spec, pipeline_from_components
+from diffprobe.models.registry import build_components, build_module, get_spec, pipeline_from_components
 
 
 def _pipe(trained: bool = True):
@@ -16,7 +16,7 @@ def _pipe(trained: bool = True):
     comps = build_components(spec, "random", 0)
     if not trained:  # same architecture, untrained UNet
         torch.manual_seed(0)
-        comps["unet"] = _build_module(spec, "unet").eval()
+        comps["unet"] = build_module(spec, "unet").eval()
     pipe = pipeline_from_components(spec, comps)
     pipe.set_progress_bar_config(disable=True)
     return pipe
