@@ -1,84 +1,50 @@
-"""A sweep's findings, from the point folders present on disk (finished, or left by an interrupted sweep)."""
+"""A sweep's findings from its finished points: each point reduced to what the sweep states (shares, totals, memory,
+bottlenecks), then exponents and crossovers across points. No I/O: :mod:`diffprobe.run.sweep` reads the points."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 from diffprobe.analyses import scaling
-from diffprobe.records.runfolder import read_ops
 
 
-def finished_points(folder: str | Path) -> list[str]:
-    """Names of the point folders of a sweep whose ``run.json`` says ok, in name order."""
-    names = []
-    for run in sorted(Path(folder).glob("points/*/run.json")):
-        try:
-            if json.loads(run.read_text(encoding="utf-8")).get("status") == "ok":
-                names.append(run.parent.name)
-        except (OSError, ValueError):
-            continue
-    return names
+def point_summary(name: str, run: dict, ops, accel: dict | None = None) -> dict:
+    """What a sweep keeps of one finished point: its ``run.json`` (``run``), records (``ops``) and, with ``sweep
+    --accel``, its ``accel.json`` (``accel``), reduced to shares, totals, memory and bottlenecks."""
+    h, w, b = run["height"], run["width"], run["batch"]
+    timed = run.get("seconds") is not None
+    point = {
+        "name": name, "height": h, "width": w, "batch": b, "side": math.sqrt(h * w),
+        "denoiser": "transformer" if "transformer" in (run.get("params") or {}) else "unet",
+        "tokens": int(ops.loc[ops["stage"] == "denoiser", "tokens"].max() or 0),  # image tokens at full size
+        "flops": {"denoiser": scaling.class_totals(ops, "flops", "denoiser"),
+                  "total": scaling.class_totals(ops, "flops")},
+        "bytes": {"denoiser": scaling.class_totals(ops.assign(b=ops["bytes_read"] + ops["bytes_written"]), "b",
+                                               "denoiser")},
+        "by_stage_flops": run["flops"]["by_stage"],
+        "attention_memory": scaling.attention_memory(ops),
+        "peak_memory_bytes": run.get("peak_memory_bytes"),
+        "bottlenecks": scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "flops", 10),
+    }
+    if timed:
+        point["seconds"] = {"denoiser": scaling.class_totals(ops, "time_s", "denoiser"), "stages": run["stages"]}
+        point["bottlenecks_seconds"] = scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "time_s", 10)
+    if "roofline" in run:
+        point["roofline"] = run["roofline"]
+    if accel is not None:  # sweep --accel: the point on accelerator designs
+        point["accel"] = {k: {"latency_s": a["latency_s"], "energy_j": a["energy_j"],
+                              "speedup_over_dense": a["speedup_over_dense"],
+                              "speedup_over_gpu_roofline": a["speedup_over_gpu_roofline"]}
+                          for k, a in accel["accel"].items()}
+    if run.get("approx"):
+        point["approx"] = {k: run["approx"].get(k) for k in ("method", "value", "setting", "attention_flops_saved",
+                                                          "end_to_end_flops_saved", "kept_fraction")}
+    return point
 
 
-def current_findings(folder: str | Path, state: dict) -> dict:
-    """``state["findings"]``, recomputed from the points on disk when they hold more than it covers (a sweep
-    killed before it could write its findings)."""
-    f = state.get("findings") or {}
-    names = finished_points(folder)
-    if len(f.get("points", [])) >= len(names):
-        return f
-    return findings(folder, names)
-
-
-def load_point(folder: Path, name: str) -> tuple[dict, object]:
-    d = folder / "points" / name
-    return json.loads((d / "run.json").read_text(encoding="utf-8")), read_ops(d)
-
-
-def findings(folder: str | Path, names: list[str]) -> dict:
-    """Everything a sweep states, from its finished points (see :mod:`diffprobe.analyses.scaling`)."""
-
-    folder = Path(folder)
-    rows = []
-    for name in names:
-        if not (folder / "points" / name / "run.json").exists():
-            continue
-        run, ops = load_point(folder, name)
-        if run.get("status") != "ok":
-            continue
-        h, w, b = run["height"], run["width"], run["batch"]
-        timed = run.get("seconds") is not None
-        point = {
-            "name": name, "height": h, "width": w, "batch": b, "side": math.sqrt(h * w),
-            "denoiser": "transformer" if "transformer" in (run.get("params") or {}) else "unet",
-            "tokens": int(ops.loc[ops["stage"] == "denoiser", "tokens"].max() or 0),  # image tokens at full size
-            "flops": {"denoiser": scaling.class_totals(ops, "flops", "denoiser"),
-                      "total": scaling.class_totals(ops, "flops")},
-            "bytes": {"denoiser": scaling.class_totals(ops.assign(b=ops["bytes_read"] + ops["bytes_written"]), "b",
-                                                   "denoiser")},
-            "by_stage_flops": run["flops"]["by_stage"],
-            "attention_memory": scaling.attention_memory(ops),
-            "peak_memory_bytes": run.get("peak_memory_bytes"),
-            "bottlenecks": scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "flops", 10),
-        }
-        if timed:
-            point["seconds"] = {"denoiser": scaling.class_totals(ops, "time_s", "denoiser"), "stages": run["stages"]}
-            point["bottlenecks_seconds"] = scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "time_s", 10)
-        if "roofline" in run:
-            point["roofline"] = run["roofline"]
-        accel_file = folder / "points" / name / "accel.json"
-        if accel_file.exists():  # sweep --accel: the point on accelerator designs
-            acc = json.loads(accel_file.read_text(encoding="utf-8"))
-            point["accel"] = {k: {"latency_s": a["latency_s"], "energy_j": a["energy_j"],
-                                  "speedup_over_dense": a["speedup_over_dense"],
-                                  "speedup_over_gpu_roofline": a["speedup_over_gpu_roofline"]}
-                              for k, a in acc["accel"].items()}
-        if run.get("approx"):
-            point["approx"] = {k: run["approx"].get(k) for k in ("method", "value", "setting", "attention_flops_saved",
-                                                              "end_to_end_flops_saved", "kept_fraction")}
-        rows.append(point)
+def findings(rows: list[dict]) -> dict:
+    """Everything a sweep states, from its finished points' summaries (:func:`point_summary`): exponents per layer
+    class and stage, the crossover of its two leading classes (see :mod:`diffprobe.analyses.scaling`)."""
     result: dict = {"points": rows}
     if not rows:
         return result

@@ -23,7 +23,7 @@ from diffprobe.cli.common import (
     Mode,
     base_config,
     build_report,
-    out,
+    print_document,
     print_json,
     progress_bar,
 )
@@ -143,13 +143,5 @@ def approx(
     if fmt is Format.json:
         print_json(state)
         return
-    from diffprobe.report.text import approx_table
-
-    out.print(approx_table(state))
-    for note in state.get("notes", []):
-        out.print(note)
-    if state["random_weights"]:
-        out.print("random weights: attention is near-uniform, so quality and savings say nothing about a trained "
-                  "model; use --model digits or --weights")
-    out.print(f"report: {report_path}")
+    print_document("approx", state, state["run_dir"], report_path)
 

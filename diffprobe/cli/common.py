@@ -121,6 +121,15 @@ def warn(lines) -> None:
 
 
 
+def print_document(kind: str, doc: dict, folder, report_path: str) -> None:
+    """A document's sections on the terminal (the same sections as its report.html), then where the report is."""
+    from diffprobe.report.text import document_items
+
+    for item in document_items(kind, doc, folder):
+        out.print(item)
+    out.print(f"report: {report_path}")
+
+
 def build_report(folder) -> str:
     from diffprobe.report.html import build_report
 

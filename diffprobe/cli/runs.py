@@ -33,6 +33,7 @@ from diffprobe.cli.common import (
     base_config,
     build_report,
     out,
+    print_document,
     print_json,
     progress_bar,
     quiet_profiler,
@@ -102,11 +103,7 @@ def profile(
     if fmt is Format.json:
         print_json(d)
     else:
-        from diffprobe.report.text import profile_items
-
-        for item in profile_items(d):
-            out.print(item)
-        out.print(f"report: {report_path}")
+        print_document("profile", d, result.run_dir, report_path)
 
 
 def sweep(
@@ -159,11 +156,7 @@ def sweep(
     if fmt is Format.json:
         print_json(state)
     else:
-        from diffprobe.report.text import sweep_tables
-
-        for item in sweep_tables(state):
-            out.print(item)
-        out.print(f"report: {report_path}")
+        print_document("sweep", state, sc.out, report_path)
     points = state.get("points", {}).values()
     if points and not any(p.get("status") == "ok" for p in points):  # nothing measured: a failure, not a result
         first = next((p.get("message") for p in points if p.get("message")), "")
@@ -251,12 +244,5 @@ def sparsity(
     if fmt is Format.json:
         print_json(state)
         return
-    from diffprobe.report.text import sparsity_table
-
-    out.print(sparsity_table(state))
-    from diffprobe.report.findings import sparsity_headline
-
-    for line in sparsity_headline(state):
-        out.print(line)
-    out.print(f"report: {report_path}")
+    print_document("sparsity", state, out_dir, report_path)
 

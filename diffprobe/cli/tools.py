@@ -16,6 +16,7 @@ from diffprobe.cli.common import (
     Format,
     build_report,
     out,
+    print_document,
     print_json,
     progress_bar,
     warn,
@@ -144,7 +145,7 @@ def accel(
 ) -> None:
     """A run on accelerator designs (dense systolic array, with block / row / element attention skipping):
     cycles, latency, energy and traffic per stage and layer type, against the dense design and the GPU."""
-    from diffprobe.report.text import accel_gemm_lines, accel_items
+    from diffprobe.report.text import accel_gemm_lines
 
     gemm_only = {"--m": m, "--k": k, "--n": n, "--rows": rows, "--cols": cols, "--dataflow": dataflow}
     run_only = {"--arch": arch, "--density": density, "--masks": masks, "--tau": tau, "--gpu": gpu}
@@ -178,9 +179,7 @@ def accel(
     if fmt is Format.json:
         print_json(r)
         return
-    for item in accel_items(r):
-        out.print(item)
-    out.print(f"report: {report_path}")
+    print_document("accel", r, target, report_path)
 
 
 def models(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:

@@ -190,14 +190,18 @@ def read_ops(folder: str | Path):
 
     path = Path(folder) / "ops.parquet"
     table = pq.read_table(path)
-    version = (table.schema.metadata or {}).get(b"diffprobe_schema_version", b"?").decode()
-    if version != str(OPS_VERSION):
-        raise DiffprobeError(f"{path} has record schema version {version}; this diffprobe reads version "
-                             f"{OPS_VERSION}: re-run the command that made it")
+    _check_ops_version(path, table.schema)
     frame = table.drop_columns(["input_shapes", "output_shapes"]).to_pandas()
     for col in ("input_shapes", "output_shapes"):  # plain lists, not numpy arrays of arrays
         frame.insert(table.schema.get_field_index(col), col, table.column(col).to_pylist())
     return frame
+
+
+def _check_ops_version(path: Path, schema) -> None:
+    version = (schema.metadata or {}).get(b"diffprobe_schema_version", b"?").decode()
+    if version != str(OPS_VERSION):
+        raise DiffprobeError(f"{path} has record schema version {version}; this diffprobe reads version "
+                             f"{OPS_VERSION}: re-run the command that made it")
 
 
 def read_result(folder: str | Path) -> tuple[str, dict]:
@@ -228,6 +232,15 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
     if data["schema_version"] != expected:
         raise DiffprobeError(f"{path} has schema version {data['schema_version']}; this diffprobe reads version "
                              f"{expected}: re-run the command that made it")
+    ops = folder / "ops.parquet"
+    if ops.exists():  # the record table beside it: its own version, checked from the file's schema alone
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(ops)
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise DiffprobeError(f"{ops} is unreadable: {type(exc).__name__}: {exc}") from exc
+        _check_ops_version(ops, schema)
     return data["kind"], data
 
 

@@ -8,7 +8,7 @@ from diffprobe.analyses.compare import CONFIG_KEYS
 from diffprobe.report import figures as figs
 from diffprobe.report.page import Page, table
 from diffprobe.report.text import compare_rows
-from diffprobe.report.units import si_scale
+from diffprobe.units import si_scale
 
 
 def compare_report(folder: Path, d: dict) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from diffprobe.records.schema import LAYER_TYPES
-from diffprobe.report.units import setting_name, setting_series, si_scale
+from diffprobe.units import setting_name, setting_series, si_scale
 
 _TAB = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
@@ -221,6 +221,8 @@ def sparsity_heatmap(table, column: str, title: str) -> Figure:
     im = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", vmin=0, vmax=1,
                    interpolation="nearest")
     ax.set_yticks(range(len(grid)), [str(i) for i in grid.index], fontsize=6)
+    every = max(1, len(grid.columns) // 12)  # whole steps, at most a dozen labels
+    ax.set_xticks(range(0, len(grid.columns), every), [str(s) for s in grid.columns[::every]])
     ax.set_xlabel("denoiser evaluation (denoising step)")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8)

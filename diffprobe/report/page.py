@@ -21,7 +21,7 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-to
 ul.findings li { margin: 0.3em 0; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.88em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f5f5f5; } td:first-child, th:first-child { text-align: left; }
+th { background: #f5f5f5; } td:first-child, th:first-child, td.l, th.l { text-align: left; }
 figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.85em; }
 img { max-width: 100%; height: auto; }
 .row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
@@ -33,9 +33,13 @@ def esc(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+def table(headers: list[str], rows: list[list], left: int = 1) -> str:
+    """A table; its first ``left`` columns are labels (left-aligned), the rest numbers (right-aligned)."""
+    def cls(i: int) -> str:
+        return ' class="l"' if i < left else ""
+
+    head = "".join(f"<th{cls(i)}>{esc(h)}</th>" for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{esc(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from diffprobe.analyses.findings import approx_findings
 from diffprobe.analyses.quality import quality
 from diffprobe.analyses.savings import account, approximate_account, end_to_end_saved
 from diffprobe.attention.approx import JOINT_NOTE, PARAM, ApproxAttention, kernels_used, masked_note
@@ -199,6 +200,7 @@ def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit,
              "notes": ([JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() and any(
                  s.attention is not None for s, _ in todo) else []) + masked_lines
              + _notes(cfg, rows, repeat)}
+    state["findings"] = approx_findings(state)
     write_json(out_dir / "approx.json", state)
     return state
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from diffprobe.analyses.compare import compare, rows
-from diffprobe.analyses.sweep import current_findings
 from diffprobe.errors import DiffprobeError
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, read_result, release_folder, write_json
 from diffprobe.records.schema import SCHEMA_VERSION
+from diffprobe.run.sweep import current_findings
 
 
 def compare_runs(folders: list[str | Path], out: str | Path | None = None, force: bool = False) -> dict:

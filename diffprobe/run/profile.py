@@ -13,6 +13,7 @@ import contextlib
 from pathlib import Path
 
 from diffprobe.analyses.breakdown import layer_table
+from diffprobe.analyses.findings import profile_findings
 from diffprobe.errors import interruption
 from diffprobe.hardware.environment import environment
 from diffprobe.models.registry import DENOISERS, TEXT_ENCODERS, count_params, get_spec
@@ -156,6 +157,7 @@ def saved_on_failure(out_dir: Path, result: ProfileResult, where: str, failures:
 
 
 def _save(out_dir: Path, result: ProfileResult) -> None:
+    result.findings = profile_findings(result.to_dict(), result.ops)
     if result.ops is not None:
         write_ops(out_dir, result.ops)
         write_table(out_dir / "layers.parquet", layer_table(result.ops))

@@ -42,6 +42,7 @@ class ProfileResult:
     kernels: list | None = field(default=None, repr=False)  # profiler timer: device events (the trace's GPU track)
     compiled: dict | None = None  # --compile: compile time, the eager run's times beside, attribution totals
     notes: list = field(default_factory=list)  # warnings about the run itself (e.g. a prompt cut to fit)
+    findings: list = field(default_factory=list)  # what the run's numbers say, in sentences (set when it is saved)
     _accounts: tuple | None = field(default=None, init=False, repr=False, compare=False)  # inputs, summaries
 
     def take(self, measured) -> None:
@@ -167,6 +168,7 @@ class ProfileResult:
             "run_dir": self.run_dir,
             "image": self.image,
             **acc,
+            "findings": self.findings,
             **{k: v for k, v in (("images", self.images or None), ("image_complete", self.image_complete),
                                  ("approx", self.approx), ("op_timer", self.op_timer),
                                  ("compiled", self.compiled),

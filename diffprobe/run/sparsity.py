@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from diffprobe.analyses.findings import sparsity_headline
 from diffprobe.analyses.sparsity import step_overlap, summarize
 from diffprobe.attention.core import installed
 from diffprobe.attention.probe import RANDOM_NOTE, SparsityConfig, SparsityProbe
@@ -90,5 +91,6 @@ def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc:
         if (folder.point_dir(name) / "masks" / "index.json").exists():
             overlap[name] = step_overlap(MaskStore(folder.point_dir(name)), sc.blocks, sc.taus)
     state.update(points=runs, summary=summarize(table), mask_step_overlap=overlap or None, complete=True)
+    state["findings"] = sparsity_headline(state)
     folder.save(state)
     return state

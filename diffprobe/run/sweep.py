@@ -12,18 +12,20 @@ leaves only whole points; running the same command again skips them. A folder ma
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from diffprobe.analyses import roofline
-from diffprobe.analyses.sweep import findings, load_point  # noqa: F401  (load_point: API kept here)
+from diffprobe.analyses.findings import sweep_findings
+from diffprobe.analyses.sweep import findings, point_summary
 from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import get_spec
 from diffprobe.parsing import parse_ints, parse_resolutions  # noqa: F401  (imported from here too)
-from diffprobe.records.runfolder import prepare_out_dir
+from diffprobe.records.runfolder import prepare_out_dir, read_ops
 from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.accel import accel_run, check_accel
 from diffprobe.run.points import SweepFolder, run_points
@@ -124,7 +126,7 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     finally:  # also after Ctrl-C or a failure: findings from the points present, nothing finished is lost
         shutil.rmtree(folder.path / ".partial", ignore_errors=True)
         names = [point_name(*p) for p in todo]
-        state["findings"] = findings(folder.path, names)
+        state["findings"] = points_findings(folder.path, names)
         state["complete"] = all(folder.finished(n) or state["points"].get(n, {}).get("status") in (
             "failed", "skipped") for n in names)
         state["wall_s"] = time.perf_counter() - t_start
@@ -172,3 +174,50 @@ def _run_points(sc: SweepConfig, base: ProfileConfig, spec, folder: SweepFolder,
     run_points(folder, list(sizes), work, report, "points", skip=skip,
                on_done=lambda name: record(name, "ok", dir=f"points/{name}"),
                on_error=lambda name, exc: record(name, "failed", message=f"point {name} failed: {exc}"))
+
+
+def finished_points(folder: str | Path) -> list[str]:
+    """Names of the point folders of a sweep whose ``run.json`` says ok, in name order."""
+    names = []
+    for run in sorted(Path(folder).glob("points/*/run.json")):
+        try:
+            if json.loads(run.read_text(encoding="utf-8")).get("status") == "ok":
+                names.append(run.parent.name)
+        except (OSError, ValueError):
+            continue
+    return names
+
+
+def load_point(folder: Path, name: str) -> tuple[dict, object]:
+    """A point's ``run.json`` and records."""
+    d = Path(folder) / "points" / name
+    return json.loads((d / "run.json").read_text(encoding="utf-8")), read_ops(d)
+
+
+def points_findings(folder: str | Path, names: list[str]) -> dict:
+    """The sweep's findings (:func:`diffprobe.analyses.sweep.findings`) from those of ``names`` that finished, with
+    their sentences (``sentences``)."""
+    folder = Path(folder)
+    rows = []
+    for name in names:
+        if not (folder / "points" / name / "run.json").exists():
+            continue
+        run, ops = load_point(folder, name)
+        if run.get("status") != "ok":
+            continue
+        accel_file = folder / "points" / name / "accel.json"
+        accel = json.loads(accel_file.read_text(encoding="utf-8")) if accel_file.exists() else None
+        rows.append(point_summary(name, run, ops, accel))
+    out = findings(rows)
+    out["sentences"] = sweep_findings({"findings": out})
+    return out
+
+
+def current_findings(folder: str | Path, state: dict) -> dict:
+    """``state["findings"]``, recomputed from the points on disk when they hold more than it covers (a sweep
+    killed before it could write its findings)."""
+    f = state.get("findings") or {}
+    names = finished_points(folder)
+    if len(f.get("points", [])) >= len(names) and "sentences" in f:
+        return f
+    return points_findings(folder, names)

@@ -3,7 +3,7 @@ flagged as paced by the host (measured on an H100, docs/benchmarks.md); a CPU ru
 
 import pytest
 
-from diffprobe.report.findings import profile_findings
+from diffprobe.analyses.findings import profile_findings
 
 
 def _run(device: str, unattributed: float, total: float = 1.0) -> dict:

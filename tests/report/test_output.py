@@ -44,7 +44,7 @@ def test_a_long_prompt_is_cut_with_one_warning(tmp_path, capsys):
 
 # -- cosmetic -----------------------------------------------------------------------------------------------------
 def test_number_formats():
-    from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, si_scale
+    from diffprobe.units import fmt_bytes, fmt_k, fmt_n, si_scale
 
     assert fmt_n(6.49064e18) == "6.49 E" and fmt_n(1234) == "1.23 k"
     assert fmt_k(-0.001) == "0.00" and fmt_k(-1.234) == "-1.23"
@@ -57,7 +57,7 @@ def test_profile_table_cosmetics(tmp_path, capsys):
     assert main(["profile", *TINY, "--hardware", "H100-SXM", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "tiny (tiny" not in out
-    assert "roofline on H100-SXM" in out and "measured on a cpu against the gpu preset" in out
+    assert "Roofline on H100-SXM" in out and "measured on a cpu against the gpu preset" in out
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["environment"]["cuda"] is not None
     assert "measured on a cpu" in (tmp_path / "o" / "report.html").read_text().lower()

@@ -15,7 +15,7 @@ def _row(method, value, setting, saved, ssim=0.95, **kw):
 
 
 def test_bytes_format_keeps_its_unit():
-    from diffprobe.report.units import fmt_n
+    from diffprobe.units import fmt_n
 
     assert fmt_n(0, "B") == "0 B" and fmt_n(3280, "B") == "3.28 kB" and fmt_n(12) == "12"
 
@@ -32,8 +32,8 @@ def test_a_crossover_far_beyond_the_sweep_is_not_given():
 
 
 def test_a_composite_setting_is_its_own_series():
-    from diffprobe.report.findings import approx_findings
-    from diffprobe.report.units import setting_series
+    from diffprobe.analyses.findings import approx_findings
+    from diffprobe.units import setting_series
 
     rows = [_row("dense", None, None, 0.0, ssim=1.0), _row("block", 0.8, "block=0.8", 0.179),
             _row("block", 0.8, "block=0.8+deepcache=2", 0.46)]
@@ -45,12 +45,12 @@ def test_a_composite_setting_is_its_own_series():
 
 # -- 13. the report's seconds are the untraced ones, as in the terminal ----------------------------------------------
 def test_report_compares_untraced_seconds_with_untraced_dense():
-    from diffprobe.report.html import approx_sentence
+    from diffprobe.report.profile import approx_summary_lines
 
     ap = {"method": "block", "value": 0.5, "setting": "block=0.5+taylorseer=2", "attention_flops_saved": 0.4,
           "end_to_end_flops_saved": 0.1, "kept_fraction": 0.6, "unet_seconds": 1.15, "dense_unet_seconds": 1.66,
           "dense_untraced_unet_seconds": 1.64, "kernel": "cpp"}
-    text = approx_sentence(ap)
+    text = "; ".join(approx_summary_lines(ap))
     assert "1.64 s" in text and "1.66 s" not in text and "1.15 s" in text
 
 
@@ -83,7 +83,7 @@ def test_analytic_report_does_not_claim_timings(tmp_path):
 
 
 def test_a_reused_mask_is_named_once():
-    from diffprobe.report.text import approx_rows
+    from diffprobe.report.approx import approx_rows
 
     rows = [_row("dense", None, None, 0.0, ssim=1.0, kernel="dense", identical=True),
             _row("block", 0.8, "block=0.8+deepcache=2 mask every 3", 0.4, kernel="cpp", mask_interval=3)]
@@ -93,7 +93,7 @@ def test_a_reused_mask_is_named_once():
 
 
 def test_dit_and_unet_sweeps_name_their_denoiser_in_both_renderers(tmp_path, capsys):
-    from diffprobe.report.findings import profile_findings
+    from diffprobe.analyses.findings import profile_findings
 
     for model in ("tiny-sd3", "tiny"):
         assert main(["sweep", "--model", model, "--steps", "1", "--resolutions", "64,128", "--out",
@@ -101,10 +101,10 @@ def test_dit_and_unet_sweeps_name_their_denoiser_in_both_renderers(tmp_path, cap
         terminal = capsys.readouterr().out
         html = (tmp_path / model / "report.html").read_text()
         if model == "tiny-sd3":  # joint attention shown, no conv column, no "UNet" anywhere
-            assert "joint-attn" in terminal and "joint attention" in html
+            assert "joint attn" in terminal and ">joint attn<" in html
             assert "UNet" not in terminal and "UNet" not in html and ">conv<" not in html
         else:
-            assert "self-attn" in terminal and ">convolution<" in html
+            assert "self-attn" in terminal and ">conv<" in html and ">self-attn<" in html
     r = diffprobe.profile(model="tiny-sd3", steps=1, mode="analytic", out=str(tmp_path / "p"))
     found = profile_findings(r.to_dict(), r.ops)
     assert any(f.startswith("denoiser FLOPs by layer class") for f in found) and not any("UNet" in f for f in found)

@@ -1,9 +1,10 @@
-"""Findings in plain sentences, computed from a sweep summary (``sweep.json``): what the numbers say."""
+"""Findings in plain sentences: what the numbers of a profile, sweep, approx or sparsity run say. Computed once by
+the run (:mod:`diffprobe.run`) and stored in its document (``findings``); the report prints them as stored."""
 
 from __future__ import annotations
 
 from diffprobe.analyses import scaling
-from diffprobe.report.units import fmt_bytes, fmt_k, fmt_n, fmt_s, setting_name, setting_series
+from diffprobe.units import fmt_bytes, fmt_k, fmt_n, fmt_s, setting_name, setting_series
 
 SHARE_CLASSES = ("conv", "self_attention", "cross_attention", "ffn", "norm")
 DIT_SHARE_CLASSES = ("attention_core", "joint_attention", "self_attention", "cross_attention", "linear_layers",
@@ -203,6 +204,4 @@ def sparsity_headline(state: dict) -> list[str]:
             b = key.split("_")[0]
             out.append(f"{res}: the self-attention blocks kept (side {b}, mass {100 * t:g}%) overlap "
                        f"{100 * ov[key]:.1f}% from one step to the next (mean Jaccard over layers and heads).")
-    if state.get("note"):
-        out.append(state["note"])
     return out

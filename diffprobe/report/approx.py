@@ -1,0 +1,138 @@
+"""The sections of ``diffprobe approx`` (``approx.json``) and of ``diffprobe sparsity`` (``sparsity.json``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffprobe.analyses.findings import eps_tau
+from diffprobe.errors import DiffprobeError
+from diffprobe.report import figures as figs
+from diffprobe.report.sections import Figure, Image, Section
+from diffprobe.units import fmt_s
+
+
+def findings(state: dict, folder: Path) -> Section:
+    return Section("Findings", notes=list(state.get("findings") or []))
+
+
+def approx_rows(state: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the trade-off: one row per method and parameter value, dense first."""
+    headers = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "denoiser s", "kernel", "PSNR",
+               "SSIM"]
+    digits = state["results"][0].get("accuracy") is not None
+    clip = state["results"][0].get("clip_score") is not None
+    headers += (["digit accuracy"] if digits else []) + (["CLIP score"] if clip else [])
+    rows = []
+    for r in state["results"]:
+        param = "" if r["method"] == "dense" else f"{r['param']}={r['value']:g}"
+        method = r["method"]
+        if r.get("setting") and "+" in r["setting"]:  # a composed setting: both methods, both parameters
+            method, param = "+".join(p.split("=")[0] for p in r["setting"].split("+")), r["setting"]
+        if (r.get("mask_interval") or 1) > 1 and "mask every" not in param:  # block masks reused across steps
+            param += f", mask every {r['mask_interval']}"
+        row = [method, param, f"{100 * r['attention_flops_saved']:.1f}%", f"{100 * r['end_to_end_flops_saved']:.1f}%",
+               f"{100 * r['kept_fraction']:.1f}%", fmt_s(r["unet_s"]), r.get("kernel", ""),
+               "identical" if r["psnr"] is None else f"{r['psnr']:.1f} dB", f"{r['ssim']:.3f}"]
+        row += ([f"{100 * r['accuracy']:.0f}%"] if digits else []) + ([f"{r['clip_score']:.2f}"] if clip else [])
+        rows.append(row)
+    return headers, rows
+
+
+def tradeoff(state: dict, folder: Path) -> Section:
+    from diffprobe.methods.reuse import REUSE
+
+    reuse = any(any(p.split("=")[0] in REUSE for p in (r.get("setting") or "").split("+")) for r in state["results"])
+    what = "approximate attention" + (" and step reuse" if reuse else "")
+    headers, rows = approx_rows(state)
+    notes = list(state.get("notes", []))
+    banners = ["Random weights: attention is near-uniform, so these savings and quality figures say nothing about a "
+               "trained model; use --model digits or --weights."] if state.get("random_weights") else []
+    repeat = (state.get("repeat") or 1) > 1
+    figures = [Figure("tradeoff", "attention FLOPs saved vs quality, per method",
+                      lambda: figs.tradeoff(state["results"]), True),
+               Figure("pareto", "every setting (attention, reuse and both): FLOPs and seconds saved against quality, "
+                      "with the Pareto front; numbered points, named in the key"
+                      + ("; bars: the min–max of the repeated runs" if repeat else ""),
+                      lambda: figs.pareto(state["results"]), True)]
+    return Section(f"Trade-off: {what} vs dense: {state['model']} {state['height']}x{state['width']}, "
+                   f"{state['steps']} steps, {len(state['prompts'])} image(s)", headers, rows, notes, figures, left=2,
+                   banners=banners, terminal_banners=True)
+
+
+def images(state: dict, folder: Path) -> Section:
+    shown = []
+    for r in state["results"]:
+        if (folder / r["image"]).exists():
+            label = "dense" if r["method"] == "dense" else (r.get("setting")
+                                                              or f"{r['method']} {r['param']}={r['value']:g}")
+            shown.append(Image(folder / r["image"], label, min(960, 64 * min(10, len(state.get("prompts", [1]))))))
+    return Section("Images: dense and approximate (same noise)", images=shown, page_only=True)
+
+
+APPROX = [findings, tradeoff, images]
+
+
+def sparsity_rows(state: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the sparsity summary: mean statistics by resolution, self/cross and level."""
+    e, t = eps_tau(state)
+    b = state["blocks"][0]
+    headers = ["resolution", "attention", "level", f"p < {e:g}", f"keys for {t:g}", "entropy", f"empty {b}-blocks",
+               f"{b}-blocks for {t:g}"]
+    rows = []
+    for res, s in state["summary"].items():
+        items = [(kind, "all", m) for kind, m in s["by_kind"].items()]
+        items += [("both", lv, m) for lv, m in s["by_level"].items()]
+        for kind, lv, m in items:
+            rows.append([res, kind, lv, f"{100 * m[f'below_{e:g}']:.1f}%", f"{100 * m[f'keys_frac_{t:g}']:.1f}%",
+                         f"{m['entropy']:.2f}", f"{100 * m[f'empty_blocks_{b}_{e:g}']:.1f}%",
+                         f"{100 * m[f'blocks_{b}_{t:g}']:.1f}%"])
+    return headers, rows
+
+
+def sparsity_status(state: dict, folder: Path) -> Section:
+    banners = []
+    if state.get("random_weights"):
+        banners.append(state.get("note") or "random weights: sparsity figures mean nothing for a trained model")
+    if not state.get("complete", True):
+        banners.append("This sparsity run did not finish: the figures show the last complete summary. Run the same "
+                       "command again to finish it.")
+    return Section("Status", banners=banners, fail=not state.get("complete", True), terminal_banners=True)
+
+
+def sparsity_means(state: dict, folder: Path) -> Section | None:
+    if not state.get("summary"):
+        return None
+    headers, rows = sparsity_rows(state)
+    return Section(f"Mean statistics (over heads, steps and layers): {state['model']}", headers, rows, left=3)
+
+
+def sparsity_resolutions(state: dict, folder: Path) -> list[Section]:
+    """Per resolution: a heatmap (layer x step) per attention kind, the histogram of keys covering the mass, the
+    image (from ``sparsity.parquet``)."""
+    import pandas as pd
+
+    path = folder / "sparsity.parquet"
+    try:
+        stats = pd.read_parquet(path)
+    except Exception as exc:  # a missing or damaged table: one clear message
+        raise DiffprobeError(f"{path} is unreadable: {type(exc).__name__}: {exc}") from exc
+    e, t = eps_tau(state)
+    out = []
+    for (h, w), g in stats.groupby(["height", "width"], sort=False):
+        figures = [Figure(f"heatmap_{h}x{w}_{kind}", f"{kind}-attention, fraction of probabilities below {e:g}, mean "
+                          "over heads", lambda gk=gk, kind=kind: figs.sparsity_heatmap(
+                              gk, f"below_{e:g}", f"{kind}-attention: share of probabilities < {e:g} (layer × step)"))
+                   for kind, gk in g.groupby("attn_kind", sort=False)]
+        figures.append(Figure(f"hist_{h}x{w}", "distribution over layers, heads and steps",
+                              lambda g=g: figs.sparsity_histogram(g, f"keys_frac_{t:g}", f"fraction of keys covering "
+                                                                  f"{t:g} of a row's mass")))
+        point = next((p for p in state.get("points", []) if p["height"] == h and p["width"] == w), None)
+        shown = []
+        if point and point.get("image") and (folder / point["dir"] / point["image"]).exists():
+            shown.append(Image(folder / point["dir"] / point["image"], f"generated image at {h}×{w}",
+                               max(128, min(512, w * 4))))
+        out.append(Section(f"{h}×{w} px", figures=figures, images=shown, page_only=True))
+    return out
+
+
+SPARSITY = [sparsity_status, findings, sparsity_means, sparsity_resolutions]

@@ -1,0 +1,337 @@
+"""The sections of a profile run (``run.json``), for the terminal and ``report.html`` alike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from diffprobe.errors import DiffprobeError
+from diffprobe.report import figures as figs
+from diffprobe.report.sections import Figure, Image, Section, build
+from diffprobe.units import fmt_bytes, fmt_n, fmt_s
+
+
+def model_label(d: dict) -> str:
+    """``name (title)``, or the title alone where it already starts with the name."""
+    title = d.get("model_title") or ""
+    return title if title.startswith(d["model"]) else f"{d['model']} ({title})"
+
+
+def headline(d: dict) -> list[str]:
+    """The run in one line (and a random-weights warning): what the terminal prints above the sections."""
+    if d["mode"] == "analytic":
+        return [f"analytic: {model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, {d['steps']} steps "
+                f"({d['unet_evals']} denoiser evals), CFG {'on' if d['cfg'] else 'off'}, {d['dtype']} — meta device, "
+                "nothing executed"]
+    lines = [f"{model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, {d['steps']} steps, CFG "
+             f"{'on' if d['cfg'] else 'off'}, {d['device']} {d['dtype']}"]
+    if d.get("random_weights"):
+        lines.insert(0, f"random weights — {d['note']}")
+    return lines
+
+
+CONFIG_KEYS = ("model", "model_title", "weights", "prompt", "height", "width", "steps", "unet_evals",
+               "unet_evals_measured", "batch", "guidance", "seed", "device", "dtype", "mode", "repeat", "warmup",
+               "status")
+
+
+def configuration(d: dict, folder: Path) -> Section:
+    return Section("Configuration", ["setting", "value"], [[k, str(d.get(k))] for k in CONFIG_KEYS if k in d],
+                   left=2, page_only=True)
+
+
+def findings(d: dict, folder: Path) -> Section:
+    return Section("Findings", notes=list(d.get("findings") or []))
+
+
+def stages(d: dict, folder: Path) -> Section | None:
+    st = d.get("stages") or {}
+    if not st:
+        return None
+    proj = d.get("projection")
+    total = st.get("total", 0.0) or 1.0
+    headers = ["stage", "seconds", "share"] + ([f"projected, {proj['unet_evals_full']} denoiser evals"] if proj else [])
+    rows = []
+    for stage, secs in [*((k, v) for k, v in st.items() if k != "total"), ("total", st.get("total", 0.0))]:
+        row = [stage, fmt_s(secs), f"{100 * secs / total:.1f}%"]
+        if proj:
+            row.append(fmt_s(proj["total_s"] if stage == "total" else proj["stages"].get(stage, 0.0)))
+        rows.append(row)
+    notes = []
+    if proj:
+        notes.append(f"measured {proj['unet_evals_measured']} of {proj['unet_evals_full']} denoiser evaluations; the "
+                     "last column is a projection (per-step median x step count), not a measurement")
+    return Section("Measured time by stage", headers, rows, notes, total=True)
+
+
+def parameters(d: dict, folder: Path) -> Section:
+    notes = ["parameters: " + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())]
+    if d["mode"] != "analytic":
+        notes.append(f"peak memory: {fmt_bytes(d['peak_memory_bytes'])} ({d['peak_memory_kind']})")
+    return Section("Parameters and memory", notes=notes)
+
+
+def setting_label(ap: dict) -> str:
+    """An ``--approx`` setting as written (``block=0.25+deepcache=3``)."""
+    return ap.get("setting") or f"{ap['method']}={ap['value']:g}"
+
+
+def approx_columns(d: dict) -> list[tuple[str, dict, float]]:
+    """The ``--approx`` columns of the cost account, as (header, FLOPs by layer type, total): the setting's, and
+    before it the dense run's over the same evaluations where those are not the profile's own (a reuse method's
+    account covers every step while the profile sampled some) — a column never compares other steps than its
+    neighbour's."""
+    ap = d.get("approx")
+    if not ap:
+        return []
+    n = ap.get("unet_evals_accounted")
+    if n is None or n == d.get("unet_evals_measured") or "dense_flops_by_layer_type" not in ap:
+        return [(f"FLOPs, {setting_label(ap)}", ap["flops_by_layer_type"], ap["flops_total"])]
+    return [(f"dense FLOPs, all {n} evals", ap["dense_flops_by_layer_type"], ap["dense_flops_total"]),
+            (f"FLOPs, {setting_label(ap)}, all {n} evals", ap["flops_by_layer_type"], ap["flops_total"])]
+
+
+def account(d: dict, folder: Path) -> Section | None:
+    """FLOPs, bytes and (measured) seconds per layer type, the denoiser column beside the whole run."""
+    if not d.get("flops"):
+        return None
+    flops, nbytes, secs = d["flops"], d["bytes"], d.get("seconds")
+    extra = approx_columns(d)
+    headers = ["layer type", "FLOPs", "share", "denoiser FLOPs", "bytes"] + (["seconds"] if secs else []) + [
+        h for h, _, _ in extra]
+    unet = flops["by_stage_layer_type"].get("denoiser", {})
+    total = flops["total"] or 1
+    names = sorted(flops["by_layer_type"], key=lambda k: -flops["by_layer_type"][k])
+    names += [k for k in (secs or {}).get("by_layer_type", {}) if k not in names]
+    names += [k for _, by_type, _ in extra for k in by_type if k not in names]  # attn_predictor: the method's own
+    rows = []
+    for lt in names:
+        f = flops["by_layer_type"].get(lt, 0)
+        row = [lt, fmt_n(f) if lt in flops["by_layer_type"] else "", f"{100 * f / total:.1f}%" if f else "",
+               fmt_n(unet.get(lt, 0)) if lt in flops["by_layer_type"] else "",
+               fmt_n(nbytes["by_layer_type"].get(lt, 0), "B") if lt in flops["by_layer_type"] else ""]
+        s = (secs or {}).get("by_layer_type", {}).get(lt, 0.0)
+        row += [fmt_s(s)] if secs else []
+        row += [fmt_n(by_type.get(lt, 0.0)) for _, by_type, _ in extra]
+        if f or s > 0 or nbytes["by_layer_type"].get(lt, 0) or any(by_type.get(lt) for _, by_type, _ in extra):
+            rows.append(row)
+    rows.append(["total", fmt_n(flops["total"]), "100.0%", fmt_n(sum(unet.values())), fmt_n(nbytes["total"], "B")]
+                + ([fmt_s(secs["total"])] if secs else []) + [fmt_n(tot) for _, _, tot in extra])
+    notes = approx_lines(d["approx"]) if d.get("approx") else []
+    lit = sum(d["macs_conv_linear"].values())
+    notes.append(f"literature convention (conv + linear multiply-adds only): {fmt_n(lit)} MACs = "
+                 f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
+    if d.get("projection") and "flops_total" in d["projection"]:
+        notes.append(f"full-run FLOPs (projection, {d['projection']['unet_evals_full']} denoiser evals): "
+                     f"{fmt_n(d['projection']['flops_total'])}")
+    fig = Figure("stage_layer_types", "FLOPs (and measured time) by stage, stacked by layer type",
+                 lambda: figs.stage_layer_bars(d))
+    return Section("Cost account by layer type (whole run as traced; denoiser column: all its evaluations)",
+                   headers, rows, notes, [fig], total=True)
+
+
+def _spread(stats: dict | None) -> str:
+    """`` (median of 3, 1.2 s–1.4 s)`` for a repeated measurement; nothing for one run."""
+    if not stats or stats.get("runs", 1) < 2:
+        return ""
+    return f" (median of {stats['runs']}, {fmt_s(stats['min'])}–{fmt_s(stats['max'])})"
+
+
+def approx_summary_lines(ap: dict) -> list[str]:
+    """``profile --approx`` in brief: what the setting saves against dense, net of its own cost, over which
+    evaluations, and the seconds of both untraced runs."""
+    lines = [f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of denoiser attention FLOPs saved "
+             f"({100 * ap['end_to_end_flops_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
+             "attention entries kept; net of the method's own FLOPs"]
+    if ap.get("coverage"):
+        lines.append(f"accounted and timed over {ap['coverage']}")
+    if ap.get("unet_seconds") is not None:
+        dense = ap.get("dense_untraced_unet_seconds")
+        mine = fmt_s(ap["unet_seconds"]) + _spread(ap.get("unet_seconds_stats"))
+        lines.append(f"denoiser {mine} with it vs {fmt_s(dense)}{_spread(ap.get('dense_untraced_unet_seconds_stats'))}"
+                     f" dense, both untraced, same noise (attention kernel: {ap.get('kernel', '?')})"
+                     if dense is not None else f"denoiser {mine} untraced (attention kernel: {ap.get('kernel', '?')})")
+    saved = {k: v for k, v in (ap.get("flops_saved_by_stage") or {}).items() if v}
+    if saved:
+        lines.append("FLOPs saved by stage: " + ", ".join(f"{k} {fmt_n(v)}" for k, v in saved.items()))
+    extra = ap.get("method_overhead")
+    if extra and extra["ops"]:
+        lines.append(f"the method's own ops: {extra['ops']} ({fmt_n(extra['flops'])} FLOPs: "
+                     + ", ".join(f"{k} x{v}" for k, v in extra["by_op"].items()) + ")")
+    if ap.get("note"):
+        lines.append(ap["note"])
+    return lines
+
+
+def approx_lines(ap: dict) -> list[str]:
+    """:func:`approx_summary_lines`, then (reuse) which blocks ran, runs of equal steps together."""
+    lines = approx_summary_lines(ap)
+    for nums, s in step_kinds(ap.get("steps") or []):
+        steps, each = fmt_steps(nums), "" if len(nums) == 1 else " each"
+        part = s.get("partial") or []
+        whole = [b for b in s["blocks"] if b not in part]
+        lines.append(f"  {steps}: {fmt_n(s['flops'])} FLOPs{each}, ran {', '.join(whole) or 'no block in full'}"
+                     + (f"; in part only (forecast or cached): {', '.join(part)}" if part else ""))
+    return lines
+
+
+def step_kinds(steps: list[dict]) -> list[tuple[list[int], dict]]:
+    """Steps that ran the same blocks for the same FLOPs, together: (their step numbers, the first of them), in
+    order of first appearance (DeepCache's 50 steps are two kinds, full and cached)."""
+    kinds: dict[tuple, tuple[list[int], dict]] = {}
+    for s in steps:
+        key = (round(s["flops"]), tuple(s["blocks"]), tuple(s.get("partial") or ()))
+        kinds.setdefault(key, ([], s))[0].append(s["step"])
+    return list(kinds.values())
+
+
+def fmt_steps(nums: list[int]) -> str:
+    """``step 3``, ``steps 0–2``, ``steps 1, 3, …, 49 (every 2nd, 25 steps)``, ``steps 0, 4, 5 (3 steps)``."""
+    if len(nums) == 1:
+        return f"step {nums[0]}"
+    gaps = {b - a for a, b in zip(nums, nums[1:], strict=False)}
+    if gaps == {1}:
+        return f"steps {nums[0]}–{nums[-1]}"
+    if len(gaps) == 1 and len(nums) > 3:
+        g = gaps.pop()
+        nth = {2: "2nd", 3: "3rd"}.get(g, f"{g}th")
+        return f"steps {nums[0]}, {nums[1]}, …, {nums[-1]} (every {nth}, {len(nums)} steps)"
+    shown = ", ".join(map(str, nums[:8])) + (", …" if len(nums) > 8 else "")
+    return f"steps {shown} ({len(nums)} steps)"
+
+
+def compiled_rows(d: dict) -> list[tuple[str, float, float]]:
+    """``--compile``: (name, eager s, compiled s) per stage, then per layer type of the compiled stages."""
+    c = d["compiled"]
+    compiled = set(c.get("compiled") or ())
+    rows = [(f"stage {k}" + ("" if k in compiled else " (not compiled)"), v, d["stages"].get(k, 0.0))
+            for k, v in c["eager"]["stages"].items() if k != "total"]
+    rows.append(("stage total", c["eager"]["stages"].get("total", 0.0), d["stages"].get("total", 0.0)))
+    by_type = (d.get("seconds") or {}).get("by_layer_type", {})
+    if "kernels" in c:
+        rows += [(t, c["eager"]["by_layer_type"].get(t, 0.0), by_type.get(t, 0.0))
+                 for t in sorted(set(by_type) | set(c["eager"]["by_layer_type"]),
+                                 key=lambda t: -c["eager"]["by_layer_type"].get(t, 0.0)) if t != "unattributed"]
+    return rows
+
+
+def compiled(d: dict, folder: Path) -> Section | None:
+    """``--compile``: eager vs compiled seconds side by side, compile time and how the kernels were attributed."""
+    c = d.get("compiled")
+    if not c:
+        return None
+    rows = [[name, fmt_s(e), fmt_s(k), f"{e / k:.2f}x" if k > 0 else "—"] for name, e, k in compiled_rows(d)]
+    notes = [f"compile: {fmt_s(c['compile_s'])} in Inductor, first compiled run {fmt_s(c['first_call_s'])} (not in "
+             "the stage times)"]
+    if "kernels" in c:
+        notes.append(f"compiled kernels: {c['kernels_matched']} of {c['kernels']} matched to Inductor's provenance; "
+                     f"{fmt_s(c['kernel_s'])} kernel time, {fmt_s(c['unattributed_s'])} unattributed")
+    else:
+        notes.append(f"per-op attribution: {c['attribution']}")
+    source = c["eager"].get("by_layer_type_source") or "no op tracing"
+    notes.append(f"eager stage times come from an untraced eager run; eager layer-type times from the traced run "
+                 f"({source}); compiled per-layer times are the compiled kernels' times attributed through Inductor's "
+                 "provenance, split by bytes where one kernel covers several records")
+    return Section(f"Eager vs compiled ({c['backend']})", ["stage / layer type", "eager", "compiled", "speedup"],
+                   rows, notes)
+
+
+def steps(d: dict, folder: Path) -> Section:
+    return Section("Per denoiser evaluation", figures=[
+        Figure("steps", "measured seconds (or FLOPs) per denoiser evaluation", lambda: figs.step_timeline(d))])
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{100 * x:+.0f}%"
+
+
+def _of_peak(r: dict) -> str:
+    return "" if r.get("fraction_of_peak") is None else f"{100 * r['fraction_of_peak']:.0f}%"
+
+
+def roofline(d: dict, folder: Path) -> list[Section] | None:
+    """Roofline-predicted seconds per stage, beside the measured ones in a measured run; per layer type; the figure
+    of the layer types on the preset's roofline (from the run's records)."""
+    roof = d.get("roofline")
+    if not roof:
+        return None
+    pred, vm = roof["prediction"], roof.get("versus_measured")
+    headers = ["stage", "roofline"] + (["measured", "error", "of peak"] if vm else [])
+    stages_ = vm["by_stage"] if vm else {s: None for s in pred["by_stage"]}
+    rows = [[s, fmt_s(pred["by_stage"].get(s, 0.0))] if r is None else
+            [s, fmt_s(r["predicted_s"]), fmt_s(r["measured_s"]), _pct(r["error"]), _of_peak(r)]
+            for s, r in stages_.items()]
+    rows.append(["total", fmt_s(pred["total_s"]), *((fmt_s(vm["total"]["measured_s"]), "", "") if vm else ())])
+    notes = []
+    if any("kernel_s" in r for r in stages_.values() if r):
+        notes.append("GPU kernel-busy seconds per stage (roofline vs busy): " + ", ".join(
+            f"{s} {fmt_s(r['kernel_s'])} ({100 * r['kernel_error']:+.0f}%)" for s, r in stages_.items()
+            if r and "kernel_s" in r and r["kernel_error"] is not None))
+    if roof.get("caveat"):
+        notes.append(f"note: {roof['caveat']}")
+    fig = Figure("roofline", "filled: roofline-attainable FLOP/s at each layer type's intensity; hollow: achieved "
+                 "(measured runs)", lambda: roofline_figure(roof, folder))
+    out = [Section(f"Roofline on {roof['preset']} ({roof['preset_title']}), {roof['dtype']}: ridge "
+                   f"{roof['ridge_intensity']:.1f} FLOP/byte", headers, rows, notes, [fig], total=True)]
+    types = {k: r for k, r in (vm or {}).get("by_layer_type", {}).items() if r["measured_s"]}
+    if types:
+        out.append(Section("Roofline vs measured per layer type", ["layer type", "roofline", "measured", "error",
+                                                                   "of peak"],
+                           [[n, fmt_s(r["predicted_s"]), fmt_s(r["measured_s"]), _pct(r["error"]), _of_peak(r)]
+                            for n, r in sorted(types.items(), key=lambda kv: -kv[1]["measured_s"])]))
+    return out
+
+
+def roofline_figure(roof: dict, folder: Path):
+    """The layer types of the run folder's records on the stored preset's roofline (None without records)."""
+    from diffprobe.analyses import roofline as rl
+    from diffprobe.hardware.presets import from_dict, get_preset
+    from diffprobe.records.runfolder import read_ops_checked
+
+    ops = read_ops_checked(folder)
+    if ops is None or not len(ops):
+        return None
+    try:  # the definition stored with the run: rebuilding a report never measures or reads presets again
+        preset = (from_dict(roof["preset_definition"], f"{roof['preset']} (stored in run.json)")
+                  if "preset_definition" in roof else get_preset(roof["preset"]))
+    except DiffprobeError:
+        return None
+    return figs.roofline_figure(rl.op_roofline(ops, preset), preset, f"layer types on {preset.title}")
+
+
+def accelerators(d: dict, folder: Path) -> list[Section] | None:
+    """``diffprobe accel``'s account of this run (``accel.json``), when it was run on it."""
+    from diffprobe.report.accel import SECTIONS as ACCEL
+
+    path = folder / "accel.json"
+    if not path.exists():
+        return None
+    try:
+        acc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DiffprobeError(f"{path} is unreadable: {exc}") from exc
+    return build(ACCEL, acc, folder)
+
+
+def images(d: dict, folder: Path) -> Section | None:
+    image = d.get("image")
+    if not image or not (folder / image).exists():
+        return None
+    note = " (random weights: noise-like by design)" if d.get("random_weights") else ""
+    width = min(512, d.get("width") or 512)
+    shown = [Image(folder / image, f"{image}{note}", width)]
+    ap_image = (d.get("approx") or {}).get("image")
+    if ap_image and (folder / ap_image).exists():
+        shown.append(Image(folder / ap_image, f"{ap_image}: the same run with {setting_label(d['approx'])}", width))
+    return Section("Generated image", images=shown, page_only=True)
+
+
+def environment(d: dict, folder: Path) -> Section | None:
+    env = d.get("environment")
+    if not env:
+        return None
+    return Section("Environment", ["item", "value"], [[k, str(v)] for k, v in env.items()], left=2, page_only=True)
+
+
+SECTIONS = [configuration, findings, stages, parameters, account, compiled, steps, roofline, accelerators, images,
+            environment]
