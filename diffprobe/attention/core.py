@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.records.modules import unet_level
 from diffprobe.records.sdpa import SdpaIntercept, bound, is_plain
-from diffprobe.records.tracer import unet_level
 
 Core = Callable[..., torch.Tensor]  # (q, k, v, attn_mask, call) -> out, all (B, H, N, d)
 
@@ -140,7 +140,7 @@ def installed_dit(transformer, core: Core):
     the module's name, kind and level, after the model's own RoPE and qk norms. Joint attention (SD3, Flux) tells
     ``core`` where the text keys are: SD3 appends them after the image keys, Flux puts them first. Sana's linear
     attention makes no such call and stays as it is."""
-    from diffprobe.records.tracer import ATTENTION_MODULES, attention_kind, dit_level
+    from diffprobe.records.modules import ATTENTION_MODULES, attention_kind, dit_level
 
     context = RunContext()
     stack: list[tuple[str, str, str]] = []

@@ -11,6 +11,8 @@ from typing import NamedTuple, get_type_hints
 
 import pyarrow as pa
 
+from diffprobe.errors import DiffprobeError
+
 OPS_VERSION = 4  # 2: start_s added; 3: shapes as list columns; 4: stage "denoiser" (was "unet"), DiT layer types
 SCHEMA_VERSION = 3  # the JSON documents (run.json, sweep.json, ...); 3: stage and sweep keys "denoiser" (was "unet")
 VERSIONS = {"ops": OPS_VERSION, "profile": SCHEMA_VERSION, "sweep": SCHEMA_VERSION, "compare": SCHEMA_VERSION,
@@ -69,3 +71,25 @@ COLUMNS = OpRecord._fields
 _ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
                 list: pa.list_(pa.list_(pa.int64()))}  # list: Shapes
 OPS_ARROW = pa.schema([(name, _ARROW_TYPES[hint]) for name, hint in get_type_hints(OpRecord).items()])
+
+
+INT64_MAX = 2**63 - 1
+
+
+COUNT_GROUPS = {"FLOPs": ("flops",), "bytes": ("bytes_read", "bytes_written"),
+                 "unfused bytes": ("bytes_read_unfused", "bytes_written_unfused")}
+
+
+def check_int64_totals(rows: list[OpRecord]) -> None:
+    """Refuse a run whose exact totals do not fit the record table's 64-bit integer columns.
+
+    Counts are exact Python integers while traced; the table stores them as int64. When a run's grand total of
+    FLOPs (or of bytes read + written) fits, every per-op value and every partial sum of these non-negative
+    columns fits too, so the totals of every analysis stay exact."""
+
+    for what, cols in COUNT_GROUPS.items():
+        total = sum(getattr(r, c) for r in rows for c in cols)
+        if total > INT64_MAX:
+            raise DiffprobeError(f"this run's {what} ({total:.3e}) exceed the 64-bit integers the record table "
+                                 f"stores exactly (at most {INT64_MAX:.3e}); use a smaller --height/--width, "
+                                 "--batch or --steps")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
@@ -58,3 +59,14 @@ class SdpaIntercept(TorchFunctionMode):
         if func is SDPA:
             return self.handler(func, args, kwargs)
         return func(*args, **kwargs)
+
+
+def meta_output(q, k, v):
+    """A meta SDPA output laid out as the CPU flash kernel lays its own out: like the query, (B, N, H, dv) in memory
+    when the query is a (B, N, H, d) tensor seen as (B, H, N, d) (the diffusers processors' view), else contiguous.
+    Meta's own math fallback returns another layout, which would change later copies."""
+    *batch, heads, n, _ = q.shape
+    if q.dim() == 4 and q.stride(1) < q.stride(2):
+        out = torch.empty((*batch, n, heads, v.shape[-1]), dtype=q.dtype, device="meta")
+        return out.transpose(-3, -2)
+    return torch.empty((*batch, heads, n, v.shape[-1]), dtype=q.dtype, device="meta")

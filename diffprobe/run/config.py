@@ -15,10 +15,10 @@ from diffprobe.models.registry import (
     ModelSpec,
     build_components,
     build_scheduler,
-    check_weights_path,
     count_params,
     get_spec,
 )
+from diffprobe.models.weights import check_weights_path
 from diffprobe.run.settings import parse_settings
 
 DTYPES = ("float32", "float16", "bfloat16")

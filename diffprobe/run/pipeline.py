@@ -10,10 +10,10 @@ from diffprobe.models.registry import (
     build_components,
     denoiser,
     get_spec,
-    load_pipeline,
     pipeline_from_components,
     text_encoder_names,
 )
+from diffprobe.models.weights import load_pipeline
 from diffprobe.run.config import ProfileConfig, schedule_length
 
 
