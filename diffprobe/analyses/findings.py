@@ -54,6 +54,14 @@ def sweep_findings(state: dict) -> list[str]:
             grow += f" (its scores, softmax and P·V as side^{fmt_k(core['k'])})"
         out.append(f"{_cap(LABEL[c])}: {100 * unet.get(c, 0) / total:.1f}% of {what} FLOPs at "
                    f"{_side(last)}{grow}.")
+    out += _crossover_sentences(f, pair, what, series)
+    out += _largest_point_sentences(last, what)
+    return out
+
+
+def _crossover_sentences(f: dict, pair, what: str, series: list[dict]) -> list[str]:
+    """Where the first class of ``pair`` overtakes the second, in FLOPs and in measured time."""
+    out = []
     a, b = (LABEL.get(c, c) for c in pair)
     cross = (f.get("crossover") or {}).get("flops")
     if cross and cross.get("side") is None:
@@ -73,6 +81,12 @@ def sweep_findings(state: dict) -> list[str]:
     elif tcross and not tcross.get("already_ahead"):
         how = "extrapolated" if tcross["extrapolated"] else "measured"
         out.append(f"In measured time, {a} overtakes {b} at about {tcross['side']:.0f} px ({how}).")
+    return out
+
+
+def _largest_point_sentences(last: dict, what: str) -> list[str]:
+    """At the sweep's largest point: attention memory, the largest cost, the roofline."""
+    out = []
     mem = last.get("attention_memory") or {}
     if mem.get("materialized_bytes"):
         out.append(f"At {_side(last)} the largest attention score matrix would take "
@@ -114,24 +128,38 @@ def profile_findings(run: dict, ops=None) -> list[str]:
             out.append(f"Projected to all {proj['unet_evals_full']} denoiser evaluations, the denoiser is "
                        f"{100 * unet / proj['total_s']:.1f}% of {proj['total_s']:.1f} s (a projection from "
                        f"{proj['unet_evals_measured']} measured evaluations, not a measurement).")
-    flops = run.get("flops") or {}
     if ops is not None and len(ops):
-        u = scaling.class_totals(ops, "flops", "denoiser")
-        dit = "attention_core" in u and not u.get("conv")
-        what = "denoiser" if dit else "UNet"  # a diffusion transformer is no UNet
-        if u["total"]:
-            classes = DIT_SHARE_CLASSES if dit else SHARE_CLASSES
-            parts = ", ".join(f"{LABEL[c]} {100 * u.get(c, 0) / u['total']:.1f}%" for c in classes if c in u)
-            out.append(f"{what} FLOPs by layer class: {parts}.")
-        top = scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "flops", 1)
-        if top:
-            b = top[0]
-            out.append(f"The largest single {what} cost is {b['layer_class']} at level {b['level']} "
-                       f"({b['tokens']} tokens): {100 * b['share']:.1f}% of {what} FLOPs.")
-        mem = scaling.attention_memory(ops)
-        if mem["materialized_bytes"]:
-            out.append(f"The largest attention score matrix would take {fmt_bytes(mem['materialized_bytes'])} if "
-                       f"materialized; a fused kernel's working set for that call is {fmt_bytes(mem['fused_bytes'])}.")
+        out += _denoiser_sentences(ops)
+    out += _convention_and_time_sentences(run)
+    return out
+
+
+def _denoiser_sentences(ops) -> list[str]:
+    """The denoiser's FLOPs by layer class, its largest single cost, and the largest attention score matrix."""
+    out = []
+    u = scaling.class_totals(ops, "flops", "denoiser")
+    dit = "attention_core" in u and not u.get("conv")
+    what = "denoiser" if dit else "UNet"  # a diffusion transformer is no UNet
+    if u["total"]:
+        classes = DIT_SHARE_CLASSES if dit else SHARE_CLASSES
+        parts = ", ".join(f"{LABEL[c]} {100 * u.get(c, 0) / u['total']:.1f}%" for c in classes if c in u)
+        out.append(f"{what} FLOPs by layer class: {parts}.")
+    top = scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "flops", 1)
+    if top:
+        b = top[0]
+        out.append(f"The largest single {what} cost is {b['layer_class']} at level {b['level']} "
+                   f"({b['tokens']} tokens): {100 * b['share']:.1f}% of {what} FLOPs.")
+    mem = scaling.attention_memory(ops)
+    if mem["materialized_bytes"]:
+        out.append(f"The largest attention score matrix would take {fmt_bytes(mem['materialized_bytes'])} if "
+                   f"materialized; a fused kernel's working set for that call is {fmt_bytes(mem['fused_bytes'])}.")
+    return out
+
+
+def _convention_and_time_sentences(run: dict) -> list[str]:
+    """The literature's MAC convention against the complete count; unattributed time; the roofline."""
+    out = []
+    flops = run.get("flops") or {}
     if flops.get("total") and run.get("macs_conv_linear"):
         lit = 2 * sum(run["macs_conv_linear"].values())
         share = 100 * lit / flops["total"]

@@ -134,15 +134,8 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
     estimated (:func:`estimate_seconds`) to take longer than ``max_seconds`` is refused before it starts (None: no
     limit); ``progress(stage, done, total)`` is told of each timed call."""
     dev = check_args(tokens, density, head_dim, heads, block_size, dtype, device, batch, repeats, check_heads)
-    if max_seconds is not None and max_seconds <= 0:
-        raise DiffprobeError(f"--max-seconds must be positive, got {max_seconds:g}")
     checked = heads if check_heads is None else max(0, min(heads, check_heads))
-    if max_seconds is not None:
-        est = estimate_seconds(tokens, density, head_dim, heads, dtype, dev, batch, repeats, checked)
-        if est > max_seconds:
-            raise DiffprobeError(f"this bench would take about {est:.0f} s here (estimate), over --max-seconds "
-                                 f"{max_seconds:g}; pass --max-seconds {10 * math.ceil(est / 5):g} to run it, or use "
-                                 "fewer --tokens, --heads or --repeats" + (", or --check-heads 0" if checked else ""))
+    _check_time(max_seconds, tokens, density, head_dim, heads, dtype, dev, batch, repeats, checked)
     report = progress or (lambda *_: None)
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(batch, heads, tokens, head_dim, generator=g).to(dev, DTYPES[dtype]) for _ in range(3))
@@ -158,21 +151,7 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
            "kernel": lambda: block_sparse_attention(q, k, v, layout, block_size)}
     if dev.type == "cuda" and dense_backend != "default":  # SDPA's own choice too (cuDNN on Hopper, say)
         fns["dense_default"] = lambda: F.scaled_dot_product_attention(q, k, v)
-    total = 1 + (repeats + 1) * len(fns)
-    report("calls", 0, total)
-    first = timed(fns["sparse"])  # warm-up; compiles the flex kernel for this shape
-    done = 1
-    for fn in fns.values():
-        timed(fn)
-        done += 1
-        report("calls", done, total)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):  # interleaved, so drifts in clock or load hit all alike
-        for name, fn in fns.items():
-            times[name].append(timed(fn))
-            done += 1
-            report("calls", done, total)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    first, med = _medians(fns, timed, repeats, report)
     d, s = med["dense"], med["sparse"]
     kept = layout.kept_fraction
     result = {
@@ -189,20 +168,56 @@ def bench_kernel(tokens: int, density: float, head_dim: int = 40, heads: int = 8
     if "dense_default" in med:
         result["dense_default_s"] = med["dense_default"]
     if d / s > 1.05 / kept:  # faster than skipping alone allows: the dense baseline, not the sparse kernel, is off
-        result["above_limit_note"] = (
-            f"the speedup exceeds 1/density: dense SDPA in {dtype} on this {dev.type} is slower than its FLOPs "
-            "predict (no fast path for this dtype here), so the ratio measures the baseline, not the skipping; "
-            "compare against float32 on a CPU" if dev.type == "cpu" else
-            f"the speedup exceeds 1/density: dense SDPA in {dtype} is slower here than its FLOPs predict, so the "
-            "ratio measures the baseline, not the skipping")
-    sparse = fns["sparse"]
+        result["above_limit_note"] = _above_limit(dtype, dev)
     h = checked
     if h:  # check_heads=0 skips the check
-        out = sparse()[:, :h]
+        out = fns["sparse"]()[:, :h]
         ref = masked_reference(q[:, :h], k[:, :h], v[:, :h], mask[:, :h], block_size)
         result["max_rel_error"] = float((out.double() - ref).abs().max() / ref.abs().max())
         result["checked_heads"] = h
     return result
+
+
+def _check_time(max_seconds, tokens, density, head_dim, heads, dtype, dev, batch, repeats, checked) -> None:
+    """Refuse a bench estimated (:func:`estimate_seconds`) to take longer than ``max_seconds`` (None: no limit)."""
+    if max_seconds is None:
+        return
+    if max_seconds <= 0:
+        raise DiffprobeError(f"--max-seconds must be positive, got {max_seconds:g}")
+    est = estimate_seconds(tokens, density, head_dim, heads, dtype, dev, batch, repeats, checked)
+    if est > max_seconds:
+        raise DiffprobeError(f"this bench would take about {est:.0f} s here (estimate), over --max-seconds "
+                             f"{max_seconds:g}; pass --max-seconds {10 * math.ceil(est / 5):g} to run it, or use "
+                             "fewer --tokens, --heads or --repeats" + (", or --check-heads 0" if checked else ""))
+
+
+def _medians(fns: dict, timed, repeats: int, report) -> tuple[float, dict[str, float]]:
+    """The first (warm-up) call's seconds, then each function's median over ``repeats`` interleaved calls (so that
+    drifts in clock or load hit all alike), after one untimed call each."""
+    total = 1 + (repeats + 1) * len(fns)
+    report("calls", 0, total)
+    first = timed(fns["sparse"])  # warm-up; compiles the flex kernel for this shape
+    done = 1
+    for fn in fns.values():
+        timed(fn)
+        done += 1
+        report("calls", done, total)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+            done += 1
+            report("calls", done, total)
+    return first, {name: statistics.median(t) for name, t in times.items()}
+
+
+def _above_limit(dtype: str, dev) -> str:
+    if dev.type == "cpu":
+        return (f"the speedup exceeds 1/density: dense SDPA in {dtype} on this cpu is slower than its FLOPs predict "
+                "(no fast path for this dtype here), so the ratio measures the baseline, not the skipping; compare "
+                "against float32 on a CPU")
+    return (f"the speedup exceeds 1/density: dense SDPA in {dtype} is slower here than its FLOPs predict, so the "
+            "ratio measures the baseline, not the skipping")
 
 
 def _device_name(dev: torch.device) -> str:

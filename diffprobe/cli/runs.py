@@ -41,6 +41,22 @@ from diffprobe.cli.common import (
 )
 from diffprobe.errors import DiffprobeError
 
+# profile's own options
+O_OP_TIMER = typer.Option("clock", "--op-timer", help="Per-op times: clock (a mark before and after each op) or "
+                          "profiler (torch.profiler events joined to the ops; on CUDA, kernel time).")
+O_CHROME_TRACE = typer.Option(False, "--chrome-trace", help="Measured mode: also write trace.json for Perfetto / "
+                              "chrome://tracing.")
+O_COMPILE = typer.Option(False, "--compile", help="Also run the UNet and VAE decoder under torch.compile (Inductor): "
+                         "stage times and per-op kernel times of the compiled run, the eager run's beside, compile "
+                         "time apart.")
+O_CUDA_GRAPHS = typer.Option(False, "--cuda-graphs", help="CUDA: the compiled run replays CUDA graphs (implies "
+                             "--compile; its time is per stage).")
+O_APPROX = typer.Option(None, help="METHOD=VALUE[+METHOD=VALUE]: attention (threshold=0.01, topk=16, predicted=0.01, "
+                        "block=0.9) and/or step reuse (deepcache=3, tgate=10; Flux: pab=2, taylorseer=3, ...): run "
+                        "again with it and show its account beside dense.")
+O_MASK_INTERVAL = typer.Option(1, "--mask-interval", help="--approx block=τ: predict a layer's block mask every N "
+                               "steps and reuse it in between (no predictor on those steps).")
+
 
 def profile(
     model: str = O_MODEL,
@@ -63,22 +79,13 @@ def profile(
     force: bool = O_FORCE,
     mode: Mode = O_MODE,
     trace: bool = O_TRACE,
-    op_timer: str = typer.Option("clock", "--op-timer", help="Per-op times: clock (a mark before and after each op) "
-                                 "or profiler (torch.profiler events joined to the ops; on CUDA, kernel time)."),
-    chrome_trace: bool = typer.Option(False, "--chrome-trace",
-                                      help="Measured mode: also write trace.json for Perfetto / chrome://tracing."),
-    compile_: bool = typer.Option(False, "--compile", help="Also run the UNet and VAE decoder under torch.compile "
-                                  "(Inductor): stage times and per-op kernel times of the compiled run, the eager "
-                                  "run's beside, compile time apart."),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="CUDA: the compiled run replays CUDA graphs "
-                                     "(implies --compile; its time is per stage)."),
+    op_timer: str = O_OP_TIMER,
+    chrome_trace: bool = O_CHROME_TRACE,
+    compile_: bool = O_COMPILE,
+    cuda_graphs: bool = O_CUDA_GRAPHS,
     hardware: Optional[str] = O_HARDWARE,
-    approx: Optional[str] = typer.Option(
-        None, help="METHOD=VALUE[+METHOD=VALUE]: attention (threshold=0.01, topk=16, predicted=0.01, block=0.9) "
-        "and/or step reuse (deepcache=3, tgate=10; Flux: pab=2, taylorseer=3, ...): run again with it and show its "
-        "account beside dense."),
-    mask_interval: int = typer.Option(1, "--mask-interval", help="--approx block=τ: predict a layer's block mask "
-                                      "every N steps and reuse it in between (no predictor on those steps)."),
+    approx: Optional[str] = O_APPROX,
+    mask_interval: int = O_MASK_INTERVAL,
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
 ) -> None:

@@ -92,15 +92,7 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
     if ops is None or not len(ops):
         raise DiffprobeError(f"{folder} has no op records: profile it with op tracing (the default) first")
     presets = check_accel(archs, density, "--arch", "--density", masks)
-    store = find_masks(masks, d["height"], d["width"]) if masks is not None else None
-    if store is not None:
-        if tau not in store.index["taus"]:
-            raise DiffprobeError(f"--tau {tau:g} is not in the mask store (its taus: "
-                                 f"{', '.join(f'{t:g}' for t in store.index['taus'])})")
-        for p in presets:
-            if p.granularity == "block" and p.block not in store.index["blocks"]:
-                raise DiffprobeError(f"{p.name} skips {p.block}-token blocks; the mask store has block sides "
-                                     f"{', '.join(map(str, store.index['blocks']))}")
+    store = _mask_store(masks, d, tau, presets)
     gpu_preset = get_preset(gpu)
     gpu_pred = roofline.prediction(roofline.op_roofline(ops, gpu_preset))
     measured_gpu = d.get("stages") if str(d.get("device", "")).startswith("cuda") and d.get("mode") == "measured" \
@@ -119,28 +111,49 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
                  "warnings": run_warnings(folder, d)}
     dense_cache: dict[str, dict] = {}
     for p in presets:
-        plans = mask_plans(store, p, tau) if store is not None and p.granularity != "none" else None
-        s = summary(evaluate(ops, p, density, plans), p)
-        base = p.dense()
-        if p.granularity == "none":
-            dense = s
-        else:
-            key = repr(base.to_dict())
-            if key not in dense_cache:
-                dense_cache[key] = summary(evaluate(ops, base), base)
-            dense = dense_cache[key]
-        s["speedup_over_dense"] = dense["latency_s"] / s["latency_s"] if s["latency_s"] else None
-        s["energy_over_dense"] = s["energy_j"] / dense["energy_j"] if dense["energy_j"] else None
-        s["speedup_over_gpu_roofline"] = gpu_pred["total_s"] / s["latency_s"] if s["latency_s"] else None
-        if measured_gpu and measured_gpu.get("total"):
-            s["speedup_over_measured_gpu"] = measured_gpu["total"] / s["latency_s"]
-        if p.granularity != "none":  # what the same design gains at other uniform densities
-            s["speedup_vs_density"] = density_curve(ops, p, dense["latency_s"])
-        s["definition"] = p.to_dict()
-        out["accel"][p.name] = s
+        out["accel"][p.name] = _design(ops, p, density, store, tau, dense_cache, gpu_pred["total_s"], measured_gpu)
     if write:
         write_json(folder / ACCEL_FILE, out)
     return out
+
+
+def _mask_store(masks, d: dict, tau: float, presets):
+    """The mask store a sparsity run left for this run's size, checked against ``tau`` and the designs' blocks."""
+    store = find_masks(masks, d["height"], d["width"]) if masks is not None else None
+    if store is None:
+        return None
+    if tau not in store.index["taus"]:
+        raise DiffprobeError(f"--tau {tau:g} is not in the mask store (its taus: "
+                             f"{', '.join(f'{t:g}' for t in store.index['taus'])})")
+    for p in presets:
+        if p.granularity == "block" and p.block not in store.index["blocks"]:
+            raise DiffprobeError(f"{p.name} skips {p.block}-token blocks; the mask store has block sides "
+                                 f"{', '.join(map(str, store.index['blocks']))}")
+    return store
+
+
+def _design(ops, p, density, store, tau, dense_cache: dict, gpu_s: float, measured_gpu) -> dict:
+    """One design's account of the records, against its dense counterpart (cached per definition), the GPU's
+    roofline and, measured on CUDA, the GPU itself."""
+    plans = mask_plans(store, p, tau) if store is not None and p.granularity != "none" else None
+    s = summary(evaluate(ops, p, density, plans), p)
+    base = p.dense()
+    if p.granularity == "none":
+        dense = s
+    else:
+        key = repr(base.to_dict())
+        if key not in dense_cache:
+            dense_cache[key] = summary(evaluate(ops, base), base)
+        dense = dense_cache[key]
+    s["speedup_over_dense"] = dense["latency_s"] / s["latency_s"] if s["latency_s"] else None
+    s["energy_over_dense"] = s["energy_j"] / dense["energy_j"] if dense["energy_j"] else None
+    s["speedup_over_gpu_roofline"] = gpu_s / s["latency_s"] if s["latency_s"] else None
+    if measured_gpu and measured_gpu.get("total"):
+        s["speedup_over_measured_gpu"] = measured_gpu["total"] / s["latency_s"]
+    if p.granularity != "none":  # what the same design gains at other uniform densities
+        s["speedup_vs_density"] = density_curve(ops, p, dense["latency_s"])
+    s["definition"] = p.to_dict()
+    return s
 
 
 def run_warnings(folder: Path, d: dict) -> list[str]:

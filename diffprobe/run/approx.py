@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -116,92 +116,120 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
         release_folder(out_dir)  # written: its files claim it from now on
 
 
+@dataclass
+class _Batch:
+    """What every row of an approx run shares: the folder, the config, the pipeline, the quality batch and its
+    scorers, the dense run's analytic records and timed generation, and the options of the attention methods."""
+
+    out_dir: Path
+    cfg: object
+    pipe: object
+    prompts: list[str]
+    labels: list[int] | None
+    classifier: object
+    clip: object
+    ops: object  # the dense analytic records of the batch (one prompt's text encoding)
+    text: float  # FLOPs of one prompt's text encoding
+    options: dict  # renormalize, block, rank, save_masks, repeat
+    intervals: list[int]
+    dense: dict | None = None
+
+    @property
+    def attention(self):
+        ops = self.ops
+        return ops[(ops["stage"] == "denoiser") & ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv"))]
+
+    def scores(self, images) -> dict:
+        return {"accuracy": self.classifier.accuracy(images, self.labels) if self.classifier else None,
+                "clip_score": self.clip.score(images, self.prompts) if self.clip else None}
+
+
 def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit, renormalize, block, rank,
                  save_masks, repeat) -> dict:
-    import pandas as pd
-
-    spec = get_spec(cfg.model)
     report = progress or (lambda *_: None)
     prompts, labels = prompts_for(cfg, per_digit)
-    pipe = build_pipeline(cfg, spec)
+    pipe = build_pipeline(cfg, get_spec(cfg.model))
     for setting, _ in todo:  # a reuse method for another model family: refused before any run
         if setting.reuse is not None:
             setting.reuse.check_model(pipe, cfg.model)
     # the complete dense cost account of this configuration (FLOPs are the same measured or analytic)
-    analytic = run_profile(analytic_twin(cfg, batch=len(prompts), out=str(out_dir / "dense-account")))
-    ops = analytic.ops
-    unet_attn = ops[(ops["stage"] == "denoiser") & ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv"))]
-    # the analytic run encodes one prompt for the whole batch; the quality batch encodes each of its prompts
-    text = float(ops.loc[ops["stage"].str.startswith("text_encoder"), "flops"].sum())
-    total_flops = float(ops["flops"].sum()) + text * (len(prompts) - 1)
-    classifier = None
-    if labels is not None:
-        classifier = DigitClassifier()
+    ops = run_profile(analytic_twin(cfg, batch=len(prompts), out=str(out_dir / "dense-account"))).ops
+    run = _Batch(out_dir, cfg, pipe, prompts, labels, DigitClassifier() if labels is not None else None, clip, ops,
+                 float(ops.loc[ops["stage"].str.startswith("text_encoder"), "flops"].sum()),
+                 {"renormalize": renormalize, "block": block, "rank": rank, "save_masks": save_masks,
+                  "repeat": repeat}, intervals)
+    (out_dir / "images").mkdir(exist_ok=True)
     report("methods", 0, len(todo) + 1)
-    masked_lines: list[str] = []
-    dense_warm_s = warm_up(pipe, cfg, prompts)
-    dense = _timed(pipe, cfg, prompts, repeat)
-    img_dir = out_dir / "images"
-    img_dir.mkdir(exist_ok=True)
-    _save_grid(dense["images"], img_dir / "dense.png")
-    rows = [{"method": "dense", "param": "", "value": None, "attention_flops": float(unet_attn["flops"].sum()),
-             "attention_flops_saved": 0.0, "end_to_end_flops_saved": 0.0, "kept_fraction": 1.0,
-             **_seconds(dense), "warmup_s": dense_warm_s, "kernel": "dense",
-             "psnr": None, "identical": True, "identical_images": len(prompts), "ssim": 1.0,
-             "accuracy": classifier.accuracy(dense["images"], labels) if classifier else None,
-             "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png",
-             "clip_score": clip.score(dense["images"], prompts) if clip else None}]
+    rows, masked = [_dense_row(run)], []
     for i, (setting, interval) in enumerate(todo):
         report("methods", i + 1, len(todo) + 1)
-        method, value = setting.attention or (setting.reuse.name, setting.reuse.value)
-        core = None
-        warm_s = 0.0
-        if setting.attention is not None:
-            core = ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
-                                   seed=cfg.seed, mask_interval=interval)
-            warm_s = warm_up(pipe, cfg, prompts, core)
-            core.save_masks = save_masks
-        with installed_setting(pipe, setting, None):
-            res = _timed(pipe, cfg, prompts, repeat, core)
-        calls = core.calls if core is not None else None
-        if calls and not masked_lines:
-            masked_lines = masked_note(calls)
-        flops = _flops(cfg, pipe, setting, calls, ops, prompts, text, unet_attn)
-        name = setting.text.replace("=", "_")
-        if setting.reuse is None:
-            name = f"{method}_{PARAM[method]}_{value:g}"
-        label = setting.text
-        if interval > 1 and len(intervals) > 1:  # the setting with its masks reused, beside the same setting
-            # predicting every step: its own row, image and masks (one interval alone keeps the plain names)
-            name, label = f"{name}_every_{interval}", f"{setting.text} mask every {interval}"
-        _save_grid(res["images"], img_dir / f"{name}.png")
-        if save_masks and core is not None:  # what the method kept: masks/<name>/, the method's value as tau
-            write_masks(out_dir / "masks" / name, core.masks, (block,), (value,),
-                        meta={"source": "approx", "method": method, "param": PARAM[method], "value": value})
-        q = quality(dense, res)
-        rows.append({"method": method, "param": PARAM.get(method) or setting.reuse.param, "value": value,
-                     "setting": label, "mask_interval": interval if method == "block" else None, **flops,
-                     **_seconds(res), "warmup_s": warm_s,
-                     "kernel": kernels_used(calls) if calls else "dense",
-                     "psnr": q["psnr"], "identical": q["identical"], "identical_images": q["identical_images"],
-                     "ssim": q["ssim"],
-                     "accuracy": classifier.accuracy(res["images"], labels) if classifier else None,
-                     "latent_rel_error": q["latent_rel_error"], "image": f"images/{name}.png",
-                     "clip_score": clip.score(res["images"], prompts) if clip else None})
+        row, calls = _setting_row(run, setting, interval)
+        rows.append(row)
+        masked = masked or (masked_note(calls) if calls else [])
     report("methods", len(todo) + 1, len(todo) + 1)
+    joint = (run.attention["attn_kind"] == "joint").any() and any(s.attention is not None for s, _ in todo)
+    return _write(run, rows, ([JOINT_NOTE] if joint else []) + masked)
+
+
+def _dense_row(run: _Batch) -> dict:
+    warm_s = warm_up(run.pipe, run.cfg, run.prompts)
+    run.dense = dense = _timed(run.pipe, run.cfg, run.prompts, run.options["repeat"])
+    _save_grid(dense["images"], run.out_dir / "images" / "dense.png")
+    return {"method": "dense", "param": "", "value": None, "attention_flops": float(run.attention["flops"].sum()),
+            "attention_flops_saved": 0.0, "end_to_end_flops_saved": 0.0, "kept_fraction": 1.0,
+            **_seconds(dense), "warmup_s": warm_s, "kernel": "dense", "psnr": None, "identical": True,
+            "identical_images": len(run.prompts), "ssim": 1.0, **run.scores(dense["images"]),
+            "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png"}
+
+
+def _setting_row(run: _Batch, setting, interval: int) -> tuple[dict, list | None]:
+    """One setting (at one mask interval) generated, timed, scored against dense, its image and masks saved."""
+    cfg, opts = run.cfg, run.options
+    method, value = setting.attention or (setting.reuse.name, setting.reuse.value)
+    core, warm_s = None, 0.0
+    if setting.attention is not None:
+        core = ApproxAttention(*setting.attention, renormalize=opts["renormalize"], block=opts["block"],
+                               rank=opts["rank"], seed=cfg.seed, mask_interval=interval)
+        warm_s = warm_up(run.pipe, cfg, run.prompts, core)
+        core.save_masks = opts["save_masks"]
+    with installed_setting(run.pipe, setting, None):
+        res = _timed(run.pipe, cfg, run.prompts, opts["repeat"], core)
+    calls = core.calls if core is not None else None
+    flops = _flops(cfg, run.pipe, setting, calls, run.ops, run.prompts, run.text, run.attention)
+    name = f"{method}_{PARAM[method]}_{value:g}" if setting.reuse is None else setting.text.replace("=", "_")
+    label = setting.text
+    if interval > 1 and len(run.intervals) > 1:  # the setting with its masks reused, beside the same setting
+        # predicting every step: its own row, image and masks (one interval alone keeps the plain names)
+        name, label = f"{name}_every_{interval}", f"{setting.text} mask every {interval}"
+    _save_grid(res["images"], run.out_dir / "images" / f"{name}.png")
+    if opts["save_masks"] and core is not None:  # what the method kept: masks/<name>/, the method's value as tau
+        write_masks(run.out_dir / "masks" / name, core.masks, (opts["block"],), (value,),
+                    meta={"source": "approx", "method": method, "param": PARAM[method], "value": value})
+    q = quality(run.dense, res)
+    return {"method": method, "param": PARAM.get(method) or setting.reuse.param, "value": value, "setting": label,
+            "mask_interval": interval if method == "block" else None, **flops, **_seconds(res), "warmup_s": warm_s,
+            "kernel": kernels_used(calls) if calls else "dense", "psnr": q["psnr"], "identical": q["identical"],
+            "identical_images": q["identical_images"], "ssim": q["ssim"], **run.scores(res["images"]),
+            "latent_rel_error": q["latent_rel_error"], "image": f"images/{name}.png"}, calls
+
+
+def _write(run: _Batch, rows: list[dict], notes: list[str]) -> dict:
+    """``approx.parquet`` and ``approx.json`` (with its findings)."""
+    import pandas as pd
+
+    cfg, opts = run.cfg, run.options
     table = pd.DataFrame(rows)
-    atomic_write(out_dir / "approx.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-    random = cfg.random_weights
+    atomic_write(run.out_dir / "approx.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    # the analytic run encodes one prompt for the whole batch; the quality batch encodes each of its prompts
+    total_flops = float(run.ops["flops"].sum()) + run.text * (len(run.prompts) - 1)
     state = {"schema_version": SCHEMA_VERSION, "kind": "approx", "model": cfg.model, "height": cfg.height,
-             "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "prompts": prompts,
-             "renormalize": renormalize, "block": block, "rank": rank, "mask_interval": intervals[0], "repeat": repeat,
-             "mask_intervals": intervals, "random_weights": random,
-             "total_flops": total_flops, "results": rows, "run_dir": str(out_dir),
-             "notes": ([JOINT_NOTE] if (unet_attn["attn_kind"] == "joint").any() and any(
-                 s.attention is not None for s, _ in todo) else []) + masked_lines
-             + _notes(cfg, rows, repeat)}
+             "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed,
+             "prompts": run.prompts, "renormalize": opts["renormalize"], "block": opts["block"], "rank": opts["rank"],
+             "mask_interval": run.intervals[0], "repeat": opts["repeat"], "mask_intervals": run.intervals,
+             "random_weights": cfg.random_weights, "total_flops": total_flops, "results": rows,
+             "run_dir": str(run.out_dir), "notes": notes + _notes(cfg, rows, opts["repeat"])}
     state["findings"] = approx_findings(state)
-    write_json(out_dir / "approx.json", state)
+    write_json(run.out_dir / "approx.json", state)
     return state
 
 

@@ -72,40 +72,9 @@ class ProfileConfig:
         """A copy with defaults filled in and every field validated (raises :class:`DiffprobeError`)."""
         spec = get_spec(self.model)
         cfg = ProfileConfig(**asdict(self))
-        for side in ("height", "width"):
-            value = getattr(cfg, side)
-            if value is not None and value <= 0:
-                raise DiffprobeError(f"--{side} must be a positive number of px, got {value} (leave it out for "
-                                     f"{spec.name}'s native {spec.native_resolution} px)")
-        if cfg.steps is None:
-            cfg.steps = spec.default_steps
-        cfg.height = cfg.height if cfg.height is not None else spec.native_resolution
-        cfg.width = cfg.width if cfg.width is not None else spec.native_resolution
-        check_resolution(spec, cfg.height, cfg.width, ("--height", "--width"))
-        for flag, value, low in (("steps", cfg.steps, 1), ("batch", cfg.batch, 1), ("repeat", cfg.repeat, 1),
-                                 ("warmup", cfg.warmup, 0)):
-            if value < low:
-                raise DiffprobeError(f"--{flag} must be at least {low}, got {value}")
-        if not 0 <= cfg.seed <= SEED_MAX:
-            raise DiffprobeError(f"--seed must be between 0 and {SEED_MAX} (2^63 - 1), got {cfg.seed}")
-        check_steps(spec, cfg.steps)
-        if cfg.guidance is None:
-            cfg.guidance = spec.default_guidance
-        if not (math.isfinite(cfg.guidance) and cfg.guidance >= 0):
-            raise DiffprobeError(f"--guidance must be a finite number >= 0 (1 or less: no classifier-free "
-                                 f"guidance), got {cfg.guidance}")
-        if cfg.sample_steps is not None and cfg.sample_steps < 0:
-            raise DiffprobeError(f"--sample-steps must be 0 (all) or more, got {cfg.sample_steps}")
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device):
-            raise DiffprobeError(f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N")
-        if cfg.op_timer not in OP_TIMERS:
-            raise DiffprobeError(f"unknown --op-timer {cfg.op_timer!r}; use one of {', '.join(OP_TIMERS)}")
-        if cfg.mode not in MODES:
-            raise DiffprobeError(f"unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}")
-        if cfg.dtype not in DTYPES:
-            raise DiffprobeError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
-        if cfg.chrome_trace and (cfg.mode == "analytic" or not cfg.trace_ops):
-            raise DiffprobeError("--chrome-trace needs a measured run with op tracing (--mode measured --trace)")
+        _check_size_and_fill(cfg, spec)
+        _check_numbers(cfg, spec)
+        _check_names(cfg)
         if cfg.compile or cfg.cuda_graphs:
             _check_compile(cfg)
         if cfg.mode == "analytic":
@@ -121,29 +90,76 @@ class ProfileConfig:
             cfg.weights = str(check_weights_path(cfg.weights, cfg.allow_pickle, spec))
         if cfg.hardware is not None:
             get_preset(cfg.hardware)  # an unknown or broken preset is refused before any work
-        block = cfg.approx is not None and (parse_settings(cfg.approx).attention or ("",))[0] == "block"
-        if cfg.mask_interval != 1 and not block:
-            raise DiffprobeError(f"--mask-interval {cfg.mask_interval} applies to --approx block=TAU (it reuses the "
-                                 "block method's predicted masks); leave it out otherwise")
-        if cfg.mask_interval < 1:
-            raise DiffprobeError(f"--mask-interval must be at least 1, got {cfg.mask_interval}")
-        if cfg.approx is not None:
-            setting = parse_settings(cfg.approx)
-            if setting.attention is not None and (cfg.mode != "measured" or not cfg.trace_ops):
-                raise DiffprobeError("--approx needs a measured run with op tracing for an attention method: "
-                                     "which entries are skipped depends on the attention values")
-            if not cfg.trace_ops:
-                raise DiffprobeError("--approx needs op tracing: its account is the records of what ran")
-            if setting.attention is not None:  # its parameters, checked before any work
-                check_attention_model(spec.family, cfg.model, setting.attention[0])
-                ApproxAttention(*setting.attention, mask_interval=cfg.mask_interval)
-            if setting.reuse is not None:  # a method for another model family: refused first
-                setting.reuse.check_spec(spec.pipeline_class, cfg.model)
-            if setting.reuse is not None and setting.reuse.data_dependent and (
-                    cfg.mode != "measured"):
-                raise DiffprobeError(f"--approx {setting.reuse.name} decides from the activations which steps skip "
-                                     "work: use --mode measured")
+        _check_approx(cfg, spec)
         return cfg
+
+
+def _check_size_and_fill(cfg: ProfileConfig, spec) -> None:
+    """The image size (the model's native size by default), the steps and guidance (the model's by default)."""
+    for side in ("height", "width"):
+        value = getattr(cfg, side)
+        if value is not None and value <= 0:
+            raise DiffprobeError(f"--{side} must be a positive number of px, got {value} (leave it out for "
+                                 f"{spec.name}'s native {spec.native_resolution} px)")
+    if cfg.steps is None:
+        cfg.steps = spec.default_steps
+    cfg.height = cfg.height if cfg.height is not None else spec.native_resolution
+    cfg.width = cfg.width if cfg.width is not None else spec.native_resolution
+    check_resolution(spec, cfg.height, cfg.width, ("--height", "--width"))
+    if cfg.guidance is None:
+        cfg.guidance = spec.default_guidance
+
+
+def _check_numbers(cfg: ProfileConfig, spec) -> None:
+    for flag, value, low in (("steps", cfg.steps, 1), ("batch", cfg.batch, 1), ("repeat", cfg.repeat, 1),
+                             ("warmup", cfg.warmup, 0)):
+        if value < low:
+            raise DiffprobeError(f"--{flag} must be at least {low}, got {value}")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise DiffprobeError(f"--seed must be between 0 and {SEED_MAX} (2^63 - 1), got {cfg.seed}")
+    check_steps(spec, cfg.steps)
+    if not (math.isfinite(cfg.guidance) and cfg.guidance >= 0):
+        raise DiffprobeError(f"--guidance must be a finite number >= 0 (1 or less: no classifier-free "
+                             f"guidance), got {cfg.guidance}")
+    if cfg.sample_steps is not None and cfg.sample_steps < 0:
+        raise DiffprobeError(f"--sample-steps must be 0 (all) or more, got {cfg.sample_steps}")
+
+
+def _check_names(cfg: ProfileConfig) -> None:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device):
+        raise DiffprobeError(f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N")
+    for what, value, known in (("--op-timer", cfg.op_timer, OP_TIMERS), ("mode", cfg.mode, MODES),
+                               ("dtype", cfg.dtype, DTYPES)):
+        if value not in known:
+            raise DiffprobeError(f"unknown {what} {value!r}; use one of {', '.join(known)}")
+    if cfg.chrome_trace and (cfg.mode == "analytic" or not cfg.trace_ops):
+        raise DiffprobeError("--chrome-trace needs a measured run with op tracing (--mode measured --trace)")
+
+
+def _check_approx(cfg: ProfileConfig, spec) -> None:
+    """``--approx`` and ``--mask-interval``: a setting the run can account, its parameters checked before any work."""
+    setting = parse_settings(cfg.approx) if cfg.approx is not None else None
+    block = setting is not None and (setting.attention or ("",))[0] == "block"
+    if cfg.mask_interval != 1 and not block:
+        raise DiffprobeError(f"--mask-interval {cfg.mask_interval} applies to --approx block=TAU (it reuses the "
+                             "block method's predicted masks); leave it out otherwise")
+    if cfg.mask_interval < 1:
+        raise DiffprobeError(f"--mask-interval must be at least 1, got {cfg.mask_interval}")
+    if setting is None:
+        return
+    if setting.attention is not None and (cfg.mode != "measured" or not cfg.trace_ops):
+        raise DiffprobeError("--approx needs a measured run with op tracing for an attention method: "
+                             "which entries are skipped depends on the attention values")
+    if not cfg.trace_ops:
+        raise DiffprobeError("--approx needs op tracing: its account is the records of what ran")
+    if setting.attention is not None:  # its parameters, checked before any work
+        check_attention_model(spec.family, cfg.model, setting.attention[0])
+        ApproxAttention(*setting.attention, mask_interval=cfg.mask_interval)
+    if setting.reuse is not None:  # a method for another model family: refused first
+        setting.reuse.check_spec(spec.pipeline_class, cfg.model)
+        if setting.reuse.data_dependent and cfg.mode != "measured":
+            raise DiffprobeError(f"--approx {setting.reuse.name} decides from the activations which steps skip "
+                                 "work: use --mode measured")
 
 
 def analytic_twin(cfg: ProfileConfig, **changes) -> ProfileConfig:

@@ -193,7 +193,7 @@ def _collected(cfg: ProfileConfig, evals: int, runs: list[list], tracer) -> Meas
     out.peak_memory_bytes, out.peak_memory_kind = peak_memory(cfg.device)
     if tracer is not None:
         out.ops, out.unsupported = tracer.table(), dict(tracer.unsupported)
-        summary = getattr(tracer.timer, "summary", None)
+        summary = tracer.timer.summary if tracer.timer is not None else None
         if summary:  # the profiler timer: markers seen vs calls handled, device and outside-marker seconds
             out.op_timer = {"timer": "profiler", **summary}
             out.kernels = tracer.timer.kernels

@@ -21,6 +21,8 @@ class OpTimer:
         self.mark = self.clock.mark
         self.intervals: list[tuple[int, int, object, object]] = []  # (first record, records, start, end)
         self.origin = None
+        self.summary: dict = {}  # nothing beyond the records' times (the profiler timer reports its join here)
+        self.kernels: list[dict] = []  # no device events (the profiler timer's: each kernel)
 
     def begin(self) -> None:
         """Start of the traced region: ``start_s`` counts from here."""
