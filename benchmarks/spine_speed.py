@@ -1,5 +1,6 @@
 """Analytic mode's wall time against an earlier revision, in the same run: the spine refactor (issue 25) must not
-make it slower.
+make it slower. Timed: the analytic profile, and the profile with its report (what ``diffprobe profile`` does;
+the findings are now computed by the run and stored, where the report used to compute them).
 
 For each configuration of ``benchmarks/analytic_speed.py`` the current tree and a git worktree of ``--baseline``
 (default: the commit before the refactor) each run the analytic profile in a fresh process (imports warmed once),
@@ -25,6 +26,7 @@ CONFIGS = [("sd15", 512, 50), ("sdxl", 1024, 50), ("pixart-sigma", None, None), 
 DRIVER = r"""
 import json, os, sys, tempfile, time
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from diffprobe.report.html import build_report
 from diffprobe.run.profile import ProfileConfig, run_profile
 with tempfile.TemporaryDirectory() as out:  # warm: diffusers' lazy modules, the formula registry
     run_profile(ProfileConfig(model="tiny", steps=1, mode="analytic", out=out))
@@ -32,8 +34,10 @@ model, size, steps = json.loads(sys.argv[1])
 with tempfile.TemporaryDirectory() as out:
     t0 = time.perf_counter()
     r = run_profile(ProfileConfig(model=model, height=size, width=size, steps=steps, mode="analytic", out=out))
+    run_s = time.perf_counter() - t0
+    build_report(out)  # what `diffprobe profile` does next (the findings moved from here into the run)
     wall = time.perf_counter() - t0
-print(json.dumps({"wall": wall, "flops": int(r.to_dict()["flops"]["total"])}))
+print(json.dumps({"wall": wall, "run": run_s, "flops": int(r.to_dict()["flops"]["total"])}))
 """
 
 
@@ -63,15 +67,19 @@ def main() -> None:
         try:
             for config in CONFIGS:
                 walls: dict[str, list[float]] = {"current": [], "baseline": []}
+                runs: dict[str, list[float]] = {"current": [], "baseline": []}
                 flops = {}
                 for _ in range(args.repeat):
                     for name, tree in (("baseline", base), ("current", ROOT)):
                         r = _time(tree, config)
                         walls[name].append(r["wall"])
+                        runs[name].append(r["run"])
                         flops[name] = r["flops"]
                 cur, old = (statistics.median(walls[k]) for k in ("current", "baseline"))
+                rc, ro = (statistics.median(runs[k]) for k in ("current", "baseline"))
                 same = "same FLOPs" if flops["current"] == flops["baseline"] else "FLOPs DIFFER"
-                print(f"{config[0]:13s} current {cur:6.2f} s  baseline {old:6.2f} s  ratio {cur / old:.3f}  ({same})")
+                print(f"{config[0]:13s} profile + report: current {cur:6.2f} s  baseline {old:6.2f} s  ratio "
+                      f"{cur / old:.3f};  profile alone: {rc:6.2f} s vs {ro:6.2f} s, ratio {rc / ro:.3f}  ({same})")
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
 
