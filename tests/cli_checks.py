@@ -1,6 +1,7 @@
 """Checks shared by the command-line tests: a refused input is one line on stderr and exit status 2."""
 
 import contextlib
+import json
 import subprocess
 import sys
 
@@ -30,3 +31,11 @@ def held_elsewhere(code: str, folder, ready: str):
     finally:
         proc.kill()
         proc.wait()
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and Infinity (standard JSON only)."""
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)

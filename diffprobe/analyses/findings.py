@@ -120,8 +120,8 @@ def profile_findings(run: dict, ops=None) -> list[str]:
     total = (run.get("stages") or {}).get("total")
     if stages and total:
         top = max(stages, key=stages.get)
-        out.append(f"{top} takes {100 * stages[top] / total:.1f}% of the measured time ({stages[top]:.2f} s of "
-                   f"{total:.2f} s).")
+        out.append(f"The {top} stage takes {100 * stages[top] / total:.1f}% of the measured time "
+                   f"({stages[top]:.2f} s of {total:.2f} s).")
         proj = run.get("projection")
         if proj and proj.get("total_s"):
             unet = proj["stages"].get("denoiser", 0.0)
@@ -142,8 +142,9 @@ def _denoiser_sentences(ops) -> list[str]:
     what = "denoiser" if dit else "UNet"  # a diffusion transformer is no UNet
     if u["total"]:
         classes = DIT_SHARE_CLASSES if dit else SHARE_CLASSES
-        parts = ", ".join(f"{LABEL[c]} {100 * u.get(c, 0) / u['total']:.1f}%" for c in classes if c in u)
-        out.append(f"{what} FLOPs by layer class: {parts}.")
+        parts = ", ".join(f"{LABEL[c]} {100 * u[c] / u['total']:.1f}%" for c in classes if u.get(c))
+        overlap = " (the classes overlap: attention layers include their projections)" if dit else ""
+        out.append(f"{_cap(what)} FLOPs by layer class: {parts}{overlap}.")
     top = scaling.bottlenecks(ops[ops["stage"] == "denoiser"], "flops", 1)
     if top:
         b = top[0]
@@ -170,8 +171,13 @@ def _convention_and_time_sentences(run: dict) -> list[str]:
     if secs and secs.get("total"):
         un = secs.get("by_layer_type", {}).get("unattributed", 0.0)
         share = un / secs["total"]
-        out.append(f"{100 * share:.1f}% of the measured time is not attributed to any operator "
-                   "(Python between ops, hooks) and is shown as unattributed.")
+        if share >= 0:
+            out.append(f"{100 * share:.1f}% of the measured time is not attributed to any operator "
+                       "(Python between ops, hooks) and is shown as unattributed.")
+        else:  # the ops' times come from another run than the stage times (a compiled run's profiled pass)
+            out.append(f"The operators' times add up to {100 * -share:.1f}% more than the stage times: they were "
+                       "measured in another run (with --compile, the profiled compiled run), so compare layer types "
+                       "with each other, not with the stage times.")
         if str(run.get("device", "")).startswith("cuda") and share > HOST_BOUND_SHARE:
             out.append("On a GPU that much unattributed time means the device waited on the host: the op tracer's "
                        "own per-op work sets the pace, so this traced run's per-op times and its roofline "

@@ -111,7 +111,7 @@ def account(d: dict, folder: Path) -> Section | None:
                fmt_n(unet.get(lt, 0)) if lt in flops["by_layer_type"] else "",
                fmt_n(nbytes["by_layer_type"].get(lt, 0), "B") if lt in flops["by_layer_type"] else ""]
         s = (secs or {}).get("by_layer_type", {}).get(lt, 0.0)
-        row += [fmt_s(s)] if secs else []
+        row += [fmt_s(s) if lt in secs["by_layer_type"] else ""] if secs else []
         row += [fmt_n(by_type.get(lt, 0.0)) for _, by_type, _ in extra]
         if f or s > 0 or nbytes["by_layer_type"].get(lt, 0) or any(by_type.get(lt) for _, by_type, _ in extra):
             rows.append(row)

@@ -285,3 +285,13 @@ def test_quality_of_identical_and_perturbed_images():
     off = quality({"images": img, "latents": lat}, {"images": img + 0.1, "latents": [torch.ones(4) * 1.5]})
     # a uniform error of 0.1 on a [0, 1] range: PSNR = 10·log10(1 / 0.01) = 20 dB; latents 0.5·|1| / |1| = 0.5
     assert off["psnr"] == pytest.approx(20.0, abs=1e-4) and off["latent_rel_error"] == [pytest.approx(0.5)]
+
+
+def test_operator_times_from_another_run_are_not_called_negative_unattributed():
+    from diffprobe.analyses.findings import profile_findings
+
+    # the ops sum to 0.311 s in the denoiser; a stage time of 0.25 s leaves -0.061 s "unattributed"
+    seconds = breakdown.seconds_account(OPS, {"denoiser": 0.25})
+    found = profile_findings({"seconds": seconds})
+    assert not any("-" in f.split("%")[0] for f in found if "%" in f), found
+    assert any("more than the stage times" in f for f in found)

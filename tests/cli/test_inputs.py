@@ -1,21 +1,15 @@
 """Bad input on the command line: one line on stderr, exit status 2, before any work; help and defaults."""
 
-import json
 
 import pytest
 
 import diffprobe
 from diffprobe.cli import main
 from tests.cli_checks import one_line_error as _one_line_error
+from tests.cli_checks import strict_json
 
 TINY = ["--model", "tiny", "--steps", "1", "-q"]
 
-
-def _strict_json(text: str):
-    def refuse(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_kernels_bench_refuses_what_memory_cannot_hold(capsys):
@@ -80,7 +74,7 @@ def test_misleading_messages(tmp_path, capsys):
     # a block side past every matrix is one block per matrix (not an out-of-memory error blaming the image size)
     assert main(["sparsity", *TINY, "--blocks", "100000", "--tau", "0.9", "--eps", "1e-3", "--out",
                  str(tmp_path / "sp"), "--format", "json"]) == 0
-    by_kind = _strict_json(capsys.readouterr().out)["summary"]["64x64"]["by_kind"]
+    by_kind = strict_json(capsys.readouterr().out)["summary"]["64x64"]["by_kind"]
     for m in by_kind.values():
         assert m["blocks_100000_0.9"] == 1.0 and m["empty_blocks_100000_0.001"] == 0.0
 

@@ -5,15 +5,10 @@ import json
 import pytest
 
 from diffprobe.cli import main
+from tests.cli_checks import strict_json
 
 TINY = ["--model", "tiny", "--steps", "1", "-q"]
 
-
-def _strict_json(text: str):
-    def refuse(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_profile_approx_is_in_the_report(tmp_path):
@@ -27,8 +22,8 @@ def test_profile_approx_is_in_the_report(tmp_path):
 def test_approx_json_is_standard(tmp_path, capsys):
     assert main(["approx", *TINY, "--method", "threshold", "--eps", "0", "--out", str(tmp_path / "a"),
                  "--format", "json"]) == 0
-    d = _strict_json(capsys.readouterr().out)
-    _strict_json((tmp_path / "a" / "approx.json").read_text())
+    d = strict_json(capsys.readouterr().out)
+    strict_json((tmp_path / "a" / "approx.json").read_text())
     noop = d["results"][1]
     assert noop["psnr"] is None and noop["identical"] is True
 
@@ -76,7 +71,7 @@ def test_sweep_comparison_shows_the_swept_sizes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c"),
                  "--format", "json"]) == 0
-    runs = _strict_json(capsys.readouterr().out)["runs"]
+    runs = strict_json(capsys.readouterr().out)["runs"]
     assert runs[0]["height"] == "64,128" and runs[0]["batch"] == "1"
     assert "<td>None</td>" not in (tmp_path / "c" / "report.html").read_text()
 

@@ -107,4 +107,4 @@ def test_dit_and_unet_sweeps_name_their_denoiser_in_both_renderers(tmp_path, cap
             assert "self-attn" in terminal and ">conv<" in html and ">self-attn<" in html
     r = diffprobe.profile(model="tiny-sd3", steps=1, mode="analytic", out=str(tmp_path / "p"))
     found = profile_findings(r.to_dict(), r.ops)
-    assert any(f.startswith("denoiser FLOPs by layer class") for f in found) and not any("UNet" in f for f in found)
+    assert any(f.startswith("Denoiser FLOPs by layer class") for f in found) and not any("UNet" in f for f in found)

@@ -8,17 +8,11 @@ import pytest
 import diffprobe
 from diffprobe.cli import main
 from diffprobe.errors import DiffprobeError
-from tests.cli_checks import held_elsewhere
+from tests.cli_checks import held_elsewhere, strict_json
 from tests.cli_checks import one_line_error as _one_line_error
 
 TINY = ["--model", "tiny", "--steps", "1", "-q"]
 
-
-def _strict_json(text: str):
-    def refuse(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def _interrupted_sweep(out: Path):
@@ -102,7 +96,7 @@ def test_compare_marks_a_failed_run(tmp_path, capsys):
     (b / "run.json").write_text(json.dumps(run))
     capsys.readouterr()
     assert main(["compare", str(a), str(b), "--out", str(tmp_path / "c"), "--format", "json"]) == 0
-    d = _strict_json(capsys.readouterr().out)
+    d = strict_json(capsys.readouterr().out)
     assert [r["status"] for r in d["runs"]] == ["ok", "failed"]
     assert len(d["warnings"]) == 1 and "out of memory" in d["warnings"][0]
     assert main(["compare", str(a), str(b), "--out", str(tmp_path / "c2")]) == 0
