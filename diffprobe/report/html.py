@@ -36,15 +36,15 @@ def build_report(folder: str | Path) -> Path:
 
 def render(page: Page, s: Section) -> None:
     """One section on the page: its heading, banners, table, notes (a list, for findings), figures and images."""
+    if s.title == "Findings":
+        page.findings(s.notes)
+        return
     page.h2(s.title)
     for b in s.banners:
         page.banner(b, fail=s.fail)
     if s.rows:
         page.add(table(s.headers, s.rows, s.left))
-    if s.title == "Findings":
-        page.add('<ul class="findings">' + "".join(f"<li>{esc(n)}</li>" for n in s.notes) + "</ul>")
-    else:
-        page.add("".join(f"<p>{esc(n)}</p>" for n in s.notes))
+    page.add("".join(f"<p>{esc(n)}</p>" for n in s.notes))
     for f in s.figures:
         page.figure(f.make(), f.name, f.caption, svg=f.svg)
     for im in s.images:
