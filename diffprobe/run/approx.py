@@ -10,6 +10,7 @@ images a digit classifier recognizes as the digit their prompt asked for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -134,8 +135,9 @@ class _Batch:
     intervals: list[int]
     dense: dict | None = None
 
-    @property
+    @functools.cached_property
     def attention(self):
+        """The dense run's denoiser attention records (scores, softmax, P·V), filtered once."""
         ops = self.ops
         return ops[(ops["stage"] == "denoiser") & ops["layer_type"].isin(("attn_score", "attn_softmax", "attn_pv"))]
 
