@@ -37,7 +37,7 @@ def main() -> None:
                                           out=out))
             wall = time.perf_counter() - t0
         d = r.to_dict()
-        print(f"{model:12s} {d['height']:5d}px  {d['steps']:2d} steps ({d['unet_evals']} denoiser evals)  "
+        print(f"{model:12s} {d['height']:5d}px  {d['steps']:2d} steps ({d['denoiser_evals']} denoiser evals)  "
               f"wall {wall:.2f} s  {d['flops']['total'] / 1e12:.1f} TFLOP  {len(r.ops)} op records")
 
 

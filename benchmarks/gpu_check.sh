@@ -61,10 +61,10 @@ if [ "${1:-}" = "sparse" ]; then
     python3 - "$OUT/sparse/$1_$2.json" <<'PY' 2>&1 | tee -a "$OUT/sparse_e2e.txt"
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
-d = r[0]["unet_s"]
+d = r[0]["denoiser_s"]
 for x in r:
-    print(sys.argv[1].rsplit("/", 1)[-1], x["method"], x.get("value"), "unet_s", round(x["unet_s"], 4),
-          "speedup", round(d / x["unet_s"], 2), "kept", round(x["kept_fraction"], 3), "kernel", x["kernel"])
+    print(sys.argv[1].rsplit("/", 1)[-1], x["method"], x.get("value"), "denoiser_s", round(x["denoiser_s"], 4),
+          "speedup", round(d / x["denoiser_s"], 2), "kept", round(x["kept_fraction"], 3), "kernel", x["kernel"])
 PY
   done
   echo "== 7c. a call's cost at 4096 tokens (fp16, SD 2.1's head shape): predictor share of the dense call"

@@ -36,8 +36,8 @@ def run(label: str, argv: list[str]) -> None:
         name = "dense" if r["method"] == "dense" else r.get("setting")
         psnr = "identical" if r["psnr"] is None else f"{r['psnr']:.1f} dB"
         acc = "" if r.get("accuracy") is None else f"{100 * r['accuracy']:.0f}%"
-        print(f"| {name} | {100 * r['end_to_end_flops_saved']:.1f}% | {r['unet_s']:.2f} | "
-              f"{dense['unet_s'] / r['unet_s']:.2f}x | {psnr} | {r['ssim']:.3f} | {acc} |")
+        print(f"| {name} | {100 * r['end_to_end_share_saved']:.1f}% | {r['denoiser_s']:.2f} | "
+              f"{dense['denoiser_s'] / r['denoiser_s']:.2f}x | {psnr} | {r['ssim']:.3f} | {acc} |")
 
 
 def main() -> int:

@@ -32,10 +32,10 @@ def main() -> None:
         r = run_profile(ProfileConfig(model="sd21", height=512, width=512, steps=50, sample_steps=1, out=out,
                                       trace_ops=False))
     step = r.stages["unet"]
-    baseline = step * r.unet_evals * 6
+    baseline = step * r.denoiser_evals * 6
     print(f"analytic sweep sd21, 6 points x 50 steps: wall {wall:.2f} s (target <= 30 s), "
           f"{len(state['findings']['points'])} points")
-    print(f"baseline: one measured UNet evaluation at 512 px = {step:.2f} s; x {r.unet_evals} evals x 6 points "
+    print(f"baseline: one measured UNet evaluation at 512 px = {step:.2f} s; x {r.denoiser_evals} evals x 6 points "
           f">= {baseline:.0f} s; ratio analytic / measured <= {wall / baseline:.5f}")
 
 

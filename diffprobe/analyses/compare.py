@@ -45,14 +45,14 @@ def _sweep_metrics(d: dict) -> dict[str, float]:
         u = p["flops"]["denoiser"]
         tot = u["total"] or 1
         m[f"{p['name']}.image_flops"] = p["flops"]["total"]["total"]  # the whole pipeline, one image
-        m[f"{p['name']}.unet_flops"] = u["total"]  # the denoiser's (key kept from the UNet-only schema)
+        m[f"{p['name']}.denoiser_flops"] = u["total"]
         m[f"{p['name']}.self_attention_share"] = u.get("self_attention", 0) / tot
         # every attention layer of the denoiser (self, cross, joint, linear: projections included), and the
         # quadratic part of self and joint attention: comparable across UNets and transformers
         m[f"{p['name']}.attention_share"] = sum(u.get(f"{k}_attention", 0) for k in ATTN_KINDS) / tot
         m[f"{p['name']}.attention_core_share"] = u.get("attention_core", 0) / tot
         if "seconds" in p:
-            m[f"{p['name']}.unet_seconds"] = p["seconds"]["stages"].get("denoiser", 0.0)
+            m[f"{p['name']}.denoiser_seconds"] = p["seconds"]["stages"].get("denoiser", 0.0)
     cross = (f.get("crossover") or {}).get("flops")
     if cross and cross.get("side"):
         m["attention_overtakes_px"] = cross["side"]  # self-attention vs conv (UNet), attention vs linear (DiT)
@@ -69,7 +69,7 @@ def _sparsity_metrics(d: dict) -> dict[str, float]:
             if isinstance(v, (int, float))}
 
 
-APPROX_METRICS = ("attention_flops_saved", "end_to_end_flops_saved", "kept_fraction", "unet_s", "psnr", "ssim",
+APPROX_METRICS = ("attention_share_saved", "end_to_end_share_saved", "kept_fraction", "denoiser_s", "psnr", "ssim",
                   "accuracy", "clip_score")
 
 
@@ -79,7 +79,7 @@ def _approx_metrics(d: dict) -> dict[str, float]:
     for row in d.get("results", []):
         name = row.get("setting") or row["method"]
         for k in APPROX_METRICS:
-            if row.get(k) is not None and not (row["method"] == "dense" and k != "unet_s"):
+            if row.get(k) is not None and not (row["method"] == "dense" and k != "denoiser_s"):
                 m[f"{name}.{k}"] = row[k]
     return m
 

@@ -125,9 +125,9 @@ def profile_findings(run: dict, ops=None) -> list[str]:
         proj = run.get("projection")
         if proj and proj.get("total_s"):
             unet = proj["stages"].get("denoiser", 0.0)
-            out.append(f"Projected to all {proj['unet_evals_full']} denoiser evaluations, the denoiser is "
+            out.append(f"Projected to all {proj['denoiser_evals_full']} denoiser evaluations, the denoiser is "
                        f"{100 * unet / proj['total_s']:.1f}% of {proj['total_s']:.1f} s (a projection from "
-                       f"{proj['unet_evals_measured']} measured evaluations, not a measurement).")
+                       f"{proj['denoiser_evals_measured']} measured evaluations, not a measurement).")
     if ops is not None and len(ops):
         out += _denoiser_sentences(ops)
     out += _convention_and_time_sentences(run)
@@ -205,12 +205,12 @@ def approx_findings(state: dict) -> list[str]:
         ok = [r for r in res[1:] if setting_series(r) == m and r["ssim"] >= 0.9 and (
             r.get("accuracy") is None or r["accuracy"] >= dense["accuracy"] - 0.05)]
         if ok:
-            best = max(ok, key=lambda r: r["attention_flops_saved"])
+            best = max(ok, key=lambda r: r["attention_share_saved"])
             acc = f", digit accuracy {100 * best['accuracy']:.0f}%" if best.get("accuracy") is not None else ""
-            out.append(f"{m}: up to {100 * best['attention_flops_saved']:.1f}% of attention FLOPs "
-                       f"({100 * best['end_to_end_flops_saved']:.1f}% end to end) saved at {setting_name(best)} "
+            out.append(f"{m}: up to {100 * best['attention_share_saved']:.1f}% of attention FLOPs "
+                       f"({100 * best['end_to_end_share_saved']:.1f}% end to end) saved at {setting_name(best)} "
                        f"with SSIM {best['ssim']:.3f}{acc}; denoiser time "
-                       f"{best['unet_s'] / dense['unet_s']:.2f}x dense.")
+                       f"{best['denoiser_s'] / dense['denoiser_s']:.2f}x dense.")
         else:
             out.append(f"{m}: no tested value keeps SSIM >= 0.9 (and accuracy within 5 points of dense).")
     if dense.get("accuracy") is not None:

@@ -16,9 +16,9 @@ def account(calls: list[dict]) -> dict:
     for kind in ("self", "cross"):
         sel = [c for c in calls if c["attn_kind"] == kind]
         d_k, a_k = sum(c["dense_flops"] for c in sel), sum(c["flops"] for c in sel)
-        by_kind[kind] = {"dense_flops": d_k, "flops": a_k, "saved": 1 - a_k / d_k if d_k else 0.0}
+        by_kind[kind] = {"dense_flops": d_k, "flops": a_k, "share_saved": 1 - a_k / d_k if d_k else 0.0}
     return {"dense_flops": dense, "flops": approx, "predictor_flops": sum(c["predictor_flops"] for c in calls),
-            "kept_fraction": kept / entries if entries else 1.0, "saved": 1 - approx / dense if dense else 0.0,
+            "kept_fraction": kept / entries if entries else 1.0, "share_saved": 1 - approx / dense if dense else 0.0,
             "by_kind": by_kind}
 
 
@@ -74,8 +74,8 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
     return {"flops_by_layer_type": by_type, "flops_by_stage": by_stage, "flops_total": total,
             "dense_flops_by_layer_type": {k: float(v) for k, v in dense_type.items()}, "dense_flops_total": total_dense,
             "attention_flops_dense": dense_attn, "attention_flops": approx_attn,
-            "attention_flops_saved": 1 - approx_attn / dense_attn if dense_attn else 0.0,
-            "end_to_end_flops_saved": end_to_end_saved(total, total_dense),
+            "attention_share_saved": 1 - approx_attn / dense_attn if dense_attn else 0.0,
+            "end_to_end_share_saved": end_to_end_saved(total, total_dense),
             "flops_saved_by_stage": {k: float(v) - by_stage.get(k, 0.0) for k, v in dense_stage.items()},
             "flops_saved_by_layer_type": {**{k: float(v) - by_type.get(k, 0.0) for k, v in dense_type.items()},
                                           **({"attn_predictor": -predictor} if predictor else {})},

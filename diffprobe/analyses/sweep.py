@@ -37,8 +37,8 @@ def point_summary(name: str, run: dict, ops, accel: dict | None = None) -> dict:
                               "speedup_over_gpu_roofline": a["speedup_over_gpu_roofline"]}
                           for k, a in accel["accel"].items()}
     if run.get("approx"):
-        point["approx"] = {k: run["approx"].get(k) for k in ("method", "value", "setting", "attention_flops_saved",
-                                                          "end_to_end_flops_saved", "kept_fraction")}
+        point["approx"] = {k: run["approx"].get(k) for k in ("method", "value", "setting", "attention_share_saved",
+                                                          "end_to_end_share_saved", "kept_fraction")}
     return point
 
 

@@ -121,10 +121,14 @@ def warn(lines) -> None:
 
 
 
-def print_document(kind: str, doc: dict, folder, report_path: str) -> None:
-    """A document's sections on the terminal (the same sections as its report.html), then where the report is."""
+def print_document(kind: str, doc, folder, report_path: str) -> None:
+    """A document (or the mapping of its fields) of ``kind``: its sections on the terminal (the same sections as its
+    report.html), then where the report is."""
+    from diffprobe.records.documents import DOCUMENTS, Document
     from diffprobe.report.text import document_items
 
+    if not isinstance(doc, Document):
+        doc = DOCUMENTS[kind].from_fields(doc)
     for item in document_items(kind, doc, folder):
         out.print(item)
     out.print(f"report: {report_path}")

@@ -105,8 +105,8 @@ def profile(
         result = run_profile(cfg, progress=callback)
         callback("report", 0, 1)
         report_path = build_report(result.run_dir)
-    d = result.to_dict()
-    warn(d.get("warnings", []))
+    d = result.document()
+    warn(d.warnings or [])
     if fmt is Format.json:
         print_json(d)
     else:
@@ -187,17 +187,17 @@ def compare(
     from diffprobe.run.compare import compare_runs
 
     d = compare_runs(run_dirs, out_dir, force=force)
-    build_report(d["run_dir"])
+    build_report(d.run_dir)
     if fmt is Format.json:
         print_json(d)
         return
     from diffprobe.report.text import compare_table
 
     out.print(compare_table(d))
-    out.print(f"the runs differ in: {', '.join(d['differs']) or 'nothing in their configuration'}")
-    for line in d.get("warnings", []):
+    out.print(f"the runs differ in: {', '.join(d.differs) or 'nothing in their configuration'}")
+    for line in d.warnings:
         out.print(f"warning: {line}")
-    out.print(f"report: {Path(d['run_dir']) / 'report.html'}")
+    out.print(f"report: {Path(d.run_dir) / 'report.html'}")
 
 
 def sparsity(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
-from diffprobe.records.schema import OPS_ARROW, OPS_VERSION, VERSIONS
+from diffprobe.records.documents import Document, read_document
+from diffprobe.records.schema import OPS_ARROW, OPS_VERSION
 
 
 def _umask() -> int:
@@ -142,7 +144,7 @@ def standard(x):
         return x if math.isfinite(x) else None
     if x is None or isinstance(x, (str, bool, int)):
         return x
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):  # dicts and documents
         return {str(k): standard(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [standard(v) for v in x]
@@ -156,8 +158,8 @@ def dumps(data, indent: int | None = 2) -> str:
     return json.dumps(standard(data), indent=indent, allow_nan=False)
 
 
-def write_json(path: str | Path, data: dict) -> Path:
-    """Write ``data`` as indented standard JSON to ``path``, atomically."""
+def write_json(path: str | Path, data: dict | Document) -> Path:
+    """Write ``data`` (a document: its JSON form) as indented standard JSON to ``path``, atomically."""
     text = dumps(data)
 
     def write(tmp):
@@ -167,9 +169,10 @@ def write_json(path: str | Path, data: dict) -> Path:
     return atomic_write(path, write)
 
 
-def write_run_json(folder: str | Path, data: dict) -> Path:
-    """Write ``run.json`` atomically, so a reader never sees half a file."""
-    return write_json(Path(folder) / "run.json", data)
+def write_document(folder: str | Path, doc: Document) -> Path:
+    """Write ``doc`` into ``folder`` under its file name (``run.json``, ``sweep.json``, ...), atomically, so a reader
+    never sees half a file."""
+    return write_json(Path(folder) / doc.FILE, doc.to_json())
 
 
 def write_ops(folder: str | Path, ops) -> Path:
@@ -204,8 +207,8 @@ def _check_ops_version(path: Path, schema) -> None:
                              f"{OPS_VERSION}: re-run the command that made it")
 
 
-def read_result(folder: str | Path) -> tuple[str, dict]:
-    """The kind (``profile``, ``sweep``, ``compare``) and summary JSON of a diffprobe folder, validated.
+def read_result(folder: str | Path) -> tuple[str, Document]:
+    """The kind (``profile``, ``sweep``, ``compare``, ...) and document of a diffprobe folder, validated.
 
     Raises :class:`DiffprobeError` with one clear sentence for a missing, foreign, half-written or older folder."""
 
@@ -222,16 +225,7 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
     else:
         raise DiffprobeError(f"{folder} is not a diffprobe run folder (no run.json, sweep.json, sparsity.json, "
                              "approx.json or compare.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DiffprobeError(f"{path} is unreadable (half-written or damaged): {exc}") from exc
-    if not isinstance(data, dict) or "schema_version" not in data or "kind" not in data:
-        raise DiffprobeError(f"{path} was not written by diffprobe (no schema_version/kind)")
-    expected = VERSIONS.get(data["kind"])
-    if data["schema_version"] != expected:
-        raise DiffprobeError(f"{path} has schema version {data['schema_version']}; this diffprobe reads version "
-                             f"{expected}: re-run the command that made it")
+    doc = read_document(path)
     ops = folder / "ops.parquet"
     if ops.exists():  # the record table beside it: its own version, checked from the file's schema alone
         import pyarrow.parquet as pq
@@ -241,7 +235,7 @@ def read_result(folder: str | Path) -> tuple[str, dict]:
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise DiffprobeError(f"{ops} is unreadable: {type(exc).__name__}: {exc}") from exc
         _check_ops_version(ops, schema)
-    return data["kind"], data
+    return doc.KIND, doc
 
 
 def read_ops_checked(folder: str | Path):

@@ -14,7 +14,8 @@ import pyarrow as pa
 from diffprobe.errors import DiffprobeError
 
 OPS_VERSION = 4  # 2: start_s added; 3: shapes as list columns; 4: stage "denoiser" (was "unet"), DiT layer types
-SCHEMA_VERSION = 3  # the JSON documents (run.json, sweep.json, ...); 3: stage and sweep keys "denoiser" (was "unet")
+SCHEMA_VERSION = 4  # the JSON documents (run.json, sweep.json, ...); 3: stage and sweep keys "denoiser" (was "unet");
+# 4: every "unet_*" key "denoiser_*"; fractions saved "*_share_saved", absolute FLOPs saved "*_flops_saved"
 VERSIONS = {"ops": OPS_VERSION, "profile": SCHEMA_VERSION, "sweep": SCHEMA_VERSION, "compare": SCHEMA_VERSION,
             "sparsity": SCHEMA_VERSION, "approx": SCHEMA_VERSION, "accel": SCHEMA_VERSION}
 

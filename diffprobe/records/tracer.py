@@ -86,7 +86,7 @@ class OpTracer:
         self.suppress = False
         self.root = Frame()
         self.stack: list[Frame] = [self.root]
-        self.unet_step = -1
+        self.denoiser_step = -1
         self.scheduler_step = -1
         self._statics: dict[int, Static] = {}
         self._formula_cache: dict = {}
@@ -141,9 +141,9 @@ class OpTracer:
             self.stack.append(parent)
             return
         if st.is_unet:
-            self.unet_step += 1
-            self.root.step = self.unet_step
-        step = self.unet_step if st.stage == DENOISER else parent.step if parent.stage == st.stage else -1
+            self.denoiser_step += 1
+            self.root.step = self.denoiser_step
+        step = self.denoiser_step if st.stage == DENOISER else parent.step if parent.stage == st.stage else -1
         role = st.role
         self.stack.append(Frame(
             path=st.path, stage=st.stage, level=st.level or parent.level, tokens=st.tokens or parent.tokens,

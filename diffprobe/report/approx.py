@@ -6,80 +6,82 @@ from pathlib import Path
 
 from diffprobe.analyses.findings import eps_tau
 from diffprobe.errors import DiffprobeError
+from diffprobe.records.documents import ApproxDocument, SparsityDocument
 from diffprobe.report import figures as figs
 from diffprobe.report.sections import Figure, Image, Section
 from diffprobe.units import fmt_s
 
 
-def findings(state: dict, folder: Path) -> Section:
-    return Section("Findings", notes=list(state.get("findings") or []))
+def findings(state: ApproxDocument, folder: Path) -> Section:
+    return Section("Findings", notes=list(state.findings or []))
 
 
-def approx_rows(state: dict) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the trade-off: one row per method and parameter value, dense first."""
+def approx_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the trade-off (``approx.json``'s results): one row per method and parameter value, dense
+    first."""
     headers = ["method", "param", "attn FLOPs saved", "end-to-end saved", "kept", "denoiser s", "kernel", "PSNR",
                "SSIM"]
-    digits = state["results"][0].get("accuracy") is not None
-    clip = state["results"][0].get("clip_score") is not None
+    digits = results[0].get("accuracy") is not None
+    clip = results[0].get("clip_score") is not None
     headers += (["digit accuracy"] if digits else []) + (["CLIP score"] if clip else [])
     rows = []
-    for r in state["results"]:
+    for r in results:
         param = "" if r["method"] == "dense" else f"{r['param']}={r['value']:g}"
         method = r["method"]
         if r.get("setting") and "+" in r["setting"]:  # a composed setting: both methods, both parameters
             method, param = "+".join(p.split("=")[0] for p in r["setting"].split("+")), r["setting"]
         if (r.get("mask_interval") or 1) > 1 and "mask every" not in param:  # block masks reused across steps
             param += f", mask every {r['mask_interval']}"
-        row = [method, param, f"{100 * r['attention_flops_saved']:.1f}%", f"{100 * r['end_to_end_flops_saved']:.1f}%",
-               f"{100 * r['kept_fraction']:.1f}%", fmt_s(r["unet_s"]), r.get("kernel", ""),
+        row = [method, param, f"{100 * r['attention_share_saved']:.1f}%", f"{100 * r['end_to_end_share_saved']:.1f}%",
+               f"{100 * r['kept_fraction']:.1f}%", fmt_s(r["denoiser_s"]), r.get("kernel", ""),
                "identical" if r["psnr"] is None else f"{r['psnr']:.1f} dB", f"{r['ssim']:.3f}"]
         row += ([f"{100 * r['accuracy']:.0f}%"] if digits else []) + ([f"{r['clip_score']:.2f}"] if clip else [])
         rows.append(row)
     return headers, rows
 
 
-def tradeoff(state: dict, folder: Path) -> Section:
+def tradeoff(state: ApproxDocument, folder: Path) -> Section:
     from diffprobe.methods.reuse import REUSE
 
-    reuse = any(any(p.split("=")[0] in REUSE for p in (r.get("setting") or "").split("+")) for r in state["results"])
+    reuse = any(any(p.split("=")[0] in REUSE for p in (r.get("setting") or "").split("+")) for r in state.results)
     what = "approximate attention" + (" and step reuse" if reuse else "")
-    headers, rows = approx_rows(state)
-    notes = list(state.get("notes", []))
+    headers, rows = approx_rows(state.results)
+    notes = list(state.notes)
     banners = ["Random weights: attention is near-uniform, so these savings and quality figures say nothing about a "
-               "trained model; use --model digits or --weights."] if state.get("random_weights") else []
-    repeat = (state.get("repeat") or 1) > 1
+               "trained model; use --model digits or --weights."] if state.random_weights else []
+    repeat = (state.repeat or 1) > 1
     figures = [Figure("tradeoff", "attention FLOPs saved vs quality, per method",
-                      lambda: figs.tradeoff(state["results"]), True),
+                      lambda: figs.tradeoff(state.results), True),
                Figure("pareto", "every setting (attention, reuse and both): FLOPs and seconds saved against quality, "
                       "with the Pareto front; numbered points, named in the key"
                       + ("; bars: the min–max of the repeated runs" if repeat else ""),
-                      lambda: figs.pareto(state["results"]), True)]
-    return Section(f"Trade-off: {what} vs dense: {state['model']} {state['height']}x{state['width']}, "
-                   f"{state['steps']} steps, {len(state['prompts'])} image(s)", headers, rows, notes, figures, left=2,
+                      lambda: figs.pareto(state.results), True)]
+    return Section(f"Trade-off: {what} vs dense: {state.model} {state.height}x{state.width}, "
+                   f"{state.steps} steps, {len(state.prompts)} image(s)", headers, rows, notes, figures, left=2,
                    banners=banners, terminal_banners=True)
 
 
-def images(state: dict, folder: Path) -> Section:
+def images(state: ApproxDocument, folder: Path) -> Section:
     shown = []
-    for r in state["results"]:
+    for r in state.results:
         if (folder / r["image"]).exists():
             label = "dense" if r["method"] == "dense" else (r.get("setting")
                                                               or f"{r['method']} {r['param']}={r['value']:g}")
-            shown.append(Image(folder / r["image"], label, min(960, 64 * min(10, len(state.get("prompts", [1]))))))
+            shown.append(Image(folder / r["image"], label, min(960, 64 * min(10, len(state.prompts or [1])))))
     return Section("Images: dense and approximate (same noise)", images=shown, page_only=True)
 
 
 APPROX = [findings, tradeoff, images]
 
 
-def sparsity_rows(state: dict) -> tuple[list[str], list[list[str]]]:
+def sparsity_rows(state: SparsityDocument) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the sparsity summary: mean statistics by resolution, self/cross and level."""
     e, t = eps_tau(state)
-    b = state["blocks"][0]
+    b = state.blocks[0]
     headers = ["resolution", "attention", "level", f"p < {e:g}", f"keys for {t:g}", "entropy", f"empty {b}-blocks",
                f"{b}-blocks for {t:g}"]
     rows = []
-    for res, s in state["summary"].items():
+    for res, s in state.summary.items():
         items = [(kind, "all", m) for kind, m in s["by_kind"].items()]
         items += [("both", lv, m) for lv, m in s["by_level"].items()]
         for kind, lv, m in items:
@@ -89,24 +91,24 @@ def sparsity_rows(state: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def sparsity_status(state: dict, folder: Path) -> Section:
+def sparsity_status(state: SparsityDocument, folder: Path) -> Section:
     banners = []
-    if state.get("random_weights"):
-        banners.append(state.get("note") or "random weights: sparsity figures mean nothing for a trained model")
-    if not state.get("complete", True):
+    if state.random_weights:
+        banners.append(state.note or "random weights: sparsity figures mean nothing for a trained model")
+    if not state.complete:
         banners.append("This sparsity run did not finish: the figures show the last complete summary. Run the same "
                        "command again to finish it.")
-    return Section("Status", banners=banners, fail=not state.get("complete", True), terminal_banners=True)
+    return Section("Status", banners=banners, fail=not state.complete, terminal_banners=True)
 
 
-def sparsity_means(state: dict, folder: Path) -> Section | None:
-    if not state.get("summary"):
+def sparsity_means(state: SparsityDocument, folder: Path) -> Section | None:
+    if not state.summary:
         return None
     headers, rows = sparsity_rows(state)
-    return Section(f"Mean statistics (over heads, steps and layers): {state['model']}", headers, rows, left=3)
+    return Section(f"Mean statistics (over heads, steps and layers): {state.model}", headers, rows, left=3)
 
 
-def sparsity_resolutions(state: dict, folder: Path) -> list[Section]:
+def sparsity_resolutions(state: SparsityDocument, folder: Path) -> list[Section]:
     """Per resolution: a heatmap (layer x step) per attention kind, the histogram of keys covering the mass, the
     image (from ``sparsity.parquet``)."""
     import pandas as pd
@@ -126,7 +128,7 @@ def sparsity_resolutions(state: dict, folder: Path) -> list[Section]:
         figures.append(Figure(f"hist_{h}x{w}", "distribution over layers, heads and steps",
                               lambda g=g: figs.sparsity_histogram(g, f"keys_frac_{t:g}", f"fraction of keys covering "
                                                                   f"{t:g} of a row's mass")))
-        point = next((p for p in state.get("points", []) if p["height"] == h and p["width"] == w), None)
+        point = next((p for p in state.points if p["height"] == h and p["width"] == w), None)
         shown = []
         if point and point.get("image") and (folder / point["dir"] / point["image"]).exists():
             shown.append(Image(folder / point["dir"] / point["image"], f"generated image at {h}×{w}",

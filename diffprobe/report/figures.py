@@ -81,8 +81,8 @@ def step_timeline(run: dict) -> Figure | None:
     ax = fig.subplots()
     if steps:
         x = [s["step"] for s in steps]
-        ax.bar(x, [s["unet_s"] for s in steps], label="denoiser", color=color("conv"))
-        ax.bar(x, [s["scheduler_s"] for s in steps], bottom=[s["unet_s"] for s in steps], label="scheduler",
+        ax.bar(x, [s["denoiser_s"] for s in steps], label="denoiser", color=color("conv"))
+        ax.bar(x, [s["scheduler_s"] for s in steps], bottom=[s["denoiser_s"] for s in steps], label="scheduler",
                color=color("elementwise"))
         ax.set_ylabel("seconds", fontsize=10)
         ax.set_title("measured time per denoiser evaluation", fontsize=11)
@@ -257,7 +257,7 @@ def tradeoff(results: list[dict]) -> Figure:
     cap = (max(finite_psnr) + 5) if finite_psnr else 60.0  # identical images (no PSNR) are drawn at the cap
     for ax, (key, label) in zip(axes, metrics, strict=True):
         for i, m in enumerate(methods):
-            pts = sorted(((100 * r["attention_flops_saved"], r[key]) for r in results
+            pts = sorted(((100 * r["attention_share_saved"], r[key]) for r in results
                           if r["method"] != "dense" and series(r) == m),
                          key=lambda p: p[0])
             ys = [(cap if y is None else min(y, cap)) if key == "psnr" else y for _, y in pts]
@@ -324,18 +324,18 @@ def pareto(results: list[dict]) -> Figure:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     methods = list(dict.fromkeys(setting_series(r) for r in pts))
-    base = dense["unet_s"] if dense and dense["unet_s"] else None
+    base = dense["denoiser_s"] if dense and dense["denoiser_s"] else None
     for ax, (key, label) in zip(axes, (("flops", "end-to-end FLOPs saved (%)"),
                                        ("seconds", "denoiser seconds saved vs dense (%)")), strict=True):
         xy = []
         for i, r in enumerate(pts):
             c = _TAB[methods.index(setting_series(r)) % len(_TAB)]
             if key == "flops":
-                y = 100 * r["end_to_end_flops_saved"]
+                y = 100 * r["end_to_end_share_saved"]
                 ax.plot([r["ssim"]], [y], "o", color=c)
             else:
-                y = 100 * (1 - r["unet_s"] / base) if base else 0.0
-                lo, hi = r.get("unet_s_min"), r.get("unet_s_max")
+                y = 100 * (1 - r["denoiser_s"] / base) if base else 0.0
+                lo, hi = r.get("denoiser_s_min"), r.get("denoiser_s_max")
                 if base and lo is not None and (r.get("runs") or 1) > 1:  # the spread of the repeated runs
                     ax.errorbar([r["ssim"]], [y], yerr=[[y - 100 * (1 - hi / base)], [100 * (1 - lo / base) - y]],
                                 fmt="o", color=c, capsize=2, linewidth=0.8)

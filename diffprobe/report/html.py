@@ -7,8 +7,10 @@ alone. Every user-supplied string (prompt, model path, labels) goes through :fun
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+from diffprobe.records.documents import Document
 from diffprobe.records.runfolder import read_result
 from diffprobe.report.compare import compare_report
 from diffprobe.report.page import Page, esc, table
@@ -25,7 +27,7 @@ def build_report(folder: str | Path) -> Path:
     if kind == "sweep":
         from diffprobe.run.sweep import current_findings  # a killed sweep's points on disk: its findings
 
-        data = {**data, "findings": current_findings(folder, data)}
+        data = replace(data, findings=current_findings(folder, data))
     page = Page(folder, *_titles(kind, data))
     for text, fail in _banners(kind, data):
         page.banner(text, fail=fail)
@@ -51,33 +53,33 @@ def render(page: Page, s: Section) -> None:
         page.image(im.path.read_bytes(), im.caption, width=im.width)
 
 
-def _titles(kind: str, d: dict) -> tuple[str, str]:
+def _titles(kind: str, d: Document) -> tuple[str, str]:
     if kind == "profile":
-        return (f"diffprobe profile — {d.get('model_title', d.get('model'))}",
-                f"{d.get('height')}×{d.get('width')} px, batch {d.get('batch')}, {d.get('steps')} steps, "
-                f"{d.get('mode')} on {d.get('device')} ({d.get('dtype')})")
+        return (f"diffprobe profile — {d.model_title or d.model}",
+                f"{d.height}×{d.width} px, batch {d.batch}, {d.steps} steps, "
+                f"{d.mode} on {d.device} ({d.dtype})")
     if kind == "sweep":
-        cfg, n = d.get("config", {}), len((d.get("findings") or {}).get("points") or [])
-        return f"diffprobe sweep — {d.get('model')}", f"{n} points, {cfg.get('steps')} steps, {d.get('mode')}, " \
+        cfg, n = d.config, len((d.findings or {}).get("points") or [])
+        return f"diffprobe sweep — {d.model}", f"{n} points, {cfg.get('steps')} steps, {d.mode}, " \
                                                        f"{cfg.get('dtype')}"
     if kind == "sparsity":
-        return (f"diffprobe sparsity — {d.get('model')}", f"{len(d.get('points', []))} resolution(s), "
-                f"{d.get('steps')} steps, prompt {d.get('prompt')!r}")
+        return (f"diffprobe sparsity — {d.model}", f"{len(d.points)} resolution(s), "
+                f"{d.steps} steps, prompt {d.prompt!r}")
     if kind == "accel":
-        return f"diffprobe accel — {d.get('model')}", f"{d.get('height')}×{d.get('width')} px, {d.get('steps')} steps"
-    return (f"diffprobe approx — {d.get('model')}", f"{d.get('height')}×{d.get('width')} px, {d.get('steps')} steps, "
-            f"{len(d.get('prompts', []))} image(s), renormalize={d.get('renormalize')}")
+        return f"diffprobe accel — {d.model}", f"{d.height}×{d.width} px, {d.steps} steps"
+    return (f"diffprobe approx — {d.model}", f"{d.height}×{d.width} px, {d.steps} steps, "
+            f"{len(d.prompts)} image(s), renormalize={d.renormalize}")
 
 
-def _banners(kind: str, d: dict) -> list[tuple[str, bool]]:
+def _banners(kind: str, d: Document) -> list[tuple[str, bool]]:
     """What a reader must know before any number: an analytic or random-weights run, a failed one."""
     out = []
-    if kind == "profile" and d.get("mode") == "analytic":
+    if kind == "profile" and d.mode == "analytic":
         out.append(("Analytic run: counted on the meta device, with no weights and no compute. FLOPs and bytes are "
                     "exact counts of what the pipeline executes; nothing was timed and no image was drawn.", False))
-    elif kind == "profile" and d.get("random_weights"):
+    elif kind == "profile" and d.random_weights:
         out.append(("Random weights: timings and FLOPs are real; the image content and any attention sparsity are "
                     "not (load real weights with --weights for those).", False))
-    if kind == "profile" and d.get("status") != "ok":
-        out.append((f"This run failed: {d.get('error')}. What was measured before the failure is shown.", True))
+    if kind == "profile" and d.status != "ok":
+        out.append((f"This run failed: {d.error}. What was measured before the failure is shown.", True))
     return out

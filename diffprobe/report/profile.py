@@ -2,55 +2,56 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.records.documents import AccelDocument, RunDocument, read_document
 from diffprobe.report import figures as figs
 from diffprobe.report.sections import Figure, Image, Section, build
 from diffprobe.units import fmt_bytes, fmt_n, fmt_s
 
 
-def model_label(d: dict) -> str:
+def model_label(d: RunDocument) -> str:
     """``name (title)``, or the title alone where it already starts with the name."""
-    title = d.get("model_title") or ""
-    return title if title.startswith(d["model"]) else f"{d['model']} ({title})"
+    title = d.model_title or ""
+    return title if title.startswith(d.model) else f"{d.model} ({title})"
 
 
-def headline(d: dict) -> list[str]:
+def headline(d: RunDocument) -> list[str]:
     """The run in one line (and a random-weights warning): what the terminal prints above the sections."""
-    if d["mode"] == "analytic":
-        return [f"analytic: {model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, {d['steps']} steps "
-                f"({d['unet_evals']} denoiser evals), CFG {'on' if d['cfg'] else 'off'}, {d['dtype']} — meta device, "
+    if d.mode == "analytic":
+        return [f"analytic: {model_label(d)} {d.height}x{d.width}, batch {d.batch}, {d.steps} steps "
+                f"({d.denoiser_evals} denoiser evals), CFG {'on' if d.cfg else 'off'}, {d.dtype} — meta device, "
                 "nothing executed"]
-    lines = [f"{model_label(d)} {d['height']}x{d['width']}, batch {d['batch']}, {d['steps']} steps, CFG "
-             f"{'on' if d['cfg'] else 'off'}, {d['device']} {d['dtype']}"]
-    if d.get("random_weights"):
-        lines.insert(0, f"random weights — {d['note']}")
+    lines = [f"{model_label(d)} {d.height}x{d.width}, batch {d.batch}, {d.steps} steps, CFG "
+             f"{'on' if d.cfg else 'off'}, {d.device} {d.dtype}"]
+    if d.random_weights:
+        lines.insert(0, f"random weights — {d.note}")
     return lines
 
 
-CONFIG_KEYS = ("model", "model_title", "weights", "prompt", "height", "width", "steps", "unet_evals",
-               "unet_evals_measured", "batch", "guidance", "seed", "device", "dtype", "mode", "repeat", "warmup",
+CONFIG_KEYS = ("model", "model_title", "weights", "prompt", "height", "width", "steps", "denoiser_evals",
+               "denoiser_evals_measured", "batch", "guidance", "seed", "device", "dtype", "mode", "repeat", "warmup",
                "status")
 
 
-def configuration(d: dict, folder: Path) -> Section:
-    return Section("Configuration", ["setting", "value"], [[k, str(d.get(k))] for k in CONFIG_KEYS if k in d],
+def configuration(d: RunDocument, folder: Path) -> Section:
+    return Section("Configuration", ["setting", "value"], [[k, str(getattr(d, k))] for k in CONFIG_KEYS],
                    left=2, page_only=True)
 
 
-def findings(d: dict, folder: Path) -> Section:
-    return Section("Findings", notes=list(d.get("findings") or []))
+def findings(d: RunDocument, folder: Path) -> Section:
+    return Section("Findings", notes=list(d.findings or []))
 
 
-def stages(d: dict, folder: Path) -> Section | None:
-    st = d.get("stages") or {}
+def stages(d: RunDocument, folder: Path) -> Section | None:
+    st = d.stages or {}
     if not st:
         return None
-    proj = d.get("projection")
+    proj = d.projection
     total = st.get("total", 0.0) or 1.0
-    headers = ["stage", "seconds", "share"] + ([f"projected, {proj['unet_evals_full']} denoiser evals"] if proj else [])
+    headers = ["stage", "seconds", "share"] + (
+        [f"projected, {proj['denoiser_evals_full']} denoiser evals"] if proj else [])
     rows = []
     for stage, secs in [*((k, v) for k, v in st.items() if k != "total"), ("total", st.get("total", 0.0))]:
         row = [stage, fmt_s(secs), f"{100 * secs / total:.1f}%"]
@@ -59,15 +60,15 @@ def stages(d: dict, folder: Path) -> Section | None:
         rows.append(row)
     notes = []
     if proj:
-        notes.append(f"measured {proj['unet_evals_measured']} of {proj['unet_evals_full']} denoiser evaluations; the "
-                     "last column is a projection (per-step median x step count), not a measurement")
+        notes.append(f"measured {proj['denoiser_evals_measured']} of {proj['denoiser_evals_full']} denoiser "
+                     "evaluations; the last column is a projection (per-step median x step count), not a measurement")
     return Section("Measured time by stage", headers, rows, notes, total=True)
 
 
-def parameters(d: dict, folder: Path) -> Section:
-    notes = ["parameters: " + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d["params"].items())]
-    if d["mode"] != "analytic":
-        notes.append(f"peak memory: {fmt_bytes(d['peak_memory_bytes'])} ({d['peak_memory_kind']})")
+def parameters(d: RunDocument, folder: Path) -> Section:
+    notes = ["parameters: " + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in d.params.items())]
+    if d.mode != "analytic":
+        notes.append(f"peak memory: {fmt_bytes(d.peak_memory_bytes)} ({d.peak_memory_kind})")
     return Section("Parameters and memory", notes=notes)
 
 
@@ -76,26 +77,26 @@ def setting_label(ap: dict) -> str:
     return ap.get("setting") or f"{ap['method']}={ap['value']:g}"
 
 
-def approx_columns(d: dict) -> list[tuple[str, dict, float]]:
+def approx_columns(d: RunDocument) -> list[tuple[str, dict, float]]:
     """The ``--approx`` columns of the cost account, as (header, FLOPs by layer type, total): the setting's, and
     before it the dense run's over the same evaluations where those are not the profile's own (a reuse method's
     account covers every step while the profile sampled some) — a column never compares other steps than its
     neighbour's."""
-    ap = d.get("approx")
+    ap = d.approx
     if not ap:
         return []
-    n = ap.get("unet_evals_accounted")
-    if n is None or n == d.get("unet_evals_measured") or "dense_flops_by_layer_type" not in ap:
+    n = ap.get("denoiser_evals_accounted")
+    if n is None or n == d.denoiser_evals_measured or "dense_flops_by_layer_type" not in ap:
         return [(f"FLOPs, {setting_label(ap)}", ap["flops_by_layer_type"], ap["flops_total"])]
     return [(f"dense FLOPs, all {n} evals", ap["dense_flops_by_layer_type"], ap["dense_flops_total"]),
             (f"FLOPs, {setting_label(ap)}, all {n} evals", ap["flops_by_layer_type"], ap["flops_total"])]
 
 
-def account(d: dict, folder: Path) -> Section | None:
+def account(d: RunDocument, folder: Path) -> Section | None:
     """FLOPs, bytes and (measured) seconds per layer type, the denoiser column beside the whole run."""
-    if not d.get("flops"):
+    if not d.flops:
         return None
-    flops, nbytes, secs = d["flops"], d["bytes"], d.get("seconds")
+    flops, nbytes, secs = d.flops, d.bytes, d.seconds
     extra = approx_columns(d)
     headers = ["layer type", "FLOPs", "share", "denoiser FLOPs", "bytes"] + (["seconds"] if secs else []) + [
         h for h, _, _ in extra]
@@ -117,13 +118,13 @@ def account(d: dict, folder: Path) -> Section | None:
             rows.append(row)
     rows.append(["total", fmt_n(flops["total"]), "100.0%", fmt_n(sum(unet.values())), fmt_n(nbytes["total"], "B")]
                 + ([fmt_s(secs["total"])] if secs else []) + [fmt_n(tot) for _, _, tot in extra])
-    notes = approx_lines(d["approx"]) if d.get("approx") else []
-    lit = sum(d["macs_conv_linear"].values())
+    notes = approx_lines(d.approx) if d.approx else []
+    lit = sum(d.macs_conv_linear.values())
     notes.append(f"literature convention (conv + linear multiply-adds only): {fmt_n(lit)} MACs = "
                  f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
-    if d.get("projection") and "flops_total" in d["projection"]:
-        notes.append(f"full-run FLOPs (projection, {d['projection']['unet_evals_full']} denoiser evals): "
-                     f"{fmt_n(d['projection']['flops_total'])}")
+    if d.projection and "flops_total" in d.projection:
+        notes.append(f"full-run FLOPs (projection, {d.projection['denoiser_evals_full']} denoiser evals): "
+                     f"{fmt_n(d.projection['flops_total'])}")
     fig = Figure("stage_layer_types", "FLOPs (and measured time) by stage, stacked by layer type",
                  lambda: figs.stage_layer_bars(d))
     return Section("Cost account by layer type (whole run as traced; denoiser column: all its evaluations)",
@@ -140,16 +141,17 @@ def _spread(stats: dict | None) -> str:
 def approx_summary_lines(ap: dict) -> list[str]:
     """``profile --approx`` in brief: what the setting saves against dense, net of its own cost, over which
     evaluations, and the seconds of both untraced runs."""
-    lines = [f"{setting_label(ap)}: {100 * ap['attention_flops_saved']:.1f}% of denoiser attention FLOPs saved "
-             f"({100 * ap['end_to_end_flops_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
+    lines = [f"{setting_label(ap)}: {100 * ap['attention_share_saved']:.1f}% of denoiser attention FLOPs saved "
+             f"({100 * ap['end_to_end_share_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
              "attention entries kept; net of the method's own FLOPs"]
     if ap.get("coverage"):
         lines.append(f"accounted and timed over {ap['coverage']}")
-    if ap.get("unet_seconds") is not None:
-        dense = ap.get("dense_untraced_unet_seconds")
-        mine = fmt_s(ap["unet_seconds"]) + _spread(ap.get("unet_seconds_stats"))
-        lines.append(f"denoiser {mine} with it vs {fmt_s(dense)}{_spread(ap.get('dense_untraced_unet_seconds_stats'))}"
-                     f" dense, both untraced, same noise (attention kernel: {ap.get('kernel', '?')})"
+    if ap.get("denoiser_seconds") is not None:
+        dense = ap.get("dense_untraced_denoiser_seconds")
+        mine = fmt_s(ap["denoiser_seconds"]) + _spread(ap.get("denoiser_seconds_stats"))
+        spread = _spread(ap.get("dense_untraced_denoiser_seconds_stats"))
+        lines.append(f"denoiser {mine} with it vs {fmt_s(dense)}{spread} dense, both untraced, same noise "
+                     f"(attention kernel: {ap.get('kernel', '?')})"
                      if dense is not None else f"denoiser {mine} untraced (attention kernel: {ap.get('kernel', '?')})")
     saved = {k: v for k, v in (ap.get("flops_saved_by_stage") or {}).items() if v}
     if saved:
@@ -200,14 +202,14 @@ def fmt_steps(nums: list[int]) -> str:
     return f"steps {shown} ({len(nums)} steps)"
 
 
-def compiled_rows(d: dict) -> list[tuple[str, float, float]]:
+def compiled_rows(d: RunDocument) -> list[tuple[str, float, float]]:
     """``--compile``: (name, eager s, compiled s) per stage, then per layer type of the compiled stages."""
-    c = d["compiled"]
+    c = d.compiled
     compiled = set(c.get("compiled") or ())
-    rows = [(f"stage {k}" + ("" if k in compiled else " (not compiled)"), v, d["stages"].get(k, 0.0))
+    rows = [(f"stage {k}" + ("" if k in compiled else " (not compiled)"), v, d.stages.get(k, 0.0))
             for k, v in c["eager"]["stages"].items() if k != "total"]
-    rows.append(("stage total", c["eager"]["stages"].get("total", 0.0), d["stages"].get("total", 0.0)))
-    by_type = (d.get("seconds") or {}).get("by_layer_type", {})
+    rows.append(("stage total", c["eager"]["stages"].get("total", 0.0), d.stages.get("total", 0.0)))
+    by_type = (d.seconds or {}).get("by_layer_type", {})
     if "kernels" in c:
         rows += [(t, c["eager"]["by_layer_type"].get(t, 0.0), by_type.get(t, 0.0))
                  for t in sorted(set(by_type) | set(c["eager"]["by_layer_type"]),
@@ -215,9 +217,9 @@ def compiled_rows(d: dict) -> list[tuple[str, float, float]]:
     return rows
 
 
-def compiled(d: dict, folder: Path) -> Section | None:
+def compiled(d: RunDocument, folder: Path) -> Section | None:
     """``--compile``: eager vs compiled seconds side by side, compile time and how the kernels were attributed."""
-    c = d.get("compiled")
+    c = d.compiled
     if not c:
         return None
     rows = [[name, fmt_s(e), fmt_s(k), f"{e / k:.2f}x" if k > 0 else "—"] for name, e, k in compiled_rows(d)]
@@ -236,7 +238,7 @@ def compiled(d: dict, folder: Path) -> Section | None:
                    rows, notes)
 
 
-def steps(d: dict, folder: Path) -> Section:
+def steps(d: RunDocument, folder: Path) -> Section:
     return Section("Per denoiser evaluation", figures=[
         Figure("steps", "measured seconds (or FLOPs) per denoiser evaluation", lambda: figs.step_timeline(d))])
 
@@ -249,10 +251,10 @@ def _of_peak(r: dict) -> str:
     return "" if r.get("fraction_of_peak") is None else f"{100 * r['fraction_of_peak']:.0f}%"
 
 
-def roofline(d: dict, folder: Path) -> list[Section] | None:
+def roofline(d: RunDocument, folder: Path) -> list[Section] | None:
     """Roofline-predicted seconds per stage, beside the measured ones in a measured run; per layer type; the figure
     of the layer types on the preset's roofline (from the run's records)."""
-    roof = d.get("roofline")
+    roof = d.roofline
     if not roof:
         return None
     pred, vm = roof["prediction"], roof.get("versus_measured")
@@ -299,35 +301,31 @@ def roofline_figure(roof: dict, folder: Path):
     return figs.roofline_figure(rl.op_roofline(ops, preset), preset, f"layer types on {preset.title}")
 
 
-def accelerators(d: dict, folder: Path) -> list[Section] | None:
+def accelerators(d: RunDocument, folder: Path) -> list[Section] | None:
     """``diffprobe accel``'s account of this run (``accel.json``), when it was run on it."""
     from diffprobe.report.accel import SECTIONS as ACCEL
 
     path = folder / "accel.json"
     if not path.exists():
         return None
-    try:
-        acc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DiffprobeError(f"{path} is unreadable: {exc}") from exc
-    return build(ACCEL, acc, folder)
+    return build(ACCEL, read_document(path, AccelDocument), folder)
 
 
-def images(d: dict, folder: Path) -> Section | None:
-    image = d.get("image")
+def images(d: RunDocument, folder: Path) -> Section | None:
+    image = d.image
     if not image or not (folder / image).exists():
         return None
-    note = " (random weights: noise-like by design)" if d.get("random_weights") else ""
-    width = min(512, d.get("width") or 512)
+    note = " (random weights: noise-like by design)" if d.random_weights else ""
+    width = min(512, d.width or 512)
     shown = [Image(folder / image, f"{image}{note}", width)]
-    ap_image = (d.get("approx") or {}).get("image")
+    ap_image = (d.approx or {}).get("image")
     if ap_image and (folder / ap_image).exists():
-        shown.append(Image(folder / ap_image, f"{ap_image}: the same run with {setting_label(d['approx'])}", width))
+        shown.append(Image(folder / ap_image, f"{ap_image}: the same run with {setting_label(d.approx)}", width))
     return Section("Generated image", images=shown, page_only=True)
 
 
-def environment(d: dict, folder: Path) -> Section | None:
-    env = d.get("environment")
+def environment(d: RunDocument, folder: Path) -> Section | None:
+    env = d.environment
     if not env:
         return None
     return Section("Environment", ["item", "value"], [[k, str(v)] for k, v in env.items()], left=2, page_only=True)

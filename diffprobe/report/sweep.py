@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffprobe.analyses.findings import LABEL, share_classes
+from diffprobe.records.documents import SweepDocument
 from diffprobe.report import figures as figs
 from diffprobe.report.profile import roofline, setting_label
 from diffprobe.report.sections import Figure, Section
@@ -22,39 +23,39 @@ SHORT = {"attention_core": "attn core", "joint_attention": "joint attn", "self_a
          "norm": "norm"}
 
 
-def _points(state: dict) -> list[dict]:
-    return sorted((state.get("findings") or {}).get("points") or [], key=lambda p: (p["batch"], p["side"]))
+def _points(state: SweepDocument) -> list[dict]:
+    return sorted((state.findings or {}).get("points") or [], key=lambda p: (p["batch"], p["side"]))
 
 
-def status(state: dict, folder: Path) -> Section:
+def status(state: SweepDocument, folder: Path) -> Section:
     """What the sweep covers: unfinished, analytic, random weights, points that failed or were skipped."""
     pts = _points(state)
     banners = []
-    if state.get("complete") is False:
+    if state.complete is False:
         banners.append(f"This sweep did not finish: the findings below come from the {len(pts)} points it completed; "
                        "re-run the same command to resume it.")
-    if state.get("mode") == "analytic":
+    if state.mode == "analytic":
         banners.append("Analytic sweep: every point counted on the meta device, with no weights and no compute: FLOPs "
                        "and bytes are exact; nothing was timed.")
-    elif state.get("random_weights"):
+    elif state.random_weights:
         banners.append("Random weights: FLOPs and timings are real; image content and sparsity are not.")
-    failed = [f"{p['status']}: {p.get('message', '')}" for p in (state.get("points") or {}).values()
+    failed = [f"{p['status']}: {p.get('message', '')}" for p in (state.points or {}).values()
               if p.get("status") in ("failed", "skipped")]
     return Section("Status", banners=banners + failed, fail=bool(failed), terminal_banners=True,
                    page_only=not failed)
 
 
-def findings(state: dict, folder: Path) -> Section:
-    return Section("Findings", notes=list((state.get("findings") or {}).get("sentences") or []))
+def findings(state: SweepDocument, folder: Path) -> Section:
+    return Section("Findings", notes=list((state.findings or {}).get("sentences") or []))
 
 
-def points(state: dict, folder: Path) -> Section | None:
+def points(state: SweepDocument, folder: Path) -> Section | None:
     pts = _points(state)
     if not pts:
         return None
     # a UNet's layer classes, or a diffusion transformer's (those with no FLOPs at any point left out: SD3's attention
     # is all joint, so no self- or cross-attention column)
-    classes = [c for c in share_classes(state.get("findings") or {}) if any(p["flops"]["denoiser"].get(c) for p in pts)]
+    classes = [c for c in share_classes(state.findings or {}) if any(p["flops"]["denoiser"].get(c) for p in pts)]
     timed = any("seconds" in p for p in pts)
     roof = any("roofline" in p for p in pts)
     appr = next((p["approx"] for p in pts if "approx" in p), None)
@@ -74,7 +75,7 @@ def points(state: dict, folder: Path) -> Section | None:
             row.append(fmt_s(p["roofline"]["prediction"]["total_s"]) if "roofline" in p else "")
         if appr:
             a = p.get("approx")
-            row.append(f"{100 * a['attention_flops_saved']:.1f}% / {100 * a['end_to_end_flops_saved']:.1f}%"
+            row.append(f"{100 * a['attention_share_saved']:.1f}% / {100 * a['end_to_end_share_saved']:.1f}%"
                        if a else "")
         row += [fmt_s(p["accel"][d]["latency_s"]) if d in p.get("accel", {}) else "" for d in designs]
         mem = p["attention_memory"]
@@ -86,12 +87,12 @@ def points(state: dict, folder: Path) -> Section | None:
                      "the projections, FFN and other per-token GEMMs")
     if len(pts) < 2:
         notes.append("scaling exponents need at least two resolutions: add more to --resolutions")
-    return Section(f"Sweep: {state.get('model')} ({state.get('mode')}), denoiser FLOP shares per point", headers,
+    return Section(f"Sweep: {state.model} ({state.mode}), denoiser FLOP shares per point", headers,
                    rows, notes)
 
 
-def exponents(state: dict, folder: Path) -> Section | None:
-    f = state.get("findings") or {}
+def exponents(state: SweepDocument, folder: Path) -> Section | None:
+    f = state.findings or {}
     fits = f.get("exponents", {})
     if not fits.get("flops"):
         return None
@@ -118,7 +119,7 @@ def exponents(state: dict, folder: Path) -> Section | None:
                                                                         if timed else []), rows, figures=figures)
 
 
-def largest(state: dict, folder: Path) -> list[Section] | None:
+def largest(state: SweepDocument, folder: Path) -> list[Section] | None:
     """The largest point: its roofline (with the figure of its records) and its largest denoiser costs."""
     pts = _points(state)
     if not pts:

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from diffprobe.errors import plural
+from diffprobe.records.documents import CompareDocument, Document
 from diffprobe.report import accel, approx, profile, sweep
 from diffprobe.report.sections import Section, build
 from diffprobe.units import fmt_bytes, fmt_n, fmt_s
@@ -38,20 +39,20 @@ def terminal_items(sections: list[Section]) -> list:
     return items
 
 
-def document_items(kind: str, doc: dict, folder: str | Path) -> list:
+def document_items(kind: str, doc: Document, folder: str | Path) -> list:
     """What the terminal prints for a document of ``kind`` read from (or written to) ``folder``."""
     items = terminal_items(build(SECTIONS[kind], doc, Path(folder)))
     if kind != "profile":
         return items
-    image = f"  image: {doc['image']}" if doc.get("image") else ""
-    return profile.headline(doc) + items + [f"run folder: {doc['run_dir']}{image}"]
+    image = f"  image: {doc.image}" if doc.image else ""
+    return profile.headline(doc) + items + [f"run folder: {doc.run_dir}{image}"]
 
 
-def compare_table(d: dict) -> Table:
+def compare_table(d: CompareDocument) -> Table:
     """Metrics of a comparison, one column per run, ratios to the baseline in parentheses."""
-    t = Table(title=f"compare ({d['of']} runs; baseline {d['baseline']})", title_justify="left")
+    t = Table(title=f"compare ({d.of} runs; baseline {d.baseline})", title_justify="left")
     t.add_column("metric")
-    for r in d["runs"]:
+    for r in d.runs:
         status = r.get("status", "ok")
         t.add_column(r["label"] + ("" if status == "ok" else f" ({status})"), justify="right")
     for row in compare_rows(d):
@@ -59,20 +60,20 @@ def compare_table(d: dict) -> Table:
     return t
 
 
-def compare_rows(d: dict) -> list[list[str]]:
+def compare_rows(d: CompareDocument) -> list[list[str]]:
     """[metric, value (×ratio), ...] per metric of a comparison, formatted by the metric's unit."""
     rows = []
-    for k, row in d["metrics"].items():
+    for k, row in d.metrics.items():
         last = k.rsplit(".", 1)[-1]
-        fmt = fmt_s if k.startswith("seconds") or k.endswith("seconds") or last == "unet_s" else (
-            (lambda x: f"{100 * x:.1f}%") if k.endswith("share") or last.endswith("_saved") or last in (
+        fmt = fmt_s if k.startswith("seconds") or k.endswith("seconds") or last == "denoiser_s" else (
+            (lambda x: f"{100 * x:.1f}%") if k.endswith("share") or last.endswith("_share_saved") or last in (
                 "kept_fraction", "accuracy") or last.startswith(("below_", "keys_frac_", "blocks_", "empty_blocks_"))
             else (lambda x: f"{x:.3g}") if last in ("psnr", "ssim", "entropy", "clip_score") or last.startswith(
                 "keys_") else fmt_n)
         cells = []
         for lb, v in row.items():
-            r = d["ratios"][k][lb]
-            cells.append(("" if v is None else fmt(v)) + ("" if r is None or lb == d["baseline"] else f" (×{r:.3g})"))
+            r = d.ratios[k][lb]
+            cells.append(("" if v is None else fmt(v)) + ("" if r is None or lb == d.baseline else f" (×{r:.3g})"))
         rows.append([k, *cells])
     return rows
 

@@ -10,9 +10,9 @@ from diffprobe.analyses.accel import density_curve, evaluate, mask_plans, summar
 from diffprobe.errors import DiffprobeError, a
 from diffprobe.hardware.accel import AccelPreset, gemm, get_accel, mapping
 from diffprobe.hardware.presets import get_preset
+from diffprobe.records.documents import AccelDocument
 from diffprobe.records.masks import MaskStore
-from diffprobe.records.runfolder import read_ops_checked, read_result, write_json
-from diffprobe.records.schema import VERSIONS
+from diffprobe.records.runfolder import read_ops_checked, read_result, write_document
 
 ACCEL_FILE = "accel.json"
 
@@ -97,7 +97,7 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
     gpu_pred = roofline.prediction(roofline.op_roofline(ops, gpu_preset))
     measured_gpu = d.get("stages") if str(d.get("device", "")).startswith("cuda") and d.get("mode") == "measured" \
         else None
-    out: dict = {"schema_version": VERSIONS["accel"], "kind": "accel", "run_dir": str(folder), "model": d["model"],
+    out: dict = {"run_dir": str(folder), "model": d["model"],
                  "height": d["height"], "width": d["width"], "steps": d["steps"], "mode": d["mode"],
                  "density": density,
                  "density_note": None if density is None else
@@ -107,13 +107,13 @@ def accel_run(folder: str | Path, archs: str | list[str], density: float | None 
                  "gpu": {"preset": gpu_preset.name, "roofline_s": gpu_pred["total_s"],
                          "roofline_by_stage": gpu_pred["by_stage"],
                          "measured_s": measured_gpu.get("total") if measured_gpu else None},
-                 "accel": {}, "unet_evals": d.get("unet_evals"), "unet_evals_measured": d.get("unet_evals_measured"),
+                 "accel": {}, "denoiser_evals": d.denoiser_evals, "denoiser_evals_measured": d.denoiser_evals_measured,
                  "warnings": run_warnings(folder, d)}
     dense_cache: dict[str, dict] = {}
     for p in presets:
         out["accel"][p.name] = _design(ops, p, density, store, tau, dense_cache, gpu_pred["total_s"], measured_gpu)
     if write:
-        write_json(folder / ACCEL_FILE, out)
+        write_document(folder, AccelDocument.from_fields(out))
     return out
 
 
@@ -160,7 +160,7 @@ def run_warnings(folder: Path, d: dict) -> list[str]:
     """What a reader of figures drawn from a profile folder must know first: that the run did not finish, or that
     its records cover only the denoiser evaluations it measured."""
     out = []
-    done, full = d.get("unet_evals_measured"), d.get("unet_evals")
+    done, full = d.get("denoiser_evals_measured"), d.get("denoiser_evals")
     part = f"the {done} of {full} denoiser evaluations it measured" if done is not None and full else "what it measured"
     if d.get("status", "ok") != "ok":
         out.append(f"{folder} did not finish (status {d.get('status')}"

@@ -81,7 +81,7 @@ class MetaAdapters:
             cache: dict = {}
 
             def replaying_forward(*args, **kwargs):
-                step_now = tracer.unet_step
+                step_now = tracer.denoiser_step
                 key = (_shape_key(args, kwargs), self.plan(step_now) if self.plan else None)
                 if key in cache:
                     first_row, n_rows, output = cache[key]

@@ -29,9 +29,9 @@ from diffprobe.errors import DiffprobeError
 from diffprobe.models import digits
 from diffprobe.models.digits import DigitClassifier
 from diffprobe.models.registry import denoiser, get_spec
+from diffprobe.records.documents import ApproxDocument
 from diffprobe.records.masks import write_masks
-from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_json
-from diffprobe.records.schema import SCHEMA_VERSION
+from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_document
 from diffprobe.run.pipeline import PipelineCall
 from diffprobe.run.profile import (
     analytic_twin,
@@ -69,8 +69,8 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
         t0 = time.perf_counter()
         images = PipelineCall(cfg, tuple(prompts))(pipe, **hooks).images  # the same noise every call
         wall = time.perf_counter() - t0
-    unet_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")
-    return {"images": images.float().cpu(), "latents": steps, "unet_s": unet_s, "wall_s": wall}
+    denoiser_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")
+    return {"images": images.float().cpu(), "latents": steps, "denoiser_s": denoiser_s, "wall_s": wall}
 
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
@@ -83,7 +83,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     ``identical_images`` counts those left out of the mean. ``mask_interval`` (one or several): every ``block``
     setting runs once per interval, a row each (``mask_interval`` in the row), so the quality cost of reusing
     masks is measured against the same dense run as the setting itself. ``repeat``: timed generations per row
-    (same noise, so the same images); ``unet_s`` is their median, ``unet_s_min`` / ``unet_s_max`` the spread."""
+    (same noise, so the same images); ``denoiser_s`` is their median, ``denoiser_s_min`` / ``denoiser_s_max`` the
+    spread."""
     if repeat < 1:
         raise DiffprobeError(f"--repeat must be at least 1, got {repeat}")
 
@@ -178,7 +179,7 @@ def _dense_row(run: _Batch) -> dict:
     run.dense = dense = _timed(run.pipe, run.cfg, run.prompts, run.options["repeat"])
     _save_grid(dense["images"], run.out_dir / "images" / "dense.png")
     return {"method": "dense", "param": "", "value": None, "attention_flops": float(run.attention["flops"].sum()),
-            "attention_flops_saved": 0.0, "end_to_end_flops_saved": 0.0, "kept_fraction": 1.0,
+            "attention_share_saved": 0.0, "end_to_end_share_saved": 0.0, "kept_fraction": 1.0,
             **_seconds(dense), "warmup_s": warm_s, "kernel": "dense", "psnr": None, "identical": True,
             "identical_images": len(run.prompts), "ssim": 1.0, **run.scores(dense["images"]),
             "latent_rel_error": [0.0] * len(dense["latents"]), "image": "images/dense.png"}
@@ -224,14 +225,14 @@ def _write(run: _Batch, rows: list[dict], notes: list[str]) -> dict:
     atomic_write(run.out_dir / "approx.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     # the analytic run encodes one prompt for the whole batch; the quality batch encodes each of its prompts
     total_flops = float(run.ops["flops"].sum()) + run.text * (len(run.prompts) - 1)
-    state = {"schema_version": SCHEMA_VERSION, "kind": "approx", "model": cfg.model, "height": cfg.height,
+    state = {"model": cfg.model, "height": cfg.height,
              "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed,
              "prompts": run.prompts, "renormalize": opts["renormalize"], "block": opts["block"], "rank": opts["rank"],
              "mask_interval": run.intervals[0], "repeat": opts["repeat"], "mask_intervals": run.intervals,
              "random_weights": cfg.random_weights, "total_flops": total_flops, "results": rows,
              "run_dir": str(run.out_dir), "notes": notes + _notes(cfg, rows, opts["repeat"])}
     state["findings"] = approx_findings(state)
-    write_json(run.out_dir / "approx.json", state)
+    write_document(run.out_dir, ApproxDocument.from_fields(state))
     return state
 
 
@@ -245,8 +246,8 @@ def _flops(cfg, pipe, setting, calls, dense, prompts: list[str], text: float, un
         ran = reuse_records(cfg, pipe, setting.reuse, count_denoiser_evals(pipe, cfg.steps, "cpu"), tuple(prompts))
     acc = approximate_account(ran, calls, dense=dense)
     encoded = extra if setting.reuse is None or not setting.reuse.data_dependent else 0.0  # traced: all encoded
-    out = {"attention_flops": acc["attention_flops"], "attention_flops_saved": acc["attention_flops_saved"],
-           "end_to_end_flops_saved": end_to_end_saved(acc["flops_total"] + encoded, acc["dense_flops_total"] + extra),
+    out = {"attention_flops": acc["attention_flops"], "attention_share_saved": acc["attention_share_saved"],
+           "end_to_end_share_saved": end_to_end_saved(acc["flops_total"] + encoded, acc["dense_flops_total"] + extra),
            "kept_fraction": acc["kept_fraction"],
            "predictor_flops": acc["flops_by_layer_type"].get("attn_predictor", 0.0)}
     if setting.reuse is None:
@@ -255,8 +256,8 @@ def _flops(cfg, pipe, setting, calls, dense, prompts: list[str], text: float, un
             raise DiffprobeError("internal: approximate attention saw other attention calls than the cost account "
                                  f"({calls_acc['dense_flops']} vs {unet_attn['flops'].sum()} dense FLOPs)")
         by_kind = calls_acc["by_kind"]
-        return {**out, "self_saved": by_kind["self"]["saved"], "cross_saved": by_kind["cross"]["saved"]}
-    return {**out, "unet_flops_saved": acc["flops_saved_by_stage"].get("denoiser", 0.0)}
+        return {**out, **{f"{k}_share_saved": by_kind[k]["share_saved"] for k in ("self", "cross")}}
+    return {**out, "denoiser_flops_saved": acc["flops_saved_by_stage"].get("denoiser", 0.0)}
 
 
 def _timed(pipe, cfg, prompts: list[str], repeat: int, core=None) -> dict:
@@ -271,14 +272,14 @@ def _timed(pipe, cfg, prompts: list[str], repeat: int, core=None) -> dict:
             core.masks = []
         runs.append(generate(pipe, cfg, prompts, core.core if core is not None else None))
     res = runs[-1]
-    secs = [r["unet_s"] for r in runs]
-    res.update(unet_s=statistics.median(secs), unet_s_min=min(secs), unet_s_max=max(secs), runs=len(secs),
+    secs = [r["denoiser_s"] for r in runs]
+    res.update(denoiser_s=statistics.median(secs), denoiser_s_min=min(secs), denoiser_s_max=max(secs), runs=len(secs),
                wall_s=statistics.median(r["wall_s"] for r in runs))
     return res
 
 
 def _seconds(res: dict) -> dict:
-    return {k: res[k] for k in ("unet_s", "unet_s_min", "unet_s_max", "runs", "wall_s")}
+    return {k: res[k] for k in ("denoiser_s", "denoiser_s_min", "denoiser_s_max", "runs", "wall_s")}
 
 
 NOISY = 1.25  # a row whose slowest run took this much longer than its fastest: the seconds are noise-dominated
@@ -290,8 +291,8 @@ def _notes(cfg, rows: list[dict], repeat: int) -> list[str]:
     if repeat == 1:
         notes.append("seconds: one timed run per row (no spread measured); --repeat N times every row N times and "
                      "reports the median with its min–max")
-    noisy = [r.get("setting") or r["method"] for r in rows if r["unet_s_min"] > 0
-             and r["unet_s_max"] / r["unet_s_min"] > NOISY]
+    noisy = [r.get("setting") or r["method"] for r in rows if r["denoiser_s_min"] > 0
+             and r["denoiser_s_max"] / r["denoiser_s_min"] > NOISY]
     if noisy:
         notes.append(f"seconds: the runs of {', '.join(noisy)} differ by more than {100 * (NOISY - 1):.0f}% "
                      "(a busy machine?): compare seconds with care")

@@ -9,15 +9,15 @@ import pandas as pd
 
 from diffprobe.analyses.compare import compare, rows
 from diffprobe.errors import DiffprobeError
-from diffprobe.records.runfolder import atomic_write, prepare_out_dir, read_result, release_folder, write_json
-from diffprobe.records.schema import SCHEMA_VERSION
+from diffprobe.records.documents import CompareDocument
+from diffprobe.records.runfolder import atomic_write, prepare_out_dir, read_result, release_folder, write_document
 from diffprobe.run.sweep import current_findings
 
 
-def compare_runs(folders: list[str | Path], out: str | Path | None = None, force: bool = False) -> dict:
+def compare_runs(folders: list[str | Path], out: str | Path | None = None, force: bool = False) -> CompareDocument:
     """Compare run folders into ``out`` (a new or empty folder, never one of the inputs; ``force`` replaces an
     earlier comparison there; default ``runs/<time>-compare``). An interrupted sweep is compared on the points it
-    finished. Returns what ``compare.json`` holds."""
+    finished. Returns the document ``compare.json`` holds."""
     if len(folders) < 2:
         raise DiffprobeError("compare needs at least two run folders")
     paths = [Path(f) for f in folders]
@@ -30,10 +30,10 @@ def compare_runs(folders: list[str | Path], out: str | Path | None = None, force
     result = compare(loaded)
     out_dir = prepare_out_dir(out, "compare", force)
     try:
-        result = {"schema_version": SCHEMA_VERSION, **result, "run_dir": str(out_dir)}
-        write_json(out_dir / "compare.json", result)
-        frame = pd.DataFrame(rows(result))
+        doc = CompareDocument.from_fields({**result, "run_dir": str(out_dir)})
+        write_document(out_dir, doc)
+        frame = pd.DataFrame(rows(doc))
         atomic_write(out_dir / "comparison.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
     finally:
         release_folder(out_dir)  # written: its files claim it from now on
-    return result
+    return doc

@@ -57,7 +57,7 @@ def compiled_pass(cfg: ProfileConfig, pipe, eager, report=None) -> Compiled:
     plain = replace(cfg, trace_ops=False, chrome_trace=False, hardware=None, approx=None, compile=False,
                     cuda_graphs=False)
     once = replace(plain, repeat=1, warmup=0)
-    full, evals = eager.unet_evals, eager.unet_evals_measured
+    full, evals = eager.denoiser_evals, eager.denoiser_evals_measured
     capture = comp.CompileCapture(cuda_graphs=cfg.cuda_graphs)
     with capture:
         report("eager run", 0, 1)
@@ -109,7 +109,7 @@ def _eager_entry(cfg: ProfileConfig, plain: ProfileConfig, pipe, eager) -> dict:
     layer-type seconds, to set beside the compiled run's."""
     stages = eager.stages
     if cfg.trace_ops:
-        stages = measured_pass(plain, pipe, eager.unet_evals, eager.unet_evals_measured).check().stages
+        stages = measured_pass(plain, pipe, eager.denoiser_evals, eager.denoiser_evals_measured).check().stages
     return {"stages": dict(stages), "stages_source": "untraced eager run (same --repeat, --warmup)",
             "by_layer_type": dict(eager.accounts().get("seconds", {}).get("by_layer_type", {})),
             "by_layer_type_source": seconds_source(replace(cfg, compile=False, cuda_graphs=False))
@@ -129,9 +129,9 @@ def _attributed(once: ProfileConfig, pipe, eager, capture):
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if once.device.startswith("cuda") else [])
     with profile(activities=acts, record_shapes=False, with_stack=False) as prof:
         origin = time.time_ns()
-        profiled = measured_pass(once, pipe, eager.unet_evals, eager.unet_evals_measured).check()
+        profiled = measured_pass(once, pipe, eager.denoiser_evals, eager.denoiser_evals_measured).check()
     events = classify(prof.profiler.kineto_results.events())
     rows = [OpRecord(*t) for t in eager.ops.itertuples(index=False, name=None)]
-    attribution = comp.attribute(comp.graph_calls(events), capture.graphs, rows, eager.unet_evals_measured)
+    attribution = comp.attribute(comp.graph_calls(events), capture.graphs, rows, eager.denoiser_evals_measured)
     rows = comp.apply(rows, {DENOISER, "vae_decoder"}, attribution, origin)
     return pd.DataFrame(rows, columns=list(COLUMNS)), attribution, dict(profiled.stages)

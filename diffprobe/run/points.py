@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from diffprobe.errors import DiffprobeError, a
-from diffprobe.records.runfolder import LOCK_NAME, lock_folder, release_folder, write_json
+from diffprobe.records.documents import Document, RunDocument, SweepDocument, read_document
+from diffprobe.records.runfolder import LOCK_NAME, lock_folder, release_folder, write_document
 
 
 class SweepFolder:
@@ -22,13 +23,14 @@ class SweepFolder:
     commits. ``meta_name`` is the summary file; a point is finished when its ``run.json`` says ok and every file
     of ``required`` is there."""
 
-    def __init__(self, path: str | Path, identity: dict, meta_name: str = "sweep.json",
+    def __init__(self, path: str | Path, identity: dict, document: type[Document] = SweepDocument,
                  required: tuple[str, ...] = ()):
         if not str(path).strip():
             raise DiffprobeError("--out is empty; name a folder, or leave --out out for a new one under runs/")
         self.path = Path(path)
         self.identity = identity
-        self.meta_path = self.path / meta_name
+        self.document = document
+        self.meta_path = self.path / document.FILE
         self.required = required
 
     def open(self) -> dict:
@@ -46,13 +48,12 @@ class SweepFolder:
             raise DiffprobeError(f"cannot write to --out {self.path}: {exc.strerror or exc}") from exc
         self._lock()
         if not self.meta_path.exists():
-            return {"points": {}}
+            return {}
         try:
-            state = json.loads(self.meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            state = dict(read_document(self.meta_path, self.document))
+        except DiffprobeError as exc:
             self.close()
-            raise DiffprobeError(f"{self.meta_path} is unreadable ({exc}); start fresh with another --out "
-                                 "or delete the folder") from exc
+            raise DiffprobeError(f"{exc}; start fresh with another --out or delete the folder") from exc
         old = state.get("config", {})
         diff = [k for k in sorted(set(old) | set(self.identity)) if old.get(k) != self.identity.get(k)]
         if diff:
@@ -97,13 +98,14 @@ class SweepFolder:
         tmp.rename(final)
         run = final / "run.json"
         if run.exists():  # the point's run.json names the folder it now lives in, not .partial/
-            data = json.loads(run.read_text(encoding="utf-8"))
-            data["run_dir"] = str(final)
-            write_json(run, data)
+            doc = read_document(run, RunDocument)
+            doc.run_dir = str(final)
+            write_document(final, doc)
         return final
 
     def save(self, state: dict) -> None:
-        write_json(self.meta_path, state)
+        """Write the folder's document from ``state``, the mapping of its fields."""
+        write_document(self.path, self.document.from_fields(state, str(self.meta_path)))
 
 
 def run_points(folder: SweepFolder, names: list[str], work: Callable[[str, Path], None], progress, stage: str, *,

@@ -18,7 +18,7 @@ from diffprobe.errors import interruption
 from diffprobe.hardware.environment import environment
 from diffprobe.models.registry import DENOISERS, TEXT_ENCODERS, count_params, get_spec
 from diffprobe.records.chrome import write_chrome_trace
-from diffprobe.records.runfolder import prepare_out_dir, release_folder, write_ops, write_run_json, write_table
+from diffprobe.records.runfolder import prepare_out_dir, release_folder, write_document, write_ops, write_table
 from diffprobe.run.compiled import compiled_pass
 from diffprobe.run.config import (  # noqa: F401  (re-exported: diffprobe.run.profile names them too)
     ANALYTIC_NOTE,
@@ -84,11 +84,11 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
             reuse.check_model(pipe, cfg.model)
         params = {name: count_params(getattr(pipe, name)) for name in (*TEXT_ENCODERS, *DENOISERS, "vae")
                   if getattr(pipe, name, None) is not None}
-        unet_evals = count_denoiser_evals(pipe, cfg.steps, "cpu")
+        denoiser_evals = count_denoiser_evals(pipe, cfg.steps, "cpu")
         notes = prompt_notes(pipe, cfg.prompt, spec.max_sequence_length) + stand_in_notes(pipe)
-    measured_evals = unet_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, unet_evals)
-    result = ProfileResult(cfg, spec, params=params, unet_evals=unet_evals, unet_evals_measured=measured_evals,
-                           environment=env, run_dir=str(out_dir), notes=notes)
+    measured_evals = denoiser_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, denoiser_evals)
+    result = ProfileResult(cfg, spec, params=params, denoiser_evals=denoiser_evals,
+                           denoiser_evals_measured=measured_evals, environment=env, run_dir=str(out_dir), notes=notes)
     if cfg.mode == "analytic":
         with saved_on_failure(out_dir, result, "while tracing"):
             traced = analytic_pass(cfg, pipe, report)
@@ -97,7 +97,7 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
             if cfg.approx is not None:  # reuse only (checked): its plan replayed on meta
                 result.approx, _ = run_setting(cfg, pipe, result, report)
     else:
-        measured = measured_pass(cfg, pipe, unet_evals, measured_evals, report)
+        measured = measured_pass(cfg, pipe, denoiser_evals, measured_evals, report)
         result.take(measured)
         _save_images(out_dir, result, pipe, measured.images)
         if measured.failure is not None:  # what was measured, written before the failure propagates
@@ -157,10 +157,10 @@ def saved_on_failure(out_dir: Path, result: ProfileResult, where: str, failures:
 
 
 def _save(out_dir: Path, result: ProfileResult) -> None:
-    result.findings = profile_findings(result.to_dict(), result.ops)
+    result.findings = profile_findings(result.document(), result.ops)
     if result.ops is not None:
         write_ops(out_dir, result.ops)
         write_table(out_dir / "layers.parquet", layer_table(result.ops))
         if result.config.chrome_trace and result.config.mode == "measured":
             result.chrome_trace = write_chrome_trace(out_dir / "trace.json", result.ops, result.kernels).name
-    write_run_json(out_dir, result.to_dict())
+    write_document(out_dir, result.document())

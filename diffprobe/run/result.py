@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from diffprobe.analyses import breakdown, roofline
 from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import ModelSpec
-from diffprobe.records.schema import DENOISER, SCHEMA_VERSION  # run.json's version (ops.parquet: its own)
+from diffprobe.records.documents import RunDocument
+from diffprobe.records.schema import DENOISER
 from diffprobe.run.config import ANALYTIC_NOTE, RANDOM_WEIGHTS_NOTE, ProfileConfig, seconds_source
 
 
@@ -23,8 +24,8 @@ class ProfileResult:
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (median over --repeat)
     stage_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     steps: list[dict] = field(default_factory=list)  # per denoising step: denoiser and scheduler seconds
-    unet_evals: int = 0  # denoiser evaluations of the full run
-    unet_evals_measured: int = 0  # of them, those executed (sampled steps, or the steps before an interruption)
+    denoiser_evals: int = 0  # denoiser evaluations of the full run
+    denoiser_evals_measured: int = 0  # of them, those executed (sampled steps, or the steps before an interruption)
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
     environment: dict = field(default_factory=dict)
@@ -56,7 +57,7 @@ class ProfileResult:
             self.ops, self.unsupported = m.ops, m.unsupported
             if m.op_timer is not None:
                 self.op_timer, self.kernels = m.op_timer, m.kernels
-        self.unet_evals_measured, self.image_complete = m.evals, m.image_complete
+        self.denoiser_evals_measured, self.image_complete = m.evals, m.image_complete
         if m.failure is not None:
             self.status, self.error = m.status, m.message
 
@@ -66,18 +67,18 @@ class ProfileResult:
 
     def projection(self) -> dict | None:
         """Full-run time projected from the measured steps, or ``None`` when every step ran."""
-        if self.config.mode == "analytic" or self.unet_evals_measured >= self.unet_evals or not self.steps:
+        if self.config.mode == "analytic" or self.denoiser_evals_measured >= self.denoiser_evals or not self.steps:
             return None
-        per_step = statistics.median(s["unet_s"] for s in self.steps)
+        per_step = statistics.median(s["denoiser_s"] for s in self.steps)
         per_sched = statistics.median(s["scheduler_s"] for s in self.steps)
         stages = dict(self.stages)
-        stages[DENOISER] = per_step * self.unet_evals
-        stages["scheduler"] = per_sched * self.unet_evals
+        stages[DENOISER] = per_step * self.denoiser_evals
+        stages["scheduler"] = per_sched * self.denoiser_evals
         stages.pop("total", None)
         proj = {
             "label": "projection (not a measurement): measured per-step median x full step count",
-            "unet_evals_measured": self.unet_evals_measured,
-            "unet_evals_full": self.unet_evals,
+            "denoiser_evals_measured": self.denoiser_evals_measured,
+            "denoiser_evals_full": self.denoiser_evals,
             "stages": stages,
             "total_s": sum(stages.values()),
         }
@@ -87,7 +88,7 @@ class ProfileResult:
             step_ops = self.ops[self.ops["stage"].isin([DENOISER, "scheduler"]) & (self.ops["step"] >= 0)]
             per_step = step_ops.groupby("step")["flops"].sum().median()
             rest = self.ops["flops"].sum() - step_ops["flops"].sum()
-            proj["flops_total"] = int(rest + per_step * self.unet_evals)
+            proj["flops_total"] = int(rest + per_step * self.denoiser_evals)
         return proj
 
     def accounts(self) -> dict:
@@ -128,11 +129,13 @@ class ProfileResult:
         return acc
 
     def to_dict(self) -> dict:
+        """``run.json`` as JSON (:meth:`document`'s)."""
+        return self.document().to_json()
+
+    def document(self) -> RunDocument:
         c = self.config
         acc = self.accounts()
         d = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "profile",
             "status": self.status,
             "error": self.error,
             "model": c.model,
@@ -144,8 +147,8 @@ class ProfileResult:
             "height": c.height,
             "width": c.width,
             "steps": c.steps,
-            "unet_evals": self.unet_evals,
-            "unet_evals_measured": self.unet_evals_measured,
+            "denoiser_evals": self.denoiser_evals,
+            "denoiser_evals_measured": self.denoiser_evals_measured,
             "batch": c.batch,
             "guidance": c.guidance,
             "cfg": self.spec.uses_cfg(c.guidance),
@@ -177,4 +180,4 @@ class ProfileResult:
         warnings = acc.get("warnings", []) + self.notes
         if warnings:
             d["warnings"] = warnings
-        return d
+        return RunDocument.from_fields(d, "run.json")

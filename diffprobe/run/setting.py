@@ -60,16 +60,17 @@ def run_setting(cfg: ProfileConfig, pipe, dense, report=None) -> tuple[dict, obj
     report("approx", 0, 1)
     if core is not None:
         warm_up(pipe, cfg, [cfg.prompt] * cfg.batch, core)  # the block-sparse kernel compiles outside the timed run
-    full = cfg.mode == "measured" and setting.reuse is not None and dense.unet_evals_measured < dense.unet_evals
-    evals = dense.unet_evals if full else dense.unet_evals_measured
+    full = cfg.mode == "measured" and setting.reuse is not None and dense.denoiser_evals_measured < dense.denoiser_evals
+    evals = dense.denoiser_evals if full else dense.denoiser_evals_measured
     ops, dense_ops = _records(cfg, pipe, setting, dense, full)
     timed = images = None
     if cfg.mode == "measured":
         plain = replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None, compile=False,
                         cuda_graphs=False, sample_steps=0 if full else cfg.sample_steps)
-        timed = {"dense": measured_pass(plain, pipe, dense.unet_evals, evals).check()}  # dense, untraced, same noise
+        # dense, untraced, same noise
+        timed = {"dense": measured_pass(plain, pipe, dense.denoiser_evals, evals).check()}
         with installed_setting(pipe, setting, core):
-            timed["approx"] = measured_pass(plain, pipe, dense.unet_evals, evals).check()  # the setting, untraced
+            timed["approx"] = measured_pass(plain, pipe, dense.denoiser_evals, evals).check()  # the setting, untraced
         images = timed["approx"].images
     report("approx", 1, 1)
     calls = core.calls if core is not None else None
@@ -92,13 +93,13 @@ def _records(cfg: ProfileConfig, pipe, setting: Setting, dense, full: bool):
     traced = replace(cfg, approx=None, trace_ops=True, repeat=1, warmup=0, chrome_trace=False, hardware=None,
                      compile=False, cuda_graphs=False)
     if full:  # every step: the plan replayed on meta, or a data-dependent method's run and dense both traced
-        ops = reuse_records(cfg, pipe, reuse, dense.unet_evals)
+        ops = reuse_records(cfg, pipe, reuse, dense.denoiser_evals)
         if not reuse.data_dependent:
             return ops, trace_with_reuse(analytic_twin(cfg, out=None), None)
         plain = replace(traced, sample_steps=0)
-        return ops, measured_pass(plain, pipe, dense.unet_evals, dense.unet_evals).check().ops
+        return ops, measured_pass(plain, pipe, dense.denoiser_evals, dense.denoiser_evals).check().ops
     with reuse.installed(pipe):
-        ops = measured_pass(traced, pipe, dense.unet_evals, dense.unet_evals_measured).check().ops
+        ops = measured_pass(traced, pipe, dense.denoiser_evals, dense.denoiser_evals_measured).check().ops
     return ops, dense.ops
 
 
@@ -116,18 +117,18 @@ def _entry(setting: Setting, core: ApproxAttention | None, acc: dict, cfg: Profi
 def _coverage(full: bool, evals: int, dense) -> dict:
     if full:
         text = (f"every step of the schedule ({evals} denoiser evaluations), the account and both untraced runs "
-                f"alike; the profile above measured {dense.unet_evals_measured}")
+                f"alike; the profile above measured {dense.denoiser_evals_measured}")
     else:
-        text = (f"the same {evals} of {dense.unet_evals} denoiser evaluations as the profile above, the account and "
-                "both untraced runs alike")
-    return {"unet_evals_accounted": evals, "coverage": text}
+        text = (f"the same {evals} of {dense.denoiser_evals} denoiser evaluations as the profile above, the account "
+                "and both untraced runs alike")
+    return {"denoiser_evals_accounted": evals, "coverage": text}
 
 
 def _seconds(timed: dict | None, dense) -> dict:
     setting, plain = (timed or {}).get("approx"), (timed or {}).get("dense")
     return {"image": "image_approx.png" if setting is not None else None,
-            "unet_seconds": setting.stages.get(DENOISER) if setting else None,
-            "unet_seconds_stats": setting.stage_stats.get(DENOISER) if setting else None,
-            "dense_unet_seconds": dense.stages.get(DENOISER),
-            "dense_untraced_unet_seconds": plain.stages.get(DENOISER) if plain else None,
-            "dense_untraced_unet_seconds_stats": plain.stage_stats.get(DENOISER) if plain else None}
+            "denoiser_seconds": setting.stages.get(DENOISER) if setting else None,
+            "denoiser_seconds_stats": setting.stage_stats.get(DENOISER) if setting else None,
+            "dense_denoiser_seconds": dense.stages.get(DENOISER),
+            "dense_untraced_denoiser_seconds": plain.stages.get(DENOISER) if plain else None,
+            "dense_untraced_denoiser_seconds_stats": plain.stage_stats.get(DENOISER) if plain else None}

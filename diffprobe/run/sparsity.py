@@ -21,9 +21,9 @@ from diffprobe.attention.core import installed
 from diffprobe.attention.probe import RANDOM_NOTE, SparsityConfig, SparsityProbe
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.registry import denoiser, get_spec
+from diffprobe.records.documents import SparsityDocument
 from diffprobe.records.masks import MaskStore, write_masks
 from diffprobe.records.runfolder import atomic_write
-from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.points import SweepFolder, run_points
 from diffprobe.run.profile import build_pipeline, check_memory, check_resolution, run_profile
 
@@ -42,7 +42,7 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
     base = replace(base, height=resolutions[0][0], width=resolutions[0][1], trace_ops=False).resolved()
     identity = {k: v for k, v in asdict(base).items() if k not in ("height", "width", "out", "force")}
     identity.update(eps=list(sc.eps), taus=list(sc.taus), blocks=list(sc.blocks))
-    folder = SweepFolder(out, identity, meta_name="sparsity.json", required=("sparsity.parquet",))
+    folder = SweepFolder(out, identity, SparsityDocument, required=("sparsity.parquet",))
     state = folder.open()
     try:
         return _probe_points(folder, state, base, spec, resolutions, sc, progress or (lambda *_: None))
@@ -52,7 +52,7 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
 
 def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc: SparsityConfig, report) -> dict:
     random = base.random_weights
-    state.update({"schema_version": SCHEMA_VERSION, "kind": "sparsity", "config": folder.identity,
+    state.update({"config": folder.identity,
                   "model": base.model, "prompt": base.prompt, "steps": base.steps, "guidance": base.guidance,
                   "random_weights": random, "note": RANDOM_NOTE if random else None, "eps": list(sc.eps),
                   "taus": list(sc.taus), "blocks": list(sc.blocks), "max_elements_per_chunk": sc.max_elements,
@@ -83,7 +83,7 @@ def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc:
         frames.append(pd.read_parquet(point_dir / "sparsity.parquet"))
         run = json.loads((point_dir / "run.json").read_text(encoding="utf-8"))
         runs.append({"height": h, "width": w, "dir": f"points/{name}", "image": run.get("image"),
-                     "unet_evals_measured": run.get("unet_evals_measured")})
+                     "denoiser_evals_measured": run.get("denoiser_evals_measured")})
     table = pd.concat(frames, ignore_index=True)
     atomic_write(folder.path / "sparsity.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     overlap = {}

@@ -26,7 +26,6 @@ from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import get_spec
 from diffprobe.parsing import parse_ints, parse_resolutions  # noqa: F401  (imported from here too)
 from diffprobe.records.runfolder import prepare_out_dir, read_ops
-from diffprobe.records.schema import SCHEMA_VERSION
 from diffprobe.run.accel import accel_run, check_accel
 from diffprobe.run.points import SweepFolder, run_points
 from diffprobe.run.profile import ProfileConfig, analytic_twin, build_pipeline, check_resolution, run_profile
@@ -79,7 +78,7 @@ def _predicted_seconds(cfg: ProfileConfig, preset_name: str) -> float:
     with tempfile.TemporaryDirectory(prefix="diffprobe-predict-") as tmp:
         analytic = run_profile(analytic_twin(cfg, out=tmp))
     ops = analytic.ops
-    evals = cfg.sample_steps or analytic.unet_evals
+    evals = cfg.sample_steps or analytic.denoiser_evals
     ops = ops[~ops["stage"].isin(["denoiser", "scheduler"]) | (ops["step"] < evals)]
     return roofline.prediction(roofline.op_roofline(ops, get_preset(preset_name)))["total_s"]
 
@@ -106,7 +105,7 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     sc = sc.with_out()
     folder = SweepFolder(sc.out, sc.identity())
     state = folder.open()
-    state.update({"schema_version": SCHEMA_VERSION, "kind": "sweep", "config": sc.identity(),
+    state.update({"config": sc.identity(),
                   "model": base.model, "mode": base.mode, "hardware": base.hardware,
                   "random_weights": base.random_weights})
     state.setdefault("points", {})

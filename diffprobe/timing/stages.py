@@ -152,7 +152,7 @@ def summarize_events(runs: list[list]) -> tuple[dict, dict, list]:
         vals = [t.get(s, 0.0) for t in per_run_totals]
         stats[s] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "runs": len(vals)}
     steps = [
-        {"step": i, "unet_s": statistics.median(d.get("denoiser", [0.0])),
+        {"step": i, "denoiser_s": statistics.median(d.get("denoiser", [0.0])),
          "scheduler_s": statistics.median(d.get("scheduler", [0.0]))}
         for i, d in sorted(per_step.items())
     ]

@@ -121,8 +121,8 @@ def test_call_account():
     a = savings.account(CALLS)
     assert a["dense_flops"] == 1900 and a["flops"] == 857 and a["predictor_flops"] == 20
     assert a["kept_fraction"] == pytest.approx(115 / 240)
-    assert a["saved"] == pytest.approx(1 - 857 / 1900)
-    assert a["by_kind"]["self"]["saved"] == pytest.approx(1 - 657 / 1700) and a["by_kind"]["cross"]["saved"] == 0
+    assert a["share_saved"] == pytest.approx(1 - 857 / 1900)
+    assert a["by_kind"]["self"]["share_saved"] == pytest.approx(1 - 657 / 1700) and a["by_kind"]["cross"]["share_saved"] == 0
 
 
 def test_approximate_account_reweights_attention_and_adds_the_predictor():
@@ -131,12 +131,12 @@ def test_approximate_account_reweights_attention_and_adds_the_predictor():
     assert a["attention_flops_dense"] == 1900
     assert a["attention_flops"] == pytest.approx(212.5 + 425 + 200 + 20)
     assert a["flops_total"] == pytest.approx(4310 - 1700 + 637.5 + 20)
-    assert a["end_to_end_flops_saved"] == pytest.approx(1 - (4310 - 1062.5 + 20) / 4310)
+    assert a["end_to_end_share_saved"] == pytest.approx(1 - (4310 - 1062.5 + 20) / 4310)
     assert a["flops_by_layer_type"]["attn_predictor"] == 20
     assert a["flops_saved_by_stage"]["denoiser"] == pytest.approx(1700 - 637.5 - 20)
     assert a["flops_saved_by_layer_type"]["attn_predictor"] == -20
     assert a["kept_fraction"] == pytest.approx(115 / 240)
-    assert savings.approximate_account(OPS, None)["end_to_end_flops_saved"] == 0
+    assert savings.approximate_account(OPS, None)["end_to_end_share_saved"] == 0
     assert savings.end_to_end_saved(75, 100) == 0.25 and savings.end_to_end_saved(5, 0) == 0.0
     assert savings.denoiser_prefix(OPS) == "unet"
 
@@ -231,11 +231,11 @@ def test_sweep_exponents_and_crossover():
 
 
 def test_approx_and_sparsity_findings():
-    results = [{"method": "dense", "ssim": 1.0, "accuracy": 0.9, "unet_s": 2.0, "attention_flops_saved": 0.0},
-               {"method": "block", "value": 0.9, "ssim": 0.95, "accuracy": 0.88, "unet_s": 1.0,
-                "attention_flops_saved": 0.6, "end_to_end_flops_saved": 0.2},
-               {"method": "block", "value": 0.5, "ssim": 0.7, "accuracy": 0.5, "unet_s": 0.8,
-                "attention_flops_saved": 0.8, "end_to_end_flops_saved": 0.3}]
+    results = [{"method": "dense", "ssim": 1.0, "accuracy": 0.9, "denoiser_s": 2.0, "attention_share_saved": 0.0},
+               {"method": "block", "value": 0.9, "ssim": 0.95, "accuracy": 0.88, "denoiser_s": 1.0,
+                "attention_share_saved": 0.6, "end_to_end_share_saved": 0.2},
+               {"method": "block", "value": 0.5, "ssim": 0.7, "accuracy": 0.5, "denoiser_s": 0.8,
+                "attention_share_saved": 0.8, "end_to_end_share_saved": 0.3}]
     out = approx_findings({"results": results})
     assert out[0].startswith("block: up to 60.0% of attention FLOPs (20.0% end to end) saved at block=0.9")
     assert "0.50x dense" in out[0] and out[1].startswith("Dense generation: 90%")

@@ -81,7 +81,7 @@ def test_flop_accounts_by_hand():
     assert b.calls[0]["predictor_flops"] == 2 * 32 * 8 + 2 * 64 * 8 + 2 * 2 * 4 * 2 * 8 + 5 * 2 * 4 * 2 == 1872
     assert b.calls[0]["kept"] % (16 * 16) == 0  # whole blocks only
     acc = account(a.calls + b.calls)
-    assert acc["dense_flops"] == 2 * dense and acc["saved"] == pytest.approx(1 - acc["flops"] / (2 * dense))
+    assert acc["dense_flops"] == 2 * dense and acc["share_saved"] == pytest.approx(1 - acc["flops"] / (2 * dense))
 
 
 def test_block_keeps_the_blocks_holding_the_mass():

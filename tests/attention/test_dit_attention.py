@@ -58,7 +58,7 @@ def test_noop_settings_are_bit_identical_to_dense_on_joint_attention(tmp_path, m
                    out=str(tmp_path))
     rows = {(x["method"], x["value"]): x for x in r["results"]}
     for key in (("block", 1.0), ("threshold", 0.0), ("topk", 1000)):
-        assert rows[key]["identical"] and rows[key]["attention_flops_saved"] == 0.0, key
+        assert rows[key]["identical"] and rows[key]["attention_share_saved"] == 0.0, key
     assert any("text keys are kept dense" in n for n in r["notes"])  # said in the output
 
 
@@ -69,7 +69,7 @@ def test_block_sparse_kernel_inside_a_tiny_dit(tmp_path):
                                   out=str(tmp_path))).to_dict()
     ap = d["approx"]
     assert "cpp" in ap["kernel"] or "gather" in ap["kernel"]  # the block-sparse kernel, not dense SDPA
-    assert 0 < ap["attention_flops_saved"] < 1 and ap["kept_fraction"] < 1
+    assert 0 < ap["attention_share_saved"] < 1 and ap["kept_fraction"] < 1
     assert ap["flops_saved_by_stage"]["denoiser"] > 0
     assert "text keys are kept dense" in ap["note"]
     assert set(ap["flops_saved_by_stage"]) <= {"denoiser"} or all(

@@ -17,12 +17,12 @@ def test_approx_json_on_tiny(tmp_path, capsys):
                                                         ("topk", 4.0)]
     noop = rows[1]
     assert noop["psnr"] is None and noop["identical"] and noop["ssim"] == 1.0 and set(noop["latent_rel_error"]) == {0.0}
-    assert noop["attention_flops_saved"] == 0.0 and noop["kept_fraction"] == 1.0
+    assert noop["attention_share_saved"] == 0.0 and noop["kept_fraction"] == 1.0
     dense_attn = rows[0]["attention_flops"]
     for r in rows[2:]:
         saved = dense_attn - r["attention_flops"]
-        assert r["attention_flops_saved"] == pytest.approx(saved / dense_attn)
-        assert r["end_to_end_flops_saved"] == pytest.approx(saved / d["total_flops"])
+        assert r["attention_share_saved"] == pytest.approx(saved / dense_attn)
+        assert r["end_to_end_share_saved"] == pytest.approx(saved / d["total_flops"])
         assert len(r["latent_rel_error"]) == 2 and r["latent_rel_error"][-1] > 0
     assert rows[3]["kept_fraction"] < 1 and d["random_weights"]
     assert (tmp_path / "a" / "images" / "topk_k_4.png").exists() and (tmp_path / "a" / "report.html").exists()
@@ -59,7 +59,7 @@ def test_profile_approx_column_matches_a_hand_count(tmp_path, capsys):
     assert a["attention_flops"] == pytest.approx(expected) and a["attention_flops_dense"] == core["flops"].sum()
     for lt in ("conv", "ffn", "attn_qkv", "norm"):  # everything outside the attention core is unchanged
         assert a["flops_by_layer_type"][lt] == d["flops"]["by_layer_type"][lt]
-    assert a["end_to_end_flops_saved"] == pytest.approx((core["flops"].sum() - expected) / d["flops"]["total"])
+    assert a["end_to_end_share_saved"] == pytest.approx((core["flops"].sum() - expected) / d["flops"]["total"])
     assert (tmp_path / "p" / "image_approx.png").exists()
     noop = diffprobe.profile(model="tiny", steps=2, sample_steps=0, approx="threshold=0", out=str(tmp_path / "q"))
     assert noop.to_dict()["approx"]["flops_total"] == noop.to_dict()["flops"]["total"]

@@ -54,7 +54,7 @@ def test_flops_removed_equal_an_independent_count_of_the_skipped_blocks(runs):
     assert {"mid_block", "down_blocks.0"} <= set(full[0]["blocks"]) and "mid_block" not in cached[0]["blocks"]
     assert cached[0]["blocks"] == ["conv_act", "conv_in", "conv_norm_out", "conv_out", "time_embedding", "time_proj",
                                    "up_blocks.3"]
-    assert ap["dense_untraced_unet_seconds"] > 0 and ap["unet_seconds"] > 0
+    assert ap["dense_untraced_denoiser_seconds"] > 0 and ap["denoiser_seconds"] > 0
 
 
 def test_interval_one_is_dense_bit_for_bit(runs):
@@ -96,7 +96,7 @@ def test_composed_settings_account_for_both(runs, tmp_path):
     dropped = d["attention_flops"] - (b["attention_flops"] - b["flops_by_layer_type"].get("attn_predictor", 0.0))
     assert b["flops_total"] == pytest.approx(d["flops_total"] - dropped
                                              + b["flops_by_layer_type"].get("attn_predictor", 0.0), rel=1e-12)
-    assert b["kept_fraction"] < 1 and b["end_to_end_flops_saved"] > d["end_to_end_flops_saved"]
+    assert b["kept_fraction"] < 1 and b["end_to_end_share_saved"] > d["end_to_end_share_saved"]
 
 
 @pytest.mark.parametrize("setting,needle", [
@@ -129,7 +129,7 @@ def test_approx_command_with_reuse_and_composed_settings(tmp_path, capsys):
     assert set(rows) == {"dense", "deepcache=1", "deepcache=2", "block=0.9+deepcache=2"}
     assert rows["deepcache=1"]["identical"] and rows["deepcache=1"]["psnr"] is None  # interval 1: dense, bit-exact
     two = rows["deepcache=2"]
-    assert two["end_to_end_flops_saved"] > 0.2 and two["unet_flops_saved"] > 0 and not two["identical"]
+    assert two["end_to_end_share_saved"] > 0.2 and two["denoiser_flops_saved"] > 0 and not two["identical"]
     # digits' self-attention is near-uniform (256 tokens, four 64-blocks at the top level): covering 90% of the mass
     # takes every block, so the block method keeps everything and adds its predictor; the composed setting saves
     # the reuse's FLOPs less the predictor's, with the same images
@@ -156,7 +156,7 @@ def test_tgate_gates_cross_attention_and_guidance(tmp_path):
     late = diffprobe.profile(**kw, approx="tgate=5", out=str(tmp_path / "late"))  # the gate after the last step
     assert np.array_equal(np.asarray(Image.open(tmp_path / "late" / "image_approx.png")),
                           np.asarray(Image.open(tmp_path / "dense" / "image.png")))
-    assert late.to_dict()["approx"]["end_to_end_flops_saved"] == 0
+    assert late.to_dict()["approx"]["end_to_end_share_saved"] == 0
     gated = diffprobe.profile(**kw, approx="tgate=2", out=str(tmp_path / "gated"))
     an = diffprobe.profile(**kw, mode="analytic", approx="tgate=2", out=str(tmp_path / "an"))
     m, a = gated.to_dict()["approx"], an.to_dict()["approx"]

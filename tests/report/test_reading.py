@@ -9,8 +9,8 @@ from diffprobe.cli import main
 
 # -- 12. composites apart ------------------------------------------------------------------------------------------
 def _row(method, value, setting, saved, ssim=0.95, **kw):
-    return {"method": method, "param": "tau", "value": value, "setting": setting, "attention_flops_saved": saved,
-            "end_to_end_flops_saved": saved / 4, "kept_fraction": 1 - saved, "unet_s": 1.0, "psnr": 30.0,
+    return {"method": method, "param": "tau", "value": value, "setting": setting, "attention_share_saved": saved,
+            "end_to_end_share_saved": saved / 4, "kept_fraction": 1 - saved, "denoiser_s": 1.0, "psnr": 30.0,
             "ssim": ssim, "accuracy": None, "mask_interval": 1 if method == "block" else None, **kw}
 
 
@@ -47,9 +47,9 @@ def test_a_composite_setting_is_its_own_series():
 def test_report_compares_untraced_seconds_with_untraced_dense():
     from diffprobe.report.profile import approx_summary_lines
 
-    ap = {"method": "block", "value": 0.5, "setting": "block=0.5+taylorseer=2", "attention_flops_saved": 0.4,
-          "end_to_end_flops_saved": 0.1, "kept_fraction": 0.6, "unet_seconds": 1.15, "dense_unet_seconds": 1.66,
-          "dense_untraced_unet_seconds": 1.64, "kernel": "cpp"}
+    ap = {"method": "block", "value": 0.5, "setting": "block=0.5+taylorseer=2", "attention_share_saved": 0.4,
+          "end_to_end_share_saved": 0.1, "kept_fraction": 0.6, "denoiser_seconds": 1.15, "dense_denoiser_seconds": 1.66,
+          "dense_untraced_denoiser_seconds": 1.64, "kernel": "cpp"}
     text = "; ".join(approx_summary_lines(ap))
     assert "1.64 s" in text and "1.66 s" not in text and "1.15 s" in text
 
@@ -88,7 +88,7 @@ def test_a_reused_mask_is_named_once():
     rows = [_row("dense", None, None, 0.0, ssim=1.0, kernel="dense", identical=True),
             _row("block", 0.8, "block=0.8+deepcache=2 mask every 3", 0.4, kernel="cpp", mask_interval=3)]
     rows[0]["psnr"] = None
-    _, table = approx_rows({"results": rows, "model": "tiny"})
+    _, table = approx_rows(rows)
     assert table[1][1].count("mask every 3") == 1, table[1]
 
 

@@ -40,12 +40,12 @@ def test_compare_two_approx_runs(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 0
     text = capsys.readouterr().out
     d = json.loads((tmp_path / "c" / "compare.json").read_text())
-    assert d["of"] == "approx" and "dense.unet_s" in d["metrics"]  # the settings they share: dense
+    assert d["of"] == "approx" and "dense.denoiser_s" in d["metrics"]  # the settings they share: dense
     rows = {r.get("setting") or r["method"]: r for r in
             json.loads((tmp_path / "a" / "approx.json").read_text())["results"]}
-    assert d["metrics"]["threshold=0.01.attention_flops_saved"]["a"] == rows["threshold=0.01"]["attention_flops_saved"]
+    assert d["metrics"]["threshold=0.01.attention_share_saved"]["a"] == rows["threshold=0.01"]["attention_share_saved"]
     assert d["metrics"]["threshold=0.1.psnr"]["a"] is None  # a's settings beside b's, each where it ran
-    assert "threshold=0.01.attention_flops_saved" in text
+    assert "threshold=0.01.attention_share_saved" in text
 
 
 def test_compare_of_different_kinds_names_them_with_their_article(tmp_path, capsys):
@@ -53,6 +53,9 @@ def test_compare_of_different_kinds_names_them_with_their_article(tmp_path, caps
                  "--format", "json"]) == 0
     capsys.readouterr()
     (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "approx.json").write_text(json.dumps({"schema_version": diffprobe.records.schema.VERSIONS[
-        "approx"], "kind": "approx", "results": []}))
+    approx = {"schema_version": diffprobe.records.schema.VERSIONS["approx"], "kind": "approx", "model": "tiny",
+              "height": 64, "width": 64, "steps": 1, "guidance": 7.5, "seed": 0, "prompts": ["p"],
+              "renormalize": False, "block": 64, "rank": 8, "mask_interval": 1, "repeat": 1, "mask_intervals": [1],
+              "random_weights": True, "total_flops": 1.0, "results": [], "run_dir": "x", "notes": []}
+    (tmp_path / "x" / "approx.json").write_text(json.dumps(approx))
     _one_line_error(capsys, ["compare", str(tmp_path / "p"), str(tmp_path / "x")], "is an approx")

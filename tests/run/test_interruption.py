@@ -93,7 +93,7 @@ def test_ctrl_c_records_the_steps_measured_and_readers_flag_it(tmp_path, capsys)
     with pytest.raises(KeyboardInterrupt):
         diffprobe.profile(model="tiny", steps=5, sample_steps=0, out=str(out), progress=interrupt)
     run = json.loads((out / "run.json").read_text())
-    assert run["unet_evals_measured"] == 2 and run["unet_evals"] == 5 and run["image_complete"] is False
+    assert run["denoiser_evals_measured"] == 2 and run["denoiser_evals"] == 5 and run["image_complete"] is False
     acc = accel_run(out, "sa-dense")
     assert any("did not finish" in w and "2 of 5" in w for w in acc["warnings"])
     assert main(["accel", str(out)]) == 0

@@ -24,7 +24,7 @@ def test_full_profile_run_writes_results_and_image(tmp_path):
     assert {"tokenize", "text_encoder", "denoiser", "scheduler", "vae_decoder", "other", "total"} <= set(d["stages"])
     parts = sum(v for k, v in d["stages"].items() if k != "total")
     assert parts == pytest.approx(d["stages"]["total"], rel=1e-6)  # "other" closes the account
-    assert len(d["step_times"]) == 3 and d["unet_evals_measured"] == 3 and d["projection"] is None
+    assert len(d["step_times"]) == 3 and d["denoiser_evals_measured"] == 3 and d["projection"] is None
     assert d["random_weights"] and "architecture-only" in d["note"]
     assert d["peak_memory_bytes"] > 10 * 2**20
     saved = json.loads((tmp_path / "run.json").read_text())
@@ -44,10 +44,10 @@ def test_instrumentation_does_not_change_the_image(tmp_path):
 
 def test_sampled_steps_give_a_labelled_projection(tmp_path):
     d = diffprobe.profile(model="tiny", steps=6, sample_steps=2, out=str(tmp_path)).to_dict()
-    assert d["unet_evals"] == 6 and d["unet_evals_measured"] == 2 and len(d["step_times"]) == 2
+    assert d["denoiser_evals"] == 6 and d["denoiser_evals_measured"] == 2 and len(d["step_times"]) == 2
     proj = d["projection"]
     assert "not a measurement" in proj["label"]
-    median_step = float(np.median([s["unet_s"] for s in d["step_times"]]))
+    median_step = float(np.median([s["denoiser_s"] for s in d["step_times"]]))
     assert proj["stages"]["denoiser"] == pytest.approx(6 * median_step)
     assert d["image_complete"] is False
 

@@ -23,12 +23,12 @@ def _json(capsys, argv) -> dict:
 def test_reuse_savings_cover_every_step_under_sampling(model, setting, tmp_path):
     sampled = diffprobe.profile(model=model, steps=8, approx=setting, out=str(tmp_path / "s")).approx  # 3 sampled
     full = diffprobe.profile(model=model, steps=8, sample_steps=0, approx=setting, out=str(tmp_path / "f")).approx
-    assert sampled["unet_evals_accounted"] == 8
+    assert sampled["denoiser_evals_accounted"] == 8
     # replayed on meta (sampled) and measured at every step (full): the same account, but for the few records that
     # exist only where the data does (docs/counting.md)
-    for key in ("end_to_end_flops_saved", "attention_flops_saved"):
+    for key in ("end_to_end_share_saved", "attention_share_saved"):
         assert sampled[key] == pytest.approx(full[key], rel=1e-6)
-    assert sampled["attention_flops_saved"] > 0.3  # main: 0.0% for taylorseer, 1 cached step of 3 for deepcache
+    assert sampled["attention_share_saved"] > 0.3  # main: 0.0% for taylorseer, 1 cached step of 3 for deepcache
     # the method's plan: every second step reuses (computes in part only), 4 of 8 for DeepCache; TaylorSeer
     # forecasts 3 (its first steps always compute)
     reused = [s["step"] for s in sampled["steps"] if s["partial"]]
@@ -44,7 +44,7 @@ def test_savings_by_stage_are_net_of_the_predictor(tmp_path):
     dense_total = float(r.ops["flops"].sum())
     # the per-stage savings add up to the end-to-end figure printed beside them
     assert sum(ap["flops_saved_by_stage"].values()) == pytest.approx(dense_total - ap["flops_total"], rel=1e-12)
-    assert sum(ap["flops_saved_by_stage"].values()) == pytest.approx(ap["end_to_end_flops_saved"] * dense_total)
+    assert sum(ap["flops_saved_by_stage"].values()) == pytest.approx(ap["end_to_end_share_saved"] * dense_total)
     assert sum(ap["flops_by_stage"].values()) == pytest.approx(ap["flops_total"])
 
 
@@ -59,7 +59,7 @@ def test_approx_repeat_reports_the_median_and_spread(tmp_path, capsys):
     d = _json(capsys, ["approx", "--model", "digits", "--steps", "2", "--per-digit", "1", "--eps", "1e-2",
                        "--repeat", "3", "--out", str(tmp_path / "a"), "-q", "--no-save-masks"])
     for row in d["results"]:
-        assert row["runs"] == 3 and row["unet_s_min"] <= row["unet_s"] <= row["unet_s_max"]
+        assert row["runs"] == 3 and row["denoiser_s_min"] <= row["denoiser_s"] <= row["denoiser_s_max"]
     assert d["repeat"] == 3
 
 
@@ -78,7 +78,7 @@ def test_sampled_reuse_replay_ignores_options_of_the_measured_run(tmp_path):
     # the meta replay of a sampled reuse run inherits nothing that analytic mode refuses (--op-timer, --mask-interval)
     r = diffprobe.profile(model="tiny", steps=4, approx="block=0.5+deepcache=2", mask_interval=2,
                           op_timer="profiler", out=str(tmp_path))
-    assert r.approx["unet_evals_accounted"] == 4 and r.approx["mask_interval"] == 2
+    assert r.approx["denoiser_evals_accounted"] == 4 and r.approx["mask_interval"] == 2
 
 
 def test_an_interrupted_approx_pass_keeps_the_dense_run(tmp_path):

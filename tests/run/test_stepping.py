@@ -14,10 +14,10 @@ def test_pixart_stops_after_the_sampled_steps(tmp_path):
     # PixArt's pipeline has no callback_on_step_end: main ran all 6 steps under "measured 2 of 6"
     r = diffprobe.profile(model="tiny-pixart", steps=6, sample_steps=2, out=str(tmp_path))
     d = r.to_dict()
-    assert len(d["step_times"]) == 2 and d["unet_evals_measured"] == 2
+    assert len(d["step_times"]) == 2 and d["denoiser_evals_measured"] == 2
     den = r.ops[r.ops["stage"] == "denoiser"]
     assert sorted(den["step"].unique()) == [0, 1]
-    measured = sum(s["unet_s"] for s in d["step_times"])
+    measured = sum(s["denoiser_s"] for s in d["step_times"])
     assert d["projection"]["stages"]["denoiser"] > measured  # 6 evaluations projected above the 2 measured
 
 
