@@ -254,7 +254,11 @@ def _of_peak(r: dict) -> str:
 def roofline(d: RunDocument, folder: Path) -> list[Section] | None:
     """Roofline-predicted seconds per stage, beside the measured ones in a measured run; per layer type; the figure
     of the layer types on the preset's roofline (from the run's records)."""
-    roof = d.roofline
+    return roofline_sections(d.roofline, folder)
+
+
+def roofline_sections(roof: dict | None, folder: Path) -> list[Section] | None:
+    """:func:`roofline` of a run's (or a sweep point's) ``roofline`` account."""
     if not roof:
         return None
     pred, vm = roof["prediction"], roof.get("versus_measured")

@@ -9,7 +9,7 @@ from pathlib import Path
 from diffprobe.analyses.findings import LABEL, share_classes
 from diffprobe.records.documents import SweepDocument
 from diffprobe.report import figures as figs
-from diffprobe.report.profile import roofline, setting_label
+from diffprobe.report.profile import roofline_sections, setting_label
 from diffprobe.report.sections import Figure, Section
 from diffprobe.units import fmt_k, fmt_n, fmt_s
 
@@ -127,7 +127,7 @@ def largest(state: SweepDocument, folder: Path) -> list[Section] | None:
     last = pts[-1]
     out = []
     if last.get("roofline"):
-        for s in roofline(last, folder / "points" / last["name"]) or []:
+        for s in roofline_sections(last["roofline"], folder / "points" / last["name"]) or []:
             s.title = f"{s.title}, at {last['name']}"
             for fig in s.figures:
                 fig.name = "roofline_largest"

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from diffprobe.models.registry import denoiser_name
+from diffprobe.patching import Patches
 from diffprobe.records.schema import DENOISER
 from diffprobe.run.config import ProfileConfig, seconds_source
 from diffprobe.run.passes import Measured, measured_pass
@@ -36,16 +37,15 @@ def compiled_components(pipe, capture):
     import torch
 
     den = denoiser_name(pipe)
-    unet, had_decode = getattr(pipe, den), "decode" in vars(pipe.vae)
+    patches = Patches()
     try:
-        setattr(pipe, den, torch.compile(unet, backend=capture.backend(DENOISER, den), dynamic=False))
-        pipe.vae.decode = torch.compile(pipe.vae.decode, backend=capture.backend("vae_decoder", "vae"),
-                                        dynamic=False)
+        patches.set(pipe, den, torch.compile(getattr(pipe, den), backend=capture.backend(DENOISER, den),
+                                             dynamic=False))
+        patches.set(pipe.vae, "decode", torch.compile(pipe.vae.decode, backend=capture.backend("vae_decoder", "vae"),
+                                                      dynamic=False))
         yield
     finally:
-        setattr(pipe, den, unet)
-        if not had_decode:
-            vars(pipe.vae).pop("decode", None)
+        patches.restore()
 
 
 def compiled_pass(cfg: ProfileConfig, pipe, eager, report=None) -> Compiled:

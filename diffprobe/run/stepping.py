@@ -13,6 +13,8 @@ import contextlib
 import inspect
 import sys
 
+from diffprobe.patching import patch_attr
+
 
 def takes_step_end_callback(pipe) -> bool:
     """Whether the pipeline's ``__call__`` takes ``callback_on_step_end`` (and so honours ``_interrupt``)."""
@@ -45,10 +47,9 @@ def step_hooks(pipe, on_step=None, stop_after: int | None = None):
     kwargs = {}
     if on_step is not None:
         kwargs = {"callback": lambda i, t, latents: on_step(i, latents), "callback_steps": 1}
-    if stop_after is not None:
-        module.retrieve_timesteps = first_steps
+    undo = patch_attr(module, "retrieve_timesteps", first_steps) if stop_after is not None else None
     try:
         yield kwargs
     finally:
-        if stop_after is not None:
-            module.retrieve_timesteps = original
+        if undo is not None:
+            undo()
