@@ -18,8 +18,7 @@ def share_classes(point_or_findings: dict) -> tuple[str, ...]:
     """The layer classes a sweep table shows: a UNet's (convolution, self/cross-attention, ...), or a diffusion
     transformer's (attention core, joint/self/cross attention, linear layers, FFN)."""
     f = point_or_findings
-    dit = f.get("denoiser") == "transformer" or f.get("crossover_pair", [""])[0] == "attention_core" or any(
-        p.get("denoiser") == "transformer" for p in f.get("points", []))
+    dit = f.get("denoiser") == "transformer" or any(p.get("denoiser") == "transformer" for p in f.get("points", []))
     return DIT_SHARE_CLASSES if dit else SHARE_CLASSES
 
 
@@ -129,16 +128,16 @@ def profile_findings(run: dict, ops=None) -> list[str]:
                        f"{100 * unet / proj['total_s']:.1f}% of {proj['total_s']:.1f} s (a projection from "
                        f"{proj['denoiser_evals_measured']} measured evaluations, not a measurement).")
     if ops is not None and len(ops):
-        out += _denoiser_sentences(ops)
+        out += _denoiser_sentences(ops, run["denoiser_kind"] == "transformer")
     out += _convention_and_time_sentences(run)
     return out
 
 
-def _denoiser_sentences(ops) -> list[str]:
-    """The denoiser's FLOPs by layer class, its largest single cost, and the largest attention score matrix."""
+def _denoiser_sentences(ops, dit: bool) -> list[str]:
+    """The denoiser's FLOPs by layer class, its largest single cost, and the largest attention score matrix
+    (``dit``: the denoiser is a diffusion transformer, as the run's ``denoiser_kind`` says)."""
     out = []
     u = scaling.class_totals(ops, "flops", "denoiser")
-    dit = "attention_core" in u and not u.get("conv")
     what = "denoiser" if dit else "UNet"  # a diffusion transformer is no UNet
     if u["total"]:
         classes = DIT_SHARE_CLASSES if dit else SHARE_CLASSES

@@ -15,7 +15,7 @@ def point_summary(name: str, run: dict, ops, accel: dict | None = None) -> dict:
     timed = run.get("seconds") is not None
     point = {
         "name": name, "height": h, "width": w, "batch": b, "side": math.sqrt(h * w),
-        "denoiser": "transformer" if "transformer" in (run.get("params") or {}) else "unet",
+        "denoiser": run["denoiser_kind"], "family": run["family"],
         "tokens": int(ops.loc[ops["stage"] == "denoiser", "tokens"].max() or 0),  # image tokens at full size
         "flops": {"denoiser": scaling.class_totals(ops, "flops", "denoiser"),
                   "total": scaling.class_totals(ops, "flops")},
@@ -48,6 +48,7 @@ def findings(rows: list[dict]) -> dict:
     result: dict = {"points": rows}
     if not rows:
         return result
+    result["denoiser"] = rows[0]["denoiser"]  # "unet" or "transformer": what the tables show (share_classes)
     # scaling with side, at the smallest batch
     b0 = min(p["batch"] for p in rows)
     series = sorted((p for p in rows if p["batch"] == b0), key=lambda p: p["side"])
@@ -66,7 +67,7 @@ def findings(rows: list[dict]) -> dict:
     result["crossover"] = {}
     # a UNet: self-attention against convolution; a diffusion transformer (no convolutions to speak of): the
     # quadratic token mixing against the per-token linear layers
-    pair = CROSSOVER["transformer" if rows[0].get("denoiser") == "transformer" else "unet"]
+    pair = CROSSOVER[rows[0]["denoiser"]]
     result["crossover_pair"] = list(pair)
     for quantity in ("flops", "seconds"):
         if all(quantity in p for p in series):

@@ -36,19 +36,18 @@ from diffprobe.attention.core import CallInfo
 from diffprobe.attention.methods import METHOD_REGISTRY, attention_method
 from diffprobe.attention.stats import chunk_rows
 from diffprobe.errors import DiffprobeError
+from diffprobe.models.families import Family
 from diffprobe.parsing import parse_floats, parse_ints
 from diffprobe.records.formulas import TensorMeta, sdpa_parts
 
 METHODS = tuple(METHOD_REGISTRY)  # threshold, topk, predicted, block
 MASKED_NOTE = ("{n} of {total} attention calls carry a key-padding mask (cross-attention over padded text): the "
                "methods leave those calls dense, so their savings come from the other calls only")
-NO_SOFTMAX_FAMILIES = {"sana": "its self-attention is linear attention (no softmax probabilities to drop) and its "
-                               "cross-attention carries a key-padding mask, which the methods leave dense"}
 
 
-def check_model(family: str, model: str, method: str) -> None:
+def check_model(family: Family, model: str, method: str) -> None:
     """Refuse an attention method on a model where it would change no call (every row would equal dense)."""
-    why = NO_SOFTMAX_FAMILIES.get(family)
+    why = family.no_softmax
     if why:
         raise DiffprobeError(f"{method}: {model}: {why}, so {method} would change nothing (the sparsity "
                              "probe of its cross-attention still applies)")

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.models.families import Family, family_of
+from diffprobe.models.registry import denoiser
 from diffprobe.records.modules import unet_level
 from diffprobe.records.sdpa import SdpaIntercept, bound, is_plain
 
@@ -102,14 +104,16 @@ class CoreProcessor:
 
 
 @contextlib.contextmanager
-def installed(unet, core: Core):
+def installed(unet, core: Core, family: Family | None = None):
     """Every attention layer of the denoiser ``unet`` runs ``core`` inside the block, its calls told the denoising
     step (the :class:`RunContext` yielded, counted from 0 at the first denoiser evaluation inside the block); the
     original processors come back after. A UNet gets diffprobe's processor; a diffusion transformer keeps its own
     processors (joint attention, RoPE and qk-norm as the model applies them) and ``core`` replaces the attention
-    call they make (:func:`installed_dit`)."""
-    if not hasattr(unet, "down_blocks"):
-        with installed_dit(unet, core) as context:
+    call they make (:func:`installed_dit`; ``family``, the model's, says where joint attention's text keys sit)."""
+    if family is None and not hasattr(unet, "down_blocks"):
+        raise DiffprobeError("internal: a diffusion transformer's attention needs its family (where text keys sit)")
+    if family is not None and family.denoiser_kind == "transformer":
+        with installed_dit(unet, core, family) as context:
             yield context
         return
     original = dict(unet.attn_processors)
@@ -126,13 +130,18 @@ def installed(unet, core: Core):
         unet.set_attn_processor(original)
 
 
+def installed_in(pipe, core: Core):
+    """:func:`installed` on the pipeline's denoiser, with its family."""
+    return installed(denoiser(pipe), core, family_of(pipe))
+
+
 def _pop(stack: list) -> None:
     """Leave an attention module (a forward hook: returns None, so the module's output stays its own)."""
     stack.pop()
 
 
 @contextlib.contextmanager
-def installed_dit(transformer, core: Core):
+def installed_dit(transformer, core: Core, family: Family):
     """``core`` serves every softmax-attention call inside the attention modules of a diffusion transformer.
 
     The processors run unchanged (diffusers' ``dispatch_attention_fn`` and the joint processors end in
@@ -140,12 +149,11 @@ def installed_dit(transformer, core: Core):
     the module's name, kind and level, after the model's own RoPE and qk norms. Joint attention (SD3, Flux) tells
     ``core`` where the text keys are: SD3 appends them after the image keys, Flux puts them first. Sana's linear
     attention makes no such call and stays as it is."""
-    from diffprobe.records.modules import ATTENTION_MODULES, attention_kind, dit_level
+    from diffprobe.records.modules import attention_kind, is_attention
 
     context = RunContext()
     stack: list[tuple[str, str, str]] = []
     text = {"tokens": 0}
-    two = hasattr(transformer, "single_transformer_blocks")
     hooks = []
 
     def on_denoiser(_module, args, kwargs):
@@ -156,12 +164,11 @@ def installed_dit(transformer, core: Core):
     hooks.append(transformer.register_forward_pre_hook(on_denoiser, with_kwargs=True))
     n_modules = 0
     for name, module in transformer.named_modules():
-        if type(module).__name__ not in ATTENTION_MODULES:
+        if not is_attention(module):
             continue
         n_modules += 1
         kind = attention_kind(module, f"transformer.{name}")
-        first = "Flux" in type(getattr(module, "processor", None)).__name__
-        entry = (name, kind, dit_level(f"transformer.{name}", True, two), "start" if first else "end")
+        entry = (name, kind, family.level(f"transformer.{name}"), family.text_keys)
         hooks.append(module.register_forward_pre_hook(lambda *_, e=entry: stack.append(e)))
         hooks.append(module.register_forward_hook(lambda *_: _pop(stack), always_call=True))
     if not n_modules:

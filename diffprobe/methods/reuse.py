@@ -20,6 +20,7 @@ import contextlib
 import math
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.models.families import Family, family_of
 
 UNET_FAMILY = "UNet models (sd15, sd21, sd21-base, sdxl, tiny, digits)"
 
@@ -33,19 +34,21 @@ class ReuseMethod:
     param_help = ""  # what its parameter does (the CLI's help)
     domain = "whole numbers >= 1"  # its parameter's values
     default = ""  # the values ``diffprobe approx`` tries by default (comma list)
-    pipelines: tuple[str, ...] = ()  # the diffusers pipeline classes it applies to (empty: any)
+    families: tuple[str, ...] = ()  # the model families it applies to (models/families; empty: any)
     data_dependent = False  # True: the skip decision reads the activations (measured runs only, traced apart)
 
     def __init__(self, value: float):
         self.value = value
 
-    def check_spec(self, pipeline_class: str, model: str) -> None:
-        """Refuse, before anything is built, a model whose pipeline this method does not apply to."""
-        if self.pipelines and pipeline_class not in self.pipelines:
-            raise DiffprobeError(f"{self.name} applies to {self.fits}; {model} is a {pipeline_class}")
+    def check_spec(self, family: Family, model: str) -> None:
+        """Refuse, before anything is built, a model of a family this method does not apply to."""
+        if self.families and family.name not in self.families:
+            raise DiffprobeError(f"{self.name} applies to {self.fits}; {model} is {family.title} "
+                                 f"({', '.join(family.pipelines)})")
 
     def check_model(self, pipe, model: str) -> None:
         """Refuse a model this method does not apply to (one line naming the families it fits)."""
+        self.check_spec(family_of(pipe), model)
 
     def plan_key(self, step: int):
         """A key equal for steps that run the same modules (``step``: 0-based denoising step)."""
@@ -65,7 +68,7 @@ class DeepCache(ReuseMethod):
     param_help = "a full UNet every N steps, the rest reuse its deep features"
     default = "2,3,5"
     fits = UNET_FAMILY
-    pipelines = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+    families = ("sd", "sdxl")
 
     def __init__(self, value: float, branch: int = 0):
         if not (value >= 1 and float(value).is_integer()):
@@ -76,6 +79,7 @@ class DeepCache(ReuseMethod):
         self.interval, self.branch = int(value), branch
 
     def check_model(self, pipe, model: str) -> None:
+        super().check_model(pipe, model)
         unet = getattr(pipe, "unet", None)
         if unet is None or not hasattr(unet, "down_blocks"):
             raise DiffprobeError(f"deepcache applies to {self.fits}; {model} has no UNet")
@@ -116,17 +120,13 @@ class TGate(ReuseMethod):
     param_help = "the step after which cross-attention is reused and guidance stops"
     default = "5,10"
     fits = "SD 1.x/2.x UNet models (sd15, sd21, sd21-base, tiny, digits; the package's SD loop)"
-    pipelines = ("StableDiffusionPipeline",)
+    families = ("sd",)
 
     def __init__(self, value: float):
         if not (value >= 1 and float(value).is_integer()):
             raise DiffprobeError(f"tgate gate step must be a whole number of steps >= 1, got {value:g}")
         super().__init__(float(value))
         self.gate = int(value)
-
-    def check_model(self, pipe, model: str) -> None:
-        if type(pipe).__name__ != "StableDiffusionPipeline":
-            raise DiffprobeError(f"tgate applies to {self.fits}; {model} is a {type(pipe).__name__}")
 
     def plan_key(self, step: int):
         # the package's own schedule of what each step caches and reuses, and whether CFG still runs; its loop
@@ -177,12 +177,7 @@ class DiffusersCache(ReuseMethod):
     state, so analytic mode traces every step (no replay between steps)."""
 
     fits = FLUX_FAMILY
-    pipelines = ("FluxPipeline",)
-
-    def check_model(self, pipe, model: str) -> None:
-        transformer = getattr(pipe, "transformer", None)
-        if transformer is None or not hasattr(transformer, "enable_cache") or type(pipe).__name__ != "FluxPipeline":
-            raise DiffprobeError(f"{self.name} applies to {self.fits}; {model} is a {type(pipe).__name__}")
+    families = ("flux",)
 
     def plan_key(self, step: int):
         return step
@@ -322,14 +317,10 @@ class TeaCache(_Threshold, ReuseMethod):
     param_help = "the accumulated rescaled change of the modulated input below which every block is skipped"
     domain, default = ">= 0", "0.05,0.1,0.2"
     fits = "Flux models (flux-dev, flux-schnell, tiny-flux): its rescaling polynomial is fitted to FLUX.1"
-    pipelines = ("FluxPipeline",)
+    families = ("flux",)
     data_dependent = True
     # TeaCache's rescaling of the relative L1 distance for FLUX.1 (highest power first), from the authors' code
     FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
-
-    def check_model(self, pipe, model: str) -> None:
-        if type(pipe).__name__ != "FluxPipeline":
-            raise DiffprobeError(f"{self.name} applies to {self.fits}; {model} is a {type(pipe).__name__}")
 
     def plan_key(self, step: int):
         return step

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.digits import unpack_into
+from diffprobe.models.families import Family, family_of_class
 from diffprobe.models.tokenizer import load_tokenizer
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
@@ -45,7 +46,7 @@ class ModelSpec:
     weights: str | None = None  # a safetensors file in the config folder: embedded trained weights
     default_guidance: float = 7.5  # CFG scale used when the user gives none (the pipelines' own default is 7.5)
     default_steps: int = 50  # denoising steps when the user gives none (the pipeline's own default)
-    family: str = "sd"  # sd (UNet), pixart, sd3, flux, sana: what a family-specific method or option fits
+    family: Family | None = None  # the model's family (from its pipeline class): see models/families
     max_sequence_length: int | None = None  # DiTs: the text tokens the pipeline pads every prompt to
 
     @property
@@ -78,23 +79,19 @@ class ModelSpec:
         if self.denoiser == "unet":
             return factor
         patch = int(self.config("transformer").get("patch_size") or 1)
-        return factor * patch * (2 if self.family == "flux" else 1)
+        return factor * patch * (2 if self.family.packs_latents else 1)
 
     def uses_cfg(self, guidance: float) -> bool:
-        """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches. Flux is guidance-distilled:
-        one pass whatever the scale (FLUX.1-dev embeds the scale; schnell ignores it)."""
-        return self.family != "flux" and guidance > 1
+        """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches (not in a guidance-distilled
+        family such as Flux: one pass whatever the scale)."""
+        return self.family.uses_cfg(guidance)
 
     def call_kwargs(self) -> dict:
-        """The pipeline-call arguments diffprobe sets for this family beyond the common ones: the text length
-        (``max_sequence_length``), no aspect-ratio binning (PixArt and Sana would otherwise change the asked
-        size) and no caption cleaning (it needs packages the pipeline imports lazily; the prompt is used as
-        given)."""
-        kw = {}
+        """The pipeline-call arguments diffprobe sets for this model beyond the common ones: the text length
+        (``max_sequence_length``) and its family's (:attr:`Family.call_kwargs`)."""
+        kw = dict(self.family.call_kwargs)
         if self.max_sequence_length is not None:
             kw["max_sequence_length"] = self.max_sequence_length
-        if self.family in ("pixart", "sana"):
-            kw.update(use_resolution_binning=False, clean_caption=False)
         return kw
 
 
@@ -119,7 +116,7 @@ def _specs() -> dict[str, ModelSpec]:
             weights=meta.get("weights"),
             default_guidance=float(meta.get("guidance", 7.5)),
             default_steps=int(meta.get("steps", 50)),
-            family=meta.get("family", "sd"),
+            family=family_of_class(index["_class_name"]),
             max_sequence_length=meta.get("max_sequence_length"),
         )
     return specs
@@ -234,11 +231,12 @@ def _describe_models() -> list[dict]:
             tokens = spec.max_sequence_length if stand_in else settings.get("model_max_length", 77)
             encoders.append({"component": enc, "class": type(comps[enc]).__name__, "params": params[enc],
                              "tokens": tokens, "tokenizer": "stand-in" if stand_in else "real CLIP BPE"})
-        rows.append({"name": spec.name, "title": spec.title, "family": spec.family,
+        rows.append({"name": spec.name, "title": spec.title, "family": spec.family.name,
                      "native_resolution": spec.native_resolution, "pipeline": spec.pipeline_class,
                      "denoiser": spec.denoiser, "denoiser_class": type(comps[spec.denoiser]).__name__,
                      "params": params, "text_encoders": encoders, "steps": spec.default_steps,
-                     "guidance": spec.default_guidance, "cfg": spec.uses_cfg(spec.default_guidance)})
+                     "guidance": spec.default_guidance, "cfg": spec.uses_cfg(spec.default_guidance),
+                     "cfg_distilled": spec.family.cfg_distilled})
     return rows
 
 

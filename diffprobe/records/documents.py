@@ -160,6 +160,8 @@ class RunDocument(Document):
     error: str | None
     model: str
     model_title: str
+    family: str  # the model family (models/families: sd, sdxl, pixart, sd3, flux, sana)
+    denoiser_kind: str  # "unet" or "transformer"
     weights: str
     random_weights: bool
     note: str | None

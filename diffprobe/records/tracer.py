@@ -26,6 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from diffprobe.models.families import family_of
 from diffprobe.models.registry import TEXT_ENCODERS, denoiser_name
 from diffprobe.patching import Patches
 from diffprobe.records.formulas import (
@@ -35,31 +36,16 @@ from diffprobe.records.formulas import (
     sdpa_unfused_bytes,
 )
 from diffprobe.records.frames import AttnState, Frame, Static, collect_metas, op_layer_type, shapes_of, tensor_meta
-from diffprobe.records.modules import (  # noqa: F401  (ATTENTION_MODULES, unet_level, ...: named here too)
-    ACT_MODULES,
-    ATTENTION_MODULES,
+from diffprobe.records.modules import (
     CONDITIONING_MODULES,
-    CONV_MODULES,
-    DIT_IN,
-    DIT_OUT,
-    EMBED_MODULES,
-    FFN_MODULES,
-    LINEAR_ATTN_PROCESSORS,
-    LINEAR_MODULES,
-    MODULATION_MODULES,
-    NORM_MODULES,
     OUT_NAMES,
     QKV_NAMES,
     ROPE_FUNCTIONS,
-    ROPE_MODULES,
     attention_kind,
-    den_packs_latents,
-    dit_level,
     image_tokens,
     level_tokens,
     module_role,
     stage_of,
-    unet_level,
 )
 from diffprobe.records.schema import COLUMNS, DENOISER, OpRecord, check_int64_totals
 from diffprobe.records.sdpa import SdpaIntercept, meta_output, positional
@@ -94,18 +80,13 @@ class OpTracer:
         self.denoiser = den = denoiser_name(pipe)
         dmodule = getattr(pipe, den)
         self._taint: dict[int, object] = {}  # id -> weakref of tensors that carry the timestep conditioning
+        family = family_of(pipe)
+        level_of = family.level
         if den == "unet":
             n_levels = len(dmodule.config.block_out_channels)
-            level_of = unet_level
         else:
-            patch = int(getattr(dmodule.config, "patch_size", 1) or 1) * (2 if den_packs_latents(pipe) else 1)
+            patch = int(getattr(dmodule.config, "patch_size", 1) or 1) * (2 if family.packs_latents else 1)
             n_tokens = image_tokens(latent_hw, patch)
-            two = hasattr(dmodule, "single_transformer_blocks")
-            patch_embedder = type(getattr(dmodule, "pos_embed", None)).__name__ not in ROPE_MODULES
-
-            def level_of(path):
-                return dit_level(path, patch_embedder, two) if path.startswith("transformer") else unet_level(path)
-
             for name, param in dmodule.named_parameters():
                 if name.endswith("scale_shift_table"):
                     self._mark(param)

@@ -141,7 +141,7 @@ def models_table(rows: list[dict]) -> Table:
         t.add_row(r["name"], str(r["native_resolution"]), short.get(cls, cls.removesuffix("Model")),
                   fmt_n(r["params"][r["denoiser"]]), encoders, fmt_n(r["params"]["vae"]),
                   fmt_n(sum(r["params"].values())), str(r["steps"]),
-                  f"{r['guidance']:g}" if r["cfg"] else "off (distilled)" if r["family"] == "flux" else "off")
+                  f"{r['guidance']:g}" if r["cfg"] else "off (distilled)" if r["cfg_distilled"] else "off")
     t.caption = ("tokens: the length every prompt is padded to; * a stand-in tokenizer (the real vocabulary ships "
                  "with no registry package; costs depend only on the length)")
     return t

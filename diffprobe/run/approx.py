@@ -24,11 +24,11 @@ from diffprobe.analyses.savings import account, approximate_account, end_to_end_
 from diffprobe.attention.approx import JOINT_NOTE, PARAM, ApproxAttention, kernels_used, masked_note
 from diffprobe.attention.approx import check_model as check_attention_model
 from diffprobe.attention.clipscore import ClipScorer
-from diffprobe.attention.core import installed
+from diffprobe.attention.core import installed_in
 from diffprobe.errors import DiffprobeError
 from diffprobe.models import digits
 from diffprobe.models.digits import DigitClassifier
-from diffprobe.models.registry import denoiser, get_spec
+from diffprobe.models.registry import get_spec
 from diffprobe.records.documents import ApproxDocument
 from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_document
@@ -64,7 +64,7 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
         steps.append(latents.detach().float().clone())
 
     timer = StageTimer(pipe, cfg.device)
-    with torch.inference_mode(), timer, installed(denoiser(pipe), core) if core else contextlib.nullcontext(), \
+    with torch.inference_mode(), timer, installed_in(pipe, core) if core else contextlib.nullcontext(), \
             step_hooks(pipe, keep) as hooks:
         t0 = time.perf_counter()
         images = PipelineCall(cfg, tuple(prompts))(pipe, **hooks).images  # the same noise every call

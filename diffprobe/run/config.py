@@ -156,7 +156,7 @@ def _check_approx(cfg: ProfileConfig, spec) -> None:
         check_attention_model(spec.family, cfg.model, setting.attention[0])
         ApproxAttention(*setting.attention, mask_interval=cfg.mask_interval)
     if setting.reuse is not None:  # a method for another model family: refused first
-        setting.reuse.check_spec(spec.pipeline_class, cfg.model)
+        setting.reuse.check_spec(spec.family, cfg.model)
         if setting.reuse.data_dependent and cfg.mode != "measured":
             raise DiffprobeError(f"--approx {setting.reuse.name} decides from the activations which steps skip "
                                  "work: use --mode measured")
@@ -265,7 +265,7 @@ def check_memory(spec: ModelSpec, dtype: str, device: str, analytic: bool = True
         ways.append("--dtype bfloat16 (half the bytes)")
     if not device.startswith("cuda"):
         ways.append("a GPU (--device cuda)")
-    small = f"tiny-{spec.family}" if spec.family != "sd" else "tiny"
+    small = spec.family.tiny
     if small != spec.name:
         ways.append(f"a smaller model (--model {small})")
     raise DiffprobeError(f"a measured {spec.name} run needs about {need / 2**30:.1f} GiB ({params / 1e9:.2f} G "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from diffprobe.models.families import family_of
 from diffprobe.models.registry import (
     ModelSpec,
     build_components,
@@ -50,14 +51,15 @@ def initial_latents(cfg: ProfileConfig, pipe):
 
     channels = denoiser(pipe).config.in_channels
     scale = pipe.vae_scale_factor
-    packs = hasattr(type(pipe), "_pack_latents")  # Flux: 2x2 latent patches packed into tokens
+    packs = family_of(pipe).packs_latents  # Flux: 2x2 latent patches packed into tokens
     if packs:
         channels //= 4
         scale *= 2
     side = 2 if packs else 1
     shape = (cfg.batch, channels, side * (cfg.height // scale), side * (cfg.width // scale))
     # the pipeline makes its latents in the prompt embeddings' dtype (that of the last text encoder); Sana in fp32
-    dtype = torch.float32 if get_spec(cfg.model).family == "sana" else getattr(
+    family = family_of(pipe)
+    dtype = getattr(torch, family.latent_dtype) if family.latent_dtype else getattr(
         pipe, text_encoder_names(pipe)[-1]).dtype
     if cfg.mode == "analytic":
         latents = torch.empty(shape, dtype=dtype, device="meta")

@@ -140,6 +140,8 @@ class ProfileResult:
             "error": self.error,
             "model": c.model,
             "model_title": self.spec.title,
+            "family": self.spec.family.name,
+            "denoiser_kind": self.spec.family.denoiser_kind,
             "weights": c.weights or ("embedded" if self.spec.trained else "random"),
             "random_weights": self.random_weights,
             "note": ANALYTIC_NOTE if c.mode == "analytic" else RANDOM_WEIGHTS_NOTE if self.random_weights else None,

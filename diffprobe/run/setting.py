@@ -9,8 +9,7 @@ from dataclasses import replace
 
 from diffprobe.analyses.savings import added_ops, approximate_account, steps_ran
 from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used, masked_note
-from diffprobe.attention.core import installed
-from diffprobe.models.registry import denoiser
+from diffprobe.attention.core import installed_in
 from diffprobe.records.schema import DENOISER
 from diffprobe.run.config import ProfileConfig, analytic_twin
 from diffprobe.run.passes import analytic_pass, measured_pass, trace_with_reuse
@@ -25,7 +24,7 @@ def installed_setting(pipe, setting: Setting, core: ApproxAttention | None):
     """A context in which the pipeline runs the setting: ``core`` serving its attention, its reuse method installed."""
     stack = contextlib.ExitStack()
     if core is not None:
-        stack.enter_context(installed(denoiser(pipe), core.core))
+        stack.enter_context(installed_in(pipe, core.core))
     if setting.reuse is not None:
         stack.enter_context(setting.reuse.installed(pipe))
     return stack

@@ -17,10 +17,10 @@ import pandas as pd
 
 from diffprobe.analyses.findings import sparsity_headline
 from diffprobe.analyses.sparsity import step_overlap, summarize
-from diffprobe.attention.core import installed
+from diffprobe.attention.core import installed_in
 from diffprobe.attention.probe import RANDOM_NOTE, SparsityConfig, SparsityProbe
 from diffprobe.errors import DiffprobeError
-from diffprobe.models.registry import denoiser, get_spec
+from diffprobe.models.registry import get_spec
 from diffprobe.records.documents import SparsityDocument
 from diffprobe.records.masks import MaskStore, write_masks
 from diffprobe.records.runfolder import atomic_write
@@ -66,7 +66,7 @@ def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc:
         if not pipes:
             pipes.append(build_pipeline(base, spec))
         probe = SparsityProbe(sc)
-        with installed(denoiser(pipes[0]), probe.core):
+        with installed_in(pipes[0], probe.core):
             run_profile(replace(base, height=h, width=w, out=str(tmp)), pipe=pipes[0])
         frame = pd.DataFrame(probe.rows)
         frame.insert(0, "width", w)

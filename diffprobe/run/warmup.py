@@ -8,8 +8,7 @@ import time
 import torch
 
 from diffprobe.attention.approx import ApproxAttention
-from diffprobe.attention.core import installed
-from diffprobe.models.registry import denoiser
+from diffprobe.attention.core import installed_in
 from diffprobe.run.pipeline import PipelineCall
 from diffprobe.run.stepping import step_hooks
 
@@ -26,7 +25,7 @@ def warm_up(pipe, cfg, prompts: list[str], core: ApproxAttention | None = None) 
         core.warming = True
     try:
         # the run's own schedule, stopped after its first step (PixArt's pipeline cannot run a one-step schedule)
-        with torch.inference_mode(), installed(denoiser(pipe), core.core) if core else contextlib.nullcontext(), \
+        with torch.inference_mode(), installed_in(pipe, core.core) if core else contextlib.nullcontext(), \
                 step_hooks(pipe, None, 1) as hooks:
             PipelineCall(cfg, tuple(prompts), output_type="latent")(pipe, **hooks)
     finally:

@@ -213,8 +213,8 @@ def test_roofline_against_measured_seconds():
 # -- sweep, findings ---------------------------------------------------------------------------------------------
 def _point(side: int, scale: float) -> dict:
     ops = OPS.assign(flops=(OPS["flops"] * scale).round().astype("int64"))
-    run = {"height": side, "width": side, "batch": 1, "params": {"unet": 1}, "flops": {"by_stage": {}},
-           "peak_memory_bytes": 0}
+    run = {"height": side, "width": side, "batch": 1, "family": "sd", "denoiser_kind": "unet",
+           "flops": {"by_stage": {}}, "peak_memory_bytes": 0}
     return sweep_analysis.point_summary(f"{side}x{side}-b1", run, ops)
 
 

@@ -1,0 +1,92 @@
+"""Model families: what diffprobe knows of each kind of pipeline, in one place.
+
+A :class:`Family` says which diffusers pipelines belong to it, what denoises (a UNet or a diffusion transformer),
+how its latents are laid out (2x2 packing, the dtype the pipeline makes them in), whether classifier-free guidance
+runs a second pass, the pipeline-call arguments diffprobe sets, the level rule (module path -> level), where joint
+attention's text keys sit, the module classes its own layers are built of (beyond the shared ones of
+``records/modules.py``), whether approximate attention applies, and its tiny variant. The tracer, the attention
+seam, the reuse methods, the run and the report ask the family; nothing outside ``models/`` tests a class or
+pipeline name. One module per family (``sd.py``, ``flux.py``, ...); a new family is a new module here, named in
+:data:`MODULES`, and a config folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from diffprobe.errors import DiffprobeError
+from diffprobe.models.families.levels import dit_level, unet_level
+
+ROLES = ("attention", "ffn", "act", "embed", "modulation", "conditioning", "norm", "rope", "linear", "conv")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family (see the module's docstring)."""
+
+    name: str  # as stored in run.json ("sd", "sdxl", "pixart", "sd3", "flux", "sana")
+    title: str
+    pipelines: tuple[str, ...]  # the diffusers pipeline classes of the family
+    denoiser_kind: str  # "unet" or "transformer" (the diffusers component that denoises)
+    tiny: str  # the family's tiny variant (tests; the smaller model an error suggests)
+    packs_latents: bool = False  # 2x2 latent patches packed into tokens before the transformer (Flux)
+    latent_dtype: str | None = None  # the dtype the pipeline makes its latents in; None: the last text encoder's
+    cfg_distilled: bool = False  # guidance is an input of the model: one denoiser pass whatever the scale (Flux)
+    call_kwargs: dict = field(default_factory=dict)  # pipeline-call arguments beyond the common ones
+    text_keys: str = "end"  # joint attention: where the text keys sit in the sequence ("start": Flux; "end": SD3)
+    two_streams: bool = False  # double-stream then single-stream blocks (Flux): levels double.i / single.i
+    pos_embed_embeds_patches: bool = True  # the transformer's ``pos_embed`` embeds patches (False: RoPE tables)
+    no_softmax: str | None = None  # why approximate attention does not apply (its attention has no softmax)
+    modules: dict = field(default_factory=dict)  # role -> class names of the family's own layers
+
+    def level(self, path: str) -> str:
+        """The level of a module path of this family's denoiser or VAE decoder."""
+        if self.denoiser_kind == "unet":
+            return unet_level(path)
+        return dit_level(path, self.pos_embed_embeds_patches, self.two_streams)
+
+    def uses_cfg(self, guidance: float) -> bool:
+        """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches."""
+        return not self.cfg_distilled and guidance > 1
+
+
+MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "sana")  # one module each, in this package
+
+
+@lru_cache(maxsize=None)
+def families() -> dict[str, Family]:
+    """Every family by name (each module's ``FAMILY``)."""
+    out = {}
+    for name in MODULES:
+        fam = importlib.import_module(f"{__name__}.{name}").FAMILY
+        out[fam.name] = fam
+    return out
+
+
+def get_family(name: str) -> Family:
+    fams = families()
+    if name not in fams:
+        raise DiffprobeError(f"unknown model family {name!r}; known: {', '.join(fams)}")
+    return fams[name]
+
+
+def family_of(pipe) -> Family:
+    """The family of a built pipeline, from its class (the one place a pipeline's class is read)."""
+    return family_of_class(type(pipe).__name__)
+
+
+def family_of_class(cls: str) -> Family:
+    """The family of the diffusers pipeline class called ``cls`` (``model_index.json``'s ``_class_name``)."""
+    for fam in families().values():
+        if cls in fam.pipelines:
+            return fam
+    raise DiffprobeError(f"diffprobe knows no model family of {cls}; known: "
+                         + ", ".join(p for f in families().values() for p in f.pipelines))
+
+
+@lru_cache(maxsize=None)
+def module_classes(role: str) -> frozenset[str]:
+    """The class names every family declares for ``role`` (one of :data:`ROLES`)."""
+    return frozenset(n for fam in families().values() for n in fam.modules.get(role, ()))

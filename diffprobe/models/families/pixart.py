@@ -1,0 +1,16 @@
+"""PixArt-α / Σ: a diffusion transformer with self- and cross-attention, adaLN-single and a T5 encoder."""
+
+from diffprobe.models.families import Family
+
+FAMILY = Family(
+    name="pixart",
+    title="PixArt-α/Σ (DiT, T5)",
+    pipelines=("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
+    denoiser_kind="transformer",
+    tiny="tiny-pixart",
+    # no aspect-ratio binning (it would change the asked size) and no caption cleaning (it needs packages the
+    # pipeline imports lazily; the prompt is used as given)
+    call_kwargs={"use_resolution_binning": False, "clean_caption": False},
+    modules={"embed": ("PixArtAlphaCombinedTimestepSizeEmbeddings",),
+             "conditioning": ("PixArtAlphaCombinedTimestepSizeEmbeddings",)},
+)
