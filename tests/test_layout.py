@@ -35,3 +35,19 @@ def test_no_capability_sniffing_and_no_private_imports():
                 found += [f"{p.relative_to(PACKAGE)}:{node.lineno} imports {a.name} from {node.module}"
                           for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
     assert not found, found
+
+
+def test_no_class_or_pipeline_name_test_outside_models():
+    """Model families live in models/ (issue 26): elsewhere nothing compares a class name or names a pipeline."""
+    found = []
+    for p in SOURCES:
+        if p.is_relative_to(PACKAGE / "models"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(x, ast.Attribute) and x.attr == "__name__" for x in (node.left, *node.comparators)):
+                found.append(f"{p.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node)}")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith("Pipeline") \
+                    and node.value[:1].isupper():
+                found.append(f"{p.relative_to(PACKAGE)}:{node.lineno} names {node.value}")
+    assert not found, found

@@ -15,8 +15,8 @@ import torch
 
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.families import Family, family_of
+from diffprobe.models.families.levels import unet_level
 from diffprobe.models.registry import denoiser
-from diffprobe.records.modules import unet_level
 from diffprobe.records.sdpa import SdpaIntercept, bound, is_plain
 
 Core = Callable[..., torch.Tensor]  # (q, k, v, attn_mask, call) -> out, all (B, H, N, d)
@@ -149,7 +149,7 @@ def installed_dit(transformer, core: Core, family: Family):
     the module's name, kind and level, after the model's own RoPE and qk norms. Joint attention (SD3, Flux) tells
     ``core`` where the text keys are: SD3 appends them after the image keys, Flux puts them first. Sana's linear
     attention makes no such call and stays as it is."""
-    from diffprobe.records.modules import attention_kind, is_attention
+    from diffprobe.models.families.roles import attention_kind, is_attention
 
     context = RunContext()
     stack: list[tuple[str, str, str]] = []

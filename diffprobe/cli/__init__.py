@@ -32,7 +32,8 @@ def _click_exceptions():
     except ImportError:  # older typer on top of click
         import click.exceptions as usage
     control = usage if hasattr(usage, "Abort") else __import__("typer.exceptions", fromlist=["Abort"])
-    return SimpleNamespace(UsageError=usage.UsageError, Abort=control.Abort, Exit=control.Exit)
+    return SimpleNamespace(UsageError=usage.UsageError, Abort=control.Abort, Exit=control.Exit,
+                           NoArgsIsHelpError=getattr(usage, "NoArgsIsHelpError", ()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +76,7 @@ def _main(argv: list[str] | None) -> int:
         sys.stderr.write(f"diffprobe: error: {exc}\n")
         return 2
     except cexc.UsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # the help of the (sub)command that was called bare
+        if isinstance(exc, cexc.NoArgsIsHelpError):  # the help of the (sub)command that was called bare
             ctx = getattr(exc, "ctx", None)
             sys.stdout.write((ctx.get_help() if ctx is not None else command.get_help(command.make_context(
                 "diffprobe", ["--help"], resilient_parsing=True))) + "\n")

@@ -107,9 +107,10 @@ def quiet_profiler(quiet: bool) -> None:
 
 
 def base_config(**kw):
-    from diffprobe.run.profile import DEFAULT_PROMPT, ProfileConfig
+    from diffprobe.models.registry import get_spec
+    from diffprobe.run.profile import ProfileConfig
 
-    kw["prompt"] = kw["prompt"] if kw["prompt"] is not None else DEFAULT_PROMPT
+    kw["prompt"] = kw["prompt"] if kw["prompt"] is not None else get_spec(kw["model"]).default_prompt
     kw["dtype"] = kw["dtype"].value
     kw["mode"] = kw["mode"].value
     return ProfileConfig(**kw)

@@ -225,7 +225,6 @@ def sparsity(
     quiet: bool = O_QUIET,
 ) -> None:
     """Attention sparsity of every UNet attention call: per layer, head, step and resolution."""
-    from dataclasses import replace
 
     from diffprobe.attention.probe import SparsityConfig
     from diffprobe.models.registry import get_spec
@@ -235,8 +234,6 @@ def sparsity(
     base = base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
                         dtype=dtype, weights=weights, allow_pickle=allow_pickle, sample_steps=sample_steps,
                         mode=Mode.measured, trace_ops=False)
-    if model == "digits" and prompt is None:
-        base = replace(base, prompt="a handwritten seven")
     native = get_spec(model).native_resolution
     res = parse_resolutions(resolutions) if resolutions is not None else [(native, native)]
     sc = SparsityConfig(eps=parse_floats(eps, "--eps", 0, 1, True), taus=parse_floats(tau, "--tau", 0, 1, False),

@@ -21,6 +21,7 @@ import math
 
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.families import Family, family_of
+from diffprobe.models.families.roles import is_attention
 
 UNET_FAMILY = "UNet models (sd15, sd21, sd21-base, sdxl, tiny, digits)"
 
@@ -162,7 +163,7 @@ class TGate(ReuseMethod):
         finally:
             pipe.__class__ = cls
             for module in pipe.unet.modules():  # the package leaves its forward (and cache) on every Attention
-                if type(module).__name__ == "Attention":
+                if is_attention(module):
                     vars(module).pop("forward", None)
                     vars(module).pop("cache", None)
 

@@ -27,6 +27,7 @@ from diffprobe.models.tokenizer import load_tokenizer
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+DEFAULT_PROMPT = "a photo of an astronaut riding a horse on mars"
 DENOISERS = ("unet", "transformer")  # the diffusers component that denoises: a UNet, or a diffusion transformer
 # a tokenizer folder with any of these is the user's own (BPE, fast, SentencePiece: T5's spiece, Gemma's model)
 TOKENIZER_FILES = ("vocab.json", "tokenizer.json", "spiece.model", "tokenizer.model")
@@ -48,6 +49,8 @@ class ModelSpec:
     default_steps: int = 50  # denoising steps when the user gives none (the pipeline's own default)
     family: Family | None = None  # the model's family (from its pipeline class): see models/families
     max_sequence_length: int | None = None  # DiTs: the text tokens the pipeline pads every prompt to
+    default_prompt: str = DEFAULT_PROMPT  # the prompt when the user gives none
+    quality_batch: str | None = None  # "digits": approx's quality batch is every digit (else the one prompt)
 
     @property
     def folder(self):
@@ -118,6 +121,8 @@ def _specs() -> dict[str, ModelSpec]:
             default_steps=int(meta.get("steps", 50)),
             family=family_of_class(index["_class_name"]),
             max_sequence_length=meta.get("max_sequence_length"),
+            default_prompt=meta.get("prompt", DEFAULT_PROMPT),
+            quality_batch=meta.get("quality_batch"),
         )
     return specs
 

@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from diffprobe.models.families import family_of
+from diffprobe.models.families.roles import ROPE_FUNCTIONS, attention_kind, is_conditioning, module_role
 from diffprobe.models.registry import TEXT_ENCODERS, denoiser_name
 from diffprobe.patching import Patches
 from diffprobe.records.formulas import (
@@ -36,17 +37,7 @@ from diffprobe.records.formulas import (
     sdpa_unfused_bytes,
 )
 from diffprobe.records.frames import AttnState, Frame, Static, collect_metas, op_layer_type, shapes_of, tensor_meta
-from diffprobe.records.modules import (
-    CONDITIONING_MODULES,
-    OUT_NAMES,
-    QKV_NAMES,
-    ROPE_FUNCTIONS,
-    attention_kind,
-    image_tokens,
-    level_tokens,
-    module_role,
-    stage_of,
-)
+from diffprobe.records.modules import OUT_NAMES, QKV_NAMES, image_tokens, level_tokens, stage_of
 from diffprobe.records.schema import COLUMNS, DENOISER, OpRecord, check_int64_totals
 from diffprobe.records.sdpa import SdpaIntercept, meta_output, positional
 
@@ -112,7 +103,7 @@ class OpTracer:
                 role = module_role(m)
                 kind = attention_kind(m, path) if role == "attention" else ""
                 self._statics[id(m)] = Static(path, stage_of(comp, path, den), level, tokens, role, proj, kind,
-                                               path == den, type(m).__name__ in CONDITIONING_MODULES)
+                                               path == den, is_conditioning(m))
 
     # -- module context ----------------------------------------------------------------------------------------
     def _push(self, module, *_):

@@ -49,7 +49,7 @@ from diffprobe.timing.stages import StageTimer
 
 def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
     """The quality batch: every digit ``per_digit`` times on the digits fixture, else the one prompt."""
-    if cfg.model == "digits":
+    if get_spec(cfg.model).quality_batch == "digits":
         labels = [d for d in range(10) for _ in range(per_digit)]
         return [digits.prompt(d) for d in labels], labels
     return [cfg.prompt], None

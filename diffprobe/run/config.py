@@ -12,6 +12,7 @@ from diffprobe.attention.approx import check_model as check_attention_model
 from diffprobe.errors import DiffprobeError
 from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import (
+    DEFAULT_PROMPT,
     ModelSpec,
     build_components,
     build_scheduler,
@@ -28,7 +29,6 @@ RANDOM_WEIGHTS_NOTE = "architecture-only: timings and FLOPs are real, image cont
 ANALYTIC_NOTE = ("analytic: counted on the meta device with no weights and no compute: FLOPs and bytes are exact, "
                  "nothing was timed and no image was drawn")
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
-DEFAULT_PROMPT = "a photo of an astronaut riding a horse on mars"
 
 
 @dataclass
@@ -308,14 +308,10 @@ def schedule_length(sched, steps: int, device: str = "cpu") -> int:
     return len(sched.timesteps)
 
 
-# pipelines that cannot run one step: diffusers' PixArt pipelines read a second output of scheduler.step() when
-# num_inference_steps == 1, which their DPM-Solver scheduler does not return (IndexError)
-ONE_STEP_UNSUPPORTED = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
-
-
 def check_steps(spec: ModelSpec, steps: int) -> None:
     """Refuse, before anything is built, a step count the model's scheduler or pipeline cannot run."""
-    if steps == 1 and spec.pipeline_class in ONE_STEP_UNSUPPORTED:
-        raise DiffprobeError(f"--steps 1: diffusers' {spec.pipeline_class} cannot run a single step (it reads a "
-                             "second output its DPM-Solver scheduler does not return); use --steps 2 or more")
+    if steps < spec.family.min_steps:
+        raise DiffprobeError(f"--steps {steps}: diffusers' {spec.pipeline_class} cannot run fewer than "
+                             f"{spec.family.min_steps} ({spec.family.min_steps_why}); use --steps "
+                             f"{spec.family.min_steps} or more")
     schedule_length(build_scheduler(spec), steps)

@@ -40,6 +40,8 @@ class Family:
     pos_embed_embeds_patches: bool = True  # the transformer's ``pos_embed`` embeds patches (False: RoPE tables)
     no_softmax: str | None = None  # why approximate attention does not apply (its attention has no softmax)
     modules: dict = field(default_factory=dict)  # role -> class names of the family's own layers
+    min_steps: int = 1  # the fewest denoising steps its pipeline can run
+    min_steps_why: str = ""
 
     def level(self, path: str) -> str:
         """The level of a module path of this family's denoiser or VAE decoder."""

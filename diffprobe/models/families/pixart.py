@@ -11,6 +11,10 @@ FAMILY = Family(
     # no aspect-ratio binning (it would change the asked size) and no caption cleaning (it needs packages the
     # pipeline imports lazily; the prompt is used as given)
     call_kwargs={"use_resolution_binning": False, "clean_caption": False},
+    # diffusers' PixArt pipelines read a second output of scheduler.step() when num_inference_steps == 1, which
+    # their DPM-Solver scheduler does not return (IndexError)
+    min_steps=2,
+    min_steps_why="it reads a second output its DPM-Solver scheduler does not return",
     modules={"embed": ("PixArtAlphaCombinedTimestepSizeEmbeddings",),
              "conditioning": ("PixArtAlphaCombinedTimestepSizeEmbeddings",)},
 )
