@@ -131,14 +131,15 @@ def models_table(rows: list[dict]) -> Table:
               "trained digits fixture)")
     short = {"CLIPTextModel": "CLIP", "CLIPTextModelWithProjection": "CLIP", "T5EncoderModel": "T5",
              "Gemma2Model": "Gemma2", "UNet2DConditionModel": "UNet"}
-    for col in ("name", "native px", "denoiser", "params", "text encoders: params/tokens", "VAE", "total",
+    for col in ("name", "family", "native px", "denoiser", "params", "text encoders: params/tokens", "VAE", "total",
                 "steps", "CFG"):
-        t.add_column(col, justify="left" if col in ("name", "denoiser", "text encoders: params/tokens") else "right")
+        t.add_column(col, justify="left" if col in ("name", "family", "denoiser", "text encoders: params/tokens")
+                     else "right")
     for r in rows:
         encoders = " + ".join(f"{short.get(e['class'], e['class'])} {fmt_n(e['params'])}/{e['tokens']}"
                               + ("*" if e["tokenizer"] == "stand-in" else "") for e in r["text_encoders"])
         cls = r["denoiser_class"]
-        t.add_row(r["name"], str(r["native_resolution"]), short.get(cls, cls.removesuffix("Model")),
+        t.add_row(r["name"], r["family"], str(r["native_resolution"]), short.get(cls, cls.removesuffix("Model")),
                   fmt_n(r["params"][r["denoiser"]]), encoders, fmt_n(r["params"]["vae"]),
                   fmt_n(sum(r["params"].values())), str(r["steps"]),
                   f"{r['guidance']:g}" if r["cfg"] else "off (distilled)" if r["cfg_distilled"] else "off")

@@ -25,6 +25,12 @@ PUBLISHED = {
                    "text_encoder_3": T5XXL, "vae": VAE16},
     "sd35-large": {"transformer": 8_056_627_520, "text_encoder": CLIP_L_PROJ, "text_encoder_2": CLIP_G_PROJ,
                    "text_encoder_3": T5XXL, "vae": VAE16},
+    # keras-hub's SD3.5-medium preset states 3,371,793,763 parameters for CLIP-L, CLIP-G, MMDiT-X and VAE, counting
+    # the 384x384x1536 position table diffusers keeps as a buffer (its SD3-medium preset, 2,987,080,931, gives
+    # SD3-medium's published 2,028,328,000 the same way, with a 192x192 table)
+    "sd35-medium": {"transformer": 3_371_793_763 - 384 * 384 * 1536 - (CLIP_L_PROJ + CLIP_G_PROJ + VAE16),
+                    "text_encoder": CLIP_L_PROJ, "text_encoder_2": CLIP_G_PROJ, "text_encoder_3": T5XXL,
+                    "vae": VAE16},
     "flux-dev": {"transformer": 11_901_408_320, "text_encoder": CLIP_L, "text_encoder_2": T5XXL, "vae": VAE16},
     "flux-schnell": {"transformer": 11_891_178_560, "text_encoder": CLIP_L, "text_encoder_2": T5XXL, "vae": VAE16},
     "sana-1600m": {"transformer": 1_604_462_752, "text_encoder": 2_614_341_888, "vae": 312_250_275},
@@ -40,6 +46,8 @@ DERIVED = {
     "pixart-sigma": {"transformer": ref.pixart(16, 72, 28, 4096), "text_encoder": _T5, "vae": ref.vae()},
     "sd3-medium": {"transformer": ref.sd3(24, 64, 24, 4096, 2048, 1536), **_CLIPS, "vae": _VAE16},
     "sd35-large": {"transformer": ref.sd3(38, 64, 38, 4096, 2048, 2432, qk_norm=True), **_CLIPS, "vae": _VAE16},
+    "sd35-medium": {"transformer": ref.sd3(24, 64, 24, 4096, 2048, 1536, qk_norm=True, dual=13), **_CLIPS,
+                    "vae": _VAE16},
     "flux-dev": {"transformer": ref.flux(24, 128, 19, 38, 4096, 768), "text_encoder": ref.clip_text(768, 3072, 12),
                  "text_encoder_2": _T5, "vae": _VAE16},
     "flux-schnell": {"transformer": ref.flux(24, 128, 19, 38, 4096, 768, guidance=False),
@@ -47,7 +55,7 @@ DERIVED = {
     "sana-1600m": {"transformer": ref.sana(70, 32, 20, 112, 20, 2304),
                    "text_encoder": ref.gemma2(2304, 9216, 8, 4, 256, 26)},
 }
-TINY = ("tiny-pixart", "tiny-sd3", "tiny-flux", "tiny-sana")
+TINY = ("tiny-pixart", "tiny-sd3", "tiny-sd35", "tiny-flux", "tiny-sana")
 
 
 def _params(name):
@@ -75,6 +83,7 @@ def test_tiny_variants_match_their_shape_derivations():
     assert sd3["transformer"] == ref.sd3(4, 8, 2, 32, 64, 32, qk_norm=True)
     assert sd3["text_encoder_3"] == t5 and sd3["text_encoder"] == ref.clip_text(32, 64, 2, projection=32)
     assert sd3["vae"] == ref.vae((16, 32, 32, 32), layers=1, latent=16, quant_convs=False)
+    assert _params("tiny-sd35")["transformer"] == ref.sd3(4, 8, 2, 32, 64, 32, qk_norm=True, dual=1)
     flux = _params("tiny-flux")
     assert flux["transformer"] == ref.flux(4, 8, 1, 2, 32, 32) and flux["text_encoder"] == clip
     sana = _params("tiny-sana")
@@ -147,6 +156,25 @@ def test_joint_attention_scores_cover_text_and_image_tokens(runs):
     # qk RMS norms (SD3.5 block types) are norms inside attention
     qk = den[den["module"].str.contains(r"attn\.norm_") & (den["layer_type"] != "view")]
     assert len(qk) and (qk["layer_type"] == "norm").all()
+
+
+def test_mmdit_x_adds_image_only_self_attention_to_its_dual_blocks(runs):
+    # tiny-sd35 at 64 px: 16 image tokens, 77 + 16 text tokens, CFG batch 2, 4 heads of 8. Block 0 (dual) runs the
+    # joint attention and an image-only self-attention (attn2: B * H * 16 * 16 * (2d + 1) score FLOPs); block 1 the
+    # joint attention alone.
+    den = _den(runs, "tiny-sd35")
+    score = den[den["layer_type"] == "attn_score"]
+    by_module = score.groupby("module")["flops"].sum().to_dict()
+    n = 16 + 77 + 16
+    assert by_module == {"transformer.transformer_blocks.0.attn": 2 * 4 * n * n * 17,
+                         "transformer.transformer_blocks.0.attn2": 2 * 4 * 16 * 16 * 17,
+                         "transformer.transformer_blocks.1.attn": 2 * 4 * n * n * 17}
+    kinds = score.drop_duplicates("module").set_index("module")["attn_kind"].to_dict()
+    assert kinds["transformer.transformer_blocks.0.attn2"] == "self" and kinds[
+        "transformer.transformer_blocks.0.attn"] == "joint"
+    # its 9D adaLN (shift, scale, gate for the joint and the image-only attention and the FFN) is modulation
+    ada = den[den["module"] == "transformer.transformer_blocks.0.norm1.linear"]
+    assert set(ada["layer_type"]) == {"modulation"} and ada["flops"].sum() == 2 * 2 * 32 * 9 * 32 + 2 * 9 * 32
 
 
 def test_flux_blocks_rope_and_single_stream_joint_attention(runs):

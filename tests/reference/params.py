@@ -135,17 +135,20 @@ def pixart(heads, head_dim, layers, caption, in_ch=4, out_ch=8, patch=2, conditi
     return n + layers * block + 2 * d + linear(d, patch * patch * out_ch)
 
 
-def sd3(heads, head_dim, layers, joint, pooled, caption_dim, in_ch=16, patch=2, qk_norm=False):
+def sd3(heads, head_dim, layers, joint, pooled, caption_dim, in_ch=16, patch=2, qk_norm=False, dual=0):
     """SD3 MM-DiT: patch conv, timestep and pooled-text MLPs, context linear, joint blocks (adaLN-Zero for both
     streams, image and text q/k/v/out, 4x GELU FFNs for both; the last block's text stream ends after the
-    attention: a 2D adaLN and no text output or FFN), optional per-head qk RMS norms, final 2D adaLN and linear."""
+    attention: a 2D adaLN and no text output or FFN), optional per-head qk RMS norms, final 2D adaLN and linear.
+    SD3.5's MMDiT-X: the first ``dual`` blocks add an image-only self-attention (q/k/v/out, its own qk norms) whose
+    shift/scale/gate come from the image stream's adaLN, which so gives 9D instead of 6D."""
     d = heads * head_dim
     n = conv(in_ch, d, patch) + timestep_mlp(d) + linear(pooled, d) + linear(d, d) + linear(joint, caption_dim)
     ff = linear(d, 4 * d) + linear(4 * d, d)
     qk = 4 * head_dim if qk_norm else 0
     block = 2 * linear(d, 6 * d) + 8 * linear(d, d) + 2 * ff + qk
     last = linear(d, 6 * d) + linear(d, 2 * d) + 7 * linear(d, d) + ff + qk
-    return n + (layers - 1) * block + last + linear(d, 2 * d) + linear(d, patch * patch * in_ch)
+    extra = linear(d, 9 * d) - linear(d, 6 * d) + 4 * linear(d, d) + qk // 2
+    return n + (layers - 1) * block + last + dual * extra + linear(d, 2 * d) + linear(d, patch * patch * in_ch)
 
 
 def flux(heads, head_dim, double, single, joint, pooled, in_ch=64, guidance=True):
