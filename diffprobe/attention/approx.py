@@ -47,6 +47,9 @@ MASKED_NOTE = ("{n} of {total} attention calls carry a key-padding mask (cross-a
 
 def check_model(family: Family, model: str, method: str) -> None:
     """Refuse an attention method on a model where it would change no call (every row would equal dense)."""
+    if family.approx_unsupported:
+        raise DiffprobeError(f"{method}: not yet available on {model} ({family.title}): "
+                             f"{family.approx_unsupported}")
     why = family.no_softmax
     if why:
         raise DiffprobeError(f"{method}: {model}: {why}, so {method} would change nothing (the sparsity "

@@ -81,7 +81,7 @@ class ModelSpec:
         factor = 2 ** (len(channels) - 1)
         if self.denoiser == "unet":
             return factor
-        patch = int(self.config("transformer").get("patch_size") or 1)
+        patch = self.family.patch_size(self.config("transformer"))
         return factor * patch * (2 if self.family.packs_latents else 1)
 
     def uses_cfg(self, guidance: float) -> bool:

@@ -99,7 +99,20 @@ STAND_INS = {
     "GemmaTokenizerFast": {"specials": ["<pad>", "<eos>", "<bos>", "<unk>"], "vocab_size": 256000, "pad": "<pad>",
                            "eos": "<eos>", "unk": "<unk>", "bos": "<bos>", "template": "<bos> $A",
                            "padding_side": "left"},
+    # Qwen2/3's byte-level BPE (Z-Image's Qwen3 encoder): the pipeline wraps the prompt in Qwen3's chat template
+    # (one user turn, the assistant's turn opened, thinking left on: no empty think block) and keeps only the
+    # prompt's own tokens, unpadded, so here the cost follows the stand-in's count of them (see QWEN_NOTE)
+    "Qwen2Tokenizer": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "vocab_size": 151936,
+                       "pad": "<|endoftext|>", "eos": "<|im_end|>", "unk": "<|endoftext|>", "bos": None,
+                       "template": "$A", "padding_side": "right",
+                       "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                                        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>"
+                                        "assistant\n{% endif %}"},
 }
+QWEN_NOTE = ("stand-in tokenizer (CLIP BPE remapped to Qwen's vocabulary size and special tokens, with Qwen3's chat "
+             "template; the real vocabulary ships with no registry package): Z-Image encodes the prompt's own tokens "
+             "unpadded, so text-encoder and caption costs follow the stand-in's token count, near but not equal to "
+             "the real tokenizer's")
 STAND_IN_NOTE = ("stand-in tokenizer (CLIP BPE remapped to the model's vocabulary and special tokens; the real "
                  "vocabulary ships with no registry package): costs depend only on the padded length, the text "
                  "encoder's token ids are not the real model's")
@@ -146,7 +159,10 @@ def load_stand_in_tokenizer(settings: dict):
         tokenizer_object=Tokenizer.from_str(_stand_in_json(kind)), pad_token=spec["pad"], eos_token=spec["eos"],
         unk_token=spec["unk"], bos_token=spec["bos"], model_max_length=int(min(settings.get(
             "model_max_length", 512), 2**31 - 1)), padding_side=settings.get("padding_side", spec["padding_side"]))
+    if spec.get("chat_template"):
+        tok.chat_template = spec["chat_template"]
     tok.stand_in = True
+    tok.stand_in_note = QWEN_NOTE if kind == "Qwen2Tokenizer" else STAND_IN_NOTE
     return tok
 
 

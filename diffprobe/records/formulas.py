@@ -267,7 +267,7 @@ register("activation", "gelu", "gelu_")(_per_element(5, "0.5 x (1 + erf(x / sqrt
 register("activation", "tanh", "relu", "relu_", "erf", "mish")(_per_element(1, "one special function per element."))
 
 _ELEMENTWISE_1 = (
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "exp", "exp_", "log", "sin", "cos", "sqrt",
+    "add", "add_", "sub", "sub_", "div", "div_", "neg", "exp", "exp_", "log", "sin", "cos", "sqrt",
     "rsqrt", "pow", "clamp", "clamp_", "clamp_min", "clamp_max", "where", "maximum", "minimum", "abs", "sign",
     "floor", "ceil", "round", "remainder", "fmod", "lt", "gt", "le", "ge", "eq", "ne", "logical_not", "logical_and",
     "logical_or", "bitwise_not", "bitwise_and", "bitwise_or", "reciprocal", "square", "isnan", "isinf",
@@ -277,6 +277,18 @@ _ELEMENTWISE_1 = (
 register("elementwise", *_ELEMENTWISE_1)(_per_element(1, "one operation per output element."))
 register("elementwise", "addcmul", "addcdiv", "lerp", "addcmul_", "addcdiv_", "lerp_")(
     _per_element(2, "two operations per output element."))
+
+
+@register("elementwise", "mul", "mul_")
+def mul_flops(args, kwargs, out) -> Cost:
+    """One multiply per output element; a complex one (rotary embeddings applied as complex products) is four real
+    multiplies and two adds."""
+    o = _out(out)
+    return Cost((6 if o.dtype.startswith("complex") else 1) * o.numel)
+
+
+register("elementwise", "polar")(_per_element(4, "r cos(theta) + i r sin(theta): two trigonometric functions and two "
+                                                "multiplies per complex output element."))
 
 
 @register("reduction", "searchsorted")
@@ -325,7 +337,7 @@ register("memory", "clone", "_to_copy", "copy_", "copy", "cat", "concat", "conca
          "gather", "scatter", "index_put", "index_put_", "repeat", "flip", "roll", "constant_pad_nd", "tril", "triu",
          "_unsafe_index", "masked_select", "nonzero", "lift_fresh_copy", "to", "type_as", "bernoulli_",
          "pad", "_pad_circular", "reflection_pad2d", "replication_pad2d", "repeat_interleave", "pixel_shuffle",
-         "pixel_unshuffle")(
+         "pixel_unshuffle", "pad_sequence")(
     _per_element(0, "data movement: 0 FLOPs, bytes by the default traffic model."))
 
 
@@ -350,7 +362,8 @@ def fill_flops(args, kwargs, out) -> Cost:
           "flatten", "unflatten", "squeeze_", "unsqueeze_", "transpose_", "t_", "_neg_view", "_conj", "resolve_conj",
           "resolve_neg", "numpy_T", "mT", "split_copy", "dropout", "feature_dropout", "alpha_dropout", "detach_",
           "sym_size", "sym_stride", "sym_numel", "is_same_size",
-          "_has_compatible_shallow_copy_type", "set_", "result_type", "size", "stride", "dim", "is_nonzero", "item")
+          "_has_compatible_shallow_copy_type", "set_", "result_type", "size", "stride", "dim", "is_nonzero", "item",
+          "view_as_complex", "view_as_real", "meshgrid")
 def view_flops(args, kwargs, out) -> Cost:
     """A new view of existing memory: 0 FLOPs, 0 bytes (dropout is the identity at inference)."""
     return Cost(0, 0, 0, 0)

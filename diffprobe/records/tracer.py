@@ -76,7 +76,7 @@ class OpTracer:
         if den == "unet":
             n_levels = len(dmodule.config.block_out_channels)
         else:
-            patch = int(getattr(dmodule.config, "patch_size", 1) or 1) * (2 if family.packs_latents else 1)
+            patch = family.patch_size(dict(dmodule.config)) * (2 if family.packs_latents else 1)
             n_tokens = image_tokens(latent_hw, patch)
             for name, param in dmodule.named_parameters():
                 if name.endswith("scale_shift_table"):
@@ -93,15 +93,14 @@ class OpTracer:
                 elif den == "unet":
                     tokens = level_tokens(level, latent_hw, n_levels)
                 else:
-                    tokens = n_tokens if level in ("top", "in", "out") or level.startswith(
-                        ("block.", "double.", "single.")) else 0
+                    tokens = n_tokens if level.startswith(family.image_levels) else 0
                 last2 = ".".join(path.split(".")[-2:])
                 leaf = path.rsplit(".", 1)[-1]
                 out = last2 in OUT_NAMES or leaf in ("out_proj", "to_add_out")
                 proj = "qkv" if leaf in QKV_NAMES else "out" if out else (
                     "mlp" if leaf == "proj_mlp" else "")  # Flux's single-stream blocks: the MLP's input linear
-                role = module_role(m)
-                kind = attention_kind(m, path) if role == "attention" else ""
+                role = family.path_roles.get(leaf) or module_role(m)
+                kind = attention_kind(m, path, family.joint_paths) if role == "attention" else ""
                 self._statics[id(m)] = Static(path, stage_of(comp, path, den), level, tokens, role, proj, kind,
                                                path == den, is_conditioning(m))
 

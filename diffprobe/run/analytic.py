@@ -19,6 +19,7 @@ import functools
 import torch
 from torch.utils._pytree import tree_map
 
+from diffprobe.models.families import family_of
 from diffprobe.models.registry import denoiser, denoiser_name
 from diffprobe.patching import Patches, patch_attr
 
@@ -59,6 +60,9 @@ class MetaAdapters:
         self._patches.set(sched, "set_timesteps", cpu_set_timesteps)
         self._patches.set(sched, "step", meta_step)
         self._patches.add(_masks_kept())
+        undo = family_of(self.pipe).meta_adapter(self.pipe)
+        if undo is not None:
+            self._patches.add(undo)
 
         # the scheduler's timestep is a CPU tensor: a UNet moves it to its sample's device itself, a transformer
         # expects the pipeline to have done so. Moved to meta untraced (a measured run has no such copy); a UNet's

@@ -39,6 +39,7 @@ def build_pipeline(cfg: ProfileConfig, spec: ModelSpec):
             pipe = pipeline_from_components(spec, build_components(spec, "random", cfg.seed))
         pipe = pipe.to(cfg.device, dtype)
     pipe.set_progress_bar_config(disable=True)
+    family_of(pipe).prepare(pipe)
     return pipe
 
 
@@ -140,9 +141,7 @@ def prompt_notes(pipe, prompt: str, max_sequence_length: int | None = None) -> l
 
 def stand_in_notes(pipe) -> list[str]:
     """A line for each tokenizer of the run that is a stand-in (no shipped vocabulary): what it changes."""
-    from diffprobe.models.tokenizer import STAND_IN_NOTE
-
-    return [f"{name}: {STAND_IN_NOTE}" for name in ("tokenizer", "tokenizer_2", "tokenizer_3")
+    return [f"{name}: {getattr(pipe, name).stand_in_note}" for name in ("tokenizer", "tokenizer_2", "tokenizer_3")
             if getattr(getattr(pipe, name, None), "stand_in", False)]
 
 

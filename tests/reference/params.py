@@ -177,3 +177,36 @@ def sana(heads, head_dim, cross_heads, cross_head_dim, layers, caption, mlp_rati
     attn2 = linear(d, dc) + 2 * linear(d, dc) + linear(dc, d)
     ffn = conv(d, 2 * hidden, 1) + 2 * hidden * 9 + 2 * hidden + conv(hidden, d, 1, bias=False)
     return n + layers * (attn1 + attn2 + ffn + 6 * d) + 2 * d + linear(d, in_ch)
+
+
+def rms(c):
+    return c  # RMSNorm: one scale per channel
+
+
+def qwen3(d, ff, heads, kv_heads, head_dim, layers, vocab=151936):
+    """Qwen3 decoder as a text encoder (no LM head): token embedding; per layer q (heads x head_dim), k and v
+    (kv_heads x head_dim), o, all without bias, per-head q and k RMS norms, a SwiGLU MLP (gate, up, down), two RMS
+    norms; a final RMS norm."""
+    attn = linear(d, heads * head_dim, False) + 2 * linear(d, kv_heads * head_dim, False) + linear(
+        heads * head_dim, d, False) + 2 * rms(head_dim)
+    mlp = 2 * linear(d, ff, False) + linear(ff, d, False)
+    return vocab * d + layers * (attn + mlp + 2 * rms(d)) + rms(d)
+
+
+def zimage(dim, heads, layers, refiners, caption, patch=2, in_ch=16, adaln=256, t_mid=1024):
+    """Z-Image's single-stream DiT: patch embedding (linear) and a final layer (LayerNorm without affine, linear,
+    adaLN of 1D from the timestep embedding); a timestep MLP (256 -> 1024 -> adaLN width); a caption embedder (RMS
+    norm, linear); blocks of attention (q, k, v, out without bias, per-head qk RMS norms), a SwiGLU FFN of 8/3 D
+    (no bias) and four RMS norms, with a 4D adaLN linear in the modulated blocks (noise refiner, main layers; the
+    context refiner has none); pad tokens for image and caption."""
+    head = dim // heads
+    ff = int(dim / 3 * 8)
+    block = 4 * linear(dim, dim, False) + 2 * rms(head) + 2 * linear(dim, ff, False) + linear(ff, dim, False) + 4 * rms(
+        dim)
+    mod = linear(min(dim, adaln), 4 * dim)
+    patch_in = patch * patch * in_ch
+    n = linear(patch_in, dim) + linear(dim, patch_in) + linear(min(dim, adaln), dim)
+    n += linear(256, t_mid) + linear(t_mid, min(dim, adaln))
+    n += rms(caption) + linear(caption, dim)
+    n += (layers + refiners) * (block + mod) + refiners * block
+    return n + 2 * dim

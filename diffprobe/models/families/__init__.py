@@ -34,10 +34,15 @@ class Family:
     packs_latents: bool = False  # 2x2 latent patches packed into tokens before the transformer (Flux)
     latent_dtype: str | None = None  # the dtype the pipeline makes its latents in; None: the last text encoder's
     cfg_distilled: bool = False  # guidance is an input of the model: one denoiser pass whatever the scale (Flux)
+    cfg_above: float = 1.0  # classifier-free guidance runs at scales above this (Z-Image: any scale above 0)
     call_kwargs: dict = field(default_factory=dict)  # pipeline-call arguments beyond the common ones
     text_keys: str = "end"  # joint attention: where the text keys sit in the sequence ("start": Flux; "end": SD3)
     two_streams: bool = False  # double-stream then single-stream blocks (Flux): levels double.i / single.i
     pos_embed_embeds_patches: bool = True  # the transformer's ``pos_embed`` embeds patches (False: RoPE tables)
+    joint_paths: tuple[str, ...] = ()  # single-stream blocks whose attention is joint (text and image in one)
+    image_levels: tuple[str, ...] = ("top", "in", "out", "block.", "double.", "single.")  # levels over image tokens
+    path_roles: dict = field(default_factory=dict)  # a module's attribute name -> its role, where no class says it
+    approx_unsupported: str | None = None  # why the approximate attention methods are not offered yet
     no_softmax: str | None = None  # why approximate attention does not apply (its attention has no softmax)
     modules: dict = field(default_factory=dict)  # role -> class names of the family's own layers
     min_steps: int = 1  # the fewest denoising steps its pipeline can run
@@ -49,12 +54,24 @@ class Family:
             return unet_level(path)
         return dit_level(path, self.pos_embed_embeds_patches, self.two_streams)
 
+    def patch_size(self, config: dict) -> int:
+        """The transformer's patch side in latent pixels, from its config (1 for a UNet)."""
+        return int(config.get("patch_size") or 1)
+
+    def meta_adapter(self, pipe):
+        """Analytic mode: a change the family's pipeline needs to run on meta tensors, as an undo function (None:
+        none needed)."""
+        return None
+
+    def prepare(self, pipe) -> None:
+        """What the family's pipeline makes once and keeps (tables a first call would make), made when it is built."""
+
     def uses_cfg(self, guidance: float) -> bool:
         """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches."""
-        return not self.cfg_distilled and guidance > 1
+        return not self.cfg_distilled and guidance > self.cfg_above
 
 
-MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "sana")  # one module each, in this package
+MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "sana", "zimage")  # one module each, in this package
 
 
 @lru_cache(maxsize=None)

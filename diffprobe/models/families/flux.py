@@ -13,6 +13,7 @@ FAMILY = Family(
     cfg_distilled=True,
     text_keys="start",
     two_streams=True,
+    joint_paths=(".single_transformer_blocks.",),
     pos_embed_embeds_patches=False,  # FluxPosEmbed makes the RoPE tables
     modules={"attention": ("FluxAttention",), "rope": ("FluxPosEmbed",),
              "embed": ("CombinedTimestepGuidanceTextProjEmbeddings",),
