@@ -51,6 +51,7 @@ class ModelSpec:
     max_sequence_length: int | None = None  # DiTs: the text tokens the pipeline pads every prompt to
     default_prompt: str = DEFAULT_PROMPT  # the prompt when the user gives none
     quality_batch: str | None = None  # "digits": approx's quality batch is every digit (else the one prompt)
+    extra_call_kwargs: tuple = ()  # (name, value) pipeline-call arguments of this model (a tiny variant's layers)
 
     @property
     def folder(self):
@@ -82,7 +83,7 @@ class ModelSpec:
         if self.denoiser == "unet":
             return factor
         patch = self.family.patch_size(self.config("transformer"))
-        return factor * patch * (2 if self.family.packs_latents else 1)
+        return factor * patch * self.family.latent_patch
 
     def uses_cfg(self, guidance: float) -> bool:
         """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches (not in a guidance-distilled
@@ -92,7 +93,7 @@ class ModelSpec:
     def call_kwargs(self) -> dict:
         """The pipeline-call arguments diffprobe sets for this model beyond the common ones: the text length
         (``max_sequence_length``) and its family's (:attr:`Family.call_kwargs`)."""
-        kw = dict(self.family.call_kwargs)
+        kw = {**self.family.call_kwargs, **dict(self.extra_call_kwargs)}
         if self.max_sequence_length is not None:
             kw["max_sequence_length"] = self.max_sequence_length
         return kw
@@ -123,6 +124,8 @@ def _specs() -> dict[str, ModelSpec]:
             max_sequence_length=meta.get("max_sequence_length"),
             default_prompt=meta.get("prompt", DEFAULT_PROMPT),
             quality_batch=meta.get("quality_batch"),
+            extra_call_kwargs=tuple((k, tuple(v) if isinstance(v, list) else v)
+                                    for k, v in (meta.get("call_kwargs") or {}).items()),
         )
     return specs
 

@@ -108,6 +108,16 @@ STAND_INS = {
                        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
                                         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>"
                                         "assistant\n{% endif %}"},
+    # Mistral's tekken BPE behind FLUX.2's PixtralProcessor: the pipeline renders a system and a user turn with the
+    # chat template and pads to max_sequence_length, so the cost depends on that length alone
+    "PixtralProcessor": {"specials": ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]",
+                                      "[/SYSTEM_PROMPT]", "<pad>"], "vocab_size": 131072, "pad": "<pad>",
+                         "eos": "</s>", "unk": "<unk>", "bos": "<s>", "template": "$A", "padding_side": "left",
+                         "chat_template": "<s>{% for m in messages %}{% set text = m['content'] if m['content'] is "
+                                          "string else m['content'] | map(attribute='text') | join('') %}"
+                                          "{% if m['role'] == 'system' %}[SYSTEM_PROMPT]{{ text }}[/SYSTEM_PROMPT]"
+                                          "{% elif m['role'] == 'user' %}[INST]{{ text }}[/INST]{% else %}{{ text }}"
+                                          "</s>{% endif %}{% endfor %}"},
 }
 QWEN_NOTE = ("stand-in tokenizer (CLIP BPE remapped to Qwen's vocabulary size and special tokens, with Qwen3's chat "
              "template; the real vocabulary ships with no registry package): Z-Image encodes the prompt's own tokens "

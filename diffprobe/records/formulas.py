@@ -337,7 +337,7 @@ register("memory", "clone", "_to_copy", "copy_", "copy", "cat", "concat", "conca
          "gather", "scatter", "index_put", "index_put_", "repeat", "flip", "roll", "constant_pad_nd", "tril", "triu",
          "_unsafe_index", "masked_select", "nonzero", "lift_fresh_copy", "to", "type_as", "bernoulli_",
          "pad", "_pad_circular", "reflection_pad2d", "replication_pad2d", "repeat_interleave", "pixel_shuffle",
-         "pixel_unshuffle", "pad_sequence")(
+         "pixel_unshuffle", "pad_sequence", "scatter_", "cartesian_prod")(
     _per_element(0, "data movement: 0 FLOPs, bytes by the default traffic model."))
 
 

@@ -76,7 +76,7 @@ class OpTracer:
         if den == "unet":
             n_levels = len(dmodule.config.block_out_channels)
         else:
-            patch = family.patch_size(dict(dmodule.config)) * (2 if family.packs_latents else 1)
+            patch = family.patch_size(dict(dmodule.config)) * family.latent_patch
             n_tokens = image_tokens(latent_hw, patch)
             for name, param in dmodule.named_parameters():
                 if name.endswith("scale_shift_table"):

@@ -50,16 +50,10 @@ def initial_latents(cfg: ProfileConfig, pipe):
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    channels = denoiser(pipe).config.in_channels
-    scale = pipe.vae_scale_factor
-    packs = family_of(pipe).packs_latents  # Flux: 2x2 latent patches packed into tokens
-    if packs:
-        channels //= 4
-        scale *= 2
-    side = 2 if packs else 1
-    shape = (cfg.batch, channels, side * (cfg.height // scale), side * (cfg.width // scale))
-    # the pipeline makes its latents in the prompt embeddings' dtype (that of the last text encoder); Sana in fp32
     family = family_of(pipe)
+    shape = family.latent_shape(denoiser(pipe).config.in_channels, pipe.vae_scale_factor, cfg.batch, cfg.height,
+                                cfg.width)
+    # the pipeline makes its latents in the prompt embeddings' dtype (that of the last text encoder); Sana in fp32
     dtype = getattr(torch, family.latent_dtype) if family.latent_dtype else getattr(
         pipe, text_encoder_names(pipe)[-1]).dtype
     if cfg.mode == "analytic":
@@ -67,7 +61,7 @@ def initial_latents(cfg: ProfileConfig, pipe):
     else:
         generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
         latents = randn_tensor(shape, generator=generator, device=torch.device(cfg.device), dtype=dtype)
-    return type(pipe)._pack_latents(latents, *shape) if packs else latents
+    return family.pack_latents(pipe, latents, shape)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from diffprobe.cli import main
 from diffprobe.models.registry import build_components, count_params, get_spec
 from diffprobe.models.tokenizer import load_tokenizer
 from diffprobe.run.profile import ProfileConfig, run_profile
-from tests.models.test_dit import _DATA_ONLY, _comparable
+from tests.models.test_dit import _DATA_ONLY, _comparable, _without_mask_test
 from tests.reference import params as ref
 
 
@@ -42,13 +42,9 @@ def runs(tmp_path_factory):
 
 
 def test_measured_and_analytic_records_agree(runs):
-    measured, analytic = runs["measured"].ops, runs["analytic"].ops
-    # transformers' Qwen3 tests whether the padding mask is all ones (a sum and a compare per call) where the data
-    # is: not on meta, where the mask is kept (as in a measured run of a prompt shorter than the padded length)
-    mask_test = (measured["stage"] == "text_encoder") & measured["op"].isin(["aten.sum.default", "aten.eq.Scalar"])
-    measured = measured[~mask_test]
-    assert mask_test.sum() == 4 and measured["flops"].sum() + runs["measured"].ops.loc[mask_test, "flops"].sum() \
-        == runs["measured"].ops["flops"].sum()
+    measured, left_out = _without_mask_test(runs["measured"].ops)
+    analytic = runs["analytic"].ops
+    assert left_out == 4  # two per Qwen3 call (one prompt)
     pd.testing.assert_frame_equal(_comparable(measured), _comparable(analytic))
     data_only = measured["op"].isin(_DATA_ONLY)
     assert measured["flops"].sum() - measured.loc[data_only, "flops"].sum() == analytic["flops"].sum()

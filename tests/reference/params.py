@@ -210,3 +210,34 @@ def zimage(dim, heads, layers, refiners, caption, patch=2, in_ch=16, adaln=256, 
     n += rms(caption) + linear(caption, dim)
     n += (layers + refiners) * (block + mod) + refiners * block
     return n + 2 * dim
+
+
+def flux2(heads, head_dim, double, single, joint, in_ch=128, guidance_ch=256, mlp_ratio=3.0):
+    """FLUX.2's MMDiT (no biases anywhere): timestep and guidance MLPs, three modulation linears computed once per
+    step for all blocks (6D for each stream of the double blocks, 3D for the single ones), input and context linears;
+    double blocks with image and text q/k/v/out, qk RMS norms on both streams and SwiGLU FFNs (in: 2 x mlp_ratio D,
+    out from mlp_ratio D) for both; single blocks with one fused q/k/v + MLP-in projection (3D + 2 x mlp D), qk RMS
+    norms and one output linear over attention and MLP (D + mlp D -> D); final 2D adaLN and output linear."""
+    d = heads * head_dim
+    hidden = int(d * mlp_ratio)
+    lin = lambda i, o: linear(i, o, False)  # noqa: E731
+    n = 2 * (lin(guidance_ch, d) + lin(d, d)) + 2 * lin(d, 6 * d) + lin(d, 3 * d) + lin(in_ch, d) + lin(joint, d)
+    ff = lin(d, 2 * hidden) + lin(hidden, d)
+    dbl = 8 * lin(d, d) + 4 * head_dim + 2 * ff
+    sgl = lin(d, 3 * d + 2 * hidden) + 2 * head_dim + lin(d + hidden, d)
+    return n + double * dbl + single * sgl + lin(d, 2 * d) + lin(d, in_ch)
+
+
+def mistral3(d, ff, heads, kv_heads, head_dim, layers, vision, vision_ff, vision_heads, vision_layers, patch=14,
+             merge=2, vocab=131072):
+    """Mistral-3 (Mistral-Small-3.1): the Mistral language model (as qwen3 without qk norms) with an untied LM head,
+    the Pixtral vision tower (patch conv, pre-norm, blocks of q/k/v/o and a SwiGLU MLP with two RMS norms; no
+    biases) and the projector (RMS norm, a patch merger over merge x merge patches, two linears)."""
+    attn = linear(d, heads * head_dim, False) + 2 * linear(d, kv_heads * head_dim, False) + linear(
+        heads * head_dim, d, False)
+    lang = vocab * d + layers * (attn + 2 * linear(d, ff, False) + linear(ff, d, False) + 2 * rms(d)) + rms(d)
+    v = vision
+    vis = 3 * v * patch * patch + rms(v) + vision_layers * (4 * linear(v, v, False) + 2 * linear(v, vision_ff, False)
+                                                           + linear(vision_ff, v, False) + 2 * rms(v))
+    proj = rms(v) + linear(v * merge * merge, v, False) + linear(v, d, False) + linear(d, d, False)
+    return lang + vis + proj + linear(d, vocab, False)

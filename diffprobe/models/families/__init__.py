@@ -31,7 +31,8 @@ class Family:
     pipelines: tuple[str, ...]  # the diffusers pipeline classes of the family
     denoiser_kind: str  # "unet" or "transformer" (the diffusers component that denoises)
     tiny: str  # the family's tiny variant (tests; the smaller model an error suggests)
-    packs_latents: bool = False  # 2x2 latent patches packed into tokens before the transformer (Flux)
+    packs_latents: bool = False  # the caller packs 2x2 latent patches into tokens (FLUX.1's ``latents`` argument)
+    latent_patch: int = 1  # latent pixels per token side beyond the transformer's patch (2x2 packing: 2)
     latent_dtype: str | None = None  # the dtype the pipeline makes its latents in; None: the last text encoder's
     cfg_distilled: bool = False  # guidance is an input of the model: one denoiser pass whatever the scale (Flux)
     cfg_above: float = 1.0  # classifier-free guidance runs at scales above this (Z-Image: any scale above 0)
@@ -54,6 +55,19 @@ class Family:
             return unet_level(path)
         return dit_level(path, self.pos_embed_embeds_patches, self.two_streams)
 
+    def latent_shape(self, channels: int, scale: int, batch: int, height: int, width: int) -> tuple[int, ...]:
+        """The shape of the starting noise the pipeline's ``latents`` argument takes, for ``channels`` transformer
+        input channels and a VAE that downsamples by ``scale``: FLUX.1 takes it unpacked (a quarter of the channels,
+        packed by :meth:`pack_latents`), FLUX.2 with its 2x2 patches as channels (it packs them itself)."""
+        s = scale * self.latent_patch
+        if self.packs_latents:
+            return batch, channels // 4, 2 * (height // s), 2 * (width // s)
+        return batch, channels, height // s, width // s
+
+    def pack_latents(self, pipe, latents, shape: tuple[int, ...]):
+        """The starting noise as the pipeline's ``latents`` argument (FLUX.1: packed into tokens)."""
+        return type(pipe)._pack_latents(latents, *shape) if self.packs_latents else latents
+
     def patch_size(self, config: dict) -> int:
         """The transformer's patch side in latent pixels, from its config (1 for a UNet)."""
         return int(config.get("patch_size") or 1)
@@ -71,7 +85,7 @@ class Family:
         return not self.cfg_distilled and guidance > self.cfg_above
 
 
-MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "sana", "zimage")  # one module each, in this package
+MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "flux2", "sana", "zimage")  # one module each, in this package
 
 
 @lru_cache(maxsize=None)

@@ -10,6 +10,7 @@ FAMILY = Family(
     denoiser_kind="transformer",
     tiny="tiny-flux",
     packs_latents=True,
+    latent_patch=2,
     cfg_distilled=True,
     text_keys="start",
     two_streams=True,
