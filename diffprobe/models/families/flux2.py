@@ -69,8 +69,8 @@ FAMILY = Flux2Family(
         "ffn": ("Flux2FeedForward", "MistralMLP", "PixtralMLP"), "act": ("Flux2SwiGLU",),
         "modulation": ("Flux2Modulation",), "embed": ("Flux2TimestepGuidanceEmbeddings",),
         "conditioning": ("Flux2TimestepGuidanceEmbeddings", "Flux2Modulation"),
-        "rope": ("Flux2PosEmbed", "MistralRotaryEmbedding", "PixtralRotaryEmbedding"),
-        "norm": ("MistralRMSNorm", "PixtralRMSNorm"),
+        "rope": ("Flux2PosEmbed", "MistralRotaryEmbedding", "PixtralVisionRotaryEmbedding"),
+        "norm": ("MistralRMSNorm", "PixtralRMSNorm", "Mistral3RMSNorm"),
         "rope_function": (("transformers.models.mistral.", "apply_rotary_pos_emb"),),
     },
 )
