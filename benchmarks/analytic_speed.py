@@ -29,7 +29,8 @@ def main() -> None:
     print(f"CPU: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")
     runs = [("sd15", 512, 50), ("sd21-base", 512, 50), ("sdxl", 1024, 50), ("sdxl", 2048, 50)]
     runs += [(m, None, None) for m in ("pixart-alpha", "pixart-sigma", "sd3-medium", "sd35-large", "flux-dev",
-                                       "flux-schnell", "sana-1600m")]  # native size, the pipeline's own steps
+                                       "flux-schnell", "sana-1600m", "sd35-medium", "z-image-turbo",
+                                       "flux2-dev")]  # native size, the pipeline's own steps
     for model, size, steps in runs:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()

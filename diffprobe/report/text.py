@@ -130,7 +130,8 @@ def models_table(rows: list[dict]) -> Table:
     t = Table(title="embedded architectures (configs as published; weights random unless --weights, except the "
               "trained digits fixture)")
     short = {"CLIPTextModel": "CLIP", "CLIPTextModelWithProjection": "CLIP", "T5EncoderModel": "T5",
-             "Gemma2Model": "Gemma2", "Qwen3Model": "Qwen3", "UNet2DConditionModel": "UNet"}
+             "Gemma2Model": "Gemma2", "Qwen3Model": "Qwen3",
+             "Mistral3ForConditionalGeneration": "Mistral3", "UNet2DConditionModel": "UNet"}
     for col in ("name", "family", "native px", "denoiser", "params", "text encoders: params/tokens", "VAE", "total",
                 "steps", "CFG"):
         t.add_column(col, justify="left" if col in ("name", "family", "denoiser", "text encoders: params/tokens")
