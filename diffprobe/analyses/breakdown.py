@@ -66,14 +66,32 @@ def macs_conv_linear(ops: pd.DataFrame) -> dict:
 
 def seconds_account(ops: pd.DataFrame, stage_seconds: dict[str, float]) -> dict:
     """The time account of a measured run. Op times are summed like FLOPs; for every stage timed as a whole,
-    the part no op accounts for (Python between ops, hooks, allocator) is shown as ``unattributed``."""
+    the part no op accounts for (Python between ops, hooks, allocator) is shown as ``unattributed``.
+
+    Where a stage's op times sum to more than its time (they came from another, slower run: a compiled run's kernels
+    are timed in a profiled run, its stages in an untraced one), nothing is subtracted into negative seconds: the
+    stage's op times are scaled to its time, ``unattributed`` is 0 and ``op_time_ratio[stage]`` says by how much
+    (op times / stage time, > 1)."""
     acc = account(ops, "time_s")
+    ratios = {}
     for stage, secs in stage_seconds.items():
         if stage not in acc["by_stage"]:
             continue
-        gap = secs - acc["by_stage"][stage]
-        acc["by_stage_layer_type"][stage][UNATTRIBUTED] = gap
+        ops_s = acc["by_stage"][stage]
+        if ops_s > secs > 0:
+            ratios[stage] = ops_s / secs
+            by_type = acc["by_stage_layer_type"][stage]
+            for lt in by_type:
+                by_type[lt] /= ratios[stage]
+        acc["by_stage_layer_type"][stage][UNATTRIBUTED] = max(0.0, secs - ops_s)
         acc["by_stage"][stage] = secs
+    if ratios:  # the layer types' totals over stages, of the scaled times; levels and steps by the denoiser's
+        acc["by_layer_type"] = {lt: sum(d.get(lt, 0.0) for d in acc["by_stage_layer_type"].values())
+                                for lt in acc["by_layer_type"]}
+        r = ratios.get("denoiser", 1.0)
+        acc["by_level"] = {k: v / r for k, v in acc["by_level"].items()}
+        acc["by_step"] = {k: v / r for k, v in acc["by_step"].items()}
+        acc["op_time_ratio"] = ratios
     acc["by_layer_type"][UNATTRIBUTED] = sum(
         d.get(UNATTRIBUTED, 0.0) for d in acc["by_stage_layer_type"].values())
     acc["total"] = sum(acc["by_stage"].values())

@@ -170,13 +170,12 @@ def _convention_and_time_sentences(run: dict) -> list[str]:
     if secs and secs.get("total"):
         un = secs.get("by_layer_type", {}).get("unattributed", 0.0)
         share = un / secs["total"]
-        if share >= 0:
-            out.append(f"{100 * share:.1f}% of the measured time is not attributed to any operator "
-                       "(Python between ops, hooks) and is shown as unattributed.")
-        else:  # the ops' times come from another run than the stage times (a compiled run's profiled pass)
-            out.append(f"The operators' times add up to {100 * -share:.1f}% more than the stage times: they were "
-                       "measured in another run (with --compile, the profiled compiled run), so compare layer types "
-                       "with each other, not with the stage times.")
+        out.append(f"{100 * share:.1f}% of the measured time is not attributed to any operator "
+                   "(Python between ops, hooks) and is shown as unattributed.")
+        for stage, r in (secs.get("op_time_ratio") or {}).items():  # the ops timed in another run (--compile)
+            out.append(f"The {stage}'s operator times add up to {r:.2f}x its stage time: they were measured in "
+                       "another run (with --compile, the profiled compiled run) and are scaled to the stage time, so "
+                       "its layer types keep their proportions and no time is negative.")
         if str(run.get("device", "")).startswith("cuda") and share > HOST_BOUND_SHARE:
             out.append("On a GPU that much unattributed time means the device waited on the host: the op tracer's "
                        "own per-op work sets the pace, so this traced run's per-op times and its roofline "
