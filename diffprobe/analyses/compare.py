@@ -11,7 +11,7 @@ from pathlib import Path
 from diffprobe.errors import DiffprobeError, a
 
 CONFIG_KEYS = ("model", "height", "width", "steps", "batch", "guidance", "device", "dtype", "mode", "compile",
-               "cuda_graphs", "weights", "prompt", "seed")
+               "cuda_graphs", "weights", "prompt", "seed", "scheduler")
 
 
 def _label(folders: list[Path]) -> list[str]:

@@ -16,6 +16,7 @@ from diffprobe.cli.common import (
     O_PICKLE,
     O_PROMPT,
     O_QUIET,
+    O_SCHEDULER,
     O_SEED,
     O_WEIGHTS,
     Dtype,
@@ -101,6 +102,7 @@ def approx(
     width: Optional[int] = typer.Option(None, help="Image width in px (default: native)."),
     prompt: Optional[str] = O_PROMPT,
     steps: int = typer.Option(25, help="Denoising steps."),
+    scheduler: Optional[str] = O_SCHEDULER,
     guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
     device: str = O_DEVICE,
@@ -133,7 +135,7 @@ def approx(
             raise DiffprobeError(f"{flag} {value} must be at least {least}")
     base = base_config(model=model, prompt=prompt, height=height, width=width, steps=steps, guidance=guidance,
                         seed=seed, device=device, dtype=dtype, weights=weights, allow_pickle=allow_pickle,
-                        mode=Mode.measured, trace_ops=False)
+                        mode=Mode.measured, trace_ops=False, scheduler=scheduler)
     bar, callback = progress_bar(quiet)
     with bar:
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,

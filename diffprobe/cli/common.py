@@ -78,6 +78,10 @@ O_PROMPT = typer.Option(None, help="Text prompt (default: \"a photo of an astron
                         "digits: \"a handwritten seven\").", show_default=False)
 O_STEPS = typer.Option(None, help="Denoising steps of the full run (default: the model's pipeline's own: 50 for "
                        "SD, 20 PixArt and Sana, 28 SD3 and FLUX.1-dev, 4 FLUX.1-schnell).")
+O_SCHEDULER = typer.Option(None, help="Sampler, built from the model's own scheduler configuration: ddim, pndm, "
+                           "dpm++, euler, euler-a, unipc, lcm (SD, SDXL, PixArt), flow-euler (SD3, FLUX, Z-Image); "
+                           "default: the model's own. Denoiser calls per step follow it (PNDM: one more).",
+                           show_default=False)
 O_GUIDANCE = typer.Option(None, help="CFG scale, finite and >= 0; 1 or less disables classifier-free guidance "
                           "(default: the model's, 7.5; digits 4.0).", show_default=False)
 O_SEED = typer.Option(0, help="Seed for weights and noise, 0 to 2^63 - 1.")

@@ -22,6 +22,7 @@ from diffprobe.cli.common import (
     O_QUIET,
     O_REPEAT,
     O_SAMPLE,
+    O_SCHEDULER,
     O_SEED,
     O_STEPS,
     O_TRACE,
@@ -64,6 +65,7 @@ def profile(
     height: Optional[int] = typer.Option(None, help="Image height in px (default: the model's native size)."),
     width: Optional[int] = typer.Option(None, help="Image width in px (default: the model's native size)."),
     steps: Optional[int] = O_STEPS,
+    scheduler: Optional[str] = O_SCHEDULER,
     batch: int = typer.Option(1, help="Images per prompt."),
     guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
@@ -98,7 +100,7 @@ def profile(
                        allow_pickle=allow_pickle, repeat=repeat, warmup=warmup, sample_steps=sample_steps,
                        out=out_dir, mode=mode, trace_ops=trace, chrome_trace=chrome_trace, hardware=hardware,
                        approx=approx, force=force, op_timer=op_timer, compile=compile_, cuda_graphs=cuda_graphs,
-                       mask_interval=mask_interval)
+                       mask_interval=mask_interval, scheduler=scheduler)
     cfg = cfg.resolved()
     bar, callback = progress_bar(quiet)
     with bar:
@@ -120,6 +122,7 @@ def sweep(
     batch: str = typer.Option("1", help="Comma list of batch sizes."),
     prompt: Optional[str] = O_PROMPT,
     steps: Optional[int] = O_STEPS,
+    scheduler: Optional[str] = O_SCHEDULER,
     guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
     device: str = O_DEVICE,
@@ -152,7 +155,8 @@ def sweep(
 
     base = base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
                         dtype=dtype, weights=weights, allow_pickle=allow_pickle, repeat=repeat, warmup=warmup,
-                        sample_steps=sample_steps, mode=mode, trace_ops=trace, hardware=hardware, approx=approx)
+                        sample_steps=sample_steps, mode=mode, trace_ops=trace, hardware=hardware, approx=approx,
+                        scheduler=scheduler)
     sc = SweepConfig(base=base, resolutions=parse_resolutions(resolutions), batches=parse_ints(batch, "--batch"),
                      out=out_dir, max_point_seconds=max_point_seconds, accel=accel, accel_density=accel_density)
     sc = sc.with_out()
@@ -205,6 +209,7 @@ def sparsity(
     resolutions: Optional[str] = typer.Option(None, help="Comma list of sides (N or HxW); default: native."),
     prompt: Optional[str] = O_PROMPT,
     steps: int = typer.Option(25, help="Denoising steps of the full run."),
+    scheduler: Optional[str] = O_SCHEDULER,
     guidance: Optional[float] = O_GUIDANCE,
     seed: int = O_SEED,
     device: str = O_DEVICE,
@@ -233,7 +238,7 @@ def sparsity(
 
     base = base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
                         dtype=dtype, weights=weights, allow_pickle=allow_pickle, sample_steps=sample_steps,
-                        mode=Mode.measured, trace_ops=False)
+                        mode=Mode.measured, trace_ops=False, scheduler=scheduler)
     native = get_spec(model).native_resolution
     res = parse_resolutions(resolutions) if resolutions is not None else [(native, native)]
     sc = SparsityConfig(eps=parse_floats(eps, "--eps", 0, 1, True), taus=parse_floats(tau, "--tau", 0, 1, False),

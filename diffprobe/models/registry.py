@@ -23,6 +23,7 @@ from pathlib import Path
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.digits import unpack_into
 from diffprobe.models.families import Family, family_of_class
+from diffprobe.models.schedulers import scheduler_from
 from diffprobe.models.tokenizer import load_tokenizer
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
@@ -143,10 +144,13 @@ def get_spec(name: str) -> ModelSpec:
     return specs[name]
 
 
-def build_scheduler(spec: ModelSpec):
+def build_scheduler(spec: ModelSpec, name: str | None = None):
+    """The model's scheduler, or the one ``--scheduler`` names (models/schedulers.py) built from its config."""
     import diffusers
 
     cfg = spec.config("scheduler")
+    if name is not None:
+        return scheduler_from(cfg, name)
     return getattr(diffusers, cfg["_class_name"]).from_config(cfg)
 
 

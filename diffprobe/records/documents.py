@@ -169,6 +169,7 @@ class RunDocument(Document):
     height: int
     width: int
     steps: int
+    scheduler: str  # the diffusers scheduler class that ran (the model's own, or --scheduler's)
     denoiser_evals: int  # evaluations of the full run (steps x CFG passes where they run apart)
     denoiser_evals_measured: int  # of them, those executed
     batch: int

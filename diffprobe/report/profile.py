@@ -30,9 +30,9 @@ def headline(d: RunDocument) -> list[str]:
     return lines
 
 
-CONFIG_KEYS = ("model", "model_title", "weights", "prompt", "height", "width", "steps", "denoiser_evals",
-               "denoiser_evals_measured", "batch", "guidance", "seed", "device", "dtype", "mode", "repeat", "warmup",
-               "status")
+CONFIG_KEYS = ("model", "model_title", "weights", "prompt", "height", "width", "steps", "scheduler",
+               "denoiser_evals", "denoiser_evals_measured", "batch", "guidance", "seed", "device", "dtype", "mode",
+               "repeat", "warmup", "status")
 
 
 def configuration(d: RunDocument, folder: Path) -> Section:

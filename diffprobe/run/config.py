@@ -19,6 +19,7 @@ from diffprobe.models.registry import (
     count_params,
     get_spec,
 )
+from diffprobe.models.schedulers import check_scheduler
 from diffprobe.models.weights import check_weights_path
 from diffprobe.run.settings import parse_settings
 
@@ -61,6 +62,7 @@ class ProfileConfig:
     compile: bool = False  # also run the denoiser and VAE decoder under torch.compile (Inductor) and time that
     cuda_graphs: bool = False  # CUDA only: the compiled run replays CUDA graphs (Inductor's cudagraphs)
     mask_interval: int = 1  # --approx block=τ: a layer's block mask predicted every N steps, reused in between
+    scheduler: str | None = None  # --scheduler NAME (models/schedulers.py); None: the model's own
 
     @property
     def random_weights(self) -> bool:
@@ -117,7 +119,9 @@ def _check_numbers(cfg: ProfileConfig, spec) -> None:
             raise DiffprobeError(f"--{flag} must be at least {low}, got {value}")
     if not 0 <= cfg.seed <= SEED_MAX:
         raise DiffprobeError(f"--seed must be between 0 and {SEED_MAX} (2^63 - 1), got {cfg.seed}")
-    check_steps(spec, cfg.steps)
+    if cfg.scheduler is not None:
+        check_scheduler(cfg.scheduler, spec.family, cfg.model)
+    check_steps(spec, cfg.steps, cfg.scheduler)
     if not (math.isfinite(cfg.guidance) and cfg.guidance >= 0):
         raise DiffprobeError(f"--guidance must be a finite number >= 0 (1 or less: no classifier-free "
                              f"guidance), got {cfg.guidance}")
@@ -308,10 +312,10 @@ def schedule_length(sched, steps: int, device: str = "cpu") -> int:
     return len(sched.timesteps)
 
 
-def check_steps(spec: ModelSpec, steps: int) -> None:
+def check_steps(spec: ModelSpec, steps: int, scheduler: str | None = None) -> None:
     """Refuse, before anything is built, a step count the model's scheduler or pipeline cannot run."""
     if steps < spec.family.min_steps:
         raise DiffprobeError(f"--steps {steps}: diffusers' {spec.pipeline_class} cannot run fewer than "
                              f"{spec.family.min_steps} ({spec.family.min_steps_why}); use --steps "
                              f"{spec.family.min_steps} or more")
-    schedule_length(build_scheduler(spec), steps)
+    schedule_length(build_scheduler(spec, scheduler), steps)

@@ -14,6 +14,7 @@ from diffprobe.models.registry import (
     pipeline_from_components,
     text_encoder_names,
 )
+from diffprobe.models.schedulers import scheduler_from
 from diffprobe.models.weights import load_pipeline
 from diffprobe.run.config import ProfileConfig, schedule_length
 
@@ -39,6 +40,8 @@ def build_pipeline(cfg: ProfileConfig, spec: ModelSpec):
             pipe = pipeline_from_components(spec, build_components(spec, "random", cfg.seed))
         pipe = pipe.to(cfg.device, dtype)
     pipe.set_progress_bar_config(disable=True)
+    if cfg.scheduler is not None:  # the same configuration (the model's, or the user's weights'), another sampler
+        pipe.scheduler = scheduler_from(pipe.scheduler.config, cfg.scheduler)
     family_of(pipe).prepare(pipe)
     return pipe
 

@@ -88,7 +88,8 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
         notes = prompt_notes(pipe, cfg.prompt, spec.max_sequence_length) + stand_in_notes(pipe)
     measured_evals = denoiser_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, denoiser_evals)
     result = ProfileResult(cfg, spec, params=params, denoiser_evals=denoiser_evals,
-                           denoiser_evals_measured=measured_evals, environment=env, run_dir=str(out_dir), notes=notes)
+                           denoiser_evals_measured=measured_evals, environment=env, run_dir=str(out_dir), notes=notes,
+                           scheduler=type(pipe.scheduler).__name__)
     if cfg.mode == "analytic":
         with saved_on_failure(out_dir, result, "while tracing"):
             traced = analytic_pass(cfg, pipe, report)

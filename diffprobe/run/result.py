@@ -44,6 +44,7 @@ class ProfileResult:
     compiled: dict | None = None  # --compile: compile time, the eager run's times beside, attribution totals
     notes: list = field(default_factory=list)  # warnings about the run itself (e.g. a prompt cut to fit)
     findings: list = field(default_factory=list)  # what the run's numbers say, in sentences (set when it is saved)
+    scheduler: str = ""  # the scheduler class the pipeline ran (the model's, or --scheduler's)
     _accounts: tuple | None = field(default=None, init=False, repr=False, compare=False)  # inputs, summaries
 
     def take(self, measured) -> None:
@@ -149,6 +150,7 @@ class ProfileResult:
             "height": c.height,
             "width": c.width,
             "steps": c.steps,
+            "scheduler": self.scheduler or self.spec.config("scheduler")["_class_name"],
             "denoiser_evals": self.denoiser_evals,
             "denoiser_evals_measured": self.denoiser_evals_measured,
             "batch": c.batch,

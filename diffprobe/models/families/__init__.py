@@ -47,6 +47,7 @@ class Family:
     no_softmax: str | None = None  # why approximate attention does not apply (its attention has no softmax)
     modules: dict = field(default_factory=dict)  # role -> class names of the family's own layers
     min_steps: int = 1  # the fewest denoising steps its pipeline can run
+    schedulers: tuple[str, ...] = ("flow-euler",)  # what --scheduler may choose (models/schedulers.py)
     min_steps_why: str = ""
 
     def level(self, path: str) -> str:

@@ -1,11 +1,13 @@
 """PixArt-α / Σ: a diffusion transformer with self- and cross-attention, adaLN-single and a T5 encoder."""
 
 from diffprobe.models.families import Family
+from diffprobe.models.schedulers import NOISE_PREDICTION
 
 FAMILY = Family(
     name="pixart",
     title="PixArt-α/Σ (DiT, T5)",
     pipelines=("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
+    schedulers=NOISE_PREDICTION,
     denoiser_kind="transformer",
     tiny="tiny-pixart",
     # no aspect-ratio binning (it would change the asked size) and no caption cleaning (it needs packages the

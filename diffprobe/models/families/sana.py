@@ -7,6 +7,7 @@ FAMILY = Family(
     name="sana",
     title="Sana (linear-attention DiT, Gemma-2)",
     pipelines=("SanaPipeline",),
+    schedulers=("dpm++",),  # its flow DPM-Solver (use_flow_sigmas, flow_shift)
     denoiser_kind="transformer",
     tiny="tiny-sana",
     latent_dtype="float32",
