@@ -37,6 +37,7 @@ class ReuseMethod:
     default = ""  # the values ``diffprobe approx`` tries by default (comma list)
     families: tuple[str, ...] = ()  # the model families it applies to (models/families; empty: any)
     data_dependent = False  # True: the skip decision reads the activations (measured runs only, traced apart)
+    options: dict = {}  # whole-number options after the value (``deepcache=3:branch=1``): name -> what it does
 
     def __init__(self, value: float):
         self.value = value
@@ -70,6 +71,8 @@ class DeepCache(ReuseMethod):
     default = "2,3,5"
     fits = UNET_FAMILY
     families = ("sd", "sdxl")
+    options = {"branch": "the shallow branch kept at cached steps (DeepCacheSDHelper's cache_branch_id; 0: the "
+                         "first down block's first layers; the DeepCache and T-GATE papers' SD figures use 1)"}
 
     def __init__(self, value: float, branch: int = 0):
         if not (value >= 1 and float(value).is_integer()):

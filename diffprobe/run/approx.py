@@ -199,7 +199,8 @@ def _setting_row(run: _Batch, setting, interval: int) -> tuple[dict, list | None
         res = _timed(run.pipe, cfg, run.prompts, opts["repeat"], core)
     calls = core.calls if core is not None else None
     flops = _flops(cfg, run.pipe, setting, calls, run.ops, run.prompts, run.text, run.attention)
-    name = f"{method}_{PARAM[method]}_{value:g}" if setting.reuse is None else setting.text.replace("=", "_")
+    name = (f"{method}_{PARAM[method]}_{value:g}" if setting.reuse is None
+            else setting.text.replace("=", "_").replace(":", "_"))
     label = setting.text
     if interval > 1 and len(run.intervals) > 1:  # the setting with its masks reused, beside the same setting
         # predicting every step: its own row, image and masks (one interval alone keeps the plain names)

@@ -28,12 +28,14 @@ def parse_settings(text: str) -> Setting:
         if method in REUSE:
             if reuse is not None:
                 raise DiffprobeError(f"setting {text!r}: one reuse method at a time")
+            value, *opts = value.split(":")
             try:
                 number = float(value)
             except ValueError:
                 raise DiffprobeError(f"setting {text!r}: {value!r} is not a number") from None
-            reuse = make(method, number)
-            parts.append(f"{method}={number:g}")
+            options = _options(text, REUSE[method], opts)
+            reuse = make(method, number, **options)
+            parts.append(f"{method}={number:g}" + "".join(f":{k}={v}" for k, v in options.items()))
         elif method in METHODS:
             if attention is not None:
                 raise DiffprobeError(f"setting {text!r}: one attention method at a time")
@@ -48,3 +50,21 @@ def parse_settings(text: str) -> Setting:
         raise DiffprobeError("tgate replaces every attention module's forward: it cannot run beside an attention "
                              "method; measure them apart")
     return Setting("+".join(parts), attention, reuse)
+
+
+def _options(text: str, cls, opts: list[str]) -> dict:
+    """A reuse method's ``:NAME=N`` options (whole numbers), checked against those it declares."""
+    out = {}
+    for opt in opts:
+        name, sep, value = opt.partition("=")
+        name = name.strip()
+        if name not in cls.options:
+            known = ", ".join(cls.options) or "none"
+            raise DiffprobeError(f"setting {text!r}: {cls.name} has no option {name!r} (its options: {known})")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise DiffprobeError(f"setting {text!r}: {name} {value!r} is not a whole number") from None
+        if not sep:
+            raise DiffprobeError(f"setting {text!r}: write options as :NAME=N, e.g. deepcache=3:branch=1")
+    return out

@@ -198,3 +198,33 @@ def test_tgate_plan_follows_the_packages_loop_through_scheduler_warmup():
     assert keys[0] == ("plain", True) and len(set(keys)) == 4
     assert [k[-1] for k in keys[1:]] == [True, True, False]  # CFG runs until the gate
     assert dict(keys[2][0]) == {"cache": True, "reuse": False} and dict(keys[3][0]) == {"cache": False, "reuse": True}
+
+
+def test_deepcache_branch_1_runs_one_more_layer_at_each_end(tmp_path, capsys):
+    """``deepcache=3:branch=1`` (DeepCacheSDHelper's cache_branch_id 1: layer id 1 of block 0): a cached step runs,
+    beyond branch 0's, the first layer of down_blocks.0 and the first layer of the last up block (the package counts
+    an up block's layers from its end, so branch 0 already ran its last). The difference between the two branches'
+    cached steps equals those four modules' FLOPs in a dense trace."""
+    from diffprobe.run.profile import ProfileConfig, run_profile
+
+    cached = {}
+    for b in (0, 1):
+        r = run_profile(ProfileConfig(model="tiny", steps=6, mode="analytic", approx=f"deepcache=3:branch={b}",
+                                      out=str(tmp_path / f"b{b}")))
+        steps = r.to_dict()["approx"]["steps"]
+        assert r.to_dict()["approx"]["setting"] == f"deepcache=3:branch={b}"
+        cached[b] = steps[1]["flops"]
+        assert steps[1]["flops"] < steps[0]["flops"]  # step 1 is cached, step 0 full
+    dense = run_profile(ProfileConfig(model="tiny", steps=1, mode="analytic", out=str(tmp_path / "dense"))).ops
+    den = dense[dense["stage"] == "denoiser"]
+    extra = sum(den.loc[den["module"].str.startswith(p), "flops"].sum() for p in (
+        "unet.down_blocks.0.resnets.0", "unet.down_blocks.0.attentions.0", "unet.up_blocks.3.resnets.0",
+        "unet.up_blocks.3.attentions.0"))
+    assert cached[1] - cached[0] == extra
+    for bad, needle in (("deepcache=3:brunch=1", "no option 'brunch' (its options: branch)"),
+                        ("tgate=5:branch=1", "tgate has no option 'branch'"),
+                        ("deepcache=3:branch=x", "branch 'x' is not a whole number")):
+        assert main(["profile", "--model", "tiny", "--mode", "analytic", "--approx", bad, "--out",
+                     str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
