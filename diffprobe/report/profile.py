@@ -119,9 +119,10 @@ def account(d: RunDocument, folder: Path) -> Section | None:
     rows.append(["total", fmt_n(flops["total"]), "100.0%", fmt_n(sum(unet.values())), fmt_n(nbytes["total"], "B")]
                 + ([fmt_s(secs["total"])] if secs else []) + [fmt_n(tot) for _, _, tot in extra])
     notes = approx_lines(d.approx) if d.approx else []
-    for stage, r in ((secs or {}).get("op_time_ratio") or {}).items():
-        notes.append(f"seconds: {stage}'s operator times came from a run that took {r:.2f}x its stage time (a "
-                     "profiled run beside an untraced one); they are scaled to the stage time, nothing subtracted")
+    ratios = (secs or {}).get("op_time_ratio") or {}
+    if ratios:
+        notes.append("seconds: operator times from another (profiled) run, scaled down to their stage times: "
+                     + ", ".join(f"{stage} /{r:.2f}" for stage, r in ratios.items()) + "; nothing subtracted")
     lit = sum(d.macs_conv_linear.values())
     notes.append(f"literature convention (conv + linear multiply-adds only): {fmt_n(lit)} MACs = "
                  f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
