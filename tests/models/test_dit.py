@@ -116,6 +116,17 @@ def _without_mask_test(ops):
     return ops[~test], int(test.sum())
 
 
+def assert_records_agree(measured_run, analytic_run, mask_tests: int = 0) -> None:
+    """A measured run's records equal an analytic run's, but for views, transfers, data-only ops and the encoder's
+    ``mask_tests`` padding-mask tests (:func:`_without_mask_test`); every op has a formula."""
+    measured, left_out = _without_mask_test(measured_run.ops)
+    assert left_out == mask_tests
+    pd.testing.assert_frame_equal(_comparable(measured), _comparable(analytic_run.ops))
+    data_only = measured["op"].isin(_DATA_ONLY)
+    assert measured["flops"].sum() - measured.loc[data_only, "flops"].sum() == analytic_run.ops["flops"].sum()
+    assert not measured_run.unsupported
+
+
 def _comparable(ops):
     keep = ~ops["layer_type"].isin(["view", "transfer"]) & ~ops["op"].isin(_DATA_ONLY)
     cols = ["op", "part", "stage", "step", "module", "level", "tokens", "layer_type", "attn_kind", "input_shapes",
