@@ -74,6 +74,8 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
     return {"flops_by_layer_type": by_type, "flops_by_stage": by_stage, "flops_total": total,
             "dense_flops_by_layer_type": {k: float(v) for k, v in dense_type.items()}, "dense_flops_total": total_dense,
             "attention_flops_dense": dense_attn, "attention_flops": approx_attn,
+            "denoiser_share_saved": (1 - by_stage.get("denoiser", 0.0) / float(dense_stage["denoiser"])
+                                     if dense_stage.get("denoiser") else 0.0),
             "attention_share_saved": 1 - approx_attn / dense_attn if dense_attn else 0.0,
             "end_to_end_share_saved": end_to_end_saved(total, total_dense),
             "flops_saved_by_stage": {k: float(v) - by_stage.get(k, 0.0) for k, v in dense_stage.items()},

@@ -145,8 +145,9 @@ def _spread(stats: dict | None) -> str:
 def approx_summary_lines(ap: dict) -> list[str]:
     """``profile --approx`` in brief: what the setting saves against dense, net of its own cost, over which
     evaluations, and the seconds of both untraced runs."""
-    lines = [f"{setting_label(ap)}: {100 * ap['attention_share_saved']:.1f}% of denoiser attention FLOPs saved "
-             f"({100 * ap['end_to_end_share_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
+    lines = [f"{setting_label(ap)}: {100 * ap['denoiser_share_saved']:.1f}% of the denoiser's FLOPs saved "
+             f"({100 * ap['attention_share_saved']:.1f}% of its attention core's, "
+             f"{100 * ap['end_to_end_share_saved']:.1f}% end to end), {100 * ap['kept_fraction']:.1f}% of "
              "attention entries kept; net of the method's own FLOPs"]
     if ap.get("coverage"):
         lines.append(f"accounted and timed over {ap['coverage']}")

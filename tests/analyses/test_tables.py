@@ -152,6 +152,8 @@ def test_approximate_account_reweights_attention_and_adds_the_predictor():
     assert a["end_to_end_share_saved"] == pytest.approx(1 - (4310 - 1062.5 + 20) / 4310)
     assert a["flops_by_layer_type"]["attn_predictor"] == 20
     assert a["flops_saved_by_stage"]["denoiser"] == pytest.approx(1700 - 637.5 - 20)
+    # the denoiser's 3900 FLOPs less those saved: its own share saved, the headline's first figure
+    assert a["denoiser_share_saved"] == pytest.approx((1700 - 637.5 - 20) / 3900)
     assert a["flops_saved_by_layer_type"]["attn_predictor"] == -20
     assert a["kept_fraction"] == pytest.approx(115 / 240)
     assert savings.approximate_account(OPS, None)["end_to_end_share_saved"] == 0
