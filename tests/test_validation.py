@@ -25,5 +25,7 @@ def test_deepcache_table_3_sd15_plms_macs_per_step(tmp_path, capsys):
     # DeepCache, Table 3: SD 1.5 with PLMS, 338.83 G MACs per step (one image's UNet evaluation)
     d = _run(tmp_path, "--model", "sd15", "--steps", "2")
     assert d["scheduler"] == "PNDMScheduler" and d["cfg"] is True
-    per_image_eval = d["macs_conv_linear"]["denoiser"] / d["denoiser_evals"] / 2
+    per_image_eval = d["macs_conv_linear"]["denoiser"] / d["denoiser_evals"] / 2  # the CFG batch of two, halved
     assert per_image_eval / 338.83e9 == pytest.approx(1, abs=1e-3)
+    per = d["denoiser_per_call_and_sample"]  # what run.json states directly
+    assert per["samples_per_call"] == 2 and per["macs_conv_linear"] == pytest.approx(per_image_eval)

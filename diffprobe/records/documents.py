@@ -153,7 +153,8 @@ class RunDocument(Document):
     KIND: ClassVar[str] = "profile"
     FILE: ClassVar[str] = "run.json"
     OPTIONAL: ClassVar[tuple[str, ...]] = (
-        "flops", "bytes", "bytes_unfused_total", "macs_conv_linear", "levels", "seconds", "roofline", "warnings",
+        "flops", "bytes", "bytes_unfused_total", "macs_conv_linear", "levels", "denoiser_per_call_and_sample",
+        "seconds", "roofline", "warnings",
         "images", "image_complete", "approx", "op_timer", "compiled", "chrome_trace")
 
     status: str
@@ -199,6 +200,7 @@ class RunDocument(Document):
     bytes_unfused_total: int | None = None
     macs_conv_linear: dict | None = None
     levels: list | None = None
+    denoiser_per_call_and_sample: dict | None = None  # one denoiser call on one sample (images x CFG branches)
     seconds: dict | None = None
     roofline: dict | None = None
     warnings: list | None = None

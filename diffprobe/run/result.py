@@ -113,6 +113,9 @@ class ProfileResult:
             "macs_conv_linear": breakdown.macs_conv_linear(ops),
             "levels": breakdown.level_table(ops).to_dict(orient="records") if len(ops) else [],
         }
+        per_call = self._per_call_and_sample(acc)
+        if per_call is not None:
+            acc["denoiser_per_call_and_sample"] = per_call
         if self.config.mode == "measured" and self.stages:
             timed = {("pipeline" if k == "other" else k): v for k, v in self.stages.items() if k != "total"}
             acc["seconds"] = breakdown.seconds_account(ops, timed)
@@ -128,6 +131,18 @@ class ProfileResult:
             acc["warnings"] = [f"no FLOP formula for {op} ({n} calls): counted as 'other' with 0 FLOPs"
                                for op, n in sorted(self.unsupported.items())]
         return acc
+
+    def _per_call_and_sample(self, acc: dict) -> dict | None:
+        """The denoiser's FLOPs and literature MACs for one call on one sample of its batch (images x CFG
+        branches): the per-step figure papers report (DeepCache's "MACs per step")."""
+        calls = self.denoiser_evals_measured
+        flops = acc["flops"]["by_stage"].get(DENOISER)
+        if not calls or not flops:
+            return None
+        samples = self.config.batch * (2 if self.spec.uses_cfg(self.config.guidance) else 1)
+        return {"flops": flops / calls / samples,
+                "macs_conv_linear": acc["macs_conv_linear"].get(DENOISER, 0) / calls / samples,
+                "calls": calls, "samples_per_call": samples}
 
     def to_dict(self) -> dict:
         """``run.json`` as JSON (:meth:`document`'s)."""
