@@ -182,10 +182,25 @@ def accel(
     print_document("accel", r, target, report_path)
 
 
-def models(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:
+def models(fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+           params_by_module: Optional[str] = typer.Option(
+               None, "--params-by-module", metavar="MODEL", help="Where MODEL's parameters are: per component, "
+               "per top-level module and per role (attention, ffn, modulation, norm, ...).")) -> None:
     """List the embedded architectures with their parameter counts (built on the meta device)."""
     from diffprobe.models.registry import describe_models
-    from diffprobe.report.text import models_table
+    from diffprobe.report.text import models_table, params_tables
+
+    if params_by_module is not None:
+        from diffprobe.models.params import params_by_module as by_module
+        from diffprobe.models.registry import get_spec
+
+        comps = by_module(get_spec(params_by_module))
+        if fmt is Format.json:
+            print_json({"model": params_by_module, "components": comps})
+            return
+        for table in params_tables(params_by_module, comps):
+            out.print(table)
+        return
 
     rows = describe_models()
     if fmt is Format.json:

@@ -149,6 +149,25 @@ def models_table(rows: list[dict]) -> Table:
     return t
 
 
+def params_tables(model: str, comps: dict) -> list[Table]:
+    """``diffprobe models --params-by-module``: per component, its top-level modules and its roles."""
+    tables = []
+    for name, c in comps.items():
+        t = Table(title=f"{model} {name}: {fmt_n(c['total'])} parameters", title_justify="left")
+        for col in ("top-level module", "params", "share", "role", "params ", "share "):
+            t.add_column(col, justify="left" if col.strip() in ("top-level module", "role") else "right")
+        mods = sorted(c["by_module"].items(), key=lambda kv: -kv[1])
+        roles = list(c["by_role"].items())
+        for i in range(max(len(mods), len(roles))):
+            row = []
+            for items in (mods, roles):
+                k, v = items[i] if i < len(items) else ("", None)
+                row += [k, "" if v is None else fmt_n(v), "" if v is None else f"{100 * v / (c['total'] or 1):.1f}%"]
+            t.add_row(*row)
+        tables.append(t)
+    return tables
+
+
 def accel_gemm_lines(r: dict) -> list[str]:
     """``diffprobe accel gemm``: one GEMM's mapping, cycles, utilization and traffic."""
     return [f"GEMM ({r['m']} x {r['k']}) @ ({r['k']} x {r['n']}) on a {r['rows']}x{r['cols']} array, "
