@@ -47,11 +47,13 @@ def test_a_composite_setting_is_its_own_series():
 def test_report_compares_untraced_seconds_with_untraced_dense():
     from diffprobe.report.profile import approx_summary_lines
 
-    ap = {"method": "block", "value": 0.5, "setting": "block=0.5+taylorseer=2", "attention_share_saved": 0.4,
-          "end_to_end_share_saved": 0.1, "kept_fraction": 0.6, "denoiser_seconds": 1.15, "dense_denoiser_seconds": 1.66,
-          "dense_untraced_denoiser_seconds": 1.64, "kernel": "cpp"}
+    ap = {"method": "block", "value": 0.5, "setting": "block=0.5+taylorseer=2", "denoiser_share_saved": 0.3,
+          "attention_share_saved": 0.4, "end_to_end_share_saved": 0.1, "kept_fraction": 0.6,
+          "denoiser_seconds": 1.15, "dense_denoiser_seconds": 1.66, "dense_untraced_denoiser_seconds": 1.64,
+          "kernel": "cpp"}
     text = "; ".join(approx_summary_lines(ap))
     assert "1.64 s" in text and "1.66 s" not in text and "1.15 s" in text
+    assert text.startswith("block=0.5+taylorseer=2: 30.0% of the denoiser's FLOPs saved (40.0% of its attention")
 
 
 # -- 24. every tokenizer's cut is named ---------------------------------------------------------------------------
