@@ -7,11 +7,10 @@ import pytest
 
 import diffprobe
 from diffprobe.errors import DiffprobeError
-from diffprobe.models.families import families, family_of, get_family
+from diffprobe.models.families import ROLES, families, family_of, get_family
 from diffprobe.models.registry import list_models
 
-ROLES_OF_CLASSES = ("attention", "ffn", "act", "embed", "modulation", "conditioning", "norm", "rope", "linear", "conv",
-                    "linear_attention")
+ROLES_OF_CLASSES = tuple(r for r in ROLES if r not in ("linear_attention_processor", "rope_function"))
 
 
 def _built(name):

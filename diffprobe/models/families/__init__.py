@@ -19,7 +19,10 @@ from functools import lru_cache
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.families.levels import dit_level, unet_level
 
-ROLES = ("attention", "ffn", "act", "embed", "modulation", "conditioning", "norm", "rope", "linear", "conv")
+# the keys of Family.modules: module roles, plus linear attention's modules and processors and the functions that
+# apply rotary embeddings ((module prefix, name) pairs)
+ROLES = ("attention", "ffn", "act", "embed", "modulation", "conditioning", "norm", "rope", "linear", "conv",
+         "linear_attention", "linear_attention_processor", "rope_function")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ def families() -> dict[str, Family]:
     out = {}
     for name in MODULES:
         fam = importlib.import_module(f"{__name__}.{name}").FAMILY
+        unknown = set(fam.modules) - set(ROLES)
+        if unknown:  # a misspelt role would declare classes nothing reads
+            raise ValueError(f"family {fam.name}: unknown module roles {sorted(unknown)}; roles are {ROLES}")
         out[fam.name] = fam
     return out
 

@@ -39,13 +39,10 @@ class Flux2Family(Family):
         patches, size = Patches(), {}
         prepare = pipe.prepare_latents
 
-        def prepare_latents(*args, **kwargs):
-            latents, ids = prepare(*args, **kwargs)
-            height, width = kwargs.get("height", args[2] if len(args) > 2 else None), kwargs.get(
-                "width", args[3] if len(args) > 3 else None)
-            size["h"], size["w"] = (2 * (int(height) // (pipe.vae_scale_factor * 2)) // 2,
-                                    2 * (int(width) // (pipe.vae_scale_factor * 2)) // 2)
-            return latents, ids
+        def prepare_latents(*args, **kwargs):  # the pipeline passes the size by keyword
+            side = pipe.vae_scale_factor * 2  # VAE downsampling, then 2x2 patches as channels
+            size["h"], size["w"] = int(kwargs["height"]) // side, int(kwargs["width"]) // side
+            return prepare(*args, **kwargs)
 
         patches.set(pipe, "prepare_latents", prepare_latents)
         patches.set(pipe, "_unpack_latents_with_ids", _unpack_latents_with_ids(size))
