@@ -172,7 +172,12 @@ class TGate(ReuseMethod):
 
 
 FLUX_FAMILY = ("Flux models (flux-dev, flux-schnell, tiny-flux): diffusers' cache hooks need the pipeline to set "
-               "the cache context and current timestep, which only FluxPipeline does among diffprobe's models")
+               "the cache context and current timestep (FluxPipeline and QwenImagePipeline do, among diffprobe's "
+               "models), and this hook keeps one state across Qwen-Image's two CFG calls, whose captions differ in "
+               "length (it fails there)")
+FLUX_QWEN = ("Flux and Qwen-Image models (flux-dev, flux-schnell, tiny-flux, qwen-image, tiny-qwen-image): diffusers' "
+             "cache hooks need the pipeline to set the cache context and current timestep, which FluxPipeline and "
+             "QwenImagePipeline do among diffprobe's models")
 
 
 class DiffusersCache(ReuseMethod):
@@ -242,6 +247,7 @@ class FirstBlockCache(_Threshold, DiffusersCache):
     param_help = "the first block's relative residual change below which the other blocks are skipped"
     domain, default = ">= 0", "0.05,0.1,0.2"
     data_dependent = True
+    fits, families = FLUX_QWEN, ("flux", "qwenimage")
 
     def config(self, pipe):
         from diffusers.hooks import FirstBlockCacheConfig
@@ -278,6 +284,7 @@ class TaylorSeer(_EveryN):
     param_help = "blocks computed every N steps, forecast in between"
     default = "2,3,5"
     what = "interval"
+    fits, families = FLUX_QWEN, ("flux", "qwenimage")
 
     def config(self, pipe):
         from diffusers.hooks import TaylorSeerCacheConfig

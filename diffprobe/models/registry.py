@@ -79,7 +79,8 @@ class ModelSpec:
         """Image sides must be multiples of this many px: the VAE's downsampling times the transformer's patch
         (times 2 where the pipeline packs 2x2 latents, Flux)."""
         vae = self.config("vae")
-        channels = vae.get("block_out_channels") or vae.get("encoder_block_out_channels") or [0]
+        channels = (vae.get("block_out_channels") or vae.get("encoder_block_out_channels")
+                    or vae.get("dim_mult") or [0])  # dim_mult: the 3D causal VAEs (Qwen-Image, Wan)
         factor = 2 ** (len(channels) - 1)
         if self.denoiser == "unet":
             return factor
@@ -90,6 +91,10 @@ class ModelSpec:
         """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches (not in a guidance-distilled
         family such as Flux: one pass whatever the scale)."""
         return self.family.uses_cfg(guidance)
+
+    def calls_per_step(self, guidance: float) -> int:
+        """Denoiser calls per denoising step at ``guidance`` (:meth:`Family.calls_per_step`)."""
+        return self.family.calls_per_step(guidance)
 
     def call_kwargs(self) -> dict:
         """The pipeline-call arguments diffprobe sets for this model beyond the common ones: the text length

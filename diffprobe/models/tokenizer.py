@@ -99,12 +99,15 @@ STAND_INS = {
     "GemmaTokenizerFast": {"specials": ["<pad>", "<eos>", "<bos>", "<unk>"], "vocab_size": 256000, "pad": "<pad>",
                            "eos": "<eos>", "unk": "<unk>", "bos": "<bos>", "template": "<bos> $A",
                            "padding_side": "left"},
-    # Qwen2/3's byte-level BPE (Z-Image's Qwen3 encoder): the pipeline wraps the prompt in Qwen3's chat template
-    # (one user turn, the assistant's turn opened, thinking left on: no empty think block) and keeps only the
-    # prompt's own tokens, unpadded, so here the cost follows the stand-in's count of them (see QWEN_NOTE)
+    # Qwen2/3's byte-level BPE (Z-Image's Qwen3 encoder, Qwen-Image's Qwen2.5-VL): Z-Image wraps the prompt in
+    # Qwen3's chat template (one user turn, the assistant's turn opened, thinking left on: no empty think block),
+    # Qwen-Image in its own system-and-user template whose first 34 tokens it drops; both keep only the prompt's own
+    # tokens, unpadded, so here the cost follows the stand-in's count of them (see QWEN_NOTE). A newline is one
+    # token, as in Qwen's vocabulary, so the templates are as long as with the real tokenizer (Qwen-Image's prefix:
+    # 34 tokens with both)
     "Qwen2Tokenizer": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "vocab_size": 151936,
                        "pad": "<|endoftext|>", "eos": "<|im_end|>", "unk": "<|endoftext|>", "bos": None,
-                       "template": "$A", "padding_side": "right",
+                       "template": "$A", "padding_side": "right", "words": ["\n"],
                        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
                                         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>"
                                         "assistant\n{% endif %}"},
@@ -119,10 +122,10 @@ STAND_INS = {
                                           "{% elif m['role'] == 'user' %}[INST]{{ text }}[/INST]{% else %}{{ text }}"
                                           "</s>{% endif %}{% endfor %}"},
 }
-QWEN_NOTE = ("stand-in tokenizer (CLIP BPE remapped to Qwen's vocabulary size and special tokens, with Qwen3's chat "
-             "template; the real vocabulary ships with no registry package): Z-Image encodes the prompt's own tokens "
-             "unpadded, so text-encoder and caption costs follow the stand-in's token count, near but not equal to "
-             "the real tokenizer's")
+QWEN_NOTE = ("stand-in tokenizer (CLIP BPE remapped to Qwen's vocabulary size, special tokens and newline, with "
+             "Qwen3's chat template; the real vocabulary ships with no registry package): the pipeline encodes the "
+             "prompt's own tokens unpadded, so text-encoder and caption costs follow the stand-in's token count, near "
+             "but not equal to the real tokenizer's")
 STAND_IN_NOTE = ("stand-in tokenizer (CLIP BPE remapped to the model's vocabulary and special tokens; the real "
                  "vocabulary ships with no registry package): costs depend only on the padded length, the text "
                  "encoder's token ids are not the real model's")
@@ -138,16 +141,19 @@ def _stand_in_json(kind: str) -> str:
     spec = STAND_INS[kind]
     backend = json.loads(load_clip_tokenizer().backend_tokenizer.to_str())
     model = backend["model"]
-    offset = len(spec["specials"])
+    words = spec.get("words", [])  # tokens CLIP's pre-tokenizer would drop (Qwen's newline), matched as written
+    offset = len(spec["specials"]) + len(words)
     room = spec["vocab_size"] - offset
     clip_vocab = {t: i for t, i in model["vocab"].items() if i < room and not t.startswith("<|")}
-    vocab = {t: i for i, t in enumerate(spec["specials"])}
+    vocab = {t: i for i, t in enumerate([*spec["specials"], *words])}
     vocab.update({t: i + offset for t, i in clip_vocab.items()})
     n_bytes = 512  # CLIP's vocabulary: 256 byte tokens, the same with '</w>', then one token per merge
     model.update(vocab=vocab, merges=model["merges"][:max(0, room - n_bytes)], unk_token=spec["unk"])
     special_ids = {t: vocab[t] for t in spec["specials"]}
     backend["added_tokens"] = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                                "normalized": False, "special": True} for t, i in special_ids.items()]
+                                "normalized": False, "special": True} for t, i in special_ids.items()] + [
+        {"id": vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+         "special": False} for t in words]
     single = [{"SpecialToken": {"id": t, "type_id": 0}} if t.startswith("<") else {"Sequence": {"id": "A",
               "type_id": 0}} for t in spec["template"].split()]
     backend["post_processor"] = {"type": "TemplateProcessing", "single": single, "pair": single + [

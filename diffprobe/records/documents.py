@@ -153,6 +153,7 @@ class RunDocument(Document):
     KIND: ClassVar[str] = "profile"
     FILE: ClassVar[str] = "run.json"
     OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "denoiser_calls_per_step",
         "flops", "bytes", "bytes_unfused_total", "macs_conv_linear", "levels", "denoiser_per_call_and_sample",
         "seconds", "roofline", "warnings",
         "images", "image_complete", "approx", "op_timer", "compiled", "chrome_trace")
@@ -161,7 +162,7 @@ class RunDocument(Document):
     error: str | None
     model: str
     model_title: str
-    family: str  # the model family (models/families: sd, sdxl, pixart, sd3, flux, sana)
+    family: str  # the model family (models/families: sd, sdxl, pixart, sd3, flux, flux2, sana, zimage, qwenimage)
     denoiser_kind: str  # "unet" or "transformer"
     weights: str
     random_weights: bool
@@ -171,7 +172,7 @@ class RunDocument(Document):
     width: int
     steps: int
     scheduler: str  # the diffusers scheduler class that ran (the model's own, or --scheduler's)
-    denoiser_evals: int  # evaluations of the full run (steps x CFG passes where they run apart)
+    denoiser_evals: int  # evaluations of the full run: one per step, of one or more calls (denoiser_calls_per_step)
     denoiser_evals_measured: int  # of them, those executed
     batch: int
     guidance: Num
@@ -195,6 +196,7 @@ class RunDocument(Document):
     run_dir: str | None
     image: str | None
     findings: list = field(default_factory=list)
+    denoiser_calls_per_step: int | None = None  # 2 where CFG's branches are separate calls (Qwen-Image), else 1
     flops: dict | None = None  # the cost account (see analyses.breakdown.account)
     bytes: dict | None = None
     bytes_unfused_total: int | None = None

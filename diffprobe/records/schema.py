@@ -52,7 +52,8 @@ class OpRecord(NamedTuple):
     tokens: int  # latent tokens at that UNet level (h*w); 0 elsewhere
     layer_type: str  # one of LAYER_TYPES
     attn_kind: str  # "self" / "cross" / "joint" (text+image sequence) / "linear" for attention rows, else ""
-    cfg: str  # "batched" when classifier-free guidance runs both branches in one batch, else ""
+    cfg: str  # "batched" when classifier-free guidance runs both branches in one batch; "cond" / "uncond" when
+    # they are separate calls (Qwen-Image); else ""
     input_shapes: Shapes  # one shape per input tensor, e.g. [[2, 4, 64, 64], [320, 4, 3, 3]]
     output_shapes: Shapes  # one shape per output tensor
     dtype: str  # dtype of the first tensor input (or output)

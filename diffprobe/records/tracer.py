@@ -48,16 +48,20 @@ class OpTracer:
     """Context manager recording every op of the pipeline's components into rows of the record schema.
 
     ``latent_hw``: latent (h, w), for token counts per UNet level. ``cfg``: whether the UNet batch holds both CFG
-    branches. ``timer``: an object with ``begin()`` / ``end()`` around the traced region, ``start(first_row)`` and
-    ``stop(token, first_row)`` around each call, ``count(first_row, n_rows)`` for a call that made more than one
-    record, and ``fill(rows)`` (:class:`~diffprobe.timing.ops.OpTimer`,
+    branches. ``calls_per_step``: denoiser calls per denoising step (2 where the CFG branches are separate calls,
+    recorded as ``cond`` and ``uncond``). ``timer``: an object with ``begin()`` / ``end()`` around the traced
+    region, ``start(first_row)`` and ``stop(token, first_row)`` around each call, ``count(first_row, n_rows)`` for
+    a call that made more than one record, and ``fill(rows)`` (:class:`~diffprobe.timing.ops.OpTimer`,
     :class:`~diffprobe.timing.kernels.ProfilerTimer`), or None to count only.
     """
 
-    def __init__(self, pipe, *, latent_hw: tuple[int, int], cfg: bool, timer=None):
+    def __init__(self, pipe, *, latent_hw: tuple[int, int], cfg: bool, timer=None, calls_per_step: int = 1):
         self.pipe = pipe
         self.timer = timer
         self.cfg = cfg
+        self.calls_per_step = calls_per_step
+        self.denoiser_calls = 0
+        self.branch = 0  # the CFG branch of the current denoiser call, where branches are separate calls
         self.rows: list[OpRecord] = []
         self.unsupported: Counter[str] = Counter()
         self.suppress = False
@@ -112,7 +116,8 @@ class OpTracer:
             self.stack.append(parent)
             return
         if st.is_unet:
-            self.denoiser_step += 1
+            self.denoiser_step, self.branch = divmod(self.denoiser_calls, self.calls_per_step)
+            self.denoiser_calls += 1
             self.root.step = self.denoiser_step
         step = self.denoiser_step if st.stage == DENOISER else parent.step if parent.stage == st.stage else -1
         role = st.role
@@ -223,9 +228,14 @@ class OpTracer:
         self.rows.append(OpRecord(
             len(self.rows), op, part, f.stage, f.step, f.path, f.level, f.tokens, layer_type,
             f.attn.kind if (f.attn is not None and layer_type.startswith(("attn", "linattn"))) else "",
-            "batched" if (self.cfg and f.stage == DENOISER) else "", shapes_of(ins), shapes_of(outs), dtype,
+            self._cfg_column(f.stage), shapes_of(ins), shapes_of(outs), dtype,
             int(cost.flops), int(macs_lit), int(br), int(bw), int(ur), int(uw), math.nan, math.nan, False, False,
         ))
+
+    def _cfg_column(self, stage: str) -> str:
+        if stage != DENOISER or not self.cfg:
+            return ""
+        return ("cond", "uncond")[self.branch] if self.calls_per_step > 1 else "batched"
 
     def record_op(self, func, args, kwargs, out) -> None:
         name = str(func)

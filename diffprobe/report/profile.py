@@ -17,21 +17,28 @@ def model_label(d: RunDocument) -> str:
     return title if title.startswith(d.model) else f"{d.model} ({title})"
 
 
+def cfg_words(d: RunDocument) -> str:
+    """``CFG on`` / ``CFG off``, saying where the branches run as two denoiser calls per step."""
+    if d.cfg and (d.denoiser_calls_per_step or 1) > 1:
+        return f"CFG on ({d.denoiser_calls_per_step} denoiser calls per step)"
+    return f"CFG {'on' if d.cfg else 'off'}"
+
+
 def headline(d: RunDocument) -> list[str]:
     """The run in one line (and a random-weights warning): what the terminal prints above the sections."""
     if d.mode == "analytic":
         return [f"analytic: {model_label(d)} {d.height}x{d.width}, batch {d.batch}, {d.steps} steps "
-                f"({d.denoiser_evals} denoiser evals), CFG {'on' if d.cfg else 'off'}, {d.dtype} — meta device, "
-                "nothing executed"]
-    lines = [f"{model_label(d)} {d.height}x{d.width}, batch {d.batch}, {d.steps} steps, CFG "
-             f"{'on' if d.cfg else 'off'}, {d.device} {d.dtype}"]
+                f"({d.denoiser_evals} denoiser evals), {cfg_words(d)}, {d.dtype} — meta device, nothing executed"]
+    lines = [f"{model_label(d)} {d.height}x{d.width}, batch {d.batch}, {d.steps} steps, {cfg_words(d)}, "
+             f"{d.device} {d.dtype}"]
     if d.random_weights:
         lines.insert(0, f"random weights — {d.note}")
     return lines
 
 
 CONFIG_KEYS = ("model", "model_title", "weights", "prompt", "height", "width", "steps", "scheduler",
-               "denoiser_evals", "denoiser_evals_measured", "batch", "guidance", "seed", "device", "dtype", "mode",
+               "denoiser_evals", "denoiser_evals_measured", "denoiser_calls_per_step", "batch", "guidance", "seed",
+               "device", "dtype", "mode",
                "repeat", "warmup", "status")
 
 

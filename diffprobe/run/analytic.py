@@ -85,8 +85,8 @@ class MetaAdapters:
             cache: dict = {}
 
             def replaying_forward(*args, **kwargs):
-                step_now = tracer.denoiser_step
-                key = (_shape_key(args, kwargs), self.plan(step_now) if self.plan else None)
+                step_now, branch = tracer.denoiser_step, tracer.branch  # this call's (the tracer saw it begin)
+                key = (_shape_key(args, kwargs), self.plan(step_now) if self.plan else None, branch)
                 if key in cache:
                     first_row, n_rows, output = cache[key]
                     _replay_rows(tracer, first_row, n_rows, step_now)

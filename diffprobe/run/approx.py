@@ -63,7 +63,7 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
     def keep(i, latents):
         steps.append(latents.detach().float().clone())
 
-    timer = StageTimer(pipe, cfg.device)
+    timer = StageTimer(pipe, cfg.device, get_spec(cfg.model).calls_per_step(cfg.guidance))
     with torch.inference_mode(), timer, installed_in(pipe, core) if core else contextlib.nullcontext(), \
             step_hooks(pipe, keep) as hooks:
         t0 = time.perf_counter()

@@ -33,7 +33,8 @@ def tracer_for(cfg: ProfileConfig, pipe, timed: bool) -> OpTracer:
     if timed:
         timer = ProfilerTimer(cfg.device) if cfg.op_timer == "profiler" else OpTimer(cfg.device)
     return OpTracer(pipe, latent_hw=(cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor),
-                    cfg=get_spec(cfg.model).uses_cfg(cfg.guidance), timer=timer)
+                    cfg=get_spec(cfg.model).uses_cfg(cfg.guidance), timer=timer,
+                    calls_per_step=get_spec(cfg.model).calls_per_step(cfg.guidance))
 
 
 @dataclass
@@ -142,7 +143,7 @@ def measured_pass(cfg: ProfileConfig, pipe, evals_full: int, evals: int, report=
     report = report or (lambda *_: None)
     if cfg.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    timer = StageTimer(pipe, cfg.device)
+    timer = StageTimer(pipe, cfg.device, get_spec(cfg.model).calls_per_step(cfg.guidance))
     runs: list[list] = []
     total_runs = cfg.warmup + cfg.repeat
     images = tracer = None

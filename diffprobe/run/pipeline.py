@@ -92,7 +92,7 @@ class PipelineCall:
             height=cfg.height,
             width=cfg.width,
             num_inference_steps=cfg.steps,
-            guidance_scale=cfg.guidance,
+            **get_spec(cfg.model).family.guidance_kwargs(cfg.guidance),
             num_images_per_prompt=1 if many else cfg.batch,
             generator=torch.Generator("cpu" if cfg.mode == "analytic" else cfg.device).manual_seed(cfg.seed),
             latents=initial_latents(noise_cfg, pipe),

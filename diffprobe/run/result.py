@@ -135,11 +135,12 @@ class ProfileResult:
     def _per_call_and_sample(self, acc: dict) -> dict | None:
         """The denoiser's FLOPs and literature MACs for one call on one sample of its batch (images x CFG
         branches): the per-step figure papers report (DeepCache's "MACs per step")."""
-        calls = self.denoiser_evals_measured
+        per_step = self.spec.calls_per_step(self.config.guidance)
+        calls = self.denoiser_evals_measured * per_step
         flops = acc["flops"]["by_stage"].get(DENOISER)
         if not calls or not flops:
             return None
-        samples = self.config.batch * (2 if self.spec.uses_cfg(self.config.guidance) else 1)
+        samples = self.config.batch * (2 if self.spec.uses_cfg(self.config.guidance) and per_step == 1 else 1)
         return {"flops": flops / calls / samples,
                 "macs_conv_linear": acc["macs_conv_linear"].get(DENOISER, 0) / calls / samples,
                 "calls": calls, "samples_per_call": samples}
@@ -168,6 +169,7 @@ class ProfileResult:
             "scheduler": self.scheduler or self.spec.config("scheduler")["_class_name"],
             "denoiser_evals": self.denoiser_evals,
             "denoiser_evals_measured": self.denoiser_evals_measured,
+            "denoiser_calls_per_step": self.spec.calls_per_step(c.guidance),
             "batch": c.batch,
             "guidance": c.guidance,
             "cfg": self.spec.uses_cfg(c.guidance),

@@ -37,8 +37,9 @@ class StageTimer:
     where an out-of-memory happened).
     """
 
-    def __init__(self, pipe, device: str):
+    def __init__(self, pipe, device: str, calls_per_step: int = 1):
         self.pipe = pipe
+        self.calls_per_step = calls_per_step  # denoiser calls per step (2: CFG branches as separate calls)
         self.clock = Clock(device)
         self._raw: list[tuple[str, int | None, object, object]] = []
         self._patches = Patches()
@@ -57,8 +58,9 @@ class StageTimer:
         start = self._open.pop(stage)
         step = None
         if stage in ("denoiser", "scheduler"):
-            step = self._counts.get(stage, 0)
-            self._counts[stage] = step + 1
+            count = self._counts.get(stage, 0)
+            self._counts[stage] = count + 1
+            step = count // self.calls_per_step if stage == "denoiser" else count
         self._raw.append((stage, step, start, end))
         self.current_stage = None
 
@@ -140,10 +142,13 @@ def summarize_events(runs: list[list]) -> tuple[dict, dict, list]:
     per_step: dict[int, dict[str, list[float]]] = {}
     for events in runs:
         totals: dict[str, float] = {}
+        run_steps: dict[tuple[int, str], float] = {}  # a step's calls summed (CFG branches as separate calls)
         for ev in events:
             totals[ev.stage] = totals.get(ev.stage, 0.0) + ev.seconds
             if ev.step is not None:
-                per_step.setdefault(ev.step, {}).setdefault(ev.stage, []).append(ev.seconds)
+                run_steps[ev.step, ev.stage] = run_steps.get((ev.step, ev.stage), 0.0) + ev.seconds
+        for (step, stage), seconds in run_steps.items():
+            per_step.setdefault(step, {}).setdefault(stage, []).append(seconds)
         per_run_totals.append(totals)
     names = [s for s in (*STAGE_ORDER, "total") if any(s in t for t in per_run_totals)]
     stages = {s: statistics.median(t.get(s, 0.0) for t in per_run_totals) for s in names}

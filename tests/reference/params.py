@@ -241,3 +241,30 @@ def mistral3(d, ff, heads, kv_heads, head_dim, layers, vision, vision_ff, vision
                                                            + linear(vision_ff, v, False) + 2 * rms(v))
     proj = rms(v) + linear(v * merge * merge, v, False) + linear(v, d, False) + linear(d, d, False)
     return lang + vis + proj + linear(d, vocab, False)
+
+
+def qwen_image(heads, head_dim, layers, joint, in_ch=64, out_ch=16, patch=2, freq=256):
+    """Qwen-Image's double-stream MMDiT (every linear with a bias): a timestep MLP (256 -> D -> D); the caption's RMS
+    norm and projection; the image tokens' input linear; per block a 6D modulation linear per stream, image and text
+    q/k/v/out, per-head RMS norms of both streams' q and k, and a GELU feed-forward (D -> 4D -> D) per stream
+    (LayerNorms without affine); the final adaLN (D -> 2D) and output linear."""
+    d = heads * head_dim
+    n = linear(freq, d) + linear(d, d) + rms(joint) + linear(in_ch, d) + linear(joint, d)
+    block = 2 * linear(d, 6 * d) + 8 * linear(d, d) + 4 * rms(head_dim) + 2 * (linear(d, 4 * d) + linear(4 * d, d))
+    return n + layers * block + linear(d, 2 * d) + linear(d, patch * patch * out_ch)
+
+
+def qwen25_vl(d, ff, heads, kv_heads, head_dim, layers, vision, vision_ff, vision_layers, out_hidden, patch=14,
+              temporal=2, merge=2, vocab=152064):
+    """Qwen2.5-VL (as ``Qwen2_5_VLForConditionalGeneration``): the Qwen2 language model (q, k, v with biases, o
+    without; a SwiGLU MLP without biases; two RMS norms per layer; a final one) with an untied LM head; the vision
+    tower: a bias-free 3D patch conv (temporal x patch x patch), blocks of fused qkv and output linears, a SwiGLU MLP
+    (with biases) and two RMS norms, and the patch merger (RMS norm, merge x merge patches -> linear -> GELU ->
+    linear to the language model's width)."""
+    attn = linear(d, heads * head_dim) + 2 * linear(d, kv_heads * head_dim) + linear(heads * head_dim, d, False)
+    lang = vocab * d + layers * (attn + 2 * linear(d, ff, False) + linear(ff, d, False) + 2 * rms(d)) + rms(d)
+    v, m = vision, vision * merge * merge
+    vis = 3 * temporal * patch * patch * v + vision_layers * (
+        2 * rms(v) + linear(v, 3 * v) + linear(v, v) + 2 * linear(v, vision_ff) + linear(vision_ff, v))
+    vis += rms(v) + linear(m, m) + linear(m, out_hidden)
+    return lang + vis + linear(d, vocab, False)

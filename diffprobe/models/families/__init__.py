@@ -39,6 +39,7 @@ class Family:
     latent_dtype: str | None = None  # the dtype the pipeline makes its latents in; None: the last text encoder's
     cfg_distilled: bool = False  # guidance is an input of the model: one denoiser pass whatever the scale (Flux)
     cfg_above: float = 1.0  # classifier-free guidance runs at scales above this (Z-Image: any scale above 0)
+    cfg_calls: bool = False  # the CFG branches are two denoiser calls per step, not one batch of two (Qwen-Image)
     call_kwargs: dict = field(default_factory=dict)  # pipeline-call arguments beyond the common ones
     text_keys: str = "end"  # joint attention: where the text keys sit in the sequence ("start": Flux; "end": SD3)
     two_streams: bool = False  # double-stream then single-stream blocks (Flux): levels double.i / single.i
@@ -88,8 +89,18 @@ class Family:
         """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches."""
         return not self.cfg_distilled and guidance > self.cfg_above
 
+    def calls_per_step(self, guidance: float) -> int:
+        """Denoiser calls per denoising step at ``guidance``: 2 where the CFG branches are separate calls
+        (:attr:`cfg_calls`) and guidance runs, else 1 (both branches, if any, in one batch)."""
+        return 2 if self.cfg_calls and self.uses_cfg(guidance) else 1
 
-MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "flux2", "sana", "zimage")  # one module each, in this package
+    def guidance_kwargs(self, guidance: float) -> dict:
+        """The pipeline-call arguments that set the guidance scale (most pipelines: ``guidance_scale``)."""
+        return {"guidance_scale": guidance}
+
+
+# one module each, in this package
+MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "flux2", "sana", "zimage", "qwenimage")
 
 
 @lru_cache(maxsize=None)
