@@ -129,7 +129,32 @@ def profile_findings(run: dict, ops=None) -> list[str]:
                        f"{proj['denoiser_evals_measured']} measured evaluations, not a measurement).")
     if ops is not None and len(ops):
         out += _denoiser_sentences(ops, run["denoiser_kind"] == "transformer")
+    out += _moe_sentences(run, ops)
     out += _convention_and_time_sentences(run)
+    return out
+
+
+def _moe_sentences(run: dict, ops) -> list[str]:
+    """A mixture-of-experts denoiser: parameters active per token against the total, the experts' share of the
+    denoiser's FLOPs, and how evenly the tokens were routed (measured) or the routing assumed (analytic)."""
+    moe = run.get("moe")
+    if not moe:
+        return []
+    out = [f"Mixture of experts: {moe['layers']} layers of {moe['experts']} routed experts (top {moe['top_k']}) "
+           f"and {moe['shared_experts']} shared; {fmt_n(moe['params_active_per_token']).strip()} of "
+           f"{fmt_n(moe['params_total']).strip()} denoiser parameters are active per token."]
+    if ops is not None and len(ops):
+        den = ops[ops["stage"] == "denoiser"]
+        total = den["flops"].sum()
+        routed = den.loc[den["layer_type"] == "moe_expert", "flops"].sum()
+        load = moe.get("expert_load") or {}
+        if total and load:
+            even = 1 / moe["experts"]
+            how = ("the routing is assumed balanced (analytic: no values to route by)"
+                   if moe["routing"].startswith("assumed") else
+                   f"the busiest expert took {100 * load['max_load_share']:.0f}% of a call's token assignments "
+                   f"and the least busy {100 * load['min_load_share']:.0f}% ({100 * even:.0f}% each if even)")
+            out.append(f"Routed experts are {100 * routed / total:.1f}% of the denoiser's FLOPs; {how}.")
     return out
 
 

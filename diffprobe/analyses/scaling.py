@@ -5,7 +5,8 @@ is the layer type, with attention rows split into self and cross (``attn_score.s
 ``cross_attention`` are the whole attention layers (QKV, scores, softmax, P·V, output projection), and
 ``self_attention_core`` the token-mixing part of self-attention (scores, softmax, P·V: quadratic in tokens).
 Diffusion transformers add ``joint_attention`` / ``linear_attention``, ``attention_core`` (the quadratic part of
-self and joint attention) and ``linear_layers`` (projections, FFN, other linears, adaLN: linear in tokens).
+self and joint attention) and ``linear_layers`` (projections, FFN, other linears, adaLN: linear in tokens). A
+mixture of experts (``moe_*`` layer types) counts in the ``ffn`` class and its GEMMs in ``linear_layers``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import math
 import numpy as np
 import pandas as pd
 
-LINEAR_LAYERS = ("attn_qkv", "attn_out", "ffn", "linear", "modulation")
+LINEAR_LAYERS = ("attn_qkv", "attn_out", "ffn", "linear", "modulation", "moe_router", "moe_shared", "moe_expert")
+MOE_TYPES = ("moe_router", "moe_shared", "moe_expert", "moe_dispatch")  # a mixture of experts: a feed-forward
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -42,6 +44,9 @@ def class_totals(ops: pd.DataFrame, value: str, stage: str | None = None) -> dic
     # against the per-token GEMMs (projections, FFN, other linears, adaLN)
     out["attention_core"] = float(vals[quadratic & ops["attn_kind"].isin(("self", "joint"))].sum())
     out["linear_layers"] = float(vals[ops["layer_type"].isin(LINEAR_LAYERS)].sum())
+    moe = ops["layer_type"].isin(MOE_TYPES)
+    if moe.any():  # the feed-forward class holds the mixtures of experts (router, experts, dispatch) too
+        out["ffn"] = out.get("ffn", 0.0) + float(vals[moe].sum())
     out["total"] = float(vals.sum())
     return out
 

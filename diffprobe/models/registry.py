@@ -27,7 +27,8 @@ from diffprobe.models.schedulers import scheduler_from
 from diffprobe.models.tokenizer import load_tokenizer
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4")  # HiDream: four
+TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3", "tokenizer_4")
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on mars"
 DENOISERS = ("unet", "transformer")  # the diffusers component that denoises: a UNet, or a diffusion transformer
 # a tokenizer folder with any of these is the user's own (BPE, fast, SentencePiece: T5's spiece, Gemma's model)

@@ -111,6 +111,12 @@ STAND_INS = {
                        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
                                         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>"
                                         "assistant\n{% endif %}"},
+    # Llama 3's tiktoken BPE (HiDream's tokenizer_4, shipped as a plain PreTrainedTokenizerFast): the pipeline pads to
+    # max_sequence_length (its pad token is the eos), so the cost depends on that length alone
+    "PreTrainedTokenizerFast": {"specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
+                                "vocab_size": 128256, "pad": "<|eot_id|>", "eos": "<|eot_id|>",
+                                "unk": "<|end_of_text|>", "bos": "<|begin_of_text|>",
+                                "template": "<|begin_of_text|> $A", "padding_side": "right"},
     # Mistral's tekken BPE behind FLUX.2's PixtralProcessor: the pipeline renders a system and a user turn with the
     # chat template and pads to max_sequence_length, so the cost depends on that length alone
     "PixtralProcessor": {"specials": ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]",

@@ -154,7 +154,7 @@ class RunDocument(Document):
     FILE: ClassVar[str] = "run.json"
     OPTIONAL: ClassVar[tuple[str, ...]] = (
         "denoiser_calls_per_step",
-        "flops", "bytes", "bytes_unfused_total", "macs_conv_linear", "levels", "denoiser_per_call_and_sample",
+        "flops", "bytes", "bytes_unfused_total", "macs_conv_linear", "levels", "denoiser_per_call_and_sample", "moe",
         "seconds", "roofline", "warnings",
         "images", "image_complete", "approx", "op_timer", "compiled", "chrome_trace")
 
@@ -203,6 +203,7 @@ class RunDocument(Document):
     macs_conv_linear: dict | None = None
     levels: list | None = None
     denoiser_per_call_and_sample: dict | None = None  # one denoiser call on one sample (images x CFG branches)
+    moe: dict | None = None  # a mixture-of-experts denoiser: experts, top-k, parameters active per token, routing
     seconds: dict | None = None
     roofline: dict | None = None
     warnings: list | None = None

@@ -299,6 +299,39 @@ def searchsorted_flops(args, kwargs, out) -> Cost:
     return Cost(values * max(1, math.ceil(math.log2(n + 1))))
 
 
+def _dim_size(x, dim) -> int:
+    return x.shape[dim] if x.shape else 1
+
+
+@register("reduction", "topk")
+def topk_flops(args, kwargs, out) -> Cost:
+    """The k largest of each row of n (a mixture of experts' router): a k-element heap, ceil(log2(k + 1))
+    comparisons per input element."""
+    k = int(args[1] if len(args) > 1 else kwargs["k"])
+    return Cost(args[0].numel * max(1, math.ceil(math.log2(k + 1))))
+
+
+@register("reduction", "argsort", "sort")
+def sort_flops(args, kwargs, out) -> Cost:
+    """A comparison sort of each row of n along the sorted dim: ceil(log2 n) comparisons per input element."""
+    dim = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("dim", -1)
+    n = _dim_size(args[0], dim)
+    return Cost(args[0].numel * max(1, math.ceil(math.log2(max(n, 2)))))
+
+
+@register("reduction", "bincount")
+def bincount_flops(args, kwargs, out) -> Cost:
+    """One increment per input value (a mixture of experts counting the tokens each expert got)."""
+    return Cost(args[0].numel)
+
+
+@register("elementwise", "scatter_reduce", "scatter_reduce_", "scatter_add", "scatter_add_")
+def scatter_reduce_flops(args, kwargs, out) -> Cost:
+    """One reduction (add, multiply, max or min) per source element (``src``, the fourth argument)."""
+    src = args[3] if len(args) > 3 else kwargs["src"]
+    return Cost(src.numel)
+
+
 @register("reduction", "sum", "mean", "amax", "amin", "max", "min", "argmax", "argmin", "prod", "any", "all",
           "norm", "linalg_vector_norm", "var", "std", "var_mean", "cumsum", "logsumexp", "equal")
 def reduction_flops(args, kwargs, out) -> Cost:

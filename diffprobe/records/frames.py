@@ -23,14 +23,15 @@ class AttnState:
 
 class Frame:
     __slots__ = ("path", "stage", "level", "tokens", "attn", "proj", "lit", "ffn", "act", "embed", "step", "mod",
-                 "norm", "rope", "patch", "top")
+                 "norm", "rope", "patch", "top", "moe")
 
     def __init__(self, path="", stage="pipeline", level="", tokens=0, attn=None, proj="", lit=False, ffn=False,
-                 act=False, embed=False, step=-1, mod=False, norm=False, rope=False, patch=False, top=False):
+                 act=False, embed=False, step=-1, mod=False, norm=False, rope=False, patch=False, top=False, moe=""):
         self.path, self.stage, self.level, self.tokens = path, stage, level, tokens
         self.attn, self.proj, self.lit, self.ffn, self.act, self.embed, self.step = (
             attn, proj, lit, ffn, act, embed, step)
         self.mod, self.norm, self.rope, self.patch, self.top = mod, norm, rope, patch, top
+        self.moe = moe  # inside a mixture of experts: "moe" (its dispatch), "moe_router", "moe_shared", "moe_expert"
 
     def copy(self, **changes) -> "Frame":
         f = Frame.__new__(Frame)
@@ -88,6 +89,13 @@ def op_layer_type(kind: str, f: "Frame") -> str:
         return "rope"
     if f.patch and kind != "view":
         return "patchify"
+    if f.moe and kind != "view":
+        if f.moe == "moe_router":
+            return "moe_router"  # the gate: its linear, softmax and top-k
+        if f.moe == "moe":
+            return "moe_dispatch"  # the block's own ops: sorting and counting tokens, gathers, weighting, scatters
+        if kind == "matmul":
+            return f.moe  # a shared or routed expert's linears (their activations as in a dense feed-forward)
     if kind == "conv":
         return "ffn" if f.ffn else "conv"  # Sana's Mix-FFN convolutions are its feed-forward
     if kind == "matmul":

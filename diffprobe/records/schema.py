@@ -25,15 +25,19 @@ VERSIONS = {"ops": OPS_VERSION, "profile": SCHEMA_VERSION, "sweep": SCHEMA_VERSI
 # without hiding work in ``other``. Diffusion transformers add ``modulation`` (adaLN: the timestep-conditioned
 # shift, scale and gate), ``rope`` (rotary embeddings: tables and their application), ``patchify`` (patch
 # embedding and unpatchify) and the two products of linear attention (``linattn_kv``: the kv summary Vᵀ·K,
-# ``linattn_q``: its product with Q). docs/counting.md says what each holds.
+# ``linattn_q``: its product with Q). Mixture-of-experts feed-forwards (HiDream) add ``moe_router`` (the gate:
+# linear, softmax, top-k), ``moe_shared`` and ``moe_expert`` (the shared and the routed experts' linears) and
+# ``moe_dispatch`` (sorting tokens to experts, gathering, weighting, scattering back). docs/counting.md says what
+# each holds.
 LAYER_TYPES = (
     "conv", "attn_qkv", "attn_score", "attn_softmax", "attn_pv", "attn_out", "ffn", "norm", "activation",
     "elementwise", "embedding", "resample", "other", "linear", "memory", "view", "transfer",
     "modulation", "rope", "patchify", "linattn_kv", "linattn_q",
+    "moe_router", "moe_shared", "moe_expert", "moe_dispatch",
 )
 DENOISER = "denoiser"  # the stage of the UNet or diffusion transformer, whatever the model
-STAGES = ("text_encoder", "text_encoder_2", "text_encoder_3", DENOISER, "scheduler", "vae_decoder", "vae_encoder",
-          "pipeline")
+STAGES = ("text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4", DENOISER, "scheduler", "vae_decoder",
+          "vae_encoder", "pipeline")
 
 
 Shapes = list  # list[list[int]]: one shape per tensor

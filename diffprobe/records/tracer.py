@@ -37,7 +37,7 @@ from diffprobe.records.formulas import (
     sdpa_unfused_bytes,
 )
 from diffprobe.records.frames import AttnState, Frame, Static, collect_metas, op_layer_type, shapes_of, tensor_meta
-from diffprobe.records.modules import OUT_NAMES, QKV_NAMES, image_tokens, level_tokens, stage_of
+from diffprobe.records.modules import OUT_LEAVES, OUT_NAMES, QKV_NAMES, image_tokens, level_tokens, stage_of
 from diffprobe.records.schema import COLUMNS, DENOISER, OpRecord, check_int64_totals
 from diffprobe.records.sdpa import SdpaIntercept, meta_output, positional
 
@@ -100,10 +100,11 @@ class OpTracer:
                     tokens = n_tokens if level.startswith(family.image_levels) else 0
                 last2 = ".".join(path.split(".")[-2:])
                 leaf = path.rsplit(".", 1)[-1]
-                out = last2 in OUT_NAMES or leaf in ("out_proj", "to_add_out")
+                out = last2 in OUT_NAMES or leaf in OUT_LEAVES
                 proj = "qkv" if leaf in QKV_NAMES else "out" if out else (
                     "mlp" if leaf == "proj_mlp" else "")  # Flux's single-stream blocks: the MLP's input linear
-                role = family.path_roles.get(leaf) or module_role(m)
+                parent_leaf = path.split(".")[-2] if path.count(".") else ""
+                role = family.path_roles.get(leaf) or family.path_roles.get(parent_leaf + ".*") or module_role(m)
                 kind = attention_kind(m, path, family.joint_paths) if role == "attention" else ""
                 self._statics[id(m)] = Static(path, stage_of(comp, path, den), level, tokens, role, proj, kind,
                                                path == den, is_conditioning(m))
@@ -128,6 +129,7 @@ class OpTracer:
             act=role == "act" or parent.act, embed=role == "embed" or parent.embed, step=step,
             mod=role == "modulation" or parent.mod, norm=role == "norm" or parent.norm,
             rope=role == "rope" or parent.rope, top=st.is_unet,
+            moe=role if role.startswith("moe") else parent.moe,
             patch=parent.patch or (st.level == "in" and st.stage == DENOISER and self.denoiser != "unet")))
 
     def _pop(self, module=None, _args=None, output=None):

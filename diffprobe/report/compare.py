@@ -6,6 +6,7 @@ from pathlib import Path
 
 from diffprobe.analyses.compare import CONFIG_KEYS
 from diffprobe.records.documents import CompareDocument
+from diffprobe.records.schema import STAGES
 from diffprobe.report import figures as figs
 from diffprobe.report.page import Page, table
 from diffprobe.report.text import compare_rows
@@ -35,8 +36,7 @@ def compare_report(folder: Path, d: CompareDocument) -> Path:
                                           "seconds", "measured time by stage"), "compare_seconds",
                         "measured seconds by stage, one bar per run")
         flops = {k.split(".", 1)[1]: v for k, v in d.metrics.items() if k.startswith("flops.")
-                 and k != "flops.total" and k.split(".", 1)[1] not in ("text_encoder", "text_encoder_2", "denoiser",
-                                                                       "vae_decoder", "scheduler", "pipeline")}
+                 and k != "flops.total" and k.split(".", 1)[1] not in STAGES}
         if flops:
             scale, unit = si_scale(max((v or 0) for r in flops.values() for v in r.values()), "FLOP")
             page.figure(figs.compare_bars(labels, {k: {lb: (v or 0) / scale for lb, v in r.items()}

@@ -239,6 +239,10 @@ def check_resolution(spec: ModelSpec, height: int, width: int, flags: tuple[str,
             raise DiffprobeError(f"{name} is not a multiple of {step} ({why})")
         if value < spec.min_resolution:
             raise DiffprobeError(f"{name} is below {spec.name}'s minimum of {spec.min_resolution} px")
+    if spec.denoiser != "unet":
+        why = spec.family.size_problem(spec.config("transformer"), height, width)
+        if why:
+            raise DiffprobeError(f"{spec.name}: {why}")
 
 
 WEIGHT_OVERHEAD = 1.15  # weights as loaded, plus the activations, workspaces and allocator slack of one step

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from diffprobe.models.families import family_of
 from diffprobe.models.registry import (
+    TOKENIZERS,
     ModelSpec,
     build_components,
     denoiser,
@@ -85,6 +86,7 @@ class PipelineCall:
         import torch
 
         cfg = self.cfg
+        family_of(pipe).set_size(pipe, cfg.height, cfg.width)
         many = self.prompts is not None
         noise_cfg = replace(cfg, batch=len(self.prompts)) if many else cfg
         return dict(
@@ -120,7 +122,7 @@ def prompt_notes(pipe, prompt: str, max_sequence_length: int | None = None) -> l
     otherwise): how many tokens it has and how many its text encoder takes — CLIP's 77, or for a T5 / Gemma
     encoder the pipeline's ``max_sequence_length`` (16 on tiny-flux)."""
     notes, said = [], set()
-    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+    for name in TOKENIZERS:
         tok = getattr(pipe, name, None)
         if tok is None:
             continue
@@ -138,7 +140,7 @@ def prompt_notes(pipe, prompt: str, max_sequence_length: int | None = None) -> l
 
 def stand_in_notes(pipe) -> list[str]:
     """A line for each tokenizer of the run that is a stand-in (no shipped vocabulary): what it changes."""
-    return [f"{name}: {getattr(pipe, name).stand_in_note}" for name in ("tokenizer", "tokenizer_2", "tokenizer_3")
+    return [f"{name}: {getattr(pipe, name).stand_in_note}" for name in TOKENIZERS
             if getattr(getattr(pipe, name, None), "stand_in", False)]
 
 

@@ -89,7 +89,8 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
     measured_evals = denoiser_evals if cfg.sample_steps == 0 else min(cfg.sample_steps, denoiser_evals)
     result = ProfileResult(cfg, spec, params=params, denoiser_evals=denoiser_evals,
                            denoiser_evals_measured=measured_evals, environment=env, run_dir=str(out_dir), notes=notes,
-                           scheduler=type(pipe.scheduler).__name__)
+                           scheduler=type(pipe.scheduler).__name__,
+                           moe=spec.family.moe(pipe, cfg.mode == "analytic"))
     if cfg.mode == "analytic":
         with saved_on_failure(out_dir, result, "while tracing"):
             traced = analytic_pass(cfg, pipe, report)

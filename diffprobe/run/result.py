@@ -7,6 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from diffprobe.analyses import breakdown, roofline
+from diffprobe.analyses.moe import expert_load
 from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import ModelSpec
 from diffprobe.records.documents import RunDocument
@@ -45,6 +46,7 @@ class ProfileResult:
     notes: list = field(default_factory=list)  # warnings about the run itself (e.g. a prompt cut to fit)
     findings: list = field(default_factory=list)  # what the run's numbers say, in sentences (set when it is saved)
     scheduler: str = ""  # the scheduler class the pipeline ran (the model's, or --scheduler's)
+    moe: dict | None = None  # the denoiser's mixture of experts (Family.moe), the expert loads added from the records
     _accounts: tuple | None = field(default=None, init=False, repr=False, compare=False)  # inputs, summaries
 
     def take(self, measured) -> None:
@@ -116,6 +118,8 @@ class ProfileResult:
         per_call = self._per_call_and_sample(acc)
         if per_call is not None:
             acc["denoiser_per_call_and_sample"] = per_call
+        if self.moe is not None:
+            acc["moe"] = {**self.moe, "expert_load": expert_load(ops)}
         if self.config.mode == "measured" and self.stages:
             timed = {("pipeline" if k == "other" else k): v for k, v in self.stages.items() if k != "total"}
             acc["seconds"] = breakdown.seconds_account(ops, timed)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from diffprobe.models.registry import denoiser, text_encoder_names
+from diffprobe.models.registry import TOKENIZERS, denoiser, text_encoder_names
 from diffprobe.patching import Patches
 from diffprobe.timing.clock import Clock
 
-STAGE_ORDER = ("tokenize", "text_encoder", "text_encoder_2", "text_encoder_3", "denoiser", "scheduler", "vae_decoder",
-               "other")
+STAGE_ORDER = ("tokenize", "text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4", "denoiser",
+               "scheduler", "vae_decoder", "other")
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class StageTimer:
 
     def __enter__(self) -> "StageTimer":
         pipe = self.pipe
-        for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        for name in TOKENIZERS:
             if getattr(pipe, name, None) is not None:
                 self._wrap_call(getattr(pipe, name), "tokenize")
         for name in text_encoder_names(pipe):

@@ -268,3 +268,36 @@ def qwen25_vl(d, ff, heads, kv_heads, head_dim, layers, vision, vision_ff, visio
         2 * rms(v) + linear(v, 3 * v) + linear(v, v) + 2 * linear(v, vision_ff) + linear(vision_ff, v))
     vis += rms(v) + linear(m, m) + linear(m, out_hidden)
     return lang + vis + linear(d, vocab, False)
+
+
+def llama(d, ff, heads, kv_heads, head_dim, layers, vocab=128256):
+    """Llama (as ``LlamaForCausalLM``): token embedding; per layer q, k, v, o without bias, a SwiGLU MLP (gate, up,
+    down) without bias and two RMS norms; a final RMS norm; an untied LM head."""
+    attn = linear(d, heads * head_dim, False) + 2 * linear(d, kv_heads * head_dim, False) + linear(
+        heads * head_dim, d, False)
+    mlp = 2 * linear(d, ff, False) + linear(ff, d, False)
+    return vocab * d + layers * (attn + mlp + 2 * rms(d)) + rms(d) + linear(d, vocab, False)
+
+
+def swiglu_hidden(hidden, multiple=256):
+    """HiDream's SwiGLU width: two thirds of ``hidden``, rounded up to a multiple of 256."""
+    h = int(2 * hidden / 3)
+    return multiple * ((h + multiple - 1) // multiple)
+
+
+def hidream(heads, head_dim, double, single, llama_ch, t5_ch, pooled, experts=4, in_ch=16, patch=2):
+    """HiDream-I1's transformer: timestep and pooled-text MLPs (-> D -> D), the patch linear, one bias-free caption
+    projection per block (from Llama's width) and one for T5; double blocks with a 12D adaLN linear, image and text
+    q/k/v/out (with biases) and q/k RMS norms over D per stream, an image MoE feed-forward and a text SwiGLU
+    (2/3 of 4D, rounded up to 256); single blocks with a 6D adaLN, one stream's attention and the MoE; the MoE: a
+    shared SwiGLU of half the width, ``experts`` routed SwiGLUs, a bias-free gate (experts x D); the final adaLN
+    (2D) and output linear."""
+    d = heads * head_dim
+    swiglu = lambda hidden: 3 * d * swiglu_hidden(hidden)  # noqa: E731
+    moe = swiglu(4 * d // 2) + experts * swiglu(4 * d) + experts * d
+    attn = 4 * linear(d, d) + 2 * d
+    n = linear(256, d) + linear(d, d) + linear(pooled, d) + linear(d, d) + linear(patch * patch * in_ch, d)
+    n += (double + single) * linear(llama_ch, d, False) + linear(t5_ch, d, False)
+    n += double * (linear(d, 12 * d) + 2 * attn + moe + swiglu(4 * d))
+    n += single * (linear(d, 6 * d) + attn + moe)
+    return n + linear(d, 2 * d) + linear(d, patch * patch * in_ch)

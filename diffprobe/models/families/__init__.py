@@ -22,7 +22,7 @@ from diffprobe.models.families.levels import dit_level, unet_level
 # the keys of Family.modules: module roles, plus linear attention's modules and processors and the functions that
 # apply rotary embeddings ((module prefix, name) pairs)
 ROLES = ("attention", "ffn", "act", "embed", "modulation", "conditioning", "norm", "rope", "linear", "conv",
-         "linear_attention", "linear_attention_processor", "rope_function")
+         "linear_attention", "linear_attention_processor", "rope_function", "moe", "moe_router")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class Family:
     pos_embed_embeds_patches: bool = True  # the transformer's ``pos_embed`` embeds patches (False: RoPE tables)
     joint_paths: tuple[str, ...] = ()  # single-stream blocks whose attention is joint (text and image in one)
     image_levels: tuple[str, ...] = ("top", "in", "out", "block.", "double.", "single.")  # levels over image tokens
-    path_roles: dict = field(default_factory=dict)  # a module's attribute name -> its role, where no class says it
+    # a module's attribute name -> its role, where no class says it ("name.*": the children of a container so named)
+    path_roles: dict = field(default_factory=dict)
     approx_unsupported: str | None = None  # why the approximate attention methods are not offered yet
     no_softmax: str | None = None  # why approximate attention does not apply (its attention has no softmax)
     modules: dict = field(default_factory=dict)  # role -> class names of the family's own layers
@@ -94,13 +95,26 @@ class Family:
         (:attr:`cfg_calls`) and guidance runs, else 1 (both branches, if any, in one batch)."""
         return 2 if self.cfg_calls and self.uses_cfg(guidance) else 1
 
+    def size_problem(self, config: dict, height: int, width: int) -> str | None:
+        """Why the transformer (``config``: its config) cannot take ``height`` x ``width`` beyond the size grid
+        (None: it can)."""
+        return None
+
+    def set_size(self, pipe, height: int, width: int) -> None:
+        """Before a call at ``height`` x ``width``: what the pipeline needs to render that size (HiDream)."""
+
+    def moe(self, pipe, analytic: bool) -> dict | None:
+        """The denoiser's mixture of experts (layers, experts, top-k, parameters in all and active per token, how
+        the routing was counted), or None without one."""
+        return None
+
     def guidance_kwargs(self, guidance: float) -> dict:
         """The pipeline-call arguments that set the guidance scale (most pipelines: ``guidance_scale``)."""
         return {"guidance_scale": guidance}
 
 
 # one module each, in this package
-MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "flux2", "sana", "zimage", "qwenimage")
+MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "flux2", "sana", "zimage", "qwenimage", "hidream")
 
 
 @lru_cache(maxsize=None)

@@ -28,6 +28,8 @@ MODULATION_MODULES = {"AdaLayerNormZero", "AdaLayerNormContinuous", "AdaLayerNor
 CONDITIONING_MODULES = {"AdaLayerNormSingle"} | module_classes("conditioning")
 NORM_MODULES = {"T5LayerNorm", "RMSNorm", "LayerNorm", "GroupNorm",
                 "RMSNorm2d"} | module_classes("norm")  # hand-written norms too
+MOE_MODULES = set(module_classes("moe"))  # mixture-of-experts feed-forwards (their own ops: dispatch)
+MOE_ROUTERS = set(module_classes("moe_router"))  # their gates
 ROPE_MODULES = set(module_classes("rope"))  # rotary position tables (their application: ROPE_FUNCTIONS)
 LINEAR_ATTN_PROCESSORS = set(module_classes("linear_attention_processor"))
 LINEAR_ATTENTION_MODULES = set(module_classes("linear_attention"))  # attention modules that are linear attention
@@ -44,6 +46,10 @@ def is_attention(module) -> bool:
 
 def module_role(module) -> str:
     name = type(module).__name__
+    if name in MOE_MODULES:
+        return "moe"
+    if name in MOE_ROUTERS:
+        return "moe_router"
     if name in MODULATION_MODULES:
         return "modulation"
     if name in NORM_MODULES or isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
