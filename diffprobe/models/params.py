@@ -8,10 +8,10 @@ embed, rope: the projections of an attention layer are attention), else its own 
 
 from __future__ import annotations
 
-from diffprobe.models.families.roles import module_role
+from diffprobe.models.families.roles import role_of
 from diffprobe.models.registry import ModelSpec, build_components
 
-COMPOUND = ("attention", "ffn", "modulation", "embed", "rope")
+COMPOUND = ("attention", "ffn", "modulation", "embed", "rope", "moe_router", "moe_shared", "moe_expert")
 
 
 def params_by_module(spec: ModelSpec) -> dict:
@@ -39,8 +39,8 @@ def _roles(module, path_roles: dict) -> dict[str, str]:
     """Each submodule path's own role ("" where none; a plain embedding table is ``embed``)."""
     import torch
 
-    return {path: path_roles.get(path.rsplit(".", 1)[-1]) or module_role(m)
-            or ("embed" if isinstance(m, torch.nn.Embedding) else "") for path, m in module.named_modules()}
+    return {path: role_of(path, m, path_roles) or ("embed" if isinstance(m, torch.nn.Embedding) else "")
+            for path, m in module.named_modules()}
 
 
 def _role_of(owner: str, roles: dict[str, str]) -> str:

@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from diffprobe.models.families import family_of
-from diffprobe.models.families.roles import ROPE_FUNCTIONS, attention_kind, is_conditioning, module_role
+from diffprobe.models.families.roles import ROPE_FUNCTIONS, attention_kind, is_conditioning, role_of
 from diffprobe.models.registry import TEXT_ENCODERS, denoiser_name
 from diffprobe.patching import Patches
 from diffprobe.records.formulas import (
@@ -103,8 +103,7 @@ class OpTracer:
                 out = last2 in OUT_NAMES or leaf in OUT_LEAVES
                 proj = "qkv" if leaf in QKV_NAMES else "out" if out else (
                     "mlp" if leaf == "proj_mlp" else "")  # Flux's single-stream blocks: the MLP's input linear
-                parent_leaf = path.split(".")[-2] if path.count(".") else ""
-                role = family.path_roles.get(leaf) or family.path_roles.get(parent_leaf + ".*") or module_role(m)
+                role = role_of(path, m, family.path_roles)
                 kind = attention_kind(m, path, family.joint_paths) if role == "attention" else ""
                 self._statics[id(m)] = Static(path, stage_of(comp, path, den), level, tokens, role, proj, kind,
                                                path == den, is_conditioning(m))

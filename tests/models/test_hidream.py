@@ -145,3 +145,13 @@ def test_bad_sizes_refused(tmp_path, capsys):
                  "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "at most 16" in err and "Traceback" not in err
+
+
+def test_parameters_by_role_split_the_mixture_of_experts():
+    from diffprobe.models.params import params_by_module
+
+    roles = params_by_module(get_spec("hidream-i1-full"))["transformer"]["by_role"]
+    d, layers = 2560, 16 + 32
+    assert roles["moe_router"] == layers * 4 * d  # a bias-free gate of 4 experts x D per MoE layer
+    assert roles["moe_expert"] == layers * 4 * 3 * d * ref.swiglu_hidden(4 * d)
+    assert roles["moe_shared"] == layers * 3 * d * ref.swiglu_hidden(4 * d // 2)

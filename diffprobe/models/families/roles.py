@@ -71,6 +71,14 @@ def module_role(module) -> str:
     return ""
 
 
+def role_of(path: str, module, path_roles: dict) -> str:
+    """A module's role: its family's ``path_roles`` by its attribute name (or ``container.*`` for the children of a
+    container so named), else its class's (:func:`module_role`)."""
+    parts = path.split(".")
+    return (path_roles.get(parts[-1]) or (len(parts) > 1 and path_roles.get(parts[-2] + ".*"))
+            or module_role(module))
+
+
 def is_conditioning(module) -> bool:
     """Whether the module's outputs condition the blocks on the timestep (every op that reads them is modulation)."""
     return type(module).__name__ in CONDITIONING_MODULES
