@@ -11,8 +11,8 @@ import math
 from diffprobe.records.schema import DENOISER
 
 QKV_NAMES = {"to_q", "to_k", "to_v", "q_proj", "k_proj", "v_proj", "add_q_proj", "add_k_proj", "add_v_proj", "q", "k",
-             "v", "to_q_t", "to_k_t", "to_v_t"}  # *_t: HiDream's text-stream projections
-OUT_LEAVES = {"out_proj", "to_add_out", "to_out", "to_out_t"}  # an output projection called by its own name
+             "v"}
+OUT_LEAVES = {"out_proj", "to_add_out"}  # an output projection called by its own name
 OUT_NAMES = {"to_out.0", "out_proj", "to_add_out", "SelfAttention.o"}
 
 

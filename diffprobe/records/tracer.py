@@ -101,8 +101,8 @@ class OpTracer:
                 last2 = ".".join(path.split(".")[-2:])
                 leaf = path.rsplit(".", 1)[-1]
                 out = last2 in OUT_NAMES or leaf in OUT_LEAVES
-                proj = "qkv" if leaf in QKV_NAMES else "out" if out else (
-                    "mlp" if leaf == "proj_mlp" else "")  # Flux's single-stream blocks: the MLP's input linear
+                proj = family.projections.get(leaf) or ("qkv" if leaf in QKV_NAMES else "out" if out else (
+                    "mlp" if leaf == "proj_mlp" else ""))  # Flux's single-stream blocks: the MLP's input linear
                 role = role_of(path, m, family.path_roles)
                 kind = attention_kind(m, path, family.joint_paths) if role == "attention" else ""
                 self._statics[id(m)] = Static(path, stage_of(comp, path, den), level, tokens, role, proj, kind,

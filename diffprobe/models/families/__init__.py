@@ -48,6 +48,9 @@ class Family:
     image_levels: tuple[str, ...] = ("top", "in", "out", "block.", "double.", "single.")  # levels over image tokens
     # a module's attribute name -> its role, where no class says it ("name.*": the children of a container so named)
     path_roles: dict = field(default_factory=dict)
+    # an attention layer's projections named otherwise than diffusers' own (to_q, add_q_proj, to_out.0, ...):
+    # attribute name -> "qkv" or "out"
+    projections: dict = field(default_factory=dict)
     approx_unsupported: str | None = None  # why the approximate attention methods are not offered yet
     no_softmax: str | None = None  # why approximate attention does not apply (its attention has no softmax)
     modules: dict = field(default_factory=dict)  # role -> class names of the family's own layers

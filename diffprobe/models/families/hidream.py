@@ -161,6 +161,7 @@ FAMILY = HiDreamFamily(
     joint_paths=(".double_stream_blocks.", ".single_stream_blocks."),  # text tokens in the sequence, after the image's
     image_levels=("top", "in", "out", "double.", "single."),
     path_roles={"adaLN_modulation": "modulation", "shared_experts": "moe_shared", "experts.*": "moe_expert"},
+    projections={"to_q_t": "qkv", "to_k_t": "qkv", "to_v_t": "qkv", "to_out": "out", "to_out_t": "out"},  # text: *_t
     modules={  # the transformer's own classes, and its Llama encoder's
         "moe": ("MOEFeedForwardSwiGLU",), "moe_router": ("MoEGate",),
         "ffn": ("HiDreamImageFeedForwardSwiGLU", "LlamaMLP"),
