@@ -19,6 +19,9 @@ _TAB = [
     "#86bcb6", "#d37295", "#fabfd2", "#8cd17d", "#499894", "#b6992d", "#79706e", "#d4a6c8", "#a0cbe8",
 ]
 COLORS = {lt: _TAB[i % len(_TAB)] for i, lt in enumerate(LAYER_TYPES)}
+# the layer types past the palette's end, each its own colour (not the palette's first again)
+COLORS.update({"patchify": "#17becf", "linattn_kv": "#1b9e77", "linattn_q": "#66a61e", "moe_router": "#636363",
+               "moe_shared": "#9e9ac8", "moe_expert": "#3b3eac", "moe_dispatch": "#969696"})
 COLORS.update({"self_attention": "#e15759", "cross_attention": "#f28e2b", "self_attention_core": "#b6992d",
                "joint_attention": "#d37295", "linear_attention": "#499894", "attention_core": "#b6992d",
                "linear_layers": "#59a14f", "unattributed": "#d3d3d3", "total": "#333333"})

@@ -131,7 +131,9 @@ def models_table(rows: list[dict]) -> Table:
               "trained digits fixture)")
     short = {"CLIPTextModel": "CLIP", "CLIPTextModelWithProjection": "CLIP", "T5EncoderModel": "T5",
              "Gemma2Model": "Gemma2", "Qwen3Model": "Qwen3",
-             "Mistral3ForConditionalGeneration": "Mistral3", "UNet2DConditionModel": "UNet"}
+             "Mistral3ForConditionalGeneration": "Mistral3", "UNet2DConditionModel": "UNet",
+             "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL", "LlamaForCausalLM": "Llama",
+             "HiDreamImageTransformer2DModel": "HiDreamTransformer2D"}
     for col in ("name", "family", "native px", "denoiser", "params", "text encoders: params/tokens", "VAE", "total",
                 "steps", "CFG"):
         t.add_column(col, justify="left" if col in ("name", "family", "denoiser", "text encoders: params/tokens")
@@ -144,8 +146,10 @@ def models_table(rows: list[dict]) -> Table:
                   fmt_n(r["params"][r["denoiser"]]), encoders, fmt_n(r["params"]["vae"]),
                   fmt_n(sum(r["params"].values())), str(r["steps"]),
                   f"{r['guidance']:g}" if r["cfg"] else "off (distilled)" if r["cfg_distilled"] else "off")
-    t.caption = ("tokens: the length every prompt is padded to; * a stand-in tokenizer (the real vocabulary ships "
-                 "with no registry package; costs depend only on the length)")
+    t.caption = ("tokens: the length every prompt is padded to (Qwen-Image: the most it keeps of a prompt's own "
+                 "tokens, unpadded); * a stand-in tokenizer (the real vocabulary ships with no registry package; costs "
+                 "depend only on the length, but for Z-Image's caption and Qwen-Image, which follow the prompt's token "
+                 "count: docs/counting.md)")
     return t
 
 
