@@ -5,7 +5,7 @@ resolution and default steps <= 10 s, on a 2-core CPU. The baseline for comparis
 configuration, which on this machine takes minutes per image (see docs/benchmarks.md), or cannot run at all (the
 DiTs' T5-XXL alone is 19 GB in fp32).
 
-    python benchmarks/analytic_speed.py
+    python benchmarks/analytic_speed.py [MODEL ...]   (the models named; default all)
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def main() -> None:
+    import sys
+
     from diffprobe.run.profile import ProfileConfig, run_profile
 
     with tempfile.TemporaryDirectory() as out:  # "after import": load diffusers' lazy modules once
@@ -30,15 +32,19 @@ def main() -> None:
     runs = [("sd15", 512, 50), ("sd21-base", 512, 50), ("sdxl", 1024, 50), ("sdxl", 2048, 50)]
     runs += [(m, None, None) for m in ("pixart-alpha", "pixart-sigma", "sd3-medium", "sd35-large", "flux-dev",
                                        "flux-schnell", "sana-1600m", "sd35-medium", "z-image-turbo",
-                                       "flux2-dev")]  # native size, the pipeline's own steps
+                                       "flux2-dev", "qwen-image", "hidream-i1-full", "hidream-i1-dev",
+                                       "hidream-i1-fast")]  # native size, the pipeline's own steps
+    chosen = set(sys.argv[1:])
     for model, size, steps in runs:
+        if chosen and model not in chosen:
+            continue
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
             r = run_profile(ProfileConfig(model=model, height=size, width=size, steps=steps, mode="analytic",
                                           out=out))
             wall = time.perf_counter() - t0
         d = r.to_dict()
-        print(f"{model:12s} {d['height']:5d}px  {d['steps']:2d} steps ({d['denoiser_evals']} denoiser evals)  "
+        print(f"{model:15s} {d['height']:5d}px  {d['steps']:2d} steps ({d['denoiser_evals']} denoiser evals)  "
               f"wall {wall:.2f} s  {d['flops']['total'] / 1e12:.1f} TFLOP  {len(r.ops)} op records")
 
 

@@ -6,7 +6,11 @@ For each configuration of ``benchmarks/analytic_speed.py`` the current tree and 
 (default: the commit before the refactor) each run the analytic profile in a fresh process (imports warmed once),
 alternately, ``--repeat`` times; the medians and their ratio (current / baseline) are printed.
 
-    python benchmarks/spine_speed.py [--baseline REV] [--repeat 3]
+    python benchmarks/spine_speed.py [--baseline REV] [--repeat 3] [--models sd15,qwen-image,...]
+
+``--models`` times those models (at their native size and default steps; SD 1.5 at 512 px, SDXL at 1024 px)
+instead of the default set; it served for the lazy replay of analytic records (issue 26: Qwen-Image's 869k
+records).
 """
 
 from __future__ import annotations
@@ -53,7 +57,10 @@ def main() -> None:
     ap.add_argument("--baseline", default="71adb1a", help="the revision to compare with (default: before issue 25's "
                     "refactor of run/, report/ and the CLI)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--models", default="", help="comma-separated models instead of the default set")
     args = ap.parse_args()
+    sizes = {"sd15": (512, 50), "sdxl": (1024, 50)}
+    configs = [(m, *sizes.get(m, (None, None))) for m in args.models.split(",") if m] or CONFIGS
     import torch
 
     from diffprobe.hardware.environment import cpu_name
@@ -65,7 +72,7 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
                        check=True, capture_output=True)
         try:
-            for config in CONFIGS:
+            for config in configs:
                 walls: dict[str, list[float]] = {"current": [], "baseline": []}
                 runs: dict[str, list[float]] = {"current": [], "baseline": []}
                 flops = {}
@@ -78,7 +85,7 @@ def main() -> None:
                 cur, old = (statistics.median(walls[k]) for k in ("current", "baseline"))
                 rc, ro = (statistics.median(runs[k]) for k in ("current", "baseline"))
                 same = "same FLOPs" if flops["current"] == flops["baseline"] else "FLOPs DIFFER"
-                print(f"{config[0]:13s} profile + report: current {cur:6.2f} s  baseline {old:6.2f} s  ratio "
+                print(f"{config[0]:15s} profile + report: current {cur:6.2f} s  baseline {old:6.2f} s  ratio "
                       f"{cur / old:.3f};  profile alone: {rc:6.2f} s vs {ro:6.2f} s, ratio {rc / ro:.3f}  ({same})")
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)

@@ -86,15 +86,20 @@ COUNT_GROUPS = {"FLOPs": ("flops",), "bytes": ("bytes_read", "bytes_written"),
                  "unfused bytes": ("bytes_read_unfused", "bytes_written_unfused")}
 
 
-def check_int64_totals(rows: list[OpRecord]) -> None:
+def check_int64_totals(rows: list[OpRecord], replays: list[tuple[int, int, int, int]] = ()) -> None:
     """Refuse a run whose exact totals do not fit the record table's 64-bit integer columns.
 
     Counts are exact Python integers while traced; the table stores them as int64. When a run's grand total of
     FLOPs (or of bytes read + written) fits, every per-op value and every partial sum of these non-negative
-    columns fits too, so the totals of every analysis stay exact."""
+    columns fits too, so the totals of every analysis stay exact. ``replays``: blocks of ``rows`` that recur
+    (``(at, first, n, step)``, see :meth:`~diffprobe.records.tracer.OpTracer.replay`), counted again each time."""
 
     for what, cols in COUNT_GROUPS.items():
-        total = sum(getattr(r, c) for r in rows for c in cols)
+        per_row = [sum(getattr(r, c) for c in cols) for r in rows]
+        prefix = [0]
+        for v in per_row:
+            prefix.append(prefix[-1] + v)
+        total = prefix[-1] + sum(prefix[first + n] - prefix[first] for _, first, n, _ in replays)
         if total > INT64_MAX:
             raise DiffprobeError(f"this run's {what} ({total:.3e}) exceed the 64-bit integers the record table "
                                  f"stores exactly (at most {INT64_MAX:.3e}); use a smaller --height/--width, "

@@ -62,7 +62,8 @@ class OpTracer:
         self.calls_per_step = calls_per_step
         self.denoiser_calls = 0
         self.branch = 0  # the CFG branch of the current denoiser call, where branches are separate calls
-        self.rows: list[OpRecord] = []
+        self.rows: list[OpRecord] = []  # the records traced (an analytic run's replayed blocks: ``replays``)
+        self.replays: list[tuple[int, int, int, int]] = []
         self.unsupported: Counter[str] = Counter()
         self.suppress = False
         self.root = Frame()
@@ -356,14 +357,42 @@ class OpTracer:
             timer.count(first, len(self.rows) - first)
         return out
 
+    def replay(self, first: int, n: int, step: int) -> None:
+        """Records ``rows[first:first + n]`` occur again here, as ``step``'s (analytic mode's replay of a denoiser
+        call identical to a traced one); kept as a block and laid out by :meth:`table`."""
+        self.replays.append((len(self.rows), first, n, step))
+
     def table(self):
-        """The records as a pandas DataFrame with the schema's columns (time columns filled by the timer)."""
+        """The records as a pandas DataFrame with the schema's columns (time columns filled by the timer), in
+        execution order: replayed blocks where they occurred, with their step, ``replayed`` set and ``index``
+        their position."""
+        import numpy as np
         import pandas as pd
 
         if self.timer is not None:
             self.timer.fill(self.rows)
-        check_int64_totals(self.rows)
-        return pd.DataFrame(self.rows, columns=list(COLUMNS))
+        check_int64_totals(self.rows, self.replays)
+        traced = pd.DataFrame(self.rows, columns=list(COLUMNS))
+        if not self.replays:
+            return traced
+        parts, steps, flags, done = [], [], [], 0
+        step_col = traced["step"].to_numpy()
+        for at, first, n, step in self.replays:
+            parts.append(np.arange(done, at))
+            steps.append(step_col[done:at])
+            flags.append(np.zeros(at - done, dtype=bool))
+            parts.append(np.arange(first, first + n))
+            steps.append(np.full(n, step, dtype=step_col.dtype))
+            flags.append(np.ones(n, dtype=bool))
+            done = at
+        parts.append(np.arange(done, len(self.rows)))
+        steps.append(step_col[done:])
+        flags.append(np.zeros(len(self.rows) - done, dtype=bool))
+        out = traced.take(np.concatenate(parts)).reset_index(drop=True)
+        out["step"] = np.concatenate(steps)
+        out["replayed"] = np.concatenate(flags) | out["replayed"].to_numpy()
+        out["index"] = np.arange(len(out))
+        return out
 
 
 class _OpMode(TorchDispatchMode):

@@ -89,7 +89,7 @@ class MetaAdapters:
                 key = (_shape_key(args, kwargs), self.plan(step_now) if self.plan else None, branch)
                 if key in cache:
                     first_row, n_rows, output = cache[key]
-                    _replay_rows(tracer, first_row, n_rows, step_now)
+                    tracer.replay(first_row, n_rows, step_now)
                     return output
                 first = len(tracer.rows)
                 output = forward(*args, **kwargs)
@@ -130,6 +130,4 @@ def _to_meta_output(result):
     return result
 
 
-def _replay_rows(tracer, first_row: int, n_rows: int, step: int) -> None:
-    for row in tracer.rows[first_row:first_row + n_rows]:
-        tracer.rows.append(row._replace(index=len(tracer.rows), step=step, replayed=True))
+

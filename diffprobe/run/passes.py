@@ -45,6 +45,22 @@ class Traced:
     unsupported: dict
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cycle collector paused: an analytic trace makes hundreds of thousands of records (tuples holding
+    shape lists) and nothing cyclic worth collecting, and the collector's passes over them cost seconds; it runs
+    again on leaving."""
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def analytic_pass(cfg: ProfileConfig, pipe, report=None, plan=None) -> Traced:
     """Trace the pipeline on meta; ``plan(step)`` (a reuse method's) keys which traced denoiser step a later step
     replays (default: every step replays the first of its shapes)."""
@@ -54,10 +70,11 @@ def analytic_pass(cfg: ProfileConfig, pipe, report=None, plan=None) -> Traced:
     tracer = tracer_for(cfg, pipe, timed=False)
     report("trace", 0, 1)
     kwargs = PipelineCall(cfg).kwargs(pipe)
-    with torch.inference_mode(), MetaAdapters(pipe, tracer, plan=plan), tracer:
+    with gc_paused(), torch.inference_mode(), MetaAdapters(pipe, tracer, plan=plan), tracer:
         pipe(**kwargs)
     report("trace", 1, 1)
-    return Traced(tracer.table(), dict(tracer.unsupported))
+    with gc_paused():
+        return Traced(tracer.table(), dict(tracer.unsupported))
 
 
 def trace_with_reuse(cfg: ProfileConfig, reuse):
