@@ -147,8 +147,9 @@ def installed_dit(transformer, core: Core, family: Family):
     The processors run unchanged (diffusers' ``dispatch_attention_fn`` and the joint processors end in
     ``F.scaled_dot_product_attention``): that call, made inside an attention module, is given to ``core`` with
     the module's name, kind and level, after the model's own RoPE and qk norms. Joint attention (SD3, Flux) tells
-    ``core`` where the text keys are: SD3 appends them after the image keys, Flux puts them first. Sana's linear
-    attention makes no such call and stays as it is."""
+    ``core`` where the text keys are: SD3 appends them after the image keys, Flux puts them first; how many there
+    are, the family says from the denoiser call (:meth:`Family.text_tokens`). Sana's linear attention makes no such
+    call and stays as it is."""
     from diffprobe.models.families.roles import attention_kind, is_attention
 
     context = RunContext()
@@ -158,8 +159,7 @@ def installed_dit(transformer, core: Core, family: Family):
 
     def on_denoiser(_module, args, kwargs):
         context.advance()
-        ehs = kwargs.get("encoder_hidden_states")
-        text["tokens"] = int(ehs.shape[1]) if isinstance(ehs, torch.Tensor) else 0
+        text["tokens"] = family.text_tokens(args, kwargs)
 
     hooks.append(transformer.register_forward_pre_hook(on_denoiser, with_kwargs=True))
     n_modules = 0

@@ -91,3 +91,31 @@ def test_sparsity_probe_sees_every_joint_call_by_block(tmp_path, capsys):
     assert set(table["attn_kind"]) == {"joint"} and set(table["level"]) == {"double.0", "single.0", "single.1"}
     assert len(table) == 3 * 4 * 2 and set(table["k_tokens"]) == {32}
     assert "joint" in d["summary"]["64x64"]["by_kind"]
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-flux2", "tiny-qwen-image", "tiny-hidream"])
+def test_every_joint_call_is_told_exactly_its_text_keys(model):
+    """At 64 px every tiny DiT has 16 image tokens: a joint call's keys past them are its text, at the family's
+    end of the sequence (HiDream: T5's 16 and two Llama layers' 16 each; Qwen-Image: the prompt's own tokens)."""
+    import torch.nn.functional as F
+
+    from diffprobe.attention.core import installed_in
+    from diffprobe.models.registry import get_spec
+    from diffprobe.run.pipeline import PipelineCall, build_pipeline
+
+    cfg = ProfileConfig(model=model, steps=1).resolved()
+    pipe = build_pipeline(cfg, get_spec(cfg.model))
+    seen = []
+
+    def core(q, k, v, mask, call):
+        seen.append((call.kind, k.shape[2], call.text_keys))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    with torch.inference_mode(), installed_in(pipe, core):
+        PipelineCall(cfg)(pipe)
+    joint = [s for s in seen if s[0] == "joint"]
+    assert joint
+    where = get_spec(model).family.text_keys
+    for _, nk, text in joint:
+        nt = nk - 16
+        assert text == (slice(0, nt) if where == "start" else slice(16, nk)), (nk, text)

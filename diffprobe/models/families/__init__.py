@@ -98,6 +98,12 @@ class Family:
         (:attr:`cfg_calls`) and guidance runs, else 1 (both branches, if any, in one batch)."""
         return 2 if self.cfg_calls and self.uses_cfg(guidance) else 1
 
+    def text_tokens(self, args: tuple, kwargs: dict) -> int:
+        """How many text keys joint attention holds, from the denoiser call's arguments: the caption's length
+        (``encoder_hidden_states``; 0 where the call has none)."""
+        ehs = kwargs.get("encoder_hidden_states")
+        return int(ehs.shape[1]) if ehs is not None and hasattr(ehs, "shape") else 0
+
     def size_problem(self, config: dict, height: int, width: int) -> str | None:
         """Why the transformer (``config``: its config) cannot take ``height`` x ``width`` beyond the size grid
         (None: it can)."""

@@ -82,6 +82,12 @@ class HiDreamFamily(Family):
         head = path.split(".")[1]
         return {"x_embedder": "in", "final_layer": "out"}.get(head, "embed")
 
+    def text_tokens(self, args: tuple, kwargs: dict) -> int:
+        """Every joint attention's text keys: T5's tokens, Llama's last layer's and the block's own Llama layer's
+        (the single-stream blocks carry the first two on and add their own)."""
+        t5, llama = kwargs["encoder_hidden_states_t5"], kwargs["encoder_hidden_states_llama3"]
+        return int(t5.shape[1]) + 2 * int(llama.shape[-2])
+
     def size_problem(self, config: dict, height: int, width: int) -> str | None:
         """A size the transformer cannot take: off the square, it pads the image tokens to a fixed length
         (``max_resolution``), which a larger image overflows."""
