@@ -93,10 +93,12 @@ def test_sparsity_probe_sees_every_joint_call_by_block(tmp_path, capsys):
     assert "joint" in d["summary"]["64x64"]["by_kind"]
 
 
-@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-flux2", "tiny-qwen-image", "tiny-hidream"])
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux", "tiny-flux2", "tiny-qwen-image", "tiny-hidream",
+                                   "tiny-z-image"])
 def test_every_joint_call_is_told_exactly_its_text_keys(model):
-    """At 64 px every tiny DiT has 16 image tokens: a joint call's keys past them are its text, at the family's
-    end of the sequence (HiDream: T5's 16 and two Llama layers' 16 each; Qwen-Image: the prompt's own tokens)."""
+    """At 64 px every tiny DiT has 16 image tokens (Z-Image pads them to 32): a joint call's keys past them are its
+    text, at the family's end of the sequence (HiDream: T5's 16 and two Llama layers' 16 each; Qwen-Image: the
+    prompt's own tokens; Z-Image: the caption padded to a multiple of 32)."""
     import torch.nn.functional as F
 
     from diffprobe.attention.core import installed_in
@@ -115,7 +117,7 @@ def test_every_joint_call_is_told_exactly_its_text_keys(model):
         PipelineCall(cfg)(pipe)
     joint = [s for s in seen if s[0] == "joint"]
     assert joint
-    where = get_spec(model).family.text_keys
+    where, image = get_spec(model).family.text_keys, 32 if model == "tiny-z-image" else 16
     for _, nk, text in joint:
-        nt = nk - 16
-        assert text == (slice(0, nt) if where == "start" else slice(16, nk)), (nk, text)
+        nt = nk - image
+        assert nt > 0 and text == (slice(0, nt) if where == "start" else slice(image, nk)), (nk, text)

@@ -83,11 +83,19 @@ def test_guidance_above_zero_runs_both_branches(tmp_path):
 
 @pytest.mark.parametrize("argv, needle", [
     (["profile", "--model", "tiny-z-image", "--height", "72", "--mode", "analytic"], "multiple of 16"),
-    (["profile", "--model", "tiny-z-image", "--approx", "threshold=0.01"],
-     "not yet available on tiny-z-image"),
     (["profile", "--model", "tiny-z-image", "--approx", "deepcache=2", "--mode", "analytic"], "deepcache applies to"),
 ])
 def test_bad_inputs_are_one_line(tmp_path, capsys, argv, needle):
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_approximate_attention_keeps_the_caption_dense(tmp_path):
+    # the main layers' joint attention over 32 (padded) image and 32 caption keys: a threshold method skips among
+    # the image keys only, the noise and context refiners' self-attention anywhere
+    d = run_profile(ProfileConfig(model="tiny-z-image", steps=2, approx="threshold=0.05",
+                                  out=str(tmp_path))).to_dict()
+    ap = d["approx"]
+    assert "text keys are kept dense" in ap["note"]
+    assert 0 < ap["attention_share_saved"] < 1
