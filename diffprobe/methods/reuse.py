@@ -22,6 +22,7 @@ import math
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.families import Family, family_of
 from diffprobe.models.families.roles import is_attention
+from diffprobe.models.registry import denoiser
 
 UNET_FAMILY = "UNet models (sd15, sd21, sd21-base, sdxl, tiny, digits)"
 
@@ -112,25 +113,36 @@ class DeepCache(ReuseMethod):
 
 
 class TGate(ReuseMethod):
-    """T-GATE (Liu et al., 2024) through PyPI's ``tgate`` package (its ``tgate`` pipeline call): cross-attention
-    runs until the gate step, whose output (averaged over the CFG halves) is cached and reused after it; the
-    package's loop also stops classifier-free guidance at the gate (one branch after it). Its optional
-    self-attention caching is turned off (``SCHEDULE``: every step computes self-attention), so this is the gate
-    alone, as the paper's method. The package replaces every ``Attention`` module's forward, so an attention method
-    cannot run beside it."""
+    """T-GATE (Liu et al., 2024) through PyPI's ``tgate`` package (its ``tgate`` pipeline call, the SD, SDXL,
+    PixArt-α or PixArt-Σ loop as the family names it): cross-attention runs until the gate step, whose output
+    (averaged over the CFG halves) is cached and reused after it; the package's loop also stops classifier-free
+    guidance at the gate (one branch after it). ``:self_cache=1`` adds the package's self-attention caching with its
+    own defaults (before the gate, self-attention computed every ``sp_interval`` = 5 steps after ``warm_up`` = 2 and
+    reused in between; after it, every ``fi_interval`` = 1 step); ``:self_cache=0`` (the default) computes it
+    at every step: the gate alone, as the paper's method. The package replaces every ``Attention`` module's forward,
+    so an attention method cannot run beside it."""
 
     name = "tgate"
     param = "gate"
     param_help = "the step after which cross-attention is reused and guidance stops"
     default = "5,10"
-    fits = "SD 1.x/2.x UNet models (sd15, sd21, sd21-base, tiny, digits; the package's SD loop)"
-    families = ("sd",)
+    fits = ("SD 1.x/2.x, SDXL and PixArt-α/Σ models (sd15, sd21, sd21-base, sdxl, pixart-alpha, pixart-sigma, tiny, "
+            "tiny-pixart, digits; the package's loops)")
+    families = ("sd", "sdxl", "pixart")
+    options = {"self_cache": "1: the package's self-attention caching too (sp_interval 5, fi_interval 1, warm_up 2, "
+                             "its defaults); 0 (default): cross-attention gated only"}
+    GATE_ONLY = {"sp_interval": 1, "fi_interval": 1, "warm_up": 0}  # self-attention computed at every step
+    SELF_CACHING = {"sp_interval": 5, "fi_interval": 1, "warm_up": 2}  # the package's defaults
 
-    def __init__(self, value: float):
+    def __init__(self, value: float, self_cache: int = 0):
         if not (value >= 1 and float(value).is_integer()):
             raise DiffprobeError(f"tgate gate step must be a whole number of steps >= 1, got {value:g}")
+        if self_cache not in (0, 1):
+            raise DiffprobeError(f"tgate self_cache must be 0 (cross-attention gated only) or 1 (self-attention "
+                                 f"caching too), got {self_cache}")
         super().__init__(float(value))
-        self.gate = int(value)
+        self.gate, self.self_cache = int(value), self_cache
+        self.schedule = self.SELF_CACHING if self_cache else self.GATE_ONLY
 
     def plan_key(self, step: int):
         # the package's own schedule of what each step caches and reuses, and whether CFG still runs; its loop
@@ -143,20 +155,19 @@ class TGate(ReuseMethod):
         cur = step - warm
         if step + 1 <= warm:
             return "plain", True
-        ca, sa, keep = tgate_scheduler(cur_step=cur, gate_step=self.gate, **self.SCHEDULE)
+        ca, sa, keep = tgate_scheduler(cur_step=cur, gate_step=self.gate, **self.schedule)
         return tuple(sorted(ca.items())), tuple(sorted(sa.items())), keep, cur < self.gate
-
-    SCHEDULE = {"sp_interval": 1, "fi_interval": 1, "warm_up": 0}  # self-attention caching off: the gate alone
 
     @contextlib.contextmanager
     def installed(self, pipe):
-        from tgate.SD import tgate
+        import importlib
 
-        cls, gate = type(pipe), self.gate
+        loop = importlib.import_module(family_of(pipe).package_loop(pipe, "tgate")).tgate
+        cls, gate, schedule = type(pipe), self.gate, self.schedule
 
         class Gated(cls):  # type: ignore[misc, valid-type]
             def __call__(self, *args, **kwargs):
-                return tgate(self, *args, gate_step=gate, **TGate.SCHEDULE, **kwargs)
+                return loop(self, *args, gate_step=gate, **schedule, **kwargs)
 
         Gated.__name__ = cls.__name__
         pipe.__class__ = Gated
@@ -165,7 +176,7 @@ class TGate(ReuseMethod):
             yield self
         finally:
             pipe.__class__ = cls
-            for module in pipe.unet.modules():  # the package leaves its forward (and cache) on every Attention
+            for module in denoiser(pipe).modules():  # the package leaves its forward (and cache) on every Attention
                 if is_attention(module):
                     vars(module).pop("forward", None)
                     vars(module).pop("cache", None)

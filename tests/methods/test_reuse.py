@@ -179,10 +179,58 @@ def test_tgate_refuses_attention_methods_and_other_pipelines(tmp_path, capsys):
                str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot run beside an attention method" in err, err
-    rc = main(["profile", "--model", "sdxl", "--mode", "analytic", "--steps", "1", "-q", "--approx", "tgate=2",
+    rc = main(["profile", "--model", "tiny-flux", "--mode", "analytic", "--steps", "1", "-q", "--approx", "tgate=2",
                "--out", str(tmp_path / "y")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "tgate applies to" in err and "StableDiffusionXLPipeline" in err, err
+    assert rc == 2 and err.count("\n") == 1 and "tgate applies to" in err and "FluxPipeline" in err, err
+    rc = main(["profile", "--model", "tiny", "--mode", "analytic", "--steps", "1", "-q", "--approx",
+               "tgate=2:self_cache=2", "--out", str(tmp_path / "z")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "self_cache must be 0" in err, err
+
+
+@pytest.mark.parametrize("model, size", [("sdxl", 128), ("tiny-pixart", None)])
+def test_tgate_on_sdxl_and_pixart_is_dense_without_guidance_less_the_gated_cross_attention(model, size, tmp_path):
+    """After the gate the package's SDXL and PixArt loops run one branch (no CFG) and skip every cross-attention
+    module, dividing each cached output by its rescale factor: such a step's FLOPs equal an unguided dense step's,
+    less its ``attn2`` modules' records, plus one division per element of each cached output."""
+    import math
+
+    from diffprobe.methods.reuse import TGate
+    from diffprobe.run.profile import ProfileConfig, run_profile, trace_with_reuse
+
+    kw = dict(model=model, steps=4, mode="analytic", height=size, width=size)
+    gated = trace_with_reuse(ProfileConfig(**kw), TGate(2))
+    unguided = run_profile(ProfileConfig(**kw, guidance=1.0, out=str(tmp_path))).ops
+    for step in (2, 3):
+        g = gated[(gated["stage"] == "denoiser") & (gated["step"] == step)]
+        n = unguided[(unguided["stage"] == "denoiser") & (unguided["step"] == step)]
+        cross = n["module"].str.contains(r"\.attn2(?:\.|$)")
+        outs = n.loc[n["module"].str.endswith(".attn2.to_out.0"), "output_shapes"]
+        assert len(outs) > 0
+        divisions = sum(math.prod(o[0]) for o in outs)
+        assert g["flops"].sum() == n["flops"].sum() - n.loc[cross, "flops"].sum() + divisions
+        assert not g["module"].str.contains(r"\.attn2\.to_").any()
+
+
+def test_tgate_self_cache_follows_the_packages_schedule():
+    # the package's self-attention caching: before the gate, after warm_up 2, self-attention is computed every
+    # sp_interval 5 steps and reused in between; after the gate, every fi_interval 1 step
+    from types import SimpleNamespace
+
+    from tgate.tgate_utils import tgate_scheduler
+
+    from diffprobe.methods.reuse import TGate
+
+    t = TGate(8, self_cache=1)
+    t.pipe = SimpleNamespace(scheduler=SimpleNamespace(timesteps=[0] * 10, num_inference_steps=10, order=1))
+    for i in range(10):
+        ca, sa, keep = tgate_scheduler(cur_step=i, gate_step=8, sp_interval=5, fi_interval=1, warm_up=2)
+        assert t.plan_key(i) == (tuple(sorted(ca.items())), tuple(sorted(sa.items())), keep, i < 8)
+    assert any(dict(t.plan_key(i)[1]).get("reuse") for i in range(8))  # some steps reuse self-attention
+    gate_only = TGate(8)
+    gate_only.pipe = t.pipe
+    assert not any(dict(gate_only.plan_key(i)[1]).get("reuse") for i in range(10))  # the gate alone never does
 
 
 def test_tgate_plan_follows_the_packages_loop_through_scheduler_warmup():

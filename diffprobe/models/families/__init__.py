@@ -57,6 +57,8 @@ class Family:
     min_steps: int = 1  # the fewest denoising steps its pipeline can run
     schedulers: tuple[str, ...] = ("flow-euler",)  # what --scheduler may choose (models/schedulers.py)
     min_steps_why: str = ""
+    # a method package's own pipeline loop per pipeline class: {package: {pipeline class: module}} (T-GATE's)
+    package_loops: dict = field(default_factory=dict)
 
     def level(self, path: str) -> str:
         """The level of a module path of this family's denoiser or VAE decoder."""
@@ -97,6 +99,10 @@ class Family:
         """Denoiser calls per denoising step at ``guidance``: 2 where the CFG branches are separate calls
         (:attr:`cfg_calls`) and guidance runs, else 1 (both branches, if any, in one batch)."""
         return 2 if self.cfg_calls and self.uses_cfg(guidance) else 1
+
+    def package_loop(self, pipe, package: str) -> str | None:
+        """The module of ``package``'s own loop for this pipeline (:attr:`package_loops`), or None."""
+        return self.package_loops.get(package, {}).get(type(pipe).__name__)
 
     def text_tokens(self, args: tuple, kwargs: dict) -> int:
         """How many text keys joint attention holds, from the denoiser call's arguments: the caption's length

@@ -17,6 +17,7 @@ FAMILY = Family(
     # their DPM-Solver scheduler does not return (IndexError)
     min_steps=2,
     min_steps_why="it reads a second output its DPM-Solver scheduler does not return",
+    package_loops={"tgate": {"PixArtAlphaPipeline": "tgate.PixArt_Alpha", "PixArtSigmaPipeline": "tgate.PixArt_Sigma"}},
     modules={"embed": ("PixArtAlphaCombinedTimestepSizeEmbeddings",),
              "conditioning": ("PixArtAlphaCombinedTimestepSizeEmbeddings",)},
 )

@@ -10,4 +10,5 @@ FAMILY = Family(
     schedulers=NOISE_PREDICTION,
     denoiser_kind="unet",
     tiny="tiny",
+    package_loops={"tgate": {"StableDiffusionPipeline": "tgate.SD"}},
 )

@@ -10,4 +10,5 @@ FAMILY = Family(
     schedulers=NOISE_PREDICTION,
     denoiser_kind="unet",
     tiny="tiny",  # no tiny SDXL: the SD UNet's tiny variant exercises the same code
+    package_loops={"tgate": {"StableDiffusionXLPipeline": "tgate.SDXL"}},
 )
