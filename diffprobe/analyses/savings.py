@@ -47,14 +47,40 @@ def denoiser_prefix(ops) -> str:
     return den.iloc[0].split(".", 1)[0] if len(den) else "unet"
 
 
-def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
+def scaled_records(ops, calls: list[dict] | None):
+    """The records a setting's account sums: ``ops`` with each denoiser attention score / softmax / P·V row's FLOPs
+    scaled by its call's kept fraction (rounded to whole FLOPs; ``calls`` None: the records as they are)."""
+    if not calls:
+        return ops
+    flops, _ = _scaled_flops(ops, calls)
+    return ops.assign(flops=flops.round().astype("int64"))
+
+
+def _conventions(ops, images: int) -> dict:
+    """The literature's MACs (conv + linear) by stage, bytes in all, and the denoiser's FLOPs and MACs per image
+    per evaluation (CFG branches included where they run) of a set of records."""
+    den = ops["stage"] == "denoiser"
+    evals = int(ops.loc[den & (ops["step"] >= 0), "step"].nunique())
+    macs = {k: float(v) for k, v in ops.groupby("stage", sort=False)["macs_conv_linear"].sum().items()}
+    per = max(1, images * evals)
+    return {"macs_conv_linear": macs, "bytes_total": float((ops["bytes_read"] + ops["bytes_written"]).sum()),
+            "per_image_and_eval": {"flops": float(ops.loc[den, "flops"].sum()) / per,
+                                   "macs_conv_linear": macs.get("denoiser", 0.0) / per, "evals": evals,
+                                   "images": images}}
+
+
+def approximate_account(ops, calls: list[dict] | None, dense=None, images: int = 1) -> dict:
     """The cost account of a run with approximate attention and/or step-level reuse, against dense.
 
     ``ops``: the records of what ran (the dense run's records, or those of a traced reuse run); ``calls``: each
     attention call's kept fraction (None: attention as traced); ``dense``: the dense run's records (default
     ``ops``). Every UNet attention score / softmax / P·V row is scaled by its call's kept fraction and the
     predictors' FLOPs are added as ``attn_predictor``. Returns FLOPs by layer type and stage, in total, and the
-    attention and end-to-end savings against dense."""
+    attention and end-to-end savings against dense; and, for the setting and for dense alike (``dense_`` keys), the
+    literature's MACs by stage (conv + linear multiply-adds, unchanged by attention methods, whose savings are in
+    the attention products), bytes in all (the records as traced: attention rows' traffic is not re-weighted) and
+    the denoiser's FLOPs and MACs per image (``images``: the run's) per evaluation (the predictors' FLOPs in the
+    setting's)."""
     dense = ops if dense is None else dense
     flops, predictor = _scaled_flops(ops, calls)
     by_type = {k: float(v) for k, v in flops.groupby(ops["layer_type"], sort=False).sum().items()}
@@ -71,7 +97,12 @@ def approximate_account(ops, calls: list[dict] | None, dense=None) -> dict:
     dense_stage = dense.groupby("stage", sort=False)["flops"].sum()
     dense_type = dense.groupby("layer_type", sort=False)["flops"].sum()
     entries = sum(c["entries"] for c in calls) if calls else 0
-    return {"flops_by_layer_type": by_type, "flops_by_stage": by_stage, "flops_total": total,
+    mine, theirs = _conventions(ops, images), _conventions(dense, images)
+    # the setting's denoiser FLOPs as its account counts them: attention re-weighted, the predictors added
+    mine["per_image_and_eval"]["flops"] = by_stage.get("denoiser", 0.0) / max(
+        1, images * mine["per_image_and_eval"]["evals"])
+    conventions = {**mine, **{f"dense_{k}": v for k, v in theirs.items()}}
+    return {**conventions, "flops_by_layer_type": by_type, "flops_by_stage": by_stage, "flops_total": total,
             "dense_flops_by_layer_type": {k: float(v) for k, v in dense_type.items()}, "dense_flops_total": total_dense,
             "attention_flops_dense": dense_attn, "attention_flops": approx_attn,
             "denoiser_share_saved": (1 - by_stage.get("denoiser", 0.0) / float(dense_stage["denoiser"])

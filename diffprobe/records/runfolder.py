@@ -175,15 +175,16 @@ def write_document(folder: str | Path, doc: Document) -> Path:
     return write_json(Path(folder) / doc.FILE, doc.to_json())
 
 
-def write_ops(folder: str | Path, ops) -> Path:
-    """Write the op-record table as ``ops.parquet`` in the record schema (:data:`~diffprobe.records.schema.OPS_ARROW`,
+def write_ops(folder: str | Path, ops, name: str = "ops.parquet") -> Path:
+    """Write the op-record table as ``ops.parquet`` (or ``name``) in the record schema
+    (:data:`~diffprobe.records.schema.OPS_ARROW`,
     its version in the file's metadata), atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(ops, schema=OPS_ARROW, preserve_index=False)
     table = table.replace_schema_metadata({b"diffprobe_schema_version": str(OPS_VERSION).encode()})
-    return atomic_write(Path(folder) / "ops.parquet", lambda tmp: pq.write_table(table, tmp))
+    return atomic_write(Path(folder) / name, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_ops(folder: str | Path):

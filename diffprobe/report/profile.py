@@ -132,7 +132,8 @@ def account(d: RunDocument, folder: Path) -> Section | None:
                      + ", ".join(f"{stage} /{r:.2f}" for stage, r in ratios.items()) + "; nothing subtracted")
     lit = sum(d.macs_conv_linear.values())
     notes.append(f"literature convention (conv + linear multiply-adds only): {fmt_n(lit)} MACs = "
-                 f"{100 * 2 * lit / total:.1f}% of the complete FLOP count")
+                 f"{100 * 2 * lit / total:.1f}% of the complete FLOP count"
+                 + (" (the dense run's)" if d.approx else ""))
     if d.projection and "flops_total" in d.projection:
         notes.append(f"full-run FLOPs (projection, {d.projection['denoiser_evals_full']} denoiser evals): "
                      f"{fmt_n(d.projection['flops_total'])}")
@@ -168,6 +169,15 @@ def approx_summary_lines(ap: dict) -> list[str]:
     saved = {k: v for k, v in (ap.get("flops_saved_by_stage") or {}).items() if v}
     if saved:
         lines.append("FLOPs saved by stage: " + ", ".join(f"{k} {fmt_n(v)}" for k, v in saved.items()))
+    mine, dense = ap.get("per_image_and_eval"), ap.get("dense_per_image_and_eval")
+    if mine and dense:  # the literature's conventions, the setting's beside dense's
+        macs, dmacs = sum(ap["macs_conv_linear"].values()), sum(ap["dense_macs_conv_linear"].values())
+        lines.append(f"literature convention (conv + linear MACs): {fmt_n(macs)}MACs with it vs {fmt_n(dmacs)}MACs "
+                     f"dense ({100 * (1 - macs / dmacs) if dmacs else 0:.1f}% fewer); per image and denoiser "
+                     f"evaluation (CFG branches included): {fmt_n(mine['flops'])}FLOPs and "
+                     f"{fmt_n(mine['macs_conv_linear'])}MACs vs "
+                     f"{fmt_n(dense['flops'])}FLOPs and {fmt_n(dense['macs_conv_linear'])}MACs over "
+                     f"{mine['evals']} evaluations; its records: {ap.get('records', 'not stored')}")
     extra = ap.get("method_overhead")
     if extra and extra["ops"]:
         lines.append(f"the method's own ops: {extra['ops']} ({fmt_n(extra['flops'])} FLOPs: "

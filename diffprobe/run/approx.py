@@ -20,7 +20,7 @@ import torch
 
 from diffprobe.analyses.findings import approx_findings
 from diffprobe.analyses.quality import quality
-from diffprobe.analyses.savings import account, approximate_account, end_to_end_saved
+from diffprobe.analyses.savings import account, approximate_account, end_to_end_saved, scaled_records
 from diffprobe.attention.approx import JOINT_NOTE, PARAM, ApproxAttention, kernels_used, masked_note
 from diffprobe.attention.approx import check_model as check_attention_model
 from diffprobe.attention.clipscore import ClipScorer
@@ -31,7 +31,7 @@ from diffprobe.models.digits import DigitClassifier
 from diffprobe.models.registry import get_spec
 from diffprobe.records.documents import ApproxDocument
 from diffprobe.records.masks import write_masks
-from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_document
+from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_document, write_ops
 from diffprobe.run.pipeline import PipelineCall
 from diffprobe.run.profile import (
     analytic_twin,
@@ -162,6 +162,7 @@ def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit,
                  {"renormalize": renormalize, "block": block, "rank": rank, "save_masks": save_masks,
                   "repeat": repeat}, intervals)
     (out_dir / "images").mkdir(exist_ok=True)
+    (out_dir / "records").mkdir(exist_ok=True)
     report("methods", 0, len(todo) + 1)
     rows, masked = [_dense_row(run)], []
     for i, (setting, interval) in enumerate(todo):
@@ -178,7 +179,13 @@ def _dense_row(run: _Batch) -> dict:
     warm_s = warm_up(run.pipe, run.cfg, run.prompts)
     run.dense = dense = _timed(run.pipe, run.cfg, run.prompts, run.options["repeat"])
     _save_grid(dense["images"], run.out_dir / "images" / "dense.png")
+    acc = approximate_account(run.ops, None, images=len(run.prompts))
+    conventions = {"denoiser_macs_conv_linear": acc["macs_conv_linear"].get("denoiser", 0.0),
+                   "denoiser_flops_per_image_and_eval": acc["per_image_and_eval"]["flops"],
+                   "denoiser_macs_per_image_and_eval": acc["per_image_and_eval"]["macs_conv_linear"],
+                   "records": "dense-account/ops.parquet"}
     return {"method": "dense", "param": "", "value": None, "attention_flops": float(run.attention["flops"].sum()),
+            **conventions,
             "attention_share_saved": 0.0, "end_to_end_share_saved": 0.0, "kept_fraction": 1.0,
             **_seconds(dense), "warmup_s": warm_s, "kernel": "dense", "psnr": None, "identical": True,
             "identical_images": len(run.prompts), "ssim": 1.0, **run.scores(dense["images"]),
@@ -198,7 +205,8 @@ def _setting_row(run: _Batch, setting, interval: int) -> tuple[dict, list | None
     with installed_setting(run.pipe, setting, None):
         res = _timed(run.pipe, cfg, run.prompts, opts["repeat"], core)
     calls = core.calls if core is not None else None
-    flops = _flops(cfg, run.pipe, setting, calls, run.ops, run.prompts, run.text, run.attention)
+    records: list = []
+    flops = _flops(cfg, run.pipe, setting, calls, run.ops, run.prompts, run.text, run.attention, records)
     name = (f"{method}_{PARAM[method]}_{value:g}" if setting.reuse is None
             else setting.text.replace("=", "_").replace(":", "_"))
     label = setting.text
@@ -206,6 +214,7 @@ def _setting_row(run: _Batch, setting, interval: int) -> tuple[dict, list | None
         # predicting every step: its own row, image and masks (one interval alone keeps the plain names)
         name, label = f"{name}_every_{interval}", f"{setting.text} mask every {interval}"
     _save_grid(res["images"], run.out_dir / "images" / f"{name}.png")
+    write_ops(run.out_dir / "records", records[0], f"{name}.parquet")  # the setting's records, as its account sums
     if opts["save_masks"] and core is not None:  # what the method kept: masks/<name>/, the method's value as tau
         write_masks(run.out_dir / "masks" / name, core.masks, (opts["block"],), (value,),
                     meta={"source": "approx", "method": method, "param": PARAM[method], "value": value})
@@ -214,7 +223,8 @@ def _setting_row(run: _Batch, setting, interval: int) -> tuple[dict, list | None
             "mask_interval": interval if method == "block" else None, **flops, **_seconds(res), "warmup_s": warm_s,
             "kernel": kernels_used(calls) if calls else "dense", "psnr": q["psnr"], "identical": q["identical"],
             "identical_images": q["identical_images"], "ssim": q["ssim"], **run.scores(res["images"]),
-            "latent_rel_error": q["latent_rel_error"], "image": f"images/{name}.png"}, calls
+            "latent_rel_error": q["latent_rel_error"], "image": f"images/{name}.png",
+            "records": f"records/{name}.parquet"}, calls
 
 
 def _write(run: _Batch, rows: list[dict], notes: list[str]) -> dict:
@@ -237,20 +247,30 @@ def _write(run: _Batch, rows: list[dict], notes: list[str]) -> dict:
     return state
 
 
-def _flops(cfg, pipe, setting, calls, dense, prompts: list[str], text: float, unet_attn) -> dict:
+def _flops(cfg, pipe, setting, calls, dense, prompts: list[str], text: float, unet_attn, records: list) -> dict:
     """A setting's FLOPs against dense over the quality batch: ``dense`` is the analytic account (one prompt's text
     encoding for the batch; ``text`` FLOPs each further prompt adds). Approximate attention re-weights the dense
-    records; a reuse method's records are those that ran (:func:`~diffprobe.run.setting.reuse_records`)."""
+    records; a reuse method's records are those that ran (:func:`~diffprobe.run.setting.reuse_records`). The records
+    the account sums are appended to ``records``."""
     extra = text * (len(prompts) - 1)  # the other prompts' text encodings, which the analytic records lack
     ran = dense
     if setting.reuse is not None:
         ran = reuse_records(cfg, pipe, setting.reuse, count_denoiser_evals(pipe, cfg.steps, "cpu"), tuple(prompts))
-    acc = approximate_account(ran, calls, dense=dense)
+    acc = approximate_account(ran, calls, dense=dense, images=len(prompts))
     encoded = extra if setting.reuse is None or not setting.reuse.data_dependent else 0.0  # traced: all encoded
+    mine, theirs = acc["per_image_and_eval"], acc["dense_per_image_and_eval"]
     out = {"attention_flops": acc["attention_flops"], "attention_share_saved": acc["attention_share_saved"],
            "end_to_end_share_saved": end_to_end_saved(acc["flops_total"] + encoded, acc["dense_flops_total"] + extra),
            "kept_fraction": acc["kept_fraction"],
-           "predictor_flops": acc["flops_by_layer_type"].get("attn_predictor", 0.0)}
+           "predictor_flops": acc["flops_by_layer_type"].get("attn_predictor", 0.0),
+           # the literature's conventions: the denoiser's conv + linear MACs, and per image per evaluation
+           "denoiser_macs_conv_linear": acc["macs_conv_linear"].get("denoiser", 0.0),
+           "dense_denoiser_macs_conv_linear": acc["dense_macs_conv_linear"].get("denoiser", 0.0),
+           "denoiser_flops_per_image_and_eval": mine["flops"],
+           "denoiser_macs_per_image_and_eval": mine["macs_conv_linear"],
+           "dense_denoiser_flops_per_image_and_eval": theirs["flops"],
+           "dense_denoiser_macs_per_image_and_eval": theirs["macs_conv_linear"]}
+    records.append(scaled_records(ran, calls))
     if setting.reuse is None:
         calls_acc = account(calls)
         if abs(calls_acc["dense_flops"] - unet_attn["flops"].sum()) > 1e-6 * calls_acc["dense_flops"]:

@@ -50,7 +50,7 @@ from diffprobe.run.pipeline import (  # noqa: F401  (re-exported)
     to_pil,
 )
 from diffprobe.run.result import ProfileResult
-from diffprobe.run.setting import run_setting
+from diffprobe.run.setting import RECORDS, run_setting
 from diffprobe.run.settings import parse_settings
 from diffprobe.timing.stages import summarize_events  # noqa: F401  (re-exported)
 
@@ -97,7 +97,7 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
             result.ops, result.unsupported = traced.ops, traced.unsupported
             result.peak_memory_kind = "none (analytic: nothing is allocated)"
             if cfg.approx is not None:  # reuse only (checked): its plan replayed on meta
-                result.approx, _ = run_setting(cfg, pipe, result, report)
+                result.approx, _, result.approx_ops = run_setting(cfg, pipe, result, report)
     else:
         measured = measured_pass(cfg, pipe, denoiser_evals, measured_evals, report)
         result.take(measured)
@@ -110,7 +110,7 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
                 _take_compiled(result, compiled_pass(cfg, pipe, result, report), pipe, out_dir)
         if cfg.approx is not None and result.ops is not None:
             with saved_on_failure(out_dir, result, "in the --approx pass; the dense run is complete"):
-                result.approx, images = run_setting(cfg, pipe, result, report)
+                result.approx, images, result.approx_ops = run_setting(cfg, pipe, result, report)
                 _save_images(out_dir, None, pipe, images, "image_approx.png")  # beside the dense one
     _save(out_dir, result)
     return result
@@ -162,6 +162,8 @@ def _save(out_dir: Path, result: ProfileResult) -> None:
     result.findings = profile_findings(result.document(), result.ops)
     if result.ops is not None:
         write_ops(out_dir, result.ops)
+        if result.approx_ops is not None:  # the --approx setting's records, beside dense
+            write_ops(out_dir, result.approx_ops, RECORDS)
         write_table(out_dir / "layers.parquet", layer_table(result.ops))
         if result.config.chrome_trace and result.config.mode == "measured":
             result.chrome_trace = write_chrome_trace(out_dir / "trace.json", result.ops, result.kernels).name

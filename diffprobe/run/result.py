@@ -46,6 +46,7 @@ class ProfileResult:
     notes: list = field(default_factory=list)  # warnings about the run itself (e.g. a prompt cut to fit)
     findings: list = field(default_factory=list)  # what the run's numbers say, in sentences (set when it is saved)
     scheduler: str = ""  # the scheduler class the pipeline ran (the model's, or --scheduler's)
+    approx_ops: object = field(default=None, repr=False)  # --approx: the setting's records (ops_approx.parquet)
     moe: dict | None = None  # the denoiser's mixture of experts (Family.moe), the expert loads added from the records
     _accounts: tuple | None = field(default=None, init=False, repr=False, compare=False)  # inputs, summaries
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
-from diffprobe.analyses.savings import added_ops, approximate_account, steps_ran
+from diffprobe.analyses.savings import added_ops, approximate_account, scaled_records, steps_ran
 from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used, masked_note
 from diffprobe.attention.core import installed_in
 from diffprobe.records.schema import DENOISER
@@ -16,6 +16,7 @@ from diffprobe.run.passes import analytic_pass, measured_pass, trace_with_reuse
 from diffprobe.run.settings import Setting, parse_settings
 from diffprobe.run.warmup import warm_up
 
+RECORDS = "ops_approx.parquet"  # the setting's records in the run folder, beside the dense run's ops.parquet
 ACCOUNT_NOTE = ("FLOPs of the records that ran (reuse) and that a kernel skipping the dropped entries would need "
                 "(oracle attention methods: the potential); the seconds are this PyTorch implementation's, untraced")
 
@@ -42,14 +43,15 @@ def reuse_records(cfg: ProfileConfig, pipe, reuse, evals_full: int, prompts: tup
         return measured_pass(traced, pipe, evals_full, evals_full, prompts=prompts).check().ops
 
 
-def run_setting(cfg: ProfileConfig, pipe, dense, report=None) -> tuple[dict, object]:
+def run_setting(cfg: ProfileConfig, pipe, dense, report=None) -> tuple[dict, object, object]:
     """Run ``cfg.approx`` against ``dense`` (the profile's :class:`~diffprobe.run.result.ProfileResult`): its account
-    (records of what ran, attention re-weighted by each call's kept fraction, against dense by stage and layer type),
-    the per-step view of which denoiser blocks ran, and measured, the seconds of the setting and of dense, both
-    untraced on the same noise. A reuse method's plan differs from step to step, so when the profile sampled fewer
-    steps than its schedule the account and both timed runs cover every step (the sampled steps would give a share
-    over other steps than the seconds beside it). Returns the ``approx`` entry of ``run.json`` and the setting's
-    images (None analytic)."""
+    (records of what ran, attention re-weighted by each call's kept fraction, against dense by stage and layer type,
+    in the literature's MACs too, and per image per evaluation), the per-step view of which denoiser blocks ran,
+    and measured, the seconds of the setting and of dense, both untraced on the same noise. A reuse method's plan
+    differs from step to step, so when the profile sampled fewer steps than its schedule the account and both timed
+    runs cover every step (the sampled steps would give a share over other steps than the seconds beside it).
+    Returns the ``approx`` entry of ``run.json``, the setting's images (None analytic) and its records
+    (:func:`~diffprobe.analyses.savings.scaled_records`), which the profile stores as :data:`RECORDS`."""
     report = report or (lambda *_: None)
     setting = parse_settings(cfg.approx)
     if setting.reuse is not None:
@@ -73,11 +75,11 @@ def run_setting(cfg: ProfileConfig, pipe, dense, report=None) -> tuple[dict, obj
         images = timed["approx"].images
     report("approx", 1, 1)
     calls = core.calls if core is not None else None
-    entry = _entry(setting, core, approximate_account(ops, calls, dense=dense_ops), cfg)
-    entry.update(_coverage(full, evals, dense), **_seconds(timed, dense))
+    entry = _entry(setting, core, approximate_account(ops, calls, dense=dense_ops, images=cfg.batch), cfg)
+    entry.update(_coverage(full, evals, dense), **_seconds(timed, dense), records=RECORDS)
     if setting.reuse is not None:
         entry.update(steps=steps_ran(ops, dense_ops), method_overhead=added_ops(dense_ops, ops))
-    return entry, images
+    return entry, images, scaled_records(ops, calls)
 
 
 def _records(cfg: ProfileConfig, pipe, setting: Setting, dense, full: bool):
