@@ -12,12 +12,33 @@ def _run(tmp_path, *argv) -> dict:
     return json.loads((tmp_path / "run.json").read_text())
 
 
+# T-GATE (Liu et al., 2024), Table 2: MACs of the denoiser's convolutions and linear layers (calflops' convention)
+# without and with T-GATE, 25 DPM-Solver steps with CFG (the LCM rows: 4 LCM steps, no CFG), at each model's size.
+# The table gives the MACs; the gate step that reproduces each row is the one named here (5 for the SD UNets, 8
+# for PixArt-α, 1 for the 4-step LCMs).
+TGATE_TABLE_2 = [  # model, extra arguments, gate, published dense and T-GATE MACs
+    ("sd15", {"steps": 25, "scheduler": "dpm++"}, 5, 16.938e12, 9.875e12),
+    ("sd21", {"steps": 25, "scheduler": "dpm++"}, 5, 38.041e12, 22.208e12),
+    ("sdxl", {"steps": 25, "scheduler": "dpm++"}, 5, 149.438e12, 84.438e12),
+    ("pixart-alpha", {"steps": 25}, 8, 107.031e12, 65.318e12),
+    ("lcm-sdxl", {}, 1, 11.955e12, 11.171e12),
+    ("lcm-pixart", {}, 1, 8.563e12, 7.623e12),
+]
+
+
 @pytest.mark.slow
-def test_tgate_table_2_sd15_macs(tmp_path, capsys):
-    # T-GATE, Table 2: SD-1.5, 25 DPM-Solver steps, CFG, 512 px: 16.938 T MACs of convolutions and linear layers
-    d = _run(tmp_path, "--model", "sd15", "--steps", "25", "--scheduler", "dpm++")
-    assert d["scheduler"] == "DPMSolverMultistepScheduler" and d["denoiser_evals"] == 25
-    assert d["macs_conv_linear"]["denoiser"] / 16.938e12 == pytest.approx(1, abs=1e-3)
+@pytest.mark.parametrize("model, extra, gate, dense, gated", TGATE_TABLE_2, ids=[r[0] for r in TGATE_TABLE_2])
+def test_tgate_table_2_macs(tmp_path, model, extra, gate, dense, gated):
+    from diffprobe.run.profile import ProfileConfig, run_profile
+
+    d = run_profile(ProfileConfig(model=model, mode="analytic", approx=f"tgate={gate}", out=str(tmp_path),
+                                  **extra)).to_dict()
+    if "scheduler" in extra:
+        assert d["scheduler"] == "DPMSolverMultistepScheduler" and d["denoiser_evals"] == 25
+    ap = d["approx"]
+    assert d["macs_conv_linear"]["denoiser"] == ap["dense_macs_conv_linear"]["denoiser"]
+    assert ap["dense_macs_conv_linear"]["denoiser"] / dense == pytest.approx(1, abs=1e-3)
+    assert ap["macs_conv_linear"]["denoiser"] / gated == pytest.approx(1, abs=1e-3)
 
 
 @pytest.mark.slow

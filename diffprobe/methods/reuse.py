@@ -143,6 +143,7 @@ class TGate(ReuseMethod):
         super().__init__(float(value))
         self.gate, self.self_cache = int(value), self_cache
         self.schedule = self.SELF_CACHING if self_cache else self.GATE_ONLY
+        self.lcm = False  # the call runs no CFG batch: the package's ``lcm`` mode keeps the cached output's shape
 
     def plan_key(self, step: int):
         # the package's own schedule of what each step caches and reuses, and whether CFG still runs; its loop
@@ -156,18 +157,25 @@ class TGate(ReuseMethod):
         if step + 1 <= warm:
             return "plain", True
         ca, sa, keep = tgate_scheduler(cur_step=cur, gate_step=self.gate, **self.schedule)
-        return tuple(sorted(ca.items())), tuple(sorted(sa.items())), keep, cur < self.gate
+        return tuple(sorted(ca.items())), tuple(sorted(sa.items())), keep or self.lcm, cur < self.gate
 
     @contextlib.contextmanager
     def installed(self, pipe):
         import importlib
+        import inspect
 
         loop = importlib.import_module(family_of(pipe).package_loop(pipe, "tgate")).tgate
-        cls, gate, schedule = type(pipe), self.gate, self.schedule
+        cls, gate, schedule, method = type(pipe), self.gate, self.schedule, self
+        takes_lcm = "lcm" in inspect.signature(loop).parameters  # the SDXL and PixArt loops
 
         class Gated(cls):  # type: ignore[misc, valid-type]
             def __call__(self, *args, **kwargs):
-                return loop(self, *args, gate_step=gate, **schedule, **kwargs)
+                # no CFG batch (a guidance scale of 1 or less, or an LCM denoiser, which takes the scale as an
+                # input): the package's LCM mode, which keeps the cached output's batch as it is
+                distilled = getattr(denoiser(self).config, "time_cond_proj_dim", None) is not None
+                method.lcm = takes_lcm and (kwargs.get("guidance_scale", 1.0) <= 1 or distilled)
+                extra = {"lcm": True} if method.lcm else {}
+                return loop(self, *args, gate_step=gate, **schedule, **extra, **kwargs)
 
         Gated.__name__ = cls.__name__
         pipe.__class__ = Gated

@@ -54,6 +54,7 @@ class ModelSpec:
     default_prompt: str = DEFAULT_PROMPT  # the prompt when the user gives none
     quality_batch: str | None = None  # "digits": approx's quality batch is every digit (else the one prompt)
     extra_call_kwargs: tuple = ()  # (name, value) pipeline-call arguments of this model (a tiny variant's layers)
+    cfg_distilled: bool = False  # the guidance scale is an input of this model's denoiser (LCM): never a CFG batch
 
     @property
     def folder(self):
@@ -90,8 +91,8 @@ class ModelSpec:
 
     def uses_cfg(self, guidance: float) -> bool:
         """Whether a run at ``guidance`` evaluates the denoiser on both CFG branches (not in a guidance-distilled
-        family such as Flux: one pass whatever the scale)."""
-        return self.family.uses_cfg(guidance)
+        family such as Flux, nor a distilled model such as LCM-SDXL: one pass whatever the scale)."""
+        return not self.cfg_distilled and self.family.uses_cfg(guidance)
 
     def calls_per_step(self, guidance: float) -> int:
         """Denoiser calls per denoising step at ``guidance`` (:meth:`Family.calls_per_step`)."""
@@ -133,6 +134,7 @@ def _specs() -> dict[str, ModelSpec]:
             quality_batch=meta.get("quality_batch"),
             extra_call_kwargs=tuple((k, tuple(v) if isinstance(v, list) else v)
                                     for k, v in (meta.get("call_kwargs") or {}).items()),
+            cfg_distilled=bool(meta.get("cfg_distilled", False)),
         )
     return specs
 
@@ -254,7 +256,7 @@ def _describe_models() -> list[dict]:
                      "denoiser": spec.denoiser, "denoiser_class": type(comps[spec.denoiser]).__name__,
                      "params": params, "text_encoders": encoders, "steps": spec.default_steps,
                      "guidance": spec.default_guidance, "cfg": spec.uses_cfg(spec.default_guidance),
-                     "cfg_distilled": spec.family.cfg_distilled})
+                     "cfg_distilled": spec.family.cfg_distilled or spec.cfg_distilled})
     return rows
 
 

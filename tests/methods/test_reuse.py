@@ -276,3 +276,25 @@ def test_deepcache_branch_1_runs_one_more_layer_at_each_end(tmp_path, capsys):
                      str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
+
+
+def test_tgate_without_a_cfg_batch_uses_the_packages_lcm_mode(tmp_path):
+    """No CFG batch (PixArt at guidance 0, as PixArt-LCM runs): the package's loop runs in its LCM mode (the cached
+    cross-attention keeps its batch of one); measured and analytic agree, and the gate saves cross-attention only."""
+    from diffprobe.run.profile import ProfileConfig, run_profile
+
+    kw = dict(model="tiny-pixart", steps=4, guidance=0.0, approx="tgate=2")
+    m = run_profile(ProfileConfig(**kw, out=str(tmp_path / "m"))).to_dict()["approx"]
+    a = run_profile(ProfileConfig(**kw, mode="analytic", out=str(tmp_path / "a"))).to_dict()["approx"]
+    assert m["flops_total"] == a["flops_total"] and 0 < m["denoiser_share_saved"] < 0.5
+    assert m["flops_saved_by_layer_type"].get("attn_qkv", 0) > 0  # the gated cross-attention's projections
+
+
+def test_lcm_sdxl_is_sdxl_with_the_guidance_embedding_and_no_cfg_batch():
+    from diffprobe.models.registry import build_components, count_params, get_spec
+
+    lcm, base = (build_components(get_spec(m), "meta")["unet"] for m in ("lcm-sdxl", "sdxl"))
+    # the guidance scale enters as an embedding: one bias-free linear, 256 -> the time embedding's 320 inputs
+    assert count_params(lcm) - count_params(base) == 256 * 320
+    spec = get_spec("lcm-sdxl")
+    assert spec.default_steps == 4 and not spec.uses_cfg(spec.default_guidance)
