@@ -124,18 +124,47 @@ def end_to_end_saved(flops: float, dense_flops: float) -> float:
 def steps_ran(ops, dense=None) -> list[dict]:
     """Per denoising step of the denoiser: its FLOPs, the top-level blocks that executed any op (``blocks``) and,
     given the dense run's records, those of them that ran only in part (``partial``: fewer FLOPs than at that step
-    of the dense run — a forecast or a cached branch computed in their place): a reuse method's plan as executed."""
+    of the dense run — a forecast or a cached branch computed in their place), with the layers of each that did run
+    (``partial_ran``: ``resnets.0``, ``attentions.0``, ``attn1``, ...; ``attn (in part)`` where a layer itself ran
+    fewer FLOPs than dense, e.g. a cached attention's own bookkeeping): a reuse method's plan as executed."""
     def per_block(frame):
         den = frame[(frame["stage"] == "denoiser") & (frame["step"] >= 0)]
         return den.groupby([den["step"], den["module"].map(_top_block)], sort=True)["flops"].sum()
 
     full = per_block(dense) if dense is not None else None
+    den = ops[(ops["stage"] == "denoiser") & (ops["step"] >= 0)]
     out = []
     for step, blocks in per_block(ops).groupby(level=0, sort=True):
         names = [block for (_, block) in blocks.index if block]
         partial = [b for b in names if full is not None and blocks[(step, b)] < full.get((step, b), 0.0) * (1 - 1e-9)]
-        out.append({"step": int(step), "flops": float(blocks.sum()), "blocks": names, "partial": partial})
+        ran = {}
+        if partial:
+            for b in partial:
+                mine = _layer_flops(den, step, b)
+                theirs = _layer_flops(dense[(dense["stage"] == "denoiser")], step, b) if dense is not None else {}
+                ran[b] = [f"{c} (in part)" if v < theirs.get(c, 0.0) * (1 - 1e-9) else c for c, v in mine.items()]
+        out.append({"step": int(step), "flops": float(blocks.sum()), "blocks": names, "partial": partial,
+                    "partial_ran": ran})
     return out
+
+
+def _layer_flops(den, step: int, block: str) -> dict[str, float]:
+    """FLOPs of each layer of ``block`` (:func:`_layer_in`) at ``step``, in name order, the block's own ops aside."""
+    rows = den[den["step"] == step]
+    rows = rows[rows["module"].map(_top_block) == block]
+    layers = rows["module"].map(lambda m: _layer_in(m, block))
+    sums = rows["flops"].groupby(layers).sum()
+    return {k: float(v) for k, v in sorted(sums.items()) if k}
+
+
+def _layer_in(module: str, block: str) -> str:
+    """The layer of ``block`` a module path sits in: ``unet.down_blocks.0.resnets.0.conv1`` in ``down_blocks.0`` ->
+    ``resnets.0``; ``transformer.transformer_blocks.3.attn1.to_q`` in ``transformer_blocks.3`` -> ``attn1``; ``""``
+    for the block's own ops."""
+    rest = module.split(".")[1 + len(block.split(".")):]
+    if not rest:
+        return ""
+    return ".".join(rest[:2]) if len(rest) > 1 and rest[1].isdigit() else rest[0]
 
 
 def _top_block(module: str) -> str:

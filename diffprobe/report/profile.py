@@ -194,8 +194,11 @@ def approx_lines(ap: dict) -> list[str]:
         steps, each = fmt_steps(nums), "" if len(nums) == 1 else " each"
         part = s.get("partial") or []
         whole = [b for b in s["blocks"] if b not in part]
+        ran = s.get("partial_ran") or {}
+        named = [f"{b} ({', '.join(ran[b])})" if ran.get(b) else b for b in part]
         lines.append(f"  {steps}: {fmt_n(s['flops'])} FLOPs{each}, ran {', '.join(whole) or 'no block in full'}"
-                     + (f"; in part only (forecast or cached): {', '.join(part)}" if part else ""))
+                     + (f"; in part only (forecast or cached; the layers that ran): {', '.join(named)}"
+                        if part else ""))
     return lines
 
 

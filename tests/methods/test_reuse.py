@@ -298,3 +298,16 @@ def test_lcm_sdxl_is_sdxl_with_the_guidance_embedding_and_no_cfg_batch():
     assert count_params(lcm) - count_params(base) == 256 * 320
     spec = get_spec("lcm-sdxl")
     assert spec.default_steps == 4 and not spec.uses_cfg(spec.default_guidance)
+
+
+def test_the_per_step_view_names_the_layers_of_a_block_that_ran_in_part(tmp_path):
+    # DeepCache branch 1 on the tiny UNet: a cached step runs down_blocks.0's first resnet and attention, not its
+    # downsampler; the whole of up_blocks.3 (its layers counted from the end); nothing of the deep blocks
+    from diffprobe.run.profile import ProfileConfig, run_profile
+
+    r = run_profile(ProfileConfig(model="tiny", steps=3, mode="analytic", approx="deepcache=3:branch=1",
+                                  out=str(tmp_path)))
+    cached = r.to_dict()["approx"]["steps"][1]
+    assert cached["partial"] == ["down_blocks.0"]
+    assert cached["partial_ran"] == {"down_blocks.0": ["attentions.0", "resnets.0"]}
+    assert "up_blocks.3" in cached["blocks"] and "mid_block" not in cached["blocks"]
