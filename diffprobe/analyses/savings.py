@@ -57,13 +57,17 @@ def scaled_records(ops, calls: list[dict] | None):
 
 
 def _conventions(ops, images: int) -> dict:
-    """The literature's MACs (conv + linear) by stage, bytes in all, and the denoiser's FLOPs and MACs per image
-    per evaluation (CFG branches included where they run) of a set of records."""
+    """The literature's MACs (conv + linear) by stage, bytes in all, by stage and by layer type, and the denoiser's
+    FLOPs and MACs per image per evaluation (CFG branches included where they run) of a set of records."""
     den = ops["stage"] == "denoiser"
     evals = int(ops.loc[den & (ops["step"] >= 0), "step"].nunique())
     macs = {k: float(v) for k, v in ops.groupby("stage", sort=False)["macs_conv_linear"].sum().items()}
     per = max(1, images * evals)
-    return {"macs_conv_linear": macs, "bytes_total": float((ops["bytes_read"] + ops["bytes_written"]).sum()),
+    traffic = ops["bytes_read"] + ops["bytes_written"]
+    return {"macs_conv_linear": macs, "bytes_total": float(traffic.sum()),
+            "bytes_by_stage": {k: float(v) for k, v in traffic.groupby(ops["stage"], sort=False).sum().items()},
+            "bytes_by_layer_type": {k: float(v)
+                                    for k, v in traffic.groupby(ops["layer_type"], sort=False).sum().items()},
             "per_image_and_eval": {"flops": float(ops.loc[den, "flops"].sum()) / per,
                                    "macs_conv_linear": macs.get("denoiser", 0.0) / per, "evals": evals,
                                    "images": images}}

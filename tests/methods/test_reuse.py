@@ -311,3 +311,31 @@ def test_the_per_step_view_names_the_layers_of_a_block_that_ran_in_part(tmp_path
     assert cached["partial"] == ["down_blocks.0"]
     assert cached["partial_ran"] == {"down_blocks.0": ["attentions.0", "resnets.0"]}
     assert "up_blocks.3" in cached["blocks"] and "mid_block" not in cached["blocks"]
+
+
+def test_a_settings_account_carries_the_dense_conventions(tmp_path):
+    """``profile --approx``: the setting's MACs, bytes and per-image-per-evaluation figures sum the records it
+    stores (``ops_approx.parquet``), and dense's the run's own records; an attention method leaves the literature's
+    MACs as they are (its savings are in the attention products, which that convention leaves out)."""
+    import pyarrow.parquet as pq
+
+    from diffprobe.run.profile import ProfileConfig, run_profile
+
+    for setting in ("deepcache=2", "threshold=0.05"):
+        r = run_profile(ProfileConfig(model="tiny", steps=4, mode="analytic" if "deep" in setting else "measured",
+                                      approx=setting, out=str(tmp_path / setting)))
+        ap, dense = r.to_dict()["approx"], r.ops
+        mine = pq.read_table(tmp_path / setting / ap["records"]).to_pandas()
+        den = mine[mine["stage"] == "denoiser"]
+        assert ap["macs_conv_linear"]["denoiser"] == den["macs_conv_linear"].sum()
+        assert ap["bytes_total"] == (mine["bytes_read"] + mine["bytes_written"]).sum()
+        assert ap["flops_by_stage"]["denoiser"] == pytest.approx(den["flops"].sum(), rel=1e-6)  # whole FLOPs kept
+        per, evals = ap["per_image_and_eval"], ap["denoiser_evals_accounted"]  # measured: the sampled steps
+        assert per["images"] == 1 and per["evals"] == evals == den["step"].nunique()
+        assert per["macs_conv_linear"] == ap["macs_conv_linear"]["denoiser"] / evals
+        dden = dense[dense["stage"] == "denoiser"]
+        assert ap["dense_per_image_and_eval"]["macs_conv_linear"] == dden["macs_conv_linear"].sum() / evals
+        if setting.startswith("threshold"):
+            assert ap["macs_conv_linear"] == ap["dense_macs_conv_linear"] and ap["attention_share_saved"] > 0
+        else:
+            assert ap["macs_conv_linear"]["denoiser"] < ap["dense_macs_conv_linear"]["denoiser"]
