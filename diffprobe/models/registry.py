@@ -237,23 +237,39 @@ def describe_models() -> list[dict]:
 
 @lru_cache(maxsize=1)
 def _describe_models() -> list[dict]:
+    import torch
+
     from diffprobe.models.tokenizer import is_stand_in
+
+    built: dict[tuple[str, str], tuple[str, int]] = {}  # (component, its config) -> class, parameters
+
+    def described(spec: ModelSpec, comp: str) -> tuple[str, int]:
+        """A module component's class and parameter count, each distinct configuration built once on meta (the
+        models share many: T5-XXL, the CLIPs, SDXL's UNet, HiDream's three variants)."""
+        key = (comp if comp in TEXT_ENCODERS else comp.rstrip("_0123456789"),
+               json.dumps(spec.config(comp), sort_keys=True))
+        if key not in built:
+            with torch.device("meta"):
+                module = build_module(spec, comp)
+            built[key] = type(module).__name__, count_params(module)
+        return built[key]
 
     rows = []
     for spec in list_models():
-        comps = build_components(spec, "meta")
-        params = {k: count_params(v) for k, v in comps.items() if hasattr(v, "parameters")}
+        modules = {c: described(spec, c) for c in spec.components
+                   if not c.startswith("tokenizer") and c != "scheduler"}
+        params = {k: n for k, (_, n) in modules.items()}
         encoders = []
         for i, enc in enumerate(spec.text_encoders):
             tok = f"tokenizer_{i + 1}" if i else "tokenizer"
             settings = spec.config(tok)
             stand_in = is_stand_in(settings)
             tokens = spec.max_sequence_length if stand_in else settings.get("model_max_length", 77)
-            encoders.append({"component": enc, "class": type(comps[enc]).__name__, "params": params[enc],
+            encoders.append({"component": enc, "class": modules[enc][0], "params": params[enc],
                              "tokens": tokens, "tokenizer": "stand-in" if stand_in else "real CLIP BPE"})
         rows.append({"name": spec.name, "title": spec.title, "family": spec.family.name,
                      "native_resolution": spec.native_resolution, "pipeline": spec.pipeline_class,
-                     "denoiser": spec.denoiser, "denoiser_class": type(comps[spec.denoiser]).__name__,
+                     "denoiser": spec.denoiser, "denoiser_class": modules[spec.denoiser][0],
                      "params": params, "text_encoders": encoders, "steps": spec.default_steps,
                      "guidance": spec.default_guidance, "cfg": spec.uses_cfg(spec.default_guidance),
                      "cfg_distilled": spec.family.cfg_distilled or spec.cfg_distilled})

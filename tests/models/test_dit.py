@@ -116,6 +116,15 @@ def _without_mask_test(ops):
     return ops[~test], int(test.sum())
 
 
+def measured_and_analytic(tmp_path_factory, model: str, steps: int = 2) -> dict:
+    """A tiny model's profile, every step measured, and the same configuration analytic (``{mode: result}``)."""
+    from diffprobe.run.profile import ProfileConfig, run_profile
+
+    return {mode: run_profile(ProfileConfig(model=model, steps=steps, sample_steps=0, mode=mode,
+                                            out=str(tmp_path_factory.mktemp(mode))))
+            for mode in ("measured", "analytic")}
+
+
 def _without_mask_conversion(ops):
     """``ops`` less the conversion of the text encoder's padding mask to bool (0 FLOPs), which an analytic run of a
     family that knows the mask is all ones does not make (Qwen-Image: it passes no mask, the decision transformers

@@ -6,8 +6,7 @@ import pytest
 
 from diffprobe.cli import main
 from diffprobe.models.registry import build_components, count_params, get_spec
-from diffprobe.run.profile import ProfileConfig, run_profile
-from tests.models.test_dit import assert_records_agree
+from tests.models.test_dit import assert_records_agree, measured_and_analytic
 from tests.reference import params as ref
 
 
@@ -29,9 +28,7 @@ def test_parameter_counts_equal_the_layer_shape_derivation_and_the_model_cards()
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return {mode: run_profile(ProfileConfig(model="tiny-flux2", steps=2, sample_steps=0, mode=mode,
-                                            out=str(tmp_path_factory.mktemp(mode))))
-            for mode in ("measured", "analytic")}
+    return measured_and_analytic(tmp_path_factory, "tiny-flux2")
 
 
 def test_measured_and_analytic_records_agree(runs):

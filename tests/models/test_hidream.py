@@ -14,7 +14,7 @@ from diffprobe.cli import main
 from diffprobe.models.families.hidream import balanced_counts
 from diffprobe.models.registry import build_components, count_params, get_spec
 from diffprobe.run.profile import ProfileConfig, run_profile
-from tests.models.test_dit import assert_records_agree
+from tests.models.test_dit import assert_records_agree, measured_and_analytic
 from tests.reference import params as ref
 
 
@@ -57,14 +57,9 @@ def _round_robin_router(monkeypatch):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    out = {}
     with pytest.MonkeyPatch.context() as mp:
         _round_robin_router(mp)
-        for mode in ("measured", "analytic"):
-            cfg = ProfileConfig(model="tiny-hidream", steps=2, sample_steps=0, mode=mode,
-                                out=str(tmp_path_factory.mktemp(mode)))
-            out[mode] = run_profile(cfg)
-    return out
+        return measured_and_analytic(tmp_path_factory, "tiny-hidream")
 
 
 def test_measured_and_analytic_records_agree_under_a_known_routing(runs):

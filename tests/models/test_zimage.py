@@ -10,7 +10,7 @@ from diffprobe.cli import main
 from diffprobe.models.registry import build_components, count_params, get_spec
 from diffprobe.models.tokenizer import load_tokenizer
 from diffprobe.run.profile import ProfileConfig, run_profile
-from tests.models.test_dit import assert_records_agree
+from tests.models.test_dit import assert_records_agree, measured_and_analytic
 from tests.reference import params as ref
 
 
@@ -32,12 +32,7 @@ def test_parameter_counts_equal_the_layer_shape_derivation_and_the_model_cards()
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    out = {}
-    for mode in ("measured", "analytic"):
-        cfg = ProfileConfig(model="tiny-z-image", steps=2, sample_steps=0, mode=mode,
-                            out=str(tmp_path_factory.mktemp(mode)))
-        out[mode] = run_profile(cfg)
-    return out
+    return measured_and_analytic(tmp_path_factory, "tiny-z-image")
 
 
 def test_measured_and_analytic_records_agree(runs):

@@ -19,11 +19,10 @@ Two conventions of diffprobe's:
 from __future__ import annotations
 
 import math
-import re
 
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.families import Family
-from diffprobe.models.families.levels import vae_level
+from diffprobe.models.families.levels import named_block_level
 
 _BLOCKS = {"double_stream_blocks": "double.", "single_stream_blocks": "single."}
 ROUTING_ASSUMED = ("assumed (analytic): the router's top-k with a balanced load, each call's tokens x k assignments "
@@ -72,15 +71,7 @@ class HiDreamFamily(Family):
     def level(self, path: str) -> str:
         """``top``; ``in`` (``x_embedder``); ``embed`` (timestep, pooled, RoPE, caption projections); ``double.i``,
         ``single.i``; ``out`` (``final_layer``); the VAE decoder's levels."""
-        if not path.startswith("transformer"):
-            return vae_level(path)
-        if path == "transformer":
-            return "top"
-        m = re.match(r"transformer\.(double_stream_blocks|single_stream_blocks)\.(\d+)", path)
-        if m:
-            return _BLOCKS[m.group(1)] + m.group(2)
-        head = path.split(".")[1]
-        return {"x_embedder": "in", "final_layer": "out"}.get(head, "embed")
+        return named_block_level(path, _BLOCKS, {"x_embedder": "in", "final_layer": "out"})
 
     def text_tokens(self, args: tuple, kwargs: dict) -> int:
         """Every joint attention's text keys: T5's tokens, Llama's last layer's and the block's own Llama layer's

@@ -65,3 +65,18 @@ def dit_level(path: str, patch_embedder: bool = True, two_streams: bool = False)
     if head in DIT_OUT:
         return "out"
     return "embed" if head else ""
+
+
+def named_block_level(path: str, blocks: dict[str, str], ends: dict[str, str]) -> str:
+    """A diffusion transformer's level where its block lists and its ends have names of their own: ``top``; a
+    module under ``transformer.<list>.<i>`` is ``blocks[list] + i`` (``{"layers": "block."}``); a top-level child
+    named in ``ends`` is that level (``{"x_embedder": "in", "final_layer": "out"}``), any other ``embed``; the VAE
+    decoder's levels (Z-Image, HiDream)."""
+    if not path.startswith("transformer"):
+        return vae_level(path)
+    if path == "transformer":
+        return "top"
+    parts = path.split(".")
+    if len(parts) > 2 and parts[1] in blocks and parts[2].isdigit():
+        return blocks[parts[1]] + parts[2]
+    return ends.get(parts[1], "embed")

@@ -6,10 +6,8 @@ guidance runs at any scale above 0 (Z-Image-Turbo: 0, none); latents are made in
 
 from __future__ import annotations
 
-import re
-
 from diffprobe.models.families import Family
-from diffprobe.models.families.levels import vae_level
+from diffprobe.models.families.levels import named_block_level
 
 _BLOCKS = {"layers": "block.", "noise_refiner": "refine.", "context_refiner": "caption."}
 
@@ -67,15 +65,7 @@ class ZImageFamily(Family):
         """``top``; ``in`` (the patch embedder ``all_x_embedder``); ``embed`` (timestep, caption embedders);
         ``refine.i`` (noise refiner: image tokens), ``caption.i`` (context refiner: caption tokens), ``block.i``
         (the main layers over both), ``out`` (``all_final_layer``); the VAE decoder's levels."""
-        if not path.startswith("transformer"):
-            return vae_level(path)
-        if path == "transformer":
-            return "top"
-        m = re.match(r"transformer\.(layers|noise_refiner|context_refiner)\.(\d+)", path)
-        if m:
-            return _BLOCKS[m.group(1)] + m.group(2)
-        head = path.split(".")[1]
-        return {"all_x_embedder": "in", "all_final_layer": "out"}.get(head, "embed")
+        return named_block_level(path, _BLOCKS, {"all_x_embedder": "in", "all_final_layer": "out"})
 
 
 FAMILY = ZImageFamily(
