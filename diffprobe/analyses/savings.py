@@ -3,6 +3,7 @@ dense and approximate FLOPs, entries kept) summed, and a traced run's dense reco
 
 from __future__ import annotations
 
+from diffprobe.analyses import breakdown
 from diffprobe.errors import DiffprobeError
 
 
@@ -61,13 +62,12 @@ def _conventions(ops, images: int) -> dict:
     FLOPs and MACs per image per evaluation (CFG branches included where they run) of a set of records."""
     den = ops["stage"] == "denoiser"
     evals = int(ops.loc[den & (ops["step"] >= 0), "step"].nunique())
-    macs = {k: float(v) for k, v in ops.groupby("stage", sort=False)["macs_conv_linear"].sum().items()}
+    macs = {k: float(v) for k, v in breakdown.macs_conv_linear(ops).items()}
+    traffic = breakdown.account(breakdown.with_bytes(ops), "bytes")
     per = max(1, images * evals)
-    traffic = ops["bytes_read"] + ops["bytes_written"]
-    return {"macs_conv_linear": macs, "bytes_total": float(traffic.sum()),
-            "bytes_by_stage": {k: float(v) for k, v in traffic.groupby(ops["stage"], sort=False).sum().items()},
-            "bytes_by_layer_type": {k: float(v)
-                                    for k, v in traffic.groupby(ops["layer_type"], sort=False).sum().items()},
+    return {"macs_conv_linear": macs, "bytes_total": float(traffic["total"]),
+            "bytes_by_stage": {k: float(v) for k, v in traffic["by_stage"].items()},
+            "bytes_by_layer_type": {k: float(v) for k, v in traffic["by_layer_type"].items()},
             "per_image_and_eval": {"flops": float(ops.loc[den, "flops"].sum()) / per,
                                    "macs_conv_linear": macs.get("denoiser", 0.0) / per, "evals": evals,
                                    "images": images}}

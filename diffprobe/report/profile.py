@@ -133,7 +133,7 @@ def account(d: RunDocument, folder: Path) -> Section | None:
     lit = sum(d.macs_conv_linear.values())
     notes.append(f"literature convention (conv + linear multiply-adds only): {fmt_n(lit)} MACs = "
                  f"{100 * 2 * lit / total:.1f}% of the complete FLOP count"
-                 + (" (the dense run's)" if d.approx else ""))
+                 + (f" (the traced dense run: {d.denoiser_evals_measured} denoiser evaluations)" if d.approx else ""))
     if d.projection and "flops_total" in d.projection:
         notes.append(f"full-run FLOPs (projection, {d.projection['denoiser_evals_full']} denoiser evals): "
                      f"{fmt_n(d.projection['flops_total'])}")

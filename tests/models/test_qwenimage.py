@@ -54,6 +54,8 @@ def test_each_step_runs_the_transformer_on_each_branch_as_its_own_call(runs):
     d = runs["measured"].to_dict()
     assert d["cfg"] is True and d["denoiser_calls_per_step"] == 2 and d["denoiser_evals"] == 2
     assert [s["step"] for s in d["step_times"]] == [0, 1]  # one entry per step, both calls' seconds in it
+    # one timed run: each step's seconds are its two calls', so the steps add up to the stage's time
+    assert sum(s["denoiser_s"] for s in d["step_times"]) == pytest.approx(d["stages"]["denoiser"], rel=1e-9)
     ops = runs["measured"].ops
     den = ops[ops["stage"] == "denoiser"]
     assert set(den["cfg"]) == {"cond", "uncond"} and set(den["step"]) == {0, 1}
