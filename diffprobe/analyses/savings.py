@@ -30,12 +30,15 @@ def _scaled_flops(ops, calls: list[dict] | None):
         return ops["flops"].astype(float), 0.0
     core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "denoiser")
     prefix = denoiser_prefix(ops)
-    kept = {(f"{prefix}.{c['layer']}", c["step"]): c["kept"] / c["entries"] for c in calls}
-    missing = {(m, s) for m, s in zip(ops.loc[core, "module"], ops.loc[core, "step"], strict=True)} - set(kept)
+    # a call is (module, step, which call of the step): the second where CFG's branches are two calls ("uncond")
+    kept = {(f"{prefix}.{c['layer']}", c["step"], c.get("call", 0)): c["kept"] / c["entries"] for c in calls}
+    which = (ops["cfg"] == "uncond").astype(int)
+    keys = list(zip(ops["module"], ops["step"], which, strict=True))
+    missing = {k for k, c in zip(keys, core, strict=True) if c} - set(kept)
     if missing:
         raise DiffprobeError(f"internal: no approximate call for {len(missing)} traced attention calls, "
                              f"e.g. {sorted(missing)[0]}")
-    factor = [kept[(m, s)] if c else 1.0 for m, s, c in zip(ops["module"], ops["step"], core, strict=True)]
+    factor = [kept[k] if c else 1.0 for k, c in zip(keys, core, strict=True)]
     return ops["flops"].astype(float) * factor, float(sum(c["predictor_flops"] for c in calls))
 
 

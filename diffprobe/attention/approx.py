@@ -181,7 +181,8 @@ class ApproxAttention:
         entries = b * h * nq * nk
         dense_flops = sum(c.flops for c in dense.values())
         self._calls.append({
-            "layer": call.name, "attn_kind": call.kind, "step": step, "entries": entries, "kept": kept,
+            "layer": call.name, "attn_kind": call.kind, "step": step, "call": call.call, "entries": entries,
+            "kept": kept,
             "masked": attn_mask is not None,
             "dense_flops": dense_flops, "predictor_flops": int(predictor), "kernel": kernel,
             "flops": None if isinstance(kept, torch.Tensor) else
@@ -195,12 +196,12 @@ class ApproxAttention:
         it predicted within the last ``mask_interval`` steps (0 predictor FLOPs then)."""
         call = self._call
         if self.mask_interval > 1 and call is not None and call.step >= 0 and not self.warming:
-            cached = self._mask_cache.get(call.name)
+            cached = self._mask_cache.get((call.name, call.call))  # each of a step's calls its own (Qwen's CFG)
             if cached is not None and 0 <= call.step - cached[0] < self.mask_interval \
                     and cached[1][0].shape[0] == q.shape[0]:
                 return cached[1], 0
             index, predictor = self._predict_blocks(q, k)
-            self._mask_cache[call.name] = (call.step, index)
+            self._mask_cache[(call.name, call.call)] = (call.step, index)
             return index, predictor
         return self._predict_blocks(q, k)
 

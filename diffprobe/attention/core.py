@@ -25,25 +25,42 @@ Core = Callable[..., torch.Tensor]  # (q, k, v, attn_mask, call) -> out, all (B,
 class CallInfo:
     """What a core knows about the call it serves: module name (relative to the denoiser), self/cross/joint, token
     counts, heads, the denoising step (denoiser evaluation) of the run it is part of, its level, and for joint
-    attention where the text keys sit (``text_keys``: a slice of the key axis; methods keep them dense)."""
+    attention where the text keys sit (``text_keys``: a slice of the key axis; methods keep them dense); ``call``:
+    which denoiser call of its step (1: the second, where CFG's branches are two calls, Qwen-Image's)."""
 
-    __slots__ = ("name", "kind", "q_tokens", "k_tokens", "heads", "step", "level", "text_keys")
+    __slots__ = ("name", "kind", "q_tokens", "k_tokens", "heads", "step", "level", "text_keys", "call")
 
     def __init__(self, name: str, kind: str, q_tokens: int, k_tokens: int, heads: int, step: int = -1,
-                 level: str = "", text_keys: slice | None = None):
+                 level: str = "", text_keys: slice | None = None, call: int = 0):
         self.name, self.kind, self.q_tokens, self.k_tokens, self.heads = name, kind, q_tokens, k_tokens, heads
-        self.step, self.level, self.text_keys = step, level, text_keys
+        self.step, self.level, self.text_keys, self.call = step, level, text_keys, call
 
 
 class RunContext:
     """Where the run is: ``step`` is the index of the current UNet evaluation (the denoising step, counted from
-    0 as the op records count it), advanced by a forward pre-hook on the UNet."""
+    0 as the op records count it), advanced by a forward pre-hook on the UNet; ``call``, which denoiser call of the
+    step this is. Where a family runs CFG's branches as two calls per step, the scheduler's steps advance ``step``
+    (:meth:`stepped`) and each denoiser call ``call`` (:meth:`called`)."""
 
     def __init__(self):
-        self.step = -1
+        self.step, self.call = -1, 0
+        self._by_scheduler = False
 
     def advance(self, *_) -> None:
-        self.step += 1
+        if self._by_scheduler:
+            self.called()
+        else:
+            self.step += 1
+
+    def by_scheduler(self) -> None:
+        """Count steps by the scheduler from now: the first denoiser call is step 0, call 0."""
+        self._by_scheduler, self.step, self.call = True, 0, -1
+
+    def called(self) -> None:
+        self.call += 1
+
+    def stepped(self) -> None:
+        self.step, self.call = self.step + 1, -1
 
 
 def attention_forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb, core: Core, name: str,
@@ -130,9 +147,31 @@ def installed(unet, core: Core, family: Family | None = None):
         unet.set_attn_processor(original)
 
 
+@contextlib.contextmanager
 def installed_in(pipe, core: Core):
-    """:func:`installed` on the pipeline's denoiser, with its family."""
-    return installed(denoiser(pipe), core, family_of(pipe))
+    """:func:`installed` on the pipeline's denoiser, with its family; where the family runs CFG's branches as two
+    denoiser calls per step, the steps its calls are told are the scheduler's (each call numbered within its step)."""
+    family = family_of(pipe)
+    with installed(denoiser(pipe), core, family) as context:
+        if not family.cfg_calls:
+            yield context
+            return
+        from diffprobe.patching import patch_attr
+
+        step = pipe.scheduler.step
+
+        def counted(*args, **kwargs):
+            try:
+                return step(*args, **kwargs)
+            finally:
+                context.stepped()
+
+        context.by_scheduler()
+        undo = patch_attr(pipe.scheduler, "step", counted)
+        try:
+            yield context
+        finally:
+            undo()
 
 
 def _pop(stack: list) -> None:
@@ -185,7 +224,8 @@ def installed_dit(transformer, core: Core, family: Family):
         if kind == "joint" and 0 < nt < nk:
             text_keys = slice(0, nt) if where == "start" else slice(nk - nt, nk)
         return core(q, k, call["value"], call.get("attn_mask"),
-                    CallInfo(name, kind, q.shape[2], nk, q.shape[1], context.step, level, text_keys))
+                    CallInfo(name, kind, q.shape[2], nk, q.shape[1], context.step, level, text_keys,
+                             max(0, context.call)))
 
     try:
         with SdpaIntercept(sdpa):  # the core's own SDPA calls pass (the mode is off inside its handler)

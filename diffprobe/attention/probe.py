@@ -70,6 +70,7 @@ class SparsityProbe:
                     # one): all the mass on it, uniform and one-hot alike, no entropy to average in
                     row["entropy"] = float("nan")
                 self.rows.append({"layer": call.name, "level": call.level, "attn_kind": call.kind, "step": step,
+                                  "call": call.call,
                                   "q_tokens": call.q_tokens, "k_tokens": n_keys,
                                   "keys_masked": call.k_tokens - n_keys, **row})
         return out

@@ -110,3 +110,33 @@ def test_bad_sizes_and_unfit_caches_refused(tmp_path, capsys):
     assert main(["profile", "--model", "tiny-qwen-image", "--approx", "pab=2", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "pab applies to Flux models" in err and "Traceback" not in err
+
+
+def test_the_attention_seam_tells_each_call_its_step_and_branch(tmp_path):
+    """True CFG's two calls per step: an attention method sees both, each told the step (the scheduler's) and which
+    call of it (0: the prompt's, 1: the negative prompt's, whose caption is shorter); its account re-weights each
+    call's records by that call's own kept fraction."""
+    import torch.nn.functional as F
+
+    from diffprobe.attention.core import installed_in
+    from diffprobe.run.pipeline import PipelineCall, build_pipeline
+
+    cfg = ProfileConfig(model="tiny-qwen-image", steps=2).resolved()
+    pipe = build_pipeline(cfg, get_spec(cfg.model))
+    seen = []
+
+    def core(q, k, v, mask, call):
+        seen.append((call.name, call.step, call.call, k.shape[2]))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    import torch
+
+    with torch.inference_mode(), installed_in(pipe, core):
+        PipelineCall(cfg)(pipe)
+    image, cond, uncond = 16, _caption_tokens(cfg.prompt), _caption_tokens(" ")
+    assert sorted(seen) == sorted((f"transformer_blocks.{b}.attn", s, c, image + (cond, uncond)[c])
+                                  for b in (0, 1) for s in (0, 1) for c in (0, 1))
+    r = run_profile(ProfileConfig(model="tiny-qwen-image", steps=2, sample_steps=0, approx="threshold=0.05",
+                                  out=str(tmp_path)))
+    ap = r.to_dict()["approx"]
+    assert 0 < ap["attention_share_saved"] < 1
