@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast validate venv clean
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -11,14 +11,19 @@ venv:
 demo: venv
 	$(PY) -m diffprobe profile
 
-# imports point down only (layers in pyproject.toml, docs/architecture.md), then the suite
+# imports point down only (layers in pyproject.toml, docs/architecture.md), then the suite (the published-figure
+# reproductions aside: make validate)
 test: venv
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not validation"
 
-# the quick tier while developing: everything but the slow, compile, browser, scalesim, fullsize and gpu tests
+# the quick tier while developing: everything but the slow, compile, browser, scalesim, fullsize, gpu and validation tests
 test-fast: venv
-	$(PY) -m pytest -q -m "not (slow or compile or browser or scalesim or fullsize or gpu)"
+	$(PY) -m pytest -q -m "not (slow or compile or browser or scalesim or fullsize or gpu or validation)"
+
+# docs/validation.md's rows: published figures reproduced by full-size analytic runs (CI runs it after make test)
+validate: venv
+	$(PY) -m pytest -q -m validation
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -6,6 +6,8 @@ import pytest
 
 from diffprobe.cli import main
 
+pytestmark = pytest.mark.validation  # full-size analytic runs: make validate (CI runs it after make test)
+
 
 def _run(tmp_path, *argv) -> dict:
     assert main(["profile", *argv, "--mode", "analytic", "--out", str(tmp_path), "-q", "--format", "json"]) == 0
