@@ -29,7 +29,7 @@ ROLES = ("attention", "ffn", "act", "embed", "modulation", "conditioning", "norm
 class Family:
     """One model family (see the module's docstring)."""
 
-    name: str  # as stored in run.json ("sd", "sdxl", "pixart", "sd3", "flux", "sana")
+    name: str  # as stored in run.json ("sd", "sdxl", "pixart", "sd3", "flux", ..., "qwenimage", "hidream": MODULES)
     title: str
     pipelines: tuple[str, ...]  # the diffusers pipeline classes of the family
     denoiser_kind: str  # "unet" or "transformer" (the diffusers component that denoises)
@@ -44,7 +44,8 @@ class Family:
     text_keys: str = "end"  # joint attention: where the text keys sit in the sequence ("start": Flux; "end": SD3)
     two_streams: bool = False  # double-stream then single-stream blocks (Flux): levels double.i / single.i
     pos_embed_embeds_patches: bool = True  # the transformer's ``pos_embed`` embeds patches (False: RoPE tables)
-    joint_paths: tuple[str, ...] = ()  # single-stream blocks whose attention is joint (text and image in one)
+    # blocks whose attention is joint (text and image in one sequence) though no added projections say so
+    joint_paths: tuple[str, ...] = ()
     image_levels: tuple[str, ...] = ("top", "in", "out", "block.", "double.", "single.")  # levels over image tokens
     # a module's attribute name -> its role, where no class says it ("name.*": the children of a container so named)
     path_roles: dict = field(default_factory=dict)
