@@ -27,7 +27,8 @@ def _cap(text: str) -> str:
 
 
 def _side(p: dict) -> str:
-    return f"{p['height']} px" if p["height"] == p["width"] else f"{p['height']}x{p['width']} px"
+    size = f"{p['height']} px" if p["height"] == p["width"] else f"{p['height']}x{p['width']} px"
+    return size + (f" x {p['frames']} frames" if p.get("frames") else "")
 
 
 def sweep_findings(state: dict) -> list[str]:
@@ -37,8 +38,12 @@ def sweep_findings(state: dict) -> list[str]:
     if not points:
         return []
     b0 = f.get("exponents_batch", 1)
-    series = sorted((p for p in points if p["batch"] == b0), key=lambda p: p["side"])
-    last = series[-1]
+    f0 = f.get("exponents_frames_at")
+    series = sorted((p for p in points if p["batch"] == b0 and p.get("frames") == f0),
+                    key=lambda p: p["side"]) or sorted(points, key=lambda p: (p["batch"], p["side"]))
+    clip = sorted((p for p in points if p["batch"] == b0 and p["side"] == f.get("frames_series_side")
+                   and p.get("latent_frames")), key=lambda p: p["latent_frames"])
+    last = max(series[-1], clip[-1], key=lambda p: p["flops"]["denoiser"]["total"]) if clip else series[-1]
     out = []
     unet = last["flops"]["denoiser"]
     total = unet["total"] or 1
@@ -54,7 +59,29 @@ def sweep_findings(state: dict) -> list[str]:
         out.append(f"{_cap(LABEL[c])}: {100 * unet.get(c, 0) / total:.1f}% of {what} FLOPs at "
                    f"{_side(last)}{grow}.")
     out += _crossover_sentences(f, pair, what, series)
+    if clip:
+        out += _frames_sentences(f, pair, clip)
     out += _largest_point_sentences(last, what)
+    return out
+
+
+def _frames_sentences(f: dict, pair, clip: list[dict]) -> list[str]:
+    """A video sweep along frames: each class of ``pair``'s exponent in latent frames, and where the first overtakes
+    the second."""
+    fits = (f.get("exponents_latent_frames") or {}).get("flops", {})
+    grows = [f"{LABEL[c]} as latent frames^{fmt_k(fits[c]['k'])}" for c in pair if fits.get(c)]
+    first, last = clip[0], clip[-1]
+    size = _side(first).split(" x ")[0]
+    out = [f"Over {first['frames']}-{last['frames']} frames ({first['latent_frames']}-{last['latent_frames']} latent) "
+           f"at {size}, denoiser FLOPs grow: " + ", ".join(grows) + "."] if grows else []
+    cross = (f.get("crossover_latent_frames") or {}).get("flops")
+    a, b = (LABEL.get(c, c) for c in pair)
+    if cross and cross.get("latent_frames") is not None and not cross.get("already_ahead"):
+        how = "extrapolating the fitted power laws" if cross["extrapolated"] else "between sweep points"
+        out.append(f"{_cap(a)} overtakes {b} in denoiser FLOPs at about {cross['latent_frames']:.1f} latent frames "
+                   f"at {size} ({how}).")
+    elif cross and cross.get("already_ahead"):
+        out.append(f"{_cap(a)} already has more denoiser FLOPs than {b} at {_side(first)}.")
     return out
 
 

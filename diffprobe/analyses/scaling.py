@@ -66,7 +66,7 @@ def fit_exponent(sides, values) -> dict | None:
     return {"k": float(k), "b": float(b), "rms_log_residual": float(np.sqrt(np.mean(resid**2))), "points": len(pts)}
 
 
-def crossover(sides, a, b) -> dict | None:
+def crossover(sides, a, b, unit: str = "px") -> dict | None:
     """The side at which series ``a`` overtakes ``b`` (both positive, same sides, ascending).
 
     Between two sweep points where ``a - b`` changes sign, the crossover is found by log-log interpolation of
@@ -92,8 +92,8 @@ def crossover(sides, a, b) -> dict | None:
     limit = EXTRAPOLATION_LIMIT * pts[-1][0]
     if log_side > math.log(limit):  # the fits' crossing lies too far out to mean anything (or to print)
         return {"side": None, "extrapolated": True, "already_ahead": False, "beyond": float(limit),
-                "why": f"the fitted power laws cross only beyond {EXTRAPOLATION_LIMIT}x the largest swept side "
-                       f"({limit:.0f} px): too far from the measured points to trust"}
+                "why": f"the fitted power laws cross only beyond {EXTRAPOLATION_LIMIT}x the largest swept value "
+                       f"({limit:.0f} {unit}): too far from the measured points to trust"}
     return {"side": math.exp(log_side), "extrapolated": True, "already_ahead": False}
 
 

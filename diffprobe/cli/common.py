@@ -82,6 +82,9 @@ O_SCHEDULER = typer.Option(None, help="Sampler, built from the model's own sched
                            "dpm++, euler, euler-a, unipc, lcm (SD, SDXL, PixArt), flow-euler (SD3, FLUX, Z-Image); "
                            "default: the model's own. Denoiser calls per step follow it (PNDM: one more).",
                            show_default=False)
+O_FRAMES = typer.Option(None, "--frames", help="Video models: frames to generate, one more than a multiple of the "
+                        "VAE's temporal compression (Wan: 4k+1; default: the model's pipeline's own, 81 for Wan).",
+                        show_default=False)
 O_GUIDANCE = typer.Option(None, help="CFG scale, finite and >= 0; 1 or less disables classifier-free guidance "
                           "(default: the model's, 7.5; digits 4.0).", show_default=False)
 O_SEED = typer.Option(0, help="Seed for weights and noise, 0 to 2^63 - 1.")

@@ -13,6 +13,7 @@ from diffprobe.cli.common import (
     O_DTYPE,
     O_FORCE,
     O_FORMAT,
+    O_FRAMES,
     O_GUIDANCE,
     O_HARDWARE,
     O_MODE,
@@ -64,6 +65,7 @@ def profile(
     prompt: Optional[str] = O_PROMPT,
     height: Optional[int] = typer.Option(None, help="Image height in px (default: the model's native size)."),
     width: Optional[int] = typer.Option(None, help="Image width in px (default: the model's native size)."),
+    frames: Optional[int] = O_FRAMES,
     steps: Optional[int] = O_STEPS,
     scheduler: Optional[str] = O_SCHEDULER,
     batch: int = typer.Option(1, help="Images per prompt."),
@@ -100,7 +102,7 @@ def profile(
                        allow_pickle=allow_pickle, repeat=repeat, warmup=warmup, sample_steps=sample_steps,
                        out=out_dir, mode=mode, trace_ops=trace, chrome_trace=chrome_trace, hardware=hardware,
                        approx=approx, force=force, op_timer=op_timer, compile=compile_, cuda_graphs=cuda_graphs,
-                       mask_interval=mask_interval, scheduler=scheduler)
+                       mask_interval=mask_interval, scheduler=scheduler, frames=frames)
     cfg = cfg.resolved()
     bar, callback = progress_bar(quiet)
     with bar:
@@ -120,6 +122,8 @@ def sweep(
     resolutions: str = typer.Option("256,512,768,1024,1536,2048",
                                     help="Comma list of image sides (N or HxW), each a multiple of 8."),
     batch: str = typer.Option("1", help="Comma list of batch sizes."),
+    frames: Optional[str] = typer.Option(None, "--frames", help="Video models: comma list of frame counts (each "
+                                         "4k+1 for Wan); default: the model's own."),
     prompt: Optional[str] = O_PROMPT,
     steps: Optional[int] = O_STEPS,
     scheduler: Optional[str] = O_SCHEDULER,
@@ -158,7 +162,8 @@ def sweep(
                         sample_steps=sample_steps, mode=mode, trace_ops=trace, hardware=hardware, approx=approx,
                         scheduler=scheduler)
     sc = SweepConfig(base=base, resolutions=parse_resolutions(resolutions), batches=parse_ints(batch, "--batch"),
-                     out=out_dir, max_point_seconds=max_point_seconds, accel=accel, accel_density=accel_density)
+                     out=out_dir, max_point_seconds=max_point_seconds, accel=accel, accel_density=accel_density,
+                     frames=parse_ints(frames, "--frames") if frames is not None else None)
     sc = sc.with_out()
     bar, callback = progress_bar(quiet)
     with bar:

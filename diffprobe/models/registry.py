@@ -55,6 +55,13 @@ class ModelSpec:
     quality_batch: str | None = None  # "digits": approx's quality batch is every digit (else the one prompt)
     extra_call_kwargs: tuple = ()  # (name, value) pipeline-call arguments of this model (a tiny variant's layers)
     cfg_distilled: bool = False  # the guidance scale is an input of this model's denoiser (LCM): never a CFG batch
+    default_frames: int | None = None  # video: the frames its pipeline makes by default (None: an image model)
+    native_height: int | None = None  # px, where the native size is not square (None: native_resolution)
+
+    @property
+    def video(self) -> bool:
+        """Whether the model makes videos (``--frames`` applies)."""
+        return self.family.video
 
     @property
     def folder(self):
@@ -77,13 +84,24 @@ class ModelSpec:
         return next(c for c in DENOISERS if c in self.components)
 
     @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this many px: the VAE's downsampling times the transformer's patch
-        (times 2 where the pipeline packs 2x2 latents, Flux)."""
+    def vae_factor(self) -> int:
+        """The VAE's spatial downsampling (px per latent pixel per side)."""
         vae = self.config("vae")
         channels = (vae.get("block_out_channels") or vae.get("encoder_block_out_channels")
                     or vae.get("dim_mult") or [0])  # dim_mult: the 3D causal VAEs (Qwen-Image, Wan)
-        factor = 2 ** (len(channels) - 1)
+        return 2 ** (len(channels) - 1)
+
+    def tokens(self, height: int, width: int, frames: int | None = None) -> int:
+        """Latent tokens per sample the denoiser sees at ``height`` x ``width`` (x ``frames`` for a video): a DiT's
+        patches (latent frames x latent height x latent width / patch area), a UNet's latent pixels."""
+        side = self.size_multiple
+        return (height // side) * (width // side) * self.family.latent_frames(frames or 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this many px: the VAE's downsampling times the transformer's patch
+        (times 2 where the pipeline packs 2x2 latents, Flux)."""
+        factor = self.vae_factor
         if self.denoiser == "unet":
             return factor
         patch = self.family.patch_size(self.config("transformer"))
@@ -135,6 +153,8 @@ def _specs() -> dict[str, ModelSpec]:
             extra_call_kwargs=tuple((k, tuple(v) if isinstance(v, list) else v)
                                     for k, v in (meta.get("call_kwargs") or {}).items()),
             cfg_distilled=bool(meta.get("cfg_distilled", False)),
+            default_frames=meta.get("frames"),
+            native_height=meta.get("native_height"),
         )
     return specs
 
@@ -268,7 +288,8 @@ def _describe_models() -> list[dict]:
             encoders.append({"component": enc, "class": modules[enc][0], "params": params[enc],
                              "tokens": tokens, "tokenizer": "stand-in" if stand_in else "real CLIP BPE"})
         rows.append({"name": spec.name, "title": spec.title, "family": spec.family.name,
-                     "native_resolution": spec.native_resolution, "pipeline": spec.pipeline_class,
+                     "native_resolution": spec.native_resolution, "native_height": spec.native_height,
+                     "frames": spec.default_frames, "pipeline": spec.pipeline_class,
                      "denoiser": spec.denoiser, "denoiser_class": modules[spec.denoiser][0],
                      "params": params, "text_encoders": encoders, "steps": spec.default_steps,
                      "guidance": spec.default_guidance, "cfg": spec.uses_cfg(spec.default_guidance),
@@ -309,6 +330,12 @@ def export_skeleton(spec: ModelSpec, dest: Path) -> Path:
 
 
 # the UNet config keys that fix the architecture (a fine-tune keeps them; another model changes some)
+
+
+def vae_scale(pipe) -> int:
+    """How many px one latent pixel covers per side (the VAE's spatial downsampling): ``vae_scale_factor``, or a
+    video pipeline's ``vae_scale_factor_spatial``."""
+    return int(getattr(pipe, "vae_scale_factor", None) or pipe.vae_scale_factor_spatial)
 
 
 def denoiser_name(pipe) -> str:

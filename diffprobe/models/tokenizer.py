@@ -96,6 +96,9 @@ def load_clip_tokenizer(settings: dict | None = None):
 STAND_INS = {
     "T5TokenizerFast": {"specials": ["<pad>", "</s>", "<unk>"], "vocab_size": 32100, "pad": "<pad>",
                         "eos": "</s>", "unk": "<unk>", "bos": None, "template": "$A </s>", "padding_side": "right"},
+    # UMT5's SentencePiece (Wan's google/umt5-xxl tokenizer, saved as a slow T5Tokenizer): T5's layout, 256,384 ids
+    "T5Tokenizer": {"specials": ["<pad>", "</s>", "<unk>"], "vocab_size": 256384, "pad": "<pad>", "eos": "</s>",
+                    "unk": "<unk>", "bos": None, "template": "$A </s>", "padding_side": "right"},
     "GemmaTokenizerFast": {"specials": ["<pad>", "<eos>", "<bos>", "<unk>"], "vocab_size": 256000, "pad": "<pad>",
                            "eos": "<eos>", "unk": "<unk>", "bos": "<bos>", "template": "<bos> $A",
                            "padding_side": "left"},

@@ -153,7 +153,7 @@ class RunDocument(Document):
     KIND: ClassVar[str] = "profile"
     FILE: ClassVar[str] = "run.json"
     OPTIONAL: ClassVar[tuple[str, ...]] = (
-        "denoiser_calls_per_step",
+        "denoiser_calls_per_step", "frames", "latent_frames", "tokens",
         "flops", "bytes", "bytes_unfused_total", "macs_conv_linear", "levels", "denoiser_per_call_and_sample", "moe",
         "seconds", "roofline", "warnings",
         "images", "image_complete", "approx", "op_timer", "compiled", "chrome_trace")
@@ -197,6 +197,9 @@ class RunDocument(Document):
     image: str | None
     findings: list = field(default_factory=list)
     denoiser_calls_per_step: int | None = None  # 2 where CFG's branches are separate calls (Qwen-Image), else 1
+    frames: int | None = None  # video models: frames generated (None: an image)
+    latent_frames: int | None = None  # video models: latent frames (the VAE's temporal compression)
+    tokens: int | None = None  # latent tokens per sample the denoiser sees (DiT: frames x h x w / patch; UNet: h x w)
     flops: dict | None = None  # the cost account (see analyses.breakdown.account)
     bytes: dict | None = None
     bytes_unfused_total: int | None = None

@@ -183,6 +183,18 @@ def bmm_flops(args, kwargs, out) -> Cost:
     return Cost(2 * macs, macs)
 
 
+@register("matmul", "linalg_solve")
+def solve_flops(args, kwargs, out) -> Cost:
+    """A = LU, then forward and back substitution (n x n A, k right-hand sides, batched): 2/3 n^3 for the
+    factorization and 2 n^2 per right-hand side (UniPC's corrector solves a system of its order at each step)."""
+    a, b = args[0], args[1]
+    n = a.shape[-1]
+    batch = a.numel // (n * n)
+    k = b.numel // (batch * n) if b.numel else 1
+    flops = batch * (2 * n**3 // 3 + 2 * n * n * k)
+    return Cost(flops, 0)
+
+
 @register("matmul", "baddbmm")
 def baddbmm_flops(args, kwargs, out) -> Cost:
     """beta * input + alpha * (b, m, k) @ (b, k, n): 2bmkn, + bmn for alpha != 1, + bmn (beta=1) or 2bmn."""

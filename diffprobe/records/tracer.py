@@ -47,15 +47,17 @@ _TAINT_PRUNE = 1 << 16
 class OpTracer:
     """Context manager recording every op of the pipeline's components into rows of the record schema.
 
-    ``latent_hw``: latent (h, w), for token counts per UNet level. ``cfg``: whether the UNet batch holds both CFG
-    branches. ``calls_per_step``: denoiser calls per denoising step (2 where the CFG branches are separate calls,
-    recorded as ``cond`` and ``uncond``). ``timer``: an object with ``begin()`` / ``end()`` around the traced
-    region, ``start(first_row)`` and ``stop(token, first_row)`` around each call, ``count(first_row, n_rows)`` for
-    a call that made more than one record, and ``fill(rows)`` (:class:`~diffprobe.timing.ops.OpTimer`,
-    :class:`~diffprobe.timing.kernels.ProfilerTimer`), or None to count only.
+    ``latent_hw``: latent (h, w), for token counts per UNet level; ``latent_frames``: a video's latent frames.
+    ``cfg``: whether the UNet batch holds both CFG branches. ``calls_per_step``: denoiser calls per denoising step
+    (2 where the CFG branches are separate calls, recorded as ``cond`` and ``uncond``). ``timer``: an object with
+    ``begin()`` / ``end()`` around the traced region, ``start(first_row)`` and ``stop(token, first_row)`` around
+    each call, ``count(first_row, n_rows)`` for a call that made more than one record, and ``fill(rows)``
+    (:class:`~diffprobe.timing.ops.OpTimer`, :class:`~diffprobe.timing.kernels.ProfilerTimer`), or None to count
+    only.
     """
 
-    def __init__(self, pipe, *, latent_hw: tuple[int, int], cfg: bool, timer=None, calls_per_step: int = 1):
+    def __init__(self, pipe, *, latent_hw: tuple[int, int], cfg: bool, timer=None, calls_per_step: int = 1,
+                 latent_frames: int = 1):
         self.pipe = pipe
         self.timer = timer
         self.cfg = cfg
@@ -76,13 +78,16 @@ class OpTracer:
         self.denoiser = den = denoiser_name(pipe)
         dmodule = getattr(pipe, den)
         self._taint: dict[int, object] = {}  # id -> weakref of tensors that carry the timestep conditioning
+        # id -> weakref of the denoiser's RoPE tables and what was computed from them inside attention (where a
+        # processor applies them in a function of its own, which no name patch reaches: Wan's)
+        self._rope_tables: dict[int, object] = {}
         family = family_of(pipe)
         level_of = family.level
         if den == "unet":
             n_levels = len(dmodule.config.block_out_channels)
         else:
             patch = family.patch_size(dict(dmodule.config)) * family.latent_patch
-            n_tokens = image_tokens(latent_hw, patch)
+            n_tokens = image_tokens(latent_hw, patch) * latent_frames  # a video's latent frames (temporal patch 1)
             for name, param in dmodule.named_parameters():
                 if name.endswith("scale_shift_table"):
                     self._mark(param)
@@ -140,15 +145,19 @@ class OpTracer:
             for t in tree_flatten(output)[0]:
                 if isinstance(t, torch.Tensor):
                     self._mark(t)
+        if st is not None and st.role == "rope" and st.stage == DENOISER:  # RoPE tables: applying them is rope
+            self._mark_all(output, self._rope_tables)
 
-    def _mark(self, t) -> None:
-        taint = self._taint
+    def _mark(self, t, taint: dict | None = None) -> None:
+        taint = self._taint if taint is None else taint
         if len(taint) >= _TAINT_PRUNE:  # forget the tensors freed since (a long run makes many)
-            self._taint = taint = {k: r for k, r in taint.items() if r() is not None}
+            alive = {k: r for k, r in taint.items() if r() is not None}
+            taint.clear()
+            taint.update(alive)
         taint[id(t)] = weakref.ref(t)
 
-    def _tainted(self, t) -> bool:
-        r = self._taint.get(id(t))
+    def _tainted(self, t, taint: dict | None = None) -> bool:
+        r = (self._taint if taint is None else taint).get(id(t))
         return r is not None and r() is t
 
     def _rope_frame(self, fn):
@@ -201,6 +210,10 @@ class OpTracer:
             if self._tainted_inputs(args, kwargs) is not None:
                 self._mark_all(out)
             return layer_type
+        if f.attn is not None and layer_type in ("elementwise", "view") and self._rope_tables:
+            if self._tainted_inputs(args, kwargs, self._rope_tables) is not None:
+                self._mark_all(out, self._rope_tables)
+                return "rope" if layer_type == "elementwise" else layer_type
         if f.attn is None and layer_type in ("elementwise", "memory", "view", "activation"):
             marks = self._tainted_inputs(args, kwargs)
             if marks:
@@ -212,14 +225,14 @@ class OpTracer:
             return "patchify"
         return layer_type
 
-    def _tainted_inputs(self, args, kwargs) -> list[bool] | None:
-        marks = [self._tainted(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    def _tainted_inputs(self, args, kwargs, taint: dict | None = None) -> list[bool] | None:
+        marks = [self._tainted(t, taint) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         return marks if any(marks) else None
 
-    def _mark_all(self, out) -> None:
+    def _mark_all(self, out, taint: dict | None = None) -> None:
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                self._mark(t)
+                self._mark(t, taint)
 
     # -- recording ---------------------------------------------------------------------------------------------
     def _append(self, op, part, f: Frame, layer_type, ins, outs, cost: Cost, macs_lit, unfused):

@@ -135,18 +135,30 @@ def roofline_figure(roof_ops, preset, title: str) -> Figure:
     return fig
 
 
-def _series(findings: dict) -> list[dict]:
+def _axis(findings: dict, quantity: str) -> tuple[list[dict], list[float], str, dict, dict]:
+    """The sweep's axis to draw: its points along the image side (at the smallest batch, and a video's fewest frames)
+    with their sides, or, where a video sweep varies frames at one size, along latent frames; returns the points,
+    their x values, the x unit, the exponents and the crossovers along it."""
     b0 = findings.get("exponents_batch", 1)
-    return sorted((p for p in findings["points"] if p["batch"] == b0), key=lambda p: p["side"])
+    f0 = findings.get("exponents_frames_at")
+    pts = sorted((p for p in findings["points"] if p["batch"] == b0 and p.get("frames") == f0 and quantity in p),
+                 key=lambda p: p["side"])
+    if len(pts) < 2 and findings.get("exponents_latent_frames"):
+        s0 = findings.get("frames_series_side")
+        pts = sorted((p for p in findings["points"] if p["batch"] == b0 and p["side"] == s0 and quantity in p),
+                     key=lambda p: p["latent_frames"])
+        return (pts, [p["latent_frames"] for p in pts], "latent frames", findings["exponents_latent_frames"],
+                {q: c and {**c, "side": c.get("latent_frames")} for q, c in
+                 (findings.get("crossover_latent_frames") or {}).items()})
+    return pts, [p["side"] for p in pts], "px", findings.get("exponents", {}), findings.get("crossover") or {}
 
 
 def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
     """UNet shares per layer class vs image side (stacked area), the self-attention/convolution crossover
     marked."""
-    pts = [p for p in _series(findings) if quantity in p]
+    pts, sides, unit, _, crossovers = _axis(findings, quantity)
     if len(pts) < 2:
         return None
-    sides = [p["side"] for p in pts]
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     classes = [c for c in CLASS_ORDER if any(p[quantity]["denoiser"].get(c, 0) > 0 for p in pts)]
@@ -156,17 +168,18 @@ def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
     # the classes do not overlap: attention rows belong to self/cross attention only (their per-type classes
     # carry a ".self"/".cross" suffix and are not stacked here)
     ax.stackplot(sides, *shares, labels=classes, colors=[color(c) for c in classes], alpha=0.9)
-    cross = (findings.get("crossover") or {}).get(quantity)
+    cross = crossovers.get(quantity)
     if cross and cross.get("side") is not None and not cross.get("already_ahead") and (
             sides[0] <= cross["side"] <= sides[-1]):
         ax.axvline(cross["side"], color="black", linestyle="--", linewidth=1)
         a, b = (c.replace("_core", "").replace("_layers", " layers").replace("_", "-")
                 for c in findings.get("crossover_pair") or ("self_attention", "conv"))
-        ax.annotate(f"{a} > {b}\n≈ {cross['side']:.0f} px", (cross["side"], 95), fontsize=9,
+        ax.annotate(f"{a} > {b}\n≈ {cross['side']:.{0 if unit == 'px' else 1}f} {unit}", (cross["side"], 95),
+                    fontsize=9,
                     ha="left", va="top", xytext=(4, 0), textcoords="offset points")
     ax.set_xlim(sides[0], sides[-1])
     ax.set_ylim(0, 100)
-    ax.set_xlabel("image side (px)")
+    ax.set_xlabel("image side (px)" if unit == "px" else unit)
     ax.set_ylabel(f"share of denoiser {'FLOPs' if quantity == 'flops' else 'time'} (%)")
     ax.set_title(f"denoiser {'FLOP' if quantity == 'flops' else 'time'} shares by layer class", fontsize=10)
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
@@ -175,11 +188,11 @@ def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
 
 def loglog(findings: dict, quantity: str = "flops") -> Figure | None:
     """UNet cost per class vs side on log-log axes, with the fitted exponent in each label."""
-    pts = [p for p in _series(findings) if quantity in p]
-    fits = findings.get("exponents", {}).get(quantity, {})
+    pts, sides, unit, exponents, _ = _axis(findings, quantity)
+    fits = exponents.get(quantity, {})
     if len(pts) < 2:
         return None
-    sides = np.array([p["side"] for p in pts])
+    sides = np.array(sides, dtype=float)
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for c in ("total", "self_attention_core", "attention_core", "self_attention", "joint_attention", "conv",
@@ -193,9 +206,10 @@ def loglog(findings: dict, quantity: str = "flops") -> Figure | None:
                 label=f"{c}: k = {round(fit['k'], 2) + 0.0:.2f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("image side (px)")
+    ax.set_xlabel("image side (px)" if unit == "px" else unit)
     ax.set_ylabel("denoiser FLOPs" if quantity == "flops" else "denoiser seconds (measured ops)")
-    ax.set_title("scaling: cost ∝ side^k (lines: least-squares fits)", fontsize=10)
+    ax.set_title(f"scaling: cost ∝ {'side' if unit == 'px' else 'latent frames'}^k (lines: least-squares fits)",
+                 fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     return fig
 

@@ -79,7 +79,8 @@ class Page:
     def image(self, png: bytes, caption: str, width: int | None = None) -> None:
         data = base64.b64encode(png).decode("ascii")
         w = f' width="{width}"' if width else ""
-        self.add(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(caption)}"{w}>'
+        kind = "gif" if png[:4] == b"GIF8" else "png"  # a video's frames: an animated GIF
+        self.add(f'<figure><img src="data:image/{kind};base64,{data}" alt="{esc(caption)}"{w}>'
                  f"<figcaption>{esc(caption)}</figcaption></figure>")
 
     def write(self) -> Path:

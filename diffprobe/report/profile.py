@@ -24,26 +24,38 @@ def cfg_words(d: RunDocument) -> str:
     return f"CFG {'on' if d.cfg else 'off'}"
 
 
+def size_words(d) -> str:
+    """``WxH`` as the run's height x width, and a video's frames (``1280x720 x 81 frames (21 latent)``); ``d``: a
+    run document or anything with ``height``, ``width`` and optional ``frames`` / ``latent_frames``."""
+    size = f"{d.height}x{d.width}"
+    frames = getattr(d, "frames", None)
+    if frames:
+        latent = getattr(d, "latent_frames", None)
+        size += f" x {frames} frames" + (f" ({latent} latent)" if latent else "")
+    return size
+
+
 def headline(d: RunDocument) -> list[str]:
     """The run in one line (and a random-weights warning): what the terminal prints above the sections."""
     if d.mode == "analytic":
-        return [f"analytic: {model_label(d)} {d.height}x{d.width}, batch {d.batch}, {d.steps} steps "
+        return [f"analytic: {model_label(d)} {size_words(d)}, batch {d.batch}, {d.steps} steps "
                 f"({d.denoiser_evals} denoiser evals), {cfg_words(d)}, {d.dtype} — meta device, nothing executed"]
-    lines = [f"{model_label(d)} {d.height}x{d.width}, batch {d.batch}, {d.steps} steps, {cfg_words(d)}, "
+    lines = [f"{model_label(d)} {size_words(d)}, batch {d.batch}, {d.steps} steps, {cfg_words(d)}, "
              f"{d.device} {d.dtype}"]
     if d.random_weights:
         lines.insert(0, f"random weights — {d.note}")
     return lines
 
 
-CONFIG_KEYS = ("model", "model_title", "weights", "prompt", "height", "width", "steps", "scheduler",
-               "denoiser_evals", "denoiser_evals_measured", "denoiser_calls_per_step", "batch", "guidance", "seed",
-               "device", "dtype", "mode",
-               "repeat", "warmup", "status")
+CONFIG_KEYS = ("model", "model_title", "weights", "prompt", "height", "width", "frames", "latent_frames", "tokens",
+               "steps", "scheduler", "denoiser_evals", "denoiser_evals_measured", "denoiser_calls_per_step", "batch",
+               "guidance", "seed", "device", "dtype", "mode", "repeat", "warmup", "status")
+VIDEO_KEYS = ("frames", "latent_frames")  # shown for a video only
 
 
 def configuration(d: RunDocument, folder: Path) -> Section:
-    return Section("Configuration", ["setting", "value"], [[k, str(getattr(d, k))] for k in CONFIG_KEYS],
+    return Section("Configuration", ["setting", "value"], [[k, str(getattr(d, k))] for k in CONFIG_KEYS
+                                                           if k not in VIDEO_KEYS or getattr(d, k) is not None],
                    left=2, page_only=True)
 
 
@@ -350,7 +362,7 @@ def images(d: RunDocument, folder: Path) -> Section | None:
     ap_image = (d.approx or {}).get("image")
     if ap_image and (folder / ap_image).exists():
         shown.append(Image(folder / ap_image, f"{ap_image}: the same run with {setting_label(d.approx)}", width))
-    return Section("Generated image", images=shown, page_only=True)
+    return Section("Generated video" if image.endswith(".gif") else "Generated image", images=shown, page_only=True)
 
 
 def environment(d: RunDocument, folder: Path) -> Section | None:

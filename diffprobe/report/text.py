@@ -133,7 +133,7 @@ def models_table(rows: list[dict]) -> Table:
              "Gemma2Model": "Gemma2", "Qwen3Model": "Qwen3",
              "Mistral3ForConditionalGeneration": "Mistral3", "UNet2DConditionModel": "UNet",
              "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL", "LlamaForCausalLM": "Llama",
-             "HiDreamImageTransformer2DModel": "HiDreamTransformer2D"}
+             "HiDreamImageTransformer2DModel": "HiDreamTransformer2D", "UMT5EncoderModel": "UMT5"}
     for col in ("name", "family", "native px", "denoiser", "params", "text encoders: params/tokens", "VAE", "total",
                 "steps", "CFG"):
         t.add_column(col, justify="left" if col in ("name", "family", "denoiser", "text encoders: params/tokens")
@@ -142,14 +142,17 @@ def models_table(rows: list[dict]) -> Table:
         encoders = " + ".join(f"{short.get(e['class'], e['class'])} {fmt_n(e['params'])}/{e['tokens']}"
                               + ("*" if e["tokenizer"] == "stand-in" else "") for e in r["text_encoders"])
         cls = r["denoiser_class"]
-        t.add_row(r["name"], r["family"], str(r["native_resolution"]), short.get(cls, cls.removesuffix("Model")),
+        native = str(r["native_resolution"])
+        if r.get("frames"):  # a video model: height x width x frames
+            native = f"{r.get('native_height') or native}x{native}x{r['frames']}"
+        t.add_row(r["name"], r["family"], native, short.get(cls, cls.removesuffix("Model")),
                   fmt_n(r["params"][r["denoiser"]]), encoders, fmt_n(r["params"]["vae"]),
                   fmt_n(sum(r["params"].values())), str(r["steps"]),
                   f"{r['guidance']:g}" if r["cfg"] else "off (distilled)" if r["cfg_distilled"] else "off")
-    t.caption = ("tokens: the length every prompt is padded to (Qwen-Image: the most it keeps of a prompt's own "
-                 "tokens, unpadded); * a stand-in tokenizer (the real vocabulary ships with no registry package; costs "
-                 "depend only on the length, but for Z-Image's caption and Qwen-Image, which follow the prompt's token "
-                 "count: docs/counting.md)")
+    t.caption = ("native px: a video model's height x width x frames; tokens: the length every prompt is padded to "
+                 "(Qwen-Image: the most it keeps of a prompt's own tokens, unpadded); * a stand-in tokenizer (the "
+                 "real vocabulary ships with no registry package; costs depend only on the length, but for "
+                 "Z-Image's caption and Qwen-Image, which follow the prompt's token count: docs/counting.md)")
     return t
 
 

@@ -32,7 +32,7 @@ from diffprobe.models.registry import get_spec
 from diffprobe.records.documents import ApproxDocument
 from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_document, write_ops
-from diffprobe.run.pipeline import PipelineCall
+from diffprobe.run.pipeline import PipelineCall, output_of
 from diffprobe.run.profile import (
     analytic_twin,
     build_pipeline,
@@ -67,7 +67,7 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
     with torch.inference_mode(), timer, installed_in(pipe, core) if core else contextlib.nullcontext(), \
             step_hooks(pipe, keep) as hooks:
         t0 = time.perf_counter()
-        images = PipelineCall(cfg, tuple(prompts))(pipe, **hooks).images  # the same noise every call
+        images = output_of(PipelineCall(cfg, tuple(prompts))(pipe, **hooks))  # the same noise every call
         wall = time.perf_counter() - t0
     denoiser_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")
     return {"images": images.float().cpu(), "latents": steps, "denoiser_s": denoiser_s, "wall_s": wall}

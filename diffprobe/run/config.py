@@ -18,6 +18,7 @@ from diffprobe.models.registry import (
     build_scheduler,
     count_params,
     get_spec,
+    list_models,
 )
 from diffprobe.models.schedulers import check_scheduler
 from diffprobe.models.weights import check_weights_path
@@ -63,6 +64,7 @@ class ProfileConfig:
     cuda_graphs: bool = False  # CUDA only: the compiled run replays CUDA graphs (Inductor's cudagraphs)
     mask_interval: int = 1  # --approx block=τ: a layer's block mask predicted every N steps, reused in between
     scheduler: str | None = None  # --scheduler NAME (models/schedulers.py); None: the model's own
+    frames: int | None = None  # video models: frames to generate (None: the model's default); image models: None
 
     @property
     def random_weights(self) -> bool:
@@ -105,9 +107,10 @@ def _check_size_and_fill(cfg: ProfileConfig, spec) -> None:
                                  f"{spec.name}'s native {spec.native_resolution} px)")
     if cfg.steps is None:
         cfg.steps = spec.default_steps
-    cfg.height = cfg.height if cfg.height is not None else spec.native_resolution
+    cfg.height = cfg.height if cfg.height is not None else (spec.native_height or spec.native_resolution)
     cfg.width = cfg.width if cfg.width is not None else spec.native_resolution
     check_resolution(spec, cfg.height, cfg.width, ("--height", "--width"))
+    cfg.frames = check_frames(spec, cfg.frames)
     if cfg.guidance is None:
         cfg.guidance = spec.default_guidance
 
@@ -243,6 +246,25 @@ def check_resolution(spec: ModelSpec, height: int, width: int, flags: tuple[str,
         why = spec.family.size_problem(spec.config("transformer"), height, width)
         if why:
             raise DiffprobeError(f"{spec.name}: {why}")
+
+
+def check_frames(spec: ModelSpec, frames: int | None) -> int | None:
+    """The frames of a run: a video model's default, or ``frames`` where its VAE can take it (one more than a
+    multiple of its temporal compression); refused, in one line, for an image model or a count the VAE cannot
+    take."""
+    if not spec.video:
+        if frames is not None:
+            raise DiffprobeError(f"--frames applies to video models; {spec.name} makes images (video models: "
+                                 + ", ".join(s.name for s in list_models() if s.video) + ")")
+        return None
+    if frames is None:
+        return spec.default_frames
+    k = spec.family.temporal_compression
+    if frames < 1 or (frames - 1) % k:
+        low = max(1, (frames - 1) // k * k + 1)
+        raise DiffprobeError(f"--frames {frames}: {spec.name}'s VAE compresses {k} frames into one latent frame after "
+                             f"the first, so frames must be {k}k+1 (e.g. {low} or {low + k})")
+    return frames
 
 
 WEIGHT_OVERHEAD = 1.15  # weights as loaded, plus the activations, workspaces and allocator slack of one step

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError, interruption
-from diffprobe.models.registry import get_spec
+from diffprobe.models.registry import get_spec, vae_scale
 from diffprobe.records.schema import DENOISER
 from diffprobe.records.tracer import OpTracer
 from diffprobe.run.analytic import MetaAdapters
 from diffprobe.run.config import ProfileConfig
-from diffprobe.run.pipeline import PipelineCall, build_pipeline
+from diffprobe.run.pipeline import PipelineCall, build_pipeline, output_of
 from diffprobe.run.stepping import step_hooks
 from diffprobe.timing.kernels import ProfilerTimer
 from diffprobe.timing.ops import OpTimer
@@ -32,7 +32,9 @@ def tracer_for(cfg: ProfileConfig, pipe, timed: bool) -> OpTracer:
     timer = None
     if timed:
         timer = ProfilerTimer(cfg.device) if cfg.op_timer == "profiler" else OpTimer(cfg.device)
-    return OpTracer(pipe, latent_hw=(cfg.height // pipe.vae_scale_factor, cfg.width // pipe.vae_scale_factor),
+    scale = vae_scale(pipe)
+    return OpTracer(pipe, latent_hw=(cfg.height // scale, cfg.width // scale),
+                    latent_frames=get_spec(cfg.model).family.latent_frames(cfg.frames or 1),
                     cfg=get_spec(cfg.model).uses_cfg(cfg.guidance), timer=timer,
                     calls_per_step=get_spec(cfg.model).calls_per_step(cfg.guidance))
 
@@ -177,7 +179,7 @@ def measured_pass(cfg: ProfileConfig, pipe, evals_full: int, evals: int, report=
                 tracer = tracer_for(cfg, pipe, timed=True) if cfg.trace_ops else None
                 with step_hooks(pipe, on_step, stop) as hooks, tracer or contextlib.nullcontext():
                     start = timer.mark()
-                    images = pipe(**call, **hooks).images
+                    images = output_of(pipe(**call, **hooks))
                     end = timer.mark()
                 if run_idx >= cfg.warmup:
                     runs.append(_with_totals(timer, timer.events(), start, end))

@@ -14,6 +14,7 @@ from diffprobe.models.registry import (
     get_spec,
     pipeline_from_components,
     text_encoder_names,
+    vae_scale,
 )
 from diffprobe.models.schedulers import scheduler_from
 from diffprobe.models.weights import load_pipeline
@@ -55,8 +56,8 @@ def initial_latents(cfg: ProfileConfig, pipe):
     from diffusers.utils.torch_utils import randn_tensor
 
     family = family_of(pipe)
-    shape = family.latent_shape(denoiser(pipe).config.in_channels, pipe.vae_scale_factor, cfg.batch, cfg.height,
-                                cfg.width)
+    shape = family.latent_shape(denoiser(pipe).config.in_channels, vae_scale(pipe), cfg.batch, cfg.height,
+                                cfg.width, cfg.frames or 1)
     # the pipeline makes its latents in the prompt embeddings' dtype (that of the last text encoder); Sana in fp32
     dtype = getattr(torch, family.latent_dtype) if family.latent_dtype else getattr(
         pipe, text_encoder_names(pipe)[-1]).dtype
@@ -95,7 +96,8 @@ class PipelineCall:
             width=cfg.width,
             num_inference_steps=cfg.steps,
             **get_spec(cfg.model).family.guidance_kwargs(cfg.guidance),
-            num_images_per_prompt=1 if many else cfg.batch,
+            **{family_of(pipe).count_kwarg: 1 if many else cfg.batch},
+            **({"num_frames": cfg.frames} if family_of(pipe).video else {}),
             generator=torch.Generator("cpu" if cfg.mode == "analytic" else cfg.device).manual_seed(cfg.seed),
             latents=initial_latents(noise_cfg, pipe),
             output_type=self.output_type,
@@ -112,9 +114,20 @@ def pipeline_kwargs(cfg: ProfileConfig, pipe) -> dict:
     return PipelineCall(cfg).kwargs(pipe)
 
 
+def output_of(out):
+    """What a pipeline call made: its images, or a video pipeline's frames (a ``pt`` tensor of videos x frames x
+    channels x height x width)."""
+    images = getattr(out, "images", None)
+    return images if images is not None else out.frames
+
+
 def to_pil(pipe, images) -> list:
-    """PIL images from the pipeline's ``pt`` output, as ``output_type="pil"`` would have made them."""
-    return pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(images))
+    """PIL images from the pipeline's ``pt`` output, as ``output_type="pil"`` would have made them; a video's frames
+    as one list of images per video."""
+    processor = getattr(pipe, "image_processor", None) or pipe.video_processor
+    if images.ndim == 5:
+        return [processor.numpy_to_pil(processor.pt_to_numpy(video)) for video in images]
+    return processor.numpy_to_pil(processor.pt_to_numpy(images))
 
 
 def prompt_notes(pipe, prompt: str, max_sequence_length: int | None = None) -> list[str]:

@@ -129,13 +129,19 @@ def _take_compiled(result: ProfileResult, compiled, pipe, out_dir: Path) -> None
 
 
 def _save_images(out_dir: Path, result: ProfileResult | None, pipe, images, single: str = "image.png") -> None:
-    """The run's images as PNG files (``image.png``, or ``image_<i>.png`` for a batch), named in ``result``."""
+    """The run's images as PNG files (``image.png``, or ``image_<i>.png`` for a batch), a video's frames as an
+    animated GIF (``video.gif`` / ``video_<i>.gif``, 16 frames a second: Wan's rate), named in ``result``."""
     if images is None:
         return
     names = []
     for i, img in enumerate(to_pil(pipe, images)):
-        name = single if len(images) == 1 else f"{Path(single).stem}_{i}.png"
-        img.save(out_dir / name)
+        if isinstance(img, list):  # a video's frames
+            stem = Path(single).stem.replace("image", "video")
+            name = f"{stem}.gif" if len(images) == 1 else f"{stem}_{i}.gif"
+            img[0].save(out_dir / name, save_all=True, append_images=img[1:], duration=1000 // 16, loop=0)
+        else:
+            name = single if len(images) == 1 else f"{Path(single).stem}_{i}.png"
+            img.save(out_dir / name)
         names.append(name)
     if result is not None:
         result.image, result.images = names[0], names

@@ -1,9 +1,11 @@
-"""Sweeps: one profile per (resolution, batch) point, written to a sweep folder point by point, resumable.
+"""Sweeps: one profile per (resolution, batch) point (and frames, for a video model), written to a sweep folder
+point by point, resumable.
 
 Layout of a sweep folder::
 
     sweep.json                  configuration, point status, findings (rewritten atomically after each point)
     points/<H>x<W>-b<B>/        a complete profile run folder (run.json, ops.parquet) per finished point
+                                (a video model's: <H>x<W>-f<frames>-b<B>)
 
 A point's folder is written under ``.partial/`` and renamed into ``points/`` when complete, so a killed sweep
 leaves only whole points; running the same command again skips them. A folder made with another configuration
@@ -27,11 +29,12 @@ from diffprobe.models.registry import get_spec
 from diffprobe.parsing import parse_ints, parse_resolutions  # noqa: F401  (imported from here too)
 from diffprobe.records.runfolder import prepare_out_dir, read_ops
 from diffprobe.run.accel import accel_run, check_accel
+from diffprobe.run.config import check_frames
 from diffprobe.run.points import SweepFolder, run_points
 from diffprobe.run.profile import ProfileConfig, analytic_twin, build_pipeline, check_resolution, run_profile
 
 # what makes two sweeps comparable point by point; resolution and batch are the swept axes, the rest must match
-IDENTITY_EXCLUDE = ("height", "width", "batch", "out", "hardware", "chrome_trace", "force")
+IDENTITY_EXCLUDE = ("height", "width", "batch", "frames", "out", "hardware", "chrome_trace", "force")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class SweepConfig:
     max_point_seconds: float | None = None  # measured: skip points whose roofline prediction exceeds this
     accel: str | None = None  # accelerator presets (comma list): each point also evaluated on them (accel.json)
     accel_density: float | None = None  # the kept self-attention density for presets that skip attention
+    frames: list[int] | None = None  # video models: the frame counts swept (None: the model's default)
 
     def with_out(self) -> "SweepConfig":
         """This config with ``out`` set: a new default folder when none was given."""
@@ -63,12 +67,13 @@ class SweepConfig:
             base["guidance"] = spec.default_guidance
         return {k: v for k, v in base.items() if k not in IDENTITY_EXCLUDE}
 
-    def points(self) -> list[tuple[int, int, int]]:
-        return [(h, w, b) for b in self.batches for (h, w) in self.resolutions]
+    def points(self) -> list[tuple[int, int, int, int | None]]:
+        """(height, width, batch, frames) of every point (frames None: the model's own, or an image model)."""
+        return [(h, w, b, f) for b in self.batches for f in (self.frames or [None]) for (h, w) in self.resolutions]
 
 
-def point_name(h: int, w: int, b: int) -> str:
-    return f"{h}x{w}-b{b}"
+def point_name(h: int, w: int, b: int, f: int | None = None) -> str:
+    return f"{h}x{w}-b{b}" if f is None else f"{h}x{w}-f{f}-b{b}"
 
 
 def _predicted_seconds(cfg: ProfileConfig, preset_name: str) -> float:
@@ -101,6 +106,8 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
         raise DiffprobeError("--accel-density needs --accel PRESET")
     for h, w in sc.resolutions:  # validate every point before any work
         check_resolution(spec, h, w)
+    for f in sc.frames or []:
+        check_frames(spec, f)
     base = replace(base, height=sc.resolutions[0][0], width=sc.resolutions[0][1]).resolved()
     sc = sc.with_out()
     folder = SweepFolder(sc.out, sc.identity())
@@ -141,15 +148,16 @@ def _run_points(sc: SweepConfig, base: ProfileConfig, spec, folder: SweepFolder,
     sizes = {point_name(*p): p for p in todo}
 
     def record(name: str, status: str, **extra) -> None:
-        h, w, b = sizes[name]
-        points[name] = {"height": h, "width": w, "batch": b, "status": status, **extra}
+        h, w, b, f = sizes[name]
+        points[name] = {"height": h, "width": w, "batch": b, **({"frames": f} if f else {}), "status": status,
+                        **extra}
         if status != "ok":
             say(extra["message"])
         folder.save(state)
 
     def skip(name: str) -> bool:
-        h, w, b = sizes[name]
-        cfg = replace(base, height=h, width=w, batch=b)
+        h, w, b, f = sizes[name]
+        cfg = replace(base, height=h, width=w, batch=b, frames=f or base.frames)
         if cfg.mode != "measured" or sc.max_point_seconds is None:
             return False
         preset = cfg.hardware or ("this-cpu" if cfg.device == "cpu" else None)
@@ -163,10 +171,10 @@ def _run_points(sc: SweepConfig, base: ProfileConfig, spec, folder: SweepFolder,
         return True
 
     def work(name: str, tmp: Path) -> None:
-        h, w, b = sizes[name]
+        h, w, b, f = sizes[name]
         if not pipes:
             pipes.append(build_pipeline(base, spec))
-        run_profile(replace(base, height=h, width=w, batch=b, out=str(tmp)), pipe=pipes[0])
+        run_profile(replace(base, height=h, width=w, batch=b, frames=f or base.frames, out=str(tmp)), pipe=pipes[0])
         if sc.accel is not None:  # the point's records on the accelerator presets, beside them (accel.json)
             accel_run(tmp, sc.accel, sc.accel_density)
 

@@ -93,3 +93,10 @@ def test_einsum_by_hand():
     c = TensorMeta((2, 3, 4), "float32", 4)
     assert fn(("...j,...j->...j", [a, c]), {}, a).flops == 2 * 3 * 4  # elementwise product: 1 per element
     assert fn(("bij,bjk", [a, b]), {}, out).flops == 240  # implicit output
+
+
+def test_linear_solve_counts_the_lu_and_the_substitutions():
+    # UniPC's corrector: a 2x2 system, one right-hand side: 2/3 * 8 (floored) for LU + 2 * 4 * 1 substitutions
+    assert cost("aten.linalg_solve.default", [T(2, 2), T(2)], T(2)).flops == 5 + 8
+    # batched, 3 right-hand sides: per system 2/3 * 27 = 18, + 2 * 9 * 3 = 54
+    assert cost("aten.linalg_solve.default", [T(4, 3, 3), T(4, 3, 3)], T(4, 3, 3)).flops == 4 * (18 + 54)

@@ -301,3 +301,23 @@ def hidream(heads, head_dim, double, single, llama_ch, t5_ch, pooled, experts=4,
     n += double * (linear(d, 12 * d) + 2 * attn + moe + swiglu(4 * d))
     n += single * (linear(d, 6 * d) + attn + moe)
     return n + linear(d, 2 * d) + linear(d, patch * patch * in_ch)
+
+
+def umt5_encoder(d, ff, heads, d_kv, layers, vocab=256384, buckets=32):
+    """UMT5 encoder: as T5 v1.1's (:func:`t5_encoder`), but every layer has its own relative position buckets."""
+    return t5_encoder(d, ff, heads, d_kv, layers, vocab, buckets) + (layers - 1) * buckets * heads
+
+
+def wan(heads, head_dim, layers, ffn, text=4096, in_ch=16, out_ch=16, patch=(1, 2, 2), freq=256):
+    """Wan 2.1's video DiT (every linear with a bias): a 3D patch conv (frames x height x width patch); a timestep MLP
+    (freq -> D -> D) and its 6D projection; the caption MLP (text -> D -> D, GELU); per block self- and cross-attention
+    (q, k, v, out, and RMS norms of q and k over all heads), the cross-attention's input LayerNorm (affine), a GELU
+    feed-forward (D -> ffn -> D), a 6D shift/scale/gate table (its other two LayerNorms without affine); the final
+    2D table and output linear (D -> out channels x patch volume)."""
+    d = heads * head_dim
+    volume = patch[0] * patch[1] * patch[2]
+    n = in_ch * volume * d + d
+    n += linear(freq, d) + linear(d, d) + linear(d, 6 * d) + linear(text, d) + linear(d, d)
+    attention = 4 * linear(d, d) + 2 * rms(d)
+    block = 2 * attention + norm(d) + linear(d, ffn) + linear(ffn, d) + 6 * d
+    return n + layers * block + 2 * d + linear(d, out_ch * volume)

@@ -60,6 +60,18 @@ class Family:
     min_steps_why: str = ""
     # a method package's own pipeline loop per pipeline class: {package: {pipeline class: module}} (T-GATE's)
     package_loops: dict = field(default_factory=dict)
+    # video: frames per latent frame of the VAE (latent frames = (frames - 1) / this + 1); 0: an image family
+    temporal_compression: int = 0
+    count_kwarg: str = "num_images_per_prompt"  # the pipeline-call argument for outputs per prompt
+
+    @property
+    def video(self) -> bool:
+        """Whether the family makes videos (its pipelines take ``num_frames``)."""
+        return self.temporal_compression > 0
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames for ``frames`` video frames (1 for an image family)."""
+        return (frames - 1) // self.temporal_compression + 1 if self.video else 1
 
     def level(self, path: str) -> str:
         """The level of a module path of this family's denoiser or VAE decoder."""
@@ -67,11 +79,15 @@ class Family:
             return unet_level(path)
         return dit_level(path, self.pos_embed_embeds_patches, self.two_streams)
 
-    def latent_shape(self, channels: int, scale: int, batch: int, height: int, width: int) -> tuple[int, ...]:
+    def latent_shape(self, channels: int, scale: int, batch: int, height: int, width: int,
+                     frames: int = 1) -> tuple[int, ...]:
         """The shape of the starting noise the pipeline's ``latents`` argument takes, for ``channels`` transformer
         input channels and a VAE that downsamples by ``scale``: FLUX.1 takes it unpacked (a quarter of the channels,
-        packed by :meth:`pack_latents`), FLUX.2 with its 2x2 patches as channels (it packs them itself)."""
+        packed by :meth:`pack_latents`), FLUX.2 with its 2x2 patches as channels (it packs them itself); a video
+        family's has a latent-frame axis after the channels."""
         s = scale * self.latent_patch
+        if self.video:
+            return batch, channels, self.latent_frames(frames), height // s, width // s
         if self.packs_latents:
             return batch, channels // 4, 2 * (height // s), 2 * (width // s)
         return batch, channels, height // s, width // s
@@ -81,8 +97,10 @@ class Family:
         return type(pipe)._pack_latents(latents, *shape) if self.packs_latents else latents
 
     def patch_size(self, config: dict) -> int:
-        """The transformer's patch side in latent pixels, from its config (1 for a UNet)."""
-        return int(config.get("patch_size") or 1)
+        """The transformer's patch side in latent pixels, from its config (1 for a UNet; a video transformer's
+        (frames, height, width) patch: its width)."""
+        patch = config.get("patch_size") or 1
+        return int(patch[-1] if isinstance(patch, (list, tuple)) else patch)
 
     def meta_adapter(self, pipe):
         """Analytic mode: a change the family's pipeline needs to run on meta tensors, as an undo function (None:
@@ -130,7 +148,7 @@ class Family:
 
 
 # one module each, in this package
-MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "flux2", "sana", "zimage", "qwenimage", "hidream")
+MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "flux2", "sana", "zimage", "qwenimage", "hidream", "wan")
 
 
 @lru_cache(maxsize=None)
