@@ -1,9 +1,10 @@
 """Wall time of analytic mode (meta device, full pipeline, every step), after import.
 
 Targets: SD 1.5 @ 512 <= 3 s, SDXL @ 1024 <= 10 s, every diffusion transformer's full pipeline at its native
-resolution and default steps <= 10 s, on a 2-core CPU. The baseline for comparison is a measured run of the same
-configuration, which on this machine takes minutes per image (see docs/benchmarks.md), or cannot run at all (the
-DiTs' T5-XXL alone is 19 GB in fp32).
+resolution and default steps <= 10 s (the 2025-26 image models <= 15 s), every video model at its native size and
+frames <= 30 s (Wan 2.1 14B at 1280x720 x 81 frames), on a 2-core CPU. The baseline for comparison is a measured
+run of the same configuration, which on this machine takes minutes per image (see docs/benchmarks.md), or cannot
+run at all (the DiTs' T5-XXL alone is 19 GB in fp32).
 
     python benchmarks/analytic_speed.py [MODEL ...]   (the models named; default all)
 """
@@ -33,7 +34,8 @@ def main() -> None:
     runs += [(m, None, None) for m in ("pixart-alpha", "pixart-sigma", "sd3-medium", "sd35-large", "flux-dev",
                                        "flux-schnell", "sana-1600m", "sd35-medium", "z-image-turbo",
                                        "flux2-dev", "qwen-image", "hidream-i1-full", "hidream-i1-dev",
-                                       "hidream-i1-fast")]  # native size, the pipeline's own steps
+                                       "hidream-i1-fast", "wan21-t2v-1.3b", "wan21-t2v-14b", "cogvideox-5b",
+                                       "ltx-video", "mochi-1", "hunyuan-video")]  # native size and frames, own steps
     chosen = set(sys.argv[1:])
     for model, size, steps in runs:
         if chosen and model not in chosen:
@@ -44,7 +46,9 @@ def main() -> None:
                                           out=out))
             wall = time.perf_counter() - t0
         d = r.to_dict()
-        print(f"{model:15s} {d['height']:5d}px  {d['steps']:2d} steps ({d['denoiser_evals']} denoiser evals)  "
+        frames = f" x {d['frames']:3d} frames" if d.get("frames") else ""
+        print(f"{model:15s} {d['height']:5d}x{d['width']}px{frames}  {d['steps']:2d} steps "
+              f"({d['denoiser_evals']} denoiser evals)  "
               f"wall {wall:.2f} s  {d['flops']['total'] / 1e12:.1f} TFLOP  {len(r.ops)} op records")
 
 

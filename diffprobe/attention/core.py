@@ -206,7 +206,7 @@ def installed_dit(transformer, core: Core, family: Family):
         if not is_attention(module):
             continue
         n_modules += 1
-        kind = attention_kind(module, f"transformer.{name}", family.joint_paths)
+        kind = attention_kind(module, f"transformer.{name}", family.joint_paths, family.cross_paths)
         entry = (name, kind, family.level(f"transformer.{name}"), family.text_keys)
         hooks.append(module.register_forward_pre_hook(lambda *_, e=entry: stack.append(e)))
         hooks.append(module.register_forward_hook(lambda *_: _pop(stack), always_call=True))

@@ -86,6 +86,8 @@ class ModelSpec:
     @property
     def vae_factor(self) -> int:
         """The VAE's spatial downsampling (px per latent pixel per side)."""
+        if self.family.vae_downsample:
+            return self.family.vae_downsample
         vae = self.config("vae")
         channels = (vae.get("block_out_channels") or vae.get("encoder_block_out_channels")
                     or vae.get("dim_mult") or [0])  # dim_mult: the 3D causal VAEs (Qwen-Image, Wan)
@@ -335,7 +337,11 @@ def export_skeleton(spec: ModelSpec, dest: Path) -> Path:
 def vae_scale(pipe) -> int:
     """How many px one latent pixel covers per side (the VAE's spatial downsampling): ``vae_scale_factor``, or a
     video pipeline's ``vae_scale_factor_spatial``."""
-    return int(getattr(pipe, "vae_scale_factor", None) or pipe.vae_scale_factor_spatial)
+    for name in ("vae_scale_factor", "vae_scale_factor_spatial", "vae_spatial_compression_ratio",  # LTX
+                 "vae_spatial_scale_factor"):  # Mochi
+        if getattr(pipe, name, None):
+            return int(getattr(pipe, name))
+    raise DiffprobeError(f"{type(pipe).__name__} says no VAE scale factor")
 
 
 def denoiser_name(pipe) -> str:

@@ -162,7 +162,7 @@ class RunDocument(Document):
     error: str | None
     model: str
     model_title: str
-    family: str  # the model family (models/families: sd, sdxl, pixart, sd3, flux, flux2, sana, zimage, qwenimage)
+    family: str  # the model family (models/families: sd, sdxl, ..., qwenimage, hidream; video: wan, ..., hunyuanvideo)
     denoiser_kind: str  # "unet" or "transformer"
     weights: str
     random_weights: bool

@@ -110,7 +110,7 @@ class OpTracer:
                 proj = family.projections.get(leaf) or ("qkv" if leaf in QKV_NAMES else "out" if out else (
                     "mlp" if leaf == "proj_mlp" else ""))  # Flux's single-stream blocks: the MLP's input linear
                 role = role_of(path, m, family.path_roles)
-                kind = attention_kind(m, path, family.joint_paths) if role == "attention" else ""
+                kind = attention_kind(m, path, family.joint_paths, family.cross_paths) if role == "attention" else ""
                 self._statics[id(m)] = Static(path, stage_of(comp, path, den), level, tokens, role, proj, kind,
                                                path == den, is_conditioning(m))
 
@@ -268,7 +268,8 @@ class OpTracer:
             return
         cost = entry.fn(margs, mkwargs, mout)
         kind = entry.kind
-        if kind == "memory" and any(out is a for a in args):  # e.g. x.to(x.dtype), x.contiguous(): no copy
+        if kind == "memory" and not name.split(".")[1].endswith("_") and any(out is a for a in args):
+            # e.g. x.to(x.dtype), x.contiguous(): no copy (an in-place copy_ returns its target, and writes it)
             cost, kind = Cost(0, 0, 0, 0), "view"
         elif name.startswith("aten.reshape") and not self._viewable(args[0], args[1]):
             kind = "memory"  # a reshape that cannot be a view copies its input

@@ -321,3 +321,72 @@ def wan(heads, head_dim, layers, ffn, text=4096, in_ch=16, out_ch=16, patch=(1, 
     attention = 4 * linear(d, d) + 2 * rms(d)
     block = 2 * attention + norm(d) + linear(d, ffn) + linear(ffn, d) + 6 * d
     return n + layers * block + 2 * d + linear(d, out_ch * volume)
+
+
+def cogvideox(heads, head_dim, layers, time=512, text=4096, in_ch=16, out_ch=16, patch=2):
+    """CogVideoX's DiT (every linear with a bias): the patch conv and the caption's projection; a timestep MLP
+    (D -> time -> time); per block two "expert" adaLN-zero norms (time -> 6D, both streams' shift, scale and gate,
+    and an affine LayerNorm), q, k, v, out, per-head affine LayerNorms of q and k, a GELU feed-forward (D -> 4D -> D);
+    the final affine LayerNorm, the output adaLN (time -> 2D, an affine LayerNorm) and the output linear."""
+    d = heads * head_dim
+    n = conv(in_ch, d, patch) + linear(text, d) + linear(d, time) + linear(time, time)
+    block = 2 * (linear(time, 6 * d) + norm(d)) + 4 * linear(d, d) + 2 * norm(head_dim) + linear(d, 4 * d) + linear(
+        4 * d, d)
+    return n + layers * block + norm(d) + linear(time, 2 * d) + norm(d) + linear(d, patch * patch * out_ch)
+
+
+def ltx_video(heads, head_dim, layers, cross, caption=4096, channels=128, freq=256):
+    """LTX-Video's DiT (every linear with a bias): the token projection (channels -> D); adaLN-single (a timestep
+    MLP, freq -> D -> D, and one 6D linear); the caption MLP (caption -> D -> D); per block self-attention (q, k, v,
+    out) and cross-attention (q from D, k and v from ``cross``), each with RMS norms of q and k across heads, a GELU
+    feed-forward (D -> 4D -> D) and a 6D table (its RMS norms without affine); the final 2D table and the output
+    linear (D -> channels)."""
+    d = heads * head_dim
+    n = linear(channels, d) + linear(freq, d) + linear(d, d) + linear(d, 6 * d) + linear(caption, d) + linear(d, d)
+    self_attn = 4 * linear(d, d) + 2 * rms(d)
+    cross_attn = 2 * linear(d, d) + 2 * linear(cross, d) + 2 * rms(d)
+    block = self_attn + cross_attn + linear(d, 4 * d) + linear(4 * d, d) + 6 * d
+    return n + layers * block + 2 * d + linear(d, channels)
+
+
+def mochi(heads, head_dim, layers, context=1536, text=4096, in_ch=12, patch=2, freq=256):
+    """Mochi 1's asymmetric DiT: the patch conv; a timestep MLP (freq -> D -> D); the caption's attention pool (a
+    fused k|v, q and output linear, text -> D) and its projection to the context width; the RoPE frequencies (3 axes
+    x heads x head_dim / 2); per block adaLN-zero linears (D -> 4D for the video, D -> 4 x context for the caption,
+    D -> context in the last block), bias-free q, k, v from D and from the context, per-head RMS norms of q and k of
+    both streams, the output linears (to D, and back to the context but in the last block), bias-free SwiGLU
+    feed-forwards (inner 8/3 of the width, floored) for the video and, but in the last block, the caption; the final
+    adaLN (D -> 2D) and output linear."""
+    d = heads * head_dim
+    n = conv(in_ch, d, patch) + linear(freq, d) + linear(d, d)
+    n += linear(text, 2 * text) + linear(text, text) + linear(text, d) + linear(text, context)
+    n += 3 * heads * (head_dim // 2)
+
+    def block(last: bool) -> int:
+        b = linear(d, 4 * d) + (linear(d, context) if last else linear(d, 4 * context))
+        b += 3 * linear(d, d, False) + 3 * linear(context, d, False) + 4 * rms(head_dim) + linear(d, d)
+        inner, inner_c = 8 * d // 3, 8 * context // 3
+        b += linear(d, 2 * inner, False) + linear(inner, d, False)
+        if not last:
+            b += linear(d, context) + linear(context, 2 * inner_c, False) + linear(inner_c, context, False)
+        return b
+
+    return n + (layers - 1) * block(False) + block(True) + linear(d, 2 * d) + linear(d, patch * patch * in_ch)
+
+
+def hunyuan_video(heads, head_dim, layers, single, refiner, text=4096, pooled=768, in_ch=16, patch=2, freq=256):
+    """HunyuanVideo's DiT (every linear with a bias): the 3D patch conv (1 x patch x patch); the token refiner (its own
+    timestep and pooled-caption MLPs, the caption's input linear, blocks of an affine LayerNorm, q, k, v, out, an
+    affine LayerNorm, a SiLU feed-forward D -> 4D -> D and a 2D gate linear); the condition embedding (timestep,
+    CLIP pooled and guidance MLPs); dual-stream blocks (per stream a 6D adaLN-zero linear, q, k, v, out and a GELU
+    feed-forward, per-head RMS norms of both streams' q and k); single-stream blocks (a 3D adaLN linear, q, k, v, RMS
+    norms of q and k, the MLP's input linear D -> 4D and the joint output linear 5D -> D); the final adaLN (D -> 2D)
+    and output linear."""
+    d = heads * head_dim
+    n = in_ch * patch * patch * d + d
+    n += linear(freq, d) + linear(d, d) + linear(text, d) + linear(d, d) + linear(text, d)
+    n += refiner * (2 * norm(d) + 4 * linear(d, d) + linear(d, 4 * d) + linear(4 * d, d) + linear(d, 2 * d))
+    n += 2 * (linear(freq, d) + linear(d, d)) + linear(pooled, d) + linear(d, d)
+    dual = 2 * (linear(d, 6 * d) + 4 * linear(d, d) + linear(d, 4 * d) + linear(4 * d, d)) + 4 * rms(head_dim)
+    single_block = linear(d, 3 * d) + 3 * linear(d, d) + 2 * rms(head_dim) + linear(d, 4 * d) + linear(5 * d, d)
+    return n + layers * dual + single * single_block + linear(d, 2 * d) + linear(d, patch * patch * in_ch)

@@ -29,7 +29,7 @@ ROLES = ("attention", "ffn", "act", "embed", "modulation", "conditioning", "norm
 class Family:
     """One model family (see the module's docstring)."""
 
-    name: str  # as stored in run.json ("sd", "sdxl", "pixart", "sd3", "flux", ..., "qwenimage", "hidream": MODULES)
+    name: str  # as stored in run.json ("sd", "sdxl", ..., "hidream", "wan", ..., "hunyuanvideo": MODULES)
     title: str
     pipelines: tuple[str, ...]  # the diffusers pipeline classes of the family
     denoiser_kind: str  # "unet" or "transformer" (the diffusers component that denoises)
@@ -46,6 +46,7 @@ class Family:
     pos_embed_embeds_patches: bool = True  # the transformer's ``pos_embed`` embeds patches (False: RoPE tables)
     # blocks whose attention is joint (text and image in one sequence) though no added projections say so
     joint_paths: tuple[str, ...] = ()
+    cross_paths: tuple[str, ...] = ()  # path endings of cross-attention modules whose class does not say (LTX)
     image_levels: tuple[str, ...] = ("top", "in", "out", "block.", "double.", "single.")  # levels over image tokens
     # a module's attribute name -> its role, where no class says it ("name.*": the children of a container so named)
     path_roles: dict = field(default_factory=dict)
@@ -63,6 +64,7 @@ class Family:
     # video: frames per latent frame of the VAE (latent frames = (frames - 1) / this + 1); 0: an image family
     temporal_compression: int = 0
     count_kwarg: str = "num_images_per_prompt"  # the pipeline-call argument for outputs per prompt
+    vae_downsample: int = 0  # the VAE's px per latent pixel per side, where its config's channel list does not say
 
     @property
     def video(self) -> bool:
@@ -148,7 +150,8 @@ class Family:
 
 
 # one module each, in this package
-MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "flux2", "sana", "zimage", "qwenimage", "hidream", "wan")
+MODULES = ("sd", "sdxl", "pixart", "sd3", "flux", "flux2", "sana", "zimage", "qwenimage", "hidream",
+           "wan", "cogvideox", "ltx", "mochi", "hunyuanvideo")  # the last five: video
 
 
 @lru_cache(maxsize=None)

@@ -84,14 +84,16 @@ def is_conditioning(module) -> bool:
     return type(module).__name__ in CONDITIONING_MODULES
 
 
-def attention_kind(module, path: str, joint_paths: tuple[str, ...] = ()) -> str:
+def attention_kind(module, path: str, joint_paths: tuple[str, ...] = (), cross_paths: tuple[str, ...] = ()) -> str:
     """``self``, ``cross``, ``joint`` (text and image tokens in one sequence: SD3's two streams, or a single stream
     at ``joint_paths``, the family's: Flux's single-stream blocks, Z-Image's main layers) or ``linear`` (Sana's ReLU
-    linear attention) for an attention module."""
+    linear attention) for an attention module; ``cross`` where the module says so, or its path ends with one of the
+    family's ``cross_paths`` (LTX-Video's ``attn2``, whose class does not say)."""
     processor = type(getattr(module, "processor", None)).__name__
     if processor in LINEAR_ATTN_PROCESSORS or type(module).__name__ in LINEAR_ATTENTION_MODULES:
         return "linear"
     if getattr(module, "add_q_proj", None) is not None or any(p in path for p in joint_paths):
         return "joint"
-    return "cross" if getattr(module, "is_cross_attention", False) else "self"
+    cross = getattr(module, "is_cross_attention", False) or path.endswith(cross_paths)
+    return "cross" if cross else "self"
 
