@@ -1,0 +1,61 @@
+"""3D tiles: the permutation to tile order against a hand-built one, tiled block-sparse attention against a float64
+reference built from each token's tile (no permutation), Sliding Tile Attention's window mask by hand, and bad
+tiles refused."""
+
+import pytest
+import torch
+
+from diffprobe.attention.tiles import (
+    parse_tile,
+    tile_of_token,
+    tile_order,
+    tile_reference,
+    tiled_attention,
+    window_tile_mask,
+)
+from diffprobe.errors import DiffprobeError
+
+
+def test_tile_order_lists_each_box_of_tokens_in_turn():
+    # grid 2 frames x 2 rows x 4 columns, tiles 1 x 2 x 2: tile (f, 0, c) holds rows 0-1, columns 2c, 2c+1 of frame f
+    order = tile_order((2, 2, 4), (1, 2, 2)).tolist()
+    def token(f, r, c):
+        return f * 8 + r * 4 + c
+    hand = [token(f, r, 2 * tc + c) for f in range(2) for tc in range(2) for r in range(2) for c in range(2)]
+    assert order == hand
+    assert tile_of_token((2, 2, 4), (1, 2, 2)).tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize("backend", ["gather", "auto"])
+def test_tiled_attention_equals_the_float64_reference(backend):
+    torch.manual_seed(0)
+    grid, tile = (4, 4, 8), (2, 2, 4)  # 128 tokens in 8 tiles of 16
+    q, k, v = (torch.randn(1, 2, 128, 16) for _ in range(3))
+    mask = torch.rand(1, 2, 8, 8) < 0.4
+    mask[0, 0, 3] = False  # a query tile that keeps nothing outputs zeros
+    out = tiled_attention(q, k, v, mask, grid, tile, backend=backend)
+    ref = tile_reference(q, k, v, mask, grid, tile)
+    assert (out.double() - ref).abs().max() < 1e-5
+    assert out[0, 0, tile_of_token(grid, tile) == 3].abs().max() == 0
+    # every tile kept: dense attention
+    full = tiled_attention(q, k, v, torch.ones(1, 1, 8, 8, dtype=torch.bool), grid, tile, backend=backend)
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert (full - dense).abs().max() < 1e-5
+
+
+def test_window_mask_keeps_the_neighbouring_tiles():
+    # a 1 x 3 x 3 grid of tiles; window (0, 1, 0): the tile itself and the ones above and below it
+    m = window_tile_mask((1, 6, 6), (1, 2, 2), (0, 1, 0))[0, 0]
+    assert m.shape == (9, 9)
+    centre = 4  # tile (0, 1, 1)
+    assert m[centre].nonzero().flatten().tolist() == [1, 4, 7]
+    assert m[0].nonzero().flatten().tolist() == [0, 3]
+    assert m.sum() == 3 * (2 + 3 + 2)
+
+
+def test_bad_tiles_are_refused_in_one_line():
+    with pytest.raises(DiffprobeError, match="does not divide the latent grid 3x4x4 \\(frames 3 by 2\\)"):
+        tile_order((3, 4, 4), (2, 2, 2))
+    with pytest.raises(DiffprobeError, match="not a tile shape"):
+        parse_tile("2x8")
+    assert parse_tile("2x8x8") == (2, 8, 8)
