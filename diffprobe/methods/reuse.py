@@ -190,13 +190,15 @@ class TGate(ReuseMethod):
                     vars(module).pop("cache", None)
 
 
-FLUX_FAMILY = ("Flux models (flux-dev, flux-schnell, tiny-flux): diffusers' cache hooks need the pipeline to set "
-               "the cache context and current timestep (FluxPipeline and QwenImagePipeline do, among diffprobe's "
-               "models), and this hook keeps one state across Qwen-Image's two CFG calls, whose captions differ in "
-               "length (it fails there)")
-FLUX_QWEN = ("Flux and Qwen-Image models (flux-dev, flux-schnell, tiny-flux, qwen-image, tiny-qwen-image): diffusers' "
-             "cache hooks need the pipeline to set the cache context and current timestep, which FluxPipeline and "
-             "QwenImagePipeline do among diffprobe's models")
+VIDEO = ("wan", "cogvideox", "ltx", "mochi", "hunyuanvideo")  # their pipelines set cache contexts and timesteps
+VIDEO_MODELS = "the video models (wan21-t2v-*, cogvideox-5b, ltx-video, mochi-1, hunyuan-video and their tiny variants)"
+FLUX_FAMILY = ("Flux models (flux-dev, flux-schnell, tiny-flux) and " + VIDEO_MODELS + ": diffusers' cache hooks "
+               "need the pipeline to set the cache context and current timestep (those pipelines and "
+               "QwenImagePipeline do, among diffprobe's models), and this hook keeps one state across Qwen-Image's "
+               "two CFG calls, whose captions differ in length (it fails there)")
+FLUX_QWEN = ("Flux and Qwen-Image models (flux-dev, flux-schnell, tiny-flux, qwen-image, tiny-qwen-image) and "
+             + VIDEO_MODELS + ": diffusers' cache hooks need the pipeline to set the cache context and current "
+             "timestep, which those pipelines do among diffprobe's models")
 
 
 class DiffusersCache(ReuseMethod):
@@ -205,7 +207,7 @@ class DiffusersCache(ReuseMethod):
     state, so analytic mode traces every step (no replay between steps)."""
 
     fits = FLUX_FAMILY
-    families = ("flux",)
+    families = ("flux", *VIDEO)
 
     def plan_key(self, step: int):
         return step
@@ -266,7 +268,7 @@ class FirstBlockCache(_Threshold, DiffusersCache):
     param_help = "the first block's relative residual change below which the other blocks are skipped"
     domain, default = ">= 0", "0.05,0.1,0.2"
     data_dependent = True
-    fits, families = FLUX_QWEN, ("flux", "qwenimage")
+    fits, families = FLUX_QWEN, ("flux", "qwenimage", *VIDEO)
 
     def config(self, pipe):
         from diffusers.hooks import FirstBlockCacheConfig
@@ -303,7 +305,10 @@ class TaylorSeer(_EveryN):
     param_help = "blocks computed every N steps, forecast in between"
     default = "2,3,5"
     what = "interval"
-    fits, families = FLUX_QWEN, ("flux", "qwenimage")
+    fits = ("Flux, Qwen-Image and HunyuanVideo models (flux-dev, flux-schnell, qwen-image, hunyuan-video and their "
+            "tiny variants): diffusers' TaylorSeer hook finds the blocks it forecasts there, and on the other video "
+            "models forecasts nothing (their blocks are not the ones it looks for)")
+    families = ("flux", "qwenimage", "hunyuanvideo")
 
     def config(self, pipe):
         from diffusers.hooks import TaylorSeerCacheConfig
@@ -314,8 +319,9 @@ class TaylorSeer(_EveryN):
 class FasterCache(_EveryN):
     """FasterCache (Lv et al., 2024; diffusers' ``FasterCacheConfig``): inside the timestep window (-1, 681)
     (diffusers' example), each attention layer is computed every ``skip`` steps; in between its output is
-    extrapolated from the last two computed ones, weighted 0.3 (the paper's ``w``). Flux is guidance-distilled,
-    so its classifier-free-guidance reuse (the paper's CFG-Cache) has nothing to act on and is off."""
+    extrapolated from the last two computed ones, weighted 0.3 (the paper's ``w``). Its classifier-free-guidance
+    reuse (the paper's CFG-Cache) is off: Flux is guidance-distilled (nothing to act on), and on the video models
+    diffprobe measures the attention reuse alone."""
 
     name = "faster-cache"
     param = "skip"

@@ -140,3 +140,28 @@ def test_teacache_threshold_zero_is_dense_bit_for_bit(dense):
     diffprobe.profile(**KW, approx="teacache=0", out=str(root / "tea0"))
     img = np.asarray(Image.open(root / "tea0" / "image_approx.png"))
     assert np.array_equal(img, np.asarray(Image.open(root / "dense" / "image.png")))
+
+
+def test_pab_on_wan_counts_the_calls_of_both_cfg_branches(tmp_path):
+    """Wan runs its transformer twice per step (the prompt's call, then the negative prompt's, each in a cache
+    context of its own), but diffusers' PAB hook keeps one counter per layer across both: its rule (reuse at the
+    layer's c-th call when c > 0, the timestep is in (100, 800) and c is not a multiple of the skip) runs over calls,
+    two per step, and a reused output may be the other branch's. Only self-attention is broadcast (diffusers'
+    default). Saved FLOPs against that rule, the scheduler's timesteps and the dense records."""
+    from diffprobe.models.registry import build_scheduler
+
+    kw = dict(model="tiny-wan", steps=8, sample_steps=0)
+    d = diffprobe.profile(**kw, out=str(tmp_path / "dense"))
+    r = diffprobe.profile(**kw, approx="pab=3", out=str(tmp_path / "pab3")).to_dict()["approx"]
+    sched = build_scheduler(get_spec("tiny-wan"))
+    sched.set_timesteps(8, device="cpu")
+    ts = [float(t) for t in sched.timesteps]
+    calls = [(i, c, t) for i, t in enumerate(ts) for c in (2 * i, 2 * i + 1)]  # (step, call, timestep)
+    skipped = [(i, c) for i, c, t in calls if c > 0 and 100 < t < 800 and c % 3 != 0]
+    assert {c % 2 for _, c in skipped} == {0, 1} and len({i for i, _ in skipped}) < len(skipped)
+    ops = d.ops
+    call0 = ops[(ops["stage"] == "denoiser") & (ops["step"] == 0) & (ops["cfg"] == "cond")]
+    per_call = float(call0.loc[call0["module"].str.contains(r"blocks\.\d+\.attn1(?:\.|$)"), "flops"].sum())
+    checks = 2 * sum(1 + (t > 100) for _, _, t in calls)  # the window test per self-attention layer and call
+    assert r["method_overhead"]["flops"] == checks
+    assert r["flops_saved_by_stage"]["denoiser"] == pytest.approx(len(skipped) * per_call - checks, rel=1e-12)
