@@ -57,3 +57,14 @@ def setting_series(r: dict) -> str:
 def setting_name(r: dict) -> str:
     """An ``approx`` row's setting as written (``threshold=0.01``, ``block=0.8+deepcache=2``)."""
     return r.get("setting") or (r["method"] if r["method"] == "dense" else f"{r['method']}={r['value']:g}")
+
+
+def size_words(d) -> str:
+    """``WxH`` as the run's height x width, and a video's frames (``1280x720 x 81 frames (21 latent)``); ``d``: a
+    run document or anything with ``height``, ``width`` and optional ``frames`` / ``latent_frames``."""
+    size = f"{d.height}x{d.width}"
+    frames = getattr(d, "frames", None)
+    if frames:
+        latent = getattr(d, "latent_frames", None)
+        size += f" x {frames} frames" + (f" ({latent} latent)" if latent else "")
+    return size

@@ -9,7 +9,10 @@ Each method is an attention core (see :mod:`diffprobe.attention.core`) with one 
 * ``block`` (τ, block side b): Q and K mean-pooled per block of b tokens; per query block, key blocks are taken by
   descending pooled mass until τ is covered; attention runs on the kept blocks only (the layout a block-sparse
   kernel can exploit). A call with fewer keys than two blocks (cross-attention over 77 text tokens) runs dense
-  SDPA without the predictor: there is no key block to skip.
+  SDPA without the predictor: there is no key block to skip. With ``tile`` (t, h, w) and the latent grid of a video
+  model, a block is a t x h x w box of the grid (:mod:`diffprobe.attention.tiles`): the video's self-attention
+  calls (every query and key a grid token, no text keys) run in tile order, their blocks t·h·w tokens; other calls
+  (cross-attention, joint attention with text keys) keep runs of t·h·w tokens of the model's order.
 
 Renormalization is explicit: with ``renormalize`` (default) the kept probabilities are rescaled to sum to 1
 per row (the softmax over the kept scores); without it they keep their dense values. Every row keeps at least
@@ -91,7 +94,8 @@ class ApproxAttention:
 
     def __init__(self, method: str, value: float, *, renormalize: bool = True, block: int = 64, rank: int = 8,
                  seed: int = 0, max_elements: int = 2**22, backend: str = "auto", save_masks: bool = False,
-                 mask_interval: int = 1):
+                 mask_interval: int = 1, tile: tuple[int, int, int] | None = None,
+                 grid: tuple[int, int, int] | None = None):
         self.spec = attention_method(method)
         self.method, self.value = method, self.spec.check(value)
         if not (isinstance(mask_interval, int) and mask_interval >= 1):
@@ -108,6 +112,14 @@ class ApproxAttention:
         # kept entry at block side ``block`` and the kept keys per query row (key: the method's value)
         self.save_masks = save_masks
         self.masks: list[dict] = []
+        # 3D tiles (the block method on a video's latent grid): blocks are t x h x w boxes of tokens
+        self.tile, self.grid, self._order = tile, grid, None
+        if tile is not None:
+            from diffprobe.attention.tiles import check_tiles
+
+            if grid is not None:
+                check_tiles(grid, tile)
+            block = math.prod(tile)
         if block < 1:
             raise DiffprobeError(f"block side {block} must be a positive number of tokens")
         if rank < 1:
@@ -167,6 +179,8 @@ class ApproxAttention:
             if self.save_masks:
                 self._kept_masks = (torch.ones(b, h, -(-nq // self.block), -(-nk // self.block), dtype=torch.bool),
                                     torch.full((b, h, nq), nk, dtype=torch.int32))
+        elif self.method == "block" and self.renormalize and self._tiled(nq, nk):
+            out, kept, predictor, kernel = self._tiled_block_sparse(q, k, v)
         elif self.method == "block" and self.renormalize:
             out, kept, predictor, kernel = self._block_sparse(q, k, v)
         else:
@@ -262,6 +276,26 @@ class ApproxAttention:
             if self.mask_interval > 1:
                 self._layout_cache[name] = (index, layout)
         return kernels.block_sparse_attention(q, k, v, layout, self.block), kept, predictor, layout.backend
+
+    def _tiled(self, nq: int, nk: int) -> bool:
+        """Whether this call runs on 3D tiles: a tile and grid are set, and it is the video's self-attention (its
+        queries and keys are the grid's tokens, no text keys among them)."""
+        if self.tile is None or self.grid is None or nq != nk or nq != math.prod(self.grid):
+            return False
+        return self._call is None or self._call.text_keys is None
+
+    def _tiled_block_sparse(self, q, k, v):
+        """:meth:`_block_sparse` on q, k, v in tile order (its blocks are the 3D tiles), the output put back in the
+        model's order."""
+        from diffprobe.attention.tiles import tile_order
+
+        if self._order is None or self._order.device != q.device:
+            self._order = tile_order(self.grid, self.tile).to(q.device)
+        perm = self._order
+        out, kept, predictor, backend = self._block_sparse(q[:, :, perm], k[:, :, perm], v[:, :, perm])
+        back = torch.empty_like(perm)
+        back[perm] = torch.arange(perm.numel(), device=perm.device)
+        return out[:, :, back], kept, predictor, f"{backend} (3D tiles)"
 
     def _approx(self, q, k, v):
         """The method's keep rule on exact scores, chunk by chunk of query rows; the kept entries' softmax

@@ -7,11 +7,13 @@ from typing import Optional
 import typer
 
 from diffprobe.attention.methods import METHOD_REGISTRY, ParameterError
+from diffprobe.attention.tiles import parse_tile
 from diffprobe.cli.common import (
     O_DEVICE,
     O_DTYPE,
     O_FORCE,
     O_FORMAT,
+    O_FRAMES,
     O_GUIDANCE,
     O_PICKLE,
     O_PROMPT,
@@ -89,6 +91,10 @@ def with_method_options(fn):
 def approx(
     method: str = typer.Option("threshold", help=METHOD_HELP),
     block: int = typer.Option(64, help="block: block side in tokens."),
+    tile: Optional[str] = typer.Option(None, "--tile", help="block, video models: blocks are 3D tiles of the latent "
+                                       "token grid, frames x height x width (e.g. 2x8x8), for the video's "
+                                       "self-attention (their volume is the block side elsewhere)."),
+    frames: Optional[int] = O_FRAMES,
     mask_interval: str = typer.Option("1", "--mask-interval", help="block: predict a layer's block mask every N "
                                       "steps and reuse it in between (no predictor on those steps); a comma list "
                                       "runs every block setting once per interval."),
@@ -135,12 +141,13 @@ def approx(
             raise DiffprobeError(f"{flag} {value} must be at least {least}")
     base = base_config(model=model, prompt=prompt, height=height, width=width, steps=steps, guidance=guidance,
                         seed=seed, device=device, dtype=dtype, weights=weights, allow_pickle=allow_pickle,
-                        mode=Mode.measured, trace_ops=False, scheduler=scheduler)
+                        mode=Mode.measured, trace_ops=False, scheduler=scheduler, frames=frames)
     bar, callback = progress_bar(quiet)
     with bar:
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
                            out=out_dir, progress=callback, clip_weights=clip_weights, force=force,
-                           save_masks=save_masks, settings=extra, mask_interval=intervals, repeat=repeat)
+                           save_masks=save_masks, settings=extra, mask_interval=intervals, repeat=repeat,
+                           tile=parse_tile(tile, "--tile") if tile is not None else None)
         report_path = build_report(state["run_dir"])
     if fmt is Format.json:
         print_json(state)

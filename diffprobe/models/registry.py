@@ -93,11 +93,16 @@ class ModelSpec:
                     or vae.get("dim_mult") or [0])  # dim_mult: the 3D causal VAEs (Qwen-Image, Wan)
         return 2 ** (len(channels) - 1)
 
-    def tokens(self, height: int, width: int, frames: int | None = None) -> int:
-        """Latent tokens per sample the denoiser sees at ``height`` x ``width`` (x ``frames`` for a video): a DiT's
-        patches (latent frames x latent height x latent width / patch area), a UNet's latent pixels."""
+    def token_grid(self, height: int, width: int, frames: int | None = None) -> tuple[int, int, int]:
+        """The denoiser's token grid at ``height`` x ``width`` (x ``frames`` for a video): latent frames, then a
+        DiT's patches (a UNet's latent pixels) down and across."""
         side = self.size_multiple
-        return (height // side) * (width // side) * self.family.latent_frames(frames or 1)
+        return self.family.latent_frames(frames or 1), height // side, width // side
+
+    def tokens(self, height: int, width: int, frames: int | None = None) -> int:
+        """Latent tokens per sample the denoiser sees (the product of :meth:`token_grid`)."""
+        t, h, w = self.token_grid(height, width, frames)
+        return t * h * w
 
     @property
     def size_multiple(self) -> int:

@@ -245,6 +245,7 @@ class ApproxDocument(Document):
 
     KIND: ClassVar[str] = "approx"
     FILE: ClassVar[str] = "approx.json"
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("frames", "tile")
 
     model: str
     height: int
@@ -265,6 +266,8 @@ class ApproxDocument(Document):
     run_dir: str
     notes: list
     findings: list = field(default_factory=list)
+    frames: int | None = None  # a video model's frames (its images are the frames, scored one by one)
+    tile: list | None = None  # the block method's 3D tiles (frames x height x width of the token grid), if any
 
 
 @dataclass(eq=False)

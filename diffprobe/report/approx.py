@@ -9,7 +9,7 @@ from diffprobe.errors import DiffprobeError
 from diffprobe.records.documents import ApproxDocument, SparsityDocument
 from diffprobe.report import figures as figs
 from diffprobe.report.sections import Figure, Image, Section
-from diffprobe.units import fmt_s
+from diffprobe.units import fmt_s, size_words
 
 
 def findings(state: ApproxDocument, folder: Path) -> Section:
@@ -56,8 +56,10 @@ def tradeoff(state: ApproxDocument, folder: Path) -> Section:
                       "with the Pareto front; numbered points, named in the key"
                       + ("; bars: the min–max of the repeated runs" if repeat else ""),
                       lambda: figs.pareto(state.results), True)]
-    return Section(f"Trade-off: {what} vs dense: {state.model} {state.height}x{state.width}, "
-                   f"{state.steps} steps, {len(state.prompts)} image(s)", headers, rows, notes, figures, left=2,
+    tiles = f", block tiles {'x'.join(map(str, state.tile))}" if state.tile else ""
+    outputs = "video(s)" if state.frames else "image(s)"
+    return Section(f"Trade-off: {what} vs dense: {state.model} {size_words(state)}{tiles}, "
+                   f"{state.steps} steps, {len(state.prompts)} {outputs}", headers, rows, notes, figures, left=2,
                    banners=banners, terminal_banners=True)
 
 

@@ -8,7 +8,7 @@ from diffprobe.errors import DiffprobeError
 from diffprobe.records.documents import AccelDocument, RunDocument, read_document
 from diffprobe.report import figures as figs
 from diffprobe.report.sections import Figure, Image, Section, build
-from diffprobe.units import fmt_bytes, fmt_n, fmt_s
+from diffprobe.units import fmt_bytes, fmt_n, fmt_s, size_words
 
 
 def model_label(d: RunDocument) -> str:
@@ -22,17 +22,6 @@ def cfg_words(d: RunDocument) -> str:
     if d.cfg and (d.denoiser_calls_per_step or 1) > 1:
         return f"CFG on ({d.denoiser_calls_per_step} denoiser calls per step)"
     return f"CFG {'on' if d.cfg else 'off'}"
-
-
-def size_words(d) -> str:
-    """``WxH`` as the run's height x width, and a video's frames (``1280x720 x 81 frames (21 latent)``); ``d``: a
-    run document or anything with ``height``, ``width`` and optional ``frames`` / ``latent_frames``."""
-    size = f"{d.height}x{d.width}"
-    frames = getattr(d, "frames", None)
-    if frames:
-        latent = getattr(d, "latent_frames", None)
-        size += f" x {frames} frames" + (f" ({latent} latent)" if latent else "")
-    return size
 
 
 def headline(d: RunDocument) -> list[str]:

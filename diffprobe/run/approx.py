@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -70,13 +71,16 @@ def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
         images = output_of(PipelineCall(cfg, tuple(prompts))(pipe, **hooks))  # the same noise every call
         wall = time.perf_counter() - t0
     denoiser_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")
+    if images.ndim == 5:  # a video model's (videos, frames, channels, h, w): scored and shown frame by frame
+        images = images.flatten(0, 1)
     return {"images": images.float().cpu(), "latents": steps, "denoiser_s": denoiser_s, "wall_s": wall}
 
 
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
                per_digit: int = 3, out: str | Path | None = None, progress=None, clip_weights: str | None = None,
                force: bool = False, save_masks: bool = True, settings: list[str] | None = None,
-               mask_interval: int | Sequence[int] = 1, repeat: int = 1) -> dict:
+               mask_interval: int | Sequence[int] = 1, repeat: int = 1,
+               tile: tuple[int, int, int] | None = None) -> dict:
     """Dense, then every (method, value) and every extra setting (``block=0.9+deepcache=3``: attention and
     step-level reuse together); writes ``approx.json``, ``approx.parquet`` and images into ``out`` (default
     ``runs/<time>-approx-<model>``). PSNR is ``None`` where every image equals dense (``identical``);
@@ -84,7 +88,8 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     setting runs once per interval, a row each (``mask_interval`` in the row), so the quality cost of reusing
     masks is measured against the same dense run as the setting itself. ``repeat``: timed generations per row
     (same noise, so the same images); ``denoiser_s`` is their median, ``denoiser_s_min`` / ``denoiser_s_max`` the
-    spread."""
+    spread. ``tile`` (t, h, w): the block method's blocks are 3D tiles of the video's latent grid (its self-attention
+    calls; see :mod:`diffprobe.attention.approx`)."""
     if repeat < 1:
         raise DiffprobeError(f"--repeat must be at least 1, got {repeat}")
 
@@ -101,11 +106,20 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
             for n in (intervals if setting.attention is not None and setting.attention[0] == "block"
                       else intervals[:1])]
     spec = get_spec(cfg.model)
+    grid = None
+    if tile is not None:  # 3D tiles: a video model, a block setting, a tile that divides the grid
+        if not spec.video:
+            raise DiffprobeError(f"--tile applies to video models (3D tiles of the latent grid); {cfg.model} makes "
+                                 "images: use --block")
+        if not any(s.attention is not None and s.attention[0] == "block" for s in parsed):
+            raise DiffprobeError("--tile sets the block method's tiles: add --method block (or a block=τ setting)")
+        grid = spec.token_grid(cfg.height, cfg.width, cfg.frames)
+        block = math.prod(tile)
     for setting, n in todo:  # every parameter checked before any work
         if setting.attention is not None:
             check_attention_model(spec.family, cfg.model, setting.attention[0])
             ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
-                            mask_interval=n)
+                            mask_interval=n, tile=tile, grid=grid)
     clip = None
     if clip_weights is not None:  # checked before any work
 
@@ -113,7 +127,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     out_dir = prepare_out_dir(out, f"approx-{cfg.model}", force)
     try:
         return _approx_into(out_dir, cfg, todo, intervals, clip, progress, per_digit, renormalize, block, rank,
-                            save_masks, repeat)
+                            save_masks, repeat, {"tile": tile, "grid": grid} if tile else {})
     finally:
         release_folder(out_dir)  # written: its files claim it from now on
 
@@ -148,7 +162,7 @@ class _Batch:
 
 
 def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit, renormalize, block, rank,
-                 save_masks, repeat) -> dict:
+                 save_masks, repeat, tiles: dict) -> dict:
     report = progress or (lambda *_: None)
     prompts, labels = prompts_for(cfg, per_digit)
     pipe = build_pipeline(cfg, get_spec(cfg.model))
@@ -160,7 +174,7 @@ def _approx_into(out_dir: Path, cfg, todo, intervals, clip, progress, per_digit,
     run = _Batch(out_dir, cfg, pipe, prompts, labels, DigitClassifier() if labels is not None else None, clip, ops,
                  float(ops.loc[ops["stage"].str.startswith("text_encoder"), "flops"].sum()),
                  {"renormalize": renormalize, "block": block, "rank": rank, "save_masks": save_masks,
-                  "repeat": repeat}, intervals)
+                  "repeat": repeat, **tiles}, intervals)
     (out_dir / "images").mkdir(exist_ok=True)
     (out_dir / "records").mkdir(exist_ok=True)
     report("methods", 0, len(todo) + 1)
@@ -199,7 +213,8 @@ def _setting_row(run: _Batch, setting, interval: int) -> tuple[dict, list | None
     core, warm_s = None, 0.0
     if setting.attention is not None:
         core = ApproxAttention(*setting.attention, renormalize=opts["renormalize"], block=opts["block"],
-                               rank=opts["rank"], seed=cfg.seed, mask_interval=interval)
+                               rank=opts["rank"], seed=cfg.seed, mask_interval=interval, tile=opts.get("tile"),
+                               grid=opts.get("grid"))
         warm_s = warm_up(run.pipe, cfg, run.prompts, core)
         core.save_masks = opts["save_masks"]
     with installed_setting(run.pipe, setting, None):
@@ -236,7 +251,8 @@ def _write(run: _Batch, rows: list[dict], notes: list[str]) -> dict:
     atomic_write(run.out_dir / "approx.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     # the analytic run encodes one prompt for the whole batch; the quality batch encodes each of its prompts
     total_flops = float(run.ops["flops"].sum()) + run.text * (len(run.prompts) - 1)
-    state = {"model": cfg.model, "height": cfg.height,
+    state = {"model": cfg.model, "height": cfg.height, "frames": cfg.frames,
+             "tile": list(opts["tile"]) if opts.get("tile") else None,
              "width": cfg.width, "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed,
              "prompts": run.prompts, "renormalize": opts["renormalize"], "block": opts["block"], "rank": opts["rank"],
              "mask_interval": run.intervals[0], "repeat": opts["repeat"], "mask_intervals": run.intervals,
@@ -320,10 +336,14 @@ def _notes(cfg, rows: list[dict], repeat: int) -> list[str]:
     return notes
 
 
+GRID_MOST = 40  # images (a video's frames) in one grid at most: the first ones
+
+
 def _save_grid(images: torch.Tensor, path: Path) -> None:
-    """The batch as one row-major grid PNG (10 columns at most)."""
+    """The batch as one row-major grid PNG (10 columns at most; the first :data:`GRID_MOST` images)."""
     from PIL import Image
 
+    images = images[:GRID_MOST]
     n, c, h, w = images.shape
     cols = min(10, n)
     rows = -(-n // cols)

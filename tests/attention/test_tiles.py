@@ -59,3 +59,48 @@ def test_bad_tiles_are_refused_in_one_line():
     with pytest.raises(DiffprobeError, match="not a tile shape"):
         parse_tile("2x8")
     assert parse_tile("2x8x8") == (2, 8, 8)
+
+
+def test_the_block_method_on_3d_tiles_predicts_and_runs_in_tile_order():
+    """ApproxAttention's block method with a tile: its mask is the predictor's over tile-ordered q and k (blocks of
+    one tile), its output the float64 attention over those tiles in the model's order; a call that is not the
+    video's self-attention (other token counts, text keys) keeps runs of the tile's volume."""
+    from diffprobe.attention.approx import ApproxAttention, predict_block_index
+    from diffprobe.attention.core import CallInfo
+
+    torch.manual_seed(1)
+    grid, tile = (2, 8, 8), (1, 4, 4)  # 128 tokens, 8 tiles of 16
+    q, k, v = (torch.randn(1, 2, 128, 16) for _ in range(3))
+    core = ApproxAttention("block", 0.6, tile=tile, grid=grid, backend="gather")
+    out = core.core(q, k, v, None, CallInfo("blocks.0.attn1", "self", 128, 128, 2, step=0))
+    perm = tile_order(grid, tile)
+    mask, _, _, kept = predict_block_index(q[:, :, perm], k[:, :, perm], 0.6, 16)
+    assert not mask.all()  # the prediction skips some tiles
+    assert (out.double() - tile_reference(q, k, v, mask, grid, tile)).abs().max() < 1e-5
+    call = core.calls[0]
+    assert call["kernel"] == "gather (3D tiles)" and call["kept"] == int(kept)
+    # joint attention (text keys in the sequence): runs of 16 tokens, not tiles
+    core.core(q, k, v, None, CallInfo("blocks.0.attn", "joint", 128, 128, 2, step=0, text_keys=slice(0, 16)))
+    assert "3D tiles" not in core.calls[1]["kernel"]
+
+
+def test_approx_with_tiles_on_a_video_model(tmp_path, capsys):
+    from diffprobe.cli import main
+
+    out = tmp_path / "a"
+    assert main(["approx", "--model", "tiny-wan", "--method", "block", "--tau", "0.5", "--tile", "1x4x4", "--frames",
+                 "17", "--height", "128", "--width", "128", "--steps", "2", "--no-save-masks", "--out", str(out),
+                 "--quiet"]) == 0
+    import json
+
+    d = json.loads((out / "approx.json").read_text())
+    assert d["tile"] == [1, 4, 4] and d["frames"] == 17 and d["block"] == 16
+    row = d["results"][1]
+    assert "3D tiles" in row["kernel"] and 0 < row["attention_share_saved"] < 1
+    capsys.readouterr()
+    # a tile that does not divide the grid (5 latent frames by 2), an image model: one line each
+    for argv, needle in ((["--model", "tiny-wan", "--frames", "17", "--tile", "2x4x4"], "does not divide"),
+                         (["--model", "tiny", "--tile", "1x4x4"], "applies to video models")):
+        assert main(["approx", "--method", "block", "--steps", "2", "--out", str(tmp_path / "x"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
