@@ -273,6 +273,12 @@ def eps_tau(state: dict) -> tuple[float, float]:
     return min(state["eps"], key=lambda x: abs(x - 1e-3)), min(state["taus"], key=lambda x: abs(x - 0.95))
 
 
+def _volume(tile: str) -> int:
+    """The tokens of a tile named ``TxHxW``."""
+    t, h, w = (int(x) for x in tile.split("x"))
+    return t * h * w
+
+
 def sparsity_headline(state: dict) -> list[str]:
     """Sentences: how sparse self- and cross-attention are at each resolution."""
     out = []
@@ -282,6 +288,14 @@ def sparsity_headline(state: dict) -> list[str]:
             out.append(f"{res}, {kind}-attention: {100 * m[f'below_{e:g}']:.1f}% of probabilities are below {e:g}; "
                        f"{100 * m[f'keys_frac_{t:g}']:.1f}% of the keys cover {100 * t:g}% of each row's mass "
                        f"(row entropy {m['entropy']:.2f} of uniform).")
+        self_attn = s["by_kind"].get("self", {})
+        shapes = [f"runs of {b} tokens {100 * self_attn[f'blocks_{b}_{t:g}']:.1f}%" for b in state["blocks"]
+                  if self_attn.get(f"blocks_{b}_{t:g}") is not None]
+        shapes += [f"{name} tiles ({_volume(name)} tokens) {100 * self_attn[f'tiles_{name}_{t:g}']:.1f}%"
+                   for name in state.get("tiles") or [] if self_attn.get(f"tiles_{name}_{t:g}") is not None]
+        if state.get("tiles") and shapes:
+            out.append(f"{res}, self-attention key blocks needed for {100 * t:g}% of each query block's mass, by "
+                       f"block shape: " + ", ".join(shapes) + ".")
     for res, ov in (state.get("mask_step_overlap") or {}).items():
         key = next((k for k in ov if k.endswith(f"_{t:g}")), None)
         if key:

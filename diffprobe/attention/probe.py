@@ -28,6 +28,9 @@ class SparsityConfig:
     blocks: tuple[int, ...] = (32, 64, 128)
     max_elements: int = 2**22
     save_masks: bool = False  # keep every call's block masks and per-row kept keys (the mask store's content)
+    # video models: 3D tiles (frames, height, width of the token grid) whose block statistics the video's
+    # self-attention calls also get, as columns tiles_TxHxW_τ and empty_tiles_TxHxW_ε
+    tiles: tuple[tuple[int, int, int], ...] = ()
 
     def validate(self) -> "SparsityConfig":
         if any(b <= 0 for b in self.blocks):
@@ -40,10 +43,11 @@ class SparsityConfig:
 
 
 class SparsityProbe:
-    """An attention core: dense output, statistics on the side; ``rows`` holds one dict per layer×head×call."""
+    """An attention core: dense output, statistics on the side; ``rows`` holds one dict per layer×head×call.
+    ``grid``: a video's token grid (latent frames, height, width), for the 3D tiles of ``sc.tiles``."""
 
-    def __init__(self, sc: SparsityConfig):
-        self.sc = sc
+    def __init__(self, sc: SparsityConfig, grid: tuple[int, int, int] | None = None):
+        self.sc, self.grid = sc, grid
         self.rows: list[dict] = []
         self.calls: Counter[str] = Counter()
         self.masks: list[dict] = []  # save_masks: one entry per call (see diffprobe.records.masks)
@@ -64,6 +68,9 @@ class SparsityProbe:
         self.calls[call.name] += 1
         results = [(call.k_tokens, stats.result())] if groups is None else [
             (len(keys), self._stats(q[idx], k[idx][:, :, keys])) for idx, keys in groups]
+        if groups is None and attn_mask is None and self._tiled(call):
+            for row, tiled in zip(results[0][1], self._tile_stats(q, k), strict=True):
+                row.update(tiled)
         for n_keys, heads in results:
             for row in heads:
                 if n_keys == 1 and groups is not None:  # a branch left one key by its mask (PixArt's unconditional
@@ -74,6 +81,33 @@ class SparsityProbe:
                                   "q_tokens": call.q_tokens, "k_tokens": n_keys,
                                   "keys_masked": call.k_tokens - n_keys, **row})
         return out
+
+    def _tiled(self, call: CallInfo) -> bool:
+        """Whether the call is the video's self-attention (every query and key a grid token, no text keys)."""
+        import math
+
+        n = math.prod(self.grid) if self.grid else 0
+        return bool(self.sc.tiles) and call.q_tokens == call.k_tokens == n and call.text_keys is None
+
+    def _tile_stats(self, q, k) -> list[dict]:
+        """Per head, the block statistics of each 3D tile shape: q and k in tile order, blocks of one tile."""
+        import math
+
+        from diffprobe.attention.tiles import tile_order
+
+        per_head = [{} for _ in range(q.shape[1])]
+        for tile in self.sc.tiles:
+            vol, name = math.prod(tile), "x".join(map(str, tile))
+            perm = tile_order(self.grid, tile).to(q.device)
+            stats = HeadStats(q.shape[1], k.shape[2], self.sc.eps, self.sc.taus, (vol,))
+            for p in probabilities_in_chunks(q[:, :, perm], k[:, :, perm], (vol,), None, self.sc.max_elements):
+                stats.add(p)
+            for out, row in zip(per_head, stats.result(), strict=True):
+                for e in self.sc.eps:
+                    out[f"empty_tiles_{name}_{e:g}"] = row[f"empty_blocks_{vol}_{e:g}"]
+                for t in self.sc.taus:
+                    out[f"tiles_{name}_{t:g}"] = row[f"blocks_{vol}_{t:g}"]
+        return per_head
 
     def _stats(self, q, k) -> list[dict]:
         """Statistics of q against exactly the keys ``k`` (no mask)."""

@@ -227,6 +227,10 @@ def sparsity(
     eps: str = typer.Option("1e-2,1e-3,1e-4", help="Thresholds: fraction of probabilities below each, in [0, 1)."),
     tau: str = typer.Option("0.9,0.95,0.99", help="Mass levels for keys/blocks needed to cover, in (0, 1]."),
     blocks: str = typer.Option("32,64,128", help="Square block sides (tokens) for block sparsity."),
+    tiles: Optional[str] = typer.Option(None, "--tiles", help="Video models: 3D tiles of the latent token grid, "
+                                        "frames x height x width, comma list (e.g. 1x8x8,2x4x8): the block "
+                                        "statistics of the video's self-attention over those tiles too."),
+    frames: Optional[int] = O_FRAMES,
     save_masks: bool = typer.Option(True, "--save-masks/--no-save-masks", help="Keep every call's kept blocks and "
                                     "per-row kept keys in each point's masks/ (for `diffprobe accel --masks`)."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: runs/<time>-sparsity-<model>); "
@@ -237,17 +241,20 @@ def sparsity(
     """Attention sparsity of every UNet attention call: per layer, head, step and resolution."""
 
     from diffprobe.attention.probe import SparsityConfig
+    from diffprobe.attention.tiles import parse_tile
     from diffprobe.models.registry import get_spec
     from diffprobe.parsing import parse_floats, parse_ints, parse_resolutions
     from diffprobe.run.sparsity import run_sparsity
 
     base = base_config(model=model, prompt=prompt, steps=steps, guidance=guidance, seed=seed, device=device,
                         dtype=dtype, weights=weights, allow_pickle=allow_pickle, sample_steps=sample_steps,
-                        mode=Mode.measured, trace_ops=False, scheduler=scheduler)
-    native = get_spec(model).native_resolution
-    res = parse_resolutions(resolutions) if resolutions is not None else [(native, native)]
+                        mode=Mode.measured, trace_ops=False, scheduler=scheduler, frames=frames)
+    spec = get_spec(model)
+    native = spec.native_resolution
+    res = parse_resolutions(resolutions) if resolutions is not None else [(spec.native_height or native, native)]
     sc = SparsityConfig(eps=parse_floats(eps, "--eps", 0, 1, True), taus=parse_floats(tau, "--tau", 0, 1, False),
-                        blocks=tuple(parse_ints(blocks, "--blocks")), save_masks=save_masks)
+                        blocks=tuple(parse_ints(blocks, "--blocks")), save_masks=save_masks,
+                        tiles=tuple(parse_tile(t) for t in (tiles or "").split(",") if t.strip()))
     from diffprobe.records.runfolder import prepare_out_dir
 
     out_dir = out_dir if out_dir is not None else str(prepare_out_dir(None, f"sparsity-{model}"))

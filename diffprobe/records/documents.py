@@ -276,7 +276,7 @@ class SparsityDocument(Document):
 
     KIND: ClassVar[str] = "sparsity"
     FILE: ClassVar[str] = "sparsity.json"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("summary", "mask_step_overlap")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("summary", "mask_step_overlap", "tiles")
 
     config: dict
     model: str
@@ -295,6 +295,7 @@ class SparsityDocument(Document):
     summary: dict | None = None
     mask_step_overlap: dict | None = None
     findings: list = field(default_factory=list)
+    tiles: list | None = None  # video models: the 3D tile shapes probed ("1x8x8"), columns tiles_<shape>_<tau>
 
 
 @dataclass(eq=False)

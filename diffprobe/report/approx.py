@@ -80,8 +80,9 @@ def sparsity_rows(state: SparsityDocument) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the sparsity summary: mean statistics by resolution, self/cross and level."""
     e, t = eps_tau(state)
     b = state.blocks[0]
+    tiles = state.tiles or []
     headers = ["resolution", "attention", "level", f"p < {e:g}", f"keys for {t:g}", "entropy", f"empty {b}-blocks",
-               f"{b}-blocks for {t:g}"]
+               f"{b}-blocks for {t:g}"] + [f"{name} tiles for {t:g}" for name in tiles]
     rows = []
     for res, s in state.summary.items():
         items = [(kind, "all", m) for kind, m in s["by_kind"].items()]
@@ -89,8 +90,14 @@ def sparsity_rows(state: SparsityDocument) -> tuple[list[str], list[list[str]]]:
         for kind, lv, m in items:
             rows.append([res, kind, lv, f"{100 * m[f'below_{e:g}']:.1f}%", f"{100 * m[f'keys_frac_{t:g}']:.1f}%",
                          f"{m['entropy']:.2f}", f"{100 * m[f'empty_blocks_{b}_{e:g}']:.1f}%",
-                         f"{100 * m[f'blocks_{b}_{t:g}']:.1f}%"])
+                         f"{100 * m[f'blocks_{b}_{t:g}']:.1f}%"]
+                        + [_share(m.get(f"tiles_{name}_{t:g}")) for name in tiles])
     return headers, rows
+
+
+def _share(x) -> str:
+    """A mean share as a percentage; "—" where no call had it (a tile's columns: the video's self-attention only)."""
+    return "—" if x is None or x != x else f"{100 * x:.1f}%"
 
 
 def sparsity_status(state: SparsityDocument, folder: Path) -> Section:

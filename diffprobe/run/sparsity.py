@@ -19,6 +19,7 @@ from diffprobe.analyses.findings import sparsity_headline
 from diffprobe.analyses.sparsity import step_overlap, summarize
 from diffprobe.attention.core import installed_in
 from diffprobe.attention.probe import RANDOM_NOTE, SparsityConfig, SparsityProbe
+from diffprobe.attention.tiles import check_tiles
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.registry import get_spec
 from diffprobe.records.documents import SparsityDocument
@@ -38,10 +39,19 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
     spec = get_spec(base.model)
     for h, w in resolutions:
         check_resolution(spec, h, w)
-    check_memory(spec, base.dtype, base.device, analytic=False)  # the probabilities need the model run
     base = replace(base, height=resolutions[0][0], width=resolutions[0][1], trace_ops=False).resolved()
+    if sc.tiles:  # 3D tiles: a video model, each tile dividing every point's token grid
+        if not spec.video:
+            raise DiffprobeError(f"--tiles applies to video models (3D tiles of the latent grid); {base.model} "
+                                 "makes images: use --blocks")
+        for h, w in resolutions:
+            for tile in sc.tiles:
+                check_tiles(spec.token_grid(h, w, base.frames), tile)
+    check_memory(spec, base.dtype, base.device, analytic=False)  # the probabilities need the model run
     identity = {k: v for k, v in asdict(base).items() if k not in ("height", "width", "out", "force")}
     identity.update(eps=list(sc.eps), taus=list(sc.taus), blocks=list(sc.blocks))
+    if sc.tiles:
+        identity["tiles"] = ["x".join(map(str, t)) for t in sc.tiles]
     folder = SweepFolder(out, identity, SparsityDocument, required=("sparsity.parquet",))
     state = folder.open()
     try:
@@ -56,6 +66,7 @@ def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc:
                   "model": base.model, "prompt": base.prompt, "steps": base.steps, "guidance": base.guidance,
                   "random_weights": random, "note": RANDOM_NOTE if random else None, "eps": list(sc.eps),
                   "taus": list(sc.taus), "blocks": list(sc.blocks), "max_elements_per_chunk": sc.max_elements,
+                  "tiles": ["x".join(map(str, t)) for t in sc.tiles] or None,
                   "run_dir": str(folder.path), "complete": False})
     folder.save(state)
     sizes = {f"{h}x{w}": (h, w) for h, w in resolutions}
@@ -65,7 +76,7 @@ def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc:
         h, w = sizes[name]
         if not pipes:
             pipes.append(build_pipeline(base, spec))
-        probe = SparsityProbe(sc)
+        probe = SparsityProbe(sc, spec.token_grid(h, w, base.frames) if spec.video else None)
         with installed_in(pipes[0], probe.core):
             run_profile(replace(base, height=h, width=w, out=str(tmp)), pipe=pipes[0])
         frame = pd.DataFrame(probe.rows)

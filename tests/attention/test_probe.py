@@ -79,11 +79,11 @@ def test_sparsity_resumes_and_refuses_another_configuration(tmp_path, monkeypatc
     real = probe_mod.SparsityProbe
     made = []
 
-    def counting(sc):
+    def counting(sc, grid=None):
         made.append(1)
         if len(made) == 2:
             raise KeyboardInterrupt  # killed while starting the second resolution
-        return real(sc)
+        return real(sc, grid)
 
     monkeypatch.setattr(probe_mod, "SparsityProbe", counting)
     assert main(argv) == 130  # the CLI reports an interrupt as "interrupted", exit 130
@@ -91,7 +91,7 @@ def test_sparsity_resumes_and_refuses_another_configuration(tmp_path, monkeypatc
     assert not (tmp_path / "s" / "points" / "128x128").exists()
     capsys.readouterr()
     again = []
-    monkeypatch.setattr(probe_mod, "SparsityProbe", lambda sc: (again.append(sc), real(sc))[1])
+    monkeypatch.setattr(probe_mod, "SparsityProbe", lambda sc, grid=None: (again.append(sc), real(sc, grid))[1])
     assert main(argv) == 0
     assert len(again) == 1  # only 128 px was probed: 64 px was kept
     d = json.loads(capsys.readouterr().out)

@@ -104,3 +104,50 @@ def test_approx_with_tiles_on_a_video_model(tmp_path, capsys):
         assert main(["approx", "--method", "block", "--steps", "2", "--out", str(tmp_path / "x"), *argv]) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1, err
+
+
+def test_the_sparsity_probe_counts_key_blocks_by_3d_tile():
+    """Attention that stays inside each token's own 3D tile (q = k = the one-hot of the token's tile, scaled: all of
+    a row's mass on its tile's tokens): over tiles, one key block of the 8 covers a query block's mass (1/8); over
+    runs of the same 16 tokens of the model's order, a run holds rows of two tiles (a 4-wide tile in an 8-wide
+    grid: a run is two rows, each from two tiles), so every query block needs 2 key blocks (2/8)."""
+    from diffprobe.attention.core import CallInfo
+    from diffprobe.attention.probe import SparsityConfig, SparsityProbe
+
+    grid, tile = (2, 8, 8), (1, 4, 4)  # 128 tokens, 8 tiles of 16
+    onehot = torch.nn.functional.one_hot(tile_of_token(grid, tile), 8).float() * 30.0  # (128, 8)
+    q = k = onehot.view(1, 1, 128, 8)
+    v = torch.randn(1, 1, 128, 8)
+    probe = SparsityProbe(SparsityConfig(eps=(1e-3,), taus=(0.95,), blocks=(16,), tiles=(tile,)), grid)
+    out = probe.core(q, k, v, None, CallInfo("blocks.0.attn1", "self", 128, 128, 1, step=0))
+    assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))  # dense output
+    row = probe.rows[0]
+    assert row["tiles_1x4x4_0.95"] == pytest.approx(1 / 8)
+    assert row["blocks_16_0.95"] == pytest.approx(2 / 8)
+    assert row["empty_tiles_1x4x4_0.001"] == pytest.approx(7 / 8)  # the other 7 key tiles hold nothing
+    # a cross-attention call (other key count) gets no tile columns
+    probe.core(q, k[:, :, :16], v[:, :, :16], None, CallInfo("blocks.0.attn2", "cross", 128, 16, 1, step=0))
+    assert "tiles_1x4x4_0.95" not in probe.rows[-1]
+
+
+def test_sparsity_with_tiles_on_tiny_wan_and_its_refusals(tmp_path, capsys):
+    import json
+
+    from diffprobe.cli import main
+
+    out = tmp_path / "s"
+    assert main(["sparsity", "--model", "tiny-wan", "--frames", "17", "--resolutions", "128", "--steps", "2",
+                 "--tiles", "1x4x4,5x2x2", "--blocks", "16", "--no-save-masks", "--out", str(out), "--quiet"]) == 0
+    d = json.loads((out / "sparsity.json").read_text())
+    assert d["tiles"] == ["1x4x4", "5x2x2"]
+    kinds = d["summary"]["128x128"]["by_kind"]
+    assert 0 < kinds["self"]["tiles_5x2x2_0.95"] <= 1
+    assert kinds["cross"]["tiles_1x4x4_0.95"] is None  # cross-attention's keys are the caption: no tiles
+    assert any("by block shape" in line for line in d["findings"])
+    capsys.readouterr()
+    for argv, needle in ((["--model", "tiny-wan", "--frames", "17", "--tiles", "2x4x4"], "does not divide"),
+                         (["--model", "tiny", "--tiles", "1x4x4"], "applies to video models"),
+                         (["--model", "tiny-wan", "--tiles", "2x4"], "not a tile shape")):
+        assert main(["sparsity", "--steps", "1", "--out", str(tmp_path / "x"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
