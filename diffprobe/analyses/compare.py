@@ -10,8 +10,8 @@ from pathlib import Path
 
 from diffprobe.errors import DiffprobeError, a
 
-CONFIG_KEYS = ("model", "height", "width", "steps", "batch", "guidance", "device", "dtype", "mode", "compile",
-               "cuda_graphs", "weights", "prompt", "seed", "scheduler")
+CONFIG_KEYS = ("model", "height", "width", "frames", "steps", "batch", "guidance", "device", "dtype", "mode",
+               "compile", "cuda_graphs", "weights", "prompt", "seed", "scheduler")
 
 
 def _label(folders: list[Path]) -> list[str]:
@@ -21,6 +21,8 @@ def _label(folders: list[Path]) -> list[str]:
 
 def _profile_metrics(d: dict) -> dict[str, float]:
     m: dict[str, float] = {}
+    if d.get("tokens"):  # latent tokens per denoiser call and sample (a video's: frames x height x width)
+        m["tokens"] = d["tokens"]
     for s, v in (d.get("stages") or {}).items():
         m[f"seconds.{s}"] = v
     f = d.get("flops") or {}

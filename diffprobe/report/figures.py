@@ -135,15 +135,15 @@ def roofline_figure(roof_ops, preset, title: str) -> Figure:
     return fig
 
 
-def _axis(findings: dict, quantity: str) -> tuple[list[dict], list[float], str, dict, dict]:
-    """The sweep's axis to draw: its points along the image side (at the smallest batch, and a video's fewest frames)
-    with their sides, or, where a video sweep varies frames at one size, along latent frames; returns the points,
-    their x values, the x unit, the exponents and the crossovers along it."""
+def _axis(findings: dict, quantity: str, axis: str = "side") -> tuple[list[dict], list[float], str, dict, dict]:
+    """The sweep's ``axis`` to draw: its points along the image side (at the smallest batch, and a video's fewest
+    frames) with their sides, or (``"frames"``) a video sweep's points along latent frames at its smallest side;
+    returns the points, their x values, the x unit, the exponents and the crossovers along it."""
     b0 = findings.get("exponents_batch", 1)
     f0 = findings.get("exponents_frames_at")
     pts = sorted((p for p in findings["points"] if p["batch"] == b0 and p.get("frames") == f0 and quantity in p),
                  key=lambda p: p["side"])
-    if len(pts) < 2 and findings.get("exponents_latent_frames"):
+    if axis == "frames" and findings.get("exponents_latent_frames"):
         s0 = findings.get("frames_series_side")
         pts = sorted((p for p in findings["points"] if p["batch"] == b0 and p["side"] == s0 and quantity in p),
                      key=lambda p: p["latent_frames"])
@@ -153,10 +153,10 @@ def _axis(findings: dict, quantity: str) -> tuple[list[dict], list[float], str, 
     return pts, [p["side"] for p in pts], "px", findings.get("exponents", {}), findings.get("crossover") or {}
 
 
-def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
-    """UNet shares per layer class vs image side (stacked area), the self-attention/convolution crossover
-    marked."""
-    pts, sides, unit, _, crossovers = _axis(findings, quantity)
+def share_area(findings: dict, quantity: str = "flops", axis: str = "side") -> Figure | None:
+    """Denoiser shares per layer class vs image side or latent frames (``axis``; stacked area), the crossover of
+    the sweep's two leading classes marked."""
+    pts, sides, unit, _, crossovers = _axis(findings, quantity, axis)
     if len(pts) < 2:
         return None
     fig = Figure(figsize=(7, 4))
@@ -186,15 +186,17 @@ def share_area(findings: dict, quantity: str = "flops") -> Figure | None:
     return fig
 
 
-def loglog(findings: dict, quantity: str = "flops") -> Figure | None:
-    """UNet cost per class vs side on log-log axes, with the fitted exponent in each label."""
-    pts, sides, unit, exponents, _ = _axis(findings, quantity)
+def loglog(findings: dict, quantity: str = "flops", axis: str = "side") -> Figure | None:
+    """Denoiser cost per class vs side or latent frames (``axis``) on log-log axes, with the fitted exponent in each
+    label (the key beside the axes)."""
+    pts, sides, unit, exponents, _ = _axis(findings, quantity, axis)
     fits = exponents.get(quantity, {})
     if len(pts) < 2:
         return None
     sides = np.array(sides, dtype=float)
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(8.5, 4.5))
     ax = fig.subplots()
+    fig.subplots_adjust(right=0.68)
     for c in ("total", "self_attention_core", "attention_core", "self_attention", "joint_attention", "conv",
               "linear_layers", "ffn", "cross_attention", "norm"):
         vals = np.array([p[quantity]["denoiser"].get(c, 0.0) for p in pts])
@@ -210,7 +212,7 @@ def loglog(findings: dict, quantity: str = "flops") -> Figure | None:
     ax.set_ylabel("denoiser FLOPs" if quantity == "flops" else "denoiser seconds (measured ops)")
     ax.set_title(f"scaling: cost ∝ {'side' if unit == 'px' else 'latent frames'}^k (lines: least-squares fits)",
                  fontsize=10)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
     return fig
 
 

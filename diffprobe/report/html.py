@@ -56,7 +56,8 @@ def render(page: Page, s: Section) -> None:
 def _titles(kind: str, d: Document) -> tuple[str, str]:
     if kind == "profile":
         return (f"diffprobe profile — {d.model_title or d.model}",
-                f"{d.height}×{d.width} px, batch {d.batch}, {d.steps} steps, "
+                f"{d.height}×{d.width} px" + (f" × {d.frames} frames" if d.frames else "")
+                + f", batch {d.batch}, {d.steps} steps, "
                 f"{d.mode} on {d.device} ({d.dtype})")
     if kind == "sweep":
         cfg, n = d.config, len((d.findings or {}).get("points") or [])

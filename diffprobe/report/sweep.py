@@ -91,32 +91,40 @@ def points(state: SweepDocument, folder: Path) -> Section | None:
                    rows, notes)
 
 
-def exponents(state: SweepDocument, folder: Path) -> Section | None:
+def exponents(state: SweepDocument, folder: Path) -> list[Section] | None:
+    """The scaling exponents along the image side and, for a video sweep over frames, along latent frames: a table
+    of the main layer classes and the figures of each axis."""
     f = state.findings or {}
-    fits = f.get("exponents", {})
-    if not fits.get("flops"):
-        return None
-    timed = "seconds" in fits
-    rows = []
-    for c, fit in sorted(fits["flops"].items(), key=lambda kv: -(kv[1]["k"] if kv[1] else 0)):
-        if fit is None or c not in EXPONENT_ROWS:  # every class is in the JSON; the table keeps the main ones
+    out = []
+    for axis, fits, what, unit in (("side", f.get("exponents", {}), "the image side", "side"),
+                                   ("frames", f.get("exponents_latent_frames", {}), "frames", "latent frames")):
+        if not any((fits.get("flops") or {}).values()):
             continue
-        row = [c, fmt_k(fit["k"]), f"{fit['rms_log_residual']:.3f}"]
-        if timed:
-            s = fits["seconds"].get(c)
-            row += [fmt_k(s["k"]), f"{s['rms_log_residual']:.3f}"] if s else ["", ""]
-        rows.append(row)
-    figures = [
-        Figure("shares_flops", "denoiser FLOP shares vs image side", lambda: figs.share_area(f, "flops"), True),
-        Figure("shares_seconds", "denoiser measured-time shares vs image side", lambda: figs.share_area(f, "seconds"),
-               True),
-        Figure("scaling_flops", "denoiser FLOPs vs side, log-log, with fitted exponents",
-               lambda: figs.loglog(f, "flops"), True),
-        Figure("scaling_seconds", "denoiser measured op time vs side, log-log", lambda: figs.loglog(f, "seconds"),
-               True)]
-    return Section("Scaling exponents k (cost ∝ side^k, log-log least squares; RMS residual in ln units)",
-                   ["denoiser layer class", "k (FLOPs)", "residual"] + (["k (seconds)", "residual (s)"]
-                                                                        if timed else []), rows, figures=figures)
+        timed = "seconds" in fits
+        rows = []
+        for c, fit in sorted(fits["flops"].items(), key=lambda kv: -(kv[1]["k"] if kv[1] else 0)):
+            if fit is None or c not in EXPONENT_ROWS:  # every class is in the JSON; the table keeps the main ones
+                continue
+            row = [c, fmt_k(fit["k"]), f"{fit['rms_log_residual']:.3f}"]
+            if timed:
+                s = fits["seconds"].get(c)
+                row += [fmt_k(s["k"]), f"{s['rms_log_residual']:.3f}"] if s else ["", ""]
+            rows.append(row)
+        name = "" if axis == "side" else "_frames"
+        x = "image side" if axis == "side" else "latent frames"
+        figures = [
+            Figure(f"shares_flops{name}", f"denoiser FLOP shares vs {x}",
+                   lambda axis=axis: figs.share_area(f, "flops", axis), True),
+            Figure(f"shares_seconds{name}", f"denoiser measured-time shares vs {x}",
+                   lambda axis=axis: figs.share_area(f, "seconds", axis), True),
+            Figure(f"scaling_flops{name}", f"denoiser FLOPs vs {x}, log-log, with fitted exponents",
+                   lambda axis=axis: figs.loglog(f, "flops", axis), True),
+            Figure(f"scaling_seconds{name}", f"denoiser measured op time vs {x}, log-log",
+                   lambda axis=axis: figs.loglog(f, "seconds", axis), True)]
+        out.append(Section(f"Scaling exponents along {what} k (cost ∝ {unit}^k, log-log least squares; RMS "
+                           "residual in ln units)", ["denoiser layer class", "k (FLOPs)", "residual"]
+                           + (["k (seconds)", "residual (s)"] if timed else []), rows, figures=figures))
+    return out or None
 
 
 def largest(state: SweepDocument, folder: Path) -> list[Section] | None:
