@@ -289,7 +289,7 @@ def sparsity_headline(state: dict) -> list[str]:
                        f"{100 * m[f'keys_frac_{t:g}']:.1f}% of the keys cover {100 * t:g}% of each row's mass "
                        f"(row entropy {m['entropy']:.2f} of uniform).")
         self_attn = s["by_kind"].get("self", {})
-        shapes = [f"runs of {b} tokens {100 * self_attn[f'blocks_{b}_{t:g}']:.1f}%" for b in state["blocks"]
+        shapes = [f"runs of {b} tokens {100 * self_attn[f'blocks_{b}_{t:g}']:.1f}%" for b in state.get("blocks", [])
                   if self_attn.get(f"blocks_{b}_{t:g}") is not None]
         shapes += [f"{name} tiles ({_volume(name)} tokens) {100 * self_attn[f'tiles_{name}_{t:g}']:.1f}%"
                    for name in state.get("tiles") or [] if self_attn.get(f"tiles_{name}_{t:g}") is not None]

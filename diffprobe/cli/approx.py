@@ -87,17 +87,23 @@ def with_method_options(fn):
     return fn
 
 
+O_TILE = typer.Option(None, "--tile", help="block, video models: blocks are 3D tiles of the latent token grid, "
+                      "frames x height x width (e.g. 2x8x8), for the video's self-attention (their volume is the "
+                      "block side elsewhere).")
+O_INTERVALS = typer.Option("1", "--mask-interval", help="block: predict a layer's block mask every N steps and reuse "
+                           "it in between (no predictor on those steps); a comma list runs every block setting once "
+                           "per interval.")
+O_SAVE_MASKS = typer.Option(True, "--save-masks/--no-save-masks", help="Keep what each setting kept per call in "
+                            "masks/<setting>/ (for `diffprobe accel --masks`).")
+
+
 @with_method_options
 def approx(
     method: str = typer.Option("threshold", help=METHOD_HELP),
     block: int = typer.Option(64, help="block: block side in tokens."),
-    tile: Optional[str] = typer.Option(None, "--tile", help="block, video models: blocks are 3D tiles of the latent "
-                                       "token grid, frames x height x width (e.g. 2x8x8), for the video's "
-                                       "self-attention (their volume is the block side elsewhere)."),
+    tile: Optional[str] = O_TILE,
     frames: Optional[int] = O_FRAMES,
-    mask_interval: str = typer.Option("1", "--mask-interval", help="block: predict a layer's block mask every N "
-                                      "steps and reuse it in between (no predictor on those steps); a comma list "
-                                      "runs every block setting once per interval."),
+    mask_interval: str = O_INTERVALS,
     setting: Optional[str] = typer.Option(None, "--setting", help="More settings, comma list; + joins an attention "
                                           "method and a reuse method, measured together: block=0.9+deepcache=3."),
     rank: int = typer.Option(8, help="predicted: rank of the random projection that estimates the scores."),
@@ -120,8 +126,7 @@ def approx(
                                "min-max spread."),
     clip_weights: Optional[str] = typer.Option(None, help="Local CLIP model folder (transformers format) for a CLIP "
                                                "score of every setting; never downloaded."),
-    save_masks: bool = typer.Option(True, "--save-masks/--no-save-masks", help="Keep what each setting kept per "
-                                    "call in masks/<setting>/ (for `diffprobe accel --masks`)."),
+    save_masks: bool = O_SAVE_MASKS,
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder, new or empty (default: "
                                           "runs/<time>-approx-<model>)."),
     force: bool = O_FORCE,

@@ -39,6 +39,7 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
     spec = get_spec(base.model)
     for h, w in resolutions:
         check_resolution(spec, h, w)
+    check_memory(spec, base.dtype, base.device, analytic=False)  # the probabilities need the model run
     base = replace(base, height=resolutions[0][0], width=resolutions[0][1], trace_ops=False).resolved()
     if sc.tiles:  # 3D tiles: a video model, each tile dividing every point's token grid
         if not spec.video:
@@ -47,7 +48,6 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
         for h, w in resolutions:
             for tile in sc.tiles:
                 check_tiles(spec.token_grid(h, w, base.frames), tile)
-    check_memory(spec, base.dtype, base.device, analytic=False)  # the probabilities need the model run
     identity = {k: v for k, v in asdict(base).items() if k not in ("height", "width", "out", "force")}
     identity.update(eps=list(sc.eps), taus=list(sc.taus), blocks=list(sc.blocks))
     if sc.tiles:
