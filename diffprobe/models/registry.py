@@ -31,6 +31,7 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "text_encod
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3", "tokenizer_4")
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on mars"
 DENOISERS = ("unet", "transformer")  # the diffusers component that denoises: a UNet, or a diffusion transformer
+EXPERTS = ("transformer_2",)  # a second denoiser the pipeline switches to (Wan 2.2's low-noise expert)
 # a tokenizer folder with any of these is the user's own (BPE, fast, SentencePiece: T5's spiece, Gemma's model)
 TOKENIZER_FILES = ("vocab.json", "tokenizer.json", "spiece.model", "tokenizer.model")
 
@@ -62,6 +63,12 @@ class ModelSpec:
     def video(self) -> bool:
         """Whether the model makes videos (``--frames`` applies)."""
         return self.family.video
+
+    @property
+    def experts(self) -> int:
+        """Denoiser components the pipeline switches between over the steps (2: Wan 2.2's high- and low-noise
+        experts; else 1)."""
+        return 1 + sum(c in self.components for c in EXPERTS)
 
     @property
     def folder(self):
@@ -311,11 +318,14 @@ def pipeline_class(spec: ModelSpec):
 
 
 def pipeline_init_kwargs(spec: ModelSpec) -> dict:
+    """What the pipeline's constructor takes beside the components: SD's switches, and the settings its
+    ``model_index.json`` holds (Wan 2.2's ``boundary_ratio``, the step at which its second expert takes over)."""
     if spec.pipeline_class == "StableDiffusionPipeline":
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     if spec.pipeline_class == "StableDiffusionXLPipeline":
         return {"add_watermarker": False}
-    return {}
+    index = json.loads(spec.folder.joinpath("model_index.json").read_text())
+    return {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list) and v is not None}
 
 
 def pipeline_from_components(spec: ModelSpec, components: dict):
@@ -360,6 +370,17 @@ def denoiser_name(pipe) -> str:
 def denoiser(pipe):
     """The pipeline's denoiser module (``pipe.unet`` or ``pipe.transformer``)."""
     return getattr(pipe, denoiser_name(pipe))
+
+
+def denoiser_names(pipe) -> tuple[str, ...]:
+    """Every denoiser component the pipeline calls: its denoiser and, where it has one, the expert it switches to
+    for the later steps (Wan 2.2's ``transformer_2``)."""
+    return (denoiser_name(pipe), *(n for n in EXPERTS if getattr(pipe, n, None) is not None))
+
+
+def denoisers(pipe) -> list:
+    """The modules of :func:`denoiser_names`."""
+    return [getattr(pipe, n) for n in denoiser_names(pipe)]
 
 
 def text_encoder_names(pipe) -> list[str]:

@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_flatten
 
 from diffprobe.models.families import family_of
 from diffprobe.models.families.roles import ROPE_FUNCTIONS, attention_kind, is_conditioning, role_of
-from diffprobe.models.registry import TEXT_ENCODERS, denoiser_name
+from diffprobe.models.registry import TEXT_ENCODERS, denoiser_name, denoiser_names
 from diffprobe.patching import Patches
 from diffprobe.records.formulas import (
     Cost,
@@ -85,20 +85,22 @@ class OpTracer:
         level_of = family.level
         if den == "unet":
             n_levels = len(dmodule.config.block_out_channels)
-        else:
+        dens = denoiser_names(pipe)  # the denoiser, and Wan 2.2's second expert: both the denoiser stage
+        if den != "unet":
             patch = family.patch_size(dict(dmodule.config)) * family.latent_patch
             n_tokens = image_tokens(latent_hw, patch) * latent_frames  # a video's latent frames (temporal patch 1)
-            for name, param in dmodule.named_parameters():
-                if name.endswith("scale_shift_table"):
-                    self._mark(param)
-        for comp in (*TEXT_ENCODERS, den, "vae"):
+            for expert in dens:
+                for name, param in getattr(pipe, expert).named_parameters():
+                    if name.endswith("scale_shift_table"):
+                        self._mark(param)
+        for comp in (*TEXT_ENCODERS, *dens, "vae"):
             module = getattr(pipe, comp, None)
             if module is None:
                 continue
             for sub, m in module.named_modules():
                 path = f"{comp}.{sub}" if sub else comp
-                level = level_of(path) if comp in (den, "vae") else ""
-                if comp != den:
+                level = level_of(path) if comp in (*dens, "vae") else ""
+                if comp not in dens:
                     tokens = 0
                 elif den == "unet":
                     tokens = level_tokens(level, latent_hw, n_levels)
@@ -111,8 +113,8 @@ class OpTracer:
                     "mlp" if leaf == "proj_mlp" else ""))  # Flux's single-stream blocks: the MLP's input linear
                 role = role_of(path, m, family.path_roles)
                 kind = attention_kind(m, path, family.joint_paths, family.cross_paths) if role == "attention" else ""
-                self._statics[id(m)] = Static(path, stage_of(comp, path, den), level, tokens, role, proj, kind,
-                                               path == den, is_conditioning(m))
+                self._statics[id(m)] = Static(path, stage_of(den if comp in dens else comp, path, den), level, tokens,
+                                               role, proj, kind, path in dens, is_conditioning(m))
 
     # -- module context ----------------------------------------------------------------------------------------
     def _push(self, module, *_):

@@ -20,7 +20,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from diffprobe.models.families import family_of
-from diffprobe.models.registry import denoiser, denoiser_name
+from diffprobe.models.registry import denoiser_name, denoisers
 from diffprobe.patching import Patches, patch_attr
 
 
@@ -39,7 +39,7 @@ class MetaAdapters:
         self._patches = Patches()
 
     def __enter__(self) -> "MetaAdapters":
-        sched, unet, tracer = self.pipe.scheduler, denoiser(self.pipe), self.tracer
+        sched, tracer = self.pipe.scheduler, self.tracer
         set_timesteps, step = sched.set_timesteps, sched.step
 
         @functools.wraps(set_timesteps)  # the pipelines inspect its signature (Flux: does it take sigmas?)
@@ -64,6 +64,13 @@ class MetaAdapters:
         if undo is not None:
             self._patches.add(undo)
 
+        for module in denoisers(self.pipe):  # Wan 2.2: its second expert too, replayed from its own calls
+            self._adapt_denoiser(module, tracer)
+        return self
+
+    def _adapt_denoiser(self, unet, tracer) -> None:
+        """A denoiser module's forward for meta: its inputs moved to meta (a transformer's), and each call after
+        the first of its shapes (and plan key, and CFG branch) replayed from that one's records."""
         # the scheduler's timestep is a CPU tensor: a UNet moves it to its sample's device itself, a transformer
         # expects the pipeline to have done so. Moved to meta untraced (a measured run has no such copy); a UNet's
         # own move is traced as in a measured run.
@@ -97,7 +104,6 @@ class MetaAdapters:
                 return output
 
             self._patches.set(unet, "forward", replaying_forward)
-        return self
 
     def __exit__(self, *exc) -> None:
         self._patches.restore()

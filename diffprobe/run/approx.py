@@ -33,6 +33,7 @@ from diffprobe.models.registry import get_spec
 from diffprobe.records.documents import ApproxDocument
 from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_document, write_ops
+from diffprobe.run.config import check_one_expert
 from diffprobe.run.pipeline import PipelineCall, output_of
 from diffprobe.run.profile import (
     analytic_twin,
@@ -106,6 +107,7 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
             for n in (intervals if setting.attention is not None and setting.attention[0] == "block"
                       else intervals[:1])]
     spec = get_spec(cfg.model)
+    check_one_expert(spec, "approx")
     grid = None
     if tile is not None:  # 3D tiles: a video model, a block setting, a tile that divides the grid
         if not spec.video:

@@ -25,6 +25,7 @@ from diffprobe.models.registry import get_spec
 from diffprobe.records.documents import SparsityDocument
 from diffprobe.records.masks import MaskStore, write_masks
 from diffprobe.records.runfolder import atomic_write
+from diffprobe.run.config import check_one_expert
 from diffprobe.run.points import SweepFolder, run_points
 from diffprobe.run.profile import build_pipeline, check_memory, check_resolution, run_profile
 
@@ -39,6 +40,7 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
     spec = get_spec(base.model)
     for h, w in resolutions:
         check_resolution(spec, h, w)
+    check_one_expert(spec, "sparsity")
     check_memory(spec, base.dtype, base.device, analytic=False)  # the probabilities need the model run
     base = replace(base, height=resolutions[0][0], width=resolutions[0][1], trace_ops=False).resolved()
     if sc.tiles:  # 3D tiles: a video model, each tile dividing every point's token grid

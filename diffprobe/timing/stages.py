@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from diffprobe.models.registry import TOKENIZERS, denoiser, text_encoder_names
+from diffprobe.models.registry import TOKENIZERS, denoisers, text_encoder_names
 from diffprobe.patching import Patches
 from diffprobe.timing.clock import Clock
 
@@ -113,7 +113,8 @@ class StageTimer:
                 self._wrap_call(getattr(pipe, name), "tokenize")
         for name in text_encoder_names(pipe):
             self._hook_module(getattr(pipe, name), name)
-        self._hook_module(denoiser(pipe), "denoiser")
+        for module in denoisers(pipe):  # Wan 2.2: the second expert's calls are denoiser time too
+            self._hook_module(module, "denoiser")
         self._wrap_method(pipe.scheduler, "step", "scheduler")
         self._wrap_method(pipe.vae, "decode", "vae_decoder")
         return self

@@ -124,3 +124,32 @@ def test_a_frame_sweep_fits_attention_as_latent_frames_squared(tmp_path):
         n = latent * 16
         assert scores["flops"].sum() == 2 * 2 * 2 * n * n * (2 * 8 + 1)  # 2 calls (CFG) x 2 blocks x 2 heads
     assert any("latent frames^2.00" in line for line in f["sentences"])
+
+
+def test_wan22_switches_experts_at_the_boundary_timestep(tmp_path, capsys):
+    """Wan 2.2 A14B: two 14B experts (the published "A14B": 14 B active per step), the high-noise one for the steps
+    whose timestep is at least boundary_ratio x 1000 (0.875: 875), the low-noise one after; both are the denoiser
+    stage, measured == analytic on the tiny variant, and the methods installed on one denoiser are refused."""
+    from diffprobe.models.registry import build_scheduler
+
+    full = _params("wan22-t2v-a14b")
+    assert full["transformer"] == full["transformer_2"] == ref.wan(40, 128, 40, 13824)
+    sched = build_scheduler(get_spec("tiny-wan22"))
+    sched.set_timesteps(4, device="cpu")
+    high = [i for i, t in enumerate(sched.timesteps) if float(t) >= 875]
+    assert 0 < len(high) < 4  # both experts run in 4 steps (flow shift 12 keeps most steps high)
+    runs = {mode: run_profile(ProfileConfig(model="tiny-wan22", steps=4, sample_steps=0, mode=mode,
+                                            out=str(tmp_path / mode))) for mode in ("measured", "analytic")}
+    assert_records_agree(runs["measured"], runs["analytic"])
+    den = runs["analytic"].ops
+    den = den[den["stage"] == "denoiser"]
+    experts = den.groupby("step")["module"].agg(lambda m: {x.split(".")[0] for x in m}).to_dict()
+    assert experts == {i: {"transformer" if i in high else "transformer_2"} for i in range(4)}
+    assert set(den.loc[den["module"].str.startswith("transformer_2.blocks.0."), "level"]) == {"block.0"}
+    d = runs["measured"].to_dict()
+    assert len(d["step_times"]) == 4 and all(s["denoiser_s"] > 0 for s in d["step_times"])
+    for argv, needle in ((["profile", "--approx", "pab=2"], "--approx: tiny-wan22 switches between 2 denoiser"),
+                         (["sparsity", "--resolutions", "64"], "sparsity: tiny-wan22 switches")):
+        assert main([*argv, "--model", "tiny-wan22", "--steps", "2", "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err

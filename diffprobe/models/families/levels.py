@@ -71,10 +71,10 @@ def named_block_level(path: str, blocks: dict[str, str], ends: dict[str, str]) -
     """A diffusion transformer's level where its block lists and its ends have names of their own: ``top``; a
     module under ``transformer.<list>.<i>`` is ``blocks[list] + i`` (``{"layers": "block."}``); a top-level child
     named in ``ends`` is that level (``{"x_embedder": "in", "final_layer": "out"}``), any other ``embed``; the VAE
-    decoder's levels (Z-Image, HiDream)."""
+    decoder's levels (Z-Image, HiDream). A second expert (``transformer_2``, Wan 2.2's) has the same levels."""
     if not path.startswith("transformer"):
         return vae_level(path)
-    if path == "transformer":
+    if "." not in path:  # the transformer's (or an expert's) own forward
         return "top"
     parts = path.split(".")
     if len(parts) > 2 and parts[1] in blocks and parts[2].isdigit():
