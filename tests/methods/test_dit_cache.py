@@ -165,3 +165,35 @@ def test_pab_on_wan_counts_the_calls_of_both_cfg_branches(tmp_path):
     checks = 2 * sum(1 + (t > 100) for _, _, t in calls)  # the window test per self-attention layer and call
     assert r["method_overhead"]["flops"] == checks
     assert r["flops_saved_by_stage"]["denoiser"] == pytest.approx(len(skipped) * per_call - checks, rel=1e-12)
+
+
+@pytest.mark.parametrize("model", ["tiny-wan", "tiny-hunyuan-video"])
+def test_teacache_on_the_video_models_costs_what_its_decisions_say(model, tmp_path):
+    """TeaCache with the authors' video recipes: Wan reads the timestep embedding (nothing computed for it) and
+    keeps a state per CFG call; HunyuanVideo reads its first block's modulated input (its adaLN once more). Every
+    call pays the residual (computed: subtract it; skipped: add it, N tokens x D) and, but at the first and last
+    steps, the relative L1 change (5 ops per indicator element + 1); a skipped call runs no block."""
+    import pandas as pd
+
+    r = diffprobe.profile(model=model, steps=6, sample_steps=0, approx="teacache=0.4", out=str(tmp_path))
+    dense = r.ops[r.ops["stage"] == "denoiser"]
+    ran = pd.read_parquet(tmp_path / "ops_approx.parquet")
+    ran = ran[ran["stage"] == "denoiser"]
+    keys = ["step", "cfg"]
+    first = dense[(dense["step"] == 0) & (dense["cfg"] == dense["cfg"].iloc[0])]
+    blocks = float(first.loc[first["module"].str.contains(r"^transformer\.(?:single_transformer_|transformer_)?blocks"
+                                                          r"\.\d+"), "flops"].sum())
+    if model == "tiny-wan":  # 48 tokens x 16 channels; the indicator: the (1, 16) timestep embedding
+        residual, indicator, norm1 = 48 * 16, 16, 0.0
+    else:  # 48 video tokens x 16; the indicator: the first block's modulated input, (1, 48, 16)
+        residual, indicator = 48 * 16, 48 * 16
+        norm1 = float(first.loc[first["module"].str.fullmatch(r"transformer\.transformer_blocks\.0\.norm1(?:\..*)?"),
+                                "flops"].sum())
+    first_block = r"^transformer\.(?:transformer_)?blocks\.0\.(?:attn|ff)"  # (not the token refiner's blocks)
+    computed = ran.groupby(keys)["module"].agg(lambda m: m.str.contains(first_block).any())
+    assert computed[0].all() and computed[5].all() and not computed.all()
+    dense_calls, ran_calls = dense.groupby(keys)["flops"].sum(), ran.groupby(keys)["flops"].sum()
+    for key, did in computed.items():
+        extra = residual + norm1 + (0 if key[0] in (0, 5) else 5 * indicator + 1)
+        want = dense_calls[key] + extra - (0 if did else blocks)
+        assert ran_calls[key] == pytest.approx(want, rel=1e-12), key
