@@ -31,7 +31,7 @@ from diffprobe.cli.common import (
     progress_bar,
 )
 from diffprobe.errors import DiffprobeError
-from diffprobe.methods.reuse import REUSE
+from diffprobe.methods.registry import REUSE
 from diffprobe.parsing import parse_floats, parse_ints
 
 METHOD_HELP = (f"Comma list of methods: {', '.join(METHOD_REGISTRY)} (attention) and {', '.join(REUSE)} (step-level "

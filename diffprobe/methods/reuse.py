@@ -17,8 +17,6 @@ of the same kind instead of assuming every step is the same.
 from __future__ import annotations
 
 import contextlib
-import math
-from dataclasses import dataclass
 
 from diffprobe.errors import DiffprobeError
 from diffprobe.models.families import Family, family_of
@@ -244,7 +242,7 @@ class _EveryN(DiffusersCache):
         return self.n == 1
 
 
-class _Threshold:
+class ThresholdParam:
     """A method skipping work while a measured change stays below ``threshold`` (>= 0; 0 never skips: dense)."""
 
     name = ""
@@ -258,7 +256,7 @@ class _Threshold:
         return self.value == 0
 
 
-class FirstBlockCache(_Threshold, DiffusersCache):
+class FirstBlockCache(ThresholdParam, DiffusersCache):
     """First-block cache (ParaAttention's dynamic caching, diffusers' ``FirstBlockCacheConfig``): every step runs
     the first transformer block; when its output residual changed by less than ``threshold`` (relative L1) since
     the last full step, the remaining blocks are skipped and their cached residual is added. The decision reads
@@ -338,160 +336,3 @@ class FasterCache(_EveryN):
                                  current_timestep_callback=lambda: pipe.current_timestep,
                                  attention_weight_callback=lambda _: 0.3, is_guidance_distilled=True,
                                  tensor_format="BCHW")
-
-
-@dataclass(frozen=True)
-class TeaRecipe:
-    """How TeaCache applies to a family's transformer: its block lists in call order, the order of a block's
-    outputs (``context_hidden``: Flux's (caption, image); ``hidden_context``: HunyuanVideo's; ``hidden``: Wan's, the
-    caption unchanged), the indicator (``norm1``: the first block's adaLN-modulated input, computed once more;
-    ``temb``: the condition embedder's timestep embedding, already computed), the rescaling polynomial (highest
-    power first; ``wide``: another for transformers of at least ``wide_dim`` channels), and whether each CFG
-    branch keeps its own state (Wan's two calls per step)."""
-
-    blocks: tuple[str, ...]
-    outputs: str
-    indicator: str
-    coefficients: tuple[float, ...]
-    wide: tuple[float, ...] = ()
-    wide_dim: int = 0
-    per_branch: bool = False
-
-
-# the authors' fitted polynomials (TeaCache's repository: TeaCache4FLUX, TeaCache4HunyuanVideo, TeaCache4Wan2.1
-# without its "retention steps": the 1.3B's, and the 14B's for 5120 channels)
-TEA_RECIPES = {
-    "flux": TeaRecipe(("transformer_blocks", "single_transformer_blocks"), "context_hidden", "norm1",
-                      (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)),
-    "hunyuanvideo": TeaRecipe(("transformer_blocks", "single_transformer_blocks"), "hidden_context", "norm1",
-                              (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)),
-    "wan": TeaRecipe(("blocks",), "hidden", "temb",
-                     (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02),
-                     (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01), 5120, True),
-}
-
-
-class TeaCache(_Threshold, ReuseMethod):
-    """TeaCache (Liu et al., CVPR 2025, "Timestep Embedding Tells: It's Time to Cache for Video Diffusion Model"),
-    implemented here from the paper and its authors' recipes (FLUX, HunyuanVideo, Wan 2.1), since no package ships
-    it: at each step an indicator is read (Flux and HunyuanVideo: the first block's timestep-modulated input, its
-    adaLN norm computed once more and counted as the method's own ops; Wan: the timestep embedding); its relative L1
-    change since the previous step, rescaled by the authors' fitted polynomial for the model, is accumulated; while
-    the sum stays below ``threshold`` every transformer block is skipped and the residual the blocks added at the
-    last computed step is added instead. The first and last steps always compute. Wan's two CFG calls per step keep
-    a state each (the recipe's). The decision reads the activations: measured runs only."""
-
-    name = "teacache"
-    param = "threshold"
-    param_help = "the accumulated rescaled change of the modulated input below which every block is skipped"
-    domain, default = ">= 0", "0.05,0.1,0.2"
-    fits = ("Flux, HunyuanVideo and Wan 2.1 models (flux-dev, flux-schnell, hunyuan-video, wan21-t2v-1.3b, "
-            "wan21-t2v-14b and their tiny variants): its rescaling polynomials are fitted to those")
-    families = ("flux", "hunyuanvideo", "wan")
-    data_dependent = True
-    FLUX_COEFFICIENTS = TEA_RECIPES["flux"].coefficients
-
-    def plan_key(self, step: int):
-        return step
-
-    @staticmethod
-    def _polynomial(coefficients, x: float) -> float:
-        out = 0.0
-        for c in coefficients:
-            out = out * x + c
-        return out
-
-    def _rescale(self, x: float) -> float:
-        return self._polynomial(self.coefficients, x)
-
-    @contextlib.contextmanager
-    def installed(self, pipe):
-        from diffprobe.patching import Patches
-
-        recipe = TEA_RECIPES[family_of(pipe).name]
-        transformer = pipe.transformer
-        width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-        self.coefficients = recipe.wide if recipe.wide and width >= recipe.wide_dim else recipe.coefficients
-        blocks = [b for name in recipe.blocks for b in getattr(transformer, name)]
-        first, last = blocks[0], blocks[-1]
-        states: dict[int, dict] = {}
-        shared = {"calls": 0, "skip": False, "input": None, "temb": None, "branch": 0}
-        self.decisions: list[bool] = []  # per denoiser call: whether the blocks ran
-        method = self
-        patches = Patches()
-
-        def decide(hidden_states, temb) -> bool:
-            n = int(getattr(pipe, "_num_timesteps", 0) or 0)
-            branches = 2 if recipe.per_branch and getattr(pipe, "do_classifier_free_guidance", False) else 1
-            shared["branch"] = branch = shared["calls"] % branches
-            shared["calls"] += 1
-            state = states.setdefault(branch, {"count": 0, "accumulated": 0.0, "previous": None, "residual": None})
-            indicator = first.norm1(hidden_states, emb=temb)[0] if recipe.indicator == "norm1" else shared["temb"]
-            count, previous = state["count"], state["previous"]
-            if count == 0 or count == n - 1 or previous is None or state["residual"] is None:
-                compute, state["accumulated"] = True, 0.0
-            else:
-                rel = float(((indicator - previous).abs().mean() / previous.abs().mean()).float())
-                state["accumulated"] += method._rescale(rel)
-                compute = state["accumulated"] >= method.value
-                if compute:
-                    state["accumulated"] = 0.0
-            state["previous"] = indicator
-            state["count"] = count + 1 if n == 0 or count + 1 < n else 0
-            method.decisions.append(compute)
-            return compute
-
-        def arguments(args, kwargs):
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-            return hidden, context, kwargs.get("temb", args[2] if len(args) > 2 else None)
-
-        def skipped(hidden, context, add):
-            hidden = hidden + add if add is not None else hidden
-            return {"context_hidden": (context, hidden), "hidden_context": (hidden, context)}.get(recipe.outputs,
-                                                                                                hidden)
-
-        def image_of(out):
-            return out[1] if recipe.outputs == "context_hidden" else out[0] if recipe.outputs == "hidden_context" \
-                else out
-
-        def wrap(block):
-            original = block.forward
-
-            def forward(*args, **kwargs):
-                hidden, context, temb = arguments(args, kwargs)
-                if block is first:
-                    shared["skip"] = not decide(hidden, temb)
-                    shared["input"] = hidden
-                state = states[shared["branch"]]
-                if shared["skip"]:  # every block passes its inputs through; the last adds the cached residual
-                    return skipped(hidden, context, state["residual"] if block is last else None)
-                out = original(*args, **kwargs)
-                if block is last:
-                    state["residual"] = image_of(out) - shared["input"]
-                return out
-
-            patches.set(block, "forward", forward)
-
-        if recipe.indicator == "temb":  # the condition embedder's first output: the timestep embedding
-            patches.hook(transformer.condition_embedder.register_forward_hook(
-                lambda _m, _a, out: shared.__setitem__("temb", out[0])))
-        for b in blocks:
-            wrap(b)
-        try:
-            yield self
-        finally:
-            patches.restore()
-
-
-REUSE = {"deepcache": DeepCache, "tgate": TGate, "first-block-cache": FirstBlockCache,
-         "pab": PyramidAttentionBroadcast, "faster-cache": FasterCache, "taylorseer": TaylorSeer,
-         "teacache": TeaCache}
-
-
-def make(method: str, value: float, **options) -> ReuseMethod:
-    if method not in REUSE:
-        raise DiffprobeError(f"unknown reuse method {method!r}; use one of {', '.join(REUSE)}")
-    if not math.isfinite(value):
-        raise DiffprobeError(f"{method}: {value} is not a finite number")
-    return REUSE[method](value, **options)

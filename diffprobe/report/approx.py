@@ -41,7 +41,7 @@ def approx_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def tradeoff(state: ApproxDocument, folder: Path) -> Section:
-    from diffprobe.methods.reuse import REUSE
+    from diffprobe.methods.registry import REUSE
 
     reuse = any(any(p.split("=")[0] in REUSE for p in (r.get("setting") or "").split("+")) for r in state.results)
     what = "approximate attention" + (" and step reuse" if reuse else "")

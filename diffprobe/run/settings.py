@@ -7,7 +7,8 @@ from typing import NamedTuple
 
 from diffprobe.attention.approx import METHODS, parse_setting
 from diffprobe.errors import DiffprobeError
-from diffprobe.methods.reuse import REUSE, ReuseMethod, make
+from diffprobe.methods.registry import REUSE, make
+from diffprobe.methods.reuse import ReuseMethod
 
 
 class Setting(NamedTuple):

@@ -91,7 +91,7 @@ def test_bad_cache_settings_are_one_line(tmp_path, capsys):
     _one_line(capsys, [*base, "--approx", "teacache=0.4", "--mode", "analytic"], "use --mode measured")
     _one_line(capsys, [*base, "--approx", "faster-cache=0"], "whole number of steps >= 1")
     _one_line(capsys, ["profile", "--model", "tiny-pixart", "--steps", "2", "--approx", "teacache=0.4", "--out",
-                       str(tmp_path / "t")], "fitted to FLUX.1")
+                       str(tmp_path / "t")], "teacache applies to Flux, HunyuanVideo and Wan 2.1 models")
     _one_line(capsys, ["profile", "--model", "tiny-sd3", "--steps", "2", "--approx", "pab=2", "--out",
                        str(tmp_path / "p")], "applies to Flux models")
     _one_line(capsys, ["profile", "--model", "tiny-flux", "--steps", "2", "--approx", "deepcache=2", "--out",
