@@ -88,18 +88,18 @@ def test_approx_with_tiles_on_a_video_model(tmp_path, capsys):
     from diffprobe.cli import main
 
     out = tmp_path / "a"
-    assert main(["approx", "--model", "tiny-wan", "--method", "block", "--tau", "0.5", "--tile", "1x4x4", "--frames",
-                 "17", "--height", "128", "--width", "128", "--steps", "2", "--no-save-masks", "--out", str(out),
-                 "--quiet"]) == 0
+    # 64 px x 9 frames: a 3 x 4 x 4 token grid, three 1 x 4 x 4 tiles
+    assert main(["approx", "--model", "tiny-wan", "--method", "block", "--tau", "0.5", "--tile", "1x4x4", "--steps",
+                 "2", "--no-save-masks", "--out", str(out), "--quiet"]) == 0
     import json
 
     d = json.loads((out / "approx.json").read_text())
-    assert d["tile"] == [1, 4, 4] and d["frames"] == 17 and d["block"] == 16
+    assert d["tile"] == [1, 4, 4] and d["frames"] == 9 and d["block"] == 16
     row = d["results"][1]
     assert "3D tiles" in row["kernel"] and 0 < row["attention_share_saved"] < 1
     capsys.readouterr()
-    # a tile that does not divide the grid (5 latent frames by 2), an image model: one line each
-    for argv, needle in ((["--model", "tiny-wan", "--frames", "17", "--tile", "2x4x4"], "does not divide"),
+    # a tile that does not divide the grid (3 latent frames by 2), an image model: one line each
+    for argv, needle in ((["--model", "tiny-wan", "--tile", "2x4x4"], "does not divide"),
                          (["--model", "tiny", "--tile", "1x4x4"], "applies to video models")):
         assert main(["approx", "--method", "block", "--steps", "2", "--out", str(tmp_path / "x"), *argv]) == 2
         err = capsys.readouterr().err
@@ -136,16 +136,16 @@ def test_sparsity_with_tiles_on_tiny_wan_and_its_refusals(tmp_path, capsys):
     from diffprobe.cli import main
 
     out = tmp_path / "s"
-    assert main(["sparsity", "--model", "tiny-wan", "--frames", "17", "--resolutions", "128", "--steps", "2",
-                 "--tiles", "1x4x4,5x2x2", "--blocks", "16", "--no-save-masks", "--out", str(out), "--quiet"]) == 0
+    assert main(["sparsity", "--model", "tiny-wan", "--resolutions", "64", "--steps", "2", "--tiles", "1x4x4,3x2x2",
+                 "--blocks", "16", "--no-save-masks", "--out", str(out), "--quiet"]) == 0
     d = json.loads((out / "sparsity.json").read_text())
-    assert d["tiles"] == ["1x4x4", "5x2x2"]
-    kinds = d["summary"]["128x128"]["by_kind"]
-    assert 0 < kinds["self"]["tiles_5x2x2_0.95"] <= 1
+    assert d["tiles"] == ["1x4x4", "3x2x2"]
+    kinds = d["summary"]["64x64"]["by_kind"]
+    assert 0 < kinds["self"]["tiles_3x2x2_0.95"] <= 1
     assert kinds["cross"]["tiles_1x4x4_0.95"] is None  # cross-attention's keys are the caption: no tiles
     assert any("by block shape" in line for line in d["findings"])
     capsys.readouterr()
-    for argv, needle in ((["--model", "tiny-wan", "--frames", "17", "--tiles", "2x4x4"], "does not divide"),
+    for argv, needle in ((["--model", "tiny-wan", "--tiles", "2x4x4"], "does not divide"),
                          (["--model", "tiny", "--tiles", "1x4x4"], "applies to video models"),
                          (["--model", "tiny-wan", "--tiles", "2x4"], "not a tile shape")):
         assert main(["sparsity", "--steps", "1", "--out", str(tmp_path / "x"), *argv]) == 2
