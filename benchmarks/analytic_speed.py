@@ -35,7 +35,7 @@ def main() -> None:
                                        "flux-schnell", "sana-1600m", "sd35-medium", "z-image-turbo",
                                        "flux2-dev", "qwen-image", "hidream-i1-full", "hidream-i1-dev",
                                        "hidream-i1-fast", "wan21-t2v-1.3b", "wan21-t2v-14b", "cogvideox-5b",
-                                       "ltx-video", "mochi-1", "hunyuan-video", "wan22-t2v-a14b")]  # native size and frames
+                                       "ltx-video", "mochi-1", "hunyuan-video", "wan22-t2v-a14b")]  # native sizes
     chosen = set(sys.argv[1:])
     for model, size, steps in runs:
         if chosen and model not in chosen:
