@@ -48,6 +48,9 @@ class Family:
     joint_paths: tuple[str, ...] = ()
     cross_paths: tuple[str, ...] = ()  # path endings of cross-attention modules whose class does not say (LTX)
     image_levels: tuple[str, ...] = ("top", "in", "out", "block.", "double.", "single.")  # levels over image tokens
+    # a transformer's top-level children whose level its rule does not say: child name -> level (Qwen-Image's
+    # img_in and LTX-Video's proj_in embed the patches: "in"; CogVideoX's norm_final: "out")
+    level_names: dict = field(default_factory=dict)
     # a module's attribute name -> its role, where no class says it ("name.*": the children of a container so named)
     path_roles: dict = field(default_factory=dict)
     # an attention layer's projections named otherwise than diffusers' own (to_q, add_q_proj, to_out.0, ...):
@@ -77,6 +80,9 @@ class Family:
 
     def level(self, path: str) -> str:
         """The level of a module path of this family's denoiser or VAE decoder."""
+        parts = path.split(".", 2)
+        if len(parts) > 1 and parts[0].startswith("transformer") and parts[1] in self.level_names:
+            return self.level_names[parts[1]]
         if self.denoiser_kind == "unet":
             return unet_level(path)
         return dit_level(path, self.pos_embed_embeds_patches, self.two_streams)

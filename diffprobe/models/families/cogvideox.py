@@ -14,12 +14,6 @@ class CogVideoXFamily(Family):
         """CogVideoXPipeline's latents: the frame axis before the channels."""
         return batch, self.latent_frames(frames), channels, height // scale, width // scale
 
-    def level(self, path: str) -> str:
-        """The DiT levels, with the final LayerNorm (``norm_final``, before the output adaLN) as ``out``."""
-        if path.startswith("transformer.norm_final"):
-            return "out"
-        return super().level(path)
-
 
 FAMILY = CogVideoXFamily(
     name="cogvideox",
@@ -29,6 +23,7 @@ FAMILY = CogVideoXFamily(
     tiny="tiny-cogvideox",
     text_keys="start",
     joint_paths=("transformer.transformer_blocks.",),  # attn1 holds the caption and the video in one sequence
+    level_names={"norm_final": "out"},  # the final LayerNorm, before the output adaLN
     temporal_compression=4,
     count_kwarg="num_videos_per_prompt",
     schedulers=(),

@@ -14,12 +14,6 @@ class LTXFamily(Family):
         config = pipe.transformer.config
         return type(pipe)._pack_latents(latents, config.patch_size, config.patch_size_t)
 
-    def level(self, path: str) -> str:
-        """The DiT levels, with the token projection ``proj_in`` as the patch embedding (``in``)."""
-        if path.startswith("transformer.proj_in"):
-            return "in"
-        return super().level(path)
-
 
 FAMILY = LTXFamily(
     name="ltx",
@@ -33,5 +27,6 @@ FAMILY = LTXFamily(
     count_kwarg="num_videos_per_prompt",
     pos_embed_embeds_patches=False,
     cross_paths=(".attn2",),
+    level_names={"proj_in": "in"},  # the token projection embeds the (1x1x1) patches
     modules={"rope": ("LTXVideoRotaryPosEmbed",), "attention": ("LTXAttention",)},
 )

@@ -74,13 +74,6 @@ class QwenImageFamily(Family):
             fn = getattr(type(rope), name)
             setattr(rope, name, types.MethodType(getattr(fn, "__wrapped__", fn), rope))
 
-    def level(self, path: str) -> str:
-        """The DiT levels, with the image-token projection ``img_in`` as the patch embedding (``in``) and the
-        caption's norm and projection (``txt_norm``, ``txt_in``) as ``embed``."""
-        if path.startswith("transformer.img_in"):
-            return "in"
-        return super().level(path)
-
 
 FAMILY = QwenImageFamily(
     name="qwenimage",
@@ -93,6 +86,7 @@ FAMILY = QwenImageFamily(
     cfg_calls=True,
     text_keys="start",
     pos_embed_embeds_patches=False,  # QwenEmbedRope makes the RoPE tables
+    level_names={"img_in": "in"},  # the image tokens' projection embeds the patches (the caption's txt_in: embed)
     path_roles={"img_mod": "modulation", "txt_mod": "modulation"},  # nn.Sequential(SiLU, Linear) per stream
     modules={  # the transformer's own classes, and its Qwen2.5-VL encoder's (language model and vision tower)
         "embed": ("QwenTimestepProjEmbeddings",),
