@@ -14,7 +14,7 @@ from pathlib import Path
 
 from diffprobe.analyses.breakdown import layer_table
 from diffprobe.analyses.findings import profile_findings
-from diffprobe.errors import interruption
+from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.environment import environment
 from diffprobe.models.registry import DENOISERS, TEXT_ENCODERS, count_params, get_spec
 from diffprobe.records.chrome import write_chrome_trace
@@ -53,6 +53,7 @@ from diffprobe.run.result import ProfileResult
 from diffprobe.run.setting import RECORDS, run_setting
 from diffprobe.run.settings import parse_settings
 from diffprobe.timing.stages import summarize_events  # noqa: F401  (re-exported)
+from diffprobe.units import fmt_bytes
 
 
 def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
@@ -62,11 +63,42 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
     writes ``run.json`` (status ``failed``) with everything measured so far, then raises.
     """
     cfg = cfg.resolved()
+    if cfg.mode == "measured" and get_spec(cfg.model).video and pipe is None:
+        check_activations(cfg)  # a clip's activations can outgrow its weights: refused before any folder or build
     out_dir = prepare_out_dir(cfg.out, cfg.model, cfg.force)
     try:
         return _profile_into(cfg, out_dir, progress, pipe)
     finally:
         release_folder(out_dir)  # written: its files claim it from now on
+
+
+def check_activations(cfg: ProfileConfig) -> None:
+    """Refuse a measured video run whose weights and largest activations do not fit the device's available memory,
+    naming the estimate: the weights in the run's dtype plus twice the largest tensor one op writes (its input and
+    its output alive together: a lower bound of the peak), from an analytic trace of one step (seconds, nothing
+    allocated). A video's largest tensors (the VAE decoder's full-resolution frames, a feed-forward over every
+    token) can outgrow the weights' slack that :func:`check_memory` allows."""
+    import torch
+
+    from diffprobe.hardware.environment import available_memory
+
+    free = available_memory(cfg.device)
+    if free is None:
+        return
+    spec = get_spec(cfg.model)
+    twin = analytic_twin(cfg, steps=1, out=None)
+    traced = analytic_pass(twin, build_pipeline(twin, spec))
+    largest = int(traced.ops["bytes_written"].max() or 0)  # in the run's dtype (the twin keeps it)
+    _, params = memory_estimate(spec, cfg.dtype)
+    weights = params * getattr(torch, cfg.dtype).itemsize
+    need = weights + 2 * largest
+    if need <= free:
+        return
+    where = "GPU memory" if cfg.device.startswith("cuda") else "memory"
+    raise DiffprobeError(f"a measured {spec.name} run at {cfg.height}x{cfg.width} x {cfg.frames} frames needs at least "
+                         f"{fmt_bytes(need)} ({fmt_bytes(weights)} of weights in {cfg.dtype} and twice its largest "
+                         f"activation, {fmt_bytes(largest)}) but {fmt_bytes(free)} of {where} are available; use "
+                         "--mode analytic, fewer --frames or a smaller --height/--width")
 
 
 def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -> ProfileResult:
