@@ -114,7 +114,10 @@ def sparsity_means(state: SparsityDocument, folder: Path) -> Section | None:
     if not state.summary:
         return None
     headers, rows = sparsity_rows(state)
-    return Section(f"Mean statistics (over heads, steps and layers): {state.model}", headers, rows, left=3)
+    notes = [f"tile columns ({', '.join(state.tiles)}: frames x height x width of the token grid) cover the video's "
+             "self-attention only — cross-attention's keys are the caption — so a level's tile share is its "
+             "self-attention's, while its other columns mean over self- and cross-attention"] if state.tiles else []
+    return Section(f"Mean statistics (over heads, steps and layers): {state.model}", headers, rows, notes, left=3)
 
 
 def sparsity_resolutions(state: SparsityDocument, folder: Path) -> list[Section]:

@@ -68,8 +68,9 @@ def _titles(kind: str, d: Document) -> tuple[str, str]:
                 f"{d.steps} steps, prompt {d.prompt!r}")
     if kind == "accel":
         return f"diffprobe accel — {d.model}", f"{d.height}×{d.width} px, {d.steps} steps"
-    return (f"diffprobe approx — {d.model}", f"{d.height}×{d.width} px, {d.steps} steps, "
-            f"{len(d.prompts)} image(s), renormalize={d.renormalize}")
+    frames = f" × {d.frames} frames" if d.frames else ""
+    return (f"diffprobe approx — {d.model}", f"{d.height}×{d.width} px{frames}, {d.steps} steps, "
+            f"{len(d.prompts)} {'video(s)' if d.frames else 'image(s)'}, renormalize={d.renormalize}")
 
 
 def _banners(kind: str, d: Document) -> list[tuple[str, bool]]:
