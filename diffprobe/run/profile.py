@@ -75,8 +75,8 @@ def run_profile(cfg: ProfileConfig, progress=None, pipe=None) -> ProfileResult:
 def check_activations(cfg: ProfileConfig) -> None:
     """Refuse a measured video run whose weights and largest activations do not fit the device's available memory,
     naming the estimate: the weights in the run's dtype plus twice the largest tensor one op writes (its input and
-    its output alive together: a lower bound of the peak), from an analytic trace of one step (seconds, nothing
-    allocated). A video's largest tensors (the VAE decoder's full-resolution frames, a feed-forward over every
+    its output alive together: a lower bound of the peak), from an analytic trace of the run (seconds, nothing
+    allocated; its steps replayed, and some schedules take no fewer: Mochi's). A video's largest tensors (the VAE decoder's full-resolution frames, a feed-forward over every
     token) can outgrow the weights' slack that :func:`check_memory` allows."""
     import torch
 
@@ -86,7 +86,7 @@ def check_activations(cfg: ProfileConfig) -> None:
     if free is None:
         return
     spec = get_spec(cfg.model)
-    twin = analytic_twin(cfg, steps=1, out=None)
+    twin = analytic_twin(cfg, out=None)
     traced = analytic_pass(twin, build_pipeline(twin, spec))
     largest = int(traced.ops["bytes_written"].max() or 0)  # in the run's dtype (the twin keeps it)
     _, params = memory_estimate(spec, cfg.dtype)

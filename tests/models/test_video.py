@@ -89,3 +89,11 @@ def test_frames_off_the_vae_grid_are_refused(name, bad, grid, tmp_path, capsys):
     assert main(["profile", "--model", name, "--mode", "analytic", "--frames", str(bad), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert grid in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, why", [("tiny-ltx", "terminal value"), ("tiny-mochi", "linear-quadratic")])
+def test_one_step_is_refused_where_the_schedule_needs_two(name, why, tmp_path, capsys):
+    # LTX-Video's stretched flow schedule gives a NaN timestep for one step; Mochi's divides by half the steps
+    assert main(["profile", "--model", name, "--mode", "analytic", "--steps", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert why in err and "--steps 2 or more" in err and err.count("\n") == 1

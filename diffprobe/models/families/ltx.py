@@ -28,5 +28,8 @@ FAMILY = LTXFamily(
     pos_embed_embeds_patches=False,
     cross_paths=(".attn2",),
     level_names={"proj_in": "in"},  # the token projection embeds the (1x1x1) patches
+    min_steps=2,
+    min_steps_why="its scheduler stretches the schedule to a terminal value, which one step cannot: the timestep "
+                  "comes out NaN",
     modules={"rope": ("LTXVideoRotaryPosEmbed",), "attention": ("LTXAttention",)},
 )

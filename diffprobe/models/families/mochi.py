@@ -89,6 +89,8 @@ FAMILY = MochiFamily(
     count_kwarg="num_videos_per_prompt",
     pos_embed_embeds_patches=False,  # MochiRoPE makes the RoPE tables; patch_embed embeds the patches
     approx_unsupported="Mochi's attention drops each sample's caption padding in a loop of its own",
+    min_steps=2,
+    min_steps_why="its linear-quadratic sigma schedule divides by half the steps",
     modules={
         "attention": ("MochiAttention",),
         "rope": ("MochiRoPE",),
