@@ -76,8 +76,8 @@ def check_activations(cfg: ProfileConfig) -> None:
     """Refuse a measured video run whose weights and largest activations do not fit the device's available memory,
     naming the estimate: the weights in the run's dtype plus twice the largest tensor one op writes (its input and
     its output alive together: a lower bound of the peak), from an analytic trace of the run (seconds, nothing
-    allocated; its steps replayed, and some schedules take no fewer: Mochi's). A video's largest tensors (the VAE decoder's full-resolution frames, a feed-forward over every
-    token) can outgrow the weights' slack that :func:`check_memory` allows."""
+    allocated; its steps replayed). A video's largest tensors (the VAE decoder's full-resolution frames, a
+    feed-forward over every token) can outgrow the weights' slack that :func:`check_memory` allows."""
     import torch
 
     from diffprobe.hardware.environment import available_memory
