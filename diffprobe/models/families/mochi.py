@@ -73,10 +73,6 @@ class MochiFamily(Family):
         """The caption masks on the CPU (:func:`_cpu_masks`)."""
         return _cpu_masks(pipe)
 
-    def text_tokens(self, args: tuple, kwargs: dict) -> int:
-        """The caption's padded length (each sample's attention keeps only its valid tokens of it)."""
-        return super().text_tokens(args, kwargs)
-
 
 FAMILY = MochiFamily(
     name="mochi",
