@@ -287,14 +287,13 @@ class ApproxAttention:
     def _tiled_block_sparse(self, q, k, v):
         """:meth:`_block_sparse` on q, k, v in tile order (its blocks are the 3D tiles), the output put back in the
         model's order."""
-        from diffprobe.attention.tiles import tile_order
+        from diffprobe.attention.tiles import inverse_order, tile_order
 
-        if self._order is None or self._order.device != q.device:
-            self._order = tile_order(self.grid, self.tile).to(q.device)
-        perm = self._order
+        if self._order is None or self._order[0].device != q.device:  # the order and its inverse, made once
+            perm = tile_order(self.grid, self.tile).to(q.device)
+            self._order = perm, inverse_order(perm)
+        perm, back = self._order
         out, kept, predictor, backend = self._block_sparse(q[:, :, perm], k[:, :, perm], v[:, :, perm])
-        back = torch.empty_like(perm)
-        back[perm] = torch.arange(perm.numel(), device=perm.device)
         return out[:, :, back], kept, predictor, f"{backend} (3D tiles)"
 
     def _approx(self, q, k, v):

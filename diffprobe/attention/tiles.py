@@ -58,6 +58,13 @@ def tile_order(grid: Grid, tile: Grid) -> torch.Tensor:
     return index.permute(0, 2, 4, 1, 3, 5).reshape(-1)
 
 
+def inverse_order(order: torch.Tensor) -> torch.Tensor:
+    """The permutation back from tile order to the model's (``x[:, :, order][:, :, inverse_order(order)] == x``)."""
+    back = torch.empty_like(order)
+    back[order] = torch.arange(order.numel(), device=order.device)
+    return back
+
+
 def tile_of_token(grid: Grid, tile: Grid) -> torch.Tensor:
     """Each token's tile (its index in the tile grid's raster order), in the model's order."""
     check_tiles(grid, tile)
@@ -82,9 +89,7 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tile_mask
     perm = (tile_order(grid, tile) if order is None else order).to(q.device)
     out = block_sparse_attention(q[:, :, perm], k[:, :, perm], v[:, :, perm], tile_mask, math.prod(tile),
                                  backend=backend)
-    back = torch.empty_like(perm)
-    back[perm] = torch.arange(n, device=perm.device)
-    return out[:, :, back]
+    return out[:, :, inverse_order(perm)]
 
 
 def tile_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tile_mask: torch.Tensor, grid: Grid,
