@@ -29,5 +29,5 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 # the versions the suite last passed with (constraints.txt); DIFFPROBE_CONSTRAINTS= (empty) lifts them
 CONSTRAINTS=${DIFFPROBE_CONSTRAINTS-constraints.txt}
-"$VENV/bin/python" -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
+"$VENV/bin/python" -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,ray]"
 touch "$VENV/.installed"

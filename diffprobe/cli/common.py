@@ -9,6 +9,7 @@ import sys
 # transformers warns at import time about optional image processors we never use; keep stderr for our errors
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from enum import Enum
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -64,10 +65,11 @@ def progress_bar(quiet: bool):
                    console=err, transient=True, disable=quiet or not err.is_terminal)
     tasks: dict[str, int] = {}
 
-    def callback(stage: str, done: int, total: int) -> None:
+    def callback(stage: str, done: int, total: int, detail: str | None = None) -> None:
         if stage not in tasks:
             tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
+        bar.update(tasks[stage], completed=done, total=total,
+                   description=f"{stage} ({detail})" if detail else stage)
 
     return bar, callback
 
@@ -104,6 +106,48 @@ O_HARDWARE = typer.Option(None, "--hardware", help="Hardware preset for the roof
 O_FORMAT = typer.Option(Format.table, "--format", help="table or json.")
 O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 O_FORCE = typer.Option(False, "--force", help="Replace the diffprobe results in a non-empty --out folder.")
+# who runs the points (docs/executors.md): the same options on sweep, sparsity and approx
+EXECUTOR_OPTIONS = {
+    "executor": (str, typer.Option("local", "--executor", help="local: the points one after another in this "
+                                   "process; ray: each point a Ray task (a local instance, or --ray-address).")),
+    "ray_address": (Optional[str], typer.Option(None, "--ray-address", help="--executor ray: 'auto' or HOST:PORT "
+                                                "joins a running cluster (`ray start --head`); default: start a local "
+                                                "instance.", show_default=False)),
+    "retries": (int, typer.Option(2, "--retries", help="--executor ray: times a point whose worker died is run "
+                                  "again.")),
+    "gpus_per_point": (Optional[float], typer.Option(None, "--gpus-per-point", help="--executor ray, CUDA: GPUs each "
+                                                     "point asks for (a fraction shares one GPU; default 1).",
+                                                     show_default=False)),
+    "cpus_per_point": (Optional[float], typer.Option(None, "--cpus-per-point", help="--executor ray: CPUs each point "
+                                                     "asks for (default: the threads a measured CPU point uses; 1 for "
+                                                     "an analytic point).", show_default=False)),
+}
+
+
+def with_executor_options(fn):
+    """``fn`` (taking ``executor``, an :class:`~diffprobe.run.executor.Executor`) with the executor options
+    (:data:`EXECUTOR_OPTIONS`) in its place: they are checked and made into one ``Executor`` before ``fn`` runs."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.name != "executor"]
+    at = next(i for i, p in enumerate(params) if p.name == "out_dir") + 1
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=option)
+             for name, (kind, option) in EXECUTOR_OPTIONS.items()]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+
+    @functools.wraps(fn)
+    def wrapper(**kw):
+        from diffprobe.run.executor import Executor
+
+        values = {name: kw.pop(name) for name in EXECUTOR_OPTIONS}
+        executor = Executor(kind=values["executor"], address=values["ray_address"], retries=values["retries"],
+                            gpus_per_point=values["gpus_per_point"], cpus_per_point=values["cpus_per_point"])
+        return fn(**kw, executor=executor.check())
+
+    wrapper.__signature__ = sig.replace(parameters=params[:at] + extra + params[at:])
+    return wrapper
 
 
 def quiet_profiler(quiet: bool) -> None:

@@ -40,6 +40,7 @@ from diffprobe.cli.common import (
     progress_bar,
     quiet_profiler,
     warn,
+    with_executor_options,
 )
 from diffprobe.errors import DiffprobeError
 
@@ -117,6 +118,7 @@ def profile(
         print_document("profile", d, result.run_dir, report_path)
 
 
+@with_executor_options
 def sweep(
     model: str = O_MODEL,
     resolutions: str = typer.Option("256,512,768,1024,1536,2048",
@@ -147,10 +149,11 @@ def sweep(
                                         "accel`): each point's latency and energy on them."),
     accel_density: Optional[float] = typer.Option(None, "--accel-density", help="Kept self-attention share, in "
                                                   "(0, 1], for --accel presets that skip attention."),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Sweep folder (default: runs/<time>-sweep-<model>); "
-                                          "re-running the same command with the same --out resumes it."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Sweep folder, a path or a URL (s3://, gs://, hdfs://, "
+                                          "file://; default: runs/<time>-sweep-<model>); the same command resumes it."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
+    executor=None,
 ) -> None:
     """Sweep resolutions (and batch sizes): scaling exponents, crossover, memory, bottlenecks, roofline."""
     quiet_profiler(quiet)
@@ -163,8 +166,7 @@ def sweep(
                         scheduler=scheduler)
     sc = SweepConfig(base=base, resolutions=parse_resolutions(resolutions), batches=parse_ints(batch, "--batch"),
                      out=out_dir, max_point_seconds=max_point_seconds, accel=accel, accel_density=accel_density,
-                     frames=parse_ints(frames, "--frames") if frames is not None else None)
-    sc = sc.with_out()
+                     frames=parse_ints(frames, "--frames") if frames else None, executor=executor).with_out()
     bar, callback = progress_bar(quiet)
     with bar:
         state = run_sweep(sc, progress=callback, log=lambda m: sys.stderr.write(f"diffprobe: {m}\n"))
@@ -209,6 +211,7 @@ def compare(
     out.print(f"report: {Path(d.run_dir) / 'report.html'}")
 
 
+@with_executor_options
 def sparsity(
     model: str = typer.Option("digits", help="Architecture; trained attention needs --model digits or --weights."),
     resolutions: Optional[str] = typer.Option(None, help="Comma list of sides (N or HxW); default: native."),
@@ -233,10 +236,12 @@ def sparsity(
     frames: Optional[int] = O_FRAMES,
     save_masks: bool = typer.Option(True, "--save-masks/--no-save-masks", help="Keep every call's kept blocks and "
                                     "per-row kept keys in each point's masks/ (for `diffprobe accel --masks`)."),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder (default: runs/<time>-sparsity-<model>); "
-                                          "re-running the same command with the same --out resumes it."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output folder, a path or a URL (default: "
+                                          "runs/<time>-sparsity-<model>); re-running the same command with the same "
+                                          "--out resumes it."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
+    executor=None,
 ) -> None:
     """Attention sparsity of every UNet attention call: per layer, head, step and resolution."""
 
@@ -260,7 +265,7 @@ def sparsity(
     out_dir = out_dir if out_dir is not None else str(prepare_out_dir(None, f"sparsity-{model}"))
     bar, callback = progress_bar(quiet)
     with bar:
-        state = run_sparsity(base, res, sc, out_dir, progress=callback)
+        state = run_sparsity(base, res, sc, out_dir, progress=callback, executor=executor)
         report_path = build_report(out_dir)
     if fmt is Format.json:
         print_json(state)

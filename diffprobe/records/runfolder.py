@@ -193,7 +193,12 @@ def read_ops(folder: str | Path):
     import pyarrow.parquet as pq
 
     path = Path(folder) / "ops.parquet"
-    table = pq.read_table(path)
+    return ops_frame(pq.read_table(path), path)
+
+
+def ops_frame(table, path):
+    """The records of an ``ops.parquet`` table read from ``path`` (a path or URL, named in errors), version
+    checked."""
     _check_ops_version(path, table.schema)
     frame = table.drop_columns(["input_shapes", "output_shapes"]).to_pandas()
     for col in ("input_shapes", "output_shapes"):  # plain lists, not numpy arrays of arrays

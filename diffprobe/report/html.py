@@ -10,16 +10,22 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from diffprobe.errors import DiffprobeError
 from diffprobe.records.documents import Document
 from diffprobe.records.runfolder import read_result
+from diffprobe.records.storage import Store, is_url
 from diffprobe.report.compare import compare_report
 from diffprobe.report.page import Page, esc, table
 from diffprobe.report.sections import Section, build
 from diffprobe.report.text import SECTIONS
 
 
-def build_report(folder: str | Path) -> Path:
-    """(Re)build ``report.html`` for a profile, sweep, sparsity, approx or compare folder; returns its path."""
+def build_report(folder: str | Path) -> Path | str:
+    """(Re)build ``report.html`` for a profile, sweep, sparsity, approx or compare folder; returns its path. A
+    folder at a URL (``s3://...``, :mod:`diffprobe.records.storage`) is read into a temporary folder, reported there,
+    and its ``report.html`` and figures written back; the URL of the report is returned."""
+    if is_url(folder):
+        return _remote_report(str(folder))
     folder = Path(folder)
     kind, data = read_result(folder)
     if kind == "compare":
@@ -34,6 +40,21 @@ def build_report(folder: str | Path) -> Path:
     for section in build(SECTIONS[kind], data, folder):
         render(page, section)
     return page.write()
+
+
+def _remote_report(location: str) -> str:
+    import tempfile
+
+    store = Store(location)
+    if not store.is_dir():
+        raise DiffprobeError(f"run folder {location} does not exist")
+    with tempfile.TemporaryDirectory(prefix="diffprobe-report-") as tmp:
+        local = store.download("", Path(tmp))
+        path = build_report(local)
+        store.write_bytes("report.html", path.read_bytes())
+        for fig in sorted((local / "figures").glob("*")):
+            store.write_bytes(f"figures/{fig.name}", fig.read_bytes())
+    return store.url("report.html")
 
 
 def render(page: Page, s: Section) -> None:

@@ -1,56 +1,67 @@
 """Folders of points (sweeps, sparsity runs) and the one loop that fills them.
 
-A point is a complete run folder under ``points/<name>/``. It is written under ``.partial/<name>/`` and renamed
-into place when complete, so a killed run leaves only whole points and the same command resumes where it stopped;
-a folder made with another configuration is refused rather than mixed, and a folder being written by another
-process is refused (an ``flock`` on ``.lock``, which the OS releases if that process dies).
+A point is a complete run folder under ``points/<name>/``, written by a :class:`PointJob` into a staging folder and
+committed whole (:class:`~diffprobe.records.storage.Store`: a rename on a path, an upload with ``run.json`` last at
+a URL), so a killed run leaves only whole points and the same command resumes where it stopped, with either
+executor (:mod:`diffprobe.run.executor`). A folder made with another configuration is refused rather than mixed, and
+a folder being written by another process is refused (an ``flock`` on ``.lock``, which the OS releases if that
+process dies; a URL folder has no lock).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from diffprobe.errors import DiffprobeError, a
-from diffprobe.records.documents import Document, RunDocument, SweepDocument, read_document
-from diffprobe.records.runfolder import LOCK_NAME, lock_folder, release_folder, write_document
+from diffprobe.records.documents import Document, RunDocument, SweepDocument
+from diffprobe.records.runfolder import dumps
+from diffprobe.records.storage import Store
 
 
 class SweepFolder:
-    """A folder of points on disk (sweeps, sparsity runs): configuration check, finished points, atomic point
-    commits. ``meta_name`` is the summary file; a point is finished when its ``run.json`` says ok and every file
-    of ``required`` is there."""
+    """A folder of points (sweeps, sparsity runs) at a path or URL: configuration check, finished points, atomic
+    point commits. ``document`` names the summary file; a point is finished when its ``run.json`` says ok and every
+    file of ``required`` is there."""
 
-    def __init__(self, path: str | Path, identity: dict, document: type[Document] = SweepDocument,
+    def __init__(self, location: str | Path | Store, identity: dict, document: type[Document] = SweepDocument,
                  required: tuple[str, ...] = ()):
-        if not str(path).strip():
-            raise DiffprobeError("--out is empty; name a folder, or leave --out out for a new one under runs/")
-        self.path = Path(path)
+        self.store = location if isinstance(location, Store) else Store(location)
         self.identity = identity
         self.document = document
-        self.meta_path = self.path / document.FILE
         self.required = required
+
+    @property
+    def path(self) -> Path:
+        """The folder on this machine (a path folder only)."""
+        if self.store.local is None:
+            raise DiffprobeError(f"internal: {self.store.location} is not a local folder")
+        return self.store.local
+
+    @property
+    def url(self) -> str:
+        return self.store.url()
 
     def open(self) -> dict:
         """Create the folder or check that it holds a sweep of the same configuration, and lock it for this
         process (released by :meth:`close`, or by the OS when the process dies); returns its state."""
-        if self.path.exists() and not self.path.is_dir():
-            raise DiffprobeError(f"--out {self.path} is a file, not a folder; name a new or empty folder")
-        if not self.meta_path.exists() and self.path.exists() and any(
-                p.name not in (".partial", LOCK_NAME) for p in self.path.iterdir()):
-            raise DiffprobeError(f"--out {self.path} exists and is not {a(self.meta_path.stem)} folder; use an empty "
+        store, meta = self.store, self.document.FILE
+        if store.exists() and not store.is_dir():
+            raise DiffprobeError(f"--out {store.url()} is a file, not a folder; name a new or empty folder")
+        if not store.exists(meta) and store.entries():
+            raise DiffprobeError(f"--out {store.url()} exists and is not {a(Path(meta).stem)} folder; use an empty "
                                  "or new folder")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DiffprobeError(f"cannot write to --out {self.path}: {exc.strerror or exc}") from exc
-        self._lock()
-        if not self.meta_path.exists():
+        store.mkdir()
+        store.lock()
+        if not store.exists(meta):
             return {}
         try:
-            state = dict(read_document(self.meta_path, self.document))
+            try:
+                data = store.read_json(meta)
+            except (OSError, ValueError) as exc:
+                raise DiffprobeError(f"{store.url(meta)} is unreadable (half-written or damaged): {exc}") from exc
+            state = dict(self.document.from_json(data, store.url(meta)))
         except DiffprobeError as exc:
             self.close()
             raise DiffprobeError(f"{exc}; start fresh with another --out or delete the folder") from exc
@@ -60,78 +71,73 @@ class SweepFolder:
             self.close()
             k = diff[0]
             raise DiffprobeError(
-                f"folder {self.path} was made with another configuration ({k} {old.get(k)!r}, now "
+                f"folder {store.url()} was made with another configuration ({k} {old.get(k)!r}, now "
                 f"{self.identity.get(k)!r}); use another --out, or delete the folder to start fresh")
         return state
 
-    def _lock(self) -> None:
-        lock_folder(self.path)
-
     def close(self) -> None:
         """Release the folder's lock."""
-        release_folder(self.path)
+        self.store.unlock()
 
     def point_dir(self, name: str) -> Path:
+        """A point's folder on this machine (a path folder only)."""
         return self.path / "points" / name
 
     def finished(self, name: str) -> bool:
-        run = self.point_dir(name) / "run.json"
-        if not run.exists() or not all((self.point_dir(name) / f).exists() for f in self.required):
+        rel = f"points/{name}"
+        if not self.store.exists(f"{rel}/run.json") or not all(self.store.exists(f"{rel}/{f}") for f in self.required):
             return False
         try:
-            return json.loads(run.read_text(encoding="utf-8")).get("status") == "ok"
+            return self.store.read_json(f"{rel}/run.json").get("status") == "ok"
         except (OSError, ValueError):
             return False
 
-    def partial_dir(self, name: str) -> Path:
-        tmp = self.path / ".partial" / name
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by a killed run: incomplete, so redone
-        tmp.mkdir(parents=True)
-        return tmp
+    def commit(self, name: str, staging: Path) -> bool:
+        """Commit a point written into ``staging`` (:meth:`Store.staging`): its ``run.json`` first names the folder
+        it will live in, then the folder moves (``run.json`` last). False: another attempt had already written it,
+        and this one is dropped (nothing is written twice)."""
+        run = staging / "run.json"
+        if run.exists():
+            from diffprobe.records.documents import read_document
 
-    def commit(self, name: str, tmp: Path) -> Path:
-        final = self.point_dir(name)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        run = final / "run.json"
-        if run.exists():  # the point's run.json names the folder it now lives in, not .partial/
             doc = read_document(run, RunDocument)
-            doc.run_dir = str(final)
-            write_document(final, doc)
-        return final
+            doc.run_dir = self.store.url(f"points/{name}")
+            run.write_text(dumps(doc.to_json()) + "\n", encoding="utf-8")
+        return self.store.commit(f"points/{name}", staging)
 
     def save(self, state: dict) -> None:
         """Write the folder's document from ``state``, the mapping of its fields."""
-        write_document(self.path, self.document.from_fields(state, str(self.meta_path)))
+        doc = self.document.from_fields(state, self.store.url(self.document.FILE))
+        self.store.write_bytes(self.document.FILE, (dumps(doc.to_json()) + "\n").encode("utf-8"))
 
 
-def run_points(folder: SweepFolder, names: list[str], work: Callable[[str, Path], None], progress, stage: str, *,
-               skip: Callable[[str], bool] | None = None, on_done: Callable[[str], None] | None = None,
-               on_error: Callable[[str, DiffprobeError], None] | None = None) -> None:
-    """Fill ``folder`` with the points ``names``: a finished point is kept, ``skip(name)`` may pass over one,
-    ``work(name, tmp)`` writes a point into its ``.partial`` folder, which is then committed (``on_done``). A
-    :class:`DiffprobeError` from ``work`` goes to ``on_error`` (the loop goes on) or, without one, up.
-    ``progress(stage, done, total)`` counts points."""
-    for i, name in enumerate(names):
-        progress(stage, i, len(names))
-        if folder.finished(name):
-            if on_done is not None:
-                on_done(name)
-            continue
-        if skip is not None and skip(name):
-            continue
-        tmp = folder.partial_dir(name)
-        try:
-            work(name, tmp)
-        except DiffprobeError as exc:
-            if on_error is None:
-                raise
-            on_error(name, exc)
-            continue
-        folder.commit(name, tmp)
-        if on_done is not None:
-            on_done(name)
-    progress(stage, len(names), len(names))
+@dataclass(frozen=True)
+class PointJob:
+    """One point: ``fn(args, staging, cache)`` writes it into ``staging``. ``fn`` is a module-level function and
+    ``args`` plain configuration, so the job travels to a worker, which builds the model itself (``cache``: the
+    worker's pipelines, reused by its next points of the same model); a :class:`DiffprobeError` is the point's own
+    failure."""
+
+    name: str
+    fn: Callable
+    args: tuple
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+    def run(self, staging: Path, cache: dict) -> None:
+        self.fn(self.args, staging, cache)
+
+
+def cached_pipeline(cache: dict, cfg, key_exclude=("height", "width", "batch", "frames", "out", "force")):
+    """The pipeline of ``cfg`` (a ProfileConfig) from ``cache`` or built into it; its weights do not depend on the
+    point's size, so one pipeline serves every point of a folder. One pipeline at a time is kept."""
+    from dataclasses import asdict
+
+    from diffprobe.models.registry import get_spec
+    from diffprobe.run.profile import build_pipeline
+
+    key = repr(sorted((k, v) for k, v in asdict(cfg).items() if k not in key_exclude))
+    if key not in cache:
+        cache.clear()
+        cache[key] = build_pipeline(cfg, get_spec(cfg.model))
+    return cache[key]

@@ -8,8 +8,7 @@ with another configuration. At the end ``sparsity.parquet`` (one row per resolut
 
 from __future__ import annotations
 
-import json
-import shutil
+import contextlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -26,12 +25,13 @@ from diffprobe.records.documents import SparsityDocument
 from diffprobe.records.masks import MaskStore, write_masks
 from diffprobe.records.runfolder import atomic_write
 from diffprobe.run.config import check_one_expert
-from diffprobe.run.points import SweepFolder, run_points
-from diffprobe.run.profile import build_pipeline, check_memory, check_resolution, run_profile
+from diffprobe.run.executor import Executor, run_jobs
+from diffprobe.run.points import PointJob, SweepFolder, cached_pipeline
+from diffprobe.run.profile import check_memory, check_resolution, run_profile
 
 
 def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, out: str | Path,
-                 progress=None) -> dict:
+                 progress=None, executor: Executor | None = None) -> dict:
     """Probe the UNet attention of ``base`` (a ProfileConfig, measured) at each resolution; returns the summary
     (also in ``sparsity.json``)."""
     sc.validate()
@@ -54,56 +54,83 @@ def run_sparsity(base, resolutions: list[tuple[int, int]], sc: SparsityConfig, o
     identity.update(eps=list(sc.eps), taus=list(sc.taus), blocks=list(sc.blocks))
     if sc.tiles:
         identity["tiles"] = ["x".join(map(str, t)) for t in sc.tiles]
+    executor = (executor or Executor()).check()
     folder = SweepFolder(out, identity, SparsityDocument, required=("sparsity.parquet",))
     state = folder.open()
     try:
-        return _probe_points(folder, state, base, spec, resolutions, sc, progress or (lambda *_: None))
+        return _probe_points(folder, state, base, resolutions, sc, progress or (lambda *_: None), executor)
     finally:
         folder.close()
 
 
-def _probe_points(folder: SweepFolder, state: dict, base, spec, resolutions, sc: SparsityConfig, report) -> dict:
+def sparsity_point(args: tuple, staging: Path, cache: dict) -> None:
+    """One resolution (a :class:`~diffprobe.run.points.PointJob`'s work): the measured run with every denoiser
+    attention call probed, its ``sparsity.parquet`` (and masks) beside it."""
+    cfg, sc = args
+    spec = get_spec(cfg.model)
+    pipe = cached_pipeline(cache, cfg)
+    probe = SparsityProbe(sc, spec.token_grid(cfg.height, cfg.width, cfg.frames) if spec.video else None)
+    with installed_in(pipe, probe.core):
+        run_profile(replace(cfg, out=str(staging)), pipe=pipe)
+    frame = pd.DataFrame(probe.rows)
+    frame.insert(0, "width", cfg.width)
+    frame.insert(0, "height", cfg.height)
+    if sc.save_masks:  # masks/ first: the parquet file marks the point finished
+        write_masks(staging, probe.masks, sc.blocks, sc.taus, meta={"source": "sparsity"})
+    atomic_write(staging / "sparsity.parquet", lambda p: frame.to_parquet(p, index=False))
+
+
+def _probe_points(folder: SweepFolder, state: dict, base, resolutions, sc: SparsityConfig, report,
+                  executor: Executor) -> dict:
     random = base.random_weights
     state.update({"config": folder.identity,
                   "model": base.model, "prompt": base.prompt, "steps": base.steps, "guidance": base.guidance,
                   "random_weights": random, "note": RANDOM_NOTE if random else None, "eps": list(sc.eps),
                   "taus": list(sc.taus), "blocks": list(sc.blocks), "max_elements_per_chunk": sc.max_elements,
                   "tiles": ["x".join(map(str, t)) for t in sc.tiles] or None,
-                  "run_dir": str(folder.path), "complete": False})
+                  "run_dir": folder.url, "complete": False})
     folder.save(state)
     sizes = {f"{h}x{w}": (h, w) for h, w in resolutions}
-    pipes: list = []
-
-    def work(name: str, tmp: Path) -> None:
-        h, w = sizes[name]
-        if not pipes:
-            pipes.append(build_pipeline(base, spec))
-        probe = SparsityProbe(sc, spec.token_grid(h, w, base.frames) if spec.video else None)
-        with installed_in(pipes[0], probe.core):
-            run_profile(replace(base, height=h, width=w, out=str(tmp)), pipe=pipes[0])
-        frame = pd.DataFrame(probe.rows)
-        frame.insert(0, "width", w)
-        frame.insert(0, "height", h)
-        if sc.save_masks:  # masks/ first: the parquet file marks the point finished
-            write_masks(tmp, probe.masks, sc.blocks, sc.taus, meta={"source": "sparsity"})
-        atomic_write(tmp / "sparsity.parquet", lambda p: frame.to_parquet(p, index=False))
-
-    run_points(folder, list(sizes), work, report, "resolutions")
-    shutil.rmtree(folder.path / ".partial", ignore_errors=True)
+    resources = executor.resources(base.device, analytic=False)
+    jobs = [PointJob(name, sparsity_point, (replace(base, height=h, width=w), sc), **resources)
+            for name, (h, w) in sizes.items()]
+    run_jobs(folder, jobs, executor, report, "resolutions")
+    store = folder.store
+    store.clear_partial()
     frames, runs = [], []
     for name, (h, w) in sizes.items():
-        point_dir = folder.point_dir(name)
-        frames.append(pd.read_parquet(point_dir / "sparsity.parquet"))
-        run = json.loads((point_dir / "run.json").read_text(encoding="utf-8"))
+        frames.append(store.read_table(f"points/{name}/sparsity.parquet").to_pandas())
+        run = store.read_json(f"points/{name}/run.json")
         runs.append({"height": h, "width": w, "dir": f"points/{name}", "image": run.get("image"),
                      "denoiser_evals_measured": run.get("denoiser_evals_measured")})
     table = pd.concat(frames, ignore_index=True)
-    atomic_write(folder.path / "sparsity.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    store.write_bytes("sparsity.parquet", _parquet_bytes(table))
     overlap = {}
     for name in sizes:  # block-mask stability across steps (from each point's mask store)
-        if (folder.point_dir(name) / "masks" / "index.json").exists():
-            overlap[name] = step_overlap(MaskStore(folder.point_dir(name)), sc.blocks, sc.taus)
+        if store.exists(f"points/{name}/masks/index.json"):
+            with _local(store, f"points/{name}") as point:
+                overlap[name] = step_overlap(MaskStore(point), sc.blocks, sc.taus)
     state.update(points=runs, summary=summarize(table), mask_step_overlap=overlap or None, complete=True)
     state["findings"] = sparsity_headline(state)
     folder.save(state)
     return state
+
+
+def _parquet_bytes(table: pd.DataFrame) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def _local(store, rel: str):
+    """A point's folder on this machine: itself on a path, a temporary copy of it from a URL."""
+    if store.local is not None:
+        yield store.local / rel
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="diffprobe-point-") as tmp:
+        yield store.download(rel, Path(tmp))

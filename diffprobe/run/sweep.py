@@ -15,7 +15,6 @@ leaves only whole points; running the same command again skips them. A folder ma
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,11 +26,13 @@ from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import get_spec
 from diffprobe.parsing import parse_ints, parse_resolutions  # noqa: F401  (imported from here too)
-from diffprobe.records.runfolder import prepare_out_dir, read_ops
+from diffprobe.records.runfolder import ops_frame, prepare_out_dir
+from diffprobe.records.storage import Store
 from diffprobe.run.accel import accel_run, check_accel
 from diffprobe.run.config import check_frames
-from diffprobe.run.points import SweepFolder, run_points
-from diffprobe.run.profile import ProfileConfig, analytic_twin, build_pipeline, check_resolution, run_profile
+from diffprobe.run.executor import Executor, run_jobs
+from diffprobe.run.points import PointJob, SweepFolder, cached_pipeline
+from diffprobe.run.profile import ProfileConfig, analytic_twin, check_resolution, run_profile
 
 # what makes two sweeps comparable point by point; resolution and batch are the swept axes, the rest must match
 IDENTITY_EXCLUDE = ("height", "width", "batch", "frames", "out", "hardware", "chrome_trace", "force")
@@ -47,6 +48,7 @@ class SweepConfig:
     accel: str | None = None  # accelerator presets (comma list): each point also evaluated on them (accel.json)
     accel_density: float | None = None  # the kept self-attention density for presets that skip attention
     frames: list[int] | None = None  # video models: the frame counts swept (None: the model's default)
+    executor: Executor = field(default_factory=Executor)  # who runs the points (local or Ray)
 
     def with_out(self) -> "SweepConfig":
         """This config with ``out`` set: a new default folder when none was given."""
@@ -108,6 +110,7 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
         check_resolution(spec, h, w)
     for f in sc.frames or []:
         check_frames(spec, f)
+    sc.executor.check()
     base = replace(base, height=sc.resolutions[0][0], width=sc.resolutions[0][1]).resolved()
     sc = sc.with_out()
     folder = SweepFolder(sc.out, sc.identity())
@@ -130,9 +133,9 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
         state["status"], state["error"] = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:  # also after Ctrl-C or a failure: findings from the points present, nothing finished is lost
-        shutil.rmtree(folder.path / ".partial", ignore_errors=True)
+        folder.store.clear_partial()
         names = [point_name(*p) for p in todo]
-        state["findings"] = points_findings(folder.path, names)
+        state["findings"] = points_findings(folder.store, names)
         state["complete"] = all(folder.finished(n) or state["points"].get(n, {}).get("status") in (
             "failed", "skipped") for n in names)
         state["wall_s"] = time.perf_counter() - t_start
@@ -141,11 +144,24 @@ def run_sweep(sc: SweepConfig, progress=None, log=None) -> dict:
     return state
 
 
+def sweep_point(args: tuple, staging: Path, cache: dict) -> None:
+    """One sweep point (a :class:`~diffprobe.run.points.PointJob`'s work): the profile of ``cfg`` written into
+    ``staging``, and its accelerator evaluation beside it (``accel.json``)."""
+    cfg, accel, density = args
+    run_profile(replace(cfg, out=str(staging)), pipe=cached_pipeline(cache, cfg))
+    if accel is not None:
+        accel_run(staging, accel, density)
+
+
 def _run_points(sc: SweepConfig, base: ProfileConfig, spec, folder: SweepFolder, state: dict, todo: list,
                 report, say) -> None:
     points = state["points"]
-    pipes: list = []  # one pipeline serves every point: weights do not depend on size
     sizes = {point_name(*p): p for p in todo}
+    resources = sc.executor.resources(base.device, base.mode == "analytic")
+
+    def config(name: str) -> ProfileConfig:
+        h, w, b, f = sizes[name]
+        return replace(base, height=h, width=w, batch=b, frames=f or base.frames)
 
     def record(name: str, status: str, **extra) -> None:
         h, w, b, f = sizes[name]
@@ -156,8 +172,7 @@ def _run_points(sc: SweepConfig, base: ProfileConfig, spec, folder: SweepFolder,
         folder.save(state)
 
     def skip(name: str) -> bool:
-        h, w, b, f = sizes[name]
-        cfg = replace(base, height=h, width=w, batch=b, frames=f or base.frames)
+        cfg = config(name)
         if cfg.mode != "measured" or sc.max_point_seconds is None:
             return False
         preset = cfg.hardware or ("this-cpu" if cfg.device == "cpu" else None)
@@ -170,17 +185,16 @@ def _run_points(sc: SweepConfig, base: ProfileConfig, spec, folder: SweepFolder,
                f"{predicted:.0f} s, over --max-point-seconds {sc.max_point_seconds:g}")
         return True
 
-    def work(name: str, tmp: Path) -> None:
-        h, w, b, f = sizes[name]
-        if not pipes:
-            pipes.append(build_pipeline(base, spec))
-        run_profile(replace(base, height=h, width=w, batch=b, frames=f or base.frames, out=str(tmp)), pipe=pipes[0])
-        if sc.accel is not None:  # the point's records on the accelerator presets, beside them (accel.json)
-            accel_run(tmp, sc.accel, sc.accel_density)
+    jobs = [PointJob(name, sweep_point, (config(name), sc.accel, sc.accel_density), **resources) for name in sizes]
+    run_jobs(folder, jobs, sc.executor, report, "points", skip=skip, log=say,
+             on_done=lambda name, info: record(name, "ok", dir=f"points/{name}", **_attempts(info)),
+             on_error=lambda name, exc, info: record(name, "failed", message=f"point {name} failed: {exc}",
+                                                     **_attempts(info)))
 
-    run_points(folder, list(sizes), work, report, "points", skip=skip,
-               on_done=lambda name: record(name, "ok", dir=f"points/{name}"),
-               on_error=lambda name, exc: record(name, "failed", message=f"point {name} failed: {exc}"))
+
+def _attempts(info: dict) -> dict:
+    """What a point's entry keeps of how it ran: its attempts and retries, where it was retried."""
+    return {k: info[k] for k in ("attempts", "retries") if k in info and (k != "attempts" or info[k] > 1)}
 
 
 def finished_points(folder: str | Path) -> list[str]:
@@ -195,25 +209,27 @@ def finished_points(folder: str | Path) -> list[str]:
     return names
 
 
-def load_point(folder: Path, name: str) -> tuple[dict, object]:
+def load_point(folder: str | Path | Store, name: str) -> tuple[dict, object]:
     """A point's ``run.json`` and records."""
-    d = Path(folder) / "points" / name
-    return json.loads((d / "run.json").read_text(encoding="utf-8")), read_ops(d)
+    store = folder if isinstance(folder, Store) else Store(folder)
+    rel = f"points/{name}"
+    return store.read_json(f"{rel}/run.json"), ops_frame(store.read_table(f"{rel}/ops.parquet"),
+                                                          store.url(f"{rel}/ops.parquet"))
 
 
-def points_findings(folder: str | Path, names: list[str]) -> dict:
+def points_findings(folder: str | Path | Store, names: list[str]) -> dict:
     """The sweep's findings (:func:`diffprobe.analyses.sweep.findings`) from those of ``names`` that finished, with
     their sentences (``sentences``)."""
-    folder = Path(folder)
+    store = folder if isinstance(folder, Store) else Store(folder)
     rows = []
     for name in names:
-        if not (folder / "points" / name / "run.json").exists():
+        if not store.exists(f"points/{name}/run.json"):
             continue
-        run, ops = load_point(folder, name)
+        run, ops = load_point(store, name)
         if run.get("status") != "ok":
             continue
-        accel_file = folder / "points" / name / "accel.json"
-        accel = json.loads(accel_file.read_text(encoding="utf-8")) if accel_file.exists() else None
+        accel_file = f"points/{name}/accel.json"
+        accel = store.read_json(accel_file) if store.exists(accel_file) else None
         rows.append(point_summary(name, run, ops, accel))
     out = findings(rows)
     out["sentences"] = sweep_findings({"findings": out})
