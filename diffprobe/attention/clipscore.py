@@ -41,9 +41,13 @@ class ClipScorer:
         else:
             self.tokenizer = load_clip_tokenizer()
 
-    @torch.inference_mode()
     def score(self, images: torch.Tensor, prompts: list[str]) -> float:
         """Mean CLIP score of images (N, 3, H, W) in [0, 1] against their prompts."""
+        return float(self.scores(images, prompts).mean())
+
+    @torch.inference_mode()
+    def scores(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The CLIP score of each image (N, 3, H, W) in [0, 1] against its prompt."""
         size = self.model.config.vision_config.image_size
         x = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
         mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
@@ -52,4 +56,4 @@ class ClipScorer:
                              max_length=self.model.config.text_config.max_position_embeddings).input_ids
         img = _features(self.model.get_image_features(pixel_values=(x - mean) / std))
         txt = _features(self.model.get_text_features(input_ids=ids))
-        return float((100 * F.cosine_similarity(img, txt)).clamp(min=0).mean())
+        return (100 * F.cosine_similarity(img, txt)).clamp(min=0)

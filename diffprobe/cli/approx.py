@@ -26,9 +26,11 @@ from diffprobe.cli.common import (
     Mode,
     base_config,
     build_report,
+    bundled,
     print_document,
     print_json,
     progress_bar,
+    with_executor_options,
 )
 from diffprobe.errors import DiffprobeError
 from diffprobe.methods.registry import REUSE
@@ -97,6 +99,47 @@ O_SAVE_MASKS = typer.Option(True, "--save-masks/--no-save-masks", help="Keep wha
                             "masks/<setting>/ (for `diffprobe accel --masks`).")
 
 
+O_PROMPTS = typer.Option(None, "--prompts", help="Quality at scale: a prompts file (one a line, or JSON Lines with "
+                        "\"prompt\" and an optional \"seed\"); dense and every setting from the same seeds, scored "
+                        "per image (campaign.parquet) and per setting with 95% intervals and FID.")
+CAMPAIGN_OPTIONS = {
+    "prompts": (Optional[str], O_PROMPTS),
+    "images_per_prompt": (int, typer.Option(1, "--images-per-prompt", help="--prompts: images per prompt (seeds "
+                                            "seed, seed+1, ...).")),
+    "prompt_batch": (int, typer.Option(8, "--prompt-batch", help="--prompts: images generated together (a chunk: "
+                                       "one Ray Data batch).")),
+    "inception_weights": (Optional[str], typer.Option(None, "--inception-weights", help="--prompts: the TorchScript "
+                                                      "FID Inception detector (inception-2015-12-05.pt), local; "
+                                                      "never downloaded.")),
+    "reference_images": (Optional[str], typer.Option(None, "--reference-images", help="--prompts: a folder of images "
+                                                     "for FID against a reference set.")),
+}
+
+
+def _campaign(executor, prompts, images_per_prompt, prompt_batch, inception_weights, reference_images):
+    """The campaign request of the options (None without --prompts, whose options then must not be given)."""
+    from diffprobe.run.campaign import CampaignRequest
+
+    if prompts is None:
+        given = [f for f, v, d in (("--inception-weights", inception_weights, None), ("--reference-images",
+                 reference_images, None), ("--images-per-prompt", images_per_prompt, 1)) if v != d]
+        if given:
+            raise DiffprobeError(f"{given[0]} applies to a --prompts campaign: add --prompts FILE")
+        if executor.kind == "ray":
+            raise DiffprobeError("--executor ray spreads a --prompts campaign over Ray; approx's timed rows run one "
+                                 "after another here (concurrent workers would distort their seconds): add --prompts "
+                                 "FILE or leave --executor out")
+        return None
+    return CampaignRequest(prompts, images_per_prompt, inception_weights, reference_images, prompt_batch, executor)
+
+
+def _with_campaign(fn):
+    """``fn`` (taking ``campaign``) with the --prompts options and the executor options, made into one request (the
+    inner bundle's ``executor`` parameter is where the executor options' bundle puts its Executor)."""
+    return with_executor_options(bundled("campaign", {**CAMPAIGN_OPTIONS, "executor": (str, None)}, _campaign)(fn))
+
+
+@_with_campaign
 @with_method_options
 def approx(
     method: str = typer.Option("threshold", help=METHOD_HELP),
@@ -132,6 +175,7 @@ def approx(
     force: bool = O_FORCE,
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
+    campaign=None,
     **values: str,
 ) -> None:
     """Approximate attention vs dense: FLOPs saved (exact account), time, PSNR/SSIM, digit accuracy."""
@@ -152,10 +196,7 @@ def approx(
         state = run_approx(base, methods, renormalize=renormalize, block=block, rank=rank, per_digit=per_digit,
                            out=out_dir, progress=callback, clip_weights=clip_weights, force=force,
                            save_masks=save_masks, settings=extra, mask_interval=intervals, repeat=repeat,
-                           tile=parse_tile(tile, "--tile") if tile is not None else None)
+                           tile=parse_tile(tile, "--tile") if tile is not None else None, campaign=campaign)
         report_path = build_report(state["run_dir"])
-    if fmt is Format.json:
-        print_json(state)
-        return
-    print_document("approx", state, state["run_dir"], report_path)
+    print_json(state) if fmt is Format.json else print_document("approx", state, state["run_dir"], report_path)
 

@@ -124,30 +124,39 @@ EXECUTOR_OPTIONS = {
 }
 
 
-def with_executor_options(fn):
-    """``fn`` (taking ``executor``, an :class:`~diffprobe.run.executor.Executor`) with the executor options
-    (:data:`EXECUTOR_OPTIONS`) in its place: they are checked and made into one ``Executor`` before ``fn`` runs."""
+def bundled(name: str, options: dict, make):
+    """A decorator: ``fn`` (taking ``name``) gets ``options`` (parameter -> (annotation, typer option)) in its
+    signature after ``out_dir``, and receives ``make(**their values)`` as ``name`` instead."""
     import functools
     import inspect
 
-    sig = inspect.signature(fn)
-    params = [p for p in sig.parameters.values() if p.name != "executor"]
-    at = next(i for i, p in enumerate(params) if p.name == "out_dir") + 1
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=option)
-             for name, (kind, option) in EXECUTOR_OPTIONS.items()]
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values() if p.name != name]
+        at = next(i for i, p in enumerate(params) if p.name == "out_dir") + 1
+        extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=option)
+                 for k, (kind, option) in options.items()]
 
-    @functools.wraps(fn)
-    def wrapper(**kw):
-        from diffprobe.run.executor import Executor
+        @functools.wraps(fn)
+        def wrapper(**kw):
+            made = make(**{k: kw.pop(k) for k in options})
+            return fn(**kw, **{name: made})
 
-        values = {name: kw.pop(name) for name in EXECUTOR_OPTIONS}
-        executor = Executor(kind=values["executor"], address=values["ray_address"], retries=values["retries"],
-                            gpus_per_point=values["gpus_per_point"], cpus_per_point=values["cpus_per_point"])
-        return fn(**kw, executor=executor.check())
+        wrapper.__signature__ = sig.replace(parameters=params[:at] + extra + params[at:])
+        return wrapper
 
-    wrapper.__signature__ = sig.replace(parameters=params[:at] + extra + params[at:])
-    return wrapper
+    return decorate
+
+
+def _executor(executor: str, ray_address, retries: int, gpus_per_point, cpus_per_point):
+    from diffprobe.run.executor import Executor
+
+    return Executor(kind=executor, address=ray_address, retries=retries, gpus_per_point=gpus_per_point,
+                    cpus_per_point=cpus_per_point).check()
+
+
+# ``fn`` (taking ``executor``, an Executor) with the executor options in its place, checked before it runs
+with_executor_options = bundled("executor", EXECUTOR_OPTIONS, _executor)
 
 
 def quiet_profiler(quiet: bool) -> None:

@@ -25,6 +25,14 @@ def prompt(digit: int, template: int = 0) -> str:
     return TEMPLATES[template].format(word=WORDS[digit], digit=digit)
 
 
+def label_of(text: str) -> int | None:
+    """The digit a prompt asks for, when it is one of :data:`TEMPLATES`' (None otherwise)."""
+    for digit in range(10):
+        if any(text == t.format(word=WORDS[digit], digit=digit) for t in TEMPLATES):
+            return digit
+    return None
+
+
 def images(side: int = SIDE):
     """The bundled digits as a float tensor (N, 3, side, side) in [-1, 1] and their labels (N,)."""
     import torch

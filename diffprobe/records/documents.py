@@ -245,7 +245,7 @@ class ApproxDocument(Document):
 
     KIND: ClassVar[str] = "approx"
     FILE: ClassVar[str] = "approx.json"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("frames", "tile")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("frames", "tile", "campaign")
 
     model: str
     height: int
@@ -268,6 +268,7 @@ class ApproxDocument(Document):
     findings: list = field(default_factory=list)
     frames: int | None = None  # a video model's frames (its images are the frames, scored one by one)
     tile: list | None = None  # the block method's 3D tiles (frames x height x width of the token grid), if any
+    campaign: dict | None = None  # approx --prompts: every setting's quality over the prompts (campaign.parquet)
 
 
 @dataclass(eq=False)

@@ -73,7 +73,46 @@ def images(state: ApproxDocument, folder: Path) -> Section:
     return Section("Images: dense and approximate (same noise)", images=shown, page_only=True)
 
 
-APPROX = [findings, tradeoff, images]
+def _interval(m: dict | None, digits: int = 2, scale: float = 1.0) -> str:
+    """A mean with its 95% interval: ``27.99 [27.12, 28.86]``; ``–`` where there is none."""
+    if not m or m.get("mean") is None:
+        return "–"
+    text = f"{scale * m['mean']:.{digits}f}"
+    if m.get("ci95"):
+        lo, hi = m["ci95"]
+        text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+    return text
+
+
+def campaign(state: ApproxDocument, folder: Path) -> Section | None:
+    """``approx --prompts``: every setting's quality over the campaign's images."""
+    c = state.campaign
+    if not c:
+        return None
+    first = c["settings"][0]
+    headers = ["setting", "images", "identical", "PSNR dB [95% CI]", "SSIM [95% CI]"]
+    headers += ["CLIP score [95% CI]"] if first.get("clip_score") else []
+    headers += ["digit shown, % [95% CI]"] if "accuracy" in first else []
+    headers += ["FID vs dense"] if c.get("inception_weights") else []
+    headers += [f"FID vs reference ({c['reference_count']} images)"] if c.get("reference_count") else []
+    rows = []
+    for r in c["settings"]:
+        row = [r.get("label", r["setting"]), str(r["images"]), str(r["identical_images"]), _interval(r["psnr"]),
+               _interval(r["ssim"], 4)]
+        row += [_interval(r["clip_score"])] if first.get("clip_score") else []
+        row += [_interval(r["accuracy"], 1, 100)] if "accuracy" in first else []
+        row += [f"{r['fid_vs_dense']:.2f}" if r["fid_vs_dense"] is not None else "–"] if c.get("inception_weights") \
+            else []
+        row += [f"{r['fid_vs_reference']:.2f}"] if c.get("reference_count") else []
+        rows.append(row)
+    title = (f"Quality over {c['prompts']} prompts x {c['images_per_prompt']} image(s) ({c['images']} images, "
+             f"executor {c['executor']}): every setting against dense from the same seeds")
+    notes = [f"{state.model} at {state.width}x{state.height}, {state.steps} steps; images in "
+             f"campaign/<setting>/, one row per image and setting in {c['rows']}", *c.get("notes", [])]
+    return Section(title, headers, rows, notes)
+
+
+APPROX = [findings, tradeoff, campaign, images]
 
 
 def sparsity_rows(state: SparsityDocument) -> tuple[list[str], list[list[str]]]:

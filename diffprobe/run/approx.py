@@ -9,10 +9,8 @@ images a digit classifier recognizes as the digit their prompt asked for.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +23,6 @@ from diffprobe.analyses.savings import account, approximate_account, end_to_end_
 from diffprobe.attention.approx import JOINT_NOTE, PARAM, ApproxAttention, kernels_used, masked_note
 from diffprobe.attention.approx import check_model as check_attention_model
 from diffprobe.attention.clipscore import ClipScorer
-from diffprobe.attention.core import installed_in
 from diffprobe.errors import DiffprobeError
 from diffprobe.models import digits
 from diffprobe.models.digits import DigitClassifier
@@ -34,7 +31,7 @@ from diffprobe.records.documents import ApproxDocument
 from diffprobe.records.masks import write_masks
 from diffprobe.records.runfolder import atomic_write, prepare_out_dir, release_folder, write_document, write_ops
 from diffprobe.run.config import check_one_expert
-from diffprobe.run.pipeline import PipelineCall, output_of
+from diffprobe.run.generation import generate
 from diffprobe.run.profile import (
     analytic_twin,
     build_pipeline,
@@ -44,9 +41,7 @@ from diffprobe.run.profile import (
 )
 from diffprobe.run.setting import installed_setting, reuse_records
 from diffprobe.run.settings import parse_settings
-from diffprobe.run.stepping import step_hooks
 from diffprobe.run.warmup import warm_up
-from diffprobe.timing.stages import StageTimer
 
 
 def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
@@ -57,31 +52,11 @@ def prompts_for(cfg, per_digit: int) -> tuple[list[str], list[int] | None]:
     return [cfg.prompt], None
 
 
-def generate(pipe, cfg, prompts: list[str], core=None) -> dict:
-    """One timed generation (same noise every call); images in [0, 1], latents after each step."""
-
-    steps: list[torch.Tensor] = []
-
-    def keep(i, latents):
-        steps.append(latents.detach().float().clone())
-
-    timer = StageTimer(pipe, cfg.device, get_spec(cfg.model).calls_per_step(cfg.guidance))
-    with torch.inference_mode(), timer, installed_in(pipe, core) if core else contextlib.nullcontext(), \
-            step_hooks(pipe, keep) as hooks:
-        t0 = time.perf_counter()
-        images = output_of(PipelineCall(cfg, tuple(prompts))(pipe, **hooks))  # the same noise every call
-        wall = time.perf_counter() - t0
-    denoiser_s = sum(e.seconds for e in timer.events() if e.stage == "denoiser")
-    if images.ndim == 5:  # a video model's (videos, frames, channels, h, w): scored and shown frame by frame
-        images = images.flatten(0, 1)
-    return {"images": images.float().cpu(), "latents": steps, "denoiser_s": denoiser_s, "wall_s": wall}
-
-
 def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = True, block: int = 64, rank: int = 8,
                per_digit: int = 3, out: str | Path | None = None, progress=None, clip_weights: str | None = None,
                force: bool = False, save_masks: bool = True, settings: list[str] | None = None,
                mask_interval: int | Sequence[int] = 1, repeat: int = 1,
-               tile: tuple[int, int, int] | None = None) -> dict:
+               tile: tuple[int, int, int] | None = None, campaign=None) -> dict:
     """Dense, then every (method, value) and every extra setting (``block=0.9+deepcache=3``: attention and
     step-level reuse together); writes ``approx.json``, ``approx.parquet`` and images into ``out`` (default
     ``runs/<time>-approx-<model>``). PSNR is ``None`` where every image equals dense (``identical``);
@@ -90,9 +65,12 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
     masks is measured against the same dense run as the setting itself. ``repeat``: timed generations per row
     (same noise, so the same images); ``denoiser_s`` is their median, ``denoiser_s_min`` / ``denoiser_s_max`` the
     spread. ``tile`` (t, h, w): the block method's blocks are 3D tiles of the video's latent grid (its self-attention
-    calls; see :mod:`diffprobe.attention.approx`)."""
+    calls; see :mod:`diffprobe.attention.approx`). ``campaign``
+    (:class:`~diffprobe.run.campaign.CampaignRequest`): every setting's quality over a prompts file too, in
+    ``approx.json``'s ``campaign`` and ``campaign.parquet``."""
     if repeat < 1:
         raise DiffprobeError(f"--repeat must be at least 1, got {repeat}")
+    entries = campaign.entries() if campaign is not None else None  # the prompts file checked before any work
 
     check_memory(get_spec(base.model), base.dtype, base.device, analytic=False)  # quality needs the model run
     cfg = replace(base, mode="measured", trace_ops=False).resolved()
@@ -108,30 +86,41 @@ def run_approx(base, methods: dict[str, list[float]], *, renormalize: bool = Tru
                       else intervals[:1])]
     spec = get_spec(cfg.model)
     check_one_expert(spec, "approx")
-    grid = None
-    if tile is not None:  # 3D tiles: a video model, a block setting, a tile that divides the grid
-        if not spec.video:
-            raise DiffprobeError(f"--tile applies to video models (3D tiles of the latent grid); {cfg.model} makes "
-                                 "images: use --block")
-        if not any(s.attention is not None and s.attention[0] == "block" for s in parsed):
-            raise DiffprobeError("--tile sets the block method's tiles: add --method block (or a block=τ setting)")
-        grid = spec.token_grid(cfg.height, cfg.width, cfg.frames)
-        block = math.prod(tile)
+    grid = _tile_grid(spec, cfg, tile, parsed)
+    block = math.prod(tile) if tile is not None else block
     for setting, n in todo:  # every parameter checked before any work
         if setting.attention is not None:
             check_attention_model(spec.family, cfg.model, setting.attention[0])
             ApproxAttention(*setting.attention, renormalize=renormalize, block=block, rank=rank,
                             mask_interval=n, tile=tile, grid=grid)
-    clip = None
-    if clip_weights is not None:  # checked before any work
-
-        clip = ClipScorer(clip_weights)
+    clip = ClipScorer(clip_weights) if clip_weights is not None else None  # checked before any work
     out_dir = prepare_out_dir(out, f"approx-{cfg.model}", force)
+    tiles = {"tile": tile, "grid": grid} if tile else {}
     try:
-        return _approx_into(out_dir, cfg, todo, intervals, clip, progress, per_digit, renormalize, block, rank,
-                            save_masks, repeat, {"tile": tile, "grid": grid} if tile else {})
+        state = _approx_into(out_dir, cfg, todo, intervals, clip, progress, per_digit, renormalize, block, rank,
+                             save_masks, repeat, tiles)
+        if campaign is not None:
+            from diffprobe.run.campaign import run_campaign
+
+            state["campaign"] = run_campaign(campaign, entries, out_dir, cfg, todo, {
+                "renormalize": renormalize, "block": block, "rank": rank, **tiles}, clip_weights,
+                spec.quality_batch == "digits", progress or (lambda *_: None))
+            write_document(out_dir, ApproxDocument.from_fields(state))
+        return state
     finally:
         release_folder(out_dir)  # written: its files claim it from now on
+
+
+def _tile_grid(spec, cfg, tile, parsed) -> tuple | None:
+    """The video's token grid for 3D tiles (a video model, a block setting), or None without ``--tile``."""
+    if tile is None:
+        return None
+    if not spec.video:
+        raise DiffprobeError(f"--tile applies to video models (3D tiles of the latent grid); {cfg.model} makes "
+                             "images: use --block")
+    if not any(s.attention is not None and s.attention[0] == "block" for s in parsed):
+        raise DiffprobeError("--tile sets the block method's tiles: add --method block (or a block=τ setting)")
+    return spec.token_grid(cfg.height, cfg.width, cfg.frames)
 
 
 @dataclass

@@ -81,6 +81,7 @@ class PipelineCall:
     cfg: ProfileConfig
     prompts: tuple[str, ...] | None = None
     output_type: str = "pt"
+    seeds: tuple[int, ...] | None = None  # one per prompt: each image's noise from its own seed (a campaign's)
 
     def kwargs(self, pipe) -> dict:
         """The call's keyword arguments (without step hooks)."""
@@ -99,7 +100,8 @@ class PipelineCall:
             **{family_of(pipe).count_kwarg: 1 if many else cfg.batch},
             **({"num_frames": cfg.frames} if family_of(pipe).video else {}),
             generator=torch.Generator("cpu" if cfg.mode == "analytic" else cfg.device).manual_seed(cfg.seed),
-            latents=initial_latents(noise_cfg, pipe),
+            latents=initial_latents(noise_cfg, pipe) if self.seeds is None else torch.cat(
+                [initial_latents(replace(noise_cfg, batch=1, seed=s), pipe) for s in self.seeds]),
             output_type=self.output_type,
             **get_spec(cfg.model).call_kwargs(),
         )
