@@ -64,7 +64,6 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the core worker's C++ log lines stay off stderr
     try:
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.ERROR,
                  log_to_driver=False, configure_logging=True)
