@@ -109,6 +109,18 @@ def summary(ops: pd.DataFrame, preset: HardwarePreset, seconds: dict | None = No
               "peak_flops": preset.peak(dtype), "memory_bandwidth": preset.memory_bandwidth,
               "ridge_intensity": preset.ridge(dtype), "prediction": prediction(roof),
               "preset_definition": preset.to_dict()}
+    if preset.calibration:  # the calibrated model beside the bound (diffprobe.analyses.predict)
+        from diffprobe.analyses.predict import calibrated_summary
+        from diffprobe.hardware.preset import calibration_mismatch
+
+        result["calibrated"] = calibrated_summary(ops, preset, seconds)
+        mismatch = calibration_mismatch(preset.calibration) if device else None
+        if mismatch and (device or "cpu").split(":")[0] == preset.calibration["meta"]["device"].split(":")[0]:
+            result["calibrated"]["caveat"] = mismatch
+    else:
+        result["calibrated"] = None
+        result["calibrated_note"] = (f"{preset.name} has no calibration table: seconds are the roofline's bound, "
+                                     "not a prediction (`diffprobe hardware calibrate` makes one for this machine)")
     if seconds:
         result["versus_measured"] = versus_measured(roof, seconds, preset)
         kind = "gpu" if (device or "").startswith("cuda") else "cpu" if device else None

@@ -23,7 +23,7 @@ from diffprobe.cli.common import (
 )
 from diffprobe.errors import DiffprobeError
 
-hardware_app = typer.Typer(help="Hardware presets for the roofline: list, show, measure this CPU.",
+hardware_app = typer.Typer(help="Hardware presets for the roofline: list, show, measure and calibrate this machine.",
                            no_args_is_help=True)
 
 
@@ -65,6 +65,54 @@ def hardware_measure(fmt: Format = O_FORMAT) -> None:
     from diffprobe.hardware.measure import this_cpu
 
     _show_preset(this_cpu(remeasure=True).to_dict(), fmt)
+
+
+@hardware_app.command("calibrate")
+def hardware_calibrate(
+    quick: bool = typer.Option(False, "--quick", help="A coarse grid (under 2 minutes on 2 cores; the full one "
+                               "takes up to 10)."),
+    out_path: Optional[str] = typer.Option(None, "--out", help="The preset file to write (default: "
+                                           "runs/calibration-<date>.toml)."),
+    device: str = typer.Option("cpu", help="cpu, or cuda where a GPU is present."),
+    dtype: str = typer.Option("float32", help="The dtype the curves are measured in (the runs' dtype)."),
+    fmt: Format = O_FORMAT,
+    quiet: bool = O_QUIET,
+) -> None:
+    """Measure this machine's achieved throughput per operator class into a preset: profile --hardware FILE then
+    predicts every record's seconds from it (docs/prediction.md)."""
+    import datetime
+    from pathlib import Path
+
+    from diffprobe.hardware.measure import this_cpu
+    from diffprobe.hardware.preset import from_dict, to_toml
+    from diffprobe.run.calibration import calibrate_machine
+
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise DiffprobeError(f"--dtype {dtype!r} is not one of float32, float16, bfloat16")
+    path = Path(out_path or f"runs/calibration-{datetime.date.today().isoformat()}.toml")
+    if path.exists() and path.is_dir():
+        raise DiffprobeError(f"--out {path} is a folder; name a .toml file")
+    base = this_cpu(remeasure=True).to_dict()
+    bar, callback = progress_bar(quiet)
+    with bar:
+        table = calibrate_machine("quick" if quick else "full", dtype, device, base, callback)
+    meta = table["meta"]
+    preset = {**base, "name": f"calibrated-{meta['date'][:10]}", "title": f"{meta['cpu']} ({meta['threads']} "
+              f"threads, {meta['cpu_capability']}), calibrated {meta['date'][:10]}",
+              "source": f"{base['source']}; calibrated by `diffprobe hardware calibrate"
+              f"{' --quick' if quick else ''}` in {meta['seconds']:.0f} s", "calibration": table}
+    from_dict(preset, str(path))  # what is written reads back
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_toml(preset), encoding="utf-8")
+    except OSError as exc:
+        raise DiffprobeError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+    if fmt is Format.json:
+        print_json({"preset": str(path), "calibration": meta})
+        return
+    out.print(f"calibrated {meta['cpu']} ({meta['cpu_capability']}, {meta['threads']} threads, torch "
+              f"{meta['torch']}) in {meta['seconds']:.0f} s: {path}")
+    out.print(f"use it: diffprobe profile --hardware {path}")
 
 
 kernels_app = typer.Typer(help="Attention kernels on this machine: block-sparse vs dense SDPA.", no_args_is_help=True)

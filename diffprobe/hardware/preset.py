@@ -23,6 +23,7 @@ class HardwarePreset:
     memory_bandwidth: float  # bytes/s
     peak_flops: dict[str, float]  # dtype -> dense FLOP/s
     measured: dict = field(default_factory=dict)  # for measured presets: how (sizes, repeats, machine)
+    calibration: dict = field(default_factory=dict)  # achieved-throughput curves (diffprobe hardware calibrate)
 
     def peak(self, dtype: str) -> float:
         """Peak FLOP/s for a dtype name (``float32``, ``float16``, ``bfloat16``)."""
@@ -38,7 +39,8 @@ class HardwarePreset:
     def to_dict(self) -> dict:
         return {"name": self.name, "title": self.title, "kind": self.kind, "source": self.source,
                 "memory_bytes": self.memory_bytes, "memory_bandwidth": self.memory_bandwidth,
-                "peak_flops": dict(self.peak_flops), "measured": dict(self.measured)}
+                "peak_flops": dict(self.peak_flops), "measured": dict(self.measured),
+                **({"calibration": self.calibration} if self.calibration else {})}
 
 
 def from_dict(data: dict, origin: str) -> HardwarePreset:
@@ -60,7 +62,78 @@ def from_dict(data: dict, origin: str) -> HardwarePreset:
     return HardwarePreset(name=str(data["name"]), title=str(data["title"]), kind=str(data.get("kind", "gpu")),
                           source=str(data["source"]), memory_bytes=float(data["memory_bytes"]),
                           memory_bandwidth=float(data["memory_bandwidth"]),
-                          peak_flops={k: float(v) for k, v in peaks.items()}, measured=dict(data.get("measured", {})))
+                          peak_flops={k: float(v) for k, v in peaks.items()}, measured=dict(data.get("measured", {})),
+                          calibration=check_calibration(data.get("calibration"), origin))
+
+
+CALIBRATION_KEYS = ("meta", "gemm", "conv", "sdpa", "memory", "view_s")
+META_KEYS = ("date", "cpu", "cpu_capability", "torch", "threads", "device", "dtype")
+
+
+def check_calibration(cal, origin: str) -> dict:
+    """A preset's calibration table, checked (every curve present, its grid and rates the right shapes, every
+    number finite and positive); none: an empty dict (the roofline alone)."""
+    import math
+
+    import numpy as np
+
+    if cal is None:
+        return {}
+    bad = f"hardware preset {origin}: calibration"
+    if not isinstance(cal, dict):
+        raise DiffprobeError(f"{bad} must be a table")
+    missing = [k for k in CALIBRATION_KEYS if k not in cal]
+    if missing:
+        raise DiffprobeError(f"{bad} is missing {missing[0]!r} (re-run `diffprobe hardware calibrate`)")
+    meta_missing = [k for k in META_KEYS if k not in cal["meta"]]
+    if meta_missing:
+        raise DiffprobeError(f"{bad}.meta is missing {meta_missing[0]!r}")
+    grids = [("gemm", cal["gemm"], ("m", "n", "k")), ("sdpa", cal["sdpa"], ("q", "kv", "d")),
+             *((f"conv.{k}", cal["conv"].get(k, {}), ("pixels", "cin", "cout")) for k in ("k3", "k1"))]
+    for name, curve, axes in grids:
+        try:
+            shape = tuple(len(curve[a]) for a in axes)
+            rates = np.asarray(curve["flops_per_s"], dtype=float)
+            ok = rates.shape == shape and np.all(np.isfinite(rates)) and np.all(rates > 0) and all(
+                np.all(np.diff(np.asarray(curve[a], dtype=float)) > 0) for a in axes)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DiffprobeError(f"{bad}.{name}: needs increasing axes {', '.join(axes)} and a positive "
+                                 "flops_per_s grid of their lengths")
+    for cls in ("elementwise", "softmax", "norm", "copy"):
+        try:
+            pts = np.asarray(cal["memory"][cls], dtype=float)
+            ok = pts.ndim == 2 and pts.shape[1] == 2 and len(pts) >= 1 and np.all(pts > 0) and np.all(np.isfinite(pts))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DiffprobeError(f"{bad}.memory.{cls}: needs [bytes, bytes/s] pairs, positive")
+    overhead = cal.get("overhead_s", {})
+    if not isinstance(overhead, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+            math.isfinite(v) and v >= 0) for v in overhead.values()):
+        raise DiffprobeError(f"{bad}.overhead_s must be a table of stage = seconds per record, each 0 or more")
+    if isinstance(cal["view_s"], bool) or not isinstance(cal["view_s"], (int, float)) or not (
+            math.isfinite(cal["view_s"]) and cal["view_s"] > 0):
+        raise DiffprobeError(f"{bad}.view_s must be a positive number of seconds")
+    return cal
+
+
+def calibration_mismatch(cal: dict) -> str | None:
+    """One line saying how this machine differs from the one a calibration was measured on (another CPU, CPU
+    capability, torch or thread count), or None."""
+    import torch
+
+    from diffprobe.hardware.environment import cpu_name
+
+    meta = cal["meta"]
+    here = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+    diff = [f"{k} {meta.get(k)!r} (here {v!r})" for k, v in here.items() if meta.get(k) != v]
+    if not diff:
+        return None
+    return (f"the calibration was measured with another {', '.join(diff)}: its predictions are for that machine, "
+            "not this one")
 
 
 def read_toml(path: str | Path, what: str) -> dict:
@@ -76,3 +149,38 @@ def read_toml(path: str | Path, what: str) -> dict:
 
 def load_file(path: str | Path) -> HardwarePreset:
     return from_dict(read_toml(path, "hardware preset"), str(path))
+
+
+def to_toml(data: dict) -> str:
+    """``data`` (strings, numbers, booleans, lists of them or of lists, nested tables; None left out) as TOML text,
+    which :func:`read_toml` reads back to the same values."""
+    import json
+    import math
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"TOML has no {v}")
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)  # a TOML basic string
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise ValueError(f"cannot write {type(v).__name__} to TOML")
+
+    lines: list[str] = []
+
+    def table(d: dict, prefix: str) -> None:
+        if prefix:
+            lines.extend(["", f"[{prefix}]"])
+        for k, v in d.items():
+            if v is not None and not isinstance(v, dict):
+                lines.append(f"{json.dumps(k) if not k.replace('_', '').isalnum() else k} = {value(v)}")
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(v, f"{prefix}.{k}" if prefix else k)
+
+    table(data, "")
+    return "\n".join(lines).lstrip("\n") + "\n"

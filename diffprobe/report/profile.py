@@ -284,21 +284,42 @@ def roofline(d: RunDocument, folder: Path) -> list[Section] | None:
 
 
 def roofline_sections(roof: dict | None, folder: Path) -> list[Section] | None:
-    """:func:`roofline` of a run's (or a sweep point's) ``roofline`` account."""
+    """:func:`roofline` of a run's (or a sweep point's) ``roofline`` account; with a calibrated preset, the
+    calibrated model's seconds and error beside the roofline's (docs/prediction.md)."""
     if not roof:
         return None
-    pred, vm = roof["prediction"], roof.get("versus_measured")
-    headers = ["stage", "roofline"] + (["measured", "error", "of peak"] if vm else [])
+    pred, vm, cal = roof["prediction"], roof.get("versus_measured"), roof.get("calibrated")
+    cvm = (cal or {}).get("versus_measured") or {}
+    headers = ["stage", "roofline", *(["calibrated"] if cal else []),
+               *(["measured", "roofline error", *(["calibrated error"] if cal else []), "of peak"] if vm else [])]
     stages_ = vm["by_stage"] if vm else {s: None for s in pred["by_stage"]}
-    rows = [[s, fmt_s(pred["by_stage"].get(s, 0.0))] if r is None else
-            [s, fmt_s(r["predicted_s"]), fmt_s(r["measured_s"]), _pct(r["error"]), _of_peak(r)]
-            for s, r in stages_.items()]
-    rows.append(["total", fmt_s(pred["total_s"]), *((fmt_s(vm["total"]["measured_s"]), "", "") if vm else ())])
+
+    def row(name, r, total=False):
+        out = [name, fmt_s(pred["total_s"] if total else (r or {}).get("predicted_s", pred["by_stage"].get(name, 0)))]
+        c = (cvm.get("total") if total else cvm.get("by_stage", {}).get(name)) or {}
+        if cal:
+            out.append(fmt_s(cal["total_s"] if total else cal["by_stage"].get(name, 0.0)))
+        if vm:
+            m = vm["total"] if total else r
+            out += [fmt_s(m["measured_s"]), _pct(m["error"]), *([_pct(c.get("error"))] if cal else []),
+                    "" if total else _of_peak(r)]
+        return out
+
+    rows = [row(s, r) for s, r in stages_.items()] + [row("total", None, total=True)]
     notes = []
     if any("kernel_s" in r for r in stages_.values() if r):
         notes.append("GPU kernel-busy seconds per stage (roofline vs busy): " + ", ".join(
             f"{s} {fmt_s(r['kernel_s'])} ({100 * r['kernel_error']:+.0f}%)" for s, r in stages_.items()
             if r and "kernel_s" in r and r["kernel_error"] is not None))
+    if cal:
+        meta = cal["calibration"]
+        notes.append(f"calibrated: each record's seconds from the throughput curves measured on {meta['cpu']} "
+                     f"({meta['cpu_capability']}, {meta['threads']} threads, torch {meta['torch']}, "
+                     f"{meta['date'][:10]}); the roofline is the bound, the calibrated model the prediction")
+        if cal.get("caveat"):
+            notes.append(f"note: {cal['caveat']}")
+    elif roof.get("calibrated_note"):
+        notes.append(roof["calibrated_note"])
     if roof.get("caveat"):
         notes.append(f"note: {roof['caveat']}")
     fig = Figure("roofline", "filled: roofline-attainable FLOP/s at each layer type's intensity; hollow: achieved "
@@ -307,9 +328,14 @@ def roofline_sections(roof: dict | None, folder: Path) -> list[Section] | None:
                    f"{roof['ridge_intensity']:.1f} FLOP/byte", headers, rows, notes, [fig], total=True)]
     types = {k: r for k, r in (vm or {}).get("by_layer_type", {}).items() if r["measured_s"]}
     if types:
-        out.append(Section("Roofline vs measured per layer type", ["layer type", "roofline", "measured", "error",
-                                                                   "of peak"],
-                           [[n, fmt_s(r["predicted_s"]), fmt_s(r["measured_s"]), _pct(r["error"]), _of_peak(r)]
+        ctypes = cvm.get("by_layer_type", {})
+        out.append(Section("Roofline vs measured per layer type",
+                           ["layer type", "roofline", *(["calibrated"] if cal else []), "measured", "roofline error",
+                            *(["calibrated error"] if cal else []), "of peak"],
+                           [[n, fmt_s(r["predicted_s"]), *([fmt_s(ctypes.get(n, {}).get("predicted_s", 0.0))]
+                                                           if cal else []),
+                             fmt_s(r["measured_s"]), _pct(r["error"]),
+                             *([_pct(ctypes.get(n, {}).get("error"))] if cal else []), _of_peak(r)]
                             for n, r in sorted(types.items(), key=lambda kv: -kv[1]["measured_s"])]))
     return out
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from diffprobe.analyses.fid import fid, frechet_distance, mean_ci, share_ci
-from diffprobe.errors import DiffprobeError
 from diffprobe.models import digits
 from diffprobe.run.campaign import campaign_items, read_prompts
 from tests.cli_checks import one_line_error
@@ -121,6 +120,14 @@ def _campaign(tmp_path, name, detector, executor, reference=None):
     if not prompts.exists():
         prompts.write_text("".join(json.dumps({"prompt": digits.prompt(d), **({"seed": 100 + d} if d % 2 else {})})
                                    + "\n" for d in (1, 4, 7)))
+    if reference is not None and not reference.exists():  # four reference images: the digits fixture's own
+        from PIL import Image
+
+        reference.mkdir()
+        imgs, _ = digits.images()
+        for i in range(4):
+            arr = ((imgs[i].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype("uint8")
+            Image.fromarray(arr).save(reference / f"{i}.png")
     argv = ["approx", "--method", "threshold", "--eps", "0.01", "--steps", "2", "--per-digit", "1", "--prompts",
             str(prompts), "--images-per-prompt", "2", "--prompt-batch", "4", "--inception-weights", str(detector),
             "--out", str(tmp_path / name), "--format", "json", "-q", "--executor", executor,
@@ -131,23 +138,36 @@ def _campaign(tmp_path, name, detector, executor, reference=None):
 
 @pytest.mark.slow
 def test_a_campaign_on_ray_data_equals_the_local_one(tmp_path, capsys, detector):
+    """The command end to end on the local executor (with a reference folder), then the same chunks on a Ray Data
+    actor pool: the same rows and metrics."""
     import pandas as pd
     import ray
 
-    local = _campaign(tmp_path, "local", detector, "local")
-    ray.shutdown()  # the command starts (and stops) its own local instance
-    remote = _campaign(tmp_path, "ray", detector, "ray", reference=tmp_path / "local" / "campaign" / "dense")
+    from diffprobe.run.campaign import Campaign, chunks_of, run_chunks, summarize
+    from diffprobe.run.executor import Executor
+    from diffprobe.run.profile import ProfileConfig
+
+    local = _campaign(tmp_path, "local", detector, "local", reference=tmp_path / "ref")
     capsys.readouterr()
-    assert local["images"] == 6 and local["prompts"] == 3 and remote["executor"] == "ray"
-    for a, b in zip(local["settings"], remote["settings"], strict=True):
-        assert {k: v for k, v in a.items() if k != "fid_vs_reference"} == \
-            {k: v for k, v in b.items() if k != "fid_vs_reference"}
-    dense, thr = remote["settings"]
+    assert local["images"] == 6 and local["prompts"] == 3 and local["executor"] == "local"
+    dense, thr = local["settings"]
     assert dense["identical_images"] == 6 and dense["psnr"]["n"] == 0 and dense["fid_vs_dense"] == 0.0
     assert thr["images"] == 6 and thr["psnr"]["n"] + thr["identical_images"] == 6 and thr["fid_vs_dense"] > 0
-    assert dense["accuracy"]["n"] == 6 and remote["reference_count"] == 6 and math.isfinite(thr["fid_vs_reference"])
-    rows = pd.read_parquet(tmp_path / "ray" / "campaign.parquet")
+    assert dense["accuracy"]["n"] == 6 and local["reference_count"] == 4 and math.isfinite(thr["fid_vs_reference"])
+    rows = pd.read_parquet(tmp_path / "local" / "campaign.parquet")
     assert len(rows) == 12 and sorted(set(rows["seed"])) == [2, 3, 101, 102, 107, 108]
-    assert (tmp_path / "ray" / "campaign" / "threshold_0.01" / "000005.png").exists()
-    with pytest.raises(DiffprobeError):
-        read_prompts(tmp_path / "nothing")
+    assert (tmp_path / "local" / "campaign" / "threshold_0.01" / "000005.png").exists()
+
+    cfg = ProfileConfig(model="digits", steps=2, guidance=4.0, mode="measured", trace_ops=False).resolved()
+    campaign = Campaign(cfg, (("threshold_0.01", "threshold=0.01", 1),),
+                        {"renormalize": True, "block": 64, "rank": 8}, str(tmp_path / "ray"), None, str(detector), True)
+    items = [{"index": int(r.index), "prompt": r.prompt, "seed": int(r.seed)}
+             for r in rows[rows["setting"] == "dense"].itertuples()]
+    ray.shutdown()  # the executor starts (and stops) its own local instance, as the command does
+    remote = run_chunks(campaign, chunks_of(items, 4), Executor(kind="ray"), lambda *a: None)
+    assert [r["setting"] for r in remote] == ["dense"] * 4 + ["threshold_0.01"] * 4 + ["dense"] * 2 + [
+        "threshold_0.01"] * 2
+    got = pd.DataFrame([{k: v for k, v in r.items() if k != "features"} for r in remote])
+    pd.testing.assert_frame_equal(got[rows.columns], rows, check_dtype=False)
+    assert [{k: v for k, v in s.items() if k != "fid_vs_reference"} for s in summarize(remote, campaign, None)] == \
+        [{k: v for k, v in s.items() if k != "fid_vs_reference"} for s in local["settings"]]

@@ -188,3 +188,60 @@ def test_bad_executor_options_are_one_line(capsys, tmp_path, argv, needle):
         argv = argv + ["--out", str(tmp_path / "s")]
     one_line_error(capsys, ["sweep", "--model", "tiny", "--resolutions", "64", *argv], needle)
     one_line_error(capsys, ["sparsity", "--resolutions", "64", *argv], needle)
+
+
+def test_resources_per_point():
+    assert Executor().resources("cuda", analytic=False) == {"num_cpus": 1, "num_gpus": 1}
+    assert Executor(gpus_per_point=0.5).resources("cuda:1", analytic=False)["num_gpus"] == 0.5  # two points a GPU
+    assert Executor().resources("cpu", analytic=True) == {"num_cpus": 1, "num_gpus": 0}  # one Python thread
+    assert Executor().resources("cpu", analytic=False)["num_cpus"] == torch.get_num_threads()
+    assert Executor(cpus_per_point=3).resources("cpu", analytic=False)["num_cpus"] == 3
+
+
+@pytest.mark.slow
+def test_sparsity_on_ray_equals_the_local_one(tmp_path, local_ray):
+    import pandas as pd
+
+    from diffprobe.attention.probe import SparsityConfig
+    from diffprobe.run.sparsity import run_sparsity
+
+    base = ProfileConfig(model="digits", steps=2, sample_steps=0, trace_ops=False)
+    sc = SparsityConfig(eps=(0.01,), taus=(0.9,), blocks=(8,), save_masks=True)
+    local = run_sparsity(base, [(32, 32), (48, 48)], sc, tmp_path / "l")
+    remote = run_sparsity(base, [(32, 32), (48, 48)], sc, f"file://{tmp_path}/r", executor=RAY)
+    assert remote["summary"] == local["summary"] and remote["mask_step_overlap"] == local["mask_step_overlap"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "l" / "sparsity.parquet"),
+                                  pd.read_parquet(tmp_path / "r" / "sparsity.parquet"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_ray_tasks_and_keeps_every_finished_point(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    sides = "64,96,128,160"
+    argv = [sys.executable, "-m", "diffprobe", "sweep", "--model", "tiny", "--resolutions", sides, "--steps", "2",
+            "--mode", "measured", "--sample-steps", "0", "--out", str(out), "-q", "--format", "json"]
+    proc = subprocess.Popen(argv + ["--executor", "ray", "--cpus-per-point", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(out.glob("points/*/run.json")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, with tasks still out
+    rc = proc.wait(120)
+    assert rc == 130, proc.stderr.read()[:3000]
+    state = json.loads((out / "sweep.json").read_text())
+    assert state["status"] == "interrupted" and not state["complete"]
+    kept = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("points/*/run.json")}
+    assert 1 <= len(kept) < 4 and not list(out.glob(".partial/*"))
+    assert all(json.loads((out / "points" / n / "run.json").read_text())["status"] == "ok" for n in kept)
+    time.sleep(1)
+    titles = [Path(f"/proc/{p}/cmdline").read_bytes() for p in os.listdir("/proc") if p.isdigit()
+              and Path(f"/proc/{p}/cmdline").exists()]
+    assert not [t for t in titles if t.startswith(b"ray::diffprobe-")]  # no task of the sweep still running
+    import subprocess as sp
+
+    assert sp.run(argv, stdout=sp.DEVNULL).returncode == 0  # resumed here: the finished points kept as they were
+    assert {n: (out / "points" / n / "run.json").stat().st_mtime_ns for n in kept} == kept
+    assert json.loads((out / "sweep.json").read_text())["complete"]

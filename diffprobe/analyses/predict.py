@@ -1,0 +1,185 @@
+"""The calibrated performance model: each record's seconds predicted from its shape through the achieved-throughput
+curves of a calibrated preset (:mod:`diffprobe.hardware.calibrate`), summed per layer type, stage and run.
+
+Each record falls in one class by its operator: ``gemm`` (linear, mm, bmm, a convolution whose kernel is neither 1x1
+nor 3x3, as the GEMM it is: M = output pixels, K = C_in x kernel area, N = C_out), ``conv`` (1x1 and 3x3 by output
+pixels, C_in, C_out), ``sdpa`` (a fused attention call by query tokens, key tokens and head dim; its score, softmax
+and P.V records share the call's time in proportion to their FLOPs, as the measured records do), the memory-bound
+``softmax``, ``norm``, ``copy`` and ``elementwise`` by the bytes they move, and ``view`` (moves nothing: the dispatch
+cost alone). A compute class's time is its FLOPs over the rate interpolated in the measured grid (log-linear in every
+axis); outside the grid the rate of the nearest edge is taken, bounded by the roofline: never above the preset's
+peak, never faster than its bytes at the measured bandwidth. No op is predicted faster than the cheapest op measured
+(its dispatch cost). Each record then carries its stage's fitted ``overhead_s``, the time a pipeline spends
+between its operators (Python, hooks; :mod:`diffprobe.run.calibration`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from diffprobe.analyses.breakdown import with_bytes
+
+GEMM_OPS = ("linear", "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.matmul")
+COPY_OPS = ("aten.cat", "aten.contiguous", "aten.clone", "aten.copy_", "aten.to", "aten._to_copy", "aten.upsample",
+            "aten.pad", "aten.constant_pad", "aten.index", "aten.stack")
+
+
+def op_class(op: str, flops: int, nbytes: int) -> str:
+    if op == "sdpa":
+        return "sdpa"
+    if op.startswith("aten.conv"):
+        return "conv"
+    if any(g in op for g in GEMM_OPS):
+        return "gemm"
+    if flops == 0 and nbytes == 0:
+        return "view"
+    if "softmax" in op:
+        return "softmax"
+    if "norm" in op:
+        return "norm"
+    if op.startswith(COPY_OPS):
+        return "copy"
+    return "elementwise"
+
+
+def _grid_rate(curve: dict, axes: list[str], points: np.ndarray) -> np.ndarray:
+    """Rates at ``points`` (rows of axis values), log-linear in the grid, clamped to its edges."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    grid = [np.log(np.asarray(curve[a], dtype=float)) for a in axes]
+    rates = np.log(np.asarray(curve["flops_per_s"], dtype=float))
+    q = np.log(np.clip(points.astype(float), 1.0, None))
+    for i, g in enumerate(grid):
+        q[:, i] = np.clip(q[:, i], g[0], g[-1])
+    return np.exp(RegularGridInterpolator(grid, rates, method="linear")(q))
+
+
+def _gemm_dims(shapes: list, out_shapes: list) -> tuple[int, int, int]:
+    """(M, N, K) of a linear or (b)mm record from its input and output shapes."""
+    x, out = shapes[0], out_shapes[0] if out_shapes else shapes[0]
+    k = x[-1] if x else 1
+    n = out[-1] if out else 1
+    m = int(np.prod(out[:-1])) if len(out) > 1 else 1
+    return m, n, k
+
+
+def _conv_dims(shapes: list, out_shapes: list) -> tuple[int, int, int, int]:
+    """(output pixels incl. batch, C_in, C_out, kernel side) of a convolution record."""
+    w = shapes[1] if len(shapes) > 1 else [1, 1, 1, 1]
+    out = out_shapes[0] if out_shapes else [1, 1, 1, 1]
+    pixels = int(np.prod([out[0], *out[2:]])) if len(out) > 2 else 1
+    return pixels, int(w[1]) if len(w) > 1 else 1, int(w[0]), int(w[2]) if len(w) > 2 else 1
+
+
+def _sdpa_dims(shapes: list) -> tuple[int, int, int, int]:
+    """(batch x heads, query tokens, key tokens, head dim) of a fused attention call (its score record)."""
+    q, k = shapes[0], shapes[1] if len(shapes) > 1 else shapes[0]
+    return int(np.prod(q[:-2])) if len(q) > 2 else 1, q[-2], k[-2], q[-1]
+
+
+def _memory_seconds(curve: list, nbytes: np.ndarray) -> np.ndarray:
+    """Seconds to move ``nbytes`` in a memory class: log-linear in the measured (bytes, bytes/s) points; below the
+    smallest, its time (the op's fixed cost); above the largest, at the largest's bandwidth."""
+    pts = np.asarray(curve, dtype=float)
+    b, t = pts[:, 0], pts[:, 0] / pts[:, 1]
+    x = np.clip(nbytes.astype(float), 1.0, None)
+    inside = np.exp(np.interp(np.log(x), np.log(b), np.log(t)))
+    return np.where(x < b[0], t[0], np.where(x > b[-1], x / pts[-1, 1], inside))
+
+
+def predict_seconds(ops: pd.DataFrame, preset) -> pd.DataFrame:
+    """A copy of ``ops`` with ``bytes``, ``op_class`` and ``predicted_s`` (the calibrated model's seconds)."""
+    cal = preset.calibration
+    out = with_bytes(ops)
+    classes = np.array([op_class(o, f, b) for o, f, b in zip(out["op"], out["flops"], out["bytes"], strict=True)])
+    out["op_class"] = classes
+    pred = np.zeros(len(out))
+    peak = out["dtype"].map(preset.peak_flops).fillna(preset.peak("float32")).to_numpy(float)
+    floor = float(np.asarray(cal["memory"]["elementwise"], dtype=float)[0, 0] /
+                  np.asarray(cal["memory"]["elementwise"], dtype=float)[0, 1])
+    flops = out["flops"].to_numpy(float)
+    _compute(out, classes, cal, flops, pred)
+    for cls in ("softmax", "norm", "copy", "elementwise"):
+        m = classes == cls
+        if m.any():
+            pred[m] = _memory_seconds(cal["memory"][cls], out.loc[m, "bytes"].to_numpy())
+    compute = np.isin(classes, ("gemm", "conv", "sdpa"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(pred > 0, flops / np.where(pred > 0, pred, 1), 0)
+    over = compute & (rate > peak)  # never above the roofline
+    pred[over] = flops[over] / peak[over]
+    pred = np.maximum(pred, out["bytes"].to_numpy(float) / preset.memory_bandwidth)
+    pred[classes == "view"] = cal["view_s"]
+    pred[classes != "view"] = np.maximum(pred[classes != "view"], floor)
+    _share_sdpa(out, classes, pred)
+    overhead = cal.get("overhead_s") or {}  # the fitted cost between operators, per record of each stage
+    if overhead:
+        pred = pred + out["stage"].map(overhead).fillna(overhead.get("denoiser", 0.0)).to_numpy(float)
+    out["predicted_s"] = pred
+    return out
+
+
+def _compute(out: pd.DataFrame, classes: np.ndarray, cal: dict, flops: np.ndarray, pred: np.ndarray) -> None:
+    """Seconds of the gemm, conv and sdpa records (sdpa: the whole call on its score record)."""
+    shapes, outs = out["input_shapes"].tolist(), out["output_shapes"].tolist()
+    gemm_idx, gemm_pts = [], []
+    conv = {"k3": ([], []), "k1": ([], [])}
+    for i in np.flatnonzero((classes == "gemm") | (classes == "conv")):
+        if classes[i] == "conv":
+            px, cin, cout, ks = _conv_dims(shapes[i], outs[i])
+            if ks in (1, 3):
+                conv[f"k{ks}"][0].append(i)
+                conv[f"k{ks}"][1].append((px, cin, cout))
+                continue
+            gemm_idx.append(i)
+            gemm_pts.append((px, cout, cin * ks * ks))
+            continue
+        gemm_idx.append(i)
+        gemm_pts.append(_gemm_dims(shapes[i], outs[i]))
+    if gemm_idx:
+        idx = np.array(gemm_idx)
+        pred[idx] = flops[idx] / _grid_rate(cal["gemm"], ["m", "n", "k"], np.array(gemm_pts))
+    for key, (idx, pts) in conv.items():
+        if idx:
+            idx = np.array(idx)
+            pred[idx] = flops[idx] / _grid_rate(cal["conv"][key], ["pixels", "cin", "cout"], np.array(pts))
+    calls = np.flatnonzero((classes == "sdpa") & (out["part"].to_numpy() == "score"))
+    if len(calls):
+        dims = np.array([_sdpa_dims(shapes[i]) for i in calls])
+        call_flops = 4.0 * dims[:, 0] * dims[:, 1] * dims[:, 2] * dims[:, 3]
+        pred[calls] = call_flops / _grid_rate(cal["sdpa"], ["q", "kv", "d"], dims[:, 1:])
+
+
+def _share_sdpa(out: pd.DataFrame, classes: np.ndarray, pred: np.ndarray) -> None:
+    """A fused call's seconds (on its score record) shared over its parts in proportion to their FLOPs."""
+    m = classes == "sdpa"
+    if not m.any():
+        return
+    frame = pd.DataFrame({"index": out.loc[m, "index"].to_numpy(), "flops": out.loc[m, "flops"].to_numpy(float),
+                          "call_s": np.where(out.loc[m, "part"].to_numpy() == "score", pred[m], 0.0)})
+    total = frame.groupby("index")[["flops", "call_s"]].transform("sum")
+    pred[m] = np.where(total["flops"] > 0, total["call_s"] * frame["flops"] / total["flops"], 0.0)
+
+
+def _sum(frame: pd.DataFrame, key: str) -> dict:
+    return {k: float(v) for k, v in frame.groupby(key, sort=False)["predicted_s"].sum().items()}
+
+
+def calibrated_summary(ops: pd.DataFrame, preset, seconds: dict | None) -> dict:
+    """The calibrated prediction of one run: total, by stage and layer type and class, and (measured runs) its
+    error per stage and layer type against the measured seconds (``error`` = predicted / measured - 1)."""
+    pred = predict_seconds(ops, preset)
+    result = {"total_s": float(pred["predicted_s"].sum()), "by_stage": _sum(pred, "stage"),
+              "by_layer_type": _sum(pred, "layer_type"), "by_class": _sum(pred, "op_class"),
+              "calibration": dict(preset.calibration["meta"])}
+    if seconds:
+        def row(p, m):
+            return {"predicted_s": p, "measured_s": m, "error": (p / m - 1) if m else None}
+
+        result["versus_measured"] = {
+            "by_stage": {s: row(result["by_stage"].get(s, 0.0), m) for s, m in seconds.get("by_stage", {}).items()},
+            "by_layer_type": {t: row(result["by_layer_type"].get(t, 0.0), m)
+                              for t, m in seconds.get("by_layer_type", {}).items()},
+            "total": row(result["total_s"], seconds.get("total", 0.0))}
+    return result

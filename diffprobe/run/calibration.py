@@ -1,0 +1,45 @@
+"""``diffprobe hardware calibrate``, whole: the operator curves (:mod:`diffprobe.hardware.calibrate`), then the cost
+that is not an operator's, fitted on the ``tiny`` model.
+
+A pipeline spends time between its operators too: Python in the modules, hooks, the pipeline's own code. The curves
+price operators measured alone; the rest is fitted per stage as seconds per record: the ``tiny`` model (the same
+diffusers classes as the UNet models, at sizes where that cost dominates) is traced analytically for its records and
+run untraced for its stage times (the median of ``repeat``), and each stage's time not explained by its records'
+predicted work, divided by its records, is that stage's ``overhead_s``. ``tiny`` is not one of the runs
+``benchmarks/predict.py`` predicts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from diffprobe.analyses.predict import predict_seconds
+from diffprobe.hardware.calibrate import calibrate
+from diffprobe.hardware.preset import from_dict
+from diffprobe.run.profile import ProfileConfig, run_profile
+
+FIT = {"model": "tiny", "height": 128, "width": 128, "steps": 4}
+
+
+def fit_overhead(table: dict, base: dict, repeat: int = 5) -> dict:
+    """Seconds per record of each stage that its operators' predicted work leaves unexplained (0 at least)."""
+    preset = from_dict({**base, "calibration": {**table, "overhead_s": {}}}, "calibration being fitted")
+    with tempfile.TemporaryDirectory(prefix="diffprobe-calibrate-") as tmp:
+        analytic = run_profile(ProfileConfig(**FIT, mode="analytic", out=f"{tmp}/a"))
+        measured = run_profile(ProfileConfig(**FIT, sample_steps=0, trace_ops=False, repeat=repeat, warmup=1,
+                                             out=f"{tmp}/m"))
+    pred = predict_seconds(analytic.ops, preset)
+    work = pred.groupby("stage")["predicted_s"].sum()
+    count = pred.groupby("stage").size()
+    stages = {("pipeline" if k == "other" else k): v for k, v in measured.stages.items()
+              if k not in ("total", "tokenize")}
+    return {s: max(0.0, (stages[s] - float(work.get(s, 0.0))) / int(count[s])) for s in stages if count.get(s)}
+
+
+def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=None) -> dict:
+    """The calibration table with its fitted ``overhead_s``."""
+    table = calibrate(level, dtype, device, progress)
+    table["overhead_s"] = fit_overhead(table, base)
+    table["meta"]["overhead_fit"] = (f"{FIT['model']} at {FIT['height']} px, {FIT['steps']} steps, untraced, median "
+                                     "of 5 runs")
+    return table
