@@ -156,9 +156,10 @@ def _share_sdpa(out: pd.DataFrame, classes: np.ndarray, pred: np.ndarray) -> Non
     m = classes == "sdpa"
     if not m.any():
         return
-    frame = pd.DataFrame({"index": out.loc[m, "index"].to_numpy(), "flops": out.loc[m, "flops"].to_numpy(float),
-                          "call_s": np.where(out.loc[m, "part"].to_numpy() == "score", pred[m], 0.0)})
-    total = frame.groupby("index")[["flops", "call_s"]].transform("sum")
+    score = out.loc[m, "part"].to_numpy() == "score"
+    frame = pd.DataFrame({"call": np.cumsum(score), "flops": out.loc[m, "flops"].to_numpy(float),
+                          "call_s": np.where(score, pred[m], 0.0)})  # a call: its score record and the parts after it
+    total = frame.groupby("call")[["flops", "call_s"]].transform("sum")
     pred[m] = np.where(total["flops"] > 0, total["call_s"] * frame["flops"] / total["flops"], 0.0)
 
 

@@ -29,16 +29,16 @@ MIN_RUN_S = 0.01
 GRIDS = {
     "full": {"gemm": {"m": [16, 64, 256, 1024, 4096, 16384], "n": [64, 320, 640, 1280, 2560, 5120],
                       "k": [64, 320, 640, 1280, 2560, 5120]},
-             "conv": {"pixels": [128, 512, 2048, 8192, 32768], "cin": [4, 128, 320, 640, 1280, 2560],
+             "conv": {"pixels": [32, 128, 512, 2048, 8192, 32768], "cin": [4, 128, 320, 640, 1280, 2560],
                       "cout": [4, 128, 320, 640, 1280]},
-             "sdpa": {"q": [64, 256, 1024, 4096, 8192], "kv": [64, 256, 1024, 4096, 8192], "d": [40, 64, 128]},
+             "sdpa": {"q": [64, 256, 1024, 4096, 8192], "kv": [64, 256, 1024, 4096, 8192], "d": [40, 64, 128, 512]},
              "memory_bytes": [2 ** e for e in range(12, 29, 2)],
-             "flop_cap": 4e9, "repeats": 3},
+             "flop_cap": 2e10, "repeats": 3},
     "quick": {"gemm": {"m": [64, 1024, 8192], "n": [320, 1280, 5120], "k": [320, 1280, 5120]},
-              "conv": {"pixels": [512, 8192], "cin": [4, 320, 1280], "cout": [4, 320, 1280]},
+              "conv": {"pixels": [32, 512, 8192], "cin": [4, 320, 1280], "cout": [4, 320, 1280]},
               "sdpa": {"q": [256, 4096], "kv": [77, 4096], "d": [64]},
               "memory_bytes": [2 ** e for e in range(12, 27, 4)],
-              "flop_cap": 1e9, "repeats": 2},
+              "flop_cap": 1e10, "repeats": 2},
 }
 MEMORY_CLASSES = ("elementwise", "softmax", "norm", "copy")
 
@@ -59,11 +59,12 @@ def best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def _rows(total_flops: float, rows: int, cap: float) -> int:
-    """Rows to time so that the call stays under ``cap`` FLOPs (the rate at that many rows stands for all)."""
+def _rows(total_flops: float, rows: int, cap: float, least: int = 1) -> int:
+    """Rows to time so that the call stays under ``cap`` FLOPs, but never fewer than ``least`` (where the rate has
+    saturated, the rate at that many rows stands for all)."""
     if total_flops <= cap:
         return rows
-    return max(1, int(rows * cap / total_flops))
+    return min(rows, max(least, int(rows * cap / total_flops)))
 
 
 def gemm_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick) -> dict:
@@ -75,7 +76,7 @@ def gemm_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick) -
         for n in grid["n"]:
             row = []
             for k in grid["k"]:
-                rows = _rows(2.0 * m * n * k, m, cap)
+                rows = _rows(2.0 * m * n * k, m, cap, least=512)
                 a = torch.randn(rows, k, device=device).to(dtype)
                 b = torch.randn(k, n, device=device).to(dtype)
                 row.append(2.0 * rows * n * k / best_seconds(lambda a=a, b=b: torch.mm(a, b), repeats))
@@ -101,12 +102,12 @@ def conv_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick) -
                 row = []
                 for cout in grid["cout"]:
                     flops = 2.0 * pixels * cin * cout * kernel * kernel
-                    px = _rows(flops, pixels, cap)
-                    side = max(1, int(math.sqrt(px)))
-                    x = torch.randn(1, cin, side, side, device=device).to(dtype)
+                    px = _rows(flops, pixels, cap, least=4096)
+                    side = max(1, round(math.sqrt(px / 2)))  # a batch of two, as classifier-free guidance runs
+                    x = torch.randn(2, cin, side, side, device=device).to(dtype)
                     w = torch.randn(cout, cin, kernel, kernel, device=device).to(dtype)
                     secs = best_seconds(lambda x=x, w=w, p=kernel // 2: F.conv2d(x, w, padding=p), repeats)
-                    row.append(2.0 * side * side * cin * cout * kernel * kernel / secs)
+                    row.append(2.0 * 2 * side * side * cin * cout * kernel * kernel / secs)
                     tick()
                 plane.append(row)
             rates.append(plane)

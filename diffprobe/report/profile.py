@@ -318,6 +318,11 @@ def roofline_sections(roof: dict | None, folder: Path) -> list[Section] | None:
                      f"{meta['date'][:10]}); the roofline is the bound, the calibrated model the prediction")
         if cal.get("caveat"):
             notes.append(f"note: {cal['caveat']}")
+        if vm:
+            notes.append("measured: this run's stage times, traced (the tracer's own cost per op included, large for "
+                         "small models); the calibrated model predicts an untraced run, so compare it with a "
+                         "--no-trace run's stages (benchmarks/predict.py does); its per-layer seconds include the "
+                         "fitted cost between operators, which the per-op clock does not see")
     elif roof.get("calibrated_note"):
         notes.append(roof["calibrated_note"])
     if roof.get("caveat"):

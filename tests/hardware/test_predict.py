@@ -62,10 +62,15 @@ def test_interpolation_and_roofline_bounds_by_hand():
 def test_a_fused_attention_call_is_shared_over_its_parts_by_flops():
     shapes = [[1, 2, 100, 10], [1, 2, 100, 10]]
     call_flops = 4.0 * 2 * 100 * 100 * 10  # 1e9 FLOP/s in the whole grid
-    ops = pd.DataFrame([_op("sdpa", 6e5, 0, shapes, [], "score"), _op("sdpa", 2e5, 0, [], [], "softmax"),
-                        _op("sdpa", 2e5, 0, shapes[:1], [], "pv")])
+    call = [_op("sdpa", 6e5, 0, shapes, [], "score"), _op("sdpa", 2e5, 0, [], [], "softmax"),
+            _op("sdpa", 2e5, 0, shapes[:1], [], "pv")]
+    for i, r in enumerate(call * 2):  # two calls, the records of each numbered one after another (as traced)
+        r["index"] = i
+    ops = pd.DataFrame([dict(r) for r in call * 2])
+    ops["index"] = range(6)
     got = predict_seconds(ops, _preset())["predicted_s"].to_numpy()
-    assert got.sum() == pytest.approx(call_flops / 1e9) and got[0] == pytest.approx(0.6 * got.sum())
+    assert got[:3].sum() == pytest.approx(call_flops / 1e9) and got[0] == pytest.approx(0.6 * got[:3].sum())
+    assert got[3:].tolist() == pytest.approx(got[:3].tolist())
 
 
 def test_operator_classes():

@@ -223,11 +223,15 @@ def test_ctrl_c_cancels_the_ray_tasks_and_keeps_every_finished_point(tmp_path):
     sides = "64,96,128,160"
     argv = [sys.executable, "-m", "diffprobe", "sweep", "--model", "tiny", "--resolutions", sides, "--steps", "2",
             "--mode", "measured", "--sample-steps", "0", "--out", str(out), "-q", "--format", "json"]
-    proc = subprocess.Popen(argv + ["--executor", "ray", "--cpus-per-point", "2"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not list(out.glob("points/*/run.json")) and proc.poll() is None:
-        time.sleep(0.05)
+    for attempt in range(2):  # a Ray instance that fails to start (a race with one just stopped) is started again
+        proc = subprocess.Popen(argv + ["--executor", "ray", "--cpus-per-point", "2"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not list(out.glob("points/*/run.json")) and proc.poll() is None:
+            time.sleep(0.05)
+        if proc.poll() is None or attempt == 1:
+            break
+        print(f"the sweep ended before any point (exit {proc.returncode}): {proc.stderr.read()[:2000]}")
     proc.send_signal(signal.SIGINT)  # Ctrl-C, with tasks still out
     rc = proc.wait(120)
     assert rc == 130, proc.stderr.read()[:3000]
