@@ -137,11 +137,10 @@ def _campaign(tmp_path, name, detector, executor, reference=None):
 
 
 @pytest.mark.slow
-def test_a_campaign_on_ray_data_equals_the_local_one(tmp_path, capsys, detector):
+def test_a_campaign_on_ray_data_equals_the_local_one(tmp_path, capsys, detector, local_ray):
     """The command end to end on the local executor (with a reference folder), then the same chunks on a Ray Data
     actor pool: the same rows and metrics."""
     import pandas as pd
-    import ray
 
     from diffprobe.run.campaign import Campaign, chunks_of, run_chunks, summarize
     from diffprobe.run.executor import Executor
@@ -163,7 +162,6 @@ def test_a_campaign_on_ray_data_equals_the_local_one(tmp_path, capsys, detector)
                         {"renormalize": True, "block": 64, "rank": 8}, str(tmp_path / "ray"), None, str(detector), True)
     items = [{"index": int(r.index), "prompt": r.prompt, "seed": int(r.seed)}
              for r in rows[rows["setting"] == "dense"].itertuples()]
-    ray.shutdown()  # the executor starts (and stops) its own local instance, as the command does
     remote = run_chunks(campaign, chunks_of(items, 4), Executor(kind="ray"), lambda *a: None)
     assert [r["setting"] for r in remote] == ["dense"] * 4 + ["threshold_0.01"] * 4 + ["dense"] * 2 + [
         "threshold_0.01"] * 2
