@@ -5,7 +5,8 @@ Each record falls in one class by its operator: ``gemm`` (linear, mm, bmm, a con
 nor 3x3, as the GEMM it is: M = output pixels, K = C_in x kernel area, N = C_out), ``conv`` (1x1 and 3x3 by output
 pixels, C_in, C_out), ``sdpa`` (a fused attention call by query tokens, key tokens and head dim; its score, softmax
 and P.V records share the call's time in proportion to their FLOPs, as the measured records do), the memory-bound
-``softmax``, ``norm``, ``copy`` and ``elementwise`` by the bytes they move, and ``view`` (moves nothing: the dispatch
+``softmax``, ``norm``, ``copy``, ``activation`` (silu, gelu, exp and their kind) and ``elementwise`` by the bytes
+they move, and ``view`` (moves nothing: the dispatch
 cost alone). A compute class's time is its FLOPs over the rate interpolated in the measured grid (log-linear in every
 axis); outside the grid the rate of the nearest edge is taken, bounded by the roofline: never above the preset's
 peak, never faster than its bytes at the measured bandwidth. No op is predicted faster than the cheapest op measured
@@ -21,6 +22,8 @@ import pandas as pd
 from diffprobe.analyses.breakdown import with_bytes
 
 GEMM_OPS = ("linear", "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.matmul")
+ACTIVATION_OPS = ("silu", "gelu", "sigmoid", "tanh", "exp", "log", "sin", "cos", "erf", "sqrt", "rsqrt", "pow",
+                  "softplus", "mish", "elu")
 COPY_OPS = ("aten.cat", "aten.contiguous", "aten.clone", "aten.copy_", "aten.to", "aten._to_copy", "aten.upsample",
             "aten.pad", "aten.constant_pad", "aten.index", "aten.stack")
 
@@ -40,6 +43,9 @@ def op_class(op: str, flops: int, nbytes: int) -> str:
         return "norm"
     if op.startswith(COPY_OPS):
         return "copy"
+    name = op.split(".")[1] if op.count(".") >= 1 else op
+    if name.strip("_") in ACTIVATION_OPS:  # silu, silu_ (in place), _softplus ...
+        return "activation"
     return "elementwise"
 
 
@@ -100,10 +106,11 @@ def predict_seconds(ops: pd.DataFrame, preset) -> pd.DataFrame:
                   np.asarray(cal["memory"]["elementwise"], dtype=float)[0, 1])
     flops = out["flops"].to_numpy(float)
     _compute(out, classes, cal, flops, pred)
-    for cls in ("softmax", "norm", "copy", "elementwise"):
+    for cls in ("softmax", "norm", "copy", "elementwise", "activation"):
         m = classes == cls
-        if m.any():
-            pred[m] = _memory_seconds(cal["memory"][cls], out.loc[m, "bytes"].to_numpy())
+        if m.any():  # a calibration made before the activation class prices it as elementwise
+            pred[m] = _memory_seconds(cal["memory"].get(cls, cal["memory"]["elementwise"]),
+                                      out.loc[m, "bytes"].to_numpy())
     compute = np.isin(classes, ("gemm", "conv", "sdpa"))
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(pred > 0, flops / np.where(pred > 0, pred, 1), 0)

@@ -8,8 +8,8 @@ takes at least ``MIN_RUN_S``):
 * ``conv``: FLOP/s of ``conv2d`` (3x3 and 1x1, the embedded models' kernels) over (pixels = batch x H x W, C_in,
   C_out);
 * ``sdpa``: FLOP/s of ``scaled_dot_product_attention`` over (query tokens, key tokens, head dim);
-* ``memory``: bytes/s of the memory-bound classes (elementwise, softmax, normalization, copy) over the bytes they
-  move;
+* ``memory``: bytes/s of the memory-bound classes (elementwise, activation: silu and its kind, softmax,
+  normalization, copy) over the bytes they move, each call allocating its output as a pipeline's ops do;
 * ``view_s``: the dispatch cost of an op that moves nothing (a view).
 
 A grid point whose product is too large to time cheaply is measured with fewer rows (M, pixels or batch x heads),
@@ -40,7 +40,7 @@ GRIDS = {
               "memory_bytes": [2 ** e for e in range(12, 27, 4)],
               "flop_cap": 1e10, "repeats": 2},
 }
-MEMORY_CLASSES = ("elementwise", "softmax", "norm", "copy")
+MEMORY_CLASSES = ("elementwise", "activation", "softmax", "norm", "copy")
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -148,9 +148,11 @@ def memory_curves(sizes: list[int], dtype, device: str, repeats: int, tick) -> d
     for nbytes in sizes:
         n = max(64, nbytes // (3 * itemsize))  # a + b -> c moves three tensors
         a, b = torch.randn(n, device=device).to(dtype), torch.randn(n, device=device).to(dtype)
-        c = torch.empty_like(a)
-        add_s = best_seconds(lambda a=a, b=b, c=c: torch.add(a, b, out=c), repeats)
+        # each call allocates its output, as a pipeline's ops do (fresh pages of a large output cost page faults)
+        add_s = best_seconds(lambda a=a, b=b: torch.add(a, b), repeats)
         out["elementwise"].append([3 * n * itemsize, 3 * n * itemsize / add_s])
+        act_s = best_seconds(lambda a=a: F.silu(a), repeats)  # transcendental: computes more per byte
+        out["activation"].append([2 * n * itemsize, 2 * n * itemsize / act_s])
         rows = max(1, (2 * n) // 1024)
         x = torch.randn(rows, 512, device=device).to(dtype)
         moved = 2 * x.numel() * itemsize
@@ -158,7 +160,7 @@ def memory_curves(sizes: list[int], dtype, device: str, repeats: int, tick) -> d
         g = torch.randn(1, 32, max(1, x.numel() // 32), device=device).to(dtype)
         out["norm"].append([moved, moved / best_seconds(lambda g=g: F.group_norm(g, 32), repeats)])
         out["copy"].append([moved, moved / best_seconds(lambda x=x: x.clone(), repeats)])
-        tick(4)
+        tick(len(MEMORY_CLASSES))
     return out
 
 

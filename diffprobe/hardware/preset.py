@@ -101,7 +101,7 @@ def check_calibration(cal, origin: str) -> dict:
         if not ok:
             raise DiffprobeError(f"{bad}.{name}: needs increasing axes {', '.join(axes)} and a positive "
                                  "flops_per_s grid of their lengths")
-    for cls in ("elementwise", "softmax", "norm", "copy"):
+    for cls in ("elementwise", "softmax", "norm", "copy", *(("activation",) if "activation" in cal["memory"] else ())):
         try:
             pts = np.asarray(cal["memory"][cls], dtype=float)
             ok = pts.ndim == 2 and pts.shape[1] == 2 and len(pts) >= 1 and np.all(pts > 0) and np.all(np.isfinite(pts))

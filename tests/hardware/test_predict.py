@@ -77,8 +77,10 @@ def test_operator_classes():
     assert [op_class(o, f, b) for o, f, b in [
         ("aten.linear.default", 1, 1), ("aten.bmm.default", 1, 1), ("aten.conv2d.default", 1, 1), ("sdpa", 1, 1),
         ("aten._softmax.default", 1, 1), ("aten.group_norm.default", 1, 1), ("aten.cat.default", 0, 8),
-        ("aten.silu.default", 1, 8), ("aten.transpose.int", 0, 0)]] == [
-        "gemm", "gemm", "conv", "sdpa", "softmax", "norm", "copy", "elementwise", "view"]
+        ("aten.silu.default", 1, 8), ("aten.silu_.default", 1, 8), ("aten.logical_not.default", 1, 8),
+        ("aten.add.Tensor", 1, 8), ("aten.transpose.int", 0, 0)]] == [
+        "gemm", "gemm", "conv", "sdpa", "softmax", "norm", "copy", "activation", "activation", "elementwise",
+        "elementwise", "view"]
 
 
 def test_calibration_round_trips_through_a_preset_file(tmp_path):
