@@ -16,8 +16,11 @@
 #      dense (target >= 1.3x) for SD 1.5 at 1024 and 2048 px and SDXL at 2048 px, fp16; a call's cost breakdown at
 #      4096 tokens (predictor -> block index, eager and compiled, against the dense call: target <= 10%); the token
 #      count where block-sparse starts to win per head shape (2048-16384 tokens, 25% kept)
-# `bash benchmarks/gpu_check.sh timing` runs step 6 alone (about 7 minutes), `sparse` step 7 alone; no argument
-# runs steps 1-5.
+#   8. the calibrated model on the GPU (`bash benchmarks/gpu_check.sh predict`, about 8 minutes): calibrate on the
+#      device in fp16 (`diffprobe hardware calibrate --quick --device cuda`), then predict the GPU runs of
+#      benchmarks/predict.py measured there (per stage and run total, the roofline's error beside)
+# `bash benchmarks/gpu_check.sh timing` runs step 6 alone (about 7 minutes), `sparse` step 7 alone, `predict` step 8
+# alone; no argument runs steps 1-5.
 # Profile and approx results are packed into profiles.tgz. Every step has its own time limit, so one that hangs or
 # fails leaves the others' results.
 set -u
@@ -41,6 +44,16 @@ if [ "${1:-}" = "timing" ]; then
       | tee "$OUT/gpu_timing_$1_$2.txt"
     echo "$1 $2: exit ${PIPESTATUS[0]} $(grep -v -i warn "$OUT/gpu_timing_$1_$2.err" | tail -c 300)"
   done
+  exit 0
+fi
+
+if [ "${1:-}" = "predict" ]; then
+  echo "== 8. the calibrated model on the GPU: calibrate (fp16) and predict measured GPU runs"
+  timeout 560 python3 benchmarks/predict.py --quick --device cuda --dtype float16 \
+    --runs sd15-512,sd21-base-512,sdxl-512,tiny-pixart,tiny-flux >"$OUT/predict_gpu.json" 2>"$OUT/predict_gpu.err"
+  echo "predict: exit $? $(grep -v -i warn "$OUT/predict_gpu.err" | tail -c 300)"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d.get('worst')), d.get('targets_met'))" \
+    "$OUT/predict_gpu.json" 2>/dev/null
   exit 0
 fi
 

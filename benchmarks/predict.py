@@ -45,9 +45,12 @@ def size(side) -> list[str]:
     return [] if side is None else ["--height", str(side), "--width", str(side)]
 
 
+DEVICE: list[str] = []  # --device/--dtype of every run (empty: the CPU in fp32)
+
+
 def one_run(name: str, preset: str, tmp: Path, earlier: dict | None = None) -> dict:
     model, side, steps = RUNS[name]
-    common = ["--model", model, *size(side), "--steps", str(steps)]
+    common = ["--model", model, *size(side), "--steps", str(steps), *DEVICE]
     roof = cli("profile", *common, "--mode", "analytic", "--hardware", preset,
                "--out", str(tmp / f"{name}-a"))["roofline"]
     if earlier is not None:  # the measured seconds of an earlier result (iterating on the model, not for the record)
@@ -78,7 +81,7 @@ def layer_types(preset: str, tmp: Path) -> dict:
     from diffprobe.records.runfolder import read_ops
 
     cli("profile", "--model", "sd15", "--height", "512", "--width", "512", "--steps", "2", "--sample-steps", "1",
-        "--out", str(tmp / "lt"))
+        *DEVICE, *(["--op-timer", "profiler"] if DEVICE else []), "--out", str(tmp / "lt"))
     ops = read_ops(tmp / "lt")
     ops = ops[(ops["stage"] == "denoiser") & ~ops["replayed"]]
     p = get_preset(preset)
@@ -98,10 +101,16 @@ def main() -> None:
     ap.add_argument("--preset")
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--measured", help="reuse the measured seconds of an earlier result JSON (iterating only)")
+    ap.add_argument("--device", default="cpu", help="cuda: calibrate and measure on the GPU (gpu_check.sh predict)")
+    ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
+    if args.device != "cpu" or args.dtype != "float32":
+        DEVICE.extend(["--device", args.device, "--dtype", args.dtype])
     import torch
 
-    result = {"machine": platform.node(), "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1]
+    result = {"device": args.device, "dtype": args.dtype,
+              "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
+              "machine": platform.node(), "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1]
               .split(":", 1)[1].splitlines()[0].strip(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory(prefix="diffprobe-predict-") as tmp:
@@ -110,7 +119,8 @@ def main() -> None:
         if preset is None:
             preset = str(tmp / "calibration.toml")
             t0 = time.perf_counter()
-            cli("hardware", "calibrate", *(["--quick"] if args.quick else []), "--out", preset)
+            cli("hardware", "calibrate", *(["--quick"] if args.quick else []), "--out", preset, "--device", args.device,
+                "--dtype", args.dtype)
             result["calibration_s"] = time.perf_counter() - t0
         result["level"] = "quick" if args.quick else "full"
         earlier = json.loads(Path(args.measured).read_text()) if args.measured else None

@@ -43,11 +43,22 @@ GRIDS = {
 MEMORY_CLASSES = ("elementwise", "activation", "softmax", "norm", "copy")
 
 
+_SYNC: list = []  # the device's synchronize while a CUDA calibration runs (its kernels are asynchronous)
+
+
+def _sync() -> None:
+    for sync in _SYNC:
+        sync()
+
+
 def best_seconds(fn, repeats: int) -> float:
-    """Seconds of one call of ``fn``: the best of ``repeats`` runs, each repeating it until it takes ``MIN_RUN_S``."""
+    """Seconds of one call of ``fn``: the best of ``repeats`` runs, each repeating it until it takes ``MIN_RUN_S``
+    (on CUDA, each run ends when the device has finished)."""
     fn()  # warm-up: first-touch page faults, kernel selection
+    _sync()
     t0 = time.perf_counter()
     fn()
+    _sync()
     one = max(time.perf_counter() - t0, 1e-7)
     n = max(1, min(10_000, math.ceil(MIN_RUN_S / one)))
     best = math.inf
@@ -55,6 +66,7 @@ def best_seconds(fn, repeats: int) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
+        _sync()
         best = min(best, (time.perf_counter() - t0) / n)
     return best
 
@@ -198,11 +210,16 @@ def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", 
         report("calibrating", done[0], total)
 
     started = time.perf_counter()
-    table = {"gemm": gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick),
-             "conv": conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick),
-             "sdpa": sdpa_curve(g["sdpa"], tdtype, device, g["flop_cap"], g["repeats"], tick),
-             "memory": memory_curves(g["memory_bytes"], tdtype, device, g["repeats"], tick),
-             "view_s": view_seconds(device, g["repeats"])}
+    if device.startswith("cuda"):
+        _SYNC.append(lambda: torch.cuda.synchronize(device))
+    try:
+        table = {"gemm": gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick),
+                 "conv": conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick),
+                 "sdpa": sdpa_curve(g["sdpa"], tdtype, device, g["flop_cap"], g["repeats"], tick),
+                 "memory": memory_curves(g["memory_bytes"], tdtype, device, g["repeats"], tick),
+                 "view_s": view_seconds(device, g["repeats"])}
+    finally:
+        _SYNC.clear()
     tick()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "level": level,
             "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
