@@ -6,10 +6,11 @@ import pytest
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance for the session (the executors use an instance already connected, as it is); workers
-    see the repository, so tests' own job functions import there."""
+    """One local Ray instance for the module that asks for it (the executors use an instance already connected, as
+    it is), stopped after it so its idle processes cost the other tests nothing; workers see the repository, so
+    tests' own job functions import there."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
