@@ -85,10 +85,14 @@ def _sdpa_dims(shapes: list) -> tuple[int, int, int, int]:
 
 
 def _memory_seconds(curve: list, nbytes: np.ndarray) -> np.ndarray:
-    """Seconds to move ``nbytes`` in a memory class: log-linear in the measured (bytes, bytes/s) points; below the
-    smallest, its time (the op's fixed cost); above the largest, at the largest's bandwidth."""
+    """Seconds to move ``nbytes`` in a memory class: log-linear in the measured (bytes, bytes/s) points, each time held
+    to at most the time of every larger size; below the smallest, its time (the op's fixed cost); above the largest,
+    at the largest's bandwidth."""
     pts = np.asarray(curve, dtype=float)
-    b, t = pts[:, 0], pts[:, 0] / pts[:, 1]
+    b = pts[:, 0]
+    # moving fewer bytes never takes longer: a small size measured slow (a thread pool woken late on a busy machine)
+    # is held to the time of the larger sizes
+    t = np.minimum.accumulate((pts[:, 0] / pts[:, 1])[::-1])[::-1]
     x = np.clip(nbytes.astype(float), 1.0, None)
     inside = np.exp(np.interp(np.log(x), np.log(b), np.log(t)))
     return np.where(x < b[0], t[0], np.where(x > b[-1], x / pts[-1, 1], inside))
@@ -175,11 +179,12 @@ def _sum(frame: pd.DataFrame, key: str) -> dict:
 
 
 def calibrated_summary(ops: pd.DataFrame, preset, seconds: dict | None) -> dict:
-    """The calibrated prediction of one run: total, by stage and layer type and class, and (measured runs) its
-    error per stage and layer type against the measured seconds (``error`` = predicted / measured - 1)."""
+    """The calibrated prediction of one run: total, by stage, layer type, class and (per stage) level, and (measured
+    runs) its error per stage and layer type against the measured seconds (``error`` = predicted / measured - 1)."""
     pred = predict_seconds(ops, preset)
     result = {"total_s": float(pred["predicted_s"].sum()), "by_stage": _sum(pred, "stage"),
               "by_layer_type": _sum(pred, "layer_type"), "by_class": _sum(pred, "op_class"),
+              "by_stage_level": {s: _sum(g, "level") for s, g in pred.groupby("stage", sort=False)},
               "calibration": dict(preset.calibration["meta"])}
     if seconds:
         def row(p, m):

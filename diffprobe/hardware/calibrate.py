@@ -54,8 +54,12 @@ def _sync() -> None:
 def best_seconds(fn, repeats: int) -> float:
     """Seconds of one call of ``fn``: the best of ``repeats`` runs, each repeating it until it takes ``MIN_RUN_S``
     (on CUDA, each run ends when the device has finished)."""
-    fn()  # warm-up: first-touch page faults, kernel selection
-    _sync()
+    start = time.perf_counter()
+    calls = 0
+    while calls < 2 or time.perf_counter() - start < MIN_RUN_S:  # warm-up: page faults, kernel selection, and the
+        fn()  # thread pool awake as in a pipeline (a pool that has gone to sleep takes milliseconds to wake)
+        _sync()
+        calls += 1
     t0 = time.perf_counter()
     fn()
     _sync()

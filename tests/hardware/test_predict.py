@@ -59,6 +59,16 @@ def test_interpolation_and_roofline_bounds_by_hand():
     assert got == pytest.approx(want, rel=1e-9)
 
 
+def test_a_memory_curve_never_prices_fewer_bytes_slower():
+    """A small size measured slow (8 ms for 4 kB: a thread pool woken late) is held to the larger sizes' time."""
+    cal = copy.deepcopy(_preset().calibration)
+    cal["memory"]["norm"] = [[4096, 4096 / 8e-3], [65536, 65536 / 1e-5], [1048576, 1048576 / 1e-4]]
+    ops = pd.DataFrame([_op("aten.group_norm.default", 1, 4096, [[1]], [[1]]),
+                        _op("aten.group_norm.default", 1, 2 ** 20, [[1]], [[1]])])
+    # 4 kB: held to 64 kB's 1e-5 s; 1 MiB: its 1e-4 s, bounded by the preset's bandwidth (2^20 / 1e10 s)
+    assert predict_seconds(ops, _preset(cal))["predicted_s"].tolist() == pytest.approx([1e-5, 2 ** 20 / 1e10])
+
+
 def test_a_fused_attention_call_is_shared_over_its_parts_by_flops():
     shapes = [[1, 2, 100, 10], [1, 2, 100, 10]]
     call_flops = 4.0 * 2 * 100 * 100 * 10  # 1e9 FLOP/s in the whole grid
@@ -152,3 +162,5 @@ def test_a_tiny_run_is_predicted_within_a_loose_bound(tmp_path, capsys, monkeypa
     assert 0.5 < predicted["denoiser"] / measured["denoiser"] < 2.0, (predicted, measured)
     assert predicted["denoiser"] > roof["prediction"]["by_stage"]["denoiser"]  # above the bound
     assert "caveat" not in roof["calibrated"]  # calibrated here, now
+    levels = roof["calibrated"]["by_stage_level"]["denoiser"]
+    assert sum(levels.values()) == pytest.approx(predicted["denoiser"]) and len(levels) > 1
