@@ -132,8 +132,8 @@ def test_another_machine_is_flagged():
 @pytest.mark.slow
 def test_a_tiny_run_is_predicted_within_a_loose_bound(tmp_path, capsys, monkeypatch):
     """A small calibration of this machine (overhead fitted on tiny), then tiny-pixart (another architecture):
-    its analytic records priced by the calibrated model against its untraced measured run, within a factor of two
-    (the tight targets live in benchmarks/predict.py)."""
+    its analytic records priced by the calibrated model against its untraced measured run, within a factor of three
+    where the roofline is a hundred times off (the tight targets live in benchmarks/predict.py)."""
     import json
 
     import diffprobe.hardware.calibrate as cal_mod
@@ -159,7 +159,8 @@ def test_a_tiny_run_is_predicted_within_a_loose_bound(tmp_path, capsys, monkeypa
                  str(tmp_path / "m")]) == 0
     measured = json.loads(capsys.readouterr().out)["stages"]
     predicted = roof["calibrated"]["by_stage"]
-    assert 0.5 < predicted["denoiser"] / measured["denoiser"] < 2.0, (predicted, measured)
+    assert 1 / 3 < predicted["denoiser"] / measured["denoiser"] < 3.0, (predicted, measured)
+    assert roof["prediction"]["by_stage"]["denoiser"] / measured["denoiser"] < 0.1  # the bound, far below
     assert predicted["denoiser"] > roof["prediction"]["by_stage"]["denoiser"]  # above the bound
     assert "caveat" not in roof["calibrated"]  # calibrated here, now
     levels = roof["calibrated"]["by_stage_level"]["denoiser"]
