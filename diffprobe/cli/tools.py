@@ -85,6 +85,7 @@ def hardware_calibrate(
 
     from diffprobe.hardware.measure import this_cpu
     from diffprobe.hardware.preset import from_dict, to_toml
+    from diffprobe.records.runfolder import atomic_write
     from diffprobe.run.calibration import calibrate_machine
 
     if dtype not in ("float32", "float16", "bfloat16"):
@@ -108,7 +109,7 @@ def hardware_calibrate(
     from_dict(preset, str(path))  # what is written reads back
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(to_toml(preset), encoding="utf-8")
+        atomic_write(path, lambda tmp: Path(tmp).write_text(to_toml(preset), encoding="utf-8"))
     except OSError as exc:
         raise DiffprobeError(f"cannot write --out {path}: {exc.strerror or exc}") from None
     if fmt is Format.json:

@@ -33,13 +33,6 @@ class SweepFolder:
         self.required = required
 
     @property
-    def path(self) -> Path:
-        """The folder on this machine (a path folder only)."""
-        if self.store.local is None:
-            raise DiffprobeError(f"internal: {self.store.location} is not a local folder")
-        return self.store.local
-
-    @property
     def url(self) -> str:
         return self.store.url()
 
@@ -78,10 +71,6 @@ class SweepFolder:
     def close(self) -> None:
         """Release the folder's lock."""
         self.store.unlock()
-
-    def point_dir(self, name: str) -> Path:
-        """A point's folder on this machine (a path folder only)."""
-        return self.path / "points" / name
 
     def finished(self, name: str) -> bool:
         rel = f"points/{name}"

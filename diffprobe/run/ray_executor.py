@@ -167,5 +167,9 @@ def _drive(folder, todo, executor, progress, stage, total, done, on_error, say) 
     except BaseException:  # Ctrl-C, SIGTERM or a failure without on_error: nothing more runs
         for ref in pending:
             ray.cancel(ref, force=True)
+        try:  # until the cancelled tasks have ended: none writes a staging folder after the driver cleans up
+            ray.wait(list(pending), num_returns=len(pending), timeout=10)
+        except Exception:  # noqa: BLE001 - cleaning up after an interruption; the interruption is what goes up
+            pass
         raise
     progress(stage, total, total, "done")
