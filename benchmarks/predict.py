@@ -4,11 +4,14 @@
    fitted on ``tiny``, which is not predicted here).
 2. For each run below: the analytic records priced by the calibrated model and by the roofline (``profile --mode
    analytic --hardware PRESET``), against the stage times of an untraced measured run of the same configuration
-   (``--no-trace --sample-steps 0``: every step executed; the tracer's own cost left out). Per stage (denoiser, VAE
-   decoder, text encoders) and the run total (the stages' sum): predicted / measured - 1.
-3. Per layer type with at least 5% of the denoiser's time: SD 1.5 at 512 px traced for one step; each record's
-   operator time (the clock marks around it) against the model's price of the same record, its overhead between
-   operators left out (the marks do not see it either).
+   (``--no-trace --sample-steps 0 --warmup 1``: every step executed, the tracer's own cost left out, after one
+   run of the pipeline: the steady state the model predicts, not the first call's one-time costs; the tiny models'
+   milliseconds the median of five runs). Per stage (denoiser, VAE decoder, text encoders) and the run total (the
+   stages' sum): predicted / measured - 1.
+3. Per layer type with at least 5% of the denoiser's time: SD 1.5 at 512 px traced for one step (after a warm-up
+   run); each record's operator time (the clock marks around it) against the model's price of the same record, its
+   overhead between operators left out (the marks do not see it either); likewise per operator class of each stage
+   (``classes_sd15_512``: where the model misses).
 
     python benchmarks/predict.py [--quick] [--preset FILE (skip calibrating)] [--runs sd15-256,...]
 
@@ -48,6 +51,30 @@ def size(side) -> list[str]:
 DEVICE: list[str] = []  # --device/--dtype of every run (empty: the CPU in fp32)
 
 
+def speed_probe() -> float:
+    """GFLOP/s of a fixed 3x3 convolution and GEMM (the median of five calls each; CPU): taken before the calibration
+    and before each measured run, so a shared machine's drift between them is seen beside each error (not used in
+    any prediction)."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    x, w = torch.randn(2, 320, 64, 64), torch.randn(320, 320, 3, 3)
+    a, b = torch.randn(4096, 1280), torch.randn(1280, 1280)
+    rates = []
+    for fn, flops in ((lambda: F.conv2d(x, w, padding=1), 2.0 * 8192 * 320 * 320 * 9),
+                      (lambda: a @ b, 2.0 * 4096 * 1280 ** 2)):
+        fn()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        rates.append(flops / statistics.median(times) / 1e9)
+    return sum(rates) / len(rates)
+
+
 def one_run(name: str, preset: str, tmp: Path, earlier: dict | None = None) -> dict:
     model, side, steps = RUNS[name]
     common = ["--model", model, *size(side), "--steps", str(steps), *DEVICE]
@@ -56,7 +83,9 @@ def one_run(name: str, preset: str, tmp: Path, earlier: dict | None = None) -> d
     if earlier is not None:  # the measured seconds of an earlier result (iterating on the model, not for the record)
         stages = {s: v["measured_s"] for s, v in earlier["runs"][name]["stages"].items()}
     else:
-        measured = cli("profile", *common, "--sample-steps", "0", "--no-trace",
+        probe = speed_probe()
+        repeat = ["--repeat", "5"] if model.startswith("tiny") else []  # milliseconds: the median of five
+        measured = cli("profile", *common, "--sample-steps", "0", "--no-trace", "--warmup", "1", *repeat,
                        "--out", str(tmp / f"{name}-m"))["stages"]
         stages = {("pipeline" if k == "other" else k): v for k, v in measured.items() if k not in ("total", "tokenize")}
     cal, bound = roof["calibrated"]["by_stage"], roof["prediction"]["by_stage"]
@@ -67,32 +96,40 @@ def one_run(name: str, preset: str, tmp: Path, earlier: dict | None = None) -> d
     total_c = sum(cal.get(s, 0.0) for s in stages)
     total_r = sum(bound.get(s, 0.0) for s in stages)
     return {"model": model, "side": side, "steps": steps, "stages": rows,
+            **({"speed_probe_gflops": probe} if earlier is None else {}),
             "total": {"measured_s": total_m, "calibrated_s": total_c, "roofline_s": total_r,
                       "error": total_c / total_m - 1, "roofline_error": total_r / total_m - 1}}
 
 
-def layer_types(preset: str, tmp: Path) -> dict:
-    """SD 1.5 at 512 px, one step traced: each denoiser layer type's operator time against the model's price."""
+def traced(preset: str, tmp: Path) -> tuple[dict, dict]:
+    """SD 1.5 at 512 px, one step traced: each denoiser layer type's operator time against the model's price, and
+    each stage's operator classes likewise (where the model misses, by class)."""
     import pandas as pd
 
     sys.path.insert(0, str(ROOT))
-    from diffprobe.analyses.predict import predict_seconds
+    from diffprobe.analyses.predict import overhead_per_record, predict_seconds
     from diffprobe.hardware.presets import get_preset
     from diffprobe.records.runfolder import read_ops
 
     cli("profile", "--model", "sd15", "--height", "512", "--width", "512", "--steps", "2", "--sample-steps", "1",
-        *DEVICE, *(["--op-timer", "profiler"] if DEVICE else []), "--out", str(tmp / "lt"))
+        "--warmup", "1", *DEVICE, *(["--op-timer", "profiler"] if DEVICE else []), "--out", str(tmp / "lt"))
     ops = read_ops(tmp / "lt")
-    ops = ops[(ops["stage"] == "denoiser") & ~ops["replayed"]]
     p = get_preset(preset)
-    pred = predict_seconds(ops, p)
-    pred["work_s"] = pred["predicted_s"] - p.calibration["overhead_s"].get("denoiser", 0.0)
-    by = pd.DataFrame({"measured_s": pred.groupby("layer_type")["time_s"].sum(),
-                       "calibrated_s": pred.groupby("layer_type")["work_s"].sum()})
-    by["share"] = by["measured_s"] / by["measured_s"].sum()
-    by["error"] = by["calibrated_s"] / by["measured_s"] - 1
-    big = by[by["share"] >= 0.05].sort_values("share", ascending=False)
-    return {t: {k: float(v) for k, v in r.items()} for t, r in big.iterrows()}
+    pred = predict_seconds(ops[~ops["replayed"]], p)
+    pred["work_s"] = pred["predicted_s"] - overhead_per_record(pred, p.calibration)
+
+    def compare(frame: pd.DataFrame, key: str, least: float) -> dict:
+        by = pd.DataFrame({"measured_s": frame.groupby(key)["time_s"].sum(),
+                           "calibrated_s": frame.groupby(key)["work_s"].sum()})
+        by["share"] = by["measured_s"] / by["measured_s"].sum()
+        by["error"] = by["calibrated_s"] / by["measured_s"] - 1
+        big = by[by["share"] >= least].sort_values("share", ascending=False)
+        return {t: {k: float(v) for k, v in r.items()} for t, r in big.iterrows()}
+
+    layer = compare(pred[pred["stage"] == "denoiser"], "layer_type", 0.05)
+    classes = {s: compare(g, "op_class", 0.01) for s, g in pred.groupby("stage")
+               if s in ("denoiser", "vae_decoder", "text_encoder")}
+    return layer, classes
 
 
 def main() -> None:
@@ -101,6 +138,7 @@ def main() -> None:
     ap.add_argument("--preset")
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--measured", help="reuse the measured seconds of an earlier result JSON (iterating only)")
+    ap.add_argument("--keep-preset", help="copy the calibrated preset here (to share or reuse with --preset)")
     ap.add_argument("--device", default="cpu", help="cuda: calibrate and measure on the GPU (gpu_check.sh predict)")
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
@@ -118,15 +156,18 @@ def main() -> None:
         preset = args.preset
         if preset is None:
             preset = str(tmp / "calibration.toml")
+            result["speed_probe_gflops"] = speed_probe()
             t0 = time.perf_counter()
             cli("hardware", "calibrate", *(["--quick"] if args.quick else []), "--out", preset, "--device", args.device,
                 "--dtype", args.dtype)
             result["calibration_s"] = time.perf_counter() - t0
+            if args.keep_preset:
+                Path(args.keep_preset).write_text(Path(preset).read_text())
         result["level"] = "quick" if args.quick else "full"
         earlier = json.loads(Path(args.measured).read_text()) if args.measured else None
         result["measured_from"] = args.measured
         result["runs"] = {name: one_run(name, preset, tmp, earlier) for name in args.runs.split(",")}
-        result["layer_types_sd15_512"] = layer_types(preset, tmp)
+        result["layer_types_sd15_512"], result["classes_sd15_512"] = traced(preset, tmp)
     worst = {"denoiser": max(abs(r["stages"]["denoiser"]["error"]) for r in result["runs"].values()),
              "total": max(abs(r["total"]["error"]) for r in result["runs"].values()),
              "other": max(abs(s["error"]) for r in result["runs"].values() for n, s in r["stages"].items()

@@ -6,12 +6,14 @@ nor 3x3, as the GEMM it is: M = output pixels, K = C_in x kernel area, N = C_out
 pixels, C_in, C_out), ``sdpa`` (a fused attention call by query tokens, key tokens and head dim; its score, softmax
 and P.V records share the call's time in proportion to their FLOPs, as the measured records do), the memory-bound
 ``softmax``, ``norm``, ``copy``, ``activation`` (silu, gelu, exp and their kind) and ``elementwise`` by the bytes
-they move, and ``view`` (moves nothing: the dispatch
-cost alone). A compute class's time is its FLOPs over the rate interpolated in the measured grid (log-linear in every
-axis); outside the grid the rate of the nearest edge is taken, bounded by the roofline: never above the preset's
-peak, never faster than its bytes at the measured bandwidth. No op is predicted faster than the cheapest op measured
-(its dispatch cost). Each record then carries its stage's fitted ``overhead_s``, the time a pipeline spends
-between its operators (Python, hooks; :mod:`diffprobe.run.calibration`).
+they move (an output beyond ``fresh_pages_bytes`` by the ``memory_fresh`` curves: new pages, faulted in), and
+``view`` (moves nothing: the dispatch cost alone). A compute class's time is its FLOPs over the rate interpolated
+in the measured grid (log-linear in every axis); outside the grid the rate of the nearest edge is taken, bounded by
+the roofline: never above the preset's peak, never faster than its bytes at the measured bandwidth. No op is
+predicted faster than the cheapest op measured (its dispatch cost). Each record then carries its stage's fitted
+``overhead_s``, the time a pipeline spends between its operators (Python, hooks; :mod:`diffprobe.run.calibration`);
+a denoiser's records their component's (``denoiser_overhead_s``: a UNet's and a transformer's differ) where it was
+fitted.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from diffprobe.analyses.breakdown import with_bytes
+from diffprobe.hardware.calibrate import highest_rates
 
 GEMM_OPS = ("linear", "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.matmul")
 ACTIVATION_OPS = ("silu", "gelu", "sigmoid", "tanh", "exp", "log", "sin", "cos", "erf", "sqrt", "rsqrt", "pow",
@@ -84,10 +87,11 @@ def _sdpa_dims(shapes: list) -> tuple[int, int, int, int]:
     return int(np.prod(q[:-2])) if len(q) > 2 else 1, q[-2], k[-2], q[-1]
 
 
-def _memory_seconds(curve: list, nbytes: np.ndarray) -> np.ndarray:
+def _memory_seconds(curve: list, nbytes: np.ndarray, fixed_below: bool = True) -> np.ndarray:
     """Seconds to move ``nbytes`` in a memory class: log-linear in the measured (bytes, bytes/s) points, each time held
-    to at most the time of every larger size; below the smallest, its time (the op's fixed cost); above the largest,
-    at the largest's bandwidth."""
+    to at most the time of every larger size; below the smallest, its time (the op's fixed cost; ``fixed_below``
+    false: at its bandwidth, for the curves of fresh outputs, whose smallest size is large); above the largest, at the
+    largest's bandwidth."""
     pts = np.asarray(curve, dtype=float)
     b = pts[:, 0]
     # moving fewer bytes never takes longer: a small size measured slow (a thread pool woken late on a busy machine)
@@ -95,7 +99,8 @@ def _memory_seconds(curve: list, nbytes: np.ndarray) -> np.ndarray:
     t = np.minimum.accumulate((pts[:, 0] / pts[:, 1])[::-1])[::-1]
     x = np.clip(nbytes.astype(float), 1.0, None)
     inside = np.exp(np.interp(np.log(x), np.log(b), np.log(t)))
-    return np.where(x < b[0], t[0], np.where(x > b[-1], x / pts[-1, 1], inside))
+    below = t[0] if fixed_below else x * t[0] / b[0]
+    return np.where(x < b[0], below, np.where(x > b[-1], x / pts[-1, 1], inside))
 
 
 def predict_seconds(ops: pd.DataFrame, preset) -> pd.DataFrame:
@@ -105,30 +110,49 @@ def predict_seconds(ops: pd.DataFrame, preset) -> pd.DataFrame:
     classes = np.array([op_class(o, f, b) for o, f, b in zip(out["op"], out["flops"], out["bytes"], strict=True)])
     out["op_class"] = classes
     pred = np.zeros(len(out))
-    peak = out["dtype"].map(preset.peak_flops).fillna(preset.peak("float32")).to_numpy(float)
+    highest_flops, highest_moved = highest_rates(cal)  # a ceiling measured below the curves is none for them
+    peak = np.maximum(out["dtype"].map(preset.peak_flops).fillna(preset.peak("float32")).to_numpy(float),
+                      highest_flops)
+    bandwidth = max(preset.memory_bandwidth, highest_moved)
     floor = float(np.asarray(cal["memory"]["elementwise"], dtype=float)[0, 0] /
                   np.asarray(cal["memory"]["elementwise"], dtype=float)[0, 1])
     flops = out["flops"].to_numpy(float)
     _compute(out, classes, cal, flops, pred)
+    nbytes = out["bytes"].to_numpy(float)
+    # an output beyond fresh_pages_bytes is new pages each call (on the CPU), priced by its own curves
+    in_place = out["op"].str.split(".").str[1].fillna("").str.endswith("_").to_numpy()  # writes no new output
+    fresh = (out["bytes_written"].to_numpy(float) >= cal["meta"].get("fresh_pages_bytes", np.inf)) & ~in_place
     for cls in ("softmax", "norm", "copy", "elementwise", "activation"):
-        m = classes == cls
-        if m.any():  # a calibration made before the activation class prices it as elementwise
-            pred[m] = _memory_seconds(cal["memory"].get(cls, cal["memory"]["elementwise"]),
-                                      out.loc[m, "bytes"].to_numpy())
+        for curves, m in ((cal["memory"], (classes == cls) & ~fresh),
+                          (cal.get("memory_fresh") or cal["memory"], (classes == cls) & fresh)):
+            if m.any():  # a calibration made before the activation class prices it as elementwise
+                pred[m] = _memory_seconds(curves.get(cls, curves["elementwise"]), nbytes[m],
+                                          fixed_below=curves is cal["memory"])
     compute = np.isin(classes, ("gemm", "conv", "sdpa"))
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(pred > 0, flops / np.where(pred > 0, pred, 1), 0)
     over = compute & (rate > peak)  # never above the roofline
     pred[over] = flops[over] / peak[over]
-    pred = np.maximum(pred, out["bytes"].to_numpy(float) / preset.memory_bandwidth)
+    pred = np.maximum(pred, out["bytes"].to_numpy(float) / bandwidth)
     pred[classes == "view"] = cal["view_s"]
     pred[classes != "view"] = np.maximum(pred[classes != "view"], floor)
     _share_sdpa(out, classes, pred)
-    overhead = cal.get("overhead_s") or {}  # the fitted cost between operators, per record of each stage
-    if overhead:
-        pred = pred + out["stage"].map(overhead).fillna(overhead.get("denoiser", 0.0)).to_numpy(float)
-    out["predicted_s"] = pred
+    out["predicted_s"] = pred + overhead_per_record(out, cal)
     return out
+
+
+def overhead_per_record(ops: pd.DataFrame, cal: dict) -> np.ndarray:
+    """Each record's share of the fitted cost between operators: its stage's ``overhead_s``; in the denoiser, its
+    component's (``denoiser_overhead_s``: ``unet``, ``transformer``, by the record's module path) where fitted."""
+    overhead = cal.get("overhead_s") or {}
+    per = np.array(ops["stage"].map(overhead).fillna(overhead.get("denoiser", 0.0)), dtype=float)
+    components = cal.get("denoiser_overhead_s") or {}
+    if components:
+        root = ops["module"].fillna("").astype(str).str.split(".", n=1).str[0]
+        fitted = root.map(components)
+        mask = (ops["stage"] == "denoiser").to_numpy() & fitted.notna().to_numpy()
+        per[mask] = fitted.to_numpy(float)[mask]
+    return per
 
 
 def _compute(out: pd.DataFrame, classes: np.ndarray, cal: dict, flops: np.ndarray, pred: np.ndarray) -> None:

@@ -287,6 +287,8 @@ def cpp_module():
     """The C++ extension, built once per machine kind and torch version (g++, a few seconds to half a minute),
     then loaded from the diffprobe cache folder."""
     import hashlib
+    import os
+    import shutil
     from importlib import resources
     from importlib.resources import as_file
 
@@ -302,9 +304,16 @@ def cpp_module():
     key = hashlib.sha256(src.read_bytes() + f"{torch.__version__} {cap} {flags}".encode()).hexdigest()[:12]
     build = cache_dir() / f"cpp-block-sparse-{key}"
     build.mkdir(parents=True, exist_ok=True)
-    with as_file(src) as path:
-        return load(name=f"diffprobe_block_sparse_{key}", sources=[str(path)], extra_cflags=flags,
-                    extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
+    # built from a copy in the cache folder: ninja rebuilds when a source's path changes, so another checkout or
+    # install of the same source (same key) would otherwise rebuild a library already there
+    copy = build / "block_sparse.cpp"
+    if not copy.exists() or copy.read_bytes() != src.read_bytes():
+        with as_file(src) as path:
+            tmp = build / f".block_sparse.{os.getpid()}.cpp"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, copy)
+    return load(name=f"diffprobe_block_sparse_{key}", sources=[str(copy)], extra_cflags=flags,
+                extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
 
 
 def kv_block_lists(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,6 +83,7 @@ def hardware_calibrate(
     import datetime
     from pathlib import Path
 
+    from diffprobe.hardware.calibrate import highest_rates
     from diffprobe.hardware.measure import this_cpu
     from diffprobe.hardware.preset import from_dict, to_toml
     from diffprobe.records.runfolder import atomic_write
@@ -102,6 +103,9 @@ def hardware_calibrate(
         table = calibrate_machine("quick" if quick else "full", dtype, device, base, callback)
     meta = table["meta"]
     meta["command_s"] = time.perf_counter() - started  # the curves, this-cpu's ceilings and the overhead fit
+    flops, moved = highest_rates(table)  # the ceilings hold the rates measured under them
+    base["peak_flops"][dtype] = max(base["peak_flops"][dtype], flops)
+    base["memory_bandwidth"] = max(base["memory_bandwidth"], moved)
     preset = {**base, "name": f"calibrated-{meta['date'][:10]}", "title": f"{meta['cpu']} ({meta['threads']} "
               f"threads, {meta['cpu_capability']}), calibrated {meta['date'][:10]}",
               "source": f"{base['source']}; calibrated by `diffprobe hardware calibrate"

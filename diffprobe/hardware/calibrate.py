@@ -1,16 +1,21 @@
 """``diffprobe hardware calibrate``: achieved-throughput curves of this machine for each operator class the records
 use, the data of the calibrated performance model (:mod:`diffprobe.analyses.predict`).
 
-Measured, each as the best of a few timed runs (every run long enough to time: a short op is repeated until a run
-takes at least ``MIN_RUN_S``):
+Measured, each as the median of a few timed runs (every run long enough to time: a short op is repeated until a run
+takes at least ``MIN_RUN_S``), with bias as ``nn.Linear`` and ``nn.Conv2d`` hold one:
 
-* ``gemm``: FLOP/s of ``torch.mm`` over a grid of (M, N, K);
+* ``gemm``: FLOP/s of ``F.linear`` (x @ W^T, as ``nn.Linear``) over a grid of (M, N, K);
 * ``conv``: FLOP/s of ``conv2d`` (3x3 and 1x1, the embedded models' kernels) over (pixels = batch x H x W, C_in,
   C_out);
 * ``sdpa``: FLOP/s of ``scaled_dot_product_attention`` over (query tokens, key tokens, head dim);
 * ``memory``: bytes/s of the memory-bound classes (elementwise, activation: silu and its kind, softmax,
   normalization, copy) over the bytes they move, each call allocating its output as a pipeline's ops do;
+  ``memory_fresh`` the same for outputs beyond ``fresh_pages_bytes`` (on the CPU: new pages every call);
 * ``view_s``: the dispatch cost of an op that moves nothing (a view).
+
+GEMM and convolution weights are read cold, as in a pipeline (every other layer's weights have passed through the
+caches since a layer last ran): each call takes the next of copies that together exceed twice the last-level cache
+(``weights_cold_bytes``); the activations are the same tensor every call (a pipeline's input was just written).
 
 A grid point whose product is too large to time cheaply is measured with fewer rows (M, pixels or batch x heads),
 where the achieved rate has long saturated: ``rows_capped`` says which. Every curve is per dtype and device; the
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import datetime
 import math
+import statistics
 import time
+from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
 
@@ -29,15 +36,18 @@ MIN_RUN_S = 0.01
 GRIDS = {
     "full": {"gemm": {"m": [16, 64, 256, 1024, 4096, 16384], "n": [64, 320, 640, 1280, 2560, 5120],
                       "k": [64, 320, 640, 1280, 2560, 5120]},
-             "conv": {"pixels": [32, 128, 512, 2048, 8192, 32768], "cin": [4, 128, 320, 640, 1280, 2560],
+             "conv": {"pixels": [32, 128, 512, 2048, 8192, 32768, 131072],
+                      "cin": [4, 128, 320, 640, 1280, 2560],
                       "cout": [4, 128, 320, 640, 1280]},
              "sdpa": {"q": [64, 256, 1024, 4096, 8192], "kv": [64, 256, 1024, 4096, 8192], "d": [40, 64, 128, 512]},
-             "memory_bytes": [2 ** e for e in range(12, 29, 2)],
+             # bytes moved; a third of them the output: under FRESH_PAGES_BYTES, then beyond it
+             "memory_bytes": [*(2 ** e for e in range(12, 25, 2)), 72 << 20],
+             "memory_fresh_bytes": [2 ** 27, 2 ** 28, 2 ** 29],
              "flop_cap": 2e10, "repeats": 3},
-    "quick": {"gemm": {"m": [64, 1024, 8192], "n": [320, 1280, 5120], "k": [320, 1280, 5120]},
+    "quick": {"gemm": {"m": [64, 256, 1024, 8192], "n": [320, 1280, 5120], "k": [320, 1280, 5120]},
               "conv": {"pixels": [32, 512, 8192], "cin": [4, 320, 1280], "cout": [4, 320, 1280]},
-              "sdpa": {"q": [256, 4096], "kv": [77, 4096], "d": [64]},
-              "memory_bytes": [2 ** e for e in range(12, 27, 4)],
+              "sdpa": {"q": [256, 4096], "kv": [77, 4096], "d": [40, 64, 128]},
+              "memory_bytes": [*(2 ** e for e in range(12, 25, 4)), 72 << 20], "memory_fresh_bytes": [2 ** 27, 2 ** 29],
               "flop_cap": 1e10, "repeats": 2},
 }
 MEMORY_CLASSES = ("elementwise", "activation", "softmax", "norm", "copy")
@@ -51,28 +61,29 @@ def _sync() -> None:
         sync()
 
 
-def best_seconds(fn, repeats: int) -> float:
-    """Seconds of one call of ``fn``: the best of ``repeats`` runs, each repeating it until it takes ``MIN_RUN_S``
-    (on CUDA, each run ends when the device has finished)."""
+def typical_seconds(fn, repeats: int) -> float:
+    """Seconds of one call of ``fn``: the median of ``repeats`` runs, each repeating it until it takes ``MIN_RUN_S``
+    (on CUDA, each run ends when the device has finished). The median, not the best: a pipeline meets the machine
+    as it typically is (on a shared machine the best of a few runs is several percent faster than the typical)."""
     start = time.perf_counter()
     calls = 0
-    while calls < 2 or time.perf_counter() - start < MIN_RUN_S:  # warm-up: page faults, kernel selection, and the
-        fn()  # thread pool awake as in a pipeline (a pool that has gone to sleep takes milliseconds to wake)
-        _sync()
+    while time.perf_counter() - start < MIN_RUN_S or calls < (2 if time.perf_counter() - start < 0.1 else 1):
+        fn()  # warm-up: page faults, kernel selection, and the thread pool awake as in a pipeline (a pool that has
+        _sync()  # gone to sleep takes milliseconds to wake); a call of 0.1 s or more is warm after one
         calls += 1
     t0 = time.perf_counter()
     fn()
     _sync()
     one = max(time.perf_counter() - t0, 1e-7)
     n = max(1, min(10_000, math.ceil(MIN_RUN_S / one)))
-    best = math.inf
-    for _ in range(repeats):
+    runs = [one] if n == 1 else []  # a call long enough to time alone is the first run already
+    while len(runs) < repeats:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         _sync()
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best
+        runs.append((time.perf_counter() - t0) / n)
+    return statistics.median(runs)
 
 
 def _rows(total_flops: float, rows: int, cap: float, least: int = 1) -> int:
@@ -83,50 +94,96 @@ def _rows(total_flops: float, rows: int, cap: float, least: int = 1) -> int:
     return min(rows, max(least, int(rows * cap / total_flops)))
 
 
-def gemm_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick) -> dict:
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def last_level_cache_bytes(device: str, caches: Path = CPU_CACHES) -> int:
+    """The largest cache of ``device`` (the CPU's largest level in ``caches``, sysfs; a GPU's L2), 32 MiB where it
+    cannot be read."""
     import torch
 
-    rates, capped = [], []
-    for m in grid["m"]:
-        plane = []
-        for n in grid["n"]:
-            row = []
-            for k in grid["k"]:
-                rows = _rows(2.0 * m * n * k, m, cap, least=512)
-                a = torch.randn(rows, k, device=device).to(dtype)
-                b = torch.randn(k, n, device=device).to(dtype)
-                row.append(2.0 * rows * n * k / best_seconds(lambda a=a, b=b: torch.mm(a, b), repeats))
-                if rows < m:
-                    capped.append([m, n, k, rows])
-                tick()
-            plane.append(row)
-        rates.append(plane)
-    return {"axes": ["m", "n", "k"], **{ax: list(grid[ax]) for ax in ("m", "n", "k")}, "flops_per_s": rates,
-            "rows_capped": capped}
+    if device.startswith("cuda"):
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 32 << 20)
+    sizes = []
+    for index in caches.glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+            sizes.append(int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1))
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=0) or 32 << 20
 
 
-def conv_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick) -> dict:
+def cold(shape: tuple, dtype, device: str, pool_bytes: int):
+    """A function giving another tensor of ``shape`` each call, cycling through copies that together hold at least
+    ``pool_bytes`` (the calibration: twice the last-level cache): a pipeline reads each layer's weights from memory,
+    as every other layer's weights went through the caches since (one weight reused call after call from the cache
+    would be priced too fast)."""
+    import itertools
+
+    import torch
+
+    base = torch.randn(*shape, device=device).to(dtype)
+    count = max(1, min(4096, math.ceil(pool_bytes / max(1, base.numel() * base.element_size()))))
+    copies = base.expand(count, *shape).clone().unbind(0) if count > 1 else (base,)
+    return itertools.cycle(copies).__next__
+
+
+def gemm_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick, pool_bytes: int = 0) -> dict:
     import torch
     import torch.nn.functional as F
 
+    rates = [[[0.0] * len(grid["k"]) for _ in grid["n"]] for _ in grid["m"]]
+    capped = []
+    for j, n in enumerate(grid["n"]):
+        for k_i, k in enumerate(grid["k"]):
+            weight = cold((n, k), dtype, device, pool_bytes)  # as nn.Linear holds it: x @ W^T
+            bias = torch.randn(n, device=device).to(dtype)
+            for i, m in enumerate(grid["m"]):
+                rows = _rows(2.0 * m * n * k, m, cap, least=512)
+                a = torch.randn(rows, k, device=device).to(dtype)
+                secs = typical_seconds(lambda a=a, w=weight, b=bias: F.linear(a, w(), b), repeats)
+                rates[i][j][k_i] = 2.0 * rows * n * k / secs
+                if rows < m:
+                    capped.append([m, n, k, rows])
+                tick()
+    return {"axes": ["m", "n", "k"], **{ax: list(grid[ax]) for ax in ("m", "n", "k")}, "flops_per_s": rates,
+            "rows_capped": sorted(capped)}
+
+
+def _conv_least(pixels: int, cin: int, cout: int, kernel: int, itemsize: int, spill_bytes: int, cap: float) -> int:
+    """The fewest pixels a capped convolution point is timed with: 4096; but where the point's activations (input
+    and output) exceed ``spill_bytes`` (twice the last-level cache), enough pixels that the timed ones do too, where
+    that costs at most ten caps: a convolution whose activations spill from the cache runs slower (a 1x1 one 3x
+    slower here, past 16k pixels of 128 + 256 channels)."""
+    spill = math.ceil(spill_bytes / ((cin + cout) * itemsize)) if spill_bytes else pixels + 1
+    if pixels >= spill and 2.0 * spill * cin * cout * kernel * kernel <= 10 * cap:
+        return min(pixels, max(4096, spill))
+    return 4096
+
+
+def conv_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick, pool_bytes: int = 0) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
     out = {}
     for kernel in (3, 1):
-        rates = []
-        for pixels in grid["pixels"]:
-            plane = []
-            for cin in grid["cin"]:
-                row = []
-                for cout in grid["cout"]:
+        rates = [[[0.0] * len(grid["cout"]) for _ in grid["cin"]] for _ in grid["pixels"]]
+        for j, cin in enumerate(grid["cin"]):
+            for k_i, cout in enumerate(grid["cout"]):
+                weight = cold((cout, cin, kernel, kernel), dtype, device, pool_bytes)
+                bias = torch.randn(cout, device=device).to(dtype)
+                for i, pixels in enumerate(grid["pixels"]):
                     flops = 2.0 * pixels * cin * cout * kernel * kernel
-                    px = _rows(flops, pixels, cap, least=4096)
+                    px = _rows(flops, pixels, cap, least=_conv_least(pixels, cin, cout, kernel, itemsize, pool_bytes,
+                                                                     cap))
                     side = max(1, round(math.sqrt(px / 2)))  # a batch of two, as classifier-free guidance runs
                     x = torch.randn(2, cin, side, side, device=device).to(dtype)
-                    w = torch.randn(cout, cin, kernel, kernel, device=device).to(dtype)
-                    secs = best_seconds(lambda x=x, w=w, p=kernel // 2: F.conv2d(x, w, padding=p), repeats)
-                    row.append(2.0 * 2 * side * side * cin * cout * kernel * kernel / secs)
+                    secs = typical_seconds(lambda x=x, w=weight, b=bias, p=kernel // 2: F.conv2d(x, w(), b, padding=p),
+                                           repeats)
+                    rates[i][j][k_i] = 2.0 * 2 * side * side * cin * cout * kernel * kernel / secs
                     tick()
-                plane.append(row)
-            rates.append(plane)
         out[f"k{kernel}"] = {"axes": ["pixels", "cin", "cout"], "pixels": list(grid["pixels"]),
                              "cin": list(grid["cin"]), "cout": list(grid["cout"]), "flops_per_s": rates}
     return out
@@ -146,7 +203,7 @@ def sdpa_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick) -
                 qq = torch.randn(1, bh, q, d, device=device).to(dtype)
                 kk = torch.randn(1, bh, kv, d, device=device).to(dtype)
                 vv = torch.randn(1, bh, kv, d, device=device).to(dtype)
-                secs = best_seconds(lambda q=qq, k=kk, v=vv: F.scaled_dot_product_attention(q, k, v), repeats)
+                secs = typical_seconds(lambda q=qq, k=kk, v=vv: F.scaled_dot_product_attention(q, k, v), repeats)
                 row.append(4.0 * bh * q * kv * d / secs)
                 tick()
             plane.append(row)
@@ -154,8 +211,12 @@ def sdpa_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick) -
     return {"axes": ["q", "kv", "d"], **{ax: list(grid[ax]) for ax in ("q", "kv", "d")}, "flops_per_s": rates}
 
 
+FRESH_PAGES_BYTES = 32 << 20  # glibc's largest mmap threshold (64-bit): a block this large is new pages each time
+
+
 def memory_curves(sizes: list[int], dtype, device: str, repeats: int, tick) -> dict:
-    """Bytes/s of each memory-bound class over the bytes it moves (read + written)."""
+    """Bytes/s of each memory-bound class over the bytes it moves (read + written); each call allocates its output
+    (a third of the bytes moved), as a pipeline's ops do."""
     import torch
     import torch.nn.functional as F
 
@@ -164,33 +225,55 @@ def memory_curves(sizes: list[int], dtype, device: str, repeats: int, tick) -> d
     for nbytes in sizes:
         n = max(64, nbytes // (3 * itemsize))  # a + b -> c moves three tensors
         a, b = torch.randn(n, device=device).to(dtype), torch.randn(n, device=device).to(dtype)
-        # each call allocates its output, as a pipeline's ops do (fresh pages of a large output cost page faults)
-        add_s = best_seconds(lambda a=a, b=b: torch.add(a, b), repeats)
+        add_s = typical_seconds(lambda a=a, b=b: torch.add(a, b), repeats)
         out["elementwise"].append([3 * n * itemsize, 3 * n * itemsize / add_s])
-        act_s = best_seconds(lambda a=a: F.silu(a), repeats)  # transcendental: computes more per byte
+        act_s = typical_seconds(lambda a=a: F.silu(a), repeats)  # transcendental: computes more per byte
         out["activation"].append([2 * n * itemsize, 2 * n * itemsize / act_s])
         rows = max(1, (2 * n) // 1024)
         x = torch.randn(rows, 512, device=device).to(dtype)
         moved = 2 * x.numel() * itemsize
-        out["softmax"].append([moved, moved / best_seconds(lambda x=x: torch.softmax(x, -1), repeats)])
+        out["softmax"].append([moved, moved / typical_seconds(lambda x=x: torch.softmax(x, -1), repeats)])
         g = torch.randn(1, 32, max(1, x.numel() // 32), device=device).to(dtype)
-        out["norm"].append([moved, moved / best_seconds(lambda g=g: F.group_norm(g, 32), repeats)])
-        out["copy"].append([moved, moved / best_seconds(lambda x=x: x.clone(), repeats)])
+        out["norm"].append([moved, moved / typical_seconds(lambda g=g: F.group_norm(g, 32), repeats)])
+        out["copy"].append([moved, moved / typical_seconds(lambda x=x: x.clone(), repeats)])
         tick(len(MEMORY_CLASSES))
     return out
+
+
+def _memory(g: dict, dtype, device: str, tick) -> dict:
+    """The memory curves: on the CPU two, ``memory`` (outputs under :data:`FRESH_PAGES_BYTES`, which the allocator
+    recycles) and ``memory_fresh`` (larger outputs: new pages, each faulted in on first write — 4-5x slower per byte
+    here, a cliff no interpolation across it would catch); on a GPU one (its caching allocator recycles all)."""
+    fresh = g.get("memory_fresh_bytes", [])
+    if device.startswith("cuda") or not fresh:
+        return {"memory": memory_curves([*g["memory_bytes"], *fresh], dtype, device, g["repeats"], tick)}
+    return {"memory": memory_curves(g["memory_bytes"], dtype, device, g["repeats"], tick),
+            "memory_fresh": memory_curves(fresh, dtype, device, g["repeats"], tick)}
 
 
 def view_seconds(device: str, repeats: int) -> float:
     import torch
 
     x = torch.randn(64, 64, device=device)
-    return best_seconds(lambda: x.view(4096), repeats)
+    return typical_seconds(lambda: x.view(4096), repeats)
+
+
+def highest_rates(table: dict) -> tuple[float, float]:
+    """The highest FLOP/s (GEMM, convolution, SDPA) and bytes/s (memory classes) a calibration measured: a ceiling
+    measured lower (a roofline peak timed in a slow moment of a shared machine) is no ceiling for it."""
+    import numpy as np
+
+    flops = [np.max(c["flops_per_s"]) for c in (table["gemm"], table["sdpa"], *table["conv"].values())]
+    moved = [np.max(np.asarray(pts, dtype=float)[:, 1]) for key in ("memory", "memory_fresh")
+             for pts in (table.get(key) or {}).values()]
+    return float(max(flops)), float(max(moved, default=0.0))
 
 
 def points(g: dict) -> int:
     """Measurements of a grid (for the progress bar)."""
     return (math.prod(len(v) for v in g["gemm"].values()) + 2 * math.prod(len(v) for v in g["conv"].values())
-            + math.prod(len(v) for v in g["sdpa"].values()) + len(MEMORY_CLASSES) * len(g["memory_bytes"]) + 1)
+            + math.prod(len(v) for v in g["sdpa"].values())
+            + len(MEMORY_CLASSES) * (len(g["memory_bytes"]) + len(g.get("memory_fresh_bytes", []))) + 1)
 
 
 def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", progress=None,
@@ -217,10 +300,11 @@ def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", 
     if device.startswith("cuda"):
         _SYNC.append(lambda: torch.cuda.synchronize(device))
     try:
-        table = {"gemm": gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick),
-                 "conv": conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick),
+        pool = 2 * last_level_cache_bytes(device)
+        table = {"gemm": gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool),
+                 "conv": conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool),
                  "sdpa": sdpa_curve(g["sdpa"], tdtype, device, g["flop_cap"], g["repeats"], tick),
-                 "memory": memory_curves(g["memory_bytes"], tdtype, device, g["repeats"], tick),
+                 **_memory(g, tdtype, device, tick),
                  "view_s": view_seconds(device, g["repeats"])}
     finally:
         _SYNC.clear()
@@ -229,5 +313,6 @@ def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", 
             "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": device, "dtype": dtype,
             "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "weights_cold_bytes": pool,
+            **({"fresh_pages_bytes": FRESH_PAGES_BYTES} if "memory_fresh" in table else {})}
     return {"meta": meta, **table}

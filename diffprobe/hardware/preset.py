@@ -101,18 +101,25 @@ def check_calibration(cal, origin: str) -> dict:
         if not ok:
             raise DiffprobeError(f"{bad}.{name}: needs increasing axes {', '.join(axes)} and a positive "
                                  "flops_per_s grid of their lengths")
-    for cls in ("elementwise", "softmax", "norm", "copy", *(("activation",) if "activation" in cal["memory"] else ())):
-        try:
-            pts = np.asarray(cal["memory"][cls], dtype=float)
-            ok = pts.ndim == 2 and pts.shape[1] == 2 and len(pts) >= 1 and np.all(pts > 0) and np.all(np.isfinite(pts))
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise DiffprobeError(f"{bad}.memory.{cls}: needs [bytes, bytes/s] pairs, positive")
-    overhead = cal.get("overhead_s", {})
-    if not isinstance(overhead, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-            math.isfinite(v) and v >= 0) for v in overhead.values()):
-        raise DiffprobeError(f"{bad}.overhead_s must be a table of stage = seconds per record, each 0 or more")
+    for table in ("memory", *(("memory_fresh",) if "memory_fresh" in cal else ())):
+        curves = cal[table] if isinstance(cal[table], dict) else {}
+        for cls in ("elementwise", "softmax", "norm", "copy", *(("activation",) if "activation" in curves else ())):
+            try:
+                pts = np.asarray(curves[cls], dtype=float)
+                ok = pts.ndim == 2 and pts.shape[1] == 2 and len(pts) >= 1 and np.all(pts > 0) and np.all(
+                    np.isfinite(pts))
+            except (KeyError, TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise DiffprobeError(f"{bad}.{table}.{cls}: needs [bytes, bytes/s] pairs, positive")
+    fresh = cal["meta"].get("fresh_pages_bytes", 1)
+    if isinstance(fresh, bool) or not isinstance(fresh, (int, float)) or not (math.isfinite(fresh) and fresh > 0):
+        raise DiffprobeError(f"{bad}.meta.fresh_pages_bytes must be a positive number of bytes")
+    for key, what in (("overhead_s", "stage"), ("denoiser_overhead_s", "denoiser component")):
+        overhead = cal.get(key, {})
+        if not isinstance(overhead, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                math.isfinite(v) and v >= 0) for v in overhead.values()):
+            raise DiffprobeError(f"{bad}.{key} must be a table of {what} = seconds per record, each 0 or more")
     if isinstance(cal["view_s"], bool) or not isinstance(cal["view_s"], (int, float)) or not (
             math.isfinite(cal["view_s"]) and cal["view_s"] > 0):
         raise DiffprobeError(f"{bad}.view_s must be a positive number of seconds")

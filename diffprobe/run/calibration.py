@@ -5,8 +5,9 @@ A pipeline spends time between its operators too: Python in the modules, hooks, 
 price operators measured alone; the rest is fitted per stage as seconds per record: the ``tiny`` model (the same
 diffusers classes as the UNet models, at sizes where that cost dominates) is traced analytically for its records and
 run untraced for its stage times (the median of ``repeat``), and each stage's time not explained by its records'
-predicted work, divided by its records, is that stage's ``overhead_s``. ``tiny`` is not one of the runs
-``benchmarks/predict.py`` predicts.
+predicted work, divided by its records, is that stage's ``overhead_s``. A transformer denoiser's records cost less
+between operators than a UNet's (fewer modules per operator): theirs is fitted on two tiny DiTs pooled
+(``denoiser_overhead_s``). None of the fit's models is one of the runs ``benchmarks/predict.py`` predicts.
 """
 
 from __future__ import annotations
@@ -19,27 +20,47 @@ from diffprobe.hardware.preset import from_dict
 from diffprobe.run.profile import ProfileConfig, run_profile
 
 FIT = {"model": "tiny", "height": 128, "width": 128, "steps": 4}
+TRANSFORMER_FITS = ("tiny-sd3", "tiny-sana")  # DiTs at their tiny size; neither is predicted by benchmarks/predict.py
 
 
-def fit_overhead(table: dict, base: dict, repeat: int = 5) -> dict:
-    """Seconds per record of each stage that its operators' predicted work leaves unexplained (0 at least)."""
-    preset = from_dict({**base, "calibration": {**table, "overhead_s": {}}}, "calibration being fitted")
+def residuals(table: dict, base: dict, fit: dict, repeat: int = 5) -> dict[str, tuple[float, int]]:
+    """Per stage of the ``fit`` run: (its untraced measured seconds, the median of ``repeat`` after a warm-up, less
+    its records' predicted work; its record count)."""
+    preset = from_dict({**base, "calibration": {**table, "overhead_s": {}, "denoiser_overhead_s": {}}},
+                       "calibration being fitted")
     with tempfile.TemporaryDirectory(prefix="diffprobe-calibrate-") as tmp:
-        analytic = run_profile(ProfileConfig(**FIT, mode="analytic", out=f"{tmp}/a"))
-        measured = run_profile(ProfileConfig(**FIT, sample_steps=0, trace_ops=False, repeat=repeat, warmup=1,
+        analytic = run_profile(ProfileConfig(**fit, mode="analytic", out=f"{tmp}/a"))
+        measured = run_profile(ProfileConfig(**fit, sample_steps=0, trace_ops=False, repeat=repeat, warmup=1,
                                              out=f"{tmp}/m"))
     pred = predict_seconds(analytic.ops, preset)
     work = pred.groupby("stage")["predicted_s"].sum()
     count = pred.groupby("stage").size()
     stages = {("pipeline" if k == "other" else k): v for k, v in measured.stages.items()
               if k not in ("total", "tokenize")}
-    return {s: max(0.0, (stages[s] - float(work.get(s, 0.0))) / int(count[s])) for s in stages if count.get(s)}
+    return {s: (stages[s] - float(work.get(s, 0.0)), int(count[s])) for s in stages if count.get(s)}
+
+
+def fit_overhead(table: dict, base: dict, repeat: int = 5) -> dict:
+    """Seconds per record of each stage of ``tiny`` that its operators' predicted work leaves unexplained (0 at
+    least)."""
+    return {s: max(0.0, r / n) for s, (r, n) in residuals(table, base, FIT, repeat).items()}
+
+
+def fit_transformer_overhead(table: dict, base: dict, repeat: int = 5) -> float:
+    """A transformer denoiser's seconds per record between operators, pooled over :data:`TRANSFORMER_FITS` (a DiT
+    spends less per record than a UNet: fewer modules per operator)."""
+    parts = [residuals(table, base, {"model": m, "steps": 4}, repeat)["denoiser"] for m in TRANSFORMER_FITS]
+    return max(0.0, sum(r for r, _ in parts) / sum(n for _, n in parts))
 
 
 def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=None) -> dict:
-    """The calibration table with its fitted ``overhead_s``."""
+    """The calibration table with its fitted ``overhead_s`` (per stage, on ``tiny``) and ``denoiser_overhead_s``
+    (per denoiser component: ``unet`` from ``tiny``, ``transformer`` from :data:`TRANSFORMER_FITS`)."""
     table = calibrate(level, dtype, device, progress)
     table["overhead_s"] = fit_overhead(table, base)
-    table["meta"]["overhead_fit"] = (f"{FIT['model']} at {FIT['height']} px, {FIT['steps']} steps, untraced, median "
-                                     "of 5 runs")
+    table["denoiser_overhead_s"] = {"unet": table["overhead_s"].get("denoiser", 0.0),
+                                    "transformer": fit_transformer_overhead(table, base)}
+    table["meta"]["overhead_fit"] = (f"{FIT['model']} at {FIT['height']} px, {FIT['steps']} steps (transformer "
+                                     f"denoisers: {' and '.join(TRANSFORMER_FITS)}), untraced, median of 5 runs "
+                                     "after a warm-up")
     return table

@@ -3,6 +3,8 @@ answers, the calibration's round trip through a preset file, a tiny run predicte
 measurement, bad calibrations refused and another machine's flagged."""
 
 import copy
+import dataclasses
+import math
 
 import pandas as pd
 import pytest
@@ -42,7 +44,7 @@ def test_interpolation_and_roofline_bounds_by_hand():
     ops = pd.DataFrame([
         # M = 100: halfway between 10 and 1000 in log space, so the rate is sqrt(1e9 * 4e9) = 2e9
         _op("aten.linear.default", 2e6, 10, [[100, 100], [100, 100]], [[100, 100]]),
-        # M = 1e5, outside the grid: the edge's 4e9, capped by the peak (3e9)
+        # M = 1e5, outside the grid: the edge's 4e9 (the preset's peak, 3e9, measured below it, is no ceiling for it)
         _op("aten.linear.default", 2e9, 10, [[100000, 100], [100, 100]], [[100000, 100]]),
         # the same GEMM with 1e8 bytes: the bandwidth bound (1e8 / 1e10 = 1e-2 s) wins
         _op("aten.linear.default", 2e6, 1e8, [[100, 100], [100, 100]], [[100, 100]]),
@@ -55,8 +57,11 @@ def test_interpolation_and_roofline_bounds_by_hand():
         _op("aten.conv2d.default", 4e6, 10, [[2, 16, 8, 8], [16, 16, 3, 3]], [[2, 16, 8, 8]]),
     ])
     got = predict_seconds(ops, _preset())["predicted_s"].tolist()
-    want = [2e6 / 2e9, 2e9 / 3e9, 1e-2, 1e-5, 1e-6, 1e-2, 2e-7, 4e6 / 2e9]
+    want = [2e6 / 2e9, 2e9 / 4e9, 1e-2, 1e-5, 1e-6, 1e-2, 2e-7, 4e6 / 2e9]
     assert got == pytest.approx(want, rel=1e-9)
+    # a preset whose bandwidth was measured below a memory curve's rate: the curve's rate is the bound
+    slow = dataclasses.replace(_preset(), memory_bandwidth=1e9)
+    assert predict_seconds(ops, slow)["predicted_s"].tolist() == pytest.approx(want, rel=1e-9)
 
 
 def test_a_memory_curve_never_prices_fewer_bytes_slower():
@@ -65,8 +70,35 @@ def test_a_memory_curve_never_prices_fewer_bytes_slower():
     cal["memory"]["norm"] = [[4096, 4096 / 8e-3], [65536, 65536 / 1e-5], [1048576, 1048576 / 1e-4]]
     ops = pd.DataFrame([_op("aten.group_norm.default", 1, 4096, [[1]], [[1]]),
                         _op("aten.group_norm.default", 1, 2 ** 20, [[1]], [[1]])])
-    # 4 kB: held to 64 kB's 1e-5 s; 1 MiB: its 1e-4 s, bounded by the preset's bandwidth (2^20 / 1e10 s)
-    assert predict_seconds(ops, _preset(cal))["predicted_s"].tolist() == pytest.approx([1e-5, 2 ** 20 / 1e10])
+    # 4 kB: held to 64 kB's 1e-5 s; 1 MiB: its 1e-4 s (faster than the preset's bandwidth, 2^20 / 1e10 s, which was
+    # measured below this curve's rate and so bounds nothing)
+    assert predict_seconds(ops, _preset(cal))["predicted_s"].tolist() == pytest.approx([1e-5, 1e-4])
+
+
+def test_an_output_beyond_the_fresh_pages_size_is_priced_by_its_own_curves():
+    """Outputs beyond ``fresh_pages_bytes`` (new pages every call on the CPU) take ``memory_fresh``; smaller ones and
+    in-place ops the usual curves; below the fresh curve's smallest size, its bandwidth (not its fixed time)."""
+    cal = copy.deepcopy(_preset().calibration)
+    cal["meta"]["fresh_pages_bytes"] = 1e7
+    cal["memory_fresh"] = {c: [[1e8, 1e9], [1e9, 2e9]] for c in ("elementwise", "softmax", "norm", "copy")}
+
+    def op(name, read, written):
+        return {**_op(name, 1, 0, [[1]], [[1]]), "bytes_read": read, "bytes_written": written}
+
+    ops = pd.DataFrame([op("aten.add.Tensor", 5e7, 5e7),  # 1e8 moved, fresh: 1e8 / 1e9
+                        op("aten.silu.default", 2e8, 2e8),  # 4e8 moved, log-linear between 0.1 s and 0.5 s
+                        op("aten.add.Tensor", 2e7, 3e7),  # 5e7 moved, fresh, under the smallest: 5e7 / 1e9
+                        op("aten.add_.Tensor", 5e7, 5e7),  # in place: no new output; above the usual curve: 1e8/1e10
+                        op("aten.add.Tensor", 5e6, 5e6)])  # under the size: the usual curve, 1e7 / 1e10
+    got = predict_seconds(ops, _preset(cal))["predicted_s"].tolist()
+    assert got == pytest.approx([0.1, 10 ** (0.6020599913 * math.log10(5) - 1), 0.05, 1e-2, 1e-3], rel=1e-6)
+    cal["meta"]["fresh_pages_bytes"] = -1
+    with pytest.raises(DiffprobeError, match="fresh_pages_bytes must be a positive number"):
+        _preset(cal)
+    cal["meta"]["fresh_pages_bytes"] = 1e7
+    cal["memory_fresh"]["norm"] = [[1, -1]]
+    with pytest.raises(DiffprobeError, match=r"calibration\.memory_fresh\.norm: needs"):
+        _preset(cal)
 
 
 def test_a_fused_attention_call_is_shared_over_its_parts_by_flops():
@@ -101,6 +133,22 @@ def test_calibration_round_trips_through_a_preset_file(tmp_path):
     assert again.calibration == preset.calibration and again.peak_flops == preset.peak_flops
 
 
+def test_overhead_per_record_by_stage_and_denoiser_component():
+    """Each record carries its stage's fitted overhead; a denoiser record its component's where one was fitted (by
+    the first name of its module path), the stage's otherwise; a stage never fitted takes the denoiser's."""
+    from diffprobe.analyses.predict import overhead_per_record
+
+    ops = pd.DataFrame({"stage": ["denoiser", "denoiser", "denoiser", "text_encoder", "vae_decoder", "denoiser"],
+                        "module": ["unet.down_blocks.0", "transformer.blocks.3", "transformer_2.blocks.0",
+                                   "text_encoder.layers.0", "vae.decoder", None]})
+    cal = {"overhead_s": {"denoiser": 1e-5, "text_encoder": 2e-5},
+           "denoiser_overhead_s": {"unet": 3e-5, "transformer": 4e-5}}
+    assert overhead_per_record(ops, cal).tolist() == [3e-5, 4e-5, 1e-5, 2e-5, 1e-5, 1e-5]
+    assert overhead_per_record(ops, {"overhead_s": cal["overhead_s"]}).tolist() == [1e-5, 1e-5, 1e-5, 2e-5, 1e-5,
+                                                                                      1e-5]
+    assert overhead_per_record(ops, {}).tolist() == [0.0] * 6
+
+
 @pytest.mark.parametrize("change, needle", [
     (lambda c: c.pop("sdpa"), "calibration is missing 'sdpa'"),
     (lambda c: c["gemm"].update(m=[1000, 10]), "calibration.gemm: needs increasing axes"),
@@ -108,6 +156,7 @@ def test_calibration_round_trips_through_a_preset_file(tmp_path):
     (lambda c: c["memory"].update(norm=[[1, 2, 3]]), "calibration.memory.norm"),
     (lambda c: c["meta"].pop("torch"), "calibration.meta is missing 'torch'"),
     (lambda c: c.update(view_s=0), "view_s must be a positive number"),
+    (lambda c: c.update(denoiser_overhead_s={"transformer": -1.0}), "denoiser_overhead_s must be a table of"),
 ])
 def test_bad_calibrations_are_one_line(change, needle):
     cal = copy.deepcopy(_preset().calibration)
@@ -165,3 +214,28 @@ def test_a_tiny_run_is_predicted_within_a_loose_bound(tmp_path, capsys, monkeypa
     assert "caveat" not in roof["calibrated"]  # calibrated here, now
     levels = roof["calibrated"]["by_stage_level"]["denoiser"]
     assert sum(levels.values()) == pytest.approx(predicted["denoiser"]) and len(levels) > 1
+
+
+def test_weights_are_read_cold_from_copies_beyond_the_cache(tmp_path):
+    """The calibration's weights cycle through copies that together hold the pool (twice the last-level cache, read
+    from sysfs as the largest of the cache levels' sizes)."""
+    import torch
+
+    from diffprobe.hardware.calibrate import cold, last_level_cache_bytes
+
+    for index, size in (("index0", "48K"), ("index2", "1024K"), ("index3", "32768K"), ("index4", "garbled")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    assert last_level_cache_bytes("cpu", tmp_path) == 32 * 2 ** 20
+    assert last_level_cache_bytes("cpu", tmp_path / "missing") == 32 * 2 ** 20  # unreadable: the default
+    (tmp_path / "index5").mkdir()
+    (tmp_path / "index5" / "size").write_text("2M")
+    (tmp_path / "index3" / "size").write_text("1M")
+    assert last_level_cache_bytes("cpu", tmp_path) == 2 * 2 ** 20
+    nxt = cold((64, 32), torch.float32, "cpu", pool_bytes=64 * 32 * 4 * 5 + 1)  # five copies are one byte short
+    first = [nxt() for _ in range(6)]
+    assert len({t.data_ptr() for t in first}) == 6 and first[0].shape == (64, 32)
+    assert all(torch.equal(t, first[0]) for t in first)  # the same values: only where they live differs
+    assert [nxt().data_ptr() for _ in range(6)] == [t.data_ptr() for t in first]  # then round again
+    one = cold((8,), torch.float32, "cpu", pool_bytes=0)
+    assert one().data_ptr() == one().data_ptr()
