@@ -51,7 +51,7 @@ def size(side) -> list[str]:
 DEVICE: list[str] = []  # --device/--dtype of every run (empty: the CPU in fp32)
 
 
-def speed_probe() -> float:
+def speed_probe() -> float | None:
     """GFLOP/s of a fixed 3x3 convolution and GEMM (the median of five calls each; CPU): taken before the calibration
     and before each measured run, so a shared machine's drift between them is seen beside each error (not used in
     any prediction)."""
@@ -60,6 +60,8 @@ def speed_probe() -> float:
     import torch
     import torch.nn.functional as F
 
+    if DEVICE:  # a GPU run: the CPU's speed says nothing of it
+        return None
     x, w = torch.randn(2, 320, 64, 64), torch.randn(320, 320, 3, 3)
     a, b = torch.randn(4096, 1280), torch.randn(1280, 1280)
     rates = []

@@ -259,13 +259,13 @@ def view_seconds(device: str, repeats: int) -> float:
 
 
 def highest_rates(table: dict) -> tuple[float, float]:
-    """The highest FLOP/s (GEMM, convolution, SDPA) and bytes/s (memory classes) a calibration measured: a ceiling
-    measured lower (a roofline peak timed in a slow moment of a shared machine) is no ceiling for it."""
+    """The highest FLOP/s (GEMM, convolution, SDPA) and memory bytes/s (each memory curve at its largest size, past
+    the caches: ``memory_fresh``'s where measured) a calibration measured: a ceiling measured lower (a roofline peak
+    timed in a slow moment of a shared machine) is no ceiling for them."""
     import numpy as np
 
     flops = [np.max(c["flops_per_s"]) for c in (table["gemm"], table["sdpa"], *table["conv"].values())]
-    moved = [np.max(np.asarray(pts, dtype=float)[:, 1]) for key in ("memory", "memory_fresh")
-             for pts in (table.get(key) or {}).values()]
+    moved = [max(pts, key=lambda p: p[0])[1] for pts in (table.get("memory_fresh") or table["memory"]).values()]
     return float(max(flops)), float(max(moved, default=0.0))
 
 
