@@ -6,10 +6,11 @@ nor 3x3, as the GEMM it is: M = output pixels, K = C_in x kernel area, N = C_out
 pixels, C_in, C_out), ``sdpa`` (a fused attention call by query tokens, key tokens and head dim; its score, softmax
 and P.V records share the call's time in proportion to their FLOPs, as the measured records do), the memory-bound
 ``softmax``, ``norm``, ``copy``, ``activation`` (silu, gelu, exp and their kind) and ``elementwise`` by the bytes
-they move (an output beyond ``fresh_pages_bytes`` by the ``memory_fresh`` curves: new pages, faulted in), and
+they move (a new output of ``fresh_pages_bytes`` or more by the ``memory_fresh`` curves: new pages, faulted in), and
 ``view`` (moves nothing: the dispatch cost alone). A compute class's time is its FLOPs over the rate interpolated
 in the measured grid (log-linear in every axis); outside the grid the rate of the nearest edge is taken, bounded by
-the roofline: never above the preset's peak, never faster than its bytes at the measured bandwidth. No op is
+the roofline: never above the preset's peak, never faster than its bytes at the preset's bandwidth (each raised to
+the highest rate the calibration measured, where a ceiling was measured below it). No op is
 predicted faster than the cheapest op measured (its dispatch cost). Each record then carries its stage's fitted
 ``overhead_s``, the time a pipeline spends between its operators (Python, hooks; :mod:`diffprobe.run.calibration`);
 a denoiser's records their component's (``denoiser_overhead_s``: a UNet's and a transformer's differ) where it was
@@ -119,7 +120,7 @@ def predict_seconds(ops: pd.DataFrame, preset) -> pd.DataFrame:
     flops = out["flops"].to_numpy(float)
     _compute(out, classes, cal, flops, pred)
     nbytes = out["bytes"].to_numpy(float)
-    # an output beyond fresh_pages_bytes is new pages each call (on the CPU), priced by its own curves
+    # a new output of fresh_pages_bytes or more is new pages each call (on the CPU), priced by its own curves
     in_place = out["op"].str.split(".").str[1].fillna("").str.endswith("_").to_numpy()  # writes no new output
     fresh = (out["bytes_written"].to_numpy(float) >= cal["meta"].get("fresh_pages_bytes", np.inf)) & ~in_place
     for cls in ("softmax", "norm", "copy", "elementwise", "activation"):

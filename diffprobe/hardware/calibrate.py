@@ -10,7 +10,7 @@ takes at least ``MIN_RUN_S``), with bias as ``nn.Linear`` and ``nn.Conv2d`` hold
 * ``sdpa``: FLOP/s of ``scaled_dot_product_attention`` over (query tokens, key tokens, head dim);
 * ``memory``: bytes/s of the memory-bound classes (elementwise, activation: silu and its kind, softmax,
   normalization, copy) over the bytes they move, each call allocating its output as a pipeline's ops do;
-  ``memory_fresh`` the same for outputs beyond ``fresh_pages_bytes`` (on the CPU: new pages every call);
+  ``memory_fresh`` the same for outputs of ``fresh_pages_bytes`` or more (on the CPU: new pages every call);
 * ``view_s``: the dispatch cost of an op that moves nothing (a view).
 
 GEMM and convolution weights are read cold, as in a pipeline (every other layer's weights have passed through the
