@@ -284,8 +284,8 @@ _CAPABILITY_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx5
 
 @functools.cache
 def cpp_module():
-    """The C++ extension, built once per machine kind and torch version (g++, a few seconds to half a minute),
-    then loaded from the diffprobe cache folder."""
+    """The C++ extension's operators (``forward``, ``parallel_threads``), built once per machine kind and torch
+    version (g++, about ten seconds), then loaded from the diffprobe cache folder."""
     import hashlib
     import os
     import shutil
@@ -312,8 +312,9 @@ def cpp_module():
             tmp = build / f".block_sparse.{os.getpid()}.cpp"
             shutil.copyfile(path, tmp)
             os.replace(tmp, copy)
-    return load(name=f"diffprobe_block_sparse_{key}", sources=[str(copy)], extra_cflags=flags,
-                extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
+    load(name=f"diffprobe_block_sparse_{key}", sources=[str(copy)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+         build_directory=str(build), verbose=False, is_python_module=False)
+    return torch.ops.diffprobe_block_sparse
 
 
 def kv_block_lists(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
