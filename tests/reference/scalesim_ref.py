@@ -73,8 +73,10 @@ def _python() -> Path:
     py = root / "bin" / "python"
     if not (root / ".ready").exists():
         venv.create(root, with_pip=True, clear=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "scalesim==3.0.0", "numpy<2"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+        # only what the GEMM path imports (numpy, tqdm): its declared dependencies add numba, matplotlib and pandas,
+        # tripling the install on a fresh machine for modules this reference never loads
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "scalesim==3.0.0", "numpy<2", "tqdm"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
         (root / ".ready").write_text("")
     return py
 
