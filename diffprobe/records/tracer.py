@@ -182,7 +182,9 @@ class OpTracer:
         for prefix, name in ROPE_FUNCTIONS:
             originals = {}
             for mod_name, mod in list(sys.modules.items()):
-                fn = getattr(mod, name, None) if mod_name.startswith(prefix) and mod is not None else None
+                # the module's own namespace, where an import put the function: a lazy module's getattr (diffusers'
+                # and transformers' packages) would look up, or import, what is not there (0.3 s a traced run)
+                fn = (getattr(mod, "__dict__", None) or {}).get(name) if mod_name.startswith(prefix) else None
                 if callable(fn):
                     wrapped = originals.setdefault(id(fn), self._rope_frame(fn))
                     self._patches.set(mod, name, wrapped)
