@@ -18,7 +18,8 @@
 #      count where block-sparse starts to win per head shape (2048-16384 tokens, 25% kept)
 #   8. the calibrated model on the GPU (`bash benchmarks/gpu_check.sh predict`, about 8 minutes): calibrate on the
 #      device in fp16 (`diffprobe hardware calibrate --quick --device cuda`), then predict the GPU runs of
-#      benchmarks/predict.py measured there (per stage and run total, the roofline's error beside)
+#      benchmarks/predict.py measured there (per stage and run total, the roofline's error beside; the calibration
+#      measures the block-sparse kernel's curve, its bench points are left to step 7's budget: --no-kernels)
 # `bash benchmarks/gpu_check.sh timing` runs step 6 alone (about 7 minutes), `sparse` step 7 alone, `predict` step 8
 # alone; no argument runs steps 1-5.
 # Profile and approx results are packed into profiles.tgz. Every step has its own time limit, so one that hangs or
@@ -49,7 +50,7 @@ fi
 
 if [ "${1:-}" = "predict" ]; then
   echo "== 8. the calibrated model on the GPU: calibrate (fp16) and predict measured GPU runs"
-  timeout 560 python3 benchmarks/predict.py --quick --device cuda --dtype float16 \
+  timeout 560 python3 benchmarks/predict.py --quick --device cuda --dtype float16 --no-kernels \
     --runs sd15-512,sd21-base-512,sdxl-512,tiny-pixart,tiny-flux >"$OUT/predict_gpu.json" 2>"$OUT/predict_gpu.err"
   echo "predict: exit $? $(grep -v -i warn "$OUT/predict_gpu.err" | tail -c 300)"
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d.get('worst')), d.get('targets_met'))" \

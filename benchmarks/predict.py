@@ -12,6 +12,8 @@
    run); each record's operator time (the clock marks around it) against the model's price of the same record, its
    overhead between operators left out (the marks do not see it either); likewise per operator class of each stage
    (``classes_sd15_512``: where the model misses).
+4. The block-sparse kernel by density: ``kernels bench --hardware PRESET`` at points off the calibration's grid,
+   the kernel's and dense SDPA's measured seconds against the curves' (no target: reported).
 
     python benchmarks/predict.py [--quick] [--preset FILE (skip calibrating)] [--runs sd15-256,...]
 
@@ -134,6 +136,26 @@ def traced(preset: str, tmp: Path) -> tuple[dict, dict]:
     return layer, classes
 
 
+# block-sparse kernel points off the calibration's grid (tokens, head dim, kept density): SD 1.5's first level at
+# 256 and 512 px, SD 2.1's at 512 px
+KERNEL_POINTS = ((1024, 40, 0.3), (2048, 40, 0.25), (4096, 40, 0.5), (4096, 64, 0.3))
+
+
+def kernels(preset: str) -> list[dict]:
+    """The block-sparse kernel (on a prepared layout) and dense SDPA at :data:`KERNEL_POINTS`, 8 heads: measured by
+    ``kernels bench`` against the calibration's ``block_sparse`` and ``sdpa`` curves. Dense SDPA's error beside the
+    kernel's shows the machine's drift since the calibration (both move together when the machine does)."""
+    rows = []
+    for tokens, d, density in KERNEL_POINTS:
+        r = cli("kernels", "bench", "--tokens", str(tokens), "--head-dim", str(d), "--density", str(density),
+                "--heads", "8", "--check-heads", "0", "--repeats", "5", "--hardware", preset, *DEVICE)
+        p = r["predicted"]
+        rows.append({"tokens": tokens, "head_dim": d, "density": r["kept_density"], "backend": r["backend"],
+                     "kernel_s": r["kernel_s"], "predicted_kernel_s": p["kernel_s"], "error": p["kernel_error"],
+                     "dense_s": r["dense_s"], "predicted_dense_s": p["dense_s"], "dense_error": p["dense_error"]})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -143,6 +165,7 @@ def main() -> None:
     ap.add_argument("--keep-preset", help="copy the calibrated preset here (to share or reuse with --preset)")
     ap.add_argument("--device", default="cpu", help="cuda: calibrate and measure on the GPU (gpu_check.sh predict)")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--no-kernels", action="store_true", help="skip step 4 (on a GPU each point compiles a kernel)")
     args = ap.parse_args()
     if args.device != "cpu" or args.dtype != "float32":
         DEVICE.extend(["--device", args.device, "--dtype", args.dtype])
@@ -170,6 +193,7 @@ def main() -> None:
         result["measured_from"] = args.measured
         result["runs"] = {name: one_run(name, preset, tmp, earlier) for name in args.runs.split(",")}
         result["layer_types_sd15_512"], result["classes_sd15_512"] = traced(preset, tmp)
+        result["block_sparse_kernel"] = [] if args.no_kernels else kernels(preset)
     worst = {"denoiser": max(abs(r["stages"]["denoiser"]["error"]) for r in result["runs"].values()),
              "total": max(abs(r["total"]["error"]) for r in result["runs"].values()),
              "other": max(abs(s["error"]) for r in result["runs"].values() for n, s in r["stages"].items()
@@ -177,6 +201,9 @@ def main() -> None:
              "layer_type": max(abs(r["error"]) for r in result["layer_types_sd15_512"].values())}
     result["worst"] = worst
     result["targets_met"] = {k: worst[k] <= TARGET[k] for k in TARGET}
+    # the issue sets no target for the kernel alone: reported beside the others
+    result["worst"]["block_sparse_kernel"] = max((abs(r["error"]) for r in result["block_sparse_kernel"]),
+                                                 default=None)
     print(json.dumps(result, indent=2))
 
 

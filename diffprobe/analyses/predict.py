@@ -59,7 +59,7 @@ def _grid_rate(curve: dict, axes: list[str], points: np.ndarray) -> np.ndarray:
 
     grid = [np.log(np.asarray(curve[a], dtype=float)) for a in axes]
     rates = np.log(np.asarray(curve["flops_per_s"], dtype=float))
-    q = np.log(np.clip(points.astype(float), 1.0, None))
+    q = np.log(np.clip(points.astype(float), 1e-12, None))  # positive (a density is below 1); clamped below
     for i, g in enumerate(grid):
         q[:, i] = np.clip(q[:, i], g[0], g[-1])
     return np.exp(RegularGridInterpolator(grid, rates, method="linear")(q))
@@ -86,6 +86,18 @@ def _sdpa_dims(shapes: list) -> tuple[int, int, int, int]:
     """(batch x heads, query tokens, key tokens, head dim) of a fused attention call (its score record)."""
     q, k = shapes[0], shapes[1] if len(shapes) > 1 else shapes[0]
     return int(np.prod(q[:-2])) if len(q) > 2 else 1, q[-2], k[-2], q[-1]
+
+
+def attention_seconds(cal: dict, q: int, kv: int, d: int, bh: int, density: float | None = None) -> float:
+    """Seconds of one attention call over ``bh`` (batch x heads) heads: dense SDPA by the ``sdpa`` curve, or, given
+    the kept ``density`` of key blocks, the block-sparse kernel by the ``block_sparse`` curve (kept FLOPs over its
+    rate at (tokens, head dim, density), self-attention: ``q`` tokens); log-linear in the grids, their edges'
+    rates outside."""
+    if density is None:
+        rate = _grid_rate(cal["sdpa"], ["q", "kv", "d"], np.array([[q, kv, d]]))[0]
+        return 4.0 * bh * q * kv * d / float(rate)
+    rate = _grid_rate(cal["block_sparse"], ["tokens", "d", "density"], np.array([[q, d, density]]))[0]
+    return 4.0 * bh * q * kv * d * density / float(rate)
 
 
 def _memory_seconds(curve: list, nbytes: np.ndarray, fixed_below: bool = True) -> np.ndarray:

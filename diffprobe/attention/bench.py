@@ -225,3 +225,92 @@ def _device_name(dev: torch.device) -> str:
         return torch.cuda.get_device_name(dev)
 
     return cpu_name()
+
+
+# the block-sparse kernel's calibration grid (``diffprobe hardware calibrate``): self-attention tokens, head dim and
+# kept density; KERNEL_HEADS heads, blocks of 64 (the kernel's default)
+KERNEL_GRIDS = {"full": {"tokens": [512, 1024, 4096], "d": [40, 64, 128], "density": [0.125, 0.25, 0.5, 1.0]},
+                "quick": {"tokens": [1024, 4096], "d": [40, 64], "density": [0.25, 1.0]}}
+KERNEL_HEADS = 4
+
+
+def kernel_curve(grid: dict, dtype: str = "float32", device: str = "cpu", repeats: int = 3, block_size: int = 64,
+                 progress=None) -> dict:
+    """The block-sparse kernel's achieved FLOP/s over (tokens, head dim, kept density): kept FLOPs (4 x heads x
+    tokens^2 x head dim x kept density, self-attention) over the kernel's seconds on a layout prepared once (as
+    ``kernel_s``), the median of ``repeats`` runs (:func:`~diffprobe.hardware.calibrate.typical_seconds`). The backend
+    is the one ``auto`` runs here; a mask that keeps every block runs it too (never dense SDPA, which the ``sdpa``
+    curve prices). ``progress(stage, done, total)``."""
+    from diffprobe.hardware.calibrate import typical_seconds
+
+    dev = torch.device(device)
+    report = progress or (lambda *_: None)
+    total, done = math.prod(len(grid[a]) for a in ("tokens", "d", "density")), 0
+    g = torch.Generator().manual_seed(0)
+    rates, backend = [], None
+    for n in grid["tokens"]:
+        plane = []
+        for d in grid["d"]:
+            q, k, v = (torch.randn(1, KERNEL_HEADS, n, d, generator=g).to(dev, DTYPES[dtype]) for _ in range(3))
+            row = []
+            for density in grid["density"]:
+                nb = math.ceil(n / block_size)
+                mask = random_block_mask(KERNEL_HEADS, nb, nb, density, g).to(dev)
+                layout = BlockLayout(mask, n, n, block_size, check_all_kept=False)
+                backend = layout.backend
+
+                def call(layout=layout, q=q, k=k, v=v):
+                    block_sparse_attention(q, k, v, layout, block_size)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+
+                row.append(4.0 * KERNEL_HEADS * n * n * d * layout.kept_fraction / typical_seconds(call, repeats))
+                done += 1
+                report("block-sparse kernel", done, total)
+            plane.append(row)
+        rates.append(plane)
+    return {"axes": ["tokens", "d", "density"], **{a: list(grid[a]) for a in ("tokens", "d", "density")},
+            "flops_per_s": rates, "backend": backend, "block_size": block_size, "heads": KERNEL_HEADS}
+
+
+def predicted(result: dict, preset) -> dict:
+    """A bench point's kernel and dense SDPA seconds as ``preset``'s calibration predicts them (its ``block_sparse``
+    and ``sdpa`` curves: :func:`~diffprobe.analyses.predict.attention_seconds`), each with its error against the
+    measurement (predicted / measured - 1) and, where the calibration was measured on another machine, one line
+    saying so."""
+    from diffprobe.analyses.predict import attention_seconds
+    from diffprobe.hardware.preset import calibration_mismatch
+
+    cal = preset.calibration
+    n, d, bh = result["tokens"], result["head_dim"], result["batch"] * result["heads"]
+    kernel = attention_seconds(cal, n, n, d, bh, result["kept_density"])
+    dense = attention_seconds(cal, n, n, d, bh)
+    out = {"preset": preset.name, "kernel_s": kernel, "kernel_error": kernel / result["kernel_s"] - 1,
+           "dense_s": dense, "dense_error": dense / result["dense_s"] - 1,
+           "curve_backend": cal["block_sparse"].get("backend")}
+    caveat = calibration_mismatch(cal)
+    if caveat:
+        out["caveat"] = caveat
+    return out
+
+
+def kernel_preset(name: str, dtype: str, device: str):
+    """The ``--hardware`` preset of a bench, checked before anything is timed: calibrated, with a block-sparse
+    kernel curve, in this bench's dtype and on its kind of device."""
+    from diffprobe.hardware.presets import get_preset
+
+    preset = get_preset(name)
+    cal = preset.calibration
+    if not cal:
+        raise DiffprobeError(f"--hardware {name} has no calibration: make one with `diffprobe hardware calibrate`")
+    if "block_sparse" not in cal:
+        raise DiffprobeError(f"--hardware {name} has no block-sparse kernel curve (calibrated before diffprobe "
+                             "measured it): re-run `diffprobe hardware calibrate`")
+    meta = cal["meta"]
+    if meta.get("dtype") != dtype:
+        raise DiffprobeError(f"--hardware {name} was calibrated in {meta.get('dtype')}; this bench runs {dtype} "
+                             f"(--dtype {meta.get('dtype')}, or calibrate with --dtype {dtype})")
+    if str(meta.get("device", "cpu")).split(":")[0] != device.split(":")[0]:
+        raise DiffprobeError(f"--hardware {name} was calibrated on {meta.get('device')}; this bench runs on "
+                             f"{device}")
+    return preset

@@ -152,17 +152,23 @@ def kernels_bench(
                                               "(default all; 0 skips the check)."),
     max_seconds: float = typer.Option(300, "--max-seconds", help="Refuse a bench estimated to take longer (the "
                                       "estimate is measured here first, in milliseconds)."),
+    hardware: Optional[str] = typer.Option(None, "--hardware", help="A calibrated preset (`diffprobe hardware "
+                                           "calibrate`): the kernel's and dense SDPA's seconds it predicts, beside "
+                                           "the measured."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
 ) -> None:
     """Time block-sparse attention against dense SDPA on the same random inputs, and check it against float64."""
-    from diffprobe.attention.bench import bench_kernel
+    from diffprobe.attention.bench import bench_kernel, kernel_preset, predicted
 
+    preset = kernel_preset(hardware, dtype.value, device) if hardware else None
     bar, callback = progress_bar(quiet)
     with bar:
         r = bench_kernel(tokens, density, head_dim, heads, block_size=block_size, dtype=dtype.value, device=device,
                          batch=batch, backend=backend.value, repeats=repeats, seed=seed, check_heads=check_heads,
                          max_seconds=max_seconds, progress=callback)
+    if preset is not None:
+        r["predicted"] = predicted(r, preset)
     if fmt is Format.json:
         print_json(r)
         return

@@ -89,7 +89,8 @@ def check_calibration(cal, origin: str) -> dict:
     if meta_missing:
         raise DiffprobeError(f"{bad}.meta is missing {meta_missing[0]!r}")
     grids = [("gemm", cal["gemm"], ("m", "n", "k")), ("sdpa", cal["sdpa"], ("q", "kv", "d")),
-             *((f"conv.{k}", cal["conv"].get(k, {}), ("pixels", "cin", "cout")) for k in ("k3", "k1"))]
+             *((f"conv.{k}", cal["conv"].get(k, {}), ("pixels", "cin", "cout")) for k in ("k3", "k1")),
+             *((("block_sparse", cal["block_sparse"], ("tokens", "d", "density")),) if "block_sparse" in cal else ())]
     for name, curve, axes in grids:
         try:
             shape = tuple(len(curve[a]) for a in axes)
@@ -101,6 +102,8 @@ def check_calibration(cal, origin: str) -> dict:
         if not ok:
             raise DiffprobeError(f"{bad}.{name}: needs increasing axes {', '.join(axes)} and a positive "
                                  "flops_per_s grid of their lengths")
+    if "block_sparse" in cal and not 0 < cal["block_sparse"]["density"][0] <= cal["block_sparse"]["density"][-1] <= 1:
+        raise DiffprobeError(f"{bad}.block_sparse.density must be in (0, 1]")
     for table in ("memory", *(("memory_fresh",) if "memory_fresh" in cal else ())):
         curves = cal[table] if isinstance(cal[table], dict) else {}
         for cls in ("elementwise", "softmax", "norm", "copy", *(("activation",) if "activation" in curves else ())):

@@ -122,6 +122,12 @@ def bench_lines(r: dict) -> list[str]:
     if "max_rel_error" in r:
         lines.append(f"max_rel_error {r['max_rel_error']:.2e} vs float64 masked reference ({r['checked_heads']} "
                      "heads)")
+    p = r.get("predicted")
+    if p:
+        lines.append(f"predicted by {p['preset']} ({p['curve_backend']} kernel curve): kernel_s {p['kernel_s']:.6f} "
+                     f"({p['kernel_error']:+.1%}), dense_s {p['dense_s']:.6f} ({p['dense_error']:+.1%})")
+        if p.get("caveat"):
+            lines.append(f"note: {p['caveat']}")
     return lines
 
 

@@ -14,9 +14,11 @@ fitted on two tiny DiTs pooled (``denoiser_overhead_s``). None of the fit's mode
 from __future__ import annotations
 
 import tempfile
+import time
 
 from diffprobe.analyses.predict import predict_seconds
-from diffprobe.hardware.calibrate import calibrate
+from diffprobe.attention.bench import KERNEL_GRIDS, kernel_curve
+from diffprobe.hardware.calibrate import GRIDS, calibrate
 from diffprobe.hardware.preset import from_dict
 from diffprobe.run.profile import ProfileConfig, run_profile
 
@@ -55,9 +57,17 @@ def fit_transformer_overhead(table: dict, base: dict, repeat: int = 5) -> float:
 
 
 def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=None) -> dict:
-    """The calibration table with its fitted ``overhead_s`` (per stage, on ``tiny``) and ``denoiser_overhead_s``
-    (per denoiser component: ``unet`` from ``tiny``, ``transformer`` from :data:`TRANSFORMER_FITS`)."""
+    """The calibration table with the block-sparse kernel's curve (``block_sparse``, where the kernel runs here), its
+    fitted ``overhead_s`` (per stage, on ``tiny``) and ``denoiser_overhead_s`` (per denoiser component: ``unet`` from
+    ``tiny``, ``transformer`` from :data:`TRANSFORMER_FITS`)."""
     table = calibrate(level, dtype, device, progress)
+    started = time.perf_counter()
+    try:  # the block-sparse kernel by density (attention/bench.py), where it runs here
+        table["block_sparse"] = kernel_curve(KERNEL_GRIDS[level], dtype, device, max(3, GRIDS[level]["repeats"]),
+                                             progress=progress)
+    except Exception as exc:  # noqa: BLE001 — no kernel here (no compiler, no Triton): the rest still calibrates
+        table["meta"]["block_sparse_note"] = f"block-sparse kernel not calibrated: {type(exc).__name__}: {exc}"[:300]
+    table["meta"]["block_sparse_s"] = time.perf_counter() - started
     table["overhead_s"] = fit_overhead(table, base)
     table["denoiser_overhead_s"] = {"unet": table["overhead_s"].get("denoiser", 0.0),
                                     "transformer": fit_transformer_overhead(table, base)}
