@@ -35,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {  # name: (model, side, steps)
     "sd15-256": ("sd15", 256, 4), "sd15-512": ("sd15", 512, 3), "sd21-base-512": ("sd21-base", 512, 3),
-    "sdxl-512": ("sdxl", 512, 2), "tiny-pixart": ("tiny-pixart", None, 4), "tiny-flux": ("tiny-flux", None, 4),
+    "sdxl-512": ("sdxl", 512, 2), "small-pixart": ("small-pixart", 256, 2), "small-flux": ("small-flux", 256, 2),
+    "tiny-pixart": ("tiny-pixart", None, 4), "tiny-flux": ("tiny-flux", None, 4),
 }
 TARGET = {"denoiser": 0.10, "total": 0.10, "other": 0.15, "layer_type": 0.20}
 

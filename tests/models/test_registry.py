@@ -81,3 +81,26 @@ def test_embedded_configs_load_with_real_diffusers_classes():
     assert isinstance(comps["scheduler"], diffusers.EulerDiscreteScheduler)
     assert json.loads(get_spec("sdxl").folder.joinpath("model_index.json").read_text())["_class_name"] == (
         "StableDiffusionXLPipeline")
+
+
+@pytest.mark.parametrize("small, parent, changed", [
+    ("small-pixart", "pixart-alpha", {"text_encoder": {"num_layers": 2, "num_decoder_layers": 2}}),
+    ("small-flux", "flux-schnell", {"text_encoder_2": {"num_layers": 2, "num_decoder_layers": 2},
+                                    "transformer": {"num_layers": 1, "num_single_layers": 2}}),
+])
+def test_small_variants_are_their_published_model_with_fewer_layers(small, parent, changed):
+    """A small variant (benchmarks/predict.py's DiTs at full widths) is its published model's configs with only the
+    layer counts cut, and the parameters that follow: T5-XXL's embedding plus 2 of its 24 identical layers, FLUX's
+    1 of 19 double and 2 of 38 single blocks."""
+    s, p = get_spec(small), get_spec(parent)
+    assert s.components == p.components and s.pipeline_class == p.pipeline_class
+    for comp in s.components:
+        want = {**p.config(comp), **changed.get(comp, {})}
+        assert s.config(comp) == want, comp
+    small_params = {c: count_params(m) for c, m in build_components(s, "meta").items() if hasattr(m, "parameters")}
+    full = {c: count_params(m) for c, m in build_components(p, "meta").items() if hasattr(m, "parameters")}
+    t5 = "text_encoder" if small == "small-pixart" else "text_encoder_2"
+    d, ff, vocab = 4096, 10240, 32128  # T5-XXL: d_model, gated FFN width, vocabulary
+    layer = 4 * d * d + 3 * d * ff + 2 * d  # attention q, k, v, o; FFN wi_0, wi_1, wo; two RMSNorm weights
+    assert full[t5] - small_params[t5] == 22 * layer
+    assert small_params[t5] == vocab * d + 2 * layer + d + 32 * 64  # embedding, layers, final norm, relative bias
