@@ -289,6 +289,9 @@ def predicted(result: dict, preset) -> dict:
            "dense_s": dense, "dense_error": dense / result["dense_s"] - 1,
            "curve_backend": cal["block_sparse"].get("backend")}
     caveat = calibration_mismatch(cal)
+    if out["curve_backend"] != result["backend"]:  # --backend forced another kernel, or every block kept (dense)
+        caveat = "; ".join(filter(None, [caveat, f"the curve is the {out['curve_backend']} kernel's; this bench ran "
+                                         f"{result['backend']}"]))
     if caveat:
         out["caveat"] = caveat
     return out

@@ -76,6 +76,13 @@ def test_a_small_kernel_curve_round_trips_and_predicts_the_bench(tmp_path, capsy
                  "--check-heads", "0", "--repeats", "1", "--hardware", str(path), "-q"]) == 0
     text = capsys.readouterr().out
     assert "predicted by t (" in text and "kernel curve): kernel_s" in text
+    # another kernel than the curve's (the eager gather path): priced, and said to be another kernel's curve
+    assert main(["kernels", "bench", "--tokens", "256", "--density", "0.5", "--head-dim", "32", "--heads", "2",
+                 "--check-heads", "0", "--repeats", "1", "--backend", "gather", "--hardware", str(path), "--format",
+                 "json", "-q"]) == 0
+    other = json.loads(capsys.readouterr().out)["predicted"]
+    if curve["backend"] != "gather":
+        assert f"the curve is the {curve['backend']} kernel's; this bench ran gather" in other["caveat"]
 
 
 def _here() -> dict:

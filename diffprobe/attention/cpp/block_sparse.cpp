@@ -29,8 +29,8 @@ constexpr int64_t Q_TILE = 256;    // query rows per tile at most (ATen's CPU fl
 // q (B, H, N, d), k (B, H, M, d), v (B, H, M, dv): contiguous fp32. counts (Bm, Hm, QB) and order (Bm, Hm, QB, KB):
 // int32, the number of kept key blocks of each query block and their indices first (ascending); Bm / Hm are 1 or
 // B / H (broadcast). Returns (B, H, N, dv); a query block with no kept key block is zeros.
-at::Tensor block_sparse_forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor counts,
-                                   at::Tensor order, int64_t bs, double scale_d) {
+at::Tensor block_sparse_forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor counts, at::Tensor order,
+                                int64_t bs, double scale_d) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
   const int64_t M = k.size(2), DV = v.size(3);
   const int64_t QB = (N + bs - 1) / bs, KB = (M + bs - 1) / bs;
