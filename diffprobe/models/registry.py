@@ -260,6 +260,28 @@ def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+_SUMMARIES: dict[tuple[str, str], tuple[str, int]] = {}  # (component, its config) -> class, parameters
+
+
+def module_summary(spec: ModelSpec, comp: str) -> tuple[str, int]:
+    """A module component's class and parameter count, each distinct configuration built once on the meta device per
+    process (the models share many: T5-XXL, the CLIPs, SDXL's UNet, HiDream's three variants; a run's memory check
+    asks more than once)."""
+    import torch
+
+    key = (comp if comp in TEXT_ENCODERS else comp.rstrip("_0123456789"), json.dumps(spec.config(comp), sort_keys=True))
+    if key not in _SUMMARIES:
+        with torch.device("meta"):
+            module = build_module(spec, comp)
+        _SUMMARIES[key] = type(module).__name__, count_params(module)
+    return _SUMMARIES[key]
+
+
+def module_components(spec: ModelSpec) -> list[str]:
+    """The components that are modules (not tokenizers or the scheduler)."""
+    return [c for c in spec.components if not c.startswith("tokenizer") and c != "scheduler"]
+
+
 def describe_models() -> list[dict]:
     """Every embedded architecture: name, title, family, native resolution, pipeline class, denoiser, parameters
     per component, text encoders with their classes and token counts, tokenizers (real or stand-in), default
@@ -271,27 +293,11 @@ def describe_models() -> list[dict]:
 
 @lru_cache(maxsize=1)
 def _describe_models() -> list[dict]:
-    import torch
-
     from diffprobe.models.tokenizer import is_stand_in
-
-    built: dict[tuple[str, str], tuple[str, int]] = {}  # (component, its config) -> class, parameters
-
-    def described(spec: ModelSpec, comp: str) -> tuple[str, int]:
-        """A module component's class and parameter count, each distinct configuration built once on meta (the
-        models share many: T5-XXL, the CLIPs, SDXL's UNet, HiDream's three variants)."""
-        key = (comp if comp in TEXT_ENCODERS else comp.rstrip("_0123456789"),
-               json.dumps(spec.config(comp), sort_keys=True))
-        if key not in built:
-            with torch.device("meta"):
-                module = build_module(spec, comp)
-            built[key] = type(module).__name__, count_params(module)
-        return built[key]
 
     rows = []
     for spec in list_models():
-        modules = {c: described(spec, c) for c in spec.components
-                   if not c.startswith("tokenizer") and c != "scheduler"}
+        modules = {c: module_summary(spec, c) for c in module_components(spec)}
         params = {k: n for k, (_, n) in modules.items()}
         encoders = []
         for i, enc in enumerate(spec.text_encoders):

@@ -14,11 +14,11 @@ from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import (
     DEFAULT_PROMPT,
     ModelSpec,
-    build_module,
     build_scheduler,
-    count_params,
     get_spec,
     list_models,
+    module_components,
+    module_summary,
 )
 from diffprobe.models.schedulers import check_scheduler
 from diffprobe.models.weights import check_weights_path
@@ -286,27 +286,8 @@ def memory_estimate(spec: ModelSpec, dtype: str) -> tuple[int, int]:
     device) times :data:`WEIGHT_OVERHEAD`; a lower bound, since the largest activations come on top."""
     import torch
 
-    params = _parameters(spec)
+    params = sum(module_summary(spec, c)[1] for c in module_components(spec))
     return int(params * getattr(torch, dtype).itemsize * WEIGHT_OVERHEAD), params
-
-
-_PARAMETERS: dict[str, int] = {}
-
-
-def _parameters(spec: ModelSpec) -> int:
-    """Every module component's parameters, counted on the meta device once per distinct set of configurations in a
-    process (a run resolves its configuration more than once; tokenizers and the scheduler have none)."""
-    import json
-
-    import torch
-
-    modules = [c for c in spec.components if not c.startswith("tokenizer") and c != "scheduler"]
-    key = json.dumps([spec.name, *(spec.config(c) for c in modules)], sort_keys=True)
-    if key not in _PARAMETERS:
-        with torch.device("meta"):
-            built = [build_module(spec, c) for c in modules]
-        _PARAMETERS[key] = sum(count_params(m) for m in built if hasattr(m, "parameters"))
-    return _PARAMETERS[key]
 
 
 def check_memory(spec: ModelSpec, dtype: str, device: str, analytic: bool = True) -> None:
