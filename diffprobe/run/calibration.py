@@ -43,16 +43,17 @@ def residuals(table: dict, base: dict, fit: dict, repeat: int = 5) -> dict[str, 
     return {s: (stages[s] - float(work.get(s, 0.0)), int(count[s])) for s in stages if count.get(s)}
 
 
-def fit_overhead(table: dict, base: dict, repeat: int = 5) -> dict:
+def fit_overhead(table: dict, base: dict, repeat: int = 5, on: dict | None = None) -> dict:
     """Seconds per record of each stage of ``tiny`` that its operators' predicted work leaves unexplained (0 at
-    least)."""
-    return {s: max(0.0, r / n) for s, (r, n) in residuals(table, base, FIT, repeat).items()}
+    least); ``on``: the runs' ``device`` and ``dtype`` (those of the curves; default the CPU in float32)."""
+    return {s: max(0.0, r / n) for s, (r, n) in residuals(table, base, {**FIT, **(on or {})}, repeat).items()}
 
 
-def fit_transformer_overhead(table: dict, base: dict, repeat: int = 5) -> float:
+def fit_transformer_overhead(table: dict, base: dict, repeat: int = 5, on: dict | None = None) -> float:
     """A transformer denoiser's seconds per record between operators, pooled over :data:`TRANSFORMER_FITS` (a DiT
-    spends other Python per record than a UNet)."""
-    parts = [residuals(table, base, {"model": m, "steps": 4}, repeat)["denoiser"] for m in TRANSFORMER_FITS]
+    spends other Python per record than a UNet); ``on`` as for :func:`fit_overhead`."""
+    parts = [residuals(table, base, {"model": m, "steps": 4, **(on or {})}, repeat)["denoiser"]
+             for m in TRANSFORMER_FITS]
     return max(0.0, sum(r for r, _ in parts) / sum(n for _, n in parts))
 
 
@@ -68,10 +69,11 @@ def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=
     except Exception as exc:  # noqa: BLE001 — no kernel here (no compiler, no Triton): the rest still calibrates
         table["meta"]["block_sparse_note"] = f"block-sparse kernel not calibrated: {type(exc).__name__}: {exc}"[:300]
     table["meta"]["block_sparse_s"] = time.perf_counter() - started
-    table["overhead_s"] = fit_overhead(table, base)
+    on = {"device": device, "dtype": dtype}  # the fits run where the curves were measured, in their dtype
+    table["overhead_s"] = fit_overhead(table, base, on=on)
     table["denoiser_overhead_s"] = {"unet": table["overhead_s"].get("denoiser", 0.0),
-                                    "transformer": fit_transformer_overhead(table, base)}
+                                    "transformer": fit_transformer_overhead(table, base, on=on)}
     table["meta"]["overhead_fit"] = (f"{FIT['model']} at {FIT['height']} px, {FIT['steps']} steps (transformer "
                                      f"denoisers: {' and '.join(TRANSFORMER_FITS)}), untraced, median of 5 runs "
-                                     "after a warm-up")
+                                     f"after a warm-up, on {device} in {dtype}")
     return table

@@ -239,3 +239,31 @@ def test_weights_are_read_cold_from_copies_beyond_the_cache(tmp_path):
     assert [nxt().data_ptr() for _ in range(6)] == [t.data_ptr() for t in first]  # then round again
     one = cold((8,), torch.float32, "cpu", pool_bytes=0)
     assert one().data_ptr() == one().data_ptr()
+
+
+def test_the_overhead_fits_run_where_the_curves_were_measured(monkeypatch):
+    """A calibration on another device or dtype fits its cost between operators there too: every fit run (tiny and
+    the tiny DiTs, analytic and measured) is configured with the calibration's device and dtype."""
+    import diffprobe.run.calibration as calibration
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def run_profile(cfg):
+        seen.append((cfg.model, cfg.mode, cfg.device, cfg.dtype))
+        raise Stop
+
+    monkeypatch.setattr(calibration, "run_profile", run_profile)
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: copy.deepcopy(_preset().calibration))
+    def no_kernel(*a, **k):
+        raise RuntimeError("no kernel here")  # left out with a note; the fits still run
+
+    monkeypatch.setattr(calibration, "kernel_curve", no_kernel)
+    with pytest.raises(Stop):
+        calibration.calibrate_machine("quick", "float16", "cuda:0", _preset().to_dict())
+    with pytest.raises(Stop):
+        calibration.fit_transformer_overhead(_preset().calibration, _preset().to_dict(),
+                                             on={"device": "cuda:0", "dtype": "bfloat16"})
+    assert seen == [("tiny", "analytic", "cuda:0", "float16"), ("tiny-sd3", "analytic", "cuda:0", "bfloat16")]
