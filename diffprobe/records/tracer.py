@@ -352,11 +352,20 @@ class OpTracer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._dmode.__exit__(*exc)
-        self._fmode.__exit__(*exc)
-        self._patches.restore()
-        if self.timer is not None:
-            self.timer.end()
+        try:
+            for mode in (self._dmode, self._fmode):
+                try:
+                    mode.__exit__(*exc)
+                except RuntimeError:
+                    # a signal (SIGTERM, Ctrl-C) that lands inside torch's own pop-and-push of its mode stack leaves
+                    # the stack one mode short ("trying to pop from empty mode stack"): the interrupt propagating is
+                    # the news, and what was measured is saved on its way out
+                    if exc[0] is None:
+                        raise
+        finally:
+            self._patches.restore()
+            if self.timer is not None:
+                self.timer.end()
 
     def run_timed(self, fn, record, *rec_args):
         """Run ``fn()``, then ``record(*rec_args, out)``; with a timer, the call is timed as one (its records share

@@ -164,3 +164,28 @@ def test_token_counts_per_level(tmp_path):
     tokens = _unet_step0(r.ops).groupby("level")["tokens"].first().to_dict()
     assert tokens["down.0"] == 16 * 8 and tokens["down.1"] == 8 * 4 and tokens["mid"] == 2 * 1
     assert tokens["up.3"] == 16 * 8 and tokens["up.0"] == 2 * 1
+
+
+def test_an_interrupt_inside_torchs_mode_stack_is_reported_as_the_interrupt(tmp_path):
+    """A SIGTERM or Ctrl-C that lands inside torch's own pop-and-push of the torch-function mode stack (a functional
+    call under the tracer's SDPA intercept) leaves the stack one mode short; leaving the tracer then must let the
+    interrupt through (and undo its patches), not replace it with "trying to pop from empty mode stack". Without an
+    interrupt that error still surfaces."""
+    import torch
+    from torch.overrides import _pop_mode
+
+    from diffprobe.errors import Terminated
+    from diffprobe.run.passes import tracer_for
+
+    cfg = ProfileConfig(model="tiny", steps=1, sample_steps=0, out=str(tmp_path / "o")).resolved()
+    pipe = build_pipeline(cfg, get_spec("tiny"))
+    step = pipe.scheduler.step
+    for interrupt in (Terminated, None):
+        tracer = tracer_for(cfg, pipe, timed=False)
+        with pytest.raises(Terminated if interrupt else RuntimeError, match=None if interrupt else "empty mode stack"):
+            with tracer:
+                _pop_mode()  # where the signal left it: the tracer's SDPA intercept already taken off the stack
+                if interrupt:
+                    raise interrupt()
+        assert pipe.scheduler.step == step  # patches undone either way
+        assert not torch.overrides._is_torch_function_mode_enabled()
