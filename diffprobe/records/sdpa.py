@@ -47,7 +47,22 @@ def is_plain(call: dict) -> bool:
             and call.get("scale") in (None, q.shape[-1] ** -0.5))
 
 
-class SdpaIntercept(TorchFunctionMode):
+class InterruptSafeExit:
+    """A torch mode whose exit lets an interrupt through: a signal (SIGTERM, Ctrl-C) that lands inside torch's own
+    pop-and-push of its mode stack leaves the stack one mode short, and leaving the mode then raises "trying to pop
+    from empty mode stack" over the interrupt (a run exited 1 with a traceback instead of 143). With an exception
+    already propagating, that error is dropped; without one it still surfaces."""
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        try:
+            return super().__exit__(exc_type, exc_value, traceback)
+        except RuntimeError:
+            if exc_type is None:
+                raise
+            return None
+
+
+class SdpaIntercept(InterruptSafeExit, TorchFunctionMode):
     """While entered, every ``F.scaled_dot_product_attention`` call goes to ``handler(func, args, kwargs)``."""
 
     def __init__(self, handler: Handler):

@@ -39,7 +39,7 @@ from diffprobe.records.formulas import (
 from diffprobe.records.frames import AttnState, Frame, Static, collect_metas, op_layer_type, shapes_of, tensor_meta
 from diffprobe.records.modules import OUT_LEAVES, OUT_NAMES, QKV_NAMES, image_tokens, level_tokens, stage_of
 from diffprobe.records.schema import COLUMNS, DENOISER, OpRecord, check_int64_totals
-from diffprobe.records.sdpa import SdpaIntercept, meta_output, positional
+from diffprobe.records.sdpa import InterruptSafeExit, SdpaIntercept, meta_output, positional
 
 _TAINT_PRUNE = 1 << 16
 
@@ -352,16 +352,9 @@ class OpTracer:
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            for mode in (self._dmode, self._fmode):
-                try:
-                    mode.__exit__(*exc)
-                except RuntimeError:
-                    # a signal (SIGTERM, Ctrl-C) that lands inside torch's own pop-and-push of its mode stack leaves
-                    # the stack one mode short ("trying to pop from empty mode stack"): the interrupt propagating is
-                    # the news, and what was measured is saved on its way out
-                    if exc[0] is None:
-                        raise
+        try:  # each mode lets an interrupt through (records.sdpa.InterruptSafeExit)
+            self._dmode.__exit__(*exc)
+            self._fmode.__exit__(*exc)
         finally:
             self._patches.restore()
             if self.timer is not None:
@@ -422,7 +415,7 @@ class OpTracer:
         return out
 
 
-class _OpMode(TorchDispatchMode):
+class _OpMode(InterruptSafeExit, TorchDispatchMode):
     def __init__(self, tracer: OpTracer):
         super().__init__()
         self.tracer = tracer

@@ -189,3 +189,19 @@ def test_an_interrupt_inside_torchs_mode_stack_is_reported_as_the_interrupt(tmp_
                     raise interrupt()
         assert pipe.scheduler.step == step  # patches undone either way
         assert not torch.overrides._is_torch_function_mode_enabled()
+
+
+def test_the_sdpa_intercept_alone_lets_an_interrupt_through():
+    """The same guard where the attention cores enter the SDPA intercept themselves (approx, sparsity runs)."""
+    from torch.overrides import _pop_mode
+
+    from diffprobe.errors import Terminated
+    from diffprobe.records.sdpa import SdpaIntercept
+
+    with pytest.raises(Terminated):
+        with SdpaIntercept(lambda func, args, kwargs: func(*args, **kwargs)):
+            _pop_mode()
+            raise Terminated()
+    with pytest.raises(RuntimeError, match="empty mode stack"):
+        with SdpaIntercept(lambda func, args, kwargs: func(*args, **kwargs)):
+            _pop_mode()
