@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from diffprobe.analyses.breakdown import with_bytes
-from diffprobe.hardware.calibrate import highest_rates
+from diffprobe.hardware.calibrate import STEADY, highest_rates
 
 GEMM_OPS = ("linear", "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.matmul")
 ACTIVATION_OPS = ("silu", "gelu", "sigmoid", "tanh", "exp", "log", "sin", "cos", "erf", "sqrt", "rsqrt", "pow",
@@ -213,6 +213,25 @@ def _share_sdpa(out: pd.DataFrame, classes: np.ndarray, pred: np.ndarray) -> Non
 
 def _sum(frame: pd.DataFrame, key: str) -> dict:
     return {k: float(v) for k, v in frame.groupby(key, sort=False)["predicted_s"].sum().items()}
+
+
+def machine_speed(cal: dict, rates: list[float] | None) -> dict | None:
+    """How fast the machine ran the calibration's reference GEMM and convolution around a measured run
+    (``rates``: :func:`~diffprobe.hardware.calibrate.reference_rate` before and after it) against the calibration's
+    own probes: ``ratio`` = their mean / ``reference_flops_per_s``; past :data:`STEADY`, a ``note``: a shared machine
+    that drifted between the calibration and the run makes the prediction miss by about that much, not the model.
+    None where either was not timed (a calibration older than its probes, an analytic run)."""
+    ref = cal.get("meta", {}).get("reference_flops_per_s")
+    if not ref or not rates:
+        return None
+    ratio = sum(rates) / len(rates) / ref
+    out = {"calibration_flops_per_s": ref, "run_flops_per_s": list(rates), "ratio": ratio}
+    if abs(ratio - 1) > STEADY:
+        out["note"] = (f"this machine ran the calibration's reference GEMM and convolution at {ratio:.2f}x its "
+                       f"speed when calibrated, around this run: expect the measured seconds near {1 / ratio:.2f}x "
+                       "the prediction's (the machine moved, not the model); calibrate again now to compare like "
+                       "with like")
+    return out
 
 
 def calibrated_summary(ops: pd.DataFrame, preset, seconds: dict | None) -> dict:

@@ -116,11 +116,15 @@ def hardware_calibrate(
         atomic_write(path, lambda tmp: Path(tmp).write_text(to_toml(preset), encoding="utf-8"))
     except OSError as exc:
         raise DiffprobeError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+    if meta.get("steadiness_note"):
+        warn([meta["steadiness_note"]])
     if fmt is Format.json:
         print_json({"preset": str(path), "calibration": meta})
         return
     out.print(f"calibrated {meta['cpu']} ({meta['cpu_capability']}, {meta['threads']} threads, torch "
               f"{meta['torch']}) in {meta['command_s']:.0f} s: {path}")
+    out.print(f"reference GEMM and convolution: {meta['reference_flops_per_s'] / 1e9:.0f} GFLOP/s, within "
+              f"{meta['reference_spread']:.0%} over {len(meta['reference_probes'])} probes through the calibration")
     out.print(f"use it: diffprobe profile --hardware {path}")
 
 

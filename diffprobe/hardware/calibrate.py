@@ -11,19 +11,26 @@ takes at least ``MIN_RUN_S``), with bias as ``nn.Linear`` and ``nn.Conv2d`` hold
 * ``memory``: bytes/s of the memory-bound classes (elementwise, activation: silu and its kind, softmax,
   normalization, copy) over the bytes they move, each call allocating its output as a pipeline's ops do;
   ``memory_fresh`` the same for outputs of ``fresh_pages_bytes`` or more (on the CPU: new pages every call);
-* ``view_s``: the dispatch cost of an op that moves nothing (a view).
+* ``view_s``: the dispatch cost of an op that moves nothing (a view);
+* ``meta.reference_probes``: the FLOP/s of one fixed GEMM and convolution (:func:`reference_rate`) timed before,
+  between and after the curves: how steady the machine was while they were measured (``reference_spread``; a
+  ``steadiness_note`` past :data:`STEADY`), and its speed then (``reference_flops_per_s``), which a measured run
+  priced by this calibration times again (:func:`diffprobe.analyses.predict.machine_speed`).
 
 GEMM and convolution weights are read cold, as in a pipeline (every other layer's weights have passed through the
 caches since a layer last ran): each call takes the next of copies that together exceed twice the last-level cache
 (``weights_cold_bytes``); the activations are the same tensor every call (a pipeline's input was just written).
 
-A grid point whose product is too large to time cheaply is measured with fewer rows (M, pixels or batch x heads),
-where the achieved rate has long saturated: ``rows_capped`` says which. Every curve is per dtype and device; the
+A point below 0.88x the median of its grid neighbours is timed again once its whole grid was, and keeps the higher
+of its two rates (``retimed`` lists them: :func:`retime_dips`; a shared machine's slow second is not a shape's
+speed). A grid point whose product is too large to time cheaply is measured with fewer rows (M, pixels or batch x
+heads), where the achieved rate has long saturated: ``rows_capped`` says which. Every curve is per dtype and device; the
 table records the date, CPU model, ``cpu_capability``, torch version and threads it holds for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import statistics
@@ -61,6 +68,24 @@ def _sync() -> None:
         sync()
 
 
+@contextlib.contextmanager
+def synced(device: str):
+    """Inside, :func:`typical_seconds` waits for ``device`` (a CUDA device's kernels are asynchronous)."""
+    if not device.startswith("cuda"):
+        yield
+        return
+    import torch
+
+    def sync() -> None:
+        torch.cuda.synchronize(device)
+
+    _SYNC.append(sync)
+    try:
+        yield
+    finally:
+        _SYNC.remove(sync)
+
+
 def typical_seconds(fn, repeats: int) -> float:
     """Seconds of one call of ``fn``: the median of ``repeats`` runs, each repeating it until it takes ``MIN_RUN_S``
     (on CUDA, each run ends when the device has finished). The median, not the best: a pipeline meets the machine
@@ -84,6 +109,52 @@ def typical_seconds(fn, repeats: int) -> float:
         _sync()
         runs.append((time.perf_counter() - t0) / n)
     return statistics.median(runs)
+
+
+REFERENCE_GEMM = (1024, 1280, 1280)  # M, N, K: a linear layer of SD's middle levels
+REFERENCE_CONV = (2, 320, 32)  # batch, channels, side: a 3x3 convolution of SD's first level at 256 px
+STEADY = 0.10  # a machine whose reference rate moves more than this is flagged
+
+
+def reference_rate(dtype: str = "float32", device: str = "cpu", repeats: int = 5) -> float:
+    """FLOP/s of a fixed GEMM (:data:`REFERENCE_GEMM`) and 3x3 convolution (:data:`REFERENCE_CONV`) together (their
+    FLOPs over their summed :func:`typical_seconds`): this machine's speed now, in about a third of a second on a
+    2-core CPU. Timed through a calibration and around a run it prices, it says whether the machine moved between
+    them (a shared VM's speed drifts by tens of percent within an hour)."""
+    import torch
+    import torch.nn.functional as F
+
+    tdtype = getattr(torch, dtype)
+    m, n, k = REFERENCE_GEMM
+    batch, ch, side = REFERENCE_CONV
+    gen = torch.Generator().manual_seed(0)
+    a, w = (torch.randn(*s, generator=gen).to(device=device, dtype=tdtype) for s in ((m, k), (n, k)))
+    x = torch.randn(batch, ch, side, side, generator=gen).to(device=device, dtype=tdtype)
+    kernel = torch.randn(ch, ch, 3, 3, generator=gen).to(device=device, dtype=tdtype)
+    calls = (lambda: F.linear(a, w), lambda: F.conv2d(x, kernel, padding=1))
+    with synced(device), torch.inference_mode():
+        start = time.perf_counter()
+        while time.perf_counter() - start < 0.1:  # a process's first calls run slower (here the first probe of a
+            for fn in calls:  # fresh process 0.90x the next ones): warm both first
+                fn()
+            _sync()
+        secs = sum(typical_seconds(fn, repeats) for fn in calls)
+    return (2.0 * m * n * k + 2.0 * batch * side * side * ch * ch * 9) / secs
+
+
+def steadiness(probes: list[float]) -> dict:
+    """A calibration's ``meta`` entries from its :func:`reference_rate` probes: their median
+    (``reference_flops_per_s``), the probes, their spread ((max - min) / median) and, past :data:`STEADY`, one line
+    saying the curves were measured at different speeds."""
+    mid = statistics.median(probes)
+    spread = (max(probes) - min(probes)) / mid
+    out = {"reference_flops_per_s": mid, "reference_probes": list(probes), "reference_spread": spread}
+    if spread > STEADY:
+        out["steadiness_note"] = (f"this machine's speed moved by {spread:.0%} while it was calibrated (a reference "
+                                  f"GEMM and convolution ran at {min(probes) / mid:.2f}x to {max(probes) / mid:.2f}x "
+                                  "their median between the curves): its curves were measured at different speeds; "
+                                  "calibrate again when the machine is quieter")
+    return out
 
 
 def _rows(total_flops: float, rows: int, cap: float, least: int = 1) -> int:
@@ -129,26 +200,68 @@ def cold(shape: tuple, dtype, device: str, pool_bytes: int):
     return itertools.cycle(copies).__next__
 
 
+DIP = 0.88  # a grid point below this fraction of its neighbours' median rate is timed again
+
+
+def dips(rates, least: float = DIP) -> list[tuple[int, ...]]:
+    """The grid points whose rate is below ``least`` x the median of their neighbours (one step either way along
+    each axis)."""
+    import numpy as np
+
+    rates = np.asarray(rates, dtype=float)
+    found = []
+    for idx in np.ndindex(rates.shape):
+        near = [rates[idx[:ax] + (i,) + idx[ax + 1:]] for ax in range(rates.ndim) for i in (idx[ax] - 1, idx[ax] + 1)
+                if 0 <= i < rates.shape[ax]]
+        if near and rates[idx] < least * float(np.median(near)):
+            found.append(idx)
+    return found
+
+
+def retime_dips(rates: list, measure) -> tuple[list, list]:
+    """The grid's :func:`dips` timed again once the whole grid was (``measure(idx)`` -> its rate), each keeping the
+    higher of its two rates; with the points retimed. A grid is timed in order, so a shared machine that slows for a
+    second slows a run of neighbours along its innermost axis, which the others' neighbours then show for what it is
+    (here a GEMM point at 0.68x its neighbours ran at their rate when timed again); a shape that is slow is slow
+    again, and keeps its rate."""
+    import numpy as np
+
+    out = np.asarray(rates, dtype=float)
+    found = dips(out)
+    for idx in found:
+        out[idx] = max(out[idx], measure(idx))
+    return out.tolist(), [list(i) for i in found]
+
+
 def gemm_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick, pool_bytes: int = 0) -> dict:
     import torch
     import torch.nn.functional as F
 
-    rates = [[[0.0] * len(grid["k"]) for _ in grid["n"]] for _ in grid["m"]]
     capped = []
+
+    def rates_for(n: int, k: int, ms: list[int], count: bool = True) -> list[float]:
+        weight = cold((n, k), dtype, device, pool_bytes)  # as nn.Linear holds it: x @ W^T
+        bias = torch.randn(n, device=device).to(dtype)
+        out = []
+        for m in ms:
+            rows = _rows(2.0 * m * n * k, m, cap, least=512)
+            a = torch.randn(rows, k, device=device).to(dtype)
+            out.append(2.0 * rows * n * k / typical_seconds(lambda a=a, w=weight, b=bias: F.linear(a, w(), b), repeats))
+            if rows < m and [m, n, k, rows] not in capped:
+                capped.append([m, n, k, rows])
+            if count:  # the progress counts the grid's points, not their retiming
+                tick()
+        return out
+
+    rates = [[[0.0] * len(grid["k"]) for _ in grid["n"]] for _ in grid["m"]]
     for j, n in enumerate(grid["n"]):
         for k_i, k in enumerate(grid["k"]):
-            weight = cold((n, k), dtype, device, pool_bytes)  # as nn.Linear holds it: x @ W^T
-            bias = torch.randn(n, device=device).to(dtype)
-            for i, m in enumerate(grid["m"]):
-                rows = _rows(2.0 * m * n * k, m, cap, least=512)
-                a = torch.randn(rows, k, device=device).to(dtype)
-                secs = typical_seconds(lambda a=a, w=weight, b=bias: F.linear(a, w(), b), repeats)
-                rates[i][j][k_i] = 2.0 * rows * n * k / secs
-                if rows < m:
-                    capped.append([m, n, k, rows])
-                tick()
+            for i, rate in enumerate(rates_for(n, k, grid["m"])):
+                rates[i][j][k_i] = rate
+    rates, again = retime_dips(rates, lambda idx: rates_for(grid["n"][idx[1]], grid["k"][idx[2]],
+                                                             [grid["m"][idx[0]]], False)[0])
     return {"axes": ["m", "n", "k"], **{ax: list(grid[ax]) for ax in ("m", "n", "k")}, "flops_per_s": rates,
-            "rows_capped": sorted(capped)}
+            "rows_capped": sorted(capped), "retimed": again}
 
 
 def _conv_least(pixels: int, cin: int, cout: int, kernel: int, itemsize: int, spill_bytes: int, cap: float) -> int:
@@ -167,25 +280,35 @@ def conv_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick, p
     import torch.nn.functional as F
 
     itemsize = torch.empty((), dtype=dtype).element_size()
+
+    def rates_for(kernel: int, cin: int, cout: int, pixel_list: list[int], count: bool = True) -> list[float]:
+        weight = cold((cout, cin, kernel, kernel), dtype, device, pool_bytes)
+        bias = torch.randn(cout, device=device).to(dtype)
+        out = []
+        for pixels in pixel_list:
+            flops = 2.0 * pixels * cin * cout * kernel * kernel
+            px = _rows(flops, pixels, cap, least=_conv_least(pixels, cin, cout, kernel, itemsize, pool_bytes, cap))
+            side = max(1, round(math.sqrt(px / 2)))  # a batch of two, as classifier-free guidance runs
+            x = torch.randn(2, cin, side, side, device=device).to(dtype)
+            secs = typical_seconds(lambda x=x, w=weight, b=bias, p=kernel // 2: F.conv2d(x, w(), b, padding=p),
+                                   repeats)
+            out.append(2.0 * 2 * side * side * cin * cout * kernel * kernel / secs)
+            if count:
+                tick()
+        return out
+
     out = {}
     for kernel in (3, 1):
         rates = [[[0.0] * len(grid["cout"]) for _ in grid["cin"]] for _ in grid["pixels"]]
         for j, cin in enumerate(grid["cin"]):
             for k_i, cout in enumerate(grid["cout"]):
-                weight = cold((cout, cin, kernel, kernel), dtype, device, pool_bytes)
-                bias = torch.randn(cout, device=device).to(dtype)
-                for i, pixels in enumerate(grid["pixels"]):
-                    flops = 2.0 * pixels * cin * cout * kernel * kernel
-                    px = _rows(flops, pixels, cap, least=_conv_least(pixels, cin, cout, kernel, itemsize, pool_bytes,
-                                                                     cap))
-                    side = max(1, round(math.sqrt(px / 2)))  # a batch of two, as classifier-free guidance runs
-                    x = torch.randn(2, cin, side, side, device=device).to(dtype)
-                    secs = typical_seconds(lambda x=x, w=weight, b=bias, p=kernel // 2: F.conv2d(x, w(), b, padding=p),
-                                           repeats)
-                    rates[i][j][k_i] = 2.0 * 2 * side * side * cin * cout * kernel * kernel / secs
-                    tick()
+                for i, rate in enumerate(rates_for(kernel, cin, cout, grid["pixels"])):
+                    rates[i][j][k_i] = rate
+        rates, again = retime_dips(rates, lambda idx, kernel=kernel: rates_for(
+            kernel, grid["cin"][idx[1]], grid["cout"][idx[2]], [grid["pixels"][idx[0]]], False)[0])
         out[f"k{kernel}"] = {"axes": ["pixels", "cin", "cout"], "pixels": list(grid["pixels"]),
-                             "cin": list(grid["cin"]), "cout": list(grid["cout"]), "flops_per_s": rates}
+                             "cin": list(grid["cin"]), "cout": list(grid["cout"]), "flops_per_s": rates,
+                             "retimed": again}
     return out
 
 
@@ -193,22 +316,21 @@ def sdpa_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick) -
     import torch
     import torch.nn.functional as F
 
-    rates = []
-    for q in grid["q"]:
-        plane = []
-        for kv in grid["kv"]:
-            row = []
-            for d in grid["d"]:
-                bh = _rows(4.0 * 16 * q * kv * d, 16, cap)
-                qq = torch.randn(1, bh, q, d, device=device).to(dtype)
-                kk = torch.randn(1, bh, kv, d, device=device).to(dtype)
-                vv = torch.randn(1, bh, kv, d, device=device).to(dtype)
-                secs = typical_seconds(lambda q=qq, k=kk, v=vv: F.scaled_dot_product_attention(q, k, v), repeats)
-                row.append(4.0 * bh * q * kv * d / secs)
-                tick()
-            plane.append(row)
-        rates.append(plane)
-    return {"axes": ["q", "kv", "d"], **{ax: list(grid[ax]) for ax in ("q", "kv", "d")}, "flops_per_s": rates}
+    def rate(q: int, kv: int, d: int, count: bool = True) -> float:
+        bh = _rows(4.0 * 16 * q * kv * d, 16, cap)
+        qq = torch.randn(1, bh, q, d, device=device).to(dtype)
+        kk = torch.randn(1, bh, kv, d, device=device).to(dtype)
+        vv = torch.randn(1, bh, kv, d, device=device).to(dtype)
+        secs = typical_seconds(lambda: F.scaled_dot_product_attention(qq, kk, vv), repeats)
+        if count:
+            tick()
+        return 4.0 * bh * q * kv * d / secs
+
+    rates = [[[rate(q, kv, d) for d in grid["d"]] for kv in grid["kv"]] for q in grid["q"]]
+    rates, again = retime_dips(rates, lambda idx: rate(grid["q"][idx[0]], grid["kv"][idx[1]], grid["d"][idx[2]],
+                                                       False))
+    return {"axes": ["q", "kv", "d"], **{ax: list(grid[ax]) for ax in ("q", "kv", "d")}, "flops_per_s": rates,
+            "retimed": again}
 
 
 FRESH_PAGES_BYTES = 32 << 20  # glibc's largest mmap threshold (64-bit): a block this large is new pages each time
@@ -297,22 +419,21 @@ def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", 
         report("calibrating", done[0], total)
 
     started = time.perf_counter()
-    if device.startswith("cuda"):
-        _SYNC.append(lambda: torch.cuda.synchronize(device))
-    try:
+    probes = [reference_rate(dtype, device)]  # the machine's speed before, between and after the curves
+    with synced(device):
         pool = 2 * last_level_cache_bytes(device)
-        table = {"gemm": gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool),
-                 "conv": conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool),
-                 "sdpa": sdpa_curve(g["sdpa"], tdtype, device, g["flop_cap"], g["repeats"], tick),
-                 **_memory(g, tdtype, device, tick),
-                 "view_s": view_seconds(device, g["repeats"])}
-    finally:
-        _SYNC.clear()
+        table = {"gemm": gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)}
+        probes.append(reference_rate(dtype, device))
+        table["conv"] = conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)
+        probes.append(reference_rate(dtype, device))
+        table["sdpa"] = sdpa_curve(g["sdpa"], tdtype, device, g["flop_cap"], g["repeats"], tick)
+        table.update(_memory(g, tdtype, device, tick), view_s=view_seconds(device, g["repeats"]))
+    probes.append(reference_rate(dtype, device))
     tick()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "level": level,
             "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": device, "dtype": dtype,
             "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
             "seconds": time.perf_counter() - started, "weights_cold_bytes": pool,
-            **({"fresh_pages_bytes": FRESH_PAGES_BYTES} if "memory_fresh" in table else {})}
+            **({"fresh_pages_bytes": FRESH_PAGES_BYTES} if "memory_fresh" in table else {}), **steadiness(probes)}
     return {"meta": meta, **table}

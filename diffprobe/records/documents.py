@@ -156,7 +156,7 @@ class RunDocument(Document):
         "denoiser_calls_per_step", "frames", "latent_frames", "tokens",
         "flops", "bytes", "bytes_unfused_total", "macs_conv_linear", "levels", "denoiser_per_call_and_sample", "moe",
         "seconds", "roofline", "warnings",
-        "images", "image_complete", "approx", "op_timer", "compiled", "chrome_trace")
+        "images", "image_complete", "approx", "op_timer", "compiled", "chrome_trace", "machine_speed")
 
     status: str
     error: str | None
@@ -216,6 +216,7 @@ class RunDocument(Document):
     op_timer: dict | None = None
     compiled: dict | None = None
     chrome_trace: str | None = None
+    machine_speed: dict | None = None  # a calibrated --hardware's reference rate around the run against its own
 
 
 @dataclass(eq=False)

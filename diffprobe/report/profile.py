@@ -280,12 +280,13 @@ def _of_peak(r: dict) -> str:
 def roofline(d: RunDocument, folder: Path) -> list[Section] | None:
     """Roofline-predicted seconds per stage, beside the measured ones in a measured run; per layer type; the figure
     of the layer types on the preset's roofline (from the run's records)."""
-    return roofline_sections(d.roofline, folder)
+    return roofline_sections(d.roofline, folder, d.machine_speed)
 
 
-def roofline_sections(roof: dict | None, folder: Path) -> list[Section] | None:
+def roofline_sections(roof: dict | None, folder: Path, speed: dict | None = None) -> list[Section] | None:
     """:func:`roofline` of a run's (or a sweep point's) ``roofline`` account; with a calibrated preset, the
-    calibrated model's seconds and error beside the roofline's (docs/prediction.md)."""
+    calibrated model's seconds and error beside the roofline's (docs/prediction.md) and, where it was timed around
+    the run, the machine's speed against the calibration's (``speed``: the run's ``machine_speed``)."""
     if not roof:
         return None
     pred, vm, cal = roof["prediction"], roof.get("versus_measured"), roof.get("calibrated")
@@ -318,6 +319,9 @@ def roofline_sections(roof: dict | None, folder: Path) -> list[Section] | None:
                      f"{meta['date'][:10]}); the roofline is the bound, the calibrated model the prediction")
         if cal.get("caveat"):
             notes.append(f"note: {cal['caveat']}")
+        if speed:  # past 10% the run's warnings say what it means too
+            notes.append(f"machine speed: the calibration's reference GEMM and convolution ran at "
+                         f"{speed['ratio']:.2f}x its speed when calibrated, around this run")
         if vm:
             notes.append("measured: this run's stage times, traced (the tracer's own cost per op included, large for "
                          "small models); the calibrated model predicts an untraced run, so compare it with a "

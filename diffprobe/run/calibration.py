@@ -18,7 +18,7 @@ import time
 
 from diffprobe.analyses.predict import predict_seconds
 from diffprobe.attention.bench import KERNEL_GRIDS, kernel_curve
-from diffprobe.hardware.calibrate import GRIDS, calibrate
+from diffprobe.hardware.calibrate import GRIDS, calibrate, reference_rate, steadiness
 from diffprobe.hardware.preset import from_dict
 from diffprobe.run.profile import ProfileConfig, run_profile
 
@@ -60,7 +60,7 @@ def fit_transformer_overhead(table: dict, base: dict, repeat: int = 5, on: dict 
 def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=None) -> dict:
     """The calibration table with the block-sparse kernel's curve (``block_sparse``, where the kernel runs here), its
     fitted ``overhead_s`` (per stage, on ``tiny``) and ``denoiser_overhead_s`` (per denoiser component: ``unet`` from
-    ``tiny``, ``transformer`` from :data:`TRANSFORMER_FITS`)."""
+    ``tiny``, ``transformer`` from :data:`TRANSFORMER_FITS`); its reference probes end after the fits."""
     table = calibrate(level, dtype, device, progress)
     started = time.perf_counter()
     try:  # the block-sparse kernel by density (attention/bench.py), where it runs here
@@ -76,4 +76,6 @@ def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=
     table["meta"]["overhead_fit"] = (f"{FIT['model']} at {FIT['height']} px, {FIT['steps']} steps (transformer "
                                      f"denoisers: {' and '.join(TRANSFORMER_FITS)}), untraced, median of 5 runs "
                                      f"after a warm-up, on {device} in {dtype}")
+    # the machine's speed after the kernel curve and the fits too: the steadiness covers the whole calibration
+    table["meta"].update(steadiness([*table["meta"].get("reference_probes", []), reference_rate(dtype, device)]))
     return table

@@ -131,7 +131,10 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
             if cfg.approx is not None:  # reuse only (checked): its plan replayed on meta
                 result.approx, _, result.approx_ops = run_setting(cfg, pipe, result, report)
     else:
+        before = reference_now(cfg)
         measured = measured_pass(cfg, pipe, denoiser_evals, measured_evals, report)
+        if before is not None and measured.failure is None:
+            result.reference_rates = [before, reference_now(cfg)]
         result.take(measured)
         _save_images(out_dir, result, pipe, measured.images)
         if measured.failure is not None:  # what was measured, written before the failure propagates
@@ -146,6 +149,21 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
                 _save_images(out_dir, None, pipe, images, "image_approx.png")  # beside the dense one
     _save(out_dir, result)
     return result
+
+
+def reference_now(cfg: ProfileConfig) -> float | None:
+    """The reference GEMM and convolution's FLOP/s now (:func:`~diffprobe.hardware.calibrate.reference_rate`, in the
+    calibration's dtype), where ``--hardware`` is a preset calibrated with them on this kind of device: timed before
+    and after a measured run, to say whether the machine still runs at its calibration's speed."""
+    if cfg.hardware is None:
+        return None
+    from diffprobe.hardware.calibrate import reference_rate
+    from diffprobe.hardware.presets import get_preset
+
+    meta = get_preset(cfg.hardware).calibration.get("meta", {})
+    if "reference_flops_per_s" not in meta or str(meta["device"]).split(":")[0] != cfg.device.split(":")[0]:
+        return None
+    return reference_rate(meta["dtype"], cfg.device)
 
 
 def _take_compiled(result: ProfileResult, compiled, pipe, out_dir: Path) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from diffprobe.analyses import breakdown, roofline
 from diffprobe.analyses.moe import expert_load
+from diffprobe.analyses.predict import machine_speed
 from diffprobe.hardware.presets import get_preset
 from diffprobe.models.registry import ModelSpec
 from diffprobe.records.documents import RunDocument
@@ -48,6 +49,7 @@ class ProfileResult:
     scheduler: str = ""  # the scheduler class the pipeline ran (the model's, or --scheduler's)
     approx_ops: object = field(default=None, repr=False)  # --approx: the setting's records (ops_approx.parquet)
     moe: dict | None = None  # the denoiser's mixture of experts (Family.moe), the expert loads added from the records
+    reference_rates: list | None = None  # a calibrated --hardware's reference FLOP/s, timed before and after the run
     _accounts: tuple | None = field(default=None, init=False, repr=False, compare=False)  # inputs, summaries
 
     def take(self, measured) -> None:
@@ -157,6 +159,8 @@ class ProfileResult:
     def document(self) -> RunDocument:
         c = self.config
         acc = self.accounts()
+        speed = (machine_speed(get_preset(c.hardware).calibration, self.reference_rates) if self.reference_rates
+                 else None)  # the machine's speed around a measured run against its calibration's
         d = {
             "status": self.status,
             "error": self.error,
@@ -203,10 +207,10 @@ class ProfileResult:
             "findings": self.findings,
             **{k: v for k, v in (("images", self.images or None), ("image_complete", self.image_complete),
                                  ("approx", self.approx), ("op_timer", self.op_timer),
-                                 ("compiled", self.compiled),
-                                 ("chrome_trace", self.chrome_trace)) if v is not None},
+                                 ("compiled", self.compiled), ("chrome_trace", self.chrome_trace),
+                                 ("machine_speed", speed)) if v is not None},
         }
-        warnings = acc.get("warnings", []) + self.notes
+        warnings = acc.get("warnings", []) + self.notes + ([speed["note"]] if speed and "note" in speed else [])
         if warnings:
             d["warnings"] = warnings
         return RunDocument.from_fields(d, "run.json")

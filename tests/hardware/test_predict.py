@@ -204,9 +204,19 @@ def test_a_tiny_run_is_predicted_within_a_loose_bound(tmp_path, capsys, monkeypa
     run = ["--model", "tiny-pixart", "--steps", "2", "-q", "--format", "json"]
     assert main(["profile", *run, "--mode", "analytic", "--hardware", str(path), "--out", str(tmp_path / "a")]) == 0
     roof = json.loads(capsys.readouterr().out)["roofline"]
-    assert main(["profile", *run, "--sample-steps", "0", "--no-trace", "--repeat", "3", "--out",
-                 str(tmp_path / "m")]) == 0
-    measured = json.loads(capsys.readouterr().out)["stages"]
+    assert len(table["meta"]["reference_probes"]) == 4  # before, between the curves, after
+    faster = tmp_path / "faster.toml"  # as if calibrated when the machine ran four times as fast
+    faster.write_text(to_toml({**base, "name": "cal", "calibration": {
+        **table, "meta": {**table["meta"], "reference_flops_per_s": 4 * table["meta"]["reference_flops_per_s"]}}}))
+    assert main(["profile", *run, "--sample-steps", "0", "--no-trace", "--repeat", "3", "--hardware", str(faster),
+                 "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    measured = doc["stages"]
+    speed = doc["machine_speed"]  # the reference timed before and after this run (untraced: no records needed)
+    assert len(speed["run_flops_per_s"]) == 2 and speed["ratio"] == pytest.approx(
+        sum(speed["run_flops_per_s"]) / 2 / (4 * table["meta"]["reference_flops_per_s"]))
+    assert 0.1 < speed["ratio"] < 0.5 and speed["note"] in doc["warnings"] and "reference GEMM" in out.err
     predicted = roof["calibrated"]["by_stage"]
     assert 1 / 3 < predicted["denoiser"] / measured["denoiser"] < 3.0, (predicted, measured)
     assert roof["prediction"]["by_stage"]["denoiser"] / measured["denoiser"] < 0.1  # the bound, far below

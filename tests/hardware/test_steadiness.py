@@ -1,0 +1,94 @@
+"""The machine's speed through a calibration and around a run it prices: the reference rate's FLOPs by hand, the
+calibration's steadiness and a run's speed ratio on hand-made probes, and both carried into a real run's JSON."""
+
+import pytest
+
+import diffprobe.hardware.calibrate as cal_mod
+from diffprobe.analyses.predict import machine_speed
+from diffprobe.hardware.calibrate import reference_rate, steadiness
+
+
+def test_the_reference_rate_counts_its_gemm_and_convolution_flops(monkeypatch):
+    """FLOPs of a 1024 x 1280 x 1280 GEMM (2MNK) and of a 3x3 convolution of 320 channels over 2 x 32 x 32 pixels
+    (2 x pixels x C_in x C_out x 9), over the seconds of both calls (each timed 0.25 s here)."""
+    calls = []
+
+    def quarter_second(fn, repeats):
+        out = fn()
+        calls.append(tuple(out.shape))
+        return 0.25
+
+    monkeypatch.setattr(cal_mod, "typical_seconds", quarter_second)
+    gemm = 2 * 1024 * 1280 * 1280
+    conv = 2 * (2 * 32 * 32) * 320 * 320 * 9
+    assert reference_rate() == pytest.approx((gemm + conv) / 0.5, rel=1e-12)
+    assert calls == [(1024, 1280), (2, 320, 32, 32)]
+
+
+def test_a_real_reference_rate_is_a_plausible_rate():
+    rate = reference_rate(repeats=2)
+    assert 1e8 < rate < 1e14  # a CPU core does more than 0.1 GFLOP/s and less than 100 TFLOP/s
+
+
+def test_steadiness_by_hand():
+    steady = steadiness([100e9, 104e9, 98e9, 101e9])  # median 100.5, spread 6 / 100.5
+    assert steady["reference_flops_per_s"] == pytest.approx(100.5e9)
+    assert steady["reference_spread"] == pytest.approx(6 / 100.5)
+    assert "steadiness_note" not in steady and steady["reference_probes"] == [100e9, 104e9, 98e9, 101e9]
+    moved = steadiness([100e9, 80e9, 120e9])  # median 100, spread 0.4
+    assert moved["reference_spread"] == pytest.approx(0.4)
+    assert "moved by 40%" in moved["steadiness_note"] and "0.80x to 1.20x" in moved["steadiness_note"]
+
+
+def test_a_runs_machine_speed_against_its_calibration():
+    cal = {"meta": {"reference_flops_per_s": 100e9}}
+    slow = machine_speed(cal, [80e9, 90e9])  # their mean, 85: the machine at 0.85x, the run expected 1/0.85 slower
+    assert slow["ratio"] == pytest.approx(0.85) and slow["run_flops_per_s"] == [80e9, 90e9]
+    assert "at 0.85x" in slow["note"] and "near 1.18x the prediction" in slow["note"]
+    steady = machine_speed(cal, [95e9, 104e9])
+    assert steady["ratio"] == pytest.approx(0.995) and "note" not in steady
+    assert machine_speed({"meta": {}}, [95e9]) is None  # a calibration from before the probes
+    assert machine_speed(cal, None) is None  # nothing timed around the run (analytic)
+
+
+def test_the_report_says_how_fast_the_machine_ran_around_the_run(tmp_path):
+    """The roofline section's notes carry the machine's speed around the run, where it was timed."""
+    from diffprobe.report.profile import roofline_sections
+
+    meta = {"cpu": "Test CPU", "cpu_capability": "AVX2", "threads": 2, "torch": "2.13.0", "date": "2026-12-06T01:00"}
+    cal = {"meta": {"reference_flops_per_s": 100e9}}
+
+    def notes(rates):
+        roof = {"preset": "p", "preset_title": "P", "dtype": "float32", "ridge_intensity": 6.0,
+                "prediction": {"total_s": 1.0, "by_stage": {"denoiser": 1.0}},
+                "calibrated": {"total_s": 2.0, "by_stage": {"denoiser": 2.0}, "calibration": meta}}
+        return roofline_sections(roof, tmp_path, machine_speed(cal, rates))[0].notes
+
+    assert any(n.startswith("machine speed:") and "at 0.70x its speed" in n for n in notes([70e9, 70e9]))
+    assert any(n.startswith("machine speed:") and "at 1.02x its speed" in n for n in notes([102e9, 102e9]))
+    assert not any(n.startswith("machine speed:") for n in notes(None))
+
+
+def test_a_dip_is_timed_again_and_keeps_the_higher_rate():
+    """A point below 0.88x its neighbours' median is timed again: a slow second (the run of points along the
+    innermost axis the grid was timed in, all low together) recovers its neighbours' rate; a slow shape, timed slow
+    again, keeps its own."""
+    from diffprobe.hardware.calibrate import dips, retime_dips
+
+    flat = [[100.0] * 3 for _ in range(3)]
+    flat[1][1] = 80.0  # neighbours 100, 100, 100, 100
+    assert dips(flat) == [(1, 1)]
+    assert retime_dips(flat, lambda idx: 99.0) == ([[100.0] * 3, [100.0, 99.0, 100.0], [100.0] * 3], [[1, 1]])
+    assert retime_dips(flat, lambda idx: 70.0)[0][1][1] == 80.0  # slow again: the higher of the two
+    flat[1][1] = 89.0  # 0.89x its neighbours: within the line
+    assert dips(flat) == []
+    grid = [[[100.0] * 3 for _ in range(3)] for _ in range(3)]
+    for i in range(3):
+        grid[i][1][1] = 60.0  # a slow second along axis 0: each point's axis-0 neighbours low too, the rest not
+    assert dips(grid) == [(0, 1, 1), (1, 1, 1), (2, 1, 1)]
+    timed = []
+    rates, again = retime_dips(grid, lambda idx: timed.append(idx) or 100.0)
+    assert timed == [(0, 1, 1), (1, 1, 1), (2, 1, 1)] and again == [[0, 1, 1], [1, 1, 1], [2, 1, 1]]
+    assert all(v == 100.0 for plane in rates for row in plane for v in row)
+    rising = [10.0, 100.0, 110.0]  # a small shape's low rate: flagged, timed again as slow, kept
+    assert retime_dips(rising, lambda idx: 11.0) == ([11.0, 100.0, 110.0], [[0]])
