@@ -15,7 +15,7 @@
 4. The block-sparse kernel by density: ``kernels bench --hardware PRESET`` at points off the calibration's grid,
    the kernel's and dense SDPA's measured seconds against the curves' (no target: reported).
 
-    python benchmarks/predict.py [--quick] [--preset FILE (skip calibrating)] [--runs sd15-256,...]
+    python benchmarks/predict.py [--quick] [--preset FILE (skip calibrating)] [--runs sd15-256,...] [--repeat N]
 
 Prints one JSON object with the machine, the calibration's time and every error; targets: denoiser <= 10%,
 other stages <= 15%, run total <= 10%, layer types <= 20%, on every run but the tiny DiTs (:data:`PYTHON_BOUND`:
@@ -60,7 +60,7 @@ def size(side) -> list[str]:
 DEVICE: list[str] = []  # --device/--dtype of every run (empty: the CPU in fp32)
 
 
-def one_run(name: str, preset: str, tmp: Path, earlier: dict | None = None) -> dict:
+def one_run(name: str, preset: str, tmp: Path, earlier: dict | None = None, repeat: int = 1) -> dict:
     model, side, steps = RUNS[name]
     common = ["--model", model, *size(side), "--steps", str(steps), *DEVICE]
     roof = cli("profile", *common, "--mode", "analytic", "--hardware", preset,
@@ -68,8 +68,8 @@ def one_run(name: str, preset: str, tmp: Path, earlier: dict | None = None) -> d
     if earlier is not None:  # the measured seconds of an earlier result (iterating on the model, not for the record)
         stages = {s: v["measured_s"] for s, v in earlier["runs"][name]["stages"].items()}
     else:  # --hardware: the calibration's reference GEMM and convolution timed before and after the run
-        repeat = ["--repeat", "5"] if model.startswith("tiny") else []  # milliseconds: the median of five
-        doc = cli("profile", *common, "--sample-steps", "0", "--no-trace", "--warmup", "1", *repeat,
+        times = 5 if model.startswith("tiny") else repeat  # milliseconds: the median of five
+        doc = cli("profile", *common, "--sample-steps", "0", "--no-trace", "--warmup", "1", "--repeat", str(times),
                   "--hardware", preset, "--out", str(tmp / f"{name}-m"))
         stages = {("pipeline" if k == "other" else k): v for k, v in doc["stages"].items()
                   if k not in ("total", "tokenize")}
@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cuda: calibrate and measure on the GPU (gpu_check.sh predict)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--no-kernels", action="store_true", help="skip step 4 (on a GPU each point compiles a kernel)")
+    ap.add_argument("--repeat", type=int, default=1, help="each full-size run's stages: the median of this many "
+                    "runs (a shared machine's run-to-run spread; the tiny ones always five)")
     args = ap.parse_args()
     if args.device != "cpu" or args.dtype != "float32":
         DEVICE.extend(["--device", args.device, "--dtype", args.dtype])
@@ -178,7 +180,8 @@ def main() -> None:
         result["level"] = "quick" if args.quick else "full"
         earlier = json.loads(Path(args.measured).read_text()) if args.measured else None
         result["measured_from"] = args.measured
-        result["runs"] = {name: one_run(name, preset, tmp, earlier) for name in args.runs.split(",")}
+        result["repeat"] = args.repeat
+        result["runs"] = {name: one_run(name, preset, tmp, earlier, args.repeat) for name in args.runs.split(",")}
         result["layer_types_sd15_512"], result["classes_sd15_512"] = traced(preset, tmp)
         result["block_sparse_kernel"] = [] if args.no_kernels else kernels(preset)
         meta = get_preset(preset).calibration["meta"]  # how steady the machine was while calibrated

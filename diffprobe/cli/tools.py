@@ -123,8 +123,8 @@ def hardware_calibrate(
         return
     out.print(f"calibrated {meta['cpu']} ({meta['cpu_capability']}, {meta['threads']} threads, torch "
               f"{meta['torch']}) in {meta['command_s']:.0f} s: {path}")
-    out.print(f"reference GEMM and convolution: {meta['reference_flops_per_s'] / 1e9:.0f} GFLOP/s, within "
-              f"{meta['reference_spread']:.0%} over {len(meta['reference_probes'])} probes through the calibration")
+    out.print(f"reference GEMM and convolution: {meta['reference_flops_per_s'] / 1e9:.0f} GFLOP/s (median of "
+              f"{len(meta['reference_probes'])} probes through the calibration, spread {meta['reference_spread']:.0%})")
     out.print(f"use it: diffprobe profile --hardware {path}")
 
 

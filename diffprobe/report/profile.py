@@ -320,8 +320,10 @@ def roofline_sections(roof: dict | None, folder: Path, speed: dict | None = None
         if cal.get("caveat"):
             notes.append(f"note: {cal['caveat']}")
         if speed:  # past 10% the run's warnings say what it means too
-            notes.append(f"machine speed: the calibration's reference GEMM and convolution ran at "
-                         f"{speed['ratio']:.2f}x its speed when calibrated, around this run")
+            run = sum(speed["run_flops_per_s"]) / len(speed["run_flops_per_s"])
+            notes.append(f"machine speed: the calibration's reference GEMM and convolution ran at {run / 1e9:.0f} "
+                         f"GFLOP/s around this run, {speed['ratio']:.2f}x their "
+                         f"{speed['calibration_flops_per_s'] / 1e9:.0f} GFLOP/s when calibrated")
         if vm:
             notes.append("measured: this run's stage times, traced (the tracer's own cost per op included, large for "
                          "small models); the calibrated model predicts an untraced run, so compare it with a "
