@@ -283,6 +283,24 @@ def roofline(d: RunDocument, folder: Path) -> list[Section] | None:
     return roofline_sections(d.roofline, folder, d.machine_speed)
 
 
+def _calibration_notes(cal: dict, speed: dict | None) -> list[str]:
+    """What a calibrated prediction rests on: the machine and date of its curves, a caveat (another machine), and
+    the machine's speed around a measured run against the calibration's (past 10% the run's warnings say what it
+    means too)."""
+    meta = cal["calibration"]
+    notes = [f"calibrated: each record's seconds from the throughput curves measured on {meta['cpu']} "
+             f"({meta['cpu_capability']}, {meta['threads']} threads, torch {meta['torch']}, {meta['date'][:10]}); the "
+             "roofline is the bound, the calibrated model the prediction"]
+    if cal.get("caveat"):
+        notes.append(f"note: {cal['caveat']}")
+    if speed:
+        run = sum(speed["run_flops_per_s"]) / len(speed["run_flops_per_s"])
+        notes.append(f"machine speed: the calibration's reference GEMM and convolution ran at {run / 1e9:.0f} GFLOP/s "
+                     f"around this run, {speed['ratio']:.2f}x their {speed['calibration_flops_per_s'] / 1e9:.0f} "
+                     "GFLOP/s when calibrated")
+    return notes
+
+
 def roofline_sections(roof: dict | None, folder: Path, speed: dict | None = None) -> list[Section] | None:
     """:func:`roofline` of a run's (or a sweep point's) ``roofline`` account; with a calibrated preset, the
     calibrated model's seconds and error beside the roofline's (docs/prediction.md) and, where it was timed around
@@ -313,17 +331,7 @@ def roofline_sections(roof: dict | None, folder: Path, speed: dict | None = None
             f"{s} {fmt_s(r['kernel_s'])} ({100 * r['kernel_error']:+.0f}%)" for s, r in stages_.items()
             if r and "kernel_s" in r and r["kernel_error"] is not None))
     if cal:
-        meta = cal["calibration"]
-        notes.append(f"calibrated: each record's seconds from the throughput curves measured on {meta['cpu']} "
-                     f"({meta['cpu_capability']}, {meta['threads']} threads, torch {meta['torch']}, "
-                     f"{meta['date'][:10]}); the roofline is the bound, the calibrated model the prediction")
-        if cal.get("caveat"):
-            notes.append(f"note: {cal['caveat']}")
-        if speed:  # past 10% the run's warnings say what it means too
-            run = sum(speed["run_flops_per_s"]) / len(speed["run_flops_per_s"])
-            notes.append(f"machine speed: the calibration's reference GEMM and convolution ran at {run / 1e9:.0f} "
-                         f"GFLOP/s around this run, {speed['ratio']:.2f}x their "
-                         f"{speed['calibration_flops_per_s'] / 1e9:.0f} GFLOP/s when calibrated")
+        notes += _calibration_notes(cal, speed)
         if vm:
             notes.append("measured: this run's stage times, traced (the tracer's own cost per op included, large for "
                          "small models); the calibrated model predicts an untraced run, so compare it with a "

@@ -131,11 +131,13 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
             if cfg.approx is not None:  # reuse only (checked): its plan replayed on meta
                 result.approx, _, result.approx_ops = run_setting(cfg, pipe, result, report)
     else:
-        before = reference_now(cfg)
+        with saved_on_failure(out_dir, result, "before the measured run; nothing was measured"):
+            before = reference_now(cfg)  # the machine's speed against --hardware's calibration, before and after
         measured = measured_pass(cfg, pipe, denoiser_evals, measured_evals, report)
-        if before is not None and measured.failure is None:
-            result.reference_rates = [before, reference_now(cfg)]
         result.take(measured)
+        if before is not None and measured.failure is None:
+            with saved_on_failure(out_dir, result, "after the measured run, whose times are complete"):
+                result.reference_rates = [before, reference_now(cfg)]
         _save_images(out_dir, result, pipe, measured.images)
         if measured.failure is not None:  # what was measured, written before the failure propagates
             _save(out_dir, result)

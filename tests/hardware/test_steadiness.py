@@ -93,3 +93,32 @@ def test_a_dip_is_timed_again_and_keeps_the_higher_rate():
     assert all(v == 100.0 for plane in rates for row in plane for v in row)
     rising = [10.0, 100.0, 110.0]  # a small shape's low rate: flagged, timed again as slow, kept
     assert retime_dips(rising, lambda idx: 11.0) == ([11.0, 100.0, 110.0], [[0]])
+
+
+def test_an_interrupt_while_timing_the_machine_after_a_run_keeps_the_run(tmp_path, monkeypatch):
+    """Ctrl-C in the reference probe after a measured run: run.json holds the run's stage times, status
+    interrupted (the probe's rates are left out)."""
+    import json
+
+    import diffprobe.run.profile as profile
+    from diffprobe.hardware.preset import to_toml
+    from diffprobe.run.profile import ProfileConfig, run_profile
+    from tests.hardware.test_predict import _preset
+
+    path = tmp_path / "cal.toml"
+    path.write_text(to_toml(_preset().to_dict()))
+    probes = iter([1e11])
+
+    def probe(cfg):
+        try:
+            return next(probes)
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(profile, "reference_now", probe)
+    with pytest.raises(KeyboardInterrupt):
+        run_profile(ProfileConfig(model="tiny", steps=2, sample_steps=0, trace_ops=False, hardware=str(path),
+                                  out=str(tmp_path / "run")))
+    doc = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert doc["status"] == "interrupted" and "after the measured run" in doc["error"]
+    assert doc["stages"]["denoiser"] > 0 and "machine_speed" not in doc
