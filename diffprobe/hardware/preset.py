@@ -115,6 +115,9 @@ def check_calibration(cal, origin: str) -> dict:
                 ok = False
             if not ok:
                 raise DiffprobeError(f"{bad}.{table}.{cls}: needs [bytes, bytes/s] pairs, positive")
+    ref = cal["meta"].get("reference_flops_per_s", 1)  # a calibration from before the reference probe has none
+    if isinstance(ref, bool) or not isinstance(ref, (int, float)) or not (math.isfinite(ref) and ref > 0):
+        raise DiffprobeError(f"{bad}.meta.reference_flops_per_s must be a positive number of FLOP/s")
     fresh = cal["meta"].get("fresh_pages_bytes", 1)
     if isinstance(fresh, bool) or not isinstance(fresh, (int, float)) or not (math.isfinite(fresh) and fresh > 0):
         raise DiffprobeError(f"{bad}.meta.fresh_pages_bytes must be a positive number of bytes")

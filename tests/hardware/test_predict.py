@@ -156,6 +156,7 @@ def test_overhead_per_record_by_stage_and_denoiser_component():
     (lambda c: c["memory"].update(norm=[[1, 2, 3]]), "calibration.memory.norm"),
     (lambda c: c["meta"].pop("torch"), "calibration.meta is missing 'torch'"),
     (lambda c: c.update(view_s=0), "view_s must be a positive number"),
+    (lambda c: c["meta"].update(reference_flops_per_s="fast"), "meta.reference_flops_per_s must be a positive"),
     (lambda c: c.update(denoiser_overhead_s={"transformer": -1.0}), "denoiser_overhead_s must be a table of"),
 ])
 def test_bad_calibrations_are_one_line(change, needle):
