@@ -20,7 +20,8 @@
 Prints one JSON object with the machine, the calibration's time and every error; targets: denoiser <= 10%,
 other stages <= 15%, run total <= 10%, layer types <= 20%, on every run but the tiny DiTs (:data:`PYTHON_BOUND`:
 reported, their milliseconds Python between operators). Beside each error, ``error_at_speed``: the same at the
-machine's speed around the run (the calibration's reference probe then against while calibrating; not a target).
+machine's speed around the run (``speed_ratio``: the calibration's reference probe timed before and after the run,
+against its rate while calibrating; not a target).
 """
 
 from __future__ import annotations
@@ -195,7 +196,6 @@ def main() -> None:
                           if n.startswith(("text_encoder", "vae_decoder"))),
              "layer_type": max(abs(r["error"]) for r in result["layer_types_sd15_512"].values())}
     result["worst"] = worst
-
     result["targets_met"] = {k: worst[k] <= TARGET[k] for k in TARGET}
     # the issue sets no target for the kernel alone: reported beside the others
     result["worst"]["block_sparse_kernel"] = max((abs(r["error"]) for r in result["block_sparse_kernel"]),
