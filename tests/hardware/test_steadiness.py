@@ -122,3 +122,21 @@ def test_an_interrupt_while_timing_the_machine_after_a_run_keeps_the_run(tmp_pat
     doc = json.loads((tmp_path / "run" / "run.json").read_text())
     assert doc["status"] == "interrupted" and "after the measured run" in doc["error"]
     assert doc["stages"]["denoiser"] > 0 and "machine_speed" not in doc
+
+
+def test_the_whole_calibration_ends_with_a_fifth_probe(monkeypatch):
+    """calibrate_machine times the reference once more after the kernel curve and the fits, and the steadiness covers
+    all five probes (median of 1..5 = 3, spread (5 - 1) / 3)."""
+    import diffprobe.run.calibration as calibration
+
+    def no_kernel(*a, **k):
+        raise RuntimeError("no kernel here")
+
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: {"meta": {"reference_probes": [1.0, 2.0, 3.0, 4.0]}})
+    monkeypatch.setattr(calibration, "kernel_curve", no_kernel)
+    monkeypatch.setattr(calibration, "fit_overhead", lambda *a, **k: {})
+    monkeypatch.setattr(calibration, "fit_transformer_overhead", lambda *a, **k: 0.0)
+    monkeypatch.setattr(calibration, "reference_rate", lambda dtype, device: 5.0)
+    meta = calibration.calibrate_machine("quick", "float32", "cpu", {})["meta"]
+    assert meta["reference_probes"] == [1.0, 2.0, 3.0, 4.0, 5.0] and meta["reference_flops_per_s"] == 3.0
+    assert meta["reference_spread"] == pytest.approx(4 / 3) and "moved by 133%" in meta["steadiness_note"]
