@@ -16,6 +16,7 @@
    the kernel's and dense SDPA's measured seconds against the curves' (no target: reported).
 
     python benchmarks/predict.py [--quick] [--preset FILE (skip calibrating)] [--runs sd15-256,...] [--repeat N]
+        [--passes N]
 
 Prints one JSON object with the machine, the calibration's time and every error; targets: denoiser <= 10%,
 other stages <= 15%, run total <= 10%, layer types <= 20%, on every run but the tiny DiTs (:data:`PYTHON_BOUND`:
@@ -152,6 +153,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cuda: calibrate and measure on the GPU (gpu_check.sh predict)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--no-kernels", action="store_true", help="skip step 4 (on a GPU each point compiles a kernel)")
+    ap.add_argument("--passes", type=int, default=1, help="calibrate --passes: the operator grids timed this many "
+                    "times over, each rate the median")
     ap.add_argument("--repeat", type=int, default=1, help="each full-size run's stages: the median of this many "
                     "runs (a shared machine's run-to-run spread; the tiny ones always five)")
     args = ap.parse_args()
@@ -174,14 +177,14 @@ def main() -> None:
             preset = str(tmp / "calibration.toml")
             t0 = time.perf_counter()
             cli("hardware", "calibrate", *(["--quick"] if args.quick else []), "--out", preset, "--device", args.device,
-                "--dtype", args.dtype)
+                "--dtype", args.dtype, "--passes", str(args.passes))
             result["calibration_s"] = time.perf_counter() - t0
             if args.keep_preset:
                 Path(args.keep_preset).write_text(Path(preset).read_text())
         result["level"] = "quick" if args.quick else "full"
         earlier = json.loads(Path(args.measured).read_text()) if args.measured else None
         result["measured_from"] = args.measured
-        result["repeat"] = args.repeat
+        result["repeat"], result["passes"] = args.repeat, args.passes
         result["runs"] = {name: one_run(name, preset, tmp, earlier, args.repeat) for name in args.runs.split(",")}
         result["layer_types_sd15_512"], result["classes_sd15_512"] = traced(preset, tmp)
         result["block_sparse_kernel"] = [] if args.no_kernels else kernels(preset)

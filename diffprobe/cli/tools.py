@@ -75,6 +75,8 @@ def hardware_calibrate(
                                            "runs/calibration-<date>.toml)."),
     device: str = typer.Option("cpu", help="cpu, or cuda where a GPU is present."),
     dtype: str = typer.Option("float32", help="The dtype the curves are measured in (the runs' dtype)."),
+    passes: int = typer.Option(1, "--passes", help="Time the operator grids this many times over, each rate the "
+                               "median of the passes (3 on a shared machine whose speed moves: N times as long)."),
     fmt: Format = O_FORMAT,
     quiet: bool = O_QUIET,
 ) -> None:
@@ -91,6 +93,8 @@ def hardware_calibrate(
 
     if dtype not in ("float32", "float16", "bfloat16"):
         raise DiffprobeError(f"--dtype {dtype!r} is not one of float32, float16, bfloat16")
+    if not 1 <= passes <= 9:
+        raise DiffprobeError(f"--passes {passes}: 1 to 9 passes through the grids")
     path = Path(out_path or f"runs/calibration-{datetime.date.today().isoformat()}.toml")
     if path.exists() and path.is_dir():
         raise DiffprobeError(f"--out {path} is a folder; name a .toml file")
@@ -100,7 +104,7 @@ def hardware_calibrate(
     base = this_cpu(remeasure=True).to_dict()
     bar, callback = progress_bar(quiet)
     with bar:
-        table = calibrate_machine("quick" if quick else "full", dtype, device, base, callback)
+        table = calibrate_machine("quick" if quick else "full", dtype, device, base, callback, passes)
     meta = table["meta"]
     meta["command_s"] = time.perf_counter() - started  # the curves, this-cpu's ceilings and the overhead fit
     flops, moved = highest_rates(table)  # the ceilings hold the rates measured under them
@@ -109,7 +113,8 @@ def hardware_calibrate(
     preset = {**base, "name": f"calibrated-{meta['date'][:10]}", "title": f"{meta['cpu']} ({meta['threads']} "
               f"threads, {meta['cpu_capability']}), calibrated {meta['date'][:10]}",
               "source": f"{base['source']}; calibrated by `diffprobe hardware calibrate"
-              f"{' --quick' if quick else ''}` in {meta['command_s']:.0f} s", "calibration": table}
+              f"{' --quick' if quick else ''}{f' --passes {passes}' if passes > 1 else ''}` in "
+              f"{meta['command_s']:.0f} s", "calibration": table}
     from_dict(preset, str(path))  # what is written reads back
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +126,15 @@ def hardware_calibrate(
     if fmt is Format.json:
         print_json({"preset": str(path), "calibration": meta})
         return
+    _say_calibrated(out, meta, path)
+
+
+def _say_calibrated(out, meta: dict, path) -> None:
+    """The table format's lines after a calibration: where it went, how steady the machine was."""
+    passes = meta.get("passes", 1)
     out.print(f"calibrated {meta['cpu']} ({meta['cpu_capability']}, {meta['threads']} threads, torch "
-              f"{meta['torch']}) in {meta['command_s']:.0f} s: {path}")
+              f"{meta['torch']}) in {meta['command_s']:.0f} s"
+              f"{f' ({passes} passes, each rate their median)' if passes > 1 else ''}: {path}")
     out.print(f"reference GEMM and convolution: {meta['reference_flops_per_s'] / 1e9:.0f} GFLOP/s (median of "
               f"{len(meta['reference_probes'])} probes through the calibration, spread {meta['reference_spread']:.0%})")
     out.print(f"use it: diffprobe profile --hardware {path}")

@@ -399,19 +399,24 @@ def points(g: dict) -> int:
 
 
 def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", progress=None,
-              grids: dict | None = None) -> dict:
+              grids: dict | None = None, passes: int = 1) -> dict:
     """The calibration table of this machine (see the module's docstring); ``progress(stage, done, total)``.
-    ``grids``: another grid than the level's (the same keys as :data:`GRIDS`' entries; tests use a small one)."""
+    ``grids``: another grid than the level's (the same keys as :data:`GRIDS`' entries; tests use a small one).
+    ``passes``: the grids timed that many times over, each rate the median of the passes
+    (:func:`~diffprobe.hardware.passes.median_of_passes`); the reference probed after each curve of each pass."""
     import torch
 
     from diffprobe.hardware.environment import cpu_name
+    from diffprobe.hardware.passes import median_of_passes
 
     if grids is None and level not in GRIDS:
         raise DiffprobeError(f"calibration level {level!r} is not one of {', '.join(GRIDS)}")
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         raise DiffprobeError(f"--device {device}: calibrate on cpu, or cuda where a GPU is present")
+    if not 1 <= passes <= 9:
+        raise DiffprobeError(f"--passes {passes}: 1 to 9 passes through the grids")
     g, tdtype = grids or GRIDS[level], getattr(torch, dtype)
-    total, done = points(g), [0]
+    total, done = passes * (points(g) - 1) + 1, [0]
     report = progress or (lambda *_: None)
 
     def tick(n: int = 1) -> None:
@@ -420,20 +425,24 @@ def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", 
 
     started = time.perf_counter()
     probes = [reference_rate(dtype, device)]  # the machine's speed before, between and after the curves
+    tables = []
     with synced(device):
         pool = 2 * last_level_cache_bytes(device)
-        table = {"gemm": gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)}
-        probes.append(reference_rate(dtype, device))
-        table["conv"] = conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)
-        probes.append(reference_rate(dtype, device))
-        table["sdpa"] = sdpa_curve(g["sdpa"], tdtype, device, g["flop_cap"], g["repeats"], tick)
-        table.update(_memory(g, tdtype, device, tick), view_s=view_seconds(device, g["repeats"]))
-    probes.append(reference_rate(dtype, device))
+        for _ in range(passes):
+            table = {"gemm": gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)}
+            probes.append(reference_rate(dtype, device))
+            table["conv"] = conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)
+            probes.append(reference_rate(dtype, device))
+            table["sdpa"] = sdpa_curve(g["sdpa"], tdtype, device, g["flop_cap"], g["repeats"], tick)
+            table.update(_memory(g, tdtype, device, tick), view_s=view_seconds(device, g["repeats"]))
+            probes.append(reference_rate(dtype, device))
+            tables.append(table)
+    table = median_of_passes(tables)
     tick()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "level": level,
             "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": device, "dtype": dtype,
             "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
-            "seconds": time.perf_counter() - started, "weights_cold_bytes": pool,
+            "seconds": time.perf_counter() - started, "weights_cold_bytes": pool, "passes": passes,
             **({"fresh_pages_bytes": FRESH_PAGES_BYTES} if "memory_fresh" in table else {}), **steadiness(probes)}
     return {"meta": meta, **table}

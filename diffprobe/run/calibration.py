@@ -57,11 +57,12 @@ def fit_transformer_overhead(table: dict, base: dict, repeat: int = 5, on: dict 
     return max(0.0, sum(r for r, _ in parts) / sum(n for _, n in parts))
 
 
-def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=None) -> dict:
+def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=None, passes: int = 1) -> dict:
     """The calibration table with the block-sparse kernel's curve (``block_sparse``, where the kernel runs here), its
     fitted ``overhead_s`` (per stage, on ``tiny``) and ``denoiser_overhead_s`` (per denoiser component: ``unet`` from
-    ``tiny``, ``transformer`` from :data:`TRANSFORMER_FITS`); its reference probes end after the fits."""
-    table = calibrate(level, dtype, device, progress)
+    ``tiny``, ``transformer`` from :data:`TRANSFORMER_FITS`); its reference probes end after the fits. ``passes``:
+    the operator curves' (:func:`~diffprobe.hardware.calibrate.calibrate`)."""
+    table = calibrate(level, dtype, device, progress, passes=passes)
     started = time.perf_counter()
     try:  # the block-sparse kernel by density (attention/bench.py), where it runs here
         table["block_sparse"] = kernel_curve(KERNEL_GRIDS[level], dtype, device, max(3, GRIDS[level]["repeats"]),

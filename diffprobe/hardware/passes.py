@@ -1,0 +1,44 @@
+"""A calibration timed in several passes through its grids (``diffprobe hardware calibrate --passes N``), combined
+point by point: the median of each rate over the passes. A shared machine's slow minute lands in one pass, not in
+all, where the runs of one point timed back to back all meet it (on the 2-core VMs here a reference GEMM ran at
+0.45x to 1.3x its median within one two-minute calibration)."""
+
+from __future__ import annotations
+
+import statistics
+
+FLOP_CURVES = (("gemm",), ("conv", "k3"), ("conv", "k1"), ("sdpa",))
+
+
+def _merge(values: list):
+    """The median of numbers that differ; dicts key by key and lists of one length item by item; the rest (equal
+    values, strings, lists of other lengths) the first pass's."""
+    first = values[0]
+    if all(v == first for v in values[1:]):
+        return first
+    if all(isinstance(v, dict) for v in values) and all(v.keys() == first.keys() for v in values):
+        return {k: _merge([v[k] for v in values]) for k in first}
+    if all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+        return [_merge([v[i] for v in values]) for i in range(len(first))]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return statistics.median(values)
+    return first
+
+
+def median_of_passes(tables: list[dict]) -> dict:
+    """One calibration table (curves, memory curves, ``view_s``; no ``meta``) from the same grids timed in each of
+    ``tables``: every rate and time the median over them; each FLOP curve's ``retimed`` the points retimed in any
+    pass."""
+    out = _merge(tables)
+    for path in FLOP_CURVES:
+        curves = [_at(t, path) for t in tables]
+        if all(c is not None for c in curves):
+            again = {tuple(p) for c in curves for p in c.get("retimed", [])}
+            _at(out, path)["retimed"] = [list(p) for p in sorted(again)]
+    return out
+
+
+def _at(table: dict, path: tuple):
+    for key in path:
+        table = table.get(key) if isinstance(table, dict) else None
+    return table
