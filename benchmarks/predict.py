@@ -95,15 +95,18 @@ def one_run(name: str, preset: str, tmp: Path, earlier: dict | None = None, repe
 
 def traced(preset: str, tmp: Path) -> tuple[dict, dict]:
     """SD 1.5 at 512 px, one step traced: each denoiser layer type's operator time against the model's price, and
-    each stage's operator classes likewise (where the model misses, by class)."""
+    each stage's operator classes likewise (where the model misses, by class); with the machine's speed around the
+    step against the calibration's (``error_at_speed`` beside each error)."""
     import pandas as pd
 
     from diffprobe.analyses.predict import overhead_per_record, predict_seconds
     from diffprobe.hardware.presets import get_preset
     from diffprobe.records.runfolder import read_ops
 
-    cli("profile", "--model", "sd15", "--height", "512", "--width", "512", "--steps", "2", "--sample-steps", "1",
-        "--warmup", "1", *DEVICE, *(["--op-timer", "profiler"] if DEVICE else []), "--out", str(tmp / "lt"))
+    doc = cli("profile", "--model", "sd15", "--height", "512", "--width", "512", "--steps", "2", "--sample-steps", "1",
+              "--warmup", "1", *DEVICE, *(["--op-timer", "profiler"] if DEVICE else []), "--hardware", preset,
+              "--out", str(tmp / "lt"))
+    ratio = (doc.get("machine_speed") or {}).get("ratio")  # the machine's speed around this one traced step
     ops = read_ops(tmp / "lt")
     p = get_preset(preset)
     pred = predict_seconds(ops[~ops["replayed"]], p)
@@ -114,13 +117,15 @@ def traced(preset: str, tmp: Path) -> tuple[dict, dict]:
                            "calibrated_s": frame.groupby(key)["work_s"].sum()})
         by["share"] = by["measured_s"] / by["measured_s"].sum()
         by["error"] = by["calibrated_s"] / by["measured_s"] - 1
+        if ratio:  # as each run's error_at_speed: not a target, how much of a miss the machine's drift explains
+            by["error_at_speed"] = by["calibrated_s"] / ratio / by["measured_s"] - 1
         big = by[by["share"] >= least].sort_values("share", ascending=False)
         return {t: {k: float(v) for k, v in r.items()} for t, r in big.iterrows()}
 
     layer = compare(pred[pred["stage"] == "denoiser"], "layer_type", 0.05)
     classes = {s: compare(g, "op_class", 0.01) for s, g in pred.groupby("stage")
                if s in ("denoiser", "vae_decoder", "text_encoder")}
-    return layer, classes
+    return layer, classes, ratio
 
 
 # block-sparse kernel points off the calibration's grid (tokens, head dim, kept density): SD 1.5's first level at
@@ -186,7 +191,7 @@ def main() -> None:
         result["measured_from"] = args.measured
         result["repeat"], result["passes"] = args.repeat, args.passes
         result["runs"] = {name: one_run(name, preset, tmp, earlier, args.repeat) for name in args.runs.split(",")}
-        result["layer_types_sd15_512"], result["classes_sd15_512"] = traced(preset, tmp)
+        result["layer_types_sd15_512"], result["classes_sd15_512"], result["traced_speed_ratio"] = traced(preset, tmp)
         result["block_sparse_kernel"] = [] if args.no_kernels else kernels(preset)
         meta = get_preset(preset).calibration["meta"]  # how steady the machine was while calibrated
         result["calibration_steadiness"] = {k: meta.get(k) for k in ("reference_flops_per_s", "reference_spread",
