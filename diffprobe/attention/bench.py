@@ -241,34 +241,33 @@ def kernel_curve(grid: dict, dtype: str = "float32", device: str = "cpu", repeat
     ``kernel_s``), the median of ``repeats`` runs (:func:`~diffprobe.hardware.calibrate.typical_seconds`). The backend
     is the one ``auto`` runs here; a mask that keeps every block runs it too (never dense SDPA, which the ``sdpa``
     curve prices). ``progress(stage, done, total)``."""
-    from diffprobe.hardware.calibrate import typical_seconds
+    from diffprobe.hardware.calibrate import synced, typical_seconds
 
     dev = torch.device(device)
     report = progress or (lambda *_: None)
     total, done = math.prod(len(grid[a]) for a in ("tokens", "d", "density")), 0
     g = torch.Generator().manual_seed(0)
     rates, backend = [], None
-    for n in grid["tokens"]:
-        plane = []
-        for d in grid["d"]:
-            q, k, v = (torch.randn(1, KERNEL_HEADS, n, d, generator=g).to(dev, DTYPES[dtype]) for _ in range(3))
-            row = []
-            for density in grid["density"]:
-                nb = math.ceil(n / block_size)
-                mask = random_block_mask(KERNEL_HEADS, nb, nb, density, g).to(dev)
-                layout = BlockLayout(mask, n, n, block_size, check_all_kept=False)
-                backend = layout.backend
+    with synced(device):  # on CUDA a timed run ends when the device has finished its calls, not each call
+        for n in grid["tokens"]:
+            plane = []
+            for d in grid["d"]:
+                q, k, v = (torch.randn(1, KERNEL_HEADS, n, d, generator=g).to(dev, DTYPES[dtype]) for _ in range(3))
+                row = []
+                for density in grid["density"]:
+                    nb = math.ceil(n / block_size)
+                    mask = random_block_mask(KERNEL_HEADS, nb, nb, density, g).to(dev)
+                    layout = BlockLayout(mask, n, n, block_size, check_all_kept=False)
+                    backend = layout.backend
 
-                def call(layout=layout, q=q, k=k, v=v):
-                    block_sparse_attention(q, k, v, layout, block_size)
-                    if dev.type == "cuda":
-                        torch.cuda.synchronize(dev)
+                    def call(layout=layout, q=q, k=k, v=v):
+                        block_sparse_attention(q, k, v, layout, block_size)
 
-                row.append(4.0 * KERNEL_HEADS * n * n * d * layout.kept_fraction / typical_seconds(call, repeats))
-                done += 1
-                report("block-sparse kernel", done, total)
-            plane.append(row)
-        rates.append(plane)
+                    row.append(4.0 * KERNEL_HEADS * n * n * d * layout.kept_fraction / typical_seconds(call, repeats))
+                    done += 1
+                    report("block-sparse kernel", done, total)
+                plane.append(row)
+            rates.append(plane)
     return {"axes": ["tokens", "d", "density"], **{a: list(grid[a]) for a in ("tokens", "d", "density")},
             "flops_per_s": rates, "backend": backend, "block_size": block_size, "heads": KERNEL_HEADS}
 
