@@ -87,14 +87,14 @@ def hardware_calibrate(
 
     from diffprobe.hardware.calibrate import highest_rates
     from diffprobe.hardware.measure import this_cpu
+    from diffprobe.hardware.passes import check as check_passes
     from diffprobe.hardware.preset import from_dict, to_toml
     from diffprobe.records.runfolder import atomic_write
     from diffprobe.run.calibration import calibrate_machine
 
     if dtype not in ("float32", "float16", "bfloat16"):
         raise DiffprobeError(f"--dtype {dtype!r} is not one of float32, float16, bfloat16")
-    if not 1 <= passes <= 9:
-        raise DiffprobeError(f"--passes {passes}: 1 to 9 passes through the grids")
+    check_passes(passes)  # before this-cpu's measurement
     path = Path(out_path or f"runs/calibration-{datetime.date.today().isoformat()}.toml")
     if path.exists() and path.is_dir():
         raise DiffprobeError(f"--out {path} is a folder; name a .toml file")

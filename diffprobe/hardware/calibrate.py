@@ -407,14 +407,14 @@ def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", 
     import torch
 
     from diffprobe.hardware.environment import cpu_name
+    from diffprobe.hardware.passes import check as check_passes
     from diffprobe.hardware.passes import median_of_passes
 
     if grids is None and level not in GRIDS:
         raise DiffprobeError(f"calibration level {level!r} is not one of {', '.join(GRIDS)}")
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         raise DiffprobeError(f"--device {device}: calibrate on cpu, or cuda where a GPU is present")
-    if not 1 <= passes <= 9:
-        raise DiffprobeError(f"--passes {passes}: 1 to 9 passes through the grids")
+    check_passes(passes)
     g, tdtype = grids or GRIDS[level], getattr(torch, dtype)
     total, done = passes * (points(g) - 1) + 1, [0]
     report = progress or (lambda *_: None)

@@ -48,7 +48,8 @@ def test_a_small_calibration_in_two_passes(monkeypatch):
     monkeypatch.setattr(passes, "median_of_passes", lambda tables: seen.extend(tables) or keep(tables))
     table = cal_mod.calibrate("test", grids=small, passes=2, progress=lambda s, d, t: progress.append((d, t)))
     assert table["meta"]["passes"] == 2 and len(table["meta"]["reference_probes"]) == 7 and len(seen) == 2
-    assert progress[-1][0] == progress[-1][1] == 2 * (cal_mod.points(small) - 1) + 1
+    # a pass: 8 GEMM points, 2 x 8 convolution points, 8 SDPA points, 5 memory classes x 2 sizes = 42; then the end
+    assert progress[-1][0] == progress[-1][1] == 2 * 42 + 1
     for i, rate in enumerate(table["gemm"]["flops_per_s"][1][1]):
         a, b = (t["gemm"]["flops_per_s"][1][1][i] for t in seen)
         assert rate == pytest.approx((a + b) / 2)
