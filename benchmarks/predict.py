@@ -93,7 +93,7 @@ def one_run(name: str, preset: str, tmp: Path, earlier: dict | None = None, repe
     return out
 
 
-def traced(preset: str, tmp: Path) -> tuple[dict, dict]:
+def traced(preset: str, tmp: Path) -> tuple[dict, dict, float | None]:
     """SD 1.5 at 512 px, one step traced: each denoiser layer type's operator time against the model's price, and
     each stage's operator classes likewise (where the model misses, by class); with the machine's speed around the
     step against the calibration's (``error_at_speed`` beside each error)."""
