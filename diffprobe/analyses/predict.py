@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from diffprobe.analyses.breakdown import with_bytes
-from diffprobe.hardware.calibrate import STEADY, highest_rates
+from diffprobe.hardware.calibrate import highest_rates
+from diffprobe.hardware.steadiness import STEADY
 
 GEMM_OPS = ("linear", "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.matmul")
 ACTIVATION_OPS = ("silu", "gelu", "sigmoid", "tanh", "exp", "log", "sin", "cos", "erf", "sqrt", "rsqrt", "pow",

@@ -14,18 +14,20 @@ takes at least ``MIN_RUN_S``), with bias as ``nn.Linear`` and ``nn.Conv2d`` hold
 * ``view_s``: the dispatch cost of an op that moves nothing (a view);
 * ``meta.reference_probes``: the FLOP/s of one fixed GEMM and convolution (:func:`reference_rate`) timed before,
   between and after the curves: how steady the machine was while they were measured (``reference_spread``; a
-  ``steadiness_note`` past :data:`STEADY`), and its speed then (``reference_flops_per_s``), which a measured run
-  priced by this calibration times again (:func:`diffprobe.analyses.predict.machine_speed`).
+  ``steadiness_note`` past :data:`~diffprobe.hardware.steadiness.STEADY`), and its speed then
+  (``reference_flops_per_s``), which a measured run priced by this calibration times again
+  (:func:`diffprobe.analyses.predict.machine_speed`).
 
 GEMM and convolution weights are read cold, as in a pipeline (every other layer's weights have passed through the
 caches since a layer last ran): each call takes the next of copies that together exceed twice the last-level cache
 (``weights_cold_bytes``); the activations are the same tensor every call (a pipeline's input was just written).
 
 A point below 0.88x the median of its grid neighbours is timed again once its whole grid was, and keeps the higher
-of its two rates (``retimed`` lists them: :func:`retime_dips`; a shared machine's slow second is not a shape's
-speed). A grid point whose product is too large to time cheaply is measured with fewer rows (M, pixels or batch x
-heads), where the achieved rate has long saturated: ``rows_capped`` says which. Every curve is per dtype and device; the
-table records the date, CPU model, ``cpu_capability``, torch version and threads it holds for.
+of its two rates (``retimed`` lists them: :func:`~diffprobe.hardware.steadiness.retime_dips`; a shared machine's
+slow second is not a shape's speed). A grid point whose product is too large to time cheaply is measured with fewer
+rows (M, pixels or batch x heads), where the achieved rate has long saturated: ``rows_capped`` says which. Every
+curve is per dtype and device; the table records the date, CPU model, ``cpu_capability``, torch version and threads
+it holds for.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import time
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError
+from diffprobe.hardware.steadiness import retime_dips, steadiness
 
 MIN_RUN_S = 0.01
 GRIDS = {
@@ -113,7 +116,6 @@ def typical_seconds(fn, repeats: int) -> float:
 
 REFERENCE_GEMM = (1024, 1280, 1280)  # M, N, K: a linear layer of SD's middle levels
 REFERENCE_CONV = (2, 320, 32)  # batch, channels, side: a 3x3 convolution of SD's first level at 256 px
-STEADY = 0.10  # a machine whose reference rate moves more than this is flagged
 
 
 def reference_rate(dtype: str = "float32", device: str = "cpu", repeats: int = 5) -> float:
@@ -140,21 +142,6 @@ def reference_rate(dtype: str = "float32", device: str = "cpu", repeats: int = 5
             _sync()
         secs = sum(typical_seconds(fn, repeats) for fn in calls)
     return (2.0 * m * n * k + 2.0 * batch * side * side * ch * ch * 9) / secs
-
-
-def steadiness(probes: list[float]) -> dict:
-    """A calibration's ``meta`` entries from its :func:`reference_rate` probes: their median
-    (``reference_flops_per_s``), the probes, their spread ((max - min) / median) and, past :data:`STEADY`, one line
-    saying the curves were measured at different speeds."""
-    mid = statistics.median(probes)
-    spread = (max(probes) - min(probes)) / mid
-    out = {"reference_flops_per_s": mid, "reference_probes": list(probes), "reference_spread": spread}
-    if spread > STEADY:
-        out["steadiness_note"] = (f"this machine's speed moved by {spread:.0%} while it was calibrated (a reference "
-                                  f"GEMM and convolution ran at {min(probes) / mid:.2f}x to {max(probes) / mid:.2f}x "
-                                  "their median between the curves): its curves were measured at different speeds; "
-                                  "calibrate again when the machine is quieter")
-    return out
 
 
 def _rows(total_flops: float, rows: int, cap: float, least: int = 1) -> int:
@@ -198,39 +185,6 @@ def cold(shape: tuple, dtype, device: str, pool_bytes: int):
     count = max(1, min(4096, math.ceil(pool_bytes / max(1, base.numel() * base.element_size()))))
     copies = base.expand(count, *shape).clone().unbind(0) if count > 1 else (base,)
     return itertools.cycle(copies).__next__
-
-
-DIP = 0.88  # a grid point below this fraction of its neighbours' median rate is timed again
-
-
-def dips(rates, least: float = DIP) -> list[tuple[int, ...]]:
-    """The grid points whose rate is below ``least`` x the median of their neighbours (one step either way along
-    each axis)."""
-    import numpy as np
-
-    rates = np.asarray(rates, dtype=float)
-    found = []
-    for idx in np.ndindex(rates.shape):
-        near = [rates[idx[:ax] + (i,) + idx[ax + 1:]] for ax in range(rates.ndim) for i in (idx[ax] - 1, idx[ax] + 1)
-                if 0 <= i < rates.shape[ax]]
-        if near and rates[idx] < least * float(np.median(near)):
-            found.append(idx)
-    return found
-
-
-def retime_dips(rates: list, measure) -> tuple[list, list]:
-    """The grid's :func:`dips` timed again once the whole grid was (``measure(idx)`` -> its rate), each keeping the
-    higher of its two rates; with the points retimed. A grid is timed in order, so a shared machine that slows for a
-    second slows a run of neighbours along its innermost axis, which the others' neighbours then show for what it is
-    (here a GEMM point timed at 123 GFLOP/s among neighbours at 150-180 ran at 179 when timed again); a shape that
-    is slow is slow again, and keeps its rate."""
-    import numpy as np
-
-    out = np.asarray(rates, dtype=float)
-    found = dips(out)
-    for idx in found:
-        out[idx] = max(out[idx], measure(idx))
-    return out.tolist(), [list(i) for i in found]
 
 
 def gemm_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick, pool_bytes: int = 0) -> dict:

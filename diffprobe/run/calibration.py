@@ -18,8 +18,9 @@ import time
 
 from diffprobe.analyses.predict import predict_seconds
 from diffprobe.attention.bench import KERNEL_GRIDS, kernel_curve
-from diffprobe.hardware.calibrate import GRIDS, calibrate, reference_rate, steadiness
+from diffprobe.hardware.calibrate import GRIDS, calibrate, reference_rate
 from diffprobe.hardware.preset import from_dict
+from diffprobe.hardware.steadiness import steadiness
 from diffprobe.run.profile import ProfileConfig, run_profile
 
 FIT = {"model": "tiny", "height": 128, "width": 128, "steps": 4}

@@ -5,7 +5,8 @@ import pytest
 
 import diffprobe.hardware.calibrate as cal_mod
 from diffprobe.analyses.predict import machine_speed
-from diffprobe.hardware.calibrate import reference_rate, steadiness
+from diffprobe.hardware.calibrate import reference_rate
+from diffprobe.hardware.steadiness import steadiness
 
 
 def test_the_reference_rate_counts_its_gemm_and_convolution_flops(monkeypatch):
@@ -74,7 +75,7 @@ def test_a_dip_is_timed_again_and_keeps_the_higher_rate():
     """A point below 0.88x its neighbours' median is timed again: a slow second (the run of points along the
     innermost axis the grid was timed in, all low together) recovers its neighbours' rate; a slow shape, timed slow
     again, keeps its own."""
-    from diffprobe.hardware.calibrate import dips, retime_dips
+    from diffprobe.hardware.steadiness import dips, retime_dips
 
     flat = [[100.0] * 3 for _ in range(3)]
     flat[1][1] = 80.0  # neighbours 100, 100, 100, 100
