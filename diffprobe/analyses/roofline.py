@@ -115,8 +115,12 @@ def summary(ops: pd.DataFrame, preset: HardwarePreset, seconds: dict | None = No
 
         result["calibrated"] = calibrated_summary(ops, preset, seconds)
         mismatch = calibration_mismatch(preset.calibration) if device else None
-        if mismatch and (device or "cpu").split(":")[0] == preset.calibration["meta"]["device"].split(":")[0]:
-            result["calibrated"]["caveat"] = mismatch
+        same_kind = (device or "cpu").split(":")[0] == preset.calibration["meta"]["device"].split(":")[0]
+        stopped = preset.calibration["meta"].get("interrupted")  # a calibration written after Ctrl-C
+        caveats = [*([mismatch] if mismatch and same_kind else []),
+                   *([f"the calibration was {stopped}"] if stopped else [])]
+        if caveats:
+            result["calibrated"]["caveat"] = "; ".join(caveats)
     else:
         result["calibrated"] = None
         result["calibrated_note"] = (f"{preset.name} has no calibration table: seconds are the roofline's bound, "

@@ -83,14 +83,13 @@ def hardware_calibrate(
     """Measure this machine's achieved throughput per operator class into a preset: profile --hardware FILE then
     predicts every record's seconds from it (docs/prediction.md)."""
     import datetime
+    import time
     from pathlib import Path
 
-    from diffprobe.hardware.calibrate import highest_rates
     from diffprobe.hardware.measure import this_cpu
+    from diffprobe.hardware.passes import Interrupted
     from diffprobe.hardware.passes import check as check_passes
-    from diffprobe.hardware.preset import from_dict, to_toml
-    from diffprobe.records.runfolder import atomic_write
-    from diffprobe.run.calibration import calibrate_machine
+    from diffprobe.run.calibration import calibrate_machine, calibration_preset, write_calibration
 
     if dtype not in ("float32", "float16", "bfloat16"):
         raise DiffprobeError(f"--dtype {dtype!r} is not one of float32, float16, bfloat16")
@@ -98,35 +97,39 @@ def hardware_calibrate(
     path = Path(out_path or f"runs/calibration-{datetime.date.today().isoformat()}.toml")
     if path.exists() and path.is_dir():
         raise DiffprobeError(f"--out {path} is a folder; name a .toml file")
-    import time
-
     started = time.perf_counter()
     base = this_cpu(remeasure=True).to_dict()
     bar, callback = progress_bar(quiet)
-    with bar:
-        table = calibrate_machine("quick" if quick else "full", dtype, device, base, callback, passes)
+    try:
+        with bar:
+            table = calibrate_machine("quick" if quick else "full", dtype, device, base, callback, passes)
+    except Interrupted as exc:  # nothing measured is lost: what finished is written, then the interruption goes on
+        _keep_interrupted(exc, path, base, dtype, quick, passes, time.perf_counter() - started)
+        raise
     meta = table["meta"]
     meta["command_s"] = time.perf_counter() - started  # the curves, this-cpu's ceilings and the overhead fit
-    flops, moved = highest_rates(table)  # the ceilings hold the rates measured under them
-    base["peak_flops"][dtype] = max(base["peak_flops"][dtype], flops)
-    base["memory_bandwidth"] = max(base["memory_bandwidth"], moved)
-    preset = {**base, "name": f"calibrated-{meta['date'][:10]}", "title": f"{meta['cpu']} ({meta['threads']} "
-              f"threads, {meta['cpu_capability']}), calibrated {meta['date'][:10]}",
-              "source": f"{base['source']}; calibrated by `diffprobe hardware calibrate"
-              f"{' --quick' if quick else ''}{f' --passes {passes}' if passes > 1 else ''}` in "
-              f"{meta['command_s']:.0f} s", "calibration": table}
-    from_dict(preset, str(path))  # what is written reads back
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(to_toml(preset), encoding="utf-8"))
-    except OSError as exc:
-        raise DiffprobeError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+    write_calibration(path, calibration_preset(base, table, dtype, quick, passes))
     if meta.get("steadiness_note"):
         warn([meta["steadiness_note"]])
     if fmt is Format.json:
         print_json({"preset": str(path), "calibration": meta})
         return
     _say_calibrated(out, meta, path)
+
+
+def _keep_interrupted(exc, path, base: dict, dtype: str, quick: bool, passes: int, seconds: float) -> None:
+    """An interrupted calibration's preset (the passes that finished) or its first pass's finished curves, written,
+    and one line saying where."""
+    from diffprobe.run.calibration import calibration_preset, write_calibration, write_unfinished_pass
+
+    if exc.table is not None:
+        exc.table["meta"]["command_s"] = seconds
+        write_calibration(path, calibration_preset(base, exc.table, dtype, quick, passes))
+        warn([f"kept: {path}, a calibration {exc.table['meta']['interrupted']}"])
+        return
+    partial = write_unfinished_pass(path, exc, base)
+    warn([f"kept: {partial}, the curves measured before the interruption (not a preset: calibrate again)"
+          if partial else "interrupted before any curve was measured: nothing written"])
 
 
 def _say_calibrated(out, meta: dict, path) -> None:

@@ -39,7 +39,7 @@ import statistics
 import time
 from pathlib import Path
 
-from diffprobe.errors import DiffprobeError
+from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.steadiness import retime_dips, steadiness
 
 MIN_RUN_S = 0.01
@@ -360,7 +360,6 @@ def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", 
     (:func:`~diffprobe.hardware.passes.median_of_passes`); the reference probed after each curve of each pass."""
     import torch
 
-    from diffprobe.hardware.environment import cpu_name
     from diffprobe.hardware.passes import check as check_passes
     from diffprobe.hardware.passes import median_of_passes
 
@@ -377,22 +376,43 @@ def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", 
         done[0] += n
         report("calibrating", done[0], total)
 
-    started = time.perf_counter()
+    started, pool = time.perf_counter(), 2 * last_level_cache_bytes(device)
     probes = [reference_rate(dtype, device)]  # the machine's speed before, between and after the curves
-    tables = []
-    with synced(device):
-        pool = 2 * last_level_cache_bytes(device)
-        for _ in range(passes):
-            table = {"gemm": gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)}
-            probes.append(reference_rate(dtype, device))
-            table["conv"] = conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)
-            probes.append(reference_rate(dtype, device))
-            table["sdpa"] = sdpa_curve(g["sdpa"], tdtype, device, g["flop_cap"], g["repeats"], tick)
-            table.update(_memory(g, tdtype, device, tick), view_s=view_seconds(device, g["repeats"]))
-            probes.append(reference_rate(dtype, device))
-            tables.append(table)
-    table = median_of_passes(tables)
+    tables, table = [], {}
+    try:
+        with synced(device):
+            for _ in range(passes):
+                table = {}
+                table["gemm"] = gemm_curve(g["gemm"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)
+                probes.append(reference_rate(dtype, device))
+                table["conv"] = conv_curve(g["conv"], tdtype, device, g["flop_cap"], g["repeats"], tick, pool)
+                probes.append(reference_rate(dtype, device))
+                table["sdpa"] = sdpa_curve(g["sdpa"], tdtype, device, g["flop_cap"], g["repeats"], tick)
+                table.update(_memory(g, tdtype, device, tick), view_s=view_seconds(device, g["repeats"]))
+                probes.append(reference_rate(dtype, device))
+                tables.append(table)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the passes that finished are a calibration; the rest kept
+        from diffprobe.hardware.passes import Interrupted
+
+        curves, kept = {} if tables and table is tables[-1] else table, None  # curves: the unfinished pass's
+        if tables:  # the unfinished pass's curves in their medians too: nothing measured is lost
+            kept = _with_meta(median_of_passes(tables, curves), level, device, dtype, started, pool, len(tables),
+                              probes)
+            kept["meta"]["interrupted"] = (f"interrupted ({interruption(exc)}) after {len(tables)} of {passes} "
+                                           "passes through the grids" + (f" (the next pass's {', '.join(curves)} "
+                                                                         "in their medians too)" if curves else ""))
+        raise Interrupted(exc, kept, curves) from exc
     tick()
+    return _with_meta(median_of_passes(tables), level, device, dtype, started, pool, passes, probes)
+
+
+def _with_meta(table: dict, level: str, device: str, dtype: str, started: float, pool: int, passes: int,
+               probes: list[float]) -> dict:
+    """The calibration table with its ``meta``: when, on what, how long, how steady."""
+    import torch
+
+    from diffprobe.hardware.environment import cpu_name
+
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "level": level,
             "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": device, "dtype": dtype,

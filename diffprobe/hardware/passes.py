@@ -5,11 +5,22 @@ convolution ran at 0.75x to 1.49x their median within one calibration)."""
 
 from __future__ import annotations
 
+import copy
 import statistics
 
-from diffprobe.errors import DiffprobeError
+from diffprobe.errors import DiffprobeError, interruption
 
 MOST = 9
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a calibration, carrying what it had measured: ``table``, a calibration table of the
+    passes that finished (its ``meta.interrupted`` says what is missing; None before the first pass finished), and
+    ``curves``, the curves that the unfinished pass had finished (nothing measured is lost)."""
+
+    def __init__(self, cause: KeyboardInterrupt, table: dict | None, curves: dict):
+        super().__init__(f"interrupted ({interruption(cause)})")
+        self.cause, self.table, self.curves = cause, table, curves
 
 
 def check(passes: int) -> None:
@@ -36,11 +47,16 @@ def _merge(values: list):
     return first
 
 
-def median_of_passes(tables: list[dict]) -> dict:
+def median_of_passes(tables: list[dict], unfinished: dict | None = None) -> dict:
     """One calibration table (curves, memory curves, ``view_s``; no ``meta``) from the same grids timed in each of
     ``tables``: every rate and time the median over them; each FLOP curve's ``retimed`` the points retimed in any
-    pass."""
-    out = _merge(tables)
+    pass. ``unfinished``: the curves a pass stopped before its end had finished, each in its curve's median too."""
+    if unfinished:
+        out = median_of_passes(tables)
+        for key, curve in unfinished.items():
+            out[key] = median_of_passes([{key: t[key]} for t in tables] + [{key: curve}])[key]
+        return out
+    out = copy.deepcopy(_merge(tables))  # the passes' own tables untouched (one pass's merge is that table)
     for path in FLOP_CURVES:
         curves = [_at(t, path) for t in tables]
         if all(c is not None for c in curves):

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import tempfile
 import time
+from pathlib import Path
 
 from diffprobe.analyses.predict import predict_seconds
 from diffprobe.attention.bench import KERNEL_GRIDS, kernel_curve
+from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.calibrate import GRIDS, calibrate, reference_rate
+from diffprobe.hardware.passes import Interrupted
 from diffprobe.hardware.preset import from_dict
 from diffprobe.hardware.steadiness import steadiness
 from diffprobe.run.profile import ProfileConfig, run_profile
@@ -62,8 +65,32 @@ def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=
     """The calibration table with the block-sparse kernel's curve (``block_sparse``, where the kernel runs here), its
     fitted ``overhead_s`` (per stage, on ``tiny``) and ``denoiser_overhead_s`` (per denoiser component: ``unet`` from
     ``tiny``, ``transformer`` from :data:`TRANSFORMER_FITS`); its reference probes end after the fits. ``passes``:
-    the operator curves' (:func:`~diffprobe.hardware.calibrate.calibrate`)."""
-    table = calibrate(level, dtype, device, progress, passes=passes)
+    the operator curves' (:func:`~diffprobe.hardware.calibrate.calibrate`). Interrupted (Ctrl-C, SIGTERM), it raises
+    :class:`~diffprobe.hardware.passes.Interrupted` with what was measured, ``meta.interrupted`` saying what not."""
+    table: dict = {}
+    try:
+        table = calibrate(level, dtype, device, progress, passes=passes)
+        _after_the_curves(table, level, dtype, device, base, progress)
+    except Interrupted as exc:  # in the curves: those of the passes that finished, and nothing after them
+        if exc.table is not None:
+            exc.table["meta"]["interrupted"] += unfinished(exc.table)
+        raise
+    except KeyboardInterrupt as exc:  # after the curves: they are a calibration, with what finished after them
+        table["meta"]["interrupted"] = f"interrupted ({interruption(exc)}) after the curves{unfinished(table)}"
+        raise Interrupted(exc, table, {}) from exc
+    return table
+
+
+def unfinished(table: dict) -> str:
+    """What an interrupted calibration lacks of the parts after its curves, as the end of its ``interrupted`` line."""
+    missing = [what for what, done in (
+        ("the block-sparse kernel's curve", "block_sparse" in table or "block_sparse_note" in table["meta"]),
+        ("the overhead between operators (its predictions leave it out)", "overhead_s" in table),
+        ("a transformer denoiser's own overhead", "denoiser_overhead_s" in table)) if not done]
+    return f"; not measured: {', '.join(missing)}" if missing else ""
+
+
+def _after_the_curves(table: dict, level: str, dtype: str, device: str, base: dict, progress) -> None:
     started = time.perf_counter()
     try:  # the block-sparse kernel by density (attention/bench.py), where it runs here
         table["block_sparse"] = kernel_curve(KERNEL_GRIDS[level], dtype, device, max(3, GRIDS[level]["repeats"]),
@@ -80,4 +107,51 @@ def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=
                                      f"after a warm-up, on {device} in {dtype}")
     # the machine's speed after the kernel curve and the fits too: the steadiness covers the whole calibration
     table["meta"].update(steadiness([*table["meta"].get("reference_probes", []), reference_rate(dtype, device)]))
-    return table
+
+
+def calibration_preset(base: dict, table: dict, dtype: str, quick: bool, passes: int) -> dict:
+    """The preset file's table of a calibration: this machine's preset (``base``, its ceilings raised to the rates the
+    curves measured under them) named and sourced by the date and command, with the ``calibration`` table."""
+    from diffprobe.hardware.calibrate import highest_rates
+
+    meta = table["meta"]
+    flops, moved = highest_rates(table)  # the ceilings hold the rates measured under them
+    base = {**base, "peak_flops": {**base["peak_flops"], dtype: max(base["peak_flops"][dtype], flops)},
+            "memory_bandwidth": max(base["memory_bandwidth"], moved)}
+    stopped = " (interrupted: see calibration.meta.interrupted)" if meta.get("interrupted") else ""
+    return {**base, "name": f"calibrated-{meta['date'][:10]}", "title": f"{meta['cpu']} ({meta['threads']} "
+            f"threads, {meta['cpu_capability']}), calibrated {meta['date'][:10]}",
+            "source": f"{base['source']}; calibrated by `diffprobe hardware calibrate"
+            f"{' --quick' if quick else ''}{f' --passes {passes}' if passes > 1 else ''}` in "
+            f"{meta['command_s']:.0f} s{stopped}", "calibration": table}
+
+
+def write_calibration(path: Path, preset: dict) -> None:
+    """Write ``preset`` to ``path`` (atomically), having read it back as a preset; one line where it cannot be."""
+    from diffprobe.hardware.preset import from_dict, to_toml
+    from diffprobe.records.runfolder import atomic_write
+
+    from_dict(preset, str(path))  # what is written reads back
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(to_toml(preset), encoding="utf-8"))
+    except OSError as exc:
+        raise DiffprobeError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+
+
+def write_unfinished_pass(path: Path, exc: Interrupted, base: dict) -> Path | None:
+    """Where an interruption came before any pass through the grids finished: the curves that pass had finished,
+    as JSON beside ``path`` (``<name>.partial.json``; not a preset); None where it had finished none."""
+    from diffprobe.records.runfolder import write_json
+
+    if not exc.curves:
+        return None
+    partial = path.with_name(f"{path.stem}.partial.json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(partial, {"interrupted": f"interrupted ({interruption(exc.cause)}) in the first pass through the "
+                             f"grids, after the curves {', '.join(exc.curves)}: not a calibration (a preset needs "
+                             "every curve)", "machine": base, "curves": exc.curves})
+    except OSError as exc2:
+        raise DiffprobeError(f"cannot write {partial}: {exc2.strerror or exc2}") from None
+    return partial
