@@ -129,7 +129,7 @@ def _keep_interrupted(exc, path, base: dict, dtype: str, quick: bool, passes: in
         return
     partial = write_unfinished_pass(path, exc, base)
     warn([f"kept: {partial}, the curves measured before the interruption (not a preset: calibrate again)"
-          if partial else "interrupted before any curve was measured: nothing written"])
+          if partial else "interrupted before the first curve was finished: nothing written"])
 
 
 def _say_calibrated(out, meta: dict, path) -> None:

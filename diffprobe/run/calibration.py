@@ -76,6 +76,8 @@ def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=
             exc.table["meta"]["interrupted"] += unfinished(exc.table)
         raise
     except KeyboardInterrupt as exc:  # after the curves: they are a calibration, with what finished after them
+        if not table:  # in the first reference probe, before any curve: nothing measured to keep
+            raise
         table["meta"]["interrupted"] = f"interrupted ({interruption(exc)}) after the curves{unfinished(table)}"
         raise Interrupted(exc, table, {}) from exc
     return table

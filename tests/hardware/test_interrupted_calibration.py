@@ -133,3 +133,20 @@ def test_ctrl_c_in_the_overhead_fit_keeps_the_curves_and_every_prediction_says_s
                  "--format", "json", "-q", "--out", str(tmp_path / "run")]) == 0
     caveat = json.loads(capsys.readouterr().out)["roofline"]["calibrated"]["caveat"]
     assert f"the calibration was {note}" in caveat
+
+
+@pytest.mark.parametrize("where, said", [
+    ("probe", []),  # the reference probe that opens the calibration
+    ("gemm", ["diffprobe: warning: interrupted before the first curve was finished: nothing written"]),
+])
+def test_ctrl_c_before_a_curve_finished_writes_nothing(tmp_path, monkeypatch, capsys, where, said):
+    """Ctrl-C before any curve was finished: nothing to keep, nothing written, and the lines say so."""
+    import diffprobe.hardware.calibrate as cal_mod
+
+    _cli_machine(monkeypatch)
+    _fake_curves(monkeypatch, _stop_at("gemm", 1, _ctrl_c))
+    if where == "probe":
+        monkeypatch.setattr(cal_mod, "reference_rate", lambda *a, **k: _ctrl_c())
+    assert main(["hardware", "calibrate", "--quick", "--out", str(tmp_path / "cal.toml"), "-q"]) == 130
+    assert capsys.readouterr().err.splitlines() == [*said, "diffprobe: interrupted"]
+    assert list(tmp_path.iterdir()) == []
