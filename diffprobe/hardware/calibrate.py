@@ -399,8 +399,9 @@ def calibrate(level: str = "full", dtype: str = "float32", device: str = "cpu", 
             kept = _with_meta(median_of_passes(tables, curves), level, device, dtype, started, pool, len(tables),
                               probes)
             kept["meta"]["interrupted"] = (f"interrupted ({interruption(exc)}) after {len(tables)} of {passes} "
-                                           "passes through the grids" + (f" (the next pass's {', '.join(curves)} "
-                                                                         "in their medians too)" if curves else ""))
+                                           "passes through the grids" + (f" (the unfinished pass's curves in the "
+                                                                         f"medians too: {', '.join(curves)})"
+                                                                         if curves else ""))
         raise Interrupted(exc, kept, curves) from exc
     tick()
     return _with_meta(median_of_passes(tables), level, device, dtype, started, pool, passes, probes)

@@ -75,8 +75,8 @@ def test_a_pass_interrupted_keeps_the_passes_that_finished_and_its_own_curves(mo
     assert table["conv"]["k3"]["flops_per_s"] == [[[3e9] * 2] * 2, [[3e9] * 2] * 2]
     assert table["sdpa"]["flops_per_s"] == cal["sdpa"]["flops_per_s"]
     assert table["meta"]["passes"] == 1 and table["meta"]["reference_probes"] == [1e9] * 6
-    assert table["meta"]["interrupted"] == ("interrupted (Ctrl-C) after 1 of 2 passes through the grids (the next "
-                                            "pass's gemm, conv in their medians too)")
+    assert table["meta"]["interrupted"] == ("interrupted (Ctrl-C) after 1 of 2 passes through the grids (the "
+                                            "unfinished pass's curves in the medians too: gemm, conv)")
     assert set(caught.value.curves) == {"gemm", "conv"}
     from_dict({**_preset().to_dict(), "calibration": table}, "kept")  # a calibration: it reads back as one
 
