@@ -20,10 +20,11 @@ from pathlib import Path
 from diffprobe.analyses.predict import predict_seconds
 from diffprobe.attention.bench import KERNEL_GRIDS, kernel_curve
 from diffprobe.errors import DiffprobeError, interruption
-from diffprobe.hardware.calibrate import GRIDS, calibrate, reference_rate
+from diffprobe.hardware.calibrate import GRIDS, calibrate, highest_rates, reference_rate
 from diffprobe.hardware.passes import Interrupted
-from diffprobe.hardware.preset import from_dict
+from diffprobe.hardware.preset import from_dict, to_toml
 from diffprobe.hardware.steadiness import steadiness
+from diffprobe.records.runfolder import atomic_write, write_json
 from diffprobe.run.profile import ProfileConfig, run_profile
 
 FIT = {"model": "tiny", "height": 128, "width": 128, "steps": 4}
@@ -114,8 +115,6 @@ def _after_the_curves(table: dict, level: str, dtype: str, device: str, base: di
 def calibration_preset(base: dict, table: dict, dtype: str, quick: bool, passes: int) -> dict:
     """The preset file's table of a calibration: this machine's preset (``base``, its ceilings raised to the rates the
     curves measured under them) named and sourced by the date and command, with the ``calibration`` table."""
-    from diffprobe.hardware.calibrate import highest_rates
-
     meta = table["meta"]
     flops, moved = highest_rates(table)  # the ceilings hold the rates measured under them
     base = {**base, "peak_flops": {**base["peak_flops"], dtype: max(base["peak_flops"][dtype], flops)},
@@ -130,9 +129,6 @@ def calibration_preset(base: dict, table: dict, dtype: str, quick: bool, passes:
 
 def write_calibration(path: Path, preset: dict) -> None:
     """Write ``preset`` to ``path`` (atomically), having read it back as a preset; one line where it cannot be."""
-    from diffprobe.hardware.preset import from_dict, to_toml
-    from diffprobe.records.runfolder import atomic_write
-
     from_dict(preset, str(path))  # what is written reads back
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,8 +140,6 @@ def write_calibration(path: Path, preset: dict) -> None:
 def write_unfinished_pass(path: Path, exc: Interrupted, base: dict) -> Path | None:
     """Where an interruption came before any pass through the grids finished: the curves that pass had finished,
     as JSON beside ``path`` (``<name>.partial.json``; not a preset); None where it had finished none."""
-    from diffprobe.records.runfolder import write_json
-
     if not exc.curves:
         return None
     partial = path.with_name(f"{path.stem}.partial.json")
