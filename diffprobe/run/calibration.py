@@ -21,7 +21,7 @@ from diffprobe.analyses.predict import predict_seconds
 from diffprobe.attention.bench import KERNEL_GRIDS, kernel_curve
 from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.calibrate import GRIDS, calibrate, highest_rates, reference_rate
-from diffprobe.hardware.passes import Interrupted
+from diffprobe.hardware.passes import Interrupted, median_of_passes
 from diffprobe.hardware.preset import from_dict, to_toml
 from diffprobe.hardware.steadiness import steadiness
 from diffprobe.records.runfolder import atomic_write, write_json
@@ -71,7 +71,7 @@ def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=
     table: dict = {}
     try:
         table = calibrate(level, dtype, device, progress, passes=passes)
-        _after_the_curves(table, level, dtype, device, base, progress)
+        _after_the_curves(table, level, dtype, device, base, progress, passes)
     except Interrupted as exc:  # in the curves: those of the passes that finished, and nothing after them
         if exc.table is not None:
             exc.table["meta"]["interrupted"] += unfinished(exc.table)
@@ -93,14 +93,20 @@ def unfinished(table: dict) -> str:
     return f"; not measured: {', '.join(missing)}" if missing else ""
 
 
-def _after_the_curves(table: dict, level: str, dtype: str, device: str, base: dict, progress) -> None:
-    started = time.perf_counter()
-    try:  # the block-sparse kernel by density (attention/bench.py), where it runs here
-        table["block_sparse"] = kernel_curve(KERNEL_GRIDS[level], dtype, device, max(3, GRIDS[level]["repeats"]),
-                                             progress=progress)
+def _after_the_curves(table: dict, level: str, dtype: str, device: str, base: dict, progress, passes: int) -> None:
+    started, curves = time.perf_counter(), []
+    try:  # the block-sparse kernel by density (attention/bench.py), where it runs here, in as many passes as the grids
+        for _ in range(passes):
+            curves.append(kernel_curve(KERNEL_GRIDS[level], dtype, device, max(3, GRIDS[level]["repeats"]),
+                                       progress=progress))
     except Exception as exc:  # noqa: BLE001 — no kernel here (no compiler, no Triton): the rest still calibrates
-        table["meta"]["block_sparse_note"] = f"block-sparse kernel not calibrated: {type(exc).__name__}: {exc}"[:300]
-    table["meta"]["block_sparse_s"] = time.perf_counter() - started
+        what = f"failed after {len(curves)} of {passes} passes" if curves else "not calibrated"
+        table["meta"]["block_sparse_note"] = f"block-sparse kernel {what}: {type(exc).__name__}: {exc}"[:300]
+    finally:  # each rate the median of the passes that finished (an interruption keeps those)
+        if curves:
+            table["block_sparse"] = median_of_passes([{"block_sparse": c} for c in curves])["block_sparse"]
+            table["meta"]["block_sparse_passes"] = len(curves)
+        table["meta"]["block_sparse_s"] = time.perf_counter() - started
     on = {"device": device, "dtype": dtype}  # the fits run where the curves were measured, in their dtype
     table["overhead_s"] = fit_overhead(table, base, on=on)
     table["denoiser_overhead_s"] = {"unet": table["overhead_s"].get("denoiser", 0.0),

@@ -150,3 +150,44 @@ def test_ctrl_c_before_a_curve_finished_writes_nothing(tmp_path, monkeypatch, ca
     assert main(["hardware", "calibrate", "--quick", "--out", str(tmp_path / "cal.toml"), "-q"]) == 130
     assert capsys.readouterr().err.splitlines() == [*said, "diffprobe: interrupted"]
     assert list(tmp_path.iterdir()) == []
+
+
+def _kernel_passes(monkeypatch, stop):
+    """calibrate_machine() with the curves of the synthetic preset, the fits and the probe stubbed, and a block-sparse
+    kernel whose n-th pass runs at n times the first's rates (1 and 4 GFLOP/s), ``stop(n)`` first."""
+    import diffprobe.run.calibration as calibration
+    from tests.hardware.test_kernel_curve import _curve
+
+    calls = []
+
+    def kernel_curve(*a, **k):
+        calls.append(len(calls) + 1)
+        stop(len(calls))
+        return _curve([[[1e9 * len(calls), 4e9 * len(calls)]], [[1e9 * len(calls), 4e9 * len(calls)]]])
+
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: copy.deepcopy(_preset().calibration))
+    monkeypatch.setattr(calibration, "kernel_curve", kernel_curve)
+    monkeypatch.setattr(calibration, "fit_overhead", lambda *a, **k: {"denoiser": 1e-5})
+    monkeypatch.setattr(calibration, "fit_transformer_overhead", lambda *a, **k: 2e-5)
+    monkeypatch.setattr(calibration, "reference_rate", lambda *a, **k: 1e9)
+    return calibration
+
+
+def test_the_block_sparse_curve_in_as_many_passes_as_the_grids(monkeypatch):
+    """--passes 3: the kernel's curve timed three times, each rate the median (the second pass's: 2 and 8 GFLOP/s);
+    Ctrl-C in its second pass keeps the first pass's curve, said in meta.block_sparse_passes."""
+    from diffprobe.hardware.passes import Interrupted
+
+    calibration = _kernel_passes(monkeypatch, lambda n: None)
+    table = calibration.calibrate_machine("quick", "float32", "cpu", _preset().to_dict(), passes=3)
+    assert table["block_sparse"]["flops_per_s"] == [[[2e9, 8e9]], [[2e9, 8e9]]]
+    assert table["meta"]["block_sparse_passes"] == 3 and "block_sparse_note" not in table["meta"]
+
+    calibration = _kernel_passes(monkeypatch, lambda n: _ctrl_c() if n == 2 else None)
+    with pytest.raises(Interrupted) as caught:
+        calibration.calibrate_machine("quick", "float32", "cpu", _preset().to_dict(), passes=3)
+    kept = caught.value.table
+    assert kept["block_sparse"]["flops_per_s"] == [[[1e9, 4e9]], [[1e9, 4e9]]]
+    assert kept["meta"]["block_sparse_passes"] == 1 and kept["meta"]["interrupted"] == (
+        "interrupted (Ctrl-C) after the curves; not measured: the overhead between operators (its predictions leave "
+        "it out), a transformer denoiser's own overhead")
