@@ -192,6 +192,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="each full-size run's stages: the median of this many "
                     "runs (a shared machine's run-to-run spread; the tiny ones always five)")
     args = ap.parse_args()
+    bounds = (("--passes", args.passes, 9), ("--rounds", args.rounds, None), ("--repeat", args.repeat, None))
+    for flag, value, most in bounds:
+        if value < 1 or (most and value > most):  # one line, exit 2, before anything is timed
+            sys.stderr.write(f"predict.py: error: {flag} {value}: 1{f' to {most}' if most else ' or more'}\n")
+            sys.exit(2)
     if args.device != "cpu" or args.dtype != "float32":
         DEVICE.extend(["--device", args.device, "--dtype", args.dtype])
     import torch
