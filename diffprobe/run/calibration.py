@@ -96,9 +96,10 @@ def unfinished(table: dict) -> str:
 def _after_the_curves(table: dict, level: str, dtype: str, device: str, base: dict, progress, passes: int) -> None:
     started, curves = time.perf_counter(), []
     try:  # the block-sparse kernel by density (attention/bench.py), where it runs here, in as many passes as the grids
-        for _ in range(passes):
+        for i in range(passes):  # one progress count over the passes
+            tick = (lambda s, d, t, i=i: progress(s, i * t + d, passes * t)) if progress else None
             curves.append(kernel_curve(KERNEL_GRIDS[level], dtype, device, max(3, GRIDS[level]["repeats"]),
-                                       progress=progress))
+                                       progress=tick))
     except Exception as exc:  # noqa: BLE001 — no kernel here (no compiler, no Triton): the rest still calibrates
         what = f"failed after {len(curves)} of {passes} passes" if curves else "not calibrated"
         table["meta"]["block_sparse_note"] = f"block-sparse kernel {what}: {type(exc).__name__}: {exc}"[:300]

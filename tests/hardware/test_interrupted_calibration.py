@@ -160,9 +160,11 @@ def _kernel_passes(monkeypatch, stop):
 
     calls = []
 
-    def kernel_curve(*a, **k):
+    def kernel_curve(*a, progress=None, **k):
         calls.append(len(calls) + 1)
         stop(len(calls))
+        for done in (1, 2):  # a grid of two points, counted by each pass from 1
+            progress("block-sparse kernel", done, 2)
         return _curve([[[1e9 * len(calls), 4e9 * len(calls)]], [[1e9 * len(calls), 4e9 * len(calls)]]])
 
     monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: copy.deepcopy(_preset().calibration))
@@ -179,13 +181,17 @@ def test_the_block_sparse_curve_in_as_many_passes_as_the_grids(monkeypatch):
     from diffprobe.hardware.passes import Interrupted
 
     calibration = _kernel_passes(monkeypatch, lambda n: None)
-    table = calibration.calibrate_machine("quick", "float32", "cpu", _preset().to_dict(), passes=3)
+    seen = []
+    table = calibration.calibrate_machine("quick", "float32", "cpu", _preset().to_dict(), passes=3,
+                                          progress=lambda stage, done, total: seen.append((done, total)))
     assert table["block_sparse"]["flops_per_s"] == [[[2e9, 8e9]], [[2e9, 8e9]]]
+    assert seen == [(n, 6) for n in range(1, 7)]  # one count over the three passes of two points
     assert table["meta"]["block_sparse_passes"] == 3 and "block_sparse_note" not in table["meta"]
 
     calibration = _kernel_passes(monkeypatch, lambda n: _ctrl_c() if n == 2 else None)
     with pytest.raises(Interrupted) as caught:
-        calibration.calibrate_machine("quick", "float32", "cpu", _preset().to_dict(), passes=3)
+        calibration.calibrate_machine("quick", "float32", "cpu", _preset().to_dict(), passes=3,
+                                      progress=lambda *a: None)
     kept = caught.value.table
     assert kept["block_sparse"]["flops_per_s"] == [[[1e9, 4e9]], [[1e9, 4e9]]]
     assert kept["meta"]["block_sparse_passes"] == 1 and kept["meta"]["interrupted"] == (
