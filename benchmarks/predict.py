@@ -14,6 +14,9 @@
    (``classes_sd15_512``: where the model misses).
 4. The block-sparse kernel by density: ``kernels bench --hardware PRESET`` at points off the calibration's grid,
    the kernel's and dense SDPA's measured seconds against the curves' (no target: reported).
+5. Settings end to end (:data:`SETTING_RUNS`): ``profile --approx SETTING --hardware PRESET``, the setting's
+   denoiser and dense's, both untraced, against their predictions (the block method's calls on the kernel and index
+   curves; no target: reported).
 
     python benchmarks/predict.py [--quick] [--preset FILE (skip calibrating)] [--runs sd15-256,...] [--repeat N]
         [--passes N] [--rounds N]
@@ -175,6 +178,27 @@ def kernels(preset: str) -> list[dict]:
     return rows
 
 
+# settings priced end to end (step 5): the block method on the block-sparse kernel, and step-level reuse
+SETTING_RUNS = (("sd15", 512, 2, "block=0.5"), ("sd15", 256, 4, "deepcache=2"))
+
+
+def settings(preset: str, tmp: Path) -> list[dict]:
+    """``profile --approx SETTING --hardware PRESET`` at :data:`SETTING_RUNS`: the setting's denoiser and dense's,
+    both untraced on the same noise, against the calibrated model's predictions of each (``approx.predicted``: the
+    block method's calls re-priced on the kernel and index curves; reuse's records priced as they ran)."""
+    rows = []
+    for model, side, steps, setting in SETTING_RUNS:
+        doc = cli("profile", "--model", model, *size(side), "--steps", str(steps), *DEVICE, "--sample-steps", "0",
+                  "--approx", setting, "--hardware", preset, "--out", str(tmp / f"{model}-{side}-{setting}"))
+        p = doc["approx"]["predicted"]
+        ap = doc["approx"]
+        rows.append({"model": model, "side": side, "steps": steps, "setting": setting, "kernel": ap["kernel"],
+                     "kept_fraction": ap["kept_fraction"], **p["versus_measured"],
+                     "attention": p.get("attention"), "notes": p["notes"],
+                     "speed_ratio": (doc.get("machine_speed") or {}).get("ratio")})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -185,6 +209,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cuda: calibrate and measure on the GPU (gpu_check.sh predict)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--no-kernels", action="store_true", help="skip step 4 (on a GPU each point compiles a kernel)")
+    ap.add_argument("--no-settings", action="store_true", help="skip step 5")
     ap.add_argument("--passes", type=int, default=1, help="calibrate --passes: the operator grids timed this many "
                     "times over, each rate the median")
     ap.add_argument("--rounds", type=int, default=1, help="measure every run (and the traced step) this many times, "
@@ -233,6 +258,7 @@ def main() -> None:
         result["layer_types_sd15_512"], result["classes_sd15_512"], result["traced_speed_ratio"] = traced(
             preset, tmp, args.rounds)
         result["block_sparse_kernel"] = [] if args.no_kernels else kernels(preset)
+        result["settings"] = [] if args.no_settings else settings(preset, tmp)
         meta = get_preset(preset).calibration["meta"]  # how steady the machine was while calibrated
         result["calibration_steadiness"] = {k: meta.get(k) for k in ("reference_flops_per_s", "reference_spread",
                                                                      "steadiness_note")}
@@ -248,6 +274,8 @@ def main() -> None:
     # the issue sets no target for the kernel alone: reported beside the others
     result["worst"]["block_sparse_kernel"] = max((abs(r["error"]) for r in result["block_sparse_kernel"]),
                                                  default=None)
+    # nor for a setting's denoiser: reported (the setting's and dense's errors side by side)
+    result["worst"]["settings"] = max((abs(r["denoiser"]["error"]) for r in result["settings"]), default=None)
     print(json.dumps(result, indent=2))
 
 

@@ -54,7 +54,7 @@ def op_class(op: str, flops: int, nbytes: int) -> str:
     return "elementwise"
 
 
-def _grid_rate(curve: dict, axes: list[str], points: np.ndarray) -> np.ndarray:
+def grid_rate(curve: dict, axes: list[str], points: np.ndarray) -> np.ndarray:
     """Rates at ``points`` (rows of axis values), log-linear in the grid, clamped to its edges."""
     from scipy.interpolate import RegularGridInterpolator
 
@@ -95,9 +95,9 @@ def attention_seconds(cal: dict, q: int, kv: int, d: int, bh: int, density: floa
     rate at (tokens, head dim, density), self-attention: ``q`` tokens); log-linear in the grids, their edges'
     rates outside."""
     if density is None:
-        rate = _grid_rate(cal["sdpa"], ["q", "kv", "d"], np.array([[q, kv, d]]))[0]
+        rate = grid_rate(cal["sdpa"], ["q", "kv", "d"], np.array([[q, kv, d]]))[0]
         return 4.0 * bh * q * kv * d / float(rate)
-    rate = _grid_rate(cal["block_sparse"], ["tokens", "d", "density"], np.array([[q, d, density]]))[0]
+    rate = grid_rate(cal["block_sparse"], ["tokens", "d", "density"], np.array([[q, d, density]]))[0]
     return 4.0 * bh * q * kv * d * density / float(rate)
 
 
@@ -188,16 +188,16 @@ def _compute(out: pd.DataFrame, classes: np.ndarray, cal: dict, flops: np.ndarra
         gemm_pts.append(_gemm_dims(shapes[i], outs[i]))
     if gemm_idx:
         idx = np.array(gemm_idx)
-        pred[idx] = flops[idx] / _grid_rate(cal["gemm"], ["m", "n", "k"], np.array(gemm_pts))
+        pred[idx] = flops[idx] / grid_rate(cal["gemm"], ["m", "n", "k"], np.array(gemm_pts))
     for key, (idx, pts) in conv.items():
         if idx:
             idx = np.array(idx)
-            pred[idx] = flops[idx] / _grid_rate(cal["conv"][key], ["pixels", "cin", "cout"], np.array(pts))
+            pred[idx] = flops[idx] / grid_rate(cal["conv"][key], ["pixels", "cin", "cout"], np.array(pts))
     calls = np.flatnonzero((classes == "sdpa") & (out["part"].to_numpy() == "score"))
     if len(calls):
         dims = np.array([_sdpa_dims(shapes[i]) for i in calls])
         call_flops = 4.0 * dims[:, 0] * dims[:, 1] * dims[:, 2] * dims[:, 3]
-        pred[calls] = call_flops / _grid_rate(cal["sdpa"], ["q", "kv", "d"], dims[:, 1:])
+        pred[calls] = call_flops / grid_rate(cal["sdpa"], ["q", "kv", "d"], dims[:, 1:])
 
 
 def _share_sdpa(out: pd.DataFrame, classes: np.ndarray, pred: np.ndarray) -> None:

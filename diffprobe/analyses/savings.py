@@ -28,12 +28,8 @@ def _scaled_flops(ops, calls: list[dict] | None):
     their call (module, step) had (``calls`` None: as traced), and the predictors' FLOPs."""
     if not calls:
         return ops["flops"].astype(float), 0.0
-    core = ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "denoiser")
-    prefix = denoiser_prefix(ops)
-    # a call is (module, step, which call of the step): the second where CFG's branches are two calls ("uncond")
-    kept = {(f"{prefix}.{c['layer']}", c["step"], c.get("call", 0)): c["kept"] / c["entries"] for c in calls}
-    which = (ops["cfg"] == "uncond").astype(int)
-    keys = list(zip(ops["module"], ops["step"], which, strict=True))
+    keys, core, by_key = call_keys(ops, calls)
+    kept = {k: c["kept"] / c["entries"] for k, c in by_key.items()}
     missing = {k for k, c in zip(keys, core, strict=True) if c} - set(kept)
     if missing:
         raise DiffprobeError(f"internal: no approximate call for {len(missing)} traced attention calls, "
@@ -43,6 +39,17 @@ def _scaled_flops(ops, calls: list[dict] | None):
 
 
 ATTN_CORE = ("attn_score", "attn_softmax", "attn_pv")
+
+
+def call_keys(ops, calls: list[dict]) -> tuple[list[tuple], object, dict[tuple, dict]]:
+    """Which approximate call each record belongs to: every record's key (module, step, which call of the step:
+    1 for CFG's unconditional branch where it is a call of its own), whether it is a denoiser attention score /
+    softmax / P·V row, and each call by its key."""
+    prefix = denoiser_prefix(ops)
+    which = (ops["cfg"] == "uncond").astype(int)
+    keys = list(zip(ops["module"], ops["step"], which, strict=True))
+    core = (ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "denoiser")).to_numpy()
+    return keys, core, {(f"{prefix}.{c['layer']}", c["step"], c.get("call", 0)): c for c in calls}
 
 
 def denoiser_prefix(ops) -> str:

@@ -196,6 +196,7 @@ class ApproxAttention:
         dense_flops = sum(c.flops for c in dense.values())
         self._calls.append({
             "layer": call.name, "attn_kind": call.kind, "step": step, "call": call.call, "entries": entries,
+            "heads": b * h, "q_tokens": nq, "k_tokens": nk, "head_dim": d,  # (batch x heads), its shape
             "kept": kept,
             "masked": attn_mask is not None,
             "dense_flops": dense_flops, "predictor_flops": int(predictor), "kernel": kernel,
@@ -239,13 +240,9 @@ class ApproxAttention:
         predictor's FLOPs. On CUDA the prediction is one compiled function (a few fused kernels instead of some
         twenty small ones, no host sync: the per-call host cost that made the kernel lose end to end)."""
         b, h, nq, d = q.shape
-        nk = k.shape[2]
-        qb, kb = math.ceil(nq / self.block), math.ceil(nk / self.block)
-        predictor = b * h * (nq + nk) * d + 2 * b * h * qb * kb * d + 5 * b * h * qb * kb  # pooling, scores, softmax
-        fn = predict_block_index
-        if q.is_cuda and self.value < 1 and kernels.flex_unavailable(q.device, self.block) is None:
-            fn = compiled_predictor()
-        return fn(q, k, self.value, self.block, self._text_blocks(self.block)), predictor
+        fn = block_index_function(q, self.value, self.block)
+        return (fn(q, k, self.value, self.block, self._text_blocks(self.block)),
+                predictor_flops(b * h, nq, k.shape[2], d, self.block))
 
     def _block_sparse(self, q, k, v):
         """The ``block`` method on the block-sparse kernel: only the kept tiles are computed."""
@@ -364,6 +361,21 @@ def predict_block_index(q: torch.Tensor, k: torch.Tensor, tau: float, block: int
     kept = torch.einsum("bhij,i,j->", mask.double(), _block_lengths(nq, block, q.device),
                         _block_lengths(nk, block, q.device))
     return mask, counts, order, kept
+
+
+def predictor_flops(heads: int, nq: int, nk: int, d: int, block: int) -> int:
+    """The ``block`` method's predictor FLOPs for one call over ``heads`` (batch x heads): Q and K pooled per block,
+    the pooled scores, their softmax."""
+    qb, kb = math.ceil(nq / block), math.ceil(nk / block)
+    return heads * (nq + nk) * d + 2 * heads * qb * kb * d + 5 * heads * qb * kb
+
+
+def block_index_function(q: torch.Tensor, tau: float, block: int):
+    """What a ``block`` call runs to predict its index: :func:`predict_block_index`, compiled on CUDA where the
+    FlexAttention kernel runs (a few fused kernels instead of some twenty small ones, no host sync)."""
+    if q.is_cuda and tau < 1 and kernels.flex_unavailable(q.device, block) is None:
+        return compiled_predictor()
+    return predict_block_index
 
 
 def compiled_predictor():

@@ -229,7 +229,7 @@ def _device_name(dev: torch.device) -> str:
 
 # the block-sparse kernel's calibration grid (``diffprobe hardware calibrate``): self-attention tokens, head dim and
 # kept density; KERNEL_HEADS heads, blocks of 64 (the kernel's default)
-KERNEL_GRIDS = {"full": {"tokens": [512, 1024, 4096], "d": [40, 64, 128], "density": [0.125, 0.25, 0.5, 1.0]},
+KERNEL_GRIDS = {"full": {"tokens": [256, 512, 1024, 4096], "d": [40, 64, 128], "density": [0.125, 0.25, 0.5, 1.0]},
                 "quick": {"tokens": [1024, 4096], "d": [40, 64], "density": [0.25, 1.0]}}
 KERNEL_HEADS = 4
 
@@ -270,6 +270,51 @@ def kernel_curve(grid: dict, dtype: str = "float32", device: str = "cpu", repeat
             rates.append(plane)
     return {"axes": ["tokens", "d", "density"], **{a: list(grid[a]) for a in ("tokens", "d", "density")},
             "flops_per_s": rates, "backend": backend, "block_size": block_size, "heads": KERNEL_HEADS}
+
+
+# the block method's per-call index (its predictor and the kernel's layout) by self-attention tokens, head dim and
+# batch x heads: the pooling reads Q and K whole, so the heads matter (past the caches, and the fresh pages of large
+# copies, the cost per head grows: here 0.53 ms per head at 4096 tokens x 16 heads, 1.2 ms at 40)
+INDEX_GRIDS = {"full": {"tokens": [256, 1024, 4096, 16384], "d": [40, 64, 128], "heads": [4, 16, 40]},
+               "quick": {"tokens": [1024, 4096], "d": [64], "heads": [4, 16]}}
+INDEX_TAU = 0.5  # the mass the timed index covers (its cost hardly depends on it: every key block is ranked)
+
+
+def index_curve(grid: dict, dtype: str = "float32", device: str = "cpu", repeats: int = 3, block_size: int = 64,
+                progress=None) -> dict:
+    """What a ``block`` call spends before its kernel, by (tokens, head dim, batch x heads): the block index
+    predicted (:func:`~diffprobe.attention.approx.block_index_function`: Q and K pooled, pooled scores, their
+    softmax, key blocks ranked) and the kernel's layout built from it, as each call of a run does; the rate is the
+    predictor's FLOPs (:func:`~diffprobe.attention.approx.predictor_flops`, what the run's calls count) over those
+    seconds, the median of ``repeats`` runs. ``progress(stage, done, total)``."""
+    from diffprobe.attention.approx import block_index_function, predictor_flops
+    from diffprobe.hardware.calibrate import synced, typical_seconds
+
+    dev = torch.device(device)
+    report = progress or (lambda *_: None)
+    total, done = math.prod(len(grid[a]) for a in ("tokens", "d", "heads")), 0
+    g = torch.Generator().manual_seed(0)
+    rates = []
+    with synced(device):
+        for n in grid["tokens"]:
+            plane = []
+            for d in grid["d"]:
+                row = []
+                for heads in grid["heads"]:
+                    q, k = (torch.randn(1, heads, n, d, generator=g).to(dev, DTYPES[dtype]) for _ in range(2))
+                    fn = block_index_function(q, INDEX_TAU, block_size)
+
+                    def call(q=q, k=k, fn=fn, n=n):
+                        mask, counts, order, _ = fn(q, k, INDEX_TAU, block_size, None)
+                        BlockLayout(mask, n, n, block_size, check_all_kept=not q.is_cuda, lists=(counts, order))
+
+                    row.append(predictor_flops(heads, n, n, d, block_size) / typical_seconds(call, repeats))
+                    done += 1
+                    report("block index", done, total)
+                plane.append(row)
+            rates.append(plane)
+    return {"axes": ["tokens", "d", "heads"], **{a: list(grid[a]) for a in ("tokens", "d", "heads")},
+            "flops_per_s": rates, "block_size": block_size, "tau": INDEX_TAU}
 
 
 def predicted(result: dict, preset) -> dict:

@@ -90,7 +90,8 @@ def check_calibration(cal, origin: str) -> dict:
         raise DiffprobeError(f"{bad}.meta is missing {meta_missing[0]!r}")
     grids = [("gemm", cal["gemm"], ("m", "n", "k")), ("sdpa", cal["sdpa"], ("q", "kv", "d")),
              *((f"conv.{k}", cal["conv"].get(k, {}), ("pixels", "cin", "cout")) for k in ("k3", "k1")),
-             *((("block_sparse", cal["block_sparse"], ("tokens", "d", "density")),) if "block_sparse" in cal else ())]
+             *((("block_sparse", cal["block_sparse"], ("tokens", "d", "density")),) if "block_sparse" in cal else ()),
+             *((("block_index", cal["block_index"], ("tokens", "d", "heads")),) if "block_index" in cal else ())]
     for name, curve, axes in grids:
         try:
             shape = tuple(len(curve[a]) for a in axes)

@@ -167,6 +167,7 @@ def approx_summary_lines(ap: dict) -> list[str]:
         lines.append(f"denoiser {mine} with it vs {fmt_s(dense)}{spread} dense, both untraced, same noise "
                      f"(attention kernel: {ap.get('kernel', '?')})"
                      if dense is not None else f"denoiser {mine} untraced (attention kernel: {ap.get('kernel', '?')})")
+    lines += predicted_lines(ap.get("predicted"))
     saved = {k: v for k, v in (ap.get("flops_saved_by_stage") or {}).items() if v}
     if saved:
         lines.append("FLOPs saved by stage: " + ", ".join(f"{k} {fmt_n(v)}" for k, v in saved.items()))
@@ -185,6 +186,29 @@ def approx_summary_lines(ap: dict) -> list[str]:
                      + ", ".join(f"{k} x{v}" for k, v in extra["by_op"].items()) + ")")
     if ap.get("note"):
         lines.append(ap["note"])
+    return lines
+
+
+def predicted_lines(p: dict | None) -> list[str]:
+    """The setting's denoiser as the calibrated model predicts it, beside dense's, each with its error against the
+    untraced measurement; the re-priced attention calls; what is not priced."""
+    if not p:
+        return []
+    vs = p.get("versus_measured") or {}
+
+    def err(key: str) -> str:
+        e = (vs.get(key) or {}).get("error")
+        return f" ({e:+.1%} vs measured)" if e is not None else ""
+
+    lines = [f"predicted by {p['preset']}: denoiser {fmt_s(p['denoiser_s'])}{err('denoiser')} with it vs "
+             f"{fmt_s(p['dense_denoiser_s'])}{err('dense_denoiser')} dense, untraced"]
+    a = p.get("attention")
+    if a and (a["kernel_calls"] or a["index_calls"]):
+        index = (f", plus their block index (predictor and layout), {fmt_s(a['index_s'])} over {a['index_calls']} "
+                 "calls" if a["index_calls"] else "")
+        lines.append(f"predicted attention with it: {a['kernel_calls']} of {a['calls']} calls on the block-sparse "
+                     f"kernel, {fmt_s(a['kernel_s'])} where dense SDPA would take {fmt_s(a['dense_s'])}{index}")
+    lines += [f"prediction note: {n}" for n in p.get("notes", [])]
     return lines
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from diffprobe.analyses.predict import predict_seconds
-from diffprobe.attention.bench import KERNEL_GRIDS, kernel_curve
+from diffprobe.attention.bench import INDEX_GRIDS, KERNEL_GRIDS, index_curve, kernel_curve
 from diffprobe.errors import DiffprobeError, interruption
 from diffprobe.hardware.calibrate import GRIDS, calibrate, highest_rates, reference_rate
 from diffprobe.hardware.passes import Interrupted, median_of_passes
@@ -88,6 +88,7 @@ def unfinished(table: dict) -> str:
     """What an interrupted calibration lacks of the parts after its curves, as the end of its ``interrupted`` line."""
     missing = [what for what, done in (
         ("the block-sparse kernel's curve", "block_sparse" in table or "block_sparse_note" in table["meta"]),
+        ("a block call's index curve", "block_index" in table or "block_sparse_note" in table["meta"]),
         ("the overhead between operators (its predictions leave it out)", "overhead_s" in table),
         ("a transformer denoiser's own overhead", "denoiser_overhead_s" in table)) if not done]
     return f"; not measured: {', '.join(missing)}" if missing else ""
@@ -95,18 +96,24 @@ def unfinished(table: dict) -> str:
 
 def _after_the_curves(table: dict, level: str, dtype: str, device: str, base: dict, progress, passes: int) -> None:
     started, curves = time.perf_counter(), []
-    try:  # the block-sparse kernel by density (attention/bench.py), where it runs here, in as many passes as the grids
-        for i in range(passes):  # one progress count over the passes
+    repeats = max(3, GRIDS[level]["repeats"])
+    try:  # the block-sparse kernel by density and a block call's index (attention/bench.py), where the kernel runs
+        for i in range(passes):  # here, in as many passes as the grids; one progress count over the passes
             tick = (lambda s, d, t, i=i: progress(s, i * t + d, passes * t)) if progress else None
-            curves.append(kernel_curve(KERNEL_GRIDS[level], dtype, device, max(3, GRIDS[level]["repeats"]),
-                                       progress=tick))
+            curves.append({"block_sparse": kernel_curve(KERNEL_GRIDS[level], dtype, device, repeats, progress=tick)})
+            curves[-1]["block_index"] = index_curve(INDEX_GRIDS[level], dtype, device, repeats, progress=tick)
     except Exception as exc:  # noqa: BLE001 — no kernel here (no compiler, no Triton): the rest still calibrates
         what = f"failed after {len(curves)} of {passes} passes" if curves else "not calibrated"
         table["meta"]["block_sparse_note"] = f"block-sparse kernel {what}: {type(exc).__name__}: {exc}"[:300]
     finally:  # each rate the median of the passes that finished (an interruption keeps those)
-        if curves:
-            table["block_sparse"] = median_of_passes([{"block_sparse": c} for c in curves])["block_sparse"]
-            table["meta"]["block_sparse_passes"] = len(curves)
+        finished = [c for c in curves if "block_index" in c]  # a pass interrupted in its index curve: its kernel's
+        kernel = [{"block_sparse": c["block_sparse"]} for c in curves]  # curve still counts
+        if kernel:
+            table["block_sparse"] = median_of_passes(kernel)["block_sparse"]
+            table["meta"]["block_sparse_passes"] = len(kernel)
+        if finished:
+            table["block_index"] = median_of_passes([{"block_index": c["block_index"]} for c in finished])[
+                "block_index"]
         table["meta"]["block_sparse_s"] = time.perf_counter() - started
     on = {"device": device, "dtype": dtype}  # the fits run where the curves were measured, in their dtype
     table["overhead_s"] = fit_overhead(table, base, on=on)

@@ -79,7 +79,29 @@ def run_setting(cfg: ProfileConfig, pipe, dense, report=None) -> tuple[dict, obj
     entry.update(_coverage(full, evals, dense), **_seconds(timed, dense), records=RECORDS)
     if setting.reuse is not None:
         entry.update(steps=steps_ran(ops, dense_ops), method_overhead=added_ops(dense_ops, ops))
+    if cfg.hardware is not None:
+        entry["predicted"] = predicted(ops, dense_ops, calls, cfg.hardware, entry)
     return entry, images, scaled_records(ops, calls)
+
+
+def predicted(ops, dense_ops, calls, hardware: str, entry: dict) -> dict | None:
+    """The setting's and dense's denoiser seconds as ``hardware``'s calibration predicts them
+    (:func:`~diffprobe.analyses.predict_setting.setting_seconds`), each beside its untraced measurement (``error`` =
+    predicted / measured - 1) where there is one; None where the preset has no calibration."""
+    from diffprobe.analyses.predict_setting import setting_seconds
+    from diffprobe.hardware.presets import get_preset
+
+    preset = get_preset(hardware)
+    if not preset.calibration:
+        return None
+    out = {"preset": preset.name, **setting_seconds(ops, dense_ops, calls, preset)}
+    measured = {"denoiser": entry.get("denoiser_seconds"),
+                "dense_denoiser": entry.get("dense_untraced_denoiser_seconds")}
+    if measured["denoiser"] is not None:
+        out["versus_measured"] = {
+            k: {"predicted_s": out[f"{k}_s"], "measured_s": m, "error": out[f"{k}_s"] / m - 1 if m else None}
+            for k, m in measured.items() if m is not None}
+    return out
 
 
 def _records(cfg: ProfileConfig, pipe, setting: Setting, dense, full: bool):

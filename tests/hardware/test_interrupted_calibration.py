@@ -167,8 +167,14 @@ def _kernel_passes(monkeypatch, stop):
             progress("block-sparse kernel", done, 2)
         return _curve([[[1e9 * len(calls), 4e9 * len(calls)]], [[1e9 * len(calls), 4e9 * len(calls)]]])
 
+    def index_curve(*a, progress=None, **k):  # one point, at n GFLOP/s in the n-th pass
+        progress("block index", 1, 1)
+        n = len(calls)
+        return {"tokens": [1024], "d": [64], "heads": [4], "flops_per_s": [[[1e9 * n]]], "block_size": 64}
+
     monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: copy.deepcopy(_preset().calibration))
     monkeypatch.setattr(calibration, "kernel_curve", kernel_curve)
+    monkeypatch.setattr(calibration, "index_curve", index_curve)
     monkeypatch.setattr(calibration, "fit_overhead", lambda *a, **k: {"denoiser": 1e-5})
     monkeypatch.setattr(calibration, "fit_transformer_overhead", lambda *a, **k: 2e-5)
     monkeypatch.setattr(calibration, "reference_rate", lambda *a, **k: 1e9)
@@ -176,16 +182,20 @@ def _kernel_passes(monkeypatch, stop):
 
 
 def test_the_block_sparse_curve_in_as_many_passes_as_the_grids(monkeypatch):
-    """--passes 3: the kernel's curve timed three times, each rate the median (the second pass's: 2 and 8 GFLOP/s);
-    Ctrl-C in its second pass keeps the first pass's curve, said in meta.block_sparse_passes."""
+    """--passes 3: the kernel's curve and the block index's timed three times, each rate the median (the second
+    pass's: 2 and 8 GFLOP/s, 2 GFLOP/s); Ctrl-C in the kernel's second pass keeps the first pass's curves, said in
+    meta.block_sparse_passes."""
     from diffprobe.hardware.passes import Interrupted
 
     calibration = _kernel_passes(monkeypatch, lambda n: None)
     seen = []
     table = calibration.calibrate_machine("quick", "float32", "cpu", _preset().to_dict(), passes=3,
-                                          progress=lambda stage, done, total: seen.append((done, total)))
+                                          progress=lambda stage, done, total: seen.append((stage, done, total)))
     assert table["block_sparse"]["flops_per_s"] == [[[2e9, 8e9]], [[2e9, 8e9]]]
-    assert seen == [(n, 6) for n in range(1, 7)]  # one count over the three passes of two points
+    assert table["block_index"]["flops_per_s"] == [[[2e9]]]
+    # one count per curve over the three passes (two points each for the kernel, one for the index)
+    assert [s[1:] for s in seen if s[0] == "block-sparse kernel"] == [(n, 6) for n in range(1, 7)]
+    assert [s[1:] for s in seen if s[0] == "block index"] == [(n, 3) for n in range(1, 4)]
     assert table["meta"]["block_sparse_passes"] == 3 and "block_sparse_note" not in table["meta"]
 
     calibration = _kernel_passes(monkeypatch, lambda n: _ctrl_c() if n == 2 else None)
@@ -194,6 +204,7 @@ def test_the_block_sparse_curve_in_as_many_passes_as_the_grids(monkeypatch):
                                       progress=lambda *a: None)
     kept = caught.value.table
     assert kept["block_sparse"]["flops_per_s"] == [[[1e9, 4e9]], [[1e9, 4e9]]]
+    assert kept["block_index"]["flops_per_s"] == [[[1e9]]]
     assert kept["meta"]["block_sparse_passes"] == 1 and kept["meta"]["interrupted"] == (
         "interrupted (Ctrl-C) after the curves; not measured: the overhead between operators (its predictions leave "
         "it out), a transformer denoiser's own overhead")
