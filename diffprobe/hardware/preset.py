@@ -70,6 +70,34 @@ CALIBRATION_KEYS = ("meta", "gemm", "conv", "sdpa", "memory", "view_s")
 META_KEYS = ("date", "cpu", "cpu_capability", "torch", "threads", "device", "dtype")
 
 
+def _positive(value) -> bool:
+    """A finite number above 0 (not a bool)."""
+    import math
+
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _check_grids(cal: dict, bad: str) -> None:
+    """Every FLOP curve's axes increasing and its rates a positive grid of their lengths."""
+    import numpy as np
+
+    optional = (("block_sparse", ("tokens", "d", "density")), ("block_index", ("tokens", "d", "heads")))
+    grids = [("gemm", cal["gemm"], ("m", "n", "k")), ("sdpa", cal["sdpa"], ("q", "kv", "d")),
+             *((f"conv.{k}", cal["conv"].get(k, {}), ("pixels", "cin", "cout")) for k in ("k3", "k1")),
+             *((name, cal[name], axes) for name, axes in optional if name in cal)]
+    for name, curve, axes in grids:
+        try:
+            shape = tuple(len(curve[a]) for a in axes)
+            rates = np.asarray(curve["flops_per_s"], dtype=float)
+            ok = rates.shape == shape and np.all(np.isfinite(rates)) and np.all(rates > 0) and all(
+                np.all(np.diff(np.asarray(curve[a], dtype=float)) > 0) for a in axes)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DiffprobeError(f"{bad}.{name}: needs increasing axes {', '.join(axes)} and a positive "
+                                 "flops_per_s grid of their lengths")
+
+
 def check_calibration(cal, origin: str) -> dict:
     """A preset's calibration table, checked (every curve present, its grid and rates the right shapes, every
     number finite and positive); none: an empty dict (the roofline alone)."""
@@ -88,21 +116,7 @@ def check_calibration(cal, origin: str) -> dict:
     meta_missing = [k for k in META_KEYS if k not in cal["meta"]]
     if meta_missing:
         raise DiffprobeError(f"{bad}.meta is missing {meta_missing[0]!r}")
-    grids = [("gemm", cal["gemm"], ("m", "n", "k")), ("sdpa", cal["sdpa"], ("q", "kv", "d")),
-             *((f"conv.{k}", cal["conv"].get(k, {}), ("pixels", "cin", "cout")) for k in ("k3", "k1")),
-             *((("block_sparse", cal["block_sparse"], ("tokens", "d", "density")),) if "block_sparse" in cal else ()),
-             *((("block_index", cal["block_index"], ("tokens", "d", "heads")),) if "block_index" in cal else ())]
-    for name, curve, axes in grids:
-        try:
-            shape = tuple(len(curve[a]) for a in axes)
-            rates = np.asarray(curve["flops_per_s"], dtype=float)
-            ok = rates.shape == shape and np.all(np.isfinite(rates)) and np.all(rates > 0) and all(
-                np.all(np.diff(np.asarray(curve[a], dtype=float)) > 0) for a in axes)
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise DiffprobeError(f"{bad}.{name}: needs increasing axes {', '.join(axes)} and a positive "
-                                 "flops_per_s grid of their lengths")
+    _check_grids(cal, bad)
     if "block_sparse" in cal and not 0 < cal["block_sparse"]["density"][0] <= cal["block_sparse"]["density"][-1] <= 1:
         raise DiffprobeError(f"{bad}.block_sparse.density must be in (0, 1]")
     for table in ("memory", *(("memory_fresh",) if "memory_fresh" in cal else ())):
@@ -116,19 +130,16 @@ def check_calibration(cal, origin: str) -> dict:
                 ok = False
             if not ok:
                 raise DiffprobeError(f"{bad}.{table}.{cls}: needs [bytes, bytes/s] pairs, positive")
-    ref = cal["meta"].get("reference_flops_per_s", 1)  # a calibration from before the reference probe has none
-    if isinstance(ref, bool) or not isinstance(ref, (int, float)) or not (math.isfinite(ref) and ref > 0):
+    if not _positive(cal["meta"].get("reference_flops_per_s", 1)):  # (a calibration before the probe has none)
         raise DiffprobeError(f"{bad}.meta.reference_flops_per_s must be a positive number of FLOP/s")
-    fresh = cal["meta"].get("fresh_pages_bytes", 1)
-    if isinstance(fresh, bool) or not isinstance(fresh, (int, float)) or not (math.isfinite(fresh) and fresh > 0):
+    if not _positive(cal["meta"].get("fresh_pages_bytes", 1)):
         raise DiffprobeError(f"{bad}.meta.fresh_pages_bytes must be a positive number of bytes")
     for key, what in (("overhead_s", "stage"), ("denoiser_overhead_s", "denoiser component")):
         overhead = cal.get(key, {})
         if not isinstance(overhead, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (
                 math.isfinite(v) and v >= 0) for v in overhead.values()):
             raise DiffprobeError(f"{bad}.{key} must be a table of {what} = seconds per record, each 0 or more")
-    if isinstance(cal["view_s"], bool) or not isinstance(cal["view_s"], (int, float)) or not (
-            math.isfinite(cal["view_s"]) and cal["view_s"] > 0):
+    if not _positive(cal["view_s"]):
         raise DiffprobeError(f"{bad}.view_s must be a positive number of seconds")
     return cal
 
