@@ -234,42 +234,61 @@ KERNEL_GRIDS = {"full": {"tokens": [256, 512, 1024, 4096], "d": [40, 64, 128], "
 KERNEL_HEADS = 4
 
 
+def _timed_grid(grid: dict, axes: tuple[str, str, str], rate_of, stage: str, device: str, progress) -> dict:
+    """``rate_of(a, b, c)`` at every point of a 3-axis ``grid`` (``progress(stage, done, total)`` after each), then
+    the points far below their neighbours timed again, each keeping the higher rate
+    (:func:`~diffprobe.hardware.steadiness.retime_dips`: a shared machine's slow second); the curve's axes,
+    ``flops_per_s`` and ``retimed``."""
+    from diffprobe.hardware.calibrate import synced
+    from diffprobe.hardware.steadiness import retime_dips
+
+    report = progress or (lambda *_: None)
+    total, done = math.prod(len(grid[a]) for a in axes), 0
+    rates = []
+    with synced(device):  # on CUDA a timed run ends when the device has finished its calls, not each call
+        for a in grid[axes[0]]:
+            plane = []
+            for b in grid[axes[1]]:
+                row = []
+                for c in grid[axes[2]]:
+                    row.append(rate_of(a, b, c))
+                    done += 1
+                    report(stage, done, total)
+                plane.append(row)
+            rates.append(plane)
+        rates, again = retime_dips(rates, lambda idx: rate_of(*(grid[x][i] for x, i in zip(axes, idx, strict=True))))
+    return {"axes": list(axes), **{x: list(grid[x]) for x in axes}, "flops_per_s": rates, "retimed": again}
+
+
 def kernel_curve(grid: dict, dtype: str = "float32", device: str = "cpu", repeats: int = 3, block_size: int = 64,
                  progress=None) -> dict:
     """The block-sparse kernel's achieved FLOP/s over (tokens, head dim, kept density): kept FLOPs (4 x heads x
     tokens^2 x head dim x kept density, self-attention) over the kernel's seconds on a layout prepared once (as
-    ``kernel_s``), the median of ``repeats`` runs (:func:`~diffprobe.hardware.calibrate.typical_seconds`). The backend
-    is the one ``auto`` runs here; a mask that keeps every block runs it too (never dense SDPA, which the ``sdpa``
-    curve prices). ``progress(stage, done, total)``."""
-    from diffprobe.hardware.calibrate import synced, typical_seconds
+    ``kernel_s``), the median of ``repeats`` runs (:func:`~diffprobe.hardware.calibrate.typical_seconds`); dips
+    retimed (:func:`_timed_grid`). The backend is the one ``auto`` runs here; a mask that keeps every block runs it
+    too (never dense SDPA, which the ``sdpa`` curve prices). ``progress(stage, done, total)``."""
+    from diffprobe.hardware.calibrate import typical_seconds
 
     dev = torch.device(device)
-    report = progress or (lambda *_: None)
-    total, done = math.prod(len(grid[a]) for a in ("tokens", "d", "density")), 0
     g = torch.Generator().manual_seed(0)
-    rates, backend = [], None
-    with synced(device):  # on CUDA a timed run ends when the device has finished its calls, not each call
-        for n in grid["tokens"]:
-            plane = []
-            for d in grid["d"]:
-                q, k, v = (torch.randn(1, KERNEL_HEADS, n, d, generator=g).to(dev, DTYPES[dtype]) for _ in range(3))
-                row = []
-                for density in grid["density"]:
-                    nb = math.ceil(n / block_size)
-                    mask = random_block_mask(KERNEL_HEADS, nb, nb, density, g).to(dev)
-                    layout = BlockLayout(mask, n, n, block_size, check_all_kept=False)
-                    backend = layout.backend
+    inputs: dict[tuple[int, int], tuple] = {}  # q, k, v per (tokens, head dim), made once
+    backend = []
 
-                    def call(layout=layout, q=q, k=k, v=v):
-                        block_sparse_attention(q, k, v, layout, block_size)
+    def rate(n: int, d: int, density: float) -> float:
+        if (n, d) not in inputs:
+            inputs.clear()
+            inputs[n, d] = tuple(torch.randn(1, KERNEL_HEADS, n, d, generator=g).to(dev, DTYPES[dtype])
+                                 for _ in range(3))
+        q, k, v = inputs[n, d]
+        nb = math.ceil(n / block_size)
+        layout = BlockLayout(random_block_mask(KERNEL_HEADS, nb, nb, density, g).to(dev), n, n, block_size,
+                             check_all_kept=False)
+        backend.append(layout.backend)
+        seconds = typical_seconds(lambda: block_sparse_attention(q, k, v, layout, block_size), repeats)
+        return 4.0 * KERNEL_HEADS * n * n * d * layout.kept_fraction / seconds
 
-                    row.append(4.0 * KERNEL_HEADS * n * n * d * layout.kept_fraction / typical_seconds(call, repeats))
-                    done += 1
-                    report("block-sparse kernel", done, total)
-                plane.append(row)
-            rates.append(plane)
-    return {"axes": ["tokens", "d", "density"], **{a: list(grid[a]) for a in ("tokens", "d", "density")},
-            "flops_per_s": rates, "backend": backend, "block_size": block_size, "heads": KERNEL_HEADS}
+    curve = _timed_grid(grid, ("tokens", "d", "density"), rate, "block-sparse kernel", device, progress)
+    return {**curve, "backend": backend[-1], "block_size": block_size, "heads": KERNEL_HEADS}
 
 
 # the block method's per-call index (its predictor and the kernel's layout) by self-attention tokens, head dim and
@@ -286,35 +305,25 @@ def index_curve(grid: dict, dtype: str = "float32", device: str = "cpu", repeats
     predicted (:func:`~diffprobe.attention.approx.block_index_function`: Q and K pooled, pooled scores, their
     softmax, key blocks ranked) and the kernel's layout built from it, as each call of a run does; the rate is the
     predictor's FLOPs (:func:`~diffprobe.attention.approx.predictor_flops`, what the run's calls count) over those
-    seconds, the median of ``repeats`` runs. ``progress(stage, done, total)``."""
+    seconds, the median of ``repeats`` runs; dips retimed (:func:`_timed_grid`). ``progress(stage, done, total)``."""
     from diffprobe.attention.approx import block_index_function, predictor_flops
-    from diffprobe.hardware.calibrate import synced, typical_seconds
+    from diffprobe.hardware.calibrate import typical_seconds
 
     dev = torch.device(device)
-    report = progress or (lambda *_: None)
-    total, done = math.prod(len(grid[a]) for a in ("tokens", "d", "heads")), 0
     g = torch.Generator().manual_seed(0)
-    rates = []
-    with synced(device):
-        for n in grid["tokens"]:
-            plane = []
-            for d in grid["d"]:
-                row = []
-                for heads in grid["heads"]:
-                    q, k = (torch.randn(1, heads, n, d, generator=g).to(dev, DTYPES[dtype]) for _ in range(2))
-                    fn = block_index_function(q, INDEX_TAU, block_size)
 
-                    def call(q=q, k=k, fn=fn, n=n):
-                        mask, counts, order, _ = fn(q, k, INDEX_TAU, block_size, None)
-                        BlockLayout(mask, n, n, block_size, check_all_kept=not q.is_cuda, lists=(counts, order))
+    def rate(n: int, d: int, heads: int) -> float:
+        q, k = (torch.randn(1, heads, n, d, generator=g).to(dev, DTYPES[dtype]) for _ in range(2))
+        fn = block_index_function(q, INDEX_TAU, block_size)
 
-                    row.append(predictor_flops(heads, n, n, d, block_size) / typical_seconds(call, repeats))
-                    done += 1
-                    report("block index", done, total)
-                plane.append(row)
-            rates.append(plane)
-    return {"axes": ["tokens", "d", "heads"], **{a: list(grid[a]) for a in ("tokens", "d", "heads")},
-            "flops_per_s": rates, "block_size": block_size, "tau": INDEX_TAU}
+        def call():
+            mask, counts, order, _ = fn(q, k, INDEX_TAU, block_size, None)
+            BlockLayout(mask, n, n, block_size, check_all_kept=not q.is_cuda, lists=(counts, order))
+
+        return predictor_flops(heads, n, n, d, block_size) / typical_seconds(call, repeats)
+
+    curve = _timed_grid(grid, ("tokens", "d", "heads"), rate, "block index", device, progress)
+    return {**curve, "block_size": block_size, "tau": INDEX_TAU}
 
 
 def predicted(result: dict, preset) -> dict:

@@ -29,7 +29,7 @@ def check(passes: int) -> None:
         raise DiffprobeError(f"--passes {passes}: 1 to {MOST} passes through the grids")
 
 
-FLOP_CURVES = (("gemm",), ("conv", "k3"), ("conv", "k1"), ("sdpa",))
+FLOP_CURVES = (("gemm",), ("conv", "k3"), ("conv", "k1"), ("sdpa",), ("block_sparse",), ("block_index",))
 
 
 def _merge(values: list):

@@ -112,3 +112,23 @@ def test_kernels_bench_refuses_a_preset_that_cannot_predict_it(tmp_path, capsys)
         assert main(["kernels", "bench", "--tokens", "256", "--hardware", str(path), "-q"]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_the_kernel_and_index_grids_retime_their_dips():
+    """A point timed at a quarter of its neighbours' rate (a shared machine's slow second) is timed again once the
+    grid is done and keeps the higher rate; the others are timed once; progress counts the grid once."""
+    from diffprobe.attention.bench import _timed_grid
+
+    times: dict = {}
+
+    def rate(n, d, x):
+        times[n, d, x] = times.get((n, d, x), 0) + 1
+        return 1e9 / 4 if (n, d, x) == (2, 20, 0.5) and times[n, d, x] == 1 else 1e9
+
+    seen = []
+    grid = {"tokens": [1, 2, 3], "d": [10, 20, 30], "density": [0.25, 0.5, 1.0]}
+    curve = _timed_grid(grid, ("tokens", "d", "density"), rate, "k", "cpu", lambda *a: seen.append(a))
+    assert curve["retimed"] == [[1, 1, 1]] and times[2, 20, 0.5] == 2
+    assert curve["flops_per_s"] == [[[1e9] * 3] * 3] * 3
+    assert sum(times.values()) == 28 and seen[-1] == ("k", 27, 27) and len(seen) == 27
+    assert curve["axes"] == ["tokens", "d", "density"] and curve["density"] == [0.25, 0.5, 1.0]
