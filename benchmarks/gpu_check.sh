@@ -19,7 +19,8 @@
 #   8. the calibrated model on the GPU (`bash benchmarks/gpu_check.sh predict`, about 8 minutes): calibrate on the
 #      device in fp16 (`diffprobe hardware calibrate --quick --device cuda`), then predict the GPU runs of
 #      benchmarks/predict.py measured there (per stage and run total, the roofline's error beside; the calibration
-#      measures the block-sparse kernel's curve, its bench points are left to step 7's budget: --no-kernels)
+#      measures the block-sparse kernel's and block index's curves; its bench points and settings end to end are
+#      left to step 7's budget: --no-kernels --no-settings)
 # `bash benchmarks/gpu_check.sh timing` runs step 6 alone (about 7 minutes), `sparse` step 7 alone, `predict` step 8
 # alone; no argument runs steps 1-5.
 # Profile and approx results are packed into profiles.tgz. Every step has its own time limit, so one that hangs or
@@ -50,7 +51,7 @@ fi
 
 if [ "${1:-}" = "predict" ]; then
   echo "== 8. the calibrated model on the GPU: calibrate (fp16) and predict measured GPU runs"
-  timeout 560 python3 benchmarks/predict.py --quick --device cuda --dtype float16 --no-kernels \
+  timeout 560 python3 benchmarks/predict.py --quick --device cuda --dtype float16 --no-kernels --no-settings \
     --runs sd15-512,sd21-base-512,sdxl-512,tiny-pixart,tiny-flux >"$OUT/predict_gpu.json" 2>"$OUT/predict_gpu.err"
   echo "predict: exit $? $(grep -v -i warn "$OUT/predict_gpu.err" | tail -c 300)"
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d.get('worst')), d.get('targets_met'))" \
