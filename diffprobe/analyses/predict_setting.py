@@ -52,7 +52,10 @@ def _calls(pred: pd.DataFrame, calls: list[dict], cal: dict, notes: list[str]) -
     for key, is_core, s in zip(keys, core, op_s, strict=True):
         if is_core:
             dense_of[key] = dense_of.get(key, 0.0) + float(s)
-    priced = {"dense_s": 0.0, "kernel_s": 0.0, "index_s": 0.0, "calls": len(calls), "kernel_calls": 0,
+    # a timed run repeated (--repeat N) counts its steps on: the calls of the steps the records cover are one run's
+    steps = {key[1] for key in dense_of}
+    by_key = {key: c for key, c in by_key.items() if key[1] in steps}
+    priced = {"dense_s": 0.0, "kernel_s": 0.0, "index_s": 0.0, "calls": len(by_key), "kernel_calls": 0,
               "dense_calls": 0, "index_calls": 0, "unpriced_calls": 0}
     sparse, index = [], []
     for key, c in by_key.items():
@@ -79,7 +82,7 @@ def _calls(pred: pd.DataFrame, calls: list[dict], cal: dict, notes: list[str]) -
         rates = grid_rate(cal["block_index"], ["tokens", "d", "heads"], points)
         priced["index_s"] = float(sum(c["predictor_flops"] / r for c, r in zip(index, rates, strict=True)))
         priced["index_calls"] = len(index)
-    _notes(priced, calls, cal, bool(index), notes)
+    _notes(priced, list(by_key.values()), cal, bool(index), notes)
     return priced
 
 

@@ -109,6 +109,7 @@ class Measured:
     failure: BaseException | None = None
     status: str = "ok"
     message: str | None = None
+    runs: list = field(default_factory=list)  # each measured run's stage events (what the medians are over)
 
     def check(self, partial: Path | None = None) -> "Measured":
         """Raise the failure that ended the pass, if any (out of memory as one clear line, naming ``partial``: the
@@ -120,6 +121,16 @@ class Measured:
             where = f" (partial results in {partial})" if partial is not None else ""
             raise DiffprobeError(self.message + where) from exc
         raise exc
+
+
+def merged(parts: list[Measured]) -> Measured:
+    """Passes of one configuration measured one run at a time (alternating with another's) as one: stage seconds
+    the medians over all their runs, the last pass's records and images, the highest peak memory."""
+    out = parts[-1]
+    runs = [r for p in parts for r in p.runs]
+    out.stages, out.stage_stats, out.steps = summarize_events(runs)
+    out.runs, out.peak_memory_bytes = runs, max(p.peak_memory_bytes for p in parts)
+    return out
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -207,7 +218,7 @@ def _with_totals(timer: StageTimer, events: list, start, end) -> list:
 
 def _collected(cfg: ProfileConfig, evals: int, runs: list[list], tracer) -> Measured:
     """Stage times, peak memory and the op records of the runs measured so far."""
-    out = Measured(evals)
+    out = Measured(evals, runs=list(runs))
     if runs:
         out.stages, out.stage_stats, out.steps = summarize_events(runs)
     out.peak_memory_bytes, out.peak_memory_kind = peak_memory(cfg.device)

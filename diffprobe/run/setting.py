@@ -12,7 +12,7 @@ from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used
 from diffprobe.attention.core import installed_in
 from diffprobe.records.schema import DENOISER
 from diffprobe.run.config import ProfileConfig, analytic_twin
-from diffprobe.run.passes import analytic_pass, measured_pass, trace_with_reuse
+from diffprobe.run.passes import analytic_pass, measured_pass, merged, trace_with_reuse
 from diffprobe.run.settings import Setting, parse_settings
 from diffprobe.run.warmup import warm_up
 
@@ -68,13 +68,10 @@ def run_setting(cfg: ProfileConfig, pipe, dense, report=None) -> tuple[dict, obj
     if cfg.mode == "measured":
         plain = replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None, compile=False,
                         cuda_graphs=False, sample_steps=0 if full else cfg.sample_steps)
-        # dense, untraced, same noise
-        timed = {"dense": measured_pass(plain, pipe, dense.denoiser_evals, evals).check()}
-        with installed_setting(pipe, setting, core):
-            timed["approx"] = measured_pass(plain, pipe, dense.denoiser_evals, evals).check()  # the setting, untraced
+        timed = alternated(plain, pipe, dense.denoiser_evals, evals, setting, core)
         images = timed["approx"].images
     report("approx", 1, 1)
-    calls = core.calls if core is not None else None
+    calls = one_run(core.calls) if core is not None else None
     entry = _entry(setting, core, approximate_account(ops, calls, dense=dense_ops, images=cfg.batch), cfg)
     entry.update(_coverage(full, evals, dense), **_seconds(timed, dense), records=RECORDS)
     if setting.reuse is not None:
@@ -102,6 +99,28 @@ def predicted(ops, dense_ops, calls, hardware: str, entry: dict) -> dict | None:
             k: {"predicted_s": out[f"{k}_s"], "measured_s": m, "error": out[f"{k}_s"] / m - 1 if m else None}
             for k, m in measured.items() if m is not None}
     return out
+
+
+def alternated(plain: ProfileConfig, pipe, evals_full: int, evals: int, setting: Setting, core) -> dict:
+    """Dense and the setting, untraced on the same noise, timed in turn one run at a time (``--repeat N``: N runs
+    of each, dense first, after ``--warmup`` untimed pairs), so that a shared machine's drift meets both alike (timed
+    as N of one then N of the other, a VM that slowed by a tenth in between moved the comparison by as much); each
+    the median over its runs."""
+    parts: dict[str, list] = {"dense": [], "approx": []}
+    one = replace(plain, repeat=1, warmup=0)
+    for i in range(plain.warmup + plain.repeat):  # the warm-up runs alternate too, untimed
+        runs = {"dense": measured_pass(one, pipe, evals_full, evals).check()}
+        with installed_setting(pipe, setting, core):  # its calls' steps count from 0 in each run
+            runs["approx"] = measured_pass(one, pipe, evals_full, evals).check()
+        if i >= plain.warmup:
+            for k, m in runs.items():
+                parts[k].append(m)
+    return {k: merged(v) for k, v in parts.items()}
+
+
+def one_run(calls: list[dict]) -> list[dict]:
+    """The attention calls of one timed run (the last) of several: each (layer, step, call) once."""
+    return list({(c["layer"], c["step"], c.get("call", 0)): c for c in calls}.values())
 
 
 def _records(cfg: ProfileConfig, pipe, setting: Setting, dense, full: bool):

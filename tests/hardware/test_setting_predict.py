@@ -137,3 +137,28 @@ def test_the_index_curve_measured_here_round_trips_and_prices_a_tiny_block_run(t
     assert vs["denoiser"]["measured_s"] == run["approx"]["denoiser_seconds"]
     assert vs["dense_denoiser"]["measured_s"] == run["approx"]["dense_untraced_denoiser_seconds"]
     assert vs["denoiser"]["error"] == pytest.approx(p["denoiser_s"] / vs["denoiser"]["measured_s"] - 1)
+
+
+def test_repeated_runs_alternate_and_count_one_runs_calls(tmp_path, capsys):
+    """--repeat 2 --warmup 1: dense and the setting timed in turn, each the median of its 2 runs; the account and the
+    prediction count one run's attention calls (before, each repeat's and warm-up's calls were summed: the
+    predictor's FLOPs doubled and tripled with the runs)."""
+    from diffprobe.cli import main
+
+    path = tmp_path / "p.toml"
+    path.write_text(to_toml({**_preset().to_dict(), "calibration": _cal()}))
+    runs = {}
+    for repeat, warmup in ((1, 0), (2, 1)):
+        out = tmp_path / f"r{repeat}"
+        assert main(["profile", "--model", "tiny", "--height", "256", "--width", "256", "--steps", "2", "--approx",
+                     "block=0.25", "--repeat", str(repeat), "--warmup", str(warmup), "--hardware", str(path),
+                     "--out", str(out), "-q"]) == 0
+        runs[repeat] = json.loads((out / "run.json").read_text())["approx"]
+    capsys.readouterr()
+    one, two = runs[1], runs[2]
+    assert one["flops_by_layer_type"]["attn_predictor"] > 0
+    assert two["flops_by_layer_type"]["attn_predictor"] == one["flops_by_layer_type"]["attn_predictor"]
+    assert two["kept_fraction"] == one["kept_fraction"]
+    assert two["predicted"]["attention"]["calls"] == one["predicted"]["attention"]["calls"]
+    assert two["predicted"]["attention"]["index_s"] == pytest.approx(one["predicted"]["attention"]["index_s"])
+    assert two["denoiser_seconds_stats"]["runs"] == two["dense_untraced_denoiser_seconds_stats"]["runs"] == 2
