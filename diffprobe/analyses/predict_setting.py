@@ -52,21 +52,17 @@ def _calls(pred: pd.DataFrame, calls: list[dict], cal: dict, notes: list[str]) -
     for key, is_core, s in zip(keys, core, op_s, strict=True):
         if is_core:
             dense_of[key] = dense_of.get(key, 0.0) + float(s)
-    # a timed run repeated (--repeat N) counts its steps on: the calls of the steps the records cover are one run's
-    steps = {key[1] for key in dense_of}
-    by_key = {key: c for key, c in by_key.items() if key[1] in steps}
     priced = {"dense_s": 0.0, "kernel_s": 0.0, "index_s": 0.0, "calls": len(by_key), "kernel_calls": 0,
               "dense_calls": 0, "index_calls": 0, "unpriced_calls": 0}
-    sparse, index = [], []
+    sparse, index, why = [], [], {"masked": 0, "no curve": 0, "no records": 0}
     for key, c in by_key.items():
         kernel = str(c["kernel"])
-        if kernel == "masked-dense" or key not in dense_of:
-            priced["unpriced_calls"] += 1
+        reason = ("masked" if kernel == "masked-dense" else "no records" if key not in dense_of else
+                  "no curve" if kernel.split(" ")[0] in KERNELS and "block_sparse" not in cal else None)
+        if reason:
+            why[reason] += 1
             continue
         if kernel.split(" ")[0] in KERNELS:
-            if "block_sparse" not in cal:
-                priced["unpriced_calls"] += 1
-                continue
             sparse.append((key, c))
         else:
             priced["dense_calls"] += 1
@@ -82,19 +78,23 @@ def _calls(pred: pd.DataFrame, calls: list[dict], cal: dict, notes: list[str]) -
         rates = grid_rate(cal["block_index"], ["tokens", "d", "heads"], points)
         priced["index_s"] = float(sum(c["predictor_flops"] / r for c, r in zip(index, rates, strict=True)))
         priced["index_calls"] = len(index)
-    _notes(priced, list(by_key.values()), cal, bool(index), notes)
+    priced["unpriced_calls"] = sum(why.values())
+    _notes(priced, why, list(by_key.values()), cal, bool(index), notes)
     return priced
 
 
-def _notes(priced: dict, calls: list[dict], cal: dict, predicted: bool, notes: list[str]) -> None:
-    """What the prediction leaves out or prices with another kernel's curve."""
+def _notes(priced: dict, why: dict, calls: list[dict], cal: dict, predicted: bool, notes: list[str]) -> None:
+    """What the prediction leaves out (``why``: the calls not re-priced, by reason) or prices with another kernel's
+    curve."""
     kernels = {str(c["kernel"]) for c in calls}
-    if "masked-dense" in kernels:
-        notes.append(f"{priced['unpriced_calls']} of {priced['calls']} attention calls ran the method as a masked "
-                     "dense reference (no kernel a calibration measures): priced as dense SDPA")
-    elif priced["unpriced_calls"]:
-        notes.append(f"{priced['unpriced_calls']} of {priced['calls']} attention calls not re-priced (no "
-                     "block-sparse kernel curve in the calibration: re-run `diffprobe hardware calibrate`)")
+    of = f"of {priced['calls']} attention calls"
+    for reason, text in (("masked", "ran the method as a masked dense reference (no kernel a calibration measures): "
+                                    "priced as dense SDPA"),
+                         ("no curve", "not re-priced (no block-sparse kernel curve in the calibration: re-run "
+                                      "`diffprobe hardware calibrate`)"),
+                         ("no records", "not priced: no traced records of theirs")):
+        if why[reason]:
+            notes.append(f"{why[reason]} {of} {text}")
     if predicted and "block_index" not in cal:
         notes.append("the calls' block index (predictor and layout) not priced: the calibration has no block_index "
                      "curve (re-run `diffprobe hardware calibrate`)")

@@ -90,6 +90,9 @@ def test_a_calibration_without_the_curves_says_what_it_left_out():
     assert got["attention"]["index_s"] == 0 and got["attention"]["kernel_calls"] == 1
     assert any("no block_index curve" in n for n in got["notes"])
     assert any("the kernel curve is the cpp kernel's; calls here ran gather" in n for n in got["notes"])
+    stray = setting_seconds(ops, ops, [_call(), _call(step=5)], _preset(_cal()))  # a call no record shares
+    assert stray["attention"]["unpriced_calls"] == 1 and stray["attention"]["kernel_calls"] == 1
+    assert "1 of 2 attention calls not priced: no traced records of theirs" in stray["notes"]
     bare = copy.deepcopy(_preset().calibration)
     got = setting_seconds(ops, ops, [_call()], _preset(bare))
     assert got["denoiser_s"] == pytest.approx(got["dense_denoiser_s"])
