@@ -204,8 +204,8 @@ def predicted_lines(p: dict | None) -> list[str]:
              f"{fmt_s(p['dense_denoiser_s'])}{err('dense_denoiser')} dense, untraced"]
     a = p.get("attention")
     if a and (a["kernel_calls"] or a["index_calls"]):
-        index = (f", plus their block index (predictor and layout), {fmt_s(a['index_s'])} over {a['index_calls']} "
-                 "calls" if a["index_calls"] else "")
+        index = (f", plus the block index (predictor and layout) of {a['index_calls']} calls, {fmt_s(a['index_s'])}"
+                 if a["index_calls"] else "")
         lines.append(f"predicted attention with it: {a['kernel_calls']} of {a['calls']} calls on the block-sparse "
                      f"kernel, {fmt_s(a['kernel_s'])} where dense SDPA would take {fmt_s(a['dense_s'])}{index}")
     lines += [f"prediction note: {n}" for n in p.get("notes", [])]
