@@ -49,7 +49,12 @@ def call_keys(ops, calls: list[dict]) -> tuple[list[tuple], object, dict[tuple, 
     which = (ops["cfg"] == "uncond").astype(int)
     keys = list(zip(ops["module"], ops["step"], which, strict=True))
     core = (ops["layer_type"].isin(ATTN_CORE) & (ops["stage"] == "denoiser")).to_numpy()
-    return keys, core, {(f"{prefix}.{c['layer']}", c["step"], c.get("call", 0)): c for c in calls}
+    return keys, core, {(f"{prefix}.{layer}", step, call): c for c in calls for layer, step, call in [call_key(c)]}
+
+
+def call_key(call: dict) -> tuple[str, int, int]:
+    """An approximate call's (layer, step, which call of the step): what one run's calls each have once."""
+    return call["layer"], call["step"], call.get("call", 0)
 
 
 def denoiser_prefix(ops) -> str:

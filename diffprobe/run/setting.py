@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
-from diffprobe.analyses.savings import added_ops, approximate_account, scaled_records, steps_ran
+from diffprobe.analyses.savings import added_ops, approximate_account, call_key, scaled_records, steps_ran
 from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used, masked_note
 from diffprobe.attention.core import installed_in
 from diffprobe.records.schema import DENOISER
@@ -120,7 +120,7 @@ def alternated(plain: ProfileConfig, pipe, evals_full: int, evals: int, setting:
 
 def one_run(calls: list[dict]) -> list[dict]:
     """The attention calls of one timed run (the last) of several: each (layer, step, call) once."""
-    return list({(c["layer"], c["step"], c.get("call", 0)): c for c in calls}.values())
+    return list({call_key(c): c for c in calls}.values())
 
 
 def _records(cfg: ProfileConfig, pipe, setting: Setting, dense, full: bool):
