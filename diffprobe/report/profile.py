@@ -160,6 +160,8 @@ def approx_summary_lines(ap: dict) -> list[str]:
              "attention entries kept; net of the method's own FLOPs"]
     if ap.get("coverage"):
         lines.append(f"accounted and timed over {ap['coverage']}")
+    if ap.get("interrupted"):
+        lines.append(ap["interrupted"])
     if ap.get("denoiser_seconds") is not None:
         dense = ap.get("dense_untraced_denoiser_seconds")
         mine = fmt_s(ap["denoiser_seconds"]) + _spread(ap.get("denoiser_seconds_stats"))

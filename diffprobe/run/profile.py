@@ -50,7 +50,7 @@ from diffprobe.run.pipeline import (  # noqa: F401  (re-exported)
     to_pil,
 )
 from diffprobe.run.result import ProfileResult
-from diffprobe.run.setting import RECORDS, run_setting
+from diffprobe.run.setting import RECORDS, SettingInterrupted, run_setting
 from diffprobe.run.settings import parse_settings
 from diffprobe.timing.stages import summarize_events  # noqa: F401  (re-exported)
 from diffprobe.units import fmt_bytes
@@ -147,10 +147,23 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
                 _take_compiled(result, compiled_pass(cfg, pipe, result, report), pipe, out_dir)
         if cfg.approx is not None and result.ops is not None:
             with saved_on_failure(out_dir, result, "in the --approx pass; the dense run is complete"):
-                result.approx, images, result.approx_ops = run_setting(cfg, pipe, result, report)
-                _save_images(out_dir, None, pipe, images, "image_approx.png")  # beside the dense one
+                _take_setting(result, cfg, pipe, report, out_dir)
     _save(out_dir, result)
     return result
+
+
+def _take_setting(result: ProfileResult, cfg: ProfileConfig, pipe, report, out_dir: Path) -> None:
+    """The ``--approx`` setting's entry, records and image into ``result`` and its folder; interrupted while the
+    setting and dense were timed in turn, the pairs of runs that finished are taken before the interrupt goes on."""
+    stopped = None
+    try:
+        outcome = run_setting(cfg, pipe, result, report)
+    except SettingInterrupted as exc:
+        outcome, stopped = exc.outcome, exc
+    result.approx, images, result.approx_ops = outcome
+    _save_images(out_dir, None, pipe, images, "image_approx.png")  # beside the dense one
+    if stopped is not None:
+        raise stopped.cause
 
 
 def reference_now(cfg: ProfileConfig) -> float | None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from diffprobe.analyses.savings import added_ops, approximate_account, call_key, scaled_records, steps_ran
 from diffprobe.attention.approx import JOINT_NOTE, ApproxAttention, kernels_used, masked_note
 from diffprobe.attention.core import installed_in
+from diffprobe.errors import interruption
 from diffprobe.records.schema import DENOISER
 from diffprobe.run.config import ProfileConfig, analytic_twin
 from diffprobe.run.passes import analytic_pass, measured_pass, merged, trace_with_reuse
@@ -19,6 +20,22 @@ from diffprobe.run.warmup import warm_up
 RECORDS = "ops_approx.parquet"  # the setting's records in the run folder, beside the dense run's ops.parquet
 ACCOUNT_NOTE = ("FLOPs of the records that ran (reuse) and that a kernel skipping the dropped entries would need "
                 "(oracle attention methods: the potential); the seconds are this PyTorch implementation's, untraced")
+
+
+class SettingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while the setting and dense were timed in turn, carrying what :func:`run_setting` returns
+    over the pairs of runs that finished (``outcome``; its entry's ``interrupted`` says how many), so that the
+    profile writes them before the interruption propagates (nothing measured is lost)."""
+
+    def __init__(self, cause: KeyboardInterrupt, outcome: tuple):
+        super().__init__(f"interrupted ({interruption(cause)})")
+        self.cause, self.outcome = cause, outcome
+
+
+class _Unpaired(KeyboardInterrupt):
+    def __init__(self, cause: KeyboardInterrupt, timed: dict | None, pairs: int):
+        super().__init__(str(cause))
+        self.cause, self.timed, self.pairs = cause, timed, pairs
 
 
 def installed_setting(pipe, setting: Setting, core: ApproxAttention | None):
@@ -64,12 +81,15 @@ def run_setting(cfg: ProfileConfig, pipe, dense, report=None) -> tuple[dict, obj
     full = cfg.mode == "measured" and setting.reuse is not None and dense.denoiser_evals_measured < dense.denoiser_evals
     evals = dense.denoiser_evals if full else dense.denoiser_evals_measured
     ops, dense_ops = _records(cfg, pipe, setting, dense, full)
-    timed = images = None
+    timed = stopped = None
     if cfg.mode == "measured":
         plain = replace(cfg, approx=None, trace_ops=False, chrome_trace=False, hardware=None, compile=False,
                         cuda_graphs=False, sample_steps=0 if full else cfg.sample_steps)
-        timed = alternated(plain, pipe, dense.denoiser_evals, evals, setting, core)
-        images = timed["approx"].images
+        try:
+            timed = alternated(plain, pipe, dense.denoiser_evals, evals, setting, core)
+        except _Unpaired as exc:  # the account and the pairs that finished are kept, then the interrupt goes on
+            timed, stopped = exc.timed, exc
+    images = timed["approx"].images if timed else None
     report("approx", 1, 1)
     calls = one_run(core.calls) if core is not None else None
     entry = _entry(setting, core, approximate_account(ops, calls, dense=dense_ops, images=cfg.batch), cfg)
@@ -78,6 +98,11 @@ def run_setting(cfg: ProfileConfig, pipe, dense, report=None) -> tuple[dict, obj
         entry.update(steps=steps_ran(ops, dense_ops), method_overhead=added_ops(dense_ops, ops))
     if cfg.hardware is not None:
         entry["predicted"] = predicted(ops, dense_ops, calls, cfg.hardware, entry)
+    if stopped is not None:
+        entry["interrupted"] = (f"interrupted ({interruption(stopped.cause)}) after {stopped.pairs} of {cfg.repeat} "
+                                "timed pairs of runs (dense, then the setting): the seconds are over those"
+                                + ("" if stopped.pairs else ", none: the account alone"))
+        raise SettingInterrupted(stopped.cause, (entry, images, scaled_records(ops, calls))) from stopped.cause
     return entry, images, scaled_records(ops, calls)
 
 
@@ -105,16 +130,21 @@ def alternated(plain: ProfileConfig, pipe, evals_full: int, evals: int, setting:
     """Dense and the setting, untraced on the same noise, timed in turn one run at a time (``--repeat N``: N runs
     of each, dense first, after ``--warmup`` untimed pairs), so that a shared machine's drift meets both alike (timed
     as N of one then N of the other, a VM that slowed by a tenth in between moved the comparison by as much); each
-    the median over its runs."""
+    the median over its runs. Interrupted (Ctrl-C, SIGTERM), it raises the interrupt with the pairs that finished
+    (a dense run whose setting's run did not finish is left out: its drift would meet one side only)."""
     parts: dict[str, list] = {"dense": [], "approx": []}
     one = replace(plain, repeat=1, warmup=0)
-    for i in range(plain.warmup + plain.repeat):  # the warm-up runs alternate too, untimed
-        runs = {"dense": measured_pass(one, pipe, evals_full, evals).check()}
-        with installed_setting(pipe, setting, core):  # its calls' steps count from 0 in each run
-            runs["approx"] = measured_pass(one, pipe, evals_full, evals).check()
-        if i >= plain.warmup:
-            for k, m in runs.items():
-                parts[k].append(m)
+    try:
+        for i in range(plain.warmup + plain.repeat):  # the warm-up runs alternate too, untimed
+            runs = {"dense": measured_pass(one, pipe, evals_full, evals).check()}
+            with installed_setting(pipe, setting, core):  # its calls' steps count from 0 in each run
+                runs["approx"] = measured_pass(one, pipe, evals_full, evals).check()
+            if i >= plain.warmup:
+                for k, m in runs.items():
+                    parts[k].append(m)
+    except KeyboardInterrupt as exc:
+        pairs = len(parts["approx"])
+        raise _Unpaired(exc, {k: merged(v) for k, v in parts.items()} if pairs else None, pairs) from exc
     return {k: merged(v) for k, v in parts.items()}
 
 

@@ -92,3 +92,35 @@ def test_an_interrupted_approx_pass_keeps_the_dense_run(tmp_path):
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["status"] == "interrupted" and "--approx pass; the dense run is complete" in run["error"]
     assert run["flops"]["total"] > 0 and run["stages"]["denoiser"] > 0  # the dense run, measured, is kept
+
+
+@pytest.mark.parametrize("calls, pairs", [(4, 1), (2, 0), (3, 1)])
+def test_an_interrupt_while_timing_the_setting_keeps_the_pairs_that_finished(calls, pairs, tmp_path,
+                                                                             monkeypatch):
+    """Dense and the setting are timed in turn (--repeat 2, after one untimed warm-up pair): an interrupt in the
+    ``calls``-th timed run (the setting's second, its first, dense's second) keeps the pairs that finished before it
+    and the setting's account; a dense run whose setting's run did not finish is left out."""
+    import diffprobe.run.setting as setting
+
+    ran, real = [], setting.measured_pass
+
+    def counted(cfg, *args, **kwargs):
+        ran.append(not cfg.trace_ops)  # the timed runs are untraced (the setting's records come from a traced one)
+        if sum(ran) == 2 + calls:  # after the warm-up pair, the `calls`-th timed run interrupted
+            raise KeyboardInterrupt
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(setting, "measured_pass", counted)
+    with pytest.raises(KeyboardInterrupt):
+        diffprobe.profile(model="tiny", steps=2, approx="deepcache=2", repeat=2, warmup=1, out=str(tmp_path))
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["stages"]["denoiser"] > 0
+    ap = run["approx"]
+    assert f"after {pairs} of 2 timed pairs" in ap["interrupted"]
+    assert ap["denoiser_share_saved"] > 0  # the account, whatever was timed
+    if pairs:
+        assert ap["denoiser_seconds"] > 0 and ap["dense_untraced_denoiser_seconds"] > 0
+        assert (tmp_path / "image_approx.png").exists()
+    else:
+        assert ap["denoiser_seconds"] is None and ap["dense_untraced_denoiser_seconds"] is None
+    assert (tmp_path / "ops_approx.parquet").exists()
