@@ -105,9 +105,9 @@ def _profile_into(cfg: ProfileConfig, out_dir: Path, progress=None, pipe=None) -
     spec = get_spec(cfg.model)
     report = progress or (lambda *_: None)
 
-    env = environment("cpu" if cfg.mode == "analytic" else cfg.device)
-    nothing = ProfileResult(cfg, spec, environment=env, run_dir=str(out_dir))  # the folder says what happened
+    nothing = ProfileResult(cfg, spec, run_dir=str(out_dir))  # the folder says what happened
     with saved_on_failure(out_dir, nothing, "while building the pipeline; nothing was measured"):
+        env = nothing.environment = environment("cpu" if cfg.mode == "analytic" else cfg.device)
         report("build", 0, 1)
         pipe = pipe or build_pipeline(cfg, spec)
         report("build", 1, 1)

@@ -127,3 +127,18 @@ def test_ctrl_c_during_profile_keeps_an_interrupted_run_json(tmp_path):
         diffprobe.profile(model="tiny", steps=3, sample_steps=0, out=str(tmp_path / "o"), progress=interrupt)
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["status"] == "interrupted" and "Ctrl-C" in run["error"] and run["stages"].get("text_encoder")
+
+
+def test_an_interrupt_before_the_pipeline_is_built_leaves_a_run_json_saying_so(tmp_path, monkeypatch):
+    """The folder is made first; an interrupt while the machine is described (the first second) leaves its
+    run.json, not an empty folder."""
+    import diffprobe.run.profile as profile
+
+    def interrupt(device):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(profile, "environment", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        diffprobe.profile(model="tiny", steps=2, out=str(tmp_path / "o"))
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["status"] == "interrupted" and "nothing was measured" in run["error"]
