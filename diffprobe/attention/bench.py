@@ -240,7 +240,7 @@ def _timed_grid(grid: dict, axes: tuple[str, str, str], rate_of, stage: str, dev
     (:func:`~diffprobe.hardware.steadiness.retime_dips`: a shared machine's slow second); the curve's axes,
     ``flops_per_s`` and ``retimed``."""
     from diffprobe.hardware.calibrate import synced
-    from diffprobe.hardware.steadiness import retime_dips
+    from diffprobe.hardware.steadiness import retime_dips, speed_factor
 
     report = progress or (lambda *_: None)
     total, done = math.prod(len(grid[a]) for a in axes), 0
@@ -251,12 +251,13 @@ def _timed_grid(grid: dict, axes: tuple[str, str, str], rate_of, stage: str, dev
             for b in grid[axes[1]]:
                 row = []
                 for c in grid[axes[2]]:
-                    row.append(rate_of(a, b, c))
+                    row.append(rate_of(a, b, c) * speed_factor())  # at the calibration's one speed
                     done += 1
                     report(stage, done, total)
                 plane.append(row)
             rates.append(plane)
-        rates, again = retime_dips(rates, lambda idx: rate_of(*(grid[x][i] for x, i in zip(axes, idx, strict=True))))
+        rates, again = retime_dips(rates, lambda idx: rate_of(*(grid[x][i] for x, i in zip(axes, idx, strict=True)))
+                                   * speed_factor())
     return {"axes": list(axes), **{x: list(grid[x]) for x in axes}, "flops_per_s": rates, "retimed": again}
 
 

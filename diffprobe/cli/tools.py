@@ -140,6 +140,10 @@ def _say_calibrated(out, meta: dict, path) -> None:
               f"{f' ({passes} passes, each rate their median)' if passes > 1 else ''}: {path}")
     out.print(f"reference GEMM and convolution: {meta['reference_flops_per_s'] / 1e9:.0f} GFLOP/s (median of "
               f"{len(meta['reference_probes'])} probes through the calibration, spread {meta['reference_spread']:.0%})")
+    if meta.get("speed_probes"):
+        out.print(f"FLOP curves priced at the calibration's median speed: a light GEMM probe timed "
+                  f"{meta['speed_probes']} times beside their points (spread {meta['speed_spread']:.0%}); the memory "
+                  "curves as timed")
     out.print(f"use it: diffprobe profile --hardware {path}")
 
 

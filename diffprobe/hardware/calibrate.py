@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError, interruption
-from diffprobe.hardware.steadiness import retime_dips, steadiness
+from diffprobe.hardware.steadiness import retime_dips, speed_factor, steadiness
 
 MIN_RUN_S = 0.01
 GRIDS = {
@@ -144,6 +144,21 @@ def reference_rate(dtype: str = "float32", device: str = "cpu", repeats: int = 5
     return (2.0 * m * n * k + 2.0 * batch * side * side * ch * ch * 9) / secs
 
 
+def light_rate(dtype: str = "float32", device: str = "cpu") -> float:
+    """FLOP/s of :data:`REFERENCE_GEMM` alone, three runs of 10 ms (about 40 ms on a 2-core CPU): the
+    :class:`~diffprobe.hardware.steadiness.Speedometer`'s probe, light enough to time after every second of a
+    calibration."""
+    import torch
+    import torch.nn.functional as F
+
+    m, n, k = REFERENCE_GEMM
+    gen = torch.Generator().manual_seed(0)
+    tdtype = getattr(torch, dtype)
+    a, w = (torch.randn(*s, generator=gen).to(device=device, dtype=tdtype) for s in ((m, k), (n, k)))
+    with synced(device), torch.inference_mode():
+        return 2.0 * m * n * k / typical_seconds(lambda: F.linear(a, w), 3)
+
+
 def _rows(total_flops: float, rows: int, cap: float, least: int = 1) -> int:
     """Rows to time so that the call stays under ``cap`` FLOPs, but never fewer than ``least`` (where the rate has
     saturated, the rate at that many rows stands for all)."""
@@ -200,7 +215,8 @@ def gemm_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick, p
         for m in ms:
             rows = _rows(2.0 * m * n * k, m, cap, least=512)
             a = torch.randn(rows, k, device=device).to(dtype)
-            out.append(2.0 * rows * n * k / typical_seconds(lambda a=a, w=weight, b=bias: F.linear(a, w(), b), repeats))
+            secs = typical_seconds(lambda a=a, w=weight, b=bias: F.linear(a, w(), b), repeats)
+            out.append(2.0 * rows * n * k / secs * speed_factor())
             if rows < m and [m, n, k, rows] not in capped:
                 capped.append([m, n, k, rows])
             if count:  # the progress counts the grid's points, not their retiming
@@ -246,7 +262,7 @@ def conv_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick, p
             x = torch.randn(2, cin, side, side, device=device).to(dtype)
             secs = typical_seconds(lambda x=x, w=weight, b=bias, p=kernel // 2: F.conv2d(x, w(), b, padding=p),
                                    repeats)
-            out.append(2.0 * 2 * side * side * cin * cout * kernel * kernel / secs)
+            out.append(2.0 * 2 * side * side * cin * cout * kernel * kernel / secs * speed_factor())
             if count:
                 tick()
         return out
@@ -278,7 +294,7 @@ def sdpa_curve(grid: dict, dtype, device: str, cap: float, repeats: int, tick) -
         secs = typical_seconds(lambda: F.scaled_dot_product_attention(qq, kk, vv), repeats)
         if count:
             tick()
-        return 4.0 * bh * q * kv * d / secs
+        return 4.0 * bh * q * kv * d / secs * speed_factor()
 
     rates = [[[rate(q, kv, d) for d in grid["d"]] for kv in grid["kv"]] for q in grid["q"]]
     rates, again = retime_dips(rates, lambda idx: rate(grid["q"][idx[0]], grid["kv"][idx[1]], grid["d"][idx[2]],

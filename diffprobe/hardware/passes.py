@@ -69,3 +69,14 @@ def _at(table: dict, path: tuple):
     for key in path:
         table = table.get(key) if isinstance(table, dict) else None
     return table
+
+
+def scale_flop_curves(table: dict, factor: float) -> None:
+    """Every FLOP curve's rates in ``table`` (in place) times ``factor``: curves measured at one speed moved to
+    another (:meth:`~diffprobe.hardware.steadiness.Speedometer.to_median`)."""
+    import numpy as np
+
+    for path in FLOP_CURVES:
+        curve = _at(table, path)
+        if curve is not None:
+            curve["flops_per_s"] = (np.asarray(curve["flops_per_s"], dtype=float) * factor).tolist()

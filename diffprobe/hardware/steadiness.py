@@ -1,9 +1,11 @@
 """How steady the machine was while it was timed: the spread of a calibration's reference probes
 (:func:`steadiness`), and the grid points a slow moment left below their neighbours (:func:`dips`, timed again by
-:func:`retime_dips`). Pure functions of the rates measured (:mod:`diffprobe.hardware.calibrate` times them)."""
+:func:`retime_dips`), pure functions of the rates measured (:mod:`diffprobe.hardware.calibrate` times them); and the
+:class:`Speedometer` that prices every point of a calibration's FLOP curves at one speed of the machine."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 
 STEADY = 0.10  # a machine whose reference rate moves more than this is flagged
@@ -20,8 +22,9 @@ def steadiness(probes: list[float]) -> dict:
     if spread > STEADY:
         out["steadiness_note"] = (f"this machine's speed moved by {spread:.0%} while it was calibrated (a reference "
                                   f"GEMM and convolution ran at {min(probes) / mid:.2f}x to {max(probes) / mid:.2f}x "
-                                  "their median between the curves): its curves were measured at different speeds; "
-                                  "calibrate again when the machine is quieter")
+                                  "their median between the curves): its curves were measured at different speeds "
+                                  "(the FLOP curves are scaled to one where a light probe was timed beside them; the "
+                                  "memory curves are not); calibrate again when the machine is quieter")
     return out
 
 
@@ -56,3 +59,61 @@ def retime_dips(rates: list, measure) -> tuple[list, list]:
     for idx in found:
         out[idx] = max(out[idx], measure(idx))
     return out.tolist(), [list(i) for i in found]
+
+
+PROBE_EVERY_S = 1.0  # a point's speed is that of the light probe timed after it, at most this long before
+
+
+class Speedometer:
+    """The machine's speed through a calibration, so that each FLOP curve's point is priced at one speed: ``probe()``
+    (a light GEMM's FLOP/s, :func:`~diffprobe.hardware.calibrate.light_rate`) timed after a point unless the last
+    probe is younger than ``every`` seconds; :meth:`factor` scales the point's rate to the first probe's speed,
+    :meth:`to_median` the curves from there to the median probe's. On these 2-core VMs a GEMM, SDPA and the
+    block-sparse kernel slowed together by a fifth to a quarter within a second and stayed there (rates relative to
+    each other steady within a few percent), while a calibration's curves, minutes apart, were timed up to 43% apart
+    in speed: the kernel's curve came out 1.2x SDPA's rate where both timed at one moment ran at 0.85x."""
+
+    def __init__(self, probe, every: float = PROBE_EVERY_S, clock=None):
+        import time
+
+        self.probe, self.every, self.clock = probe, every, clock or time.perf_counter
+        self.samples: list[tuple[float, float]] = []  # (when, FLOP/s)
+
+    def factor(self) -> float:
+        """The first probe's speed over the speed now: a rate measured now times this is the rate at the first
+        probe's speed."""
+        if not self.samples or self.clock() - self.samples[-1][0] >= self.every:
+            rate = self.probe()
+            self.samples.append((self.clock(), rate))
+        return self.samples[0][1] / self.samples[-1][1]
+
+    def to_median(self) -> float:
+        """The median probe's speed over the first's (1 before any probe)."""
+        if not self.samples:
+            return 1.0
+        return statistics.median(r for _, r in self.samples) / self.samples[0][1]
+
+    def meta(self) -> dict:
+        """A calibration's ``meta`` entries: the probes' count, median and spread."""
+        rates = [r for _, r in self.samples]
+        mid = statistics.median(rates) if rates else None
+        return {"speed_probes": len(rates), "speed_flops_per_s": mid,
+                "speed_spread": (max(rates) - min(rates)) / mid if rates else None}
+
+
+_ACTIVE: list[Speedometer] = []
+
+
+@contextlib.contextmanager
+def speed_normalized(meter: Speedometer):
+    """Within: each FLOP curve's point is scaled by ``meter`` (:func:`speed_factor`)."""
+    _ACTIVE.append(meter)
+    try:
+        yield meter
+    finally:
+        _ACTIVE.remove(meter)
+
+
+def speed_factor() -> float:
+    """The active :class:`Speedometer`'s :meth:`~Speedometer.factor`, 1 where none is (a curve timed alone)."""
+    return _ACTIVE[-1].factor() if _ACTIVE else 1.0

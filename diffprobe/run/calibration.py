@@ -20,10 +20,10 @@ from pathlib import Path
 from diffprobe.analyses.predict import predict_seconds
 from diffprobe.attention.bench import INDEX_GRIDS, KERNEL_GRIDS, index_curve, kernel_curve
 from diffprobe.errors import DiffprobeError, interruption
-from diffprobe.hardware.calibrate import GRIDS, calibrate, highest_rates, reference_rate
-from diffprobe.hardware.passes import Interrupted, median_of_passes
+from diffprobe.hardware.calibrate import GRIDS, calibrate, highest_rates, light_rate, reference_rate
+from diffprobe.hardware.passes import Interrupted, median_of_passes, scale_flop_curves
 from diffprobe.hardware.preset import from_dict, to_toml
-from diffprobe.hardware.steadiness import steadiness
+from diffprobe.hardware.steadiness import Speedometer, speed_normalized, steadiness
 from diffprobe.records.runfolder import atomic_write, write_json
 from diffprobe.run.profile import ProfileConfig, run_profile
 
@@ -69,18 +69,38 @@ def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=
     the operator curves' (:func:`~diffprobe.hardware.calibrate.calibrate`). Interrupted (Ctrl-C, SIGTERM), it raises
     :class:`~diffprobe.hardware.passes.Interrupted` with what was measured, ``meta.interrupted`` saying what not."""
     table: dict = {}
+    meter = Speedometer(lambda: light_rate(dtype, device))
     try:
-        table = calibrate(level, dtype, device, progress, passes=passes)
-        _after_the_curves(table, level, dtype, device, base, progress, passes)
+        with speed_normalized(meter):
+            table = calibrate(level, dtype, device, progress, passes=passes)
+            _after_the_curves(table, level, dtype, device, base, progress, passes)
     except Interrupted as exc:  # in the curves: those of the passes that finished, and nothing after them
         if exc.table is not None:
             exc.table["meta"]["interrupted"] += unfinished(exc.table)
+        at_median_speed(exc.table, meter, exc.curves)
         raise
     except KeyboardInterrupt as exc:  # after the curves: they are a calibration, with what finished after them
         if not table:  # in the first reference probe, before any curve: nothing measured to keep
             raise
         table["meta"]["interrupted"] = f"interrupted ({interruption(exc)}) after the curves{unfinished(table)}"
+        at_median_speed(table, meter)
         raise Interrupted(exc, table, {}) from exc
+    return at_median_speed(table, meter)
+
+
+def at_median_speed(table: dict | None, meter: Speedometer, curves: dict | None = None) -> dict | None:
+    """``table``'s FLOP curves (and an interrupted pass's ``curves``; either may be None), each point measured at the
+    first probe's speed, moved to the median probe's; ``meta`` says how (``speed_normalized``)."""
+    factor = meter.to_median()
+    for t in (table, curves):
+        if t:
+            scale_flop_curves(t, factor)
+    if table is None or not meter.samples:  # no FLOP curve timed under it (nothing scaled)
+        return table
+    table["meta"].update(meter.meta(), speed_normalized=(
+        "each point of the FLOP curves (gemm, conv, sdpa, block_sparse, block_index) scaled to the calibration's "
+        f"median speed by a light GEMM probe timed after it ({meter.meta()['speed_probes']} probes, at most "
+        f"{meter.every:g} s apart); the memory curves, view_s and the overhead fits as timed"))
     return table
 
 
