@@ -101,6 +101,21 @@ def attention_seconds(cal: dict, q: int, kv: int, d: int, bh: int, density: floa
     return 4.0 * bh * q * kv * d * density / float(rate)
 
 
+def copy_seconds(cal: dict, written: list[int]) -> float:
+    """Seconds of copies each writing ``written`` bytes (moving twice that) by the ``copy`` memory curve, an output of
+    ``fresh_pages_bytes`` or more by the fresh-pages one, as :func:`predict_seconds` prices a copy record."""
+    if not written:
+        return 0.0
+    out = np.asarray(written, dtype=float)
+    fresh = out >= cal["meta"].get("fresh_pages_bytes", np.inf)
+    total = 0.0
+    for curves, m in ((cal["memory"], ~fresh), (cal.get("memory_fresh") or cal["memory"], fresh)):
+        if m.any():
+            total += float(_memory_seconds(curves.get("copy", curves["elementwise"]), 2.0 * out[m],
+                                           fixed_below=curves is cal["memory"]).sum())
+    return total
+
+
 def _memory_seconds(curve: list, nbytes: np.ndarray, fixed_below: bool = True) -> np.ndarray:
     """Seconds to move ``nbytes`` in a memory class: log-linear in the measured (bytes, bytes/s) points, each time held
     to at most the time of every larger size; below the smallest, its time (the op's fixed cost; ``fixed_below``

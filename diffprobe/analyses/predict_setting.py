@@ -6,7 +6,8 @@ Step-level reuse changes which records run: the setting's records (those of what
 among them) are priced as they are. The ``block`` method changes how an attention call runs: its score / softmax /
 P·V records' dense price is replaced by the block-sparse kernel's at the call's kept density (the ``block_sparse``
 curve) plus the call's index, its predictor and the kernel's layout (the ``block_index`` curve, by the predictor's
-FLOPs; a call that reused an index predicted at an earlier step pays none). A call the method left dense (fewer
+FLOPs; a call that reused an index predicted at an earlier step pays none) plus the copies its kernel path makes
+that dense SDPA does not (by the ``copy`` memory curve). A call the method left dense (fewer
 keys than two blocks) keeps its SDPA price; one whose mask kept every block ran dense SDPA on a CPU and pays its
 index too. The oracle methods (``threshold``, ``topk``, ``predicted``) run as a masked dense reference, chunk by
 chunk: no kernel a calibration measures, so they are not priced, and said so.
@@ -17,7 +18,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from diffprobe.analyses.predict import attention_seconds, grid_rate, overhead_per_record, predict_seconds
+from diffprobe.analyses.predict import (
+    attention_seconds,
+    copy_seconds,
+    grid_rate,
+    overhead_per_record,
+    predict_seconds,
+)
 from diffprobe.analyses.savings import call_keys
 from diffprobe.records.schema import DENOISER
 
@@ -31,14 +38,17 @@ def _denoiser_s(pred: pd.DataFrame) -> float:
 def setting_seconds(ops: pd.DataFrame, dense_ops: pd.DataFrame, calls: list[dict] | None, preset) -> dict:
     """The setting's denoiser seconds (``denoiser_s``) and the dense run's over the same evaluations
     (``dense_denoiser_s``), as the calibrated model predicts them; with attention ``calls`` (an approximate core's),
-    ``attention``: the dense price of the calls it re-priced, the kernel's and the index's, and the counts; ``notes``:
+    ``attention``: the dense price of the calls it re-priced, the kernel's, the index's and the copies' the kernel
+    path makes that dense SDPA does not (Q, K, V made contiguous fp32 for the C++ kernel, the output in the head-major
+    order the model's reshape then copies; the 3D tiles' reorderings), and the counts; ``notes``:
     what is not priced. ``ops``: the records of what the setting ran (``dense_ops`` where it changed no record)."""
     pred = predict_seconds(ops, preset)
     dense = pred if dense_ops is ops else predict_seconds(dense_ops, preset)
     out = {"denoiser_s": _denoiser_s(pred), "dense_denoiser_s": _denoiser_s(dense), "notes": []}
     if calls:
         attention = _calls(pred, calls, preset.calibration, out["notes"])
-        out["denoiser_s"] += attention["kernel_s"] + attention["index_s"] - attention["dense_s"]
+        out["denoiser_s"] += (attention["kernel_s"] + attention["index_s"] + attention["copies_s"]
+                              - attention["dense_s"])
         out["attention"] = attention
     return out
 
@@ -52,8 +62,8 @@ def _calls(pred: pd.DataFrame, calls: list[dict], cal: dict, notes: list[str]) -
     for key, is_core, s in zip(keys, core, op_s, strict=True):
         if is_core:
             dense_of[key] = dense_of.get(key, 0.0) + float(s)
-    priced = {"dense_s": 0.0, "kernel_s": 0.0, "index_s": 0.0, "calls": len(by_key), "kernel_calls": 0,
-              "dense_calls": 0, "index_calls": 0, "unpriced_calls": 0}
+    priced = {"dense_s": 0.0, "kernel_s": 0.0, "index_s": 0.0, "copies_s": 0.0, "copies": 0, "calls": len(by_key),
+              "kernel_calls": 0, "dense_calls": 0, "index_calls": 0, "unpriced_calls": 0}
     sparse, index, why = [], [], {"masked": 0, "no curve": 0, "no records": 0}
     for key, c in by_key.items():
         kernel = str(c["kernel"])
@@ -70,6 +80,8 @@ def _calls(pred: pd.DataFrame, calls: list[dict], cal: dict, notes: list[str]) -
             index.append(c)
     for key, c in sparse:
         priced["dense_s"] += dense_of[key]
+        priced["copies_s"] += copy_seconds(cal, c.get("copies") or [])  # the kernel's layout copies
+        priced["copies"] += len(c.get("copies") or [])
         priced["kernel_s"] += attention_seconds(cal, c["q_tokens"], c["k_tokens"], c["head_dim"], c["heads"],
                                                 c["kept"] / c["entries"])
     priced["kernel_calls"] = len(sparse)
@@ -102,5 +114,5 @@ def _notes(priced: dict, why: dict, calls: list[dict], cal: dict, predicted: boo
     ran = sorted({k.split(" ")[0] for k in kernels} & set(KERNELS) - {curve})
     if curve and ran:
         notes.append(f"the kernel curve is the {curve} kernel's; calls here ran {', '.join(ran)}")
-    if any(k.endswith("(3D tiles)") for k in kernels):
-        notes.append("the 3D tiles' reordering of Q, K, V and the output (four copies per call) is not priced")
+    if any("copies" not in c for c in calls if str(c["kernel"]).split(" ")[0] in KERNELS):
+        notes.append("the kernel's copies of Q, K, V and its output not priced: calls recorded before they were")

@@ -132,6 +132,7 @@ class ApproxAttention:
         self.backend = backend  # the block-sparse kernel's backend (method block, renormalized)
         self.warming = False  # set during a warm-up pass: compile the kernel for every shape seen
         self._calls: list[dict] = []
+        self._copies: list[int] = []  # the current call's copies that dense SDPA would not make (bytes written)
 
     @property
     def recorded(self) -> list[dict]:
@@ -171,6 +172,7 @@ class ApproxAttention:
         dense = sdpa_parts(_meta(q), _meta(k), _meta(v), has_mask=attn_mask is not None)
         kernel = "dense"
         self._kept_masks = None
+        self._copies = []
         short = self.method == "block" and nk < 2 * self.block  # one key block, or one and a ragged part
         if self.is_noop(nk) or attn_mask is not None or short:  # masks never occur in SD UNets; stay exact if
             # they do; a call with fewer keys than two blocks (cross-attention over 77 text tokens, a small level)
@@ -186,6 +188,8 @@ class ApproxAttention:
         else:
             out, kept, predictor = self._approx(q, k, v)
             kernel = "masked-dense"
+        if kernel != "dense" and q.transpose(1, 2).is_contiguous() and not out.transpose(1, 2).is_contiguous():
+            self._copies.append(_nbytes(out))  # dense SDPA writes the model's (B, N, H, D) order: its reshape is free
         step = call.step
         if self.save_masks and self._kept_masks is not None:
             blocks, rows = self._kept_masks
@@ -200,6 +204,7 @@ class ApproxAttention:
             "kept": kept,
             "masked": attn_mask is not None,
             "dense_flops": dense_flops, "predictor_flops": int(predictor), "kernel": kernel,
+            "copies": list(self._copies),  # bytes written by each copy dense SDPA would not make
             "flops": None if isinstance(kept, torch.Tensor) else
             int(round(dense_flops * int(kept) / entries)) + int(predictor),
         })
@@ -272,6 +277,7 @@ class ApproxAttention:
                                          check_all_kept=not q.is_cuda, lists=(counts, order))
             if self.mask_interval > 1:
                 self._layout_cache[name] = (index, layout)
+        self._copies += kernel_copies(q, k, v, layout.backend)
         return kernels.block_sparse_attention(q, k, v, layout, self.block), kept, predictor, layout.backend
 
     def _tiled(self, nq: int, nk: int) -> bool:
@@ -291,6 +297,7 @@ class ApproxAttention:
             self._order = perm, inverse_order(perm)
         perm, back = self._order
         out, kept, predictor, backend = self._block_sparse(q[:, :, perm], k[:, :, perm], v[:, :, perm])
+        self._copies += [_nbytes(x) for x in (q, k, v, out)]  # Q, K, V gathered into tile order, the output back
         return out[:, :, back], kept, predictor, f"{backend} (3D tiles)"
 
     def _approx(self, q, k, v):
@@ -326,6 +333,20 @@ class ApproxAttention:
         if self.save_masks:
             self._kept_masks = (torch.cat(tiles, dim=2), torch.cat(row_kept, dim=2))
         return torch.cat(outs, dim=2).to(q.dtype), kept, predictor
+
+
+def _nbytes(x: torch.Tensor) -> int:
+    return x.numel() * x.element_size()
+
+
+def kernel_copies(q, k, v, backend: str) -> list[int]:
+    """Bytes written by each copy the block-sparse kernel's backend makes: the C++ kernel reads contiguous fp32 Q, K
+    and V, where a model's are views of its (B, N, H x D) projections (dense SDPA reads them strided, in place),
+    and writes fp32 (cast back to a half dtype)."""
+    if backend != "cpp":
+        return []
+    inputs = [x.numel() * 4 for x in (q, k, v) if x.dtype != torch.float32 or not x.is_contiguous()]
+    return inputs + ([_nbytes(q)] if q.dtype != torch.float32 else [])  # its fp32 output cast back
 
 
 def _tiles(keep: torch.Tensor, bs: int) -> torch.Tensor:

@@ -208,6 +208,9 @@ def predicted_lines(p: dict | None) -> list[str]:
     if a and (a["kernel_calls"] or a["index_calls"]):
         index = (f", plus the block index (predictor and layout) of {a['index_calls']} calls, {fmt_s(a['index_s'])}"
                  if a["index_calls"] else "")
+        if a.get("copies"):
+            index += (f", plus {a['copies']} copies of Q, K, V and outputs dense SDPA does not make, "
+                      f"{fmt_s(a['copies_s'])}")
         lines.append(f"predicted attention with it: {a['kernel_calls']} of {a['calls']} calls on the block-sparse "
                      f"kernel, {fmt_s(a['kernel_s'])} where dense SDPA would take {fmt_s(a['dense_s'])}{index}")
     lines += [f"prediction note: {n}" for n in p.get("notes", [])]

@@ -303,3 +303,22 @@ def test_a_reused_block_index_reuses_its_kernel_layout(monkeypatch):
     assert float((out1.double() - s.masked_fill(~tok, float("-inf")).softmax(-1) @ v1.double()).abs().max()) < 1e-5
     a.core(q1, k1, v1, None, CallInfo("attn1", "self", 64, 64, 2, 2))
     assert len(built) == 2  # step 2: predicted again, a new layout
+
+
+def test_a_block_call_records_the_copies_dense_sdpa_does_not_make():
+    """A diffusers processor hands Q, K, V as views of its (B, N, H x D) projections: the C++ kernel copies each to a
+    contiguous fp32 tensor and writes its output head-major, which the processor's reshape then copies — four copies
+    of B x H x N x D x 4 bytes; contiguous inputs give none; dense SDPA on the views writes the model's order."""
+    from diffprobe.attention import kernels
+
+    if kernels.cpp_build_error() is not None:
+        pytest.skip("the C++ kernel does not build here")
+    g = torch.Generator().manual_seed(0)
+    b, n, h, d = 2, 256, 4, 16
+    views = [torch.randn(b, n, h * d, generator=g).view(b, n, h, d).transpose(1, 2) for _ in range(3)]
+    core = ApproxAttention("block", 0.3, block=64, backend="cpp")
+    core.core(*views, None, CallInfo("attn1", "self", n, n, h, 0))
+    assert core.calls[0]["kernel"] == "cpp" and core.calls[0]["copies"] == [b * h * n * d * 4] * 4
+    core.core(*(x.contiguous() for x in views), None, CallInfo("attn1", "self", n, n, h, 1))
+    assert core.calls[1]["copies"] == []
+    assert F.scaled_dot_product_attention(*views).transpose(1, 2).is_contiguous()  # why dense pays none

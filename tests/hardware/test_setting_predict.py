@@ -46,11 +46,28 @@ def _records(steps=1):
     return ops
 
 
-def _call(step=0, kernel="cpp", kept=0.25, predictor=1e4):
+def _call(step=0, kernel="cpp", kept=0.25, predictor=1e4, copies=()):
     entries = BH * N * N
     return {"layer": "attn1", "attn_kind": "self", "step": step, "call": 0, "entries": entries,
             "kept": int(kept * entries), "heads": BH, "q_tokens": N, "k_tokens": N, "head_dim": D,
-            "dense_flops": CALL_FLOPS, "predictor_flops": int(predictor), "kernel": kernel}
+            "dense_flops": CALL_FLOPS, "predictor_flops": int(predictor), "kernel": kernel, "copies": list(copies)}
+
+
+def test_the_kernels_copies_are_priced_on_the_copy_curve_by_hand():
+    """The synthetic copy curve: 1000 bytes moved in 1e-6 s, 1e6 in 1e-4 s (log-linear between, 1e10 B/s above).
+    Four copies writing 5e5 bytes each (moving 1e6) cost 4e-4 s; one writing 1e6 (moving 2e6, past the curve) 2e-4 s;
+    a call recorded before copies were (no ``copies``) pays none, and a note says so."""
+    preset = _preset(_cal())
+    ops = _records(steps=2)
+    plain = setting_seconds(ops, ops, [_call(0), _call(1)], preset)
+    got = setting_seconds(ops, ops, [_call(0, copies=[5e5] * 4), _call(1, copies=[1e6])], preset)
+    a = got["attention"]
+    assert (a["copies"], a["copies_s"]) == (5, pytest.approx(4e-4 + 2e-4, rel=1e-9))
+    assert got["denoiser_s"] - plain["denoiser_s"] == pytest.approx(6e-4, rel=1e-9)
+    old = _call(0)
+    del old["copies"]
+    before = setting_seconds(ops, ops, [old], preset)
+    assert before["attention"]["copies_s"] == 0 and "copies of Q, K, V and its output not priced" in before["notes"][0]
 
 
 def test_a_block_call_is_repriced_on_the_kernel_and_its_index_by_hand():
