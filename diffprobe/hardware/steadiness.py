@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import time
 
 STEADY = 0.10  # a machine whose reference rate moves more than this is flagged
 
@@ -74,8 +75,6 @@ class Speedometer:
     in speed: the kernel's curve came out 1.2x SDPA's rate where both timed at one moment ran at 0.85x."""
 
     def __init__(self, probe, every: float = PROBE_EVERY_S, clock=None):
-        import time
-
         self.probe, self.every, self.clock = probe, every, clock or time.perf_counter
         self.samples: list[tuple[float, float]] = []  # (when, FLOP/s)
 
