@@ -141,9 +141,12 @@ def _say_calibrated(out, meta: dict, path) -> None:
     out.print(f"reference GEMM and convolution: {meta['reference_flops_per_s'] / 1e9:.0f} GFLOP/s (median of "
               f"{len(meta['reference_probes'])} probes through the calibration, spread {meta['reference_spread']:.0%})")
     if meta.get("speed_probes"):
-        out.print(f"FLOP curves priced at the calibration's median speed: a light GEMM probe timed "
-                  f"{meta['speed_probes']} times beside their points (spread {meta['speed_spread']:.0%}); the memory "
-                  "curves as timed")
+        copies = "; the memory curves as timed"
+        if meta.get("speed_bytes_spread") is not None:
+            copies = (f", a light copy with it (spread {meta['speed_bytes_spread']:.0%}) for the memory curves' "
+                      "points of a megabyte or more")
+        out.print(f"curves priced at the calibration's median speed: a light GEMM probe timed {meta['speed_probes']} "
+                  f"times beside their points (spread {meta['speed_spread']:.0%}){copies}")
     out.print(f"use it: diffprobe profile --hardware {path}")
 
 

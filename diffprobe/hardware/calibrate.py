@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from diffprobe.errors import DiffprobeError, interruption
-from diffprobe.hardware.steadiness import retime_dips, speed_factor, steadiness
+from diffprobe.hardware.steadiness import memory_speed_factor, retime_dips, speed_factor, steadiness
 
 MIN_RUN_S = 0.01
 GRIDS = {
@@ -142,21 +142,6 @@ def reference_rate(dtype: str = "float32", device: str = "cpu", repeats: int = 5
             _sync()
         secs = sum(typical_seconds(fn, repeats) for fn in calls)
     return (2.0 * m * n * k + 2.0 * batch * side * side * ch * ch * 9) / secs
-
-
-def light_rate(dtype: str = "float32", device: str = "cpu") -> float:
-    """FLOP/s of :data:`REFERENCE_GEMM` alone, three runs of 10 ms (about 40 ms on a 2-core CPU): the
-    :class:`~diffprobe.hardware.steadiness.Speedometer`'s probe, light enough to time after every second of a
-    calibration."""
-    import torch
-    import torch.nn.functional as F
-
-    m, n, k = REFERENCE_GEMM
-    gen = torch.Generator().manual_seed(0)
-    tdtype = getattr(torch, dtype)
-    a, w = (torch.randn(*s, generator=gen).to(device=device, dtype=tdtype) for s in ((m, k), (n, k)))
-    with synced(device), torch.inference_mode():
-        return 2.0 * m * n * k / typical_seconds(lambda: F.linear(a, w), 3)
 
 
 def _rows(total_flops: float, rows: int, cap: float, least: int = 1) -> int:
@@ -308,26 +293,30 @@ FRESH_PAGES_BYTES = 32 << 20  # glibc's largest mmap threshold (64-bit): a block
 
 def memory_curves(sizes: list[int], dtype, device: str, repeats: int, tick) -> dict:
     """Bytes/s of each memory-bound class over the bytes it moves (read + written); each call allocates its output
-    (a third of the bytes moved), as a pipeline's ops do."""
+    (a third of the bytes moved), as a pipeline's ops do. Under a speedometer, each point of a megabyte or more at
+    the first probe's speed (:func:`~diffprobe.hardware.steadiness.memory_speed_factor`)."""
     import torch
     import torch.nn.functional as F
 
     itemsize = torch.empty((), dtype=dtype).element_size()
     out = {c: [] for c in MEMORY_CLASSES}
+
+    def point(cls: str, moved: int, secs: float) -> None:  # at the calibration's one speed, where large enough
+        out[cls].append([moved, moved / secs * memory_speed_factor(cls, moved)])
+
     for nbytes in sizes:
         n = max(64, nbytes // (3 * itemsize))  # a + b -> c moves three tensors
         a, b = torch.randn(n, device=device).to(dtype), torch.randn(n, device=device).to(dtype)
-        add_s = typical_seconds(lambda a=a, b=b: torch.add(a, b), repeats)
-        out["elementwise"].append([3 * n * itemsize, 3 * n * itemsize / add_s])
-        act_s = typical_seconds(lambda a=a: F.silu(a), repeats)  # transcendental: computes more per byte
-        out["activation"].append([2 * n * itemsize, 2 * n * itemsize / act_s])
+        point("elementwise", 3 * n * itemsize, typical_seconds(lambda a=a, b=b: torch.add(a, b), repeats))
+        # transcendental: computes more per byte
+        point("activation", 2 * n * itemsize, typical_seconds(lambda a=a: F.silu(a), repeats))
         rows = max(1, (2 * n) // 1024)
         x = torch.randn(rows, 512, device=device).to(dtype)
         moved = 2 * x.numel() * itemsize
-        out["softmax"].append([moved, moved / typical_seconds(lambda x=x: torch.softmax(x, -1), repeats)])
+        point("softmax", moved, typical_seconds(lambda x=x: torch.softmax(x, -1), repeats))
         g = torch.randn(1, 32, max(1, x.numel() // 32), device=device).to(dtype)
-        out["norm"].append([moved, moved / typical_seconds(lambda g=g: F.group_norm(g, 32), repeats)])
-        out["copy"].append([moved, moved / typical_seconds(lambda x=x: x.clone(), repeats)])
+        point("norm", moved, typical_seconds(lambda g=g: F.group_norm(g, 32), repeats))
+        point("copy", moved, typical_seconds(lambda x=x: x.clone(), repeats))
         tick(len(MEMORY_CLASSES))
     return out
 

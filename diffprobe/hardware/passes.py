@@ -80,3 +80,12 @@ def scale_flop_curves(table: dict, factor: float) -> None:
         curve = _at(table, path)
         if curve is not None:
             curve["flops_per_s"] = (np.asarray(curve["flops_per_s"], dtype=float) * factor).tolist()
+
+
+def scale_memory_curves(table: dict, factor_of, least_bytes: int) -> None:
+    """Every memory curve's rates in ``table`` (in place) times ``factor_of(cls)``, at points moving ``least_bytes``
+    or more (the smaller ones were timed as they ran)."""
+    for key in ("memory", "memory_fresh"):
+        for cls, pts in (table.get(key) or {}).items():
+            factor = factor_of(cls)
+            table[key][cls] = [[b, r * factor if b >= least_bytes else r] for b, r in pts]

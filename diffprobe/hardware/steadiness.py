@@ -1,7 +1,7 @@
 """How steady the machine was while it was timed: the spread of a calibration's reference probes
 (:func:`steadiness`), and the grid points a slow moment left below their neighbours (:func:`dips`, timed again by
-:func:`retime_dips`), pure functions of the rates measured (:mod:`diffprobe.hardware.calibrate` times them); and the
-:class:`Speedometer` that prices every point of a calibration's FLOP curves at one speed of the machine."""
+:func:`retime_dips`), pure functions of the rates measured (:mod:`diffprobe.hardware.calibrate` times them); and
+the :class:`Speedometer` that prices every point of a calibration's curves at one speed of the machine."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def steadiness(probes: list[float]) -> dict:
         out["steadiness_note"] = (f"this machine's speed moved by {spread:.0%} while it was calibrated (a reference "
                                   f"GEMM and convolution ran at {min(probes) / mid:.2f}x to {max(probes) / mid:.2f}x "
                                   "their median between the curves): its curves were measured at different speeds "
-                                  "(the FLOP curves are scaled to one where a light probe was timed beside them; the "
-                                  "memory curves are not); calibrate again when the machine is quieter")
+                                  "(scaled to one where light probes were timed beside them, but for the smallest "
+                                  "memory points, view_s and the overhead fits); calibrate again when the machine is "
+                                  "quieter")
     return out
 
 
@@ -64,40 +65,58 @@ def retime_dips(rates: list, measure) -> tuple[list, list]:
 
 PROBE_EVERY_S = 1.0  # a point's speed is that of the light probe timed after it, at most this long before
 
+# Which probe a memory curve's point follows, by class: on these VMs a large add, copy or group norm slowed with a
+# copy (p10-p90 spread of a 16 MiB add over 44 samples: 0.12 as timed, 0.08 over the copy probe, 0.26 over the GEMM
+# probe), silu and softmax — whose exp computes — with the GEMM (a 16 MiB silu 0.46, 0.38 and 0.26)
+MEMORY_SPEED = {"elementwise": "bandwidth", "copy": "bandwidth", "norm": "bandwidth", "activation": "flops",
+                "softmax": "flops"}
+# below this a memory op is its dispatch cost, which neither probe tracked (256 KiB: 0.33-0.38 as timed, 0.25-0.51
+# over either probe): those points stay as timed
+SPEED_FROM_BYTES = 1 << 20
+
 
 class Speedometer:
-    """The machine's speed through a calibration, so that each FLOP curve's point is priced at one speed: ``probe()``
-    (a light GEMM's FLOP/s, :func:`~diffprobe.hardware.calibrate.light_rate`) timed after a point unless the last
-    probe is younger than ``every`` seconds; :meth:`factor` scales the point's rate to the first probe's speed,
-    :meth:`to_median` the curves from there to the median probe's. On these 2-core VMs a GEMM, SDPA and the
-    block-sparse kernel slowed together by a fifth to a quarter within a second and stayed there (rates relative to
-    each other steady within a few percent), while a calibration's curves, minutes apart, were timed up to 43% apart
-    in speed: the kernel's curve came out 1.2x SDPA's rate where both timed at one moment ran at 0.85x."""
+    """The machine's speed through a calibration, so that each curve's point is priced at one speed: ``probe()``
+    (the light probes' rates by kind, :func:`~diffprobe.hardware.probes.light_speeds`: ``flops`` and ``bandwidth``;
+    a bare number is ``flops``) timed after a point unless the last probe is younger than ``every`` seconds;
+    :meth:`factor` scales the point's rate to the first probe's speed, :meth:`to_median` the curves from there to the
+    median probe's. On these 2-core VMs a GEMM, SDPA and the block-sparse kernel slowed together by a fifth to a
+    quarter within a second and stayed there (rates relative to each other steady within a few percent), while a
+    calibration's curves, minutes apart, were timed up to 43% apart in speed: the kernel's curve came out 1.2x SDPA's
+    rate where both timed at one moment ran at 0.85x. A kind the probe does not time scales by 1."""
 
     def __init__(self, probe, every: float = PROBE_EVERY_S, clock=None):
         self.probe, self.every, self.clock = probe, every, clock or time.perf_counter
-        self.samples: list[tuple[float, float]] = []  # (when, FLOP/s)
+        self.samples: list[tuple[float, dict]] = []  # (when, {kind: rate})
 
-    def factor(self) -> float:
+    def factor(self, kind: str = "flops") -> float:
         """The first probe's speed over the speed now: a rate measured now times this is the rate at the first
         probe's speed."""
         if not self.samples or self.clock() - self.samples[-1][0] >= self.every:
-            rate = self.probe()
-            self.samples.append((self.clock(), rate))
-        return self.samples[0][1] / self.samples[-1][1]
+            rates = self.probe()
+            self.samples.append((self.clock(), rates if isinstance(rates, dict) else {"flops": rates}))
+        first, now = self.samples[0][1], self.samples[-1][1]
+        return first[kind] / now[kind] if kind in now else 1.0
 
-    def to_median(self) -> float:
-        """The median probe's speed over the first's (1 before any probe)."""
-        if not self.samples:
-            return 1.0
-        return statistics.median(r for _, r in self.samples) / self.samples[0][1]
+    def rates(self, kind: str = "flops") -> list[float]:
+        return [r[kind] for _, r in self.samples if kind in r]
+
+    def to_median(self, kind: str = "flops") -> float:
+        """The median probe's speed over the first's (1 before any probe, or for a kind not probed)."""
+        rates = self.rates(kind)
+        return statistics.median(rates) / rates[0] if rates else 1.0
 
     def meta(self) -> dict:
-        """A calibration's ``meta`` entries: the probes' count, median and spread."""
-        rates = [r for _, r in self.samples]
-        mid = statistics.median(rates) if rates else None
-        return {"speed_probes": len(rates), "speed_flops_per_s": mid,
-                "speed_spread": (max(rates) - min(rates)) / mid if rates else None}
+        """A calibration's ``meta`` entries: the probes' count, median and spread (the copy probe's as
+        ``speed_bytes_per_s`` and ``speed_bytes_spread``, where timed)."""
+        out = {"speed_probes": len(self.samples)}
+        for kind, (mid_key, spread_key) in (("flops", ("speed_flops_per_s", "speed_spread")),
+                                            ("bandwidth", ("speed_bytes_per_s", "speed_bytes_spread"))):
+            rates = self.rates(kind)
+            mid = statistics.median(rates) if rates else None
+            if rates or kind == "flops":
+                out.update({mid_key: mid, spread_key: (max(rates) - min(rates)) / mid if rates else None})
+        return out
 
 
 _ACTIVE: list[Speedometer] = []
@@ -105,7 +124,7 @@ _ACTIVE: list[Speedometer] = []
 
 @contextlib.contextmanager
 def speed_normalized(meter: Speedometer):
-    """Within: each FLOP curve's point is scaled by ``meter`` (:func:`speed_factor`)."""
+    """Within: each curve's point is scaled by ``meter`` (:func:`speed_factor`, :func:`memory_speed_factor`)."""
     _ACTIVE.append(meter)
     try:
         yield meter
@@ -113,6 +132,12 @@ def speed_normalized(meter: Speedometer):
         _ACTIVE.remove(meter)
 
 
-def speed_factor() -> float:
+def speed_factor(kind: str = "flops") -> float:
     """The active :class:`Speedometer`'s :meth:`~Speedometer.factor`, 1 where none is (a curve timed alone)."""
-    return _ACTIVE[-1].factor() if _ACTIVE else 1.0
+    return _ACTIVE[-1].factor(kind) if _ACTIVE else 1.0
+
+
+def memory_speed_factor(cls: str, moved: float) -> float:
+    """:func:`speed_factor` by the probe a memory class's point follows (:data:`MEMORY_SPEED`); 1 below
+    :data:`SPEED_FROM_BYTES` moved."""
+    return speed_factor(MEMORY_SPEED[cls]) if moved >= SPEED_FROM_BYTES else 1.0

@@ -20,10 +20,11 @@ from pathlib import Path
 from diffprobe.analyses.predict import predict_seconds
 from diffprobe.attention.bench import INDEX_GRIDS, KERNEL_GRIDS, index_curve, kernel_curve
 from diffprobe.errors import DiffprobeError, interruption
-from diffprobe.hardware.calibrate import GRIDS, calibrate, highest_rates, light_rate, reference_rate
-from diffprobe.hardware.passes import Interrupted, median_of_passes, scale_flop_curves
+from diffprobe.hardware.calibrate import GRIDS, calibrate, highest_rates, reference_rate
+from diffprobe.hardware.passes import Interrupted, median_of_passes, scale_flop_curves, scale_memory_curves
 from diffprobe.hardware.preset import from_dict, to_toml
-from diffprobe.hardware.steadiness import Speedometer, speed_normalized, steadiness
+from diffprobe.hardware.probes import light_speeds
+from diffprobe.hardware.steadiness import MEMORY_SPEED, SPEED_FROM_BYTES, Speedometer, speed_normalized, steadiness
 from diffprobe.records.runfolder import atomic_write, write_json
 from diffprobe.run.profile import ProfileConfig, run_profile
 
@@ -69,7 +70,7 @@ def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=
     the operator curves' (:func:`~diffprobe.hardware.calibrate.calibrate`). Interrupted (Ctrl-C, SIGTERM), it raises
     :class:`~diffprobe.hardware.passes.Interrupted` with what was measured, ``meta.interrupted`` saying what not."""
     table: dict = {}
-    meter = Speedometer(lambda: light_rate(dtype, device))
+    meter = Speedometer(lambda: light_speeds(dtype, device))
     try:
         with speed_normalized(meter):
             table = calibrate(level, dtype, device, progress, passes=passes)
@@ -89,18 +90,20 @@ def calibrate_machine(level: str, dtype: str, device: str, base: dict, progress=
 
 
 def at_median_speed(table: dict | None, meter: Speedometer, curves: dict | None = None) -> dict | None:
-    """``table``'s FLOP curves (and an interrupted pass's ``curves``; either may be None), each point measured at the
+    """``table``'s curves (and an interrupted pass's ``curves``; either may be None), each point measured at the
     first probe's speed, moved to the median probe's; ``meta`` says how (``speed_normalized``)."""
-    factor = meter.to_median()
     for t in (table, curves):
         if t:
-            scale_flop_curves(t, factor)
-    if table is None or not meter.samples:  # no FLOP curve timed under it (nothing scaled)
+            scale_flop_curves(t, meter.to_median())
+            scale_memory_curves(t, lambda cls: meter.to_median(MEMORY_SPEED[cls]), SPEED_FROM_BYTES)
+    if table is None or not meter.samples:  # no curve timed under it (nothing scaled)
         return table
     table["meta"].update(meter.meta(), speed_normalized=(
         "each point of the FLOP curves (gemm, conv, sdpa, block_sparse, block_index) scaled to the calibration's "
         f"median speed by a light GEMM probe timed after it ({meter.meta()['speed_probes']} probes, at most "
-        f"{meter.every:g} s apart); the memory curves, view_s and the overhead fits as timed"))
+        f"{meter.every:g} s apart), each memory point of {SPEED_FROM_BYTES >> 20} MiB or more likewise (elementwise, "
+        "copy and norm by a light copy timed with the GEMM, activation and softmax by the GEMM); the smaller memory "
+        "points, view_s and the overhead fits as timed"))
     return table
 
 

@@ -1,6 +1,7 @@
-"""Every point of a calibration's FLOP curves priced at one speed of the machine: a synthetic machine that slows down
+"""Every point of a calibration's curves priced at one speed of the machine: a synthetic machine that slows down
 halfway through a grid, its light probe slowing with it, gives the curve it would have given at one speed; the
-curves moved to the median probe's speed; the probe timed at most once a second."""
+curves moved to the median probe's speed; the probe timed at most once a second; a memory curve's point follows the
+probe of its class (a copy for elementwise, copy and norm, the GEMM for activation and softmax) from a megabyte on."""
 
 import pytest
 
@@ -74,15 +75,20 @@ def test_a_calibration_is_moved_to_its_median_probes_speed(monkeypatch):
     from tests.hardware.test_predict import _preset
 
     calibration = _kernel_passes(monkeypatch, lambda n: None)
-    probes = iter([4e11, 2e11, 2e11])
-    monkeypatch.setattr(calibration, "light_rate", lambda *a: next(probes))
+    # the GEMM probe halves after the first (flops to the median: 0.5), the copy probe triples (bandwidth: 3)
+    probes = iter([{"flops": 4e11, "bandwidth": 1e10}, {"flops": 2e11, "bandwidth": 3e10},
+                   {"flops": 2e11, "bandwidth": 3e10}])
+    monkeypatch.setattr(calibration, "light_speeds", lambda *a: next(probes))
     gemm = copy.deepcopy(_preset().calibration["gemm"]["flops_per_s"])
+    mib = 1 << 20
+    memory = {c: [[1000, 1e9], [mib - 1, 2e9], [mib, 4e9]] for c in ("elementwise", "norm", "copy", "softmax",
+                                                                     "activation")}
 
-    def calibrate(*a, **k):  # three FLOP-curve points timed under the speedometer (each gets a probe: 1 s apart)
+    def calibrate(*a, **k):  # three curve points timed under the speedometer (each gets a probe: 1 s apart)
         for _ in range(3):
             speed_factor()
             calibration_clock[0] += 1.0
-        return copy.deepcopy(_preset().calibration)
+        return {**copy.deepcopy(_preset().calibration), "memory": copy.deepcopy(memory)}
 
     calibration_clock = [0.0]
     monkeypatch.setattr(calibration, "calibrate", calibrate)
@@ -90,4 +96,39 @@ def test_a_calibration_is_moved_to_its_median_probes_speed(monkeypatch):
                         lambda probe: Speedometer(probe, 1.0, clock=lambda: calibration_clock[0]))
     table = calibration.calibrate_machine("quick", "float32", "cpu", _preset().to_dict())
     assert np.asarray(table["gemm"]["flops_per_s"]) == pytest.approx(np.asarray(gemm) * 0.5)
-    assert table["meta"]["speed_probes"] == 3 and "median speed" in table["meta"]["speed_normalized"]
+    # a megabyte and more moved by its class's probe; below it as timed
+    for cls, factor in (("elementwise", 3.0), ("norm", 3.0), ("copy", 3.0), ("softmax", 0.5), ("activation", 0.5)):
+        assert table["memory"][cls] == [[1000, 1e9], [mib - 1, 2e9], [mib, pytest.approx(4e9 * factor)]]
+    meta = table["meta"]
+    assert meta["speed_probes"] == 3 and "median speed" in meta["speed_normalized"]
+    assert meta["speed_bytes_per_s"] == 3e10 and meta["speed_bytes_spread"] == pytest.approx(2 / 3)
+
+
+def test_memory_points_follow_their_class_probe_from_a_megabyte(monkeypatch):
+    """calibrate.memory_curves under a speedometer on a synthetic machine whose memory halves in speed after the
+    second size while its GEMM does not: every call after that takes twice as long. The add, copy and group norm
+    points of a megabyte or more come out at the first probe's speed (the copy probe halved with them); silu's and
+    softmax's stay slow (the GEMM probe did not move); the first size's points, below a megabyte, as timed (no probe
+    timed for them)."""
+    import torch
+
+    from diffprobe.hardware import calibrate as cal
+
+    calls = [0]
+
+    def seconds(fn, repeats):  # five classes a size: the third size at half speed
+        calls[0] += 1
+        return 1.0 if calls[0] <= 10 else 2.0
+
+    monkeypatch.setattr(cal, "typical_seconds", seconds)
+    meter = Speedometer(lambda: {"flops": 3e11, "bandwidth": 1e10 if calls[0] <= 10 else 5e9}, every=0.0)
+    with speed_normalized(meter):
+        out = cal.memory_curves([1 << 16, 1 << 21, 1 << 22], torch.float32, "cpu", 3, lambda n: None)
+    assert len(meter.samples) == 10  # a probe after each point of the two larger sizes
+    for cls, (small, fast, slow) in out.items():
+        assert small[0] < (1 << 20) <= fast[0]
+        assert small[1] == pytest.approx(small[0]) and fast[1] == pytest.approx(fast[0])  # at full speed
+        want = slow[0] / 1.0 if cls in ("elementwise", "copy", "norm") else slow[0] / 2.0
+        assert slow[1] == pytest.approx(want), cls
+    # five copy probes at 1e10, five at 5e9: the median 7.5e9
+    assert meter.to_median("bandwidth") == pytest.approx(0.75) and meter.to_median("flops") == 1.0
