@@ -231,22 +231,29 @@ def _sum(frame: pd.DataFrame, key: str) -> dict:
     return {k: float(v) for k, v in frame.groupby(key, sort=False)["predicted_s"].sum().items()}
 
 
+def speed_probe(meta: dict) -> str:
+    """Which probe measures a calibration's speed level (:func:`machine_speed`): the light GEMM where its curves were
+    scaled to one speed by it (``speed_flops_per_s``, the median of its hundreds of probes: the level the FLOP curves
+    are at), else the reference GEMM and convolution (``reference_flops_per_s``, the median of five)."""
+    return "light GEMM probe" if meta.get("speed_flops_per_s") else "reference GEMM and convolution"
+
+
 def machine_speed(cal: dict, rates: list[float] | None) -> dict | None:
-    """How fast the machine ran the calibration's reference GEMM and convolution around a measured run
-    (``rates``: :func:`~diffprobe.hardware.calibrate.reference_rate` before and after it) against the calibration's
-    own probes: ``ratio`` = their mean / ``reference_flops_per_s``; past :data:`STEADY`, a ``note``: a shared machine
-    that drifted between the calibration and the run makes the prediction miss by about that much, not the model.
-    None where either was not timed (a calibration older than its probes, an analytic run)."""
-    ref = cal.get("meta", {}).get("reference_flops_per_s")
+    """How fast the machine ran the calibration's :func:`speed_probe` around a measured run (``rates``: timed before
+    and after it) against the calibration's level: ``ratio`` = their mean / ``speed_flops_per_s`` (or
+    ``reference_flops_per_s``); past :data:`STEADY`, a ``note``: a shared machine that drifted between the calibration
+    and the run makes the prediction miss by about that much, not the model. None where either was not timed (a
+    calibration older than its probes, an analytic run)."""
+    meta = cal.get("meta", {})
+    ref = meta.get("speed_flops_per_s") or meta.get("reference_flops_per_s")
     if not ref or not rates:
         return None
     ratio = sum(rates) / len(rates) / ref
-    out = {"calibration_flops_per_s": ref, "run_flops_per_s": list(rates), "ratio": ratio}
+    out = {"calibration_flops_per_s": ref, "run_flops_per_s": list(rates), "ratio": ratio, "probe": speed_probe(meta)}
     if abs(ratio - 1) > STEADY:
-        out["note"] = (f"this machine ran the calibration's reference GEMM and convolution at {ratio:.2f}x its "
-                       f"speed when calibrated, around this run: expect the measured seconds near {1 / ratio:.2f}x "
-                       "the prediction's (the machine moved, not the model); calibrate again now to compare like "
-                       "with like")
+        out["note"] = (f"this machine ran the calibration's {out['probe']} at {ratio:.2f}x its speed when calibrated, "
+                       f"around this run: expect the measured seconds near {1 / ratio:.2f}x the prediction's (the "
+                       "machine moved, not the model); calibrate again now to compare like with like")
     return out
 
 

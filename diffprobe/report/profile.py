@@ -324,9 +324,9 @@ def _calibration_notes(cal: dict, speed: dict | None) -> list[str]:
         notes.append(f"note: {cal['caveat']}")
     if speed:
         run = sum(speed["run_flops_per_s"]) / len(speed["run_flops_per_s"])
-        notes.append(f"machine speed: the calibration's reference GEMM and convolution ran at {run / 1e9:.0f} GFLOP/s "
-                     f"around this run, {speed['ratio']:.2f}x their {speed['calibration_flops_per_s'] / 1e9:.0f} "
-                     "GFLOP/s when calibrated")
+        probe = speed.get("probe", "reference GEMM and convolution")  # (a run before the light probe: the reference)
+        notes.append(f"machine speed: the calibration's {probe} ran at {run / 1e9:.0f} GFLOP/s around this run, "
+                     f"{speed['ratio']:.2f}x its {speed['calibration_flops_per_s'] / 1e9:.0f} GFLOP/s when calibrated")
     return notes
 
 

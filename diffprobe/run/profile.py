@@ -166,18 +166,29 @@ def _take_setting(result: ProfileResult, cfg: ProfileConfig, pipe, report, out_d
         raise stopped.cause
 
 
+LIGHT_PROBES = 5  # around a run, the light GEMM probe's median of this many (about 0.2 s on a 2-core CPU)
+
+
 def reference_now(cfg: ProfileConfig) -> float | None:
-    """The reference GEMM and convolution's FLOP/s now (:func:`~diffprobe.hardware.calibrate.reference_rate`, in the
-    calibration's dtype), where ``--hardware`` is a preset calibrated with them on this kind of device: timed before
-    and after a measured run, to say whether the machine still runs at its calibration's speed."""
+    """The machine's speed now by the probe its ``--hardware`` calibration's level was measured with
+    (:func:`~diffprobe.analyses.predict.speed_probe`: the light GEMM, the median of :data:`LIGHT_PROBES`, where its
+    curves were scaled to one speed; else the reference GEMM and convolution), in the calibration's dtype, on a
+    preset calibrated on this kind of device: timed before and after a measured run, to say whether the machine still
+    runs at its calibration's speed."""
     if cfg.hardware is None:
         return None
+    import statistics
+
+    from diffprobe.analyses.predict import speed_probe
     from diffprobe.hardware.calibrate import reference_rate
     from diffprobe.hardware.presets import get_preset
+    from diffprobe.hardware.probes import light_rate
 
     meta = get_preset(cfg.hardware).calibration.get("meta", {})
     if "reference_flops_per_s" not in meta or str(meta["device"]).split(":")[0] != cfg.device.split(":")[0]:
         return None
+    if speed_probe(meta) == "light GEMM probe":
+        return statistics.median(light_rate(meta["dtype"], cfg.device) for _ in range(LIGHT_PROBES))
     return reference_rate(meta["dtype"], cfg.device)
 
 

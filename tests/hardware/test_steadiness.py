@@ -52,6 +52,27 @@ def test_a_runs_machine_speed_against_its_calibration():
     assert machine_speed(cal, None) is None  # nothing timed around the run (analytic)
 
 
+def test_a_calibration_at_one_speed_is_compared_by_its_light_probe(monkeypatch, tmp_path):
+    """A calibration whose curves were scaled to the light GEMM probe's median (``speed_flops_per_s``) is the machine
+    at that level, not at its five reference probes' median: the run's speed is the light probe's (the median of
+    five before, and of five after), against that median."""
+    from diffprobe.hardware import probes
+    from diffprobe.run import profile
+
+    cal = {"meta": {"reference_flops_per_s": 100e9, "speed_flops_per_s": 120e9}}
+    fast = machine_speed(cal, [132e9, 144e9])  # mean 138: 1.15x the light probe's 120 (1.38x the reference's 100)
+    assert fast["ratio"] == pytest.approx(1.15) and fast["probe"] == "light GEMM probe"
+    assert fast["calibration_flops_per_s"] == 120e9 and "light GEMM probe at 1.15x" in fast["note"]
+    assert machine_speed({"meta": {"reference_flops_per_s": 100e9}}, [100e9])["probe"] == (
+        "reference GEMM and convolution")
+
+    rates = iter([5e9, 1e9, 4e9, 2e9, 3e9])  # their median, 3e9
+    monkeypatch.setattr(probes, "light_rate", lambda dtype, device: next(rates))
+    monkeypatch.setattr("diffprobe.hardware.presets.get_preset", lambda name: type("P", (), {"calibration": {
+        "meta": {**cal["meta"], "device": "cpu", "dtype": "float32"}}})())
+    assert profile.reference_now(profile.ProfileConfig(model="tiny", hardware="x")) == 3e9
+
+
 def test_the_report_says_how_fast_the_machine_ran_around_the_run(tmp_path):
     """The roofline section's notes carry the machine's speed around the run, where it was timed."""
     from diffprobe.report.profile import roofline_sections
@@ -65,8 +86,8 @@ def test_the_report_says_how_fast_the_machine_ran_around_the_run(tmp_path):
                 "calibrated": {"total_s": 2.0, "by_stage": {"denoiser": 2.0}, "calibration": meta}}
         return roofline_sections(roof, tmp_path, machine_speed(cal, rates))[0].notes
 
-    assert any(n.startswith("machine speed:") and "at 70 GFLOP/s around this run, 0.70x their 100 GFLOP/s" in n
-               for n in notes([60e9, 80e9]))
+    said = "the calibration's reference GEMM and convolution ran at 70 GFLOP/s around this run, 0.70x its 100 GFLOP/s"
+    assert any(n.startswith("machine speed:") and said in n for n in notes([60e9, 80e9]))
     assert any(n.startswith("machine speed:") and "1.02x" in n for n in notes([102e9, 102e9]))
     assert not any(n.startswith("machine speed:") for n in notes(None))
 
