@@ -99,6 +99,7 @@ class Speedometer:
         return first[kind] / now[kind] if kind in now else 1.0
 
     def rates(self, kind: str = "flops") -> list[float]:
+        """The probes' rates of one kind, in the order timed."""
         return [r[kind] for _, r in self.samples if kind in r]
 
     def to_median(self, kind: str = "flops") -> float:
