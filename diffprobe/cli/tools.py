@@ -144,7 +144,7 @@ def _say_calibrated(out, meta: dict, path) -> None:
         copies = "; the memory curves as timed"
         if meta.get("speed_bytes_spread") is not None:
             copies = (f", a light copy with it (spread {meta['speed_bytes_spread']:.0%}) for the memory curves' "
-                      "points of a megabyte or more")
+                      "points of a megabyte or more (silu and softmax by the GEMM probe)")
         out.print(f"curves priced at the calibration's median speed: a light GEMM probe timed {meta['speed_probes']} "
                   f"times beside their points (spread {meta['speed_spread']:.0%}){copies}")
     out.print(f"use it: diffprobe profile --hardware {path}")

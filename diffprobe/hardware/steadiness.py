@@ -65,9 +65,10 @@ def retime_dips(rates: list, measure) -> tuple[list, list]:
 
 PROBE_EVERY_S = 1.0  # a point's speed is that of the light probe timed after it, at most this long before
 
-# Which probe a memory curve's point follows, by class: on these VMs a large add, copy or group norm slowed with a
-# copy (p10-p90 spread of a 16 MiB add over 44 samples: 0.12 as timed, 0.08 over the copy probe, 0.26 over the GEMM
-# probe), silu and softmax — whose exp computes — with the GEMM (a 16 MiB silu 0.46, 0.38 and 0.26)
+# Which probe a memory curve's point follows, by class: on the Intel Xeon VM (the AMD EPYC not measured) a large add,
+# copy or group norm slowed with a copy (p10-p90 spread of a 16 MiB add over 44 samples: 0.12 as timed, 0.08 over the
+# copy probe, 0.26 over the GEMM probe), silu and softmax — whose exp computes — with the GEMM (a 16 MiB silu 0.46,
+# 0.38 and 0.26)
 MEMORY_SPEED = {"elementwise": "bandwidth", "copy": "bandwidth", "norm": "bandwidth", "activation": "flops",
                 "softmax": "flops"}
 # below this a memory op is its dispatch cost, which neither probe tracked (256 KiB: 0.33-0.38 as timed, 0.25-0.51
