@@ -31,12 +31,12 @@ ADD_N = (16 << 20) // 12  # a + b -> c of 16 MiB moved (elements); silu on it mo
 def ratios(table: dict) -> dict:
     import numpy as np
 
-    from diffprobe.analyses.predict import _memory_seconds, attention_seconds, grid_rate
+    from diffprobe.analyses.predict import attention_seconds, grid_rate, memory_seconds
 
     kernel = attention_seconds(table, 4096, 4096, 40, 16, 1.0)
     sdpa = attention_seconds(table, 4096, 4096, 40, 16)
     gemm = float(grid_rate(table["gemm"], ["m", "n", "k"], np.array([[1024, 1280, 1280]]))[0])
-    add, silu = (float(_memory_seconds(table["memory"][c], np.array([moved]))[0])
+    add, silu = (float(memory_seconds(table, c, [moved], [0])[0])
                  for c, moved in (("elementwise", 12 * ADD_N), ("activation", 8 * ADD_N)))
     return {"kernel/sdpa": sdpa / kernel, "sdpa/gemm": 4.0 * 16 * 4096 * 4096 * 40 / sdpa / gemm,
             "add/gemm": 12 * ADD_N / add / gemm * 1e3, "silu/gemm": 8 * ADD_N / silu / gemm * 1e3}

@@ -102,18 +102,25 @@ def attention_seconds(cal: dict, q: int, kv: int, d: int, bh: int, density: floa
 
 
 def copy_seconds(cal: dict, written: list[int]) -> float:
-    """Seconds of copies each writing ``written`` bytes (moving twice that) by the ``copy`` memory curve, an output of
-    ``fresh_pages_bytes`` or more by the fresh-pages one, as :func:`predict_seconds` prices a copy record."""
-    if not written:
-        return 0.0
+    """Seconds of copies each writing ``written`` bytes (moving twice that), as :func:`predict_seconds` prices a copy
+    record."""
     out = np.asarray(written, dtype=float)
-    fresh = out >= cal["meta"].get("fresh_pages_bytes", np.inf)
-    total = 0.0
+    return float(memory_seconds(cal, "copy", 2.0 * out, out).sum())
+
+
+def memory_seconds(cal: dict, cls: str, moved, written) -> np.ndarray:
+    """Seconds of ops of memory class ``cls`` each moving ``moved`` bytes and writing a new output of ``written``
+    (0 for one written in place): an output of ``fresh_pages_bytes`` or more is new pages each call (on the CPU),
+    priced by the ``memory_fresh`` curves, the rest by ``memory``; a class a calibration lacks (made before it) as
+    ``elementwise``."""
+    moved, written = np.asarray(moved, dtype=float), np.asarray(written, dtype=float)
+    fresh = written >= (cal.get("meta") or {}).get("fresh_pages_bytes", np.inf)
+    seconds = np.zeros(len(moved))
     for curves, m in ((cal["memory"], ~fresh), (cal.get("memory_fresh") or cal["memory"], fresh)):
         if m.any():
-            total += float(_memory_seconds(curves.get("copy", curves["elementwise"]), 2.0 * out[m],
-                                           fixed_below=curves is cal["memory"]).sum())
-    return total
+            seconds[m] = _memory_seconds(curves.get(cls, curves["elementwise"]), moved[m],
+                                         fixed_below=curves is cal["memory"])
+    return seconds
 
 
 def _memory_seconds(curve: list, nbytes: np.ndarray, fixed_below: bool = True) -> np.ndarray:
@@ -148,15 +155,12 @@ def predict_seconds(ops: pd.DataFrame, preset) -> pd.DataFrame:
     flops = out["flops"].to_numpy(float)
     _compute(out, classes, cal, flops, pred)
     nbytes = out["bytes"].to_numpy(float)
-    # a new output of fresh_pages_bytes or more is new pages each call (on the CPU), priced by its own curves
     in_place = out["op"].str.split(".").str[1].fillna("").str.endswith("_").to_numpy()  # writes no new output
-    fresh = (out["bytes_written"].to_numpy(float) >= cal["meta"].get("fresh_pages_bytes", np.inf)) & ~in_place
+    written = np.where(in_place, 0.0, out["bytes_written"].to_numpy(float))
     for cls in ("softmax", "norm", "copy", "elementwise", "activation"):
-        for curves, m in ((cal["memory"], (classes == cls) & ~fresh),
-                          (cal.get("memory_fresh") or cal["memory"], (classes == cls) & fresh)):
-            if m.any():  # a calibration made before the activation class prices it as elementwise
-                pred[m] = _memory_seconds(curves.get(cls, curves["elementwise"]), nbytes[m],
-                                          fixed_below=curves is cal["memory"])
+        m = classes == cls
+        if m.any():
+            pred[m] = memory_seconds(cal, cls, nbytes[m], written[m])
     compute = np.isin(classes, ("gemm", "conv", "sdpa"))
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where(pred > 0, flops / np.where(pred > 0, pred, 1), 0)
