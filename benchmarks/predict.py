@@ -28,14 +28,17 @@ run, back to back, all meet it (the measured side's ``--passes``).
 Prints one JSON object with the machine, the calibration's time and every error; targets: denoiser <= 10%,
 other stages <= 15%, run total <= 10%, layer types <= 20%, on every run but the tiny DiTs (:data:`PYTHON_BOUND`:
 reported, their milliseconds Python between operators). Beside each error, ``error_at_speed``: the same at the
-machine's speed around the run (``speed_ratio``: the calibration's reference probe timed before and after the run,
-against its rate while calibrating; not a target).
+machine's speed around the run (``speed_ratio``: the probe the calibration's level was measured with, timed before
+and after the run, against that level; not a target). With ``--rounds`` 2 or more, each run's ``round_spread`` and
+``measured_self_agreement`` (:func:`self_agreement`): how far the same run measured twice disagrees with itself, and
+whether the probe around a round tracked its speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -72,8 +75,8 @@ DEVICE: list[str] = []  # --device/--dtype of every run (empty: the CPU in fp32)
 
 def measure(name: str, preset: str, tmp: Path, repeat: int, round_: int) -> tuple[dict, float | None]:
     """One round's stage seconds of a run (untraced, after a warm-up run; the median of ``repeat``, the tiny ones'
-    of five) and the machine's speed around it (``--hardware``: the calibration's reference timed before and after
-    the run, against its rate while calibrating)."""
+    of five) and the machine's speed around it (``--hardware``: the probe the calibration's level was measured with,
+    timed before and after the run, against that level)."""
     model, side, steps = RUNS[name]
     times = 5 if model.startswith("tiny") else repeat  # milliseconds: the median of five
     doc = cli("profile", "--model", model, *size(side), "--steps", str(steps), *DEVICE, "--sample-steps", "0",
@@ -110,10 +113,36 @@ def one_run(name: str, preset: str, tmp: Path, rounds: list[tuple[dict, float | 
                      "error": total_c / total_m - 1, "roofline_error": total_r / total_m - 1}}
     if rounds and len(rounds) > 1:  # each round's measured seconds, for the spread the medians hide
         out["rounds"] = [{**r[0], "speed_ratio": r[1]} for r in rounds]
+        den, tot = [r[0].get("denoiser", 0.0) for r in rounds], [sum(r[0].values()) for r in rounds]
+        out["round_spread"] = {k: max(v) / min(v) - 1 for k, v in (("denoiser", den), ("total", tot)) if min(v) > 0}
     if speed is not None:  # the machine's speed around the run against the calibration's; the error at that speed
         out["speed_ratio"] = speed  # (not a target: it says how much of a miss the machine's drift explains)
         for row in (*rows.values(), out["total"]):
             row["error_at_speed"] = row["calibrated_s"] / speed / row["measured_s"] - 1
+    return out
+
+
+def self_agreement(runs: dict) -> dict | None:
+    """How far the measured side agrees with itself, over the runs held to the targets with two rounds or more: the
+    median of their ``round_spread`` (the slowest round over the fastest, - 1: a prediction is not judged closer than
+    that), and how the speed probe around a round tracked its denoiser (over every pair of one run's rounds,
+    log(speed ratio) against log(1 / seconds): ``correlation`` 1 and ``slope`` 1 where the probe says the round's
+    speed, 0 where it says nothing). None with one round."""
+    held = [r for name, r in runs.items() if name not in PYTHON_BOUND and "round_spread" in r]
+    if not held:
+        return None
+    out = {k: statistics.median(r["round_spread"][k] for r in held) for k in ("denoiser", "total")}
+    x, y = [], []
+    for r in held:
+        rs = [q for q in r["rounds"] if q.get("speed_ratio") and q.get("denoiser")]
+        for i, a in enumerate(rs):
+            for b in rs[i + 1:]:
+                x.append(math.log(a["speed_ratio"] / b["speed_ratio"]))
+                y.append(math.log(b["denoiser"] / a["denoiser"]))
+    out["speed_tracking"] = {"pairs": len(x)}
+    if len(x) > 2 and len(set(x)) > 1 and len(set(y)) > 1:
+        out["speed_tracking"].update(correlation=statistics.correlation(x, y),
+                                     slope=statistics.linear_regression(x, y).slope)
     return out
 
 
@@ -270,6 +299,7 @@ def main() -> None:
                            if n.startswith(("text_encoder", "vae_decoder"))), default=None),
              "layer_type": max(abs(r["error"]) for r in result["layer_types_sd15_512"].values())}
     result["worst"] = worst  # None: no run held to that target among --runs
+    result["measured_self_agreement"] = self_agreement(result["runs"])  # the noise floor beside the errors
     result["targets_met"] = {k: None if worst[k] is None else worst[k] <= TARGET[k] for k in TARGET}
     # the issue sets no target for the kernel alone: reported beside the others
     result["worst"]["block_sparse_kernel"] = max((abs(r["error"]) for r in result["block_sparse_kernel"]),
