@@ -246,8 +246,9 @@ def machine_speed(cal: dict, rates: list[float] | None) -> dict | None:
     """How fast the machine ran the calibration's :func:`speed_probe` around a measured run (``rates``: timed before
     and after it) against the calibration's level: ``ratio`` = their mean / ``speed_flops_per_s`` (or
     ``reference_flops_per_s``); past :data:`STEADY`, a ``note``: a shared machine that drifted between the calibration
-    and the run makes the prediction miss by about that much, not the model. None where either was not timed (a
-    calibration older than its probes, an analytic run)."""
+    and the run can make the prediction miss, not the model (by how much, two probes at the run's ends do not say: on
+    the Intel VM they tracked a round's denoiser with a correlation of 0.38, docs/prediction.md). None where either was
+    not timed (a calibration older than its probes, an analytic run)."""
     meta = cal.get("meta", {})
     ref = meta.get("speed_flops_per_s") or meta.get("reference_flops_per_s")
     if not ref or not rates:
@@ -256,8 +257,8 @@ def machine_speed(cal: dict, rates: list[float] | None) -> dict | None:
     out = {"calibration_flops_per_s": ref, "run_flops_per_s": list(rates), "ratio": ratio, "probe": speed_probe(meta)}
     if abs(ratio - 1) > STEADY:
         out["note"] = (f"this machine ran the calibration's {out['probe']} at {ratio:.2f}x its speed when calibrated, "
-                       f"around this run: expect the measured seconds near {1 / ratio:.2f}x the prediction's (the "
-                       "machine moved, not the model); calibrate again now to compare like with like")
+                       "around this run: it has moved since, so a miss may be the machine's, not the model's (two "
+                       "probes at the run's ends do not see its middle); calibrate again now to compare like with like")
     return out
 
 
