@@ -116,7 +116,8 @@ def one_run(name: str, preset: str, tmp: Path, rounds: list[tuple[dict, float | 
         den, tot = [r[0].get("denoiser", 0.0) for r in rounds], [sum(r[0].values()) for r in rounds]
         out["round_spread"] = {k: max(v) / min(v) - 1 for k, v in (("denoiser", den), ("total", tot)) if min(v) > 0}
     if speed is not None:  # the machine's speed around the run against the calibration's; the error at that speed
-        out["speed_ratio"] = speed  # (not a target: it says how much of a miss the machine's drift explains)
+        out["speed_ratio"] = speed  # (not a target: the error had the run met the probes' speed; whether the probes
+        # tracked a run's speed at all, measured_self_agreement says)
         for row in (*rows.values(), out["total"]):
             row["error_at_speed"] = row["calibrated_s"] / speed / row["measured_s"] - 1
     return out

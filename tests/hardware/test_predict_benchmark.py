@@ -2,7 +2,6 @@
 each round tracked its denoiser, on synthetic rounds with hand-derived answers."""
 
 import importlib.util
-import math
 from pathlib import Path
 
 import pytest
@@ -46,7 +45,6 @@ def test_a_probe_against_the_rounds_speed_correlates_negatively(bench):
     track = bench.self_agreement(runs)["speed_tracking"]
     assert track["correlation"] == pytest.approx(-1.0)
     assert track["slope"] == pytest.approx(-1.0)
-    assert math.isfinite(track["slope"])
 
 
 def test_one_round_has_no_self_agreement(bench):
