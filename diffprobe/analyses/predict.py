@@ -247,7 +247,7 @@ def machine_speed(cal: dict, rates: list[float] | None) -> dict | None:
     and after it) against the calibration's level: ``ratio`` = their mean / ``speed_flops_per_s`` (or
     ``reference_flops_per_s``); past :data:`STEADY`, a ``note``: a shared machine that drifted between the calibration
     and the run can make the prediction miss, not the model (by how much, two probes at the run's ends do not say: on
-    the Intel VM they tracked a round's denoiser with a correlation of 0.38, docs/prediction.md). None where either was
+    the Intel VM they tracked a round's denoiser with a correlation of 0.43, docs/prediction.md). None where either was
     not timed (a calibration older than its probes, an analytic run)."""
     meta = cal.get("meta", {})
     ref = meta.get("speed_flops_per_s") or meta.get("reference_flops_per_s")
